@@ -1,0 +1,137 @@
+//! Table administration: keeps a table's Iceberg entry and its changelog topic together.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::catalog::TableCatalog;
+use crate::changelog::Changelog;
+use crate::error::{Error, Result};
+use crate::naming::TableName;
+use crate::table::{Column, TableDef, TableState};
+
+/// Creates, describes, lists, alters and drops tables (catalog entry + changelog topic).
+#[derive(Debug, Clone)]
+pub struct TableAdmin {
+    catalog: TableCatalog,
+    changelog: Arc<dyn Changelog>,
+}
+
+impl TableAdmin {
+    /// Admin over a catalog and a changelog.
+    pub fn new(catalog: TableCatalog, changelog: Arc<dyn Changelog>) -> Self {
+        Self { catalog, changelog }
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &TableCatalog {
+        &self.catalog
+    }
+
+    /// The changelog.
+    pub fn changelog(&self) -> &Arc<dyn Changelog> {
+        &self.changelog
+    }
+
+    /// Creates the topic, then the Iceberg table. The topic comes first so that a table is
+    /// never visible without its changelog; if the table cannot be created, the topic is
+    /// removed again.
+    pub async fn create_table(&self, def: &TableDef) -> Result<TableState> {
+        if self.catalog.exists(&def.name).await? {
+            return Err(Error::TableAlreadyExists {
+                table: def.name.clone(),
+            });
+        }
+        let topic = &def.changelog.topic;
+        self.changelog
+            .create_topic(topic, def.changelog.partitions)
+            .await?;
+        match self.catalog.create(def).await {
+            Ok(state) => {
+                info!(table = %def.name, %topic, buckets = def.buckets, "created table");
+                Ok(state)
+            }
+            Err(e) => {
+                if !matches!(e, Error::TableAlreadyExists { .. })
+                    && let Err(cleanup) = self.changelog.delete_topic(topic).await
+                {
+                    warn!(%topic, error = %cleanup, "could not remove the topic of a table that failed to create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The table's definition and state.
+    pub async fn describe(&self, name: &TableName) -> Result<TableState> {
+        self.catalog.describe(name).await
+    }
+
+    /// Table names, optionally of one namespace.
+    pub async fn list(&self, namespace: Option<&str>) -> Result<Vec<TableName>> {
+        self.catalog.list(namespace).await
+    }
+
+    /// Adds a nullable column.
+    pub async fn add_column(&self, name: &TableName, column: &Column) -> Result<TableState> {
+        self.catalog.add_column(name, column).await
+    }
+
+    /// Drops the table (purging its files unless `keep_data`), then its topic and dead-letter
+    /// topic.
+    pub async fn drop_table(&self, name: &TableName, keep_data: bool) -> Result<TableDef> {
+        let def = self.catalog.describe(name).await?.def;
+        self.catalog.drop(name, !keep_data).await?;
+        self.changelog.delete_topic(&def.changelog.topic).await?;
+        self.changelog
+            .delete_topic(&def.changelog.topic.dead_letter())
+            .await?;
+        info!(table = %name, keep_data, "dropped table");
+        Ok(def)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::CatalogConfig;
+    use crate::changelog::{ChangelogError, MemoryChangelog};
+    use crate::table::TableSpec;
+
+    #[tokio::test]
+    async fn create_and_drop_keep_topic_and_table_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = TableCatalog::open(CatalogConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let log = Arc::new(MemoryChangelog::new());
+        let admin = TableAdmin::new(catalog, log.clone());
+        let def = TableDef::new(
+            "a.t".parse().unwrap(),
+            TableSpec {
+                columns: vec![Column::parse("k:string!").unwrap()],
+                primary_key: vec!["k".into()],
+                buckets: Some(5),
+                ..TableSpec::default()
+            },
+        )
+        .unwrap();
+        admin.create_table(&def).await.unwrap();
+        assert_eq!(log.partition_count(&def.changelog.topic).await.unwrap(), 5);
+        assert!(matches!(
+            admin.create_table(&def).await,
+            Err(Error::TableAlreadyExists { .. })
+        ));
+        assert_eq!(log.partition_count(&def.changelog.topic).await.unwrap(), 5);
+
+        admin.drop_table(&def.name, false).await.unwrap();
+        assert!(matches!(
+            log.partition_count(&def.changelog.topic).await,
+            Err(ChangelogError::TopicNotFound { .. })
+        ));
+        assert!(matches!(
+            admin.describe(&def.name).await,
+            Err(Error::TableNotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,132 @@
+use super::*;
+use crate::table::TableSpec;
+use crate::types::ColumnType;
+
+fn def(name: &str) -> TableDef {
+    TableDef::new(
+        name.parse().unwrap(),
+        TableSpec {
+            columns: vec![
+                Column::parse("id:int64!").unwrap(),
+                Column::parse("v:string").unwrap(),
+            ],
+            primary_key: vec!["id".into()],
+            buckets: Some(3),
+            ..TableSpec::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn open(dir: &Path) -> TableCatalog {
+    TableCatalog::open(CatalogConfig::embedded(dir))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_catalog_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    let created = catalog.create(&def("shop.orders")).await.unwrap();
+    assert_eq!(created.def, def("shop.orders"));
+    assert!(created.current_snapshot_id.is_none());
+    assert!(created.location.starts_with("file://"));
+    catalog.create(&def("shop.users")).await.unwrap();
+    catalog.create(&def("ops.events")).await.unwrap();
+    assert!(matches!(
+        catalog.create(&def("shop.orders")).await,
+        Err(Error::TableAlreadyExists { .. })
+    ));
+    drop(catalog);
+
+    let catalog = open(dir.path()).await;
+    let names: Vec<String> = catalog
+        .list(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(names, ["ops.events", "shop.orders", "shop.users"]);
+    assert_eq!(catalog.list(Some("ops")).await.unwrap().len(), 1);
+    assert!(catalog.list(Some("nope")).await.unwrap().is_empty());
+
+    let state = catalog
+        .add_column(
+            &"shop.orders".parse().unwrap(),
+            &Column::parse("note:string").unwrap(),
+        )
+        .await
+        .unwrap();
+    let note = state.def.column("note").unwrap();
+    assert_eq!(
+        (note.field_id, note.ty, note.required),
+        (3, ColumnType::String, false)
+    );
+    assert!(matches!(
+        catalog
+            .add_column(
+                &"shop.orders".parse().unwrap(),
+                &Column::parse("note:int32").unwrap()
+            )
+            .await,
+        Err(Error::InvalidDefinition { .. })
+    ));
+    assert!(matches!(
+        catalog
+            .add_column(
+                &"shop.orders".parse().unwrap(),
+                &Column::parse("x:int32!").unwrap()
+            )
+            .await,
+        Err(Error::InvalidDefinition { .. })
+    ));
+
+    let name: TableName = "shop.orders".parse().unwrap();
+    let location = catalog.describe(&name).await.unwrap().location;
+    let local = location.strip_prefix("file://").unwrap();
+    assert!(Path::new(local).join("metadata").exists());
+    catalog.drop(&name, true).await.unwrap();
+    assert!(matches!(
+        catalog.describe(&name).await,
+        Err(Error::TableNotFound { .. })
+    ));
+    assert!(matches!(
+        catalog.drop(&name, true).await,
+        Err(Error::TableNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn memory_warehouse_and_bad_uris() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CatalogConfig::embedded(dir.path());
+    config.warehouse = "memory://catalog-test/wh".into();
+    let catalog = TableCatalog::open(config).await.unwrap();
+    let state = catalog.create(&def("a.b")).await.unwrap();
+    assert!(
+        state.location.starts_with("memory://catalog-test/wh/a/b"),
+        "{}",
+        state.location
+    );
+
+    for (uri, warehouse) in [
+        ("mysql://x", "file:///tmp/x"),
+        ("sqlite://", "file:///tmp/x"),
+        ("sqlite:///tmp/x.db", "/tmp/relative-ish"),
+        ("sqlite:///tmp/x.db", "gs://bucket"),
+    ] {
+        let err = TableCatalog::open(CatalogConfig {
+            uri: uri.into(),
+            warehouse: warehouse.into(),
+            storage_props: HashMap::new(),
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidUri { .. }),
+            "{uri} {warehouse}: {err}"
+        );
+    }
+}

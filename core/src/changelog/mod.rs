@@ -1,0 +1,209 @@
+//! The changelog seam: an ordered, durable, partitioned log of keyed change records per table.
+//!
+//! Every backend (in-memory here, the local segment log and Kafka elsewhere) implements
+//! [`Changelog`]. A table's topic has one partition per bucket; a record's partition is chosen
+//! by the caller ([`crate::bucket::bucket_of`]), never by the backend. Offsets are dense per
+//! partition, starting at 0, and an append returns only once the records are durable.
+
+mod memory;
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use memory::MemoryChangelog;
+
+use crate::naming::TopicName;
+use crate::offsets::{Offset, PartitionId, PartitionOffsets};
+
+/// Result alias for changelog operations.
+pub type ChangelogResult<T> = std::result::Result<T, ChangelogError>;
+
+/// One change as appended: a Kafka-shaped record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    /// The encoded primary key (`None` for append-only tables).
+    pub key: Option<Bytes>,
+    /// The encoded row (`None` is a delete tombstone).
+    pub value: Option<Bytes>,
+    /// Headers, in order.
+    pub headers: Vec<(String, Bytes)>,
+    /// Milliseconds since the epoch.
+    pub timestamp_ms: i64,
+}
+
+/// A record read back from a partition, with its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Its offset in the partition.
+    pub offset: Offset,
+    /// The record.
+    pub record: ChangeRecord,
+}
+
+/// The offsets an append was given: `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendedRange {
+    /// Offset of the first appended record.
+    pub first: Offset,
+    /// Offset of the last appended record.
+    pub last: Offset,
+}
+
+/// The readable range of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    /// The oldest offset still stored (retention may have removed older ones).
+    pub low: Offset,
+    /// The offset the next appended record will get.
+    pub high: Offset,
+}
+
+/// A changelog backend.
+#[async_trait]
+pub trait Changelog: Debug + Send + Sync + 'static {
+    /// A short name for logs and metrics (`memory`, `local`, `kafka`).
+    fn backend(&self) -> &'static str;
+
+    /// Creates `topic` with `partitions` partitions. Creating a topic that already exists with
+    /// the same partition count succeeds; with another count it fails with
+    /// [`ChangelogError::TopicExists`].
+    async fn create_topic(&self, topic: &TopicName, partitions: u32) -> ChangelogResult<()>;
+
+    /// Deletes `topic` and its records. Deleting a missing topic succeeds.
+    async fn delete_topic(&self, topic: &TopicName) -> ChangelogResult<()>;
+
+    /// The number of partitions of `topic`.
+    async fn partition_count(&self, topic: &TopicName) -> ChangelogResult<u32>;
+
+    /// Appends `records` in order to one partition and returns their offsets once they are
+    /// durable. An empty batch is an error-free no-op that returns the high watermark twice.
+    async fn append(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        records: Vec<ChangeRecord>,
+    ) -> ChangelogResult<AppendedRange>;
+
+    /// Reads up to `max_records` records starting at `from`. When `from` is the high watermark,
+    /// waits up to `wait` for an append (returning early when one lands) and returns an empty
+    /// batch if none does. `from` outside `low..=high` is [`ChangelogError::OffsetOutOfRange`].
+    async fn read(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        from: Offset,
+        max_records: usize,
+        wait: Duration,
+    ) -> ChangelogResult<Vec<StoredRecord>>;
+
+    /// The first offset whose timestamp is at or after `timestamp_ms`; `None` when every record
+    /// is older (the caller then starts at the high watermark).
+    async fn offset_for_timestamp(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> ChangelogResult<Option<Offset>>;
+
+    /// The low and high watermarks of a partition.
+    async fn watermarks(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+    ) -> ChangelogResult<Watermarks>;
+
+    /// Tells the backend which offsets the Iceberg committer has committed (exclusive ends):
+    /// retention never removes a record at or after these offsets.
+    async fn publish_committed(
+        &self,
+        topic: &TopicName,
+        offsets: &PartitionOffsets,
+    ) -> ChangelogResult<()>;
+}
+
+/// Changelog failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    /// The topic does not exist.
+    #[error("changelog topic `{topic}` does not exist")]
+    TopicNotFound {
+        /// The topic.
+        topic: TopicName,
+    },
+    /// The topic exists with a different partition count.
+    #[error("changelog topic `{topic}` already exists with {partitions} partitions")]
+    TopicExists {
+        /// The topic.
+        topic: TopicName,
+        /// Its existing partition count.
+        partitions: u32,
+    },
+    /// The partition is not in the topic.
+    #[error(
+        "changelog topic `{topic}` has {partitions} partitions; partition {partition} does not exist"
+    )]
+    PartitionNotFound {
+        /// The topic.
+        topic: TopicName,
+        /// The partition asked for.
+        partition: PartitionId,
+        /// The topic's partition count.
+        partitions: u32,
+    },
+    /// The offset is before the low watermark (removed by retention) or after the high one.
+    #[error("offset {offset} of `{topic}` partition {partition} is out of range {low}..={high}")]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: TopicName,
+        /// The partition.
+        partition: PartitionId,
+        /// The offset asked for.
+        offset: Offset,
+        /// The low watermark.
+        low: Offset,
+        /// The high watermark.
+        high: Offset,
+    },
+    /// The backend cannot be reached or refused the request for now.
+    #[error("changelog backend `{backend}` is unavailable: {reason}")]
+    Unavailable {
+        /// The backend.
+        backend: &'static str,
+        /// What failed.
+        reason: String,
+    },
+    /// The stored log is damaged beyond the torn tail that recovery repairs.
+    #[error("changelog data at `{location}` is corrupt: {reason}")]
+    Corrupt {
+        /// File or partition.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A local I/O operation failed.
+    #[error("changelog I/O on `{path}` failed: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ChangelogError {
+    /// Whether retrying later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ChangelogError::Unavailable { .. } | ChangelogError::Io { .. } => true,
+            ChangelogError::TopicNotFound { .. }
+            | ChangelogError::TopicExists { .. }
+            | ChangelogError::PartitionNotFound { .. }
+            | ChangelogError::OffsetOutOfRange { .. }
+            | ChangelogError::Corrupt { .. } => false,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! unitable-core: the domain model and the seams every role is built on.
+//!
+//! - [`table`]: a table definition (columns with Iceberg field ids, primary key, buckets,
+//!   partition spec, changelog binding, properties) and its mapping to Iceberg metadata. The
+//!   Iceberg catalog is the only store of table definitions.
+//! - [`catalog`]: opening the Iceberg catalog (SQLite, Postgres, REST) and table operations.
+//! - [`storage`]: Iceberg file I/O over `object_store` (local files, memory, S3).
+//! - [`changelog`]: the changelog trait (append, read/tail, offsets by time, watermarks) and
+//!   an in-memory implementation.
+//! - [`admin`]: table create/drop keeping the Iceberg table and its topic together.
+//! - [`bucket`], [`offsets`], [`naming`]: how keys map to partitions, changelog positions, and
+//!   every name unitable gives to things outside the process.
+//!
+//! Data flow: the writer appends change records to a table's changelog topic (partition =
+//! bucket of the key); the committer turns offset ranges into Iceberg snapshots; readers pick
+//! the changelog, the snapshots or both.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod bucket;
+pub mod catalog;
+pub mod changelog;
+pub mod clock;
+pub mod error;
+pub mod naming;
+pub mod offsets;
+pub mod partition;
+pub mod storage;
+pub mod table;
+pub mod types;
+
+pub use error::{Error, Result};

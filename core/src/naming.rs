@@ -1,0 +1,214 @@
+//! Names of things outside the process: table names, changelog topic names, catalog table
+//! properties and object-store locations. Every external name is built here and nowhere else.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// The longest namespace or table part we accept (Kafka topic names are limited to 249 bytes).
+pub const MAX_NAME_PART_LEN: usize = 100;
+
+/// A table's logical name, `namespace.table`.
+///
+/// Both parts are lower-case ASCII letters, digits and underscores, start with a letter and are
+/// at most [`MAX_NAME_PART_LEN`] bytes: the same name is then valid as an Iceberg identifier, a
+/// Kafka topic name, a SQL identifier and a path segment, with no quoting anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    namespace: String,
+    table: String,
+}
+
+impl TableName {
+    /// Builds a name from its two parts, validating both.
+    pub fn new(namespace: &str, table: &str) -> Result<Self> {
+        let full = format!("{namespace}.{table}");
+        validate_part(&full, "namespace", namespace)?;
+        validate_part(&full, "table", table)?;
+        Ok(Self {
+            namespace: namespace.to_string(),
+            table: table.to_string(),
+        })
+    }
+
+    /// The namespace part.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The table part.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The Iceberg identifier of this table.
+    pub fn to_ident(&self) -> iceberg::TableIdent {
+        iceberg::TableIdent::new(self.namespace_ident(), self.table.clone())
+    }
+
+    /// The Iceberg namespace of this table.
+    pub fn namespace_ident(&self) -> iceberg::NamespaceIdent {
+        iceberg::NamespaceIdent::new(self.namespace.clone())
+    }
+
+    /// The changelog topic bound to this table: `unitable.<namespace>.<table>`.
+    pub fn changelog_topic(&self) -> TopicName {
+        TopicName(format!("{TOPIC_PREFIX}{}.{}", self.namespace, self.table))
+    }
+}
+
+/// Every changelog topic unitable creates starts with this prefix.
+pub const TOPIC_PREFIX: &str = "unitable.";
+
+fn validate_part(full: &str, what: &str, part: &str) -> Result<()> {
+    let fail = |reason: String| {
+        Err(Error::InvalidTableName {
+            name: full.to_string(),
+            reason,
+        })
+    };
+    if part.is_empty() {
+        return fail(format!("the {what} part is empty; use `namespace.table`"));
+    }
+    if part.len() > MAX_NAME_PART_LEN {
+        return fail(format!(
+            "the {what} part is longer than {MAX_NAME_PART_LEN} characters"
+        ));
+    }
+    let mut chars = part.chars();
+    let first = chars.next().unwrap_or('_');
+    if !first.is_ascii_lowercase() {
+        return fail(format!(
+            "the {what} part must start with a lower-case letter (a-z)"
+        ));
+    }
+    if let Some(bad) = part
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        return fail(format!(
+            "the {what} part contains `{bad}`; only lower-case letters, digits and `_` are allowed"
+        ));
+    }
+    Ok(())
+}
+
+impl FromStr for TableName {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once('.') {
+            Some((ns, table)) if !table.contains('.') => TableName::new(ns, table),
+            _ => Err(Error::InvalidTableName {
+                name: s.to_string(),
+                reason: "expected exactly one `.` between namespace and table, as in `shop.orders`"
+                    .to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.namespace, self.table)
+    }
+}
+
+/// The name of a changelog topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(String);
+
+impl TopicName {
+    /// Wraps an existing topic name (as read back from table properties).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+
+    /// The topic name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The dead-letter topic paired with this topic.
+    pub fn dead_letter(&self) -> TopicName {
+        TopicName(format!("{}.dlq", self.0))
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Iceberg table property keys owned by unitable. Everything unitable knows about a table lives
+/// in the Iceberg catalog, as schema (identifier fields = primary key) plus these properties.
+pub mod props {
+    /// Version of the property layout below.
+    pub const LAYOUT_VERSION: &str = "unitable.layout-version";
+    /// Comma-separated primary-key column names, in key order (empty: append-only table).
+    pub const PRIMARY_KEY: &str = "unitable.primary-key";
+    /// Number of buckets (= changelog partitions).
+    pub const BUCKETS: &str = "unitable.buckets";
+    /// The changelog topic bound to the table.
+    pub const CHANGELOG_TOPIC: &str = "unitable.changelog.topic";
+    /// Number of partitions of the changelog topic.
+    pub const CHANGELOG_PARTITIONS: &str = "unitable.changelog.partitions";
+    /// The changelog record format.
+    pub const CHANGELOG_FORMAT: &str = "unitable.changelog.format";
+    /// Every key above; users cannot set these through free properties.
+    pub const RESERVED: &[&str] = &[
+        LAYOUT_VERSION,
+        PRIMARY_KEY,
+        BUCKETS,
+        CHANGELOG_TOPIC,
+        CHANGELOG_PARTITIONS,
+        CHANGELOG_FORMAT,
+    ];
+    /// The layout version this build writes.
+    pub const CURRENT_LAYOUT_VERSION: &str = "1";
+}
+
+/// Snapshot-summary property keys written by unitable's committer.
+pub mod summary {
+    /// Per-partition changelog offsets (exclusive end) a snapshot covers, as `p:offset,...`.
+    pub const CHANGELOG_OFFSETS: &str = "unitable.changelog-offsets";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_names() {
+        let name: TableName = "shop.orders_2024".parse().unwrap();
+        assert_eq!(name.namespace(), "shop");
+        assert_eq!(name.table(), "orders_2024");
+        assert_eq!(name.to_string(), "shop.orders_2024");
+        assert_eq!(name.changelog_topic().as_str(), "unitable.shop.orders_2024");
+        assert_eq!(
+            name.changelog_topic().dead_letter().as_str(),
+            "unitable.shop.orders_2024.dlq"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_names_with_reasons() {
+        for (bad, needle) in [
+            ("orders", "exactly one `.`"),
+            ("a.b.c", "exactly one `.`"),
+            (".orders", "namespace part is empty"),
+            ("shop.", "table part is empty"),
+            ("Shop.orders", "lower-case letter"),
+            ("shop.1orders", "lower-case letter"),
+            ("shop.ord-ers", "contains `-`"),
+            ("shop.ordérs", "contains `é`"),
+        ] {
+            let err = bad.parse::<TableName>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        let long = format!("shop.{}", "a".repeat(MAX_NAME_PART_LEN + 1));
+        assert!(long.parse::<TableName>().is_err());
+    }
+}

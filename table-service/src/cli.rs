@@ -1,0 +1,271 @@
+//! Command-line definitions and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{client, serve};
+
+/// unitable: one table, two stores. A changelog for streaming reads and an Iceberg table for
+/// batch reads, written together and read by mode.
+#[derive(Debug, Parser)]
+#[command(name = "unitable", version, about, long_about = None)]
+pub struct Cli {
+    /// gRPC address of the unitable server the client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "UNITABLE_SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub server: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (embedded defaults: SQLite catalog, local warehouse, local changelog).
+    Serve(ServeArgs),
+    /// Create, list, describe, alter and drop tables.
+    #[command(subcommand)]
+    Table(TableCommand),
+}
+
+/// Flags of `unitable serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory for the embedded catalog, warehouse and changelog.
+    #[arg(long, env = "UNITABLE_DATA_DIR", default_value = "./unitable-data")]
+    pub data_dir: PathBuf,
+
+    /// Address of the gRPC API.
+    #[arg(long, env = "UNITABLE_GRPC_ADDR", default_value = "127.0.0.1:7070")]
+    pub grpc_addr: String,
+
+    /// Address of the HTTP endpoints (/metrics in Prometheus text format, /healthz).
+    #[arg(long, env = "UNITABLE_HTTP_ADDR", default_value = "127.0.0.1:7071")]
+    pub http_addr: String,
+
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// How often the committer turns changelog records into an Iceberg snapshot (e.g. 1s, 500ms).
+    #[arg(long, env = "UNITABLE_COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub commit_interval: Duration,
+}
+
+/// Where table definitions and data files live.
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Iceberg catalog: sqlite://PATH, postgres://USER:PASS@HOST/DB or http(s)://REST-ENDPOINT.
+    /// Default: sqlite://DATA_DIR/catalog.db.
+    #[arg(long, env = "UNITABLE_CATALOG")]
+    pub catalog: Option<String>,
+
+    /// Warehouse for new tables: file:///ABS/PATH, s3://BUCKET/PREFIX or memory://NAME.
+    /// Default: file://DATA_DIR/warehouse.
+    #[arg(long, env = "UNITABLE_WAREHOUSE")]
+    pub warehouse: Option<String>,
+}
+
+/// S3-compatible object storage settings (AWS_* environment variables are also honoured).
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// S3 endpoint URL, for S3-compatible services (MinIO, moto, ...).
+    #[arg(long, env = "UNITABLE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(long, env = "UNITABLE_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// S3 access key id.
+    #[arg(long, env = "UNITABLE_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+
+    /// S3 secret access key.
+    #[arg(long, env = "UNITABLE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+}
+
+/// Kafka changelog settings.
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (host:port,...). Absent: the local changelog in DATA_DIR.
+    #[arg(long, env = "UNITABLE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Extra Kafka client setting KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
+    #[arg(
+        long = "kafka-option",
+        env = "UNITABLE_KAFKA_OPTIONS",
+        value_delimiter = ';'
+    )]
+    pub kafka_options: Vec<String>,
+}
+
+/// `unitable table ...`
+#[derive(Debug, Subcommand)]
+pub enum TableCommand {
+    /// Create a table and its changelog topic.
+    Create(CreateArgs),
+    /// List tables, optionally of one namespace.
+    List {
+        /// Only this namespace.
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Show a table's schema, primary key, buckets, topic, snapshot and properties.
+    Describe {
+        /// NAMESPACE.TABLE
+        table: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Drop a table, its data files and its changelog topic.
+    Drop {
+        /// NAMESPACE.TABLE
+        table: String,
+        /// Keep data and metadata files in the warehouse.
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Add a nullable column.
+    AddColumn {
+        /// NAMESPACE.TABLE
+        table: String,
+        /// NAME:TYPE (added columns are nullable).
+        #[arg(long)]
+        column: String,
+    },
+}
+
+/// `unitable table create` flags.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// NAMESPACE.TABLE (lower-case letters, digits, `_`).
+    pub table: String,
+    /// NAME:TYPE[!] (repeatable; `!` = not null). TYPE: bool, int32, int64, float32, float64,
+    /// decimal(P,S), string, binary, date, timestamp, timestamptz.
+    #[arg(long = "column", required = true)]
+    pub columns: Vec<String>,
+    /// Primary-key columns in key order (C1[,C2...]); none = append-only table.
+    #[arg(long, value_delimiter = ',')]
+    pub primary_key: Vec<String>,
+    /// Buckets = changelog partitions (default 4).
+    #[arg(long)]
+    pub buckets: Option<u32>,
+    /// Partition field (repeatable or comma-separated): col, identity(col), year(col),
+    /// month(col), day(col), hour(col), bucket[N](col), truncate[W](col).
+    #[arg(long, value_delimiter = ',')]
+    pub partition_by: Vec<String>,
+    /// Table property KEY=VALUE (repeatable).
+    #[arg(long = "property")]
+    pub properties: Vec<String>,
+}
+
+/// Output formats of client commands.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// Parses `500ms`, `1s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 1s, 2m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            match runtime.block_on(serve::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Table(cmd) => runtime.block_on(client::table::run(&cli.server, cmd)),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNITABLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,253 @@
+//! `unitable table create|list|describe|drop|add-column`.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use serde_json::json;
+use unitable_core::naming::TableName;
+use unitable_core::partition::PartitionField;
+use unitable_core::table::Column;
+use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
+use unitable_proto::v1::{
+    AddColumnRequest, CreateTableRequest, DropTableRequest, GetTableRequest, ListTablesRequest,
+    TableDefinition, TableInfo,
+};
+
+use super::{ClientError, channel};
+use crate::cli::{CreateArgs, OutputFormat, TableCommand};
+
+/// Runs one table subcommand.
+pub(crate) async fn run(server: &str, cmd: TableCommand) -> ExitCode {
+    match run_inner(server, cmd).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.exit(),
+    }
+}
+
+fn parse_name(text: &str) -> Result<TableName, ClientError> {
+    text.parse()
+        .map_err(|e: unitable_core::Error| ClientError::new(e.to_string()))
+}
+
+async fn run_inner(server: &str, cmd: TableCommand) -> Result<(), ClientError> {
+    let mut client = TableAdminServiceClient::new(channel(server)?);
+    let rpc_err = |s: tonic::Status| ClientError::from_status(server, &s);
+    match cmd {
+        TableCommand::Create(args) => {
+            let definition = definition_from_args(&args)?;
+            let info = client
+                .create_table(CreateTableRequest {
+                    definition: Some(definition),
+                })
+                .await
+                .map_err(rpc_err)?
+                .into_inner()
+                .table
+                .unwrap_or_default();
+            let def = info.definition.unwrap_or_default();
+            let topic = def.changelog.map(|c| c.topic).unwrap_or_default();
+            println!(
+                "created {} ({} buckets, changelog topic {topic})",
+                def.table, def.buckets
+            );
+        }
+        TableCommand::List { namespace, format } => {
+            let tables = client
+                .list_tables(ListTablesRequest {
+                    namespace: namespace.unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc_err)?
+                .into_inner()
+                .tables;
+            match format {
+                OutputFormat::Json => println!("{}", json!(tables)),
+                OutputFormat::Text => tables.iter().for_each(|t| println!("{t}")),
+            }
+        }
+        TableCommand::Describe { table, format } => {
+            let name = parse_name(&table)?;
+            let info = client
+                .get_table(GetTableRequest {
+                    table: name.to_string(),
+                })
+                .await
+                .map_err(rpc_err)?
+                .into_inner()
+                .table
+                .unwrap_or_default();
+            match format {
+                OutputFormat::Json => println!("{:#}", describe_json(&info)),
+                OutputFormat::Text => print!("{}", describe_text(&info)),
+            }
+        }
+        TableCommand::Drop { table, keep_data } => {
+            let name = parse_name(&table)?;
+            client
+                .drop_table(DropTableRequest {
+                    table: name.to_string(),
+                    keep_data,
+                })
+                .await
+                .map_err(rpc_err)?;
+            println!("dropped {name}");
+        }
+        TableCommand::AddColumn { table, column } => {
+            let name = parse_name(&table)?;
+            let column = Column::parse(&column).map_err(|e| ClientError::new(e.to_string()))?;
+            client
+                .add_column(AddColumnRequest {
+                    table: name.to_string(),
+                    column: Some((&column).into()),
+                })
+                .await
+                .map_err(rpc_err)?;
+            println!("added column {} ({}) to {name}", column.name, column.ty);
+        }
+    }
+    Ok(())
+}
+
+/// Builds the wire definition, catching malformed flags before calling the server.
+fn definition_from_args(args: &CreateArgs) -> Result<TableDefinition, ClientError> {
+    let invalid = |e: unitable_core::Error| ClientError::new(e.to_string());
+    let name = parse_name(&args.table)?;
+    let columns = args
+        .columns
+        .iter()
+        .map(|c| Column::parse(c).map(|c| (&c).into()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let partition_by = args
+        .partition_by
+        .iter()
+        .map(|p| PartitionField::parse(p).map(|p| (&p).into()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let mut properties = HashMap::new();
+    for p in &args.properties {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| ClientError::new(format!("--property `{p}` must be KEY=VALUE")))?;
+        properties.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(TableDefinition {
+        table: name.to_string(),
+        columns,
+        primary_key: args
+            .primary_key
+            .iter()
+            .map(|k| k.trim().to_string())
+            .collect(),
+        buckets: args.buckets.unwrap_or(0),
+        partition_by,
+        properties,
+        changelog: None,
+    })
+}
+
+fn type_text(c: &unitable_proto::v1::Column) -> String {
+    use unitable_core::types::ColumnType;
+    c.r#type
+        .as_ref()
+        .and_then(|t| ColumnType::try_from(t).ok())
+        .map_or_else(|| "?".to_string(), |t| t.to_string())
+}
+
+fn partition_text(p: &unitable_proto::v1::PartitionField) -> String {
+    PartitionField::try_from(p).map_or_else(|_| "?".to_string(), |p| p.to_string())
+}
+
+fn describe_json(info: &TableInfo) -> serde_json::Value {
+    let def = info.definition.clone().unwrap_or_default();
+    let changelog = def.changelog.clone().unwrap_or_default();
+    let mut properties: Vec<_> = def.properties.iter().collect();
+    properties.sort();
+    json!({
+        "table": def.table,
+        "table_uuid": info.table_uuid,
+        "location": info.location,
+        "schema_id": info.schema_id,
+        "current_snapshot_id": info.current_snapshot_id,
+        "columns": def.columns.iter().map(|c| json!({
+            "name": c.name,
+            "type": type_text(c),
+            "required": c.required,
+            "field_id": c.field_id,
+        })).collect::<Vec<_>>(),
+        "primary_key": def.primary_key,
+        "buckets": def.buckets,
+        "partition_by": def.partition_by.iter().map(partition_text).collect::<Vec<_>>(),
+        "changelog": {
+            "topic": changelog.topic,
+            "partitions": changelog.partitions,
+            "format": changelog.format,
+        },
+        "properties": properties
+            .into_iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn describe_text(info: &TableInfo) -> String {
+    use std::fmt::Write;
+    let def = info.definition.clone().unwrap_or_default();
+    let changelog = def.changelog.clone().unwrap_or_default();
+    let mut out = String::new();
+    let pk = if def.primary_key.is_empty() {
+        "(none: append-only)".to_string()
+    } else {
+        def.primary_key.join(", ")
+    };
+    let partitions = if def.partition_by.is_empty() {
+        "(unpartitioned)".to_string()
+    } else {
+        def.partition_by
+            .iter()
+            .map(partition_text)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let snapshot = info
+        .current_snapshot_id
+        .map_or_else(|| "(none yet)".to_string(), |s| s.to_string());
+    let _ = writeln!(out, "table        {}", def.table);
+    let _ = writeln!(out, "uuid         {}", info.table_uuid);
+    let _ = writeln!(out, "location     {}", info.location);
+    let _ = writeln!(out, "primary key  {pk}");
+    let _ = writeln!(out, "buckets      {}", def.buckets);
+    let _ = writeln!(out, "partitioned  {partitions}");
+    let _ = writeln!(
+        out,
+        "changelog    {} ({} partitions, {})",
+        changelog.topic, changelog.partitions, changelog.format
+    );
+    let _ = writeln!(out, "snapshot     {snapshot}");
+    let _ = writeln!(out, "columns");
+    let width = def.columns.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    for c in &def.columns {
+        let key = if def.primary_key.contains(&c.name) {
+            "  key"
+        } else {
+            ""
+        };
+        let null = if c.required { "not null" } else { "null" };
+        let _ = writeln!(
+            out,
+            "  {:>3}  {:<width$}  {:<15} {null}{key}",
+            c.field_id,
+            c.name,
+            type_text(c)
+        );
+    }
+    if !def.properties.is_empty() {
+        let _ = writeln!(out, "properties");
+        let mut props: Vec<_> = def.properties.iter().collect();
+        props.sort();
+        for (k, v) in props {
+            let _ = writeln!(out, "  {k} = {v}");
+        }
+    }
+    out
+}

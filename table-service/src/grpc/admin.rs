@@ -1,0 +1,117 @@
+//! `TableAdminService`: create, get, list, drop and alter tables.
+
+use tonic::{Request, Response, Status};
+use unitable_core::admin::TableAdmin;
+use unitable_core::table::Column;
+use unitable_proto::v1::table_admin_service_server::TableAdminService;
+use unitable_proto::v1::{
+    AddColumnRequest, AddColumnResponse, CreateTableRequest, CreateTableResponse, DropTableRequest,
+    DropTableResponse, GetTableRequest, GetTableResponse, ListTablesRequest, ListTablesResponse,
+};
+use unitable_proto::{table_def_from_wire, table_info_to_wire};
+
+use super::table_name;
+use crate::status::ApiError;
+
+/// Table administration over the catalog and the changelog.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminApi {
+    admin: TableAdmin,
+}
+
+impl AdminApi {
+    pub(crate) fn new(admin: TableAdmin) -> Self {
+        Self { admin }
+    }
+}
+
+fn count(method: &'static str) {
+    metrics::counter!("unitable_grpc_requests_total", "method" => method).increment(1);
+}
+
+#[tonic::async_trait]
+impl TableAdminService for AdminApi {
+    async fn create_table(
+        &self,
+        request: Request<CreateTableRequest>,
+    ) -> Result<Response<CreateTableResponse>, Status> {
+        count("CreateTable");
+        let definition = request
+            .into_inner()
+            .definition
+            .ok_or(ApiError::BadRequest {
+                field: "definition",
+                reason: "is missing".into(),
+            })?;
+        let def = table_def_from_wire(&definition).map_err(ApiError::from)?;
+        let state = self
+            .admin
+            .create_table(&def)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(CreateTableResponse {
+            table: Some(table_info_to_wire(&state)),
+        }))
+    }
+
+    async fn get_table(
+        &self,
+        request: Request<GetTableRequest>,
+    ) -> Result<Response<GetTableResponse>, Status> {
+        count("GetTable");
+        let name = table_name(&request.into_inner().table)?;
+        let state = self.admin.describe(&name).await.map_err(ApiError::from)?;
+        Ok(Response::new(GetTableResponse {
+            table: Some(table_info_to_wire(&state)),
+        }))
+    }
+
+    async fn list_tables(
+        &self,
+        request: Request<ListTablesRequest>,
+    ) -> Result<Response<ListTablesResponse>, Status> {
+        count("ListTables");
+        let namespace = request.into_inner().namespace;
+        let namespace = (!namespace.is_empty()).then_some(namespace.as_str());
+        let tables = self.admin.list(namespace).await.map_err(ApiError::from)?;
+        Ok(Response::new(ListTablesResponse {
+            tables: tables.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn drop_table(
+        &self,
+        request: Request<DropTableRequest>,
+    ) -> Result<Response<DropTableResponse>, Status> {
+        count("DropTable");
+        let request = request.into_inner();
+        let name = table_name(&request.table)?;
+        self.admin
+            .drop_table(&name, request.keep_data)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(DropTableResponse {}))
+    }
+
+    async fn add_column(
+        &self,
+        request: Request<AddColumnRequest>,
+    ) -> Result<Response<AddColumnResponse>, Status> {
+        count("AddColumn");
+        let request = request.into_inner();
+        let name = table_name(&request.table)?;
+        let column = request.column.as_ref().ok_or(ApiError::BadRequest {
+            field: "column",
+            reason: "is missing".into(),
+        })?;
+        let column = Column::try_from(column).map_err(ApiError::from)?;
+        let state = self
+            .admin
+            .add_column(&name, &column)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(AddColumnResponse {
+            table: Some(table_info_to_wire(&state)),
+        }))
+    }
+}

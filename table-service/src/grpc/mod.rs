@@ -1,0 +1,19 @@
+//! gRPC service implementations.
+
+pub(crate) mod admin;
+pub(crate) mod pending;
+
+use unitable_core::naming::TableName;
+
+use crate::status::ApiError;
+
+/// Parses the `table` field of a request.
+pub(crate) fn table_name(text: &str) -> Result<TableName, ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::BadRequest {
+            field: "table",
+            reason: "is empty; name a table as `namespace.table`".into(),
+        });
+    }
+    Ok(text.parse::<TableName>()?)
+}

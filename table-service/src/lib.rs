@@ -1,0 +1,15 @@
+//! unitable-table-service: wires core and the role libraries into the `unitable` binary.
+//!
+//! - [`cli`]: the command line (clap): `serve` and the client subcommands.
+//! - `serve`: builds the catalog, the changelog and the roles from flags, starts the gRPC server
+//!   (with health and reflection) and the HTTP server (`/metrics`, `/healthz`), and shuts them
+//!   down in order on SIGINT/SIGTERM.
+//! - `grpc`: the gRPC service implementations; `status` maps every error to a gRPC status in
+//!   one exhaustive place.
+//! - `client`: the client subcommands, talking gRPC to a running server.
+
+pub mod cli;
+mod client;
+mod grpc;
+mod serve;
+mod status;

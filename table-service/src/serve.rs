@@ -1,0 +1,230 @@
+//! `unitable serve`: builds the roles from flags and runs the gRPC and HTTP servers.
+//!
+//! Shutdown has one path: SIGINT/SIGTERM cancels the shared token; the gRPC server stops
+//! taking requests and drains the ones in flight, then the HTTP server stops. Any task that
+//! ends on its own before that is an error and brings the process down.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use unitable_core::admin::TableAdmin;
+use unitable_core::catalog::{CatalogConfig, TableCatalog};
+use unitable_core::changelog::{Changelog, MemoryChangelog};
+use unitable_core::storage::s3_props;
+use unitable_proto::FILE_DESCRIPTOR_SET;
+use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
+use unitable_proto::v1::read_service_server::ReadServiceServer;
+use unitable_proto::v1::table_admin_service_server::TableAdminServiceServer;
+use unitable_proto::v1::write_service_server::WriteServiceServer;
+
+use crate::cli::ServeArgs;
+use crate::grpc::admin::AdminApi;
+use crate::grpc::pending::PendingApi;
+
+/// Runs the server until SIGINT/SIGTERM.
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = absolute(&args.data_dir)?;
+    std::fs::create_dir_all(&data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}; choose another with --data-dir",
+            data_dir.display()
+        )
+    })?;
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    metrics::gauge!("unitable_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+
+    let config = catalog_config(&args, &data_dir);
+    info!(catalog = %config.uri, warehouse = %config.warehouse, "opening the Iceberg catalog");
+    let catalog = TableCatalog::open(config)
+        .await
+        .context("cannot open the Iceberg catalog; check --catalog and --warehouse")?;
+    let changelog = open_changelog(&args)?;
+    let admin = TableAdmin::new(catalog, changelog);
+
+    // Bind both listeners before serving, so a taken port fails start-up with a clear error.
+    let grpc_listener = TcpListener::bind(&args.grpc_addr).await.with_context(|| {
+        format!(
+            "cannot listen on {} for gRPC; is another unitable running? choose another with --grpc-addr",
+            args.grpc_addr
+        )
+    })?;
+    let http_listener = TcpListener::bind(&args.http_addr).await.with_context(|| {
+        format!(
+            "cannot listen on {} for HTTP; choose another with --http-addr",
+            args.http_addr
+        )
+    })?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = serve_grpc(grpc_listener, admin, shutdown.clone()).await;
+            ("grpc", result)
+        });
+    }
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = serve_http(http_listener, metrics, shutdown).await;
+            ("http", result)
+        });
+    }
+    info!(%grpc_addr, %http_addr, data_dir = %data_dir.display(), "unitable is serving");
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut first_error = None;
+    tokio::select! {
+        () = &mut signal => info!("shutting down: stopping intake"),
+        Some(joined) = tasks.join_next() => {
+            first_error = Some(task_outcome(joined));
+        }
+    }
+    shutdown.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = task_outcome(joined)
+            && first_error.is_none()
+        {
+            first_error = Some(Err(e));
+        }
+    }
+    match first_error {
+        Some(Err(e)) => Err(e),
+        _ => {
+            info!("shutdown complete");
+            Ok(())
+        }
+    }
+}
+
+fn task_outcome(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    match joined {
+        Ok((_, Ok(()))) => Ok(()),
+        Ok((name, Err(e))) => Err(e.context(format!("task `{name}` failed"))),
+        Err(e) => Err(anyhow::anyhow!("a server task panicked: {e}")),
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("cannot read the current directory")?
+        .join(path))
+}
+
+fn catalog_config(args: &ServeArgs, data_dir: &Path) -> CatalogConfig {
+    let embedded = CatalogConfig::embedded(data_dir);
+    let mut storage_props = HashMap::new();
+    let s3 = &args.storage;
+    for (key, value) in [
+        (s3_props::ENDPOINT, &s3.s3_endpoint),
+        (s3_props::REGION, &s3.s3_region),
+        (s3_props::ACCESS_KEY_ID, &s3.s3_access_key_id),
+        (s3_props::SECRET_ACCESS_KEY, &s3.s3_secret_access_key),
+    ] {
+        if let Some(value) = value {
+            storage_props.insert(key.to_string(), value.clone());
+        }
+    }
+    CatalogConfig {
+        uri: args.catalog.catalog.clone().unwrap_or(embedded.uri),
+        warehouse: args.catalog.warehouse.clone().unwrap_or(embedded.warehouse),
+        storage_props,
+    }
+}
+
+fn open_changelog(args: &ServeArgs) -> anyhow::Result<Arc<dyn Changelog>> {
+    if let Some(brokers) = &args.kafka.kafka_brokers {
+        bail!(
+            "--kafka-brokers {brokers}: the Kafka changelog is not part of this build yet; \
+             run without --kafka-brokers to use the embedded changelog"
+        );
+    }
+    warn!(
+        "changelog: in-memory (the durable local changelog is not part of this build yet); \
+         table administration is fully durable, writes are not served yet"
+    );
+    Ok(Arc::new(MemoryChangelog::new()))
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    admin: TableAdmin,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TableAdminServiceServer<AdminApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the gRPC reflection service")?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(TableAdminServiceServer::new(AdminApi::new(admin)))
+        .add_service(WriteServiceServer::new(PendingApi))
+        .add_service(ReadServiceServer::new(PendingApi))
+        .add_service(CompactionServiceServer::new(PendingApi))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .context("the gRPC server failed")
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("the HTTP server failed")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,101 @@
+//! The one place errors become gRPC statuses: each arm picks the code and the log level.
+
+use tonic::{Code, Status};
+use tracing::{debug, error, warn};
+use unitable_core::Error as CoreError;
+use unitable_core::changelog::ChangelogError;
+use unitable_proto::ConversionError;
+
+/// Errors a gRPC handler can return.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Conversion(#[from] ConversionError),
+    #[error("field `{field}`: {reason}")]
+    BadRequest { field: &'static str, reason: String },
+}
+
+#[derive(Clone, Copy)]
+enum Level {
+    Debug,
+    Warn,
+    Error,
+}
+
+fn classify_core(e: &CoreError) -> (Code, Level) {
+    match e {
+        CoreError::InvalidTableName { .. }
+        | CoreError::UnknownType { .. }
+        | CoreError::InvalidDefinition { .. } => (Code::InvalidArgument, Level::Debug),
+        CoreError::TableNotFound { .. } => (Code::NotFound, Level::Debug),
+        CoreError::TableAlreadyExists { .. } => (Code::AlreadyExists, Level::Debug),
+        CoreError::NotAUnitableTable { .. } => (Code::FailedPrecondition, Level::Warn),
+        CoreError::InvalidUri { .. } => (Code::InvalidArgument, Level::Warn),
+        CoreError::Catalog { .. } | CoreError::Storage { .. } => {
+            if e.is_retryable() {
+                (Code::Unavailable, Level::Warn)
+            } else {
+                (Code::Internal, Level::Error)
+            }
+        }
+        CoreError::Changelog(c) => match c {
+            ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. } => {
+                (Code::FailedPrecondition, Level::Error)
+            }
+            ChangelogError::TopicExists { .. } => (Code::AlreadyExists, Level::Warn),
+            ChangelogError::OffsetOutOfRange { .. } => (Code::OutOfRange, Level::Debug),
+            ChangelogError::Unavailable { .. } | ChangelogError::Io { .. } => {
+                (Code::Unavailable, Level::Warn)
+            }
+            ChangelogError::Corrupt { .. } => (Code::DataLoss, Level::Error),
+        },
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let (code, level) = match &e {
+            ApiError::Core(core) => classify_core(core),
+            ApiError::Conversion(ConversionError::Domain(core)) => classify_core(core),
+            ApiError::Conversion(ConversionError::InvalidField { .. }) => {
+                (Code::InvalidArgument, Level::Debug)
+            }
+            ApiError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
+        };
+        let message = e.to_string();
+        match level {
+            Level::Debug => debug!(?code, "{message}"),
+            Level::Warn => warn!(?code, "{message}"),
+            Level::Error => error!(?code, "{message}"),
+        }
+        metrics::counter!("unitable_grpc_errors_total", "code" => format!("{code:?}")).increment(1);
+        Status::new(code, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_errors_are_client_codes() {
+        let name = "a.b".parse().unwrap();
+        let s: Status = ApiError::from(CoreError::TableNotFound { table: name }).into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("a.b"));
+        let s: Status = ApiError::from(CoreError::UnknownType {
+            column: "c".into(),
+            type_name: "x".into(),
+        })
+        .into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let s: Status = ApiError::BadRequest {
+            field: "table",
+            reason: "missing".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+    }
+}

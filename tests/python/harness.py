@@ -1,0 +1,248 @@
+"""Process harness for the Python interop tests, mirroring tests/src/lib.rs.
+
+Each process runs in its own directory on free ports, logs stdout and stderr to a file there,
+is waited on until it is ready, and is killed by kill() (SIGKILL) or at the end of its fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+STARTUP_TIMEOUT = 60.0
+CLI_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0
+TAIL_LINES = 40
+
+# Local HTTP calls must not go through a proxy configured in the environment.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tcp_accepts(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_request(method: str, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Sends one request without a body; returns (status, body) for any status."""
+    request = urllib.request.Request(url, method=method)
+    try:
+        with _HTTP.open(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def retry_if_port_taken(start: Callable[[], None]) -> None:
+    """Runs start() up to three times while it fails because a free port was taken meanwhile."""
+    for attempt in range(1, 4):
+        try:
+            start()
+            return
+        except RuntimeError as err:
+            if attempt == 3 or "in use" not in str(err):
+                raise
+
+
+class Process:
+    """A child process whose output goes to a log file; killed by kill() or respawned."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.argv = argv
+        self.workdir = workdir
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = workdir / f"{name.replace(' ', '-')}.log"
+        self.log_path.write_text("")
+        self.starts = 0
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.respawn()
+
+    def respawn(self) -> None:
+        self.kill()
+        self.starts += 1
+        with self.log_path.open("a") as log:
+            log.write(f"=== {self.name} start #{self.starts}: {' '.join(self.argv)} ===\n")
+            log.flush()
+            self.popen = subprocess.Popen(
+                self.argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = TAIL_LINES) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_until(self, what: str, ready: Callable[[], bool], timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if ready():
+                return
+            if self.popen is None or self.popen.poll() is not None:
+                code = None if self.popen is None else self.popen.returncode
+                raise RuntimeError(
+                    f"{self.name} exited with {code} before {what}; last lines of "
+                    f"{self.log_path}:\n{self.log_tail()}")
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"timed out after {timeout}s waiting for {what} ({self.name}); last lines of "
+                    f"{self.log_path}:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL (a crash), then reap."""
+        if self.popen is not None:
+            if self.popen.poll() is None:
+                self.popen.kill()
+            self.popen.wait()
+            self.popen = None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM and wait; kills and raises if the process does not exit in time."""
+        if self.popen is None:
+            raise RuntimeError(f"{self.name} is not running")
+        popen, self.popen = self.popen, None
+        popen.terminate()
+        try:
+            return popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+            raise RuntimeError(f"{self.name} did not exit within {timeout}s of SIGTERM:\n"
+                               f"{self.log_tail()}") from None
+
+
+class Service:
+    """`unitable serve` in a temporary data dir, plus its command-line client."""
+
+    def __init__(self, bin_path: str, workdir: Path, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):
+        self.bin = bin_path
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+        def start() -> None:
+            self.grpc_port = free_port()
+            self.http_port = free_port()
+            while self.http_port == self.grpc_port:
+                self.http_port = free_port()
+            self.grpc_url = f"http://127.0.0.1:{self.grpc_port}"
+            self.http_addr = f"127.0.0.1:{self.http_port}"
+            argv = [bin_path, "serve", "--data-dir", str(self.data_dir),
+                    "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
+                    "--http-addr", self.http_addr, *args]
+            self.process = Process("unitable serve", argv, workdir, env)
+            self._wait_healthy()
+
+        retry_if_port_taken(start)
+
+    def _healthy(self) -> bool:
+        try:
+            status, _ = http_request("GET", f"http://{self.http_addr}/healthz", timeout=1.0)
+        except OSError:
+            return False
+        return status == 200
+
+    def _wait_healthy(self) -> None:
+        self.process.wait_until(f"GET http://{self.http_addr}/healthz to answer 200", self._healthy)
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Runs `unitable --server GRPC_URL ARGS...`; with check=True a failure raises with stderr."""
+        result = subprocess.run(
+            [self.bin, "--server", self.grpc_url, *args], cwd=self.workdir,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"`unitable {' '.join(args)}` exited with {result.returncode}\n"
+                f"stderr:\n{result.stderr}\nstdout:\n{result.stdout}")
+        return result
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash); restart() brings it back."""
+        self.process.kill()
+
+    def stop(self) -> int:
+        """Graceful stop (SIGTERM); returns the exit code."""
+        return self.process.stop()
+
+    def restart(self) -> None:
+        """Kill (SIGKILL) if running, start again on the same data dir and ports, wait healthy."""
+        self.process.respawn()
+        self._wait_healthy()
+
+    def log(self) -> str:
+        return self.process.log()
+
+
+class Moto:
+    """moto_server: a local S3 endpoint that accepts any credentials."""
+
+    def __init__(self, bin_path: str, workdir: Path):
+        def start() -> None:
+            self.port = free_port()
+            self.endpoint = f"http://127.0.0.1:{self.port}"
+            self.process = Process(
+                "moto_server", [bin_path, "-H", "127.0.0.1", "-p", str(self.port)], workdir)
+            self.process.wait_until(f"moto_server to accept connections on {self.port}",
+                                    lambda: tcp_accepts(self.port))
+
+        retry_if_port_taken(start)
+
+    def create_bucket(self, name: str) -> None:
+        status, body = http_request("PUT", f"{self.endpoint}/{name}")
+        if status != 200:
+            raise RuntimeError(f"creating bucket {name} failed with HTTP {status}: {body!r}")
+
+
+class Tansu:
+    """tansu 0.6.0 broker with SQLite storage; kill() and restart() keep storage and port."""
+
+    def __init__(self, bin_path: str, workdir: Path):
+        self.storage_path = workdir / "tansu.db"
+
+        def start() -> None:
+            self.port = free_port()
+            self.bootstrap = f"127.0.0.1:{self.port}"
+            # Always an IP address: a hostname makes tansu listen on every interface.
+            url = f"tcp://127.0.0.1:{self.port}"
+            # tansu resolves the SQLite path against its working directory, even one that
+            # looks absolute, so name the file relative to workdir.
+            self.process = Process("tansu", [
+                bin_path, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "sqlite://tansu.db?maintenance_interval=5s"], workdir)
+            self._wait_ready()
+
+        retry_if_port_taken(start)
+
+    def _wait_ready(self) -> None:
+        self.process.wait_until(f"tansu to accept connections on {self.port}",
+                                lambda: tcp_accepts(self.port))
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def restart(self) -> None:
+        self.process.respawn()
+        self._wait_ready()
