@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use iceberg::spec::{PrimitiveType, Type};
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, ErrorKind, NamespaceIdent};
 use iceberg_catalog_rest::RestCatalogBuilder;
@@ -64,14 +63,8 @@ fn classify(uri: &str) -> Result<CatalogKind> {
                 "missing the database file, as in sqlite://./data/catalog.db",
             ));
         }
-        let path = PathBuf::from(path);
-        let abs = if path.is_absolute() {
-            path
-        } else {
-            std::env::current_dir()
-                .map_err(|e| bad(&format!("cannot resolve a relative path: {e}")))?
-                .join(path)
-        };
+        let abs = std::path::absolute(PathBuf::from(path))
+            .map_err(|e| bad(&format!("cannot resolve the path: {e}")))?;
         return Ok(CatalogKind::Sqlite(abs));
     }
     if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
@@ -334,11 +327,6 @@ fn map_table_error(name: &TableName, operation: &str, e: iceberg::Error) -> Erro
         },
         _ => Error::catalog(format!("{operation} {name}"), e),
     }
-}
-
-/// Whether a type is one unitable can add as a column (all primitive types it supports).
-pub fn is_supported_type(ty: &Type) -> bool {
-    matches!(ty, Type::Primitive(p) if !matches!(p, PrimitiveType::Uuid | PrimitiveType::Fixed(_) | PrimitiveType::Time))
 }
 
 #[cfg(test)]

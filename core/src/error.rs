@@ -71,7 +71,7 @@ pub enum Error {
         operation: String,
         /// The underlying Iceberg error.
         #[source]
-        source: iceberg::Error,
+        source: Box<iceberg::Error>,
     },
     /// Object storage failed.
     #[error("storage operation on `{path}` failed: {source}")]
@@ -80,7 +80,7 @@ pub enum Error {
         path: String,
         /// The underlying object_store error.
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// Changelog errors (topics, partitions, offsets, broker availability).
     #[error(transparent)]
@@ -100,7 +100,7 @@ impl Error {
             | Error::InvalidUri { .. } => false,
             Error::Catalog { source, .. } => source.retryable(),
             Error::Storage { source, .. } => !matches!(
-                source,
+                **source,
                 object_store::Error::NotFound { .. }
                     | object_store::Error::InvalidPath { .. }
                     | object_store::Error::NotSupported { .. }
@@ -114,7 +114,7 @@ impl Error {
     pub(crate) fn catalog(operation: impl Into<String>, source: iceberg::Error) -> Self {
         Error::Catalog {
             operation: operation.into(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -122,12 +122,7 @@ fn task_outcome(
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    Ok(std::env::current_dir()
-        .context("cannot read the current directory")?
-        .join(path))
+    std::path::absolute(path).with_context(|| format!("cannot resolve the path {}", path.display()))
 }
 
 fn catalog_config(args: &ServeArgs, data_dir: &Path) -> CatalogConfig {
