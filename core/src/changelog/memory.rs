@@ -208,6 +208,11 @@ impl Changelog for MemoryChangelog {
 mod tests {
     use std::time::Instant;
 
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        super::super::conformance::run_all(Arc::new(MemoryChangelog::new()), "memory").await;
+    }
+
     use bytes::Bytes;
 
     use super::*;

@@ -5,6 +5,10 @@
 //! by the caller ([`crate::bucket::bucket_of`]), never by the backend. Offsets are dense per
 //! partition, starting at 0, and an append returns only once the records are durable.
 
+#[cfg(any(test, feature = "test-utils"))]
+pub mod conformance;
+mod kafka;
+mod local;
 mod memory;
 
 use std::fmt::Debug;
@@ -13,6 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use kafka::{KafkaChangelog, KafkaConfig};
+pub use local::{LocalChangelog, LocalConfig};
 pub use memory::MemoryChangelog;
 
 use crate::naming::TopicName;
