@@ -14,10 +14,10 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use unitable_core::admin::TableAdmin;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_core::changelog::{Changelog, MemoryChangelog};
+use unitable_core::changelog::{Changelog, LocalChangelog, LocalConfig};
 use unitable_core::storage::s3_props;
 use unitable_proto::FILE_DESCRIPTOR_SET;
 use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
@@ -48,7 +48,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let catalog = TableCatalog::open(config)
         .await
         .context("cannot open the Iceberg catalog; check --catalog and --warehouse")?;
-    let changelog = open_changelog(&args)?;
+    let changelog = open_changelog(&args, &data_dir).await?;
     let admin = TableAdmin::new(catalog, changelog);
 
     // Bind both listeners before serving, so a taken port fails start-up with a clear error.
@@ -146,18 +146,24 @@ fn catalog_config(args: &ServeArgs, data_dir: &Path) -> CatalogConfig {
     }
 }
 
-fn open_changelog(args: &ServeArgs) -> anyhow::Result<Arc<dyn Changelog>> {
+async fn open_changelog(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Changelog>> {
     if let Some(brokers) = &args.kafka.kafka_brokers {
         bail!(
             "--kafka-brokers {brokers}: the Kafka changelog is not part of this build yet; \
              run without --kafka-brokers to use the embedded changelog"
         );
     }
-    warn!(
-        "changelog: in-memory (the durable local changelog is not part of this build yet); \
-         table administration is fully durable, writes are not served yet"
-    );
-    Ok(Arc::new(MemoryChangelog::new()))
+    let root = data_dir.join("changelog");
+    info!(root = %root.display(), "changelog: local");
+    let log = LocalChangelog::open(LocalConfig::new(&root))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the local changelog in {}; check the directory's permissions and free space",
+                root.display()
+            )
+        })?;
+    Ok(Arc::new(log))
 }
 
 async fn serve_grpc(

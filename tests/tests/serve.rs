@@ -138,6 +138,16 @@ fn tables_survive_a_crash_and_sigterm_exits_cleanly() -> Result<()> {
     assert_eq!(json["primary_key"], serde_json::json!(["id"]));
     assert_eq!(json["changelog"]["topic"], "unitable.ops.events");
 
+    let topic = service
+        .data_dir()
+        .join("changelog/unitable.ops.events/topic.json");
+    assert!(
+        topic.exists(),
+        "the local changelog topic is missing after a restart"
+    );
+    service.cli(&["table", "drop", "ops.events"])?.ok()?;
+    assert!(!topic.exists(), "drop must remove the topic");
+
     let status = service.stop()?;
     assert!(status.success(), "SIGTERM should exit 0, got {status}");
     assert!(
