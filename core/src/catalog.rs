@@ -44,6 +44,28 @@ impl CatalogConfig {
     }
 }
 
+/// SQL dialects of the SQL catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlDialect {
+    /// SQLite (`?` placeholders).
+    Sqlite,
+    /// Postgres (`$n` placeholders).
+    Postgres,
+}
+
+/// The database URL of a SQL catalog URI, with its dialect; `None` for REST catalogs.
+pub fn sql_url(uri: &str) -> Result<Option<(String, SqlDialect)>> {
+    Ok(match classify(uri)? {
+        CatalogKind::Sqlite(path) => Some((sqlite_url(&path), SqlDialect::Sqlite)),
+        CatalogKind::Postgres => Some((uri.to_string(), SqlDialect::Postgres)),
+        CatalogKind::Rest => None,
+    })
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
 enum CatalogKind {
     Sqlite(PathBuf),
     Postgres,

@@ -174,6 +174,8 @@ pub mod props {
 pub mod summary {
     /// Per-partition changelog offsets (exclusive end) a snapshot covers, as `p:offset,...`.
     pub const CHANGELOG_OFFSETS: &str = "unitable.changelog-offsets";
+    /// The unique id of the commit that produced a snapshot (idempotent retries).
+    pub const COMMIT_ID: &str = "unitable.commit-id";
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use arrow::datatypes::{DataType, TimeUnit};
+use iceberg::arrow::UTC_TIME_ZONE;
 use iceberg::spec::{PrimitiveType, Type};
 
 use crate::error::{Error, Result};
@@ -103,6 +105,34 @@ impl ColumnType {
         })
     }
 
+    /// The Arrow type of this column type, the same as iceberg-rust's Iceberg-to-Arrow mapping
+    /// (so batches from the changelog and from Iceberg scans have equal types): `decimal(P,S)`
+    /// is `Decimal128(P,S)`, `binary` is `LargeBinary`, `timestamp` is
+    /// `Timestamp(Microsecond, None)` and `timestamptz` is `Timestamp(Microsecond, "+00:00")`
+    /// ([`iceberg::arrow::UTC_TIME_ZONE`]).
+    pub fn to_arrow(&self) -> DataType {
+        match *self {
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float32 => DataType::Float32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Decimal { precision, scale } => {
+                // Both are at most MAX_DECIMAL_PRECISION (38) for a parsed type.
+                let precision = precision.min(MAX_DECIMAL_PRECISION) as u8;
+                let scale = scale.min(MAX_DECIMAL_PRECISION) as i8;
+                DataType::Decimal128(precision, scale)
+            }
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Binary => DataType::LargeBinary,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            ColumnType::TimestampTz => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some(UTC_TIME_ZONE.into()))
+            }
+        }
+    }
+
     /// The column type of an Iceberg type, if unitable supports it.
     pub fn from_iceberg(ty: &Type) -> Option<Self> {
         let Type::Primitive(p) = ty else {
@@ -174,6 +204,28 @@ mod tests {
                 scale: 1
             }
         );
+    }
+
+    #[test]
+    fn arrow_types_match_iceberg_rust() {
+        for text in [
+            "bool",
+            "int32",
+            "int64",
+            "float32",
+            "float64",
+            "decimal(12,2)",
+            "decimal(38,38)",
+            "string",
+            "binary",
+            "date",
+            "timestamp",
+            "timestamptz",
+        ] {
+            let ty = ColumnType::parse("c", text).unwrap();
+            let iceberg = iceberg::arrow::type_to_arrow_type(&ty.to_iceberg()).unwrap();
+            assert_eq!(ty.to_arrow(), iceberg, "{text}");
+        }
     }
 
     #[test]

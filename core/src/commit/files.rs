@@ -1,0 +1,163 @@
+//! Writing the files a commit adds: Parquet data files and Parquet position-delete files, with
+//! the column metrics (value counts, null counts, lower and upper bounds) that every Iceberg
+//! engine uses for pruning.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
+use iceberg::io::FileIO;
+use iceberg::spec::{DataContentType, DataFile, NestedField, PrimitiveType, Schema, Struct, Type};
+use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
+use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+use parquet::file::properties::WriterProperties;
+
+use super::{CommitError, CommitResult};
+
+/// Field id of `file_path` in position-delete files (reserved by the Iceberg spec).
+pub const DELETE_FILE_PATH_FIELD_ID: i32 = 2_147_483_546;
+/// Field id of `pos` in position-delete files (reserved by the Iceberg spec).
+pub const DELETE_POS_FIELD_ID: i32 = 2_147_483_545;
+
+/// One deleted row: the data file and the row's 0-based position in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PositionDelete {
+    /// The data file's full path, exactly as in its manifest entry.
+    pub file_path: String,
+    /// The row position in that file.
+    pub pos: i64,
+}
+
+/// The Iceberg schema of position-delete files: `file_path: string`, `pos: long`.
+pub fn position_delete_schema() -> CommitResult<Schema> {
+    Schema::builder()
+        .with_fields([
+            Arc::new(NestedField::required(
+                DELETE_FILE_PATH_FIELD_ID,
+                "file_path",
+                Type::Primitive(PrimitiveType::String),
+            )),
+            Arc::new(NestedField::required(
+                DELETE_POS_FIELD_ID,
+                "pos",
+                Type::Primitive(PrimitiveType::Long),
+            )),
+        ])
+        .build()
+        .map_err(|e| CommitError::iceberg("build the position-delete schema", e))
+}
+
+fn field_with_id(name: &str, ty: DataType, id: i32) -> Field {
+    Field::new(name, ty, false).with_metadata(HashMap::from([(
+        PARQUET_FIELD_ID_META_KEY.to_string(),
+        id.to_string(),
+    )]))
+}
+
+/// Writes a position-delete file at `location` for `deletes` (sorted by path, then position,
+/// as the spec requires; duplicates removed) in partition `partition` of spec `spec_id`.
+/// `referenced_data_file` is set when every delete targets one data file.
+pub async fn write_position_deletes(
+    file_io: &FileIO,
+    location: &str,
+    mut deletes: Vec<PositionDelete>,
+    partition: Struct,
+    spec_id: i32,
+) -> CommitResult<DataFile> {
+    if deletes.is_empty() {
+        return Err(CommitError::Invalid {
+            reason: "a position-delete file needs at least one delete".into(),
+        });
+    }
+    deletes.sort_unstable();
+    deletes.dedup();
+    let single_target = deletes
+        .first()
+        .filter(|first| deletes.iter().all(|d| d.file_path == first.file_path))
+        .map(|d| d.file_path.clone());
+    let arrow_schema = Arc::new(ArrowSchema::new(vec![
+        field_with_id("file_path", DataType::Utf8, DELETE_FILE_PATH_FIELD_ID),
+        field_with_id("pos", DataType::Int64, DELETE_POS_FIELD_ID),
+    ]));
+    let batch = RecordBatch::try_new(
+        arrow_schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                deletes.iter().map(|d| d.file_path.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(deletes.iter().map(|d| d.pos))),
+        ],
+    )
+    .map_err(|e| CommitError::Invalid {
+        reason: format!("position-delete batch: {e}"),
+    })?;
+    let builder = write_parquet(
+        file_io,
+        location,
+        Arc::new(position_delete_schema()?),
+        &batch,
+    )
+    .await?;
+    let mut builder = builder;
+    builder
+        .content(DataContentType::PositionDeletes)
+        .partition(partition)
+        .partition_spec_id(spec_id)
+        .referenced_data_file(single_target);
+    builder.build().map_err(|e| CommitError::Invalid {
+        reason: format!("position-delete file metadata: {e}"),
+    })
+}
+
+/// Writes `batch` (whose fields carry Iceberg field ids) as one Parquet data file at `location`
+/// for table schema `schema`, in partition `partition` of spec `spec_id`.
+pub async fn write_data_file(
+    file_io: &FileIO,
+    location: &str,
+    schema: Arc<Schema>,
+    batch: &RecordBatch,
+    partition: Struct,
+    spec_id: i32,
+) -> CommitResult<DataFile> {
+    let mut builder = write_parquet(file_io, location, schema, batch).await?;
+    builder
+        .content(DataContentType::Data)
+        .partition(partition)
+        .partition_spec_id(spec_id);
+    builder.build().map_err(|e| CommitError::Invalid {
+        reason: format!("data file metadata: {e}"),
+    })
+}
+
+async fn write_parquet(
+    file_io: &FileIO,
+    location: &str,
+    schema: Arc<Schema>,
+    batch: &RecordBatch,
+) -> CommitResult<iceberg::spec::DataFileBuilder> {
+    let output = file_io
+        .new_output(location)
+        .map_err(|e| CommitError::iceberg(format!("open {location}"), e))?;
+    let props = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut writer = ParquetWriterBuilder::new(props, schema)
+        .build(output)
+        .await
+        .map_err(|e| CommitError::iceberg(format!("create {location}"), e))?;
+    writer
+        .write(batch)
+        .await
+        .map_err(|e| CommitError::iceberg(format!("write {location}"), e))?;
+    let mut builders = writer
+        .close()
+        .await
+        .map_err(|e| CommitError::iceberg(format!("close {location}"), e))?;
+    match builders.len() {
+        1 => Ok(builders.remove(0)),
+        n => Err(CommitError::Invalid {
+            reason: format!("expected one Parquet file at {location}, the writer produced {n}"),
+        }),
+    }
+}

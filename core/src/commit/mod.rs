@@ -1,0 +1,82 @@
+//! unitable's Iceberg commit layer, on iceberg-rust's public spec types.
+//!
+//! iceberg-rust 0.10.1 can only fast-append data files; unitable needs one atomic snapshot that
+//! adds data files and position-delete files together with the changelog offsets it covers. This
+//! module writes the manifests, the manifest list, the snapshot and the new table metadata
+//! itself, then swaps the catalog's metadata pointer with a compare-and-swap
+//! ([`pointer::MetadataPointer`]).
+//!
+//! - [`files`]: Parquet data files and position-delete files with column metrics.
+//! - [`row_delta`]: the row-delta commit with conflict retry and idempotent retries.
+//! - [`pointer`]: the compare-and-swap of the metadata pointer (SQL catalogs).
+//!
+//! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
+
+pub mod files;
+pub mod pointer;
+pub mod row_delta;
+#[cfg(test)]
+mod tests;
+
+use crate::naming::TableName;
+
+/// Result alias for the commit layer.
+pub type CommitResult<T> = std::result::Result<T, CommitError>;
+
+/// Commit-layer failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The request itself is wrong (e.g. an empty delete file).
+    #[error("invalid commit: {reason}")]
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Iceberg metadata or file I/O failed.
+    #[error("{operation} failed: {source}")]
+    Iceberg {
+        /// What we were doing.
+        operation: String,
+        /// The iceberg-rust error.
+        #[source]
+        source: Box<iceberg::Error>,
+    },
+    /// The catalog database failed.
+    #[error("catalog database operation `{operation}` failed: {reason}")]
+    CatalogDatabase {
+        /// What we were doing.
+        operation: String,
+        /// The database error.
+        reason: String,
+    },
+    /// Another writer kept winning; the commit gave up after its retries.
+    #[error("commit to `{table}` lost {attempts} races to concurrent commits; retry later")]
+    CommitConflict {
+        /// The table.
+        table: TableName,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The catalog or table is not usable for commits.
+    #[error(transparent)]
+    Table(#[from] crate::Error),
+}
+
+impl CommitError {
+    pub(crate) fn iceberg(operation: impl Into<String>, source: iceberg::Error) -> Self {
+        CommitError::Iceberg {
+            operation: operation.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Whether retrying the commit later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CommitError::Invalid { .. } => false,
+            CommitError::Iceberg { source, .. } => source.retryable(),
+            CommitError::CatalogDatabase { .. } | CommitError::CommitConflict { .. } => true,
+            CommitError::Table(e) => e.is_retryable(),
+        }
+    }
+}

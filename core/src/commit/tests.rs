@@ -1,0 +1,316 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use iceberg::spec::{DataFile, Struct};
+
+use super::files::{PositionDelete, write_data_file, write_position_deletes};
+use super::pointer::{MetadataPointer, SqlMetadataPointer, SwapOutcome};
+use super::row_delta::{Committer, RowDelta};
+use super::{CommitError, CommitResult};
+use crate::catalog::{CatalogConfig, TableCatalog};
+use crate::naming::TableName;
+use crate::table::{Column, TableDef, TableSpec};
+
+struct Fixture {
+    catalog: TableCatalog,
+    committer: Committer,
+    name: TableName,
+}
+
+async fn fixture(dir: &Path) -> Fixture {
+    let config = CatalogConfig::embedded(dir);
+    let catalog = TableCatalog::open(config.clone()).await.unwrap();
+    let name: TableName = "t.items".parse().unwrap();
+    let def = TableDef::new(
+        name.clone(),
+        TableSpec {
+            columns: vec![
+                Column::parse("id:int64!").unwrap(),
+                Column::parse("v:string").unwrap(),
+            ],
+            primary_key: vec!["id".into()],
+            ..TableSpec::default()
+        },
+    )
+    .unwrap();
+    catalog.create(&def).await.unwrap();
+    let pointer = Arc::new(SqlMetadataPointer::connect(&config).await.unwrap());
+    Fixture {
+        committer: Committer::new(catalog.clone(), pointer),
+        catalog,
+        name,
+    }
+}
+
+async fn data_file(f: &Fixture, rows: &[(i64, &str)]) -> DataFile {
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let schema = table.metadata().current_schema().clone();
+    let arrow_schema = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema).unwrap());
+    let batch = RecordBatch::try_new(
+        arrow_schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+        ],
+    )
+    .unwrap();
+    let path = format!(
+        "{}/data/{}.parquet",
+        table.metadata().location(),
+        uuid::Uuid::now_v7()
+    );
+    write_data_file(table.file_io(), &path, schema, &batch, Struct::empty(), 0)
+        .await
+        .unwrap()
+}
+
+async fn delete_file(f: &Fixture, deletes: &[(&DataFile, i64)]) -> DataFile {
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let path = format!(
+        "{}/data/{}-deletes.parquet",
+        table.metadata().location(),
+        uuid::Uuid::now_v7()
+    );
+    let deletes = deletes
+        .iter()
+        .map(|(file, pos)| PositionDelete {
+            file_path: file.file_path().to_string(),
+            pos: *pos,
+        })
+        .collect();
+    write_position_deletes(table.file_io(), &path, deletes, Struct::empty(), 0)
+        .await
+        .unwrap()
+}
+
+/// All rows of the current snapshot as read by iceberg-rust's scan (deletes applied).
+async fn scan(f: &Fixture) -> BTreeMap<i64, String> {
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let batches: Vec<RecordBatch> = table
+        .scan()
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let vs = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            assert!(
+                out.insert(ids.value(i), vs.value(i).to_string()).is_none(),
+                "duplicate id {}",
+                ids.value(i)
+            );
+        }
+    }
+    out
+}
+
+fn delta(data: Vec<DataFile>, deletes: Vec<DataFile>, id: &str) -> RowDelta {
+    RowDelta {
+        data_files: data,
+        delete_files: deletes,
+        properties: BTreeMap::from([("unitable.changelog-offsets".into(), format!("0:{id}"))]),
+        commit_id: id.to_string(),
+    }
+}
+
+fn expect(rows: &[(i64, &str)]) -> BTreeMap<i64, String> {
+    rows.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+#[tokio::test]
+async fn row_deltas_apply_position_deletes_and_record_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(dir.path()).await;
+    let first = data_file(&f, &[(1, "a"), (2, "b"), (3, "c")]).await;
+    let c1 = f
+        .committer
+        .commit_row_delta(&f.name, &delta(vec![first.clone()], vec![], "c1"))
+        .await
+        .unwrap();
+    assert!(!c1.already_committed);
+    assert_eq!(scan(&f).await, expect(&[(1, "a"), (2, "b"), (3, "c")]));
+
+    // Upsert 2 -> "B" and delete 3: a new data file plus position deletes of the old rows.
+    let second = data_file(&f, &[(2, "B")]).await;
+    let deletes = delete_file(&f, &[(&first, 2), (&first, 1)]).await;
+    assert_eq!(
+        deletes.referenced_data_file().as_deref(),
+        Some(first.file_path())
+    );
+    let c2 = f
+        .committer
+        .commit_row_delta(&f.name, &delta(vec![second], vec![deletes], "c2"))
+        .await
+        .unwrap();
+    assert_eq!(c2.sequence_number, c1.sequence_number + 1);
+    assert_eq!(scan(&f).await, expect(&[(1, "a"), (2, "B")]));
+
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let snapshot = table.metadata().current_snapshot().unwrap();
+    assert_eq!(snapshot.snapshot_id(), c2.snapshot_id);
+    assert_eq!(snapshot.parent_snapshot_id(), Some(c1.snapshot_id));
+    let s = &snapshot.summary().additional_properties;
+    assert_eq!(
+        snapshot.summary().operation,
+        iceberg::spec::Operation::Overwrite
+    );
+    for (k, v) in [
+        ("added-data-files", "1"),
+        ("added-records", "1"),
+        ("added-delete-files", "1"),
+        ("added-position-deletes", "2"),
+        ("total-records", "4"),
+        ("total-data-files", "2"),
+        ("total-delete-files", "1"),
+        ("total-position-deletes", "2"),
+        ("unitable.changelog-offsets", "0:c2"),
+        ("unitable.commit-id", "c2"),
+    ] {
+        assert_eq!(s.get(k).map(String::as_str), Some(v), "summary {k}: {s:?}");
+    }
+    // The first snapshot still reads as it was (time travel).
+    let old: Vec<RecordBatch> = table
+        .scan()
+        .snapshot_id(c1.snapshot_id)
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(old.iter().map(RecordBatch::num_rows).sum::<usize>(), 3);
+}
+
+/// A pointer whose first swap succeeds but reports failure, like a lost response.
+#[derive(Debug)]
+struct LosesFirstAnswer {
+    inner: SqlMetadataPointer,
+    lost: AtomicBool,
+}
+
+#[async_trait]
+impl MetadataPointer for LosesFirstAnswer {
+    async fn swap(
+        &self,
+        table: &TableName,
+        expected: &str,
+        new: &str,
+    ) -> CommitResult<SwapOutcome> {
+        let outcome = self.inner.swap(table, expected, new).await?;
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(CommitError::CatalogDatabase {
+                operation: "swap".into(),
+                reason: "connection reset after the update (injected)".into(),
+            });
+        }
+        Ok(outcome)
+    }
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_is_not_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(dir.path()).await;
+    let pointer = LosesFirstAnswer {
+        inner: SqlMetadataPointer::connect(&CatalogConfig::embedded(dir.path()))
+            .await
+            .unwrap(),
+        lost: AtomicBool::new(false),
+    };
+    let committer = Committer::new(f.catalog.clone(), Arc::new(pointer));
+    let file = data_file(&f, &[(7, "x")]).await;
+    let c = committer
+        .commit_row_delta(&f.name, &delta(vec![file.clone()], vec![], "once"))
+        .await
+        .unwrap();
+    assert!(c.already_committed, "the retry must find the landed commit");
+    // Retrying again by hand (e.g. after a crash) finds it too.
+    let again = f
+        .committer
+        .commit_row_delta(&f.name, &delta(vec![file], vec![], "once"))
+        .await
+        .unwrap();
+    assert!(again.already_committed);
+    assert_eq!(again.snapshot_id, c.snapshot_id);
+    let table = f.catalog.load(&f.name).await.unwrap();
+    assert_eq!(table.metadata().snapshots().count(), 1);
+    assert_eq!(scan(&f).await, expect(&[(7, "x")]));
+}
+
+#[tokio::test]
+async fn racing_committers_rebase_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Arc::new(fixture(dir.path()).await);
+    let per_task = 15;
+    let mut tasks = Vec::new();
+    for t in 0..3i64 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let id = t * 1000 + i;
+                let file = data_file(&f, &[(id, "v")]).await;
+                f.committer
+                    .commit_row_delta(&f.name, &delta(vec![file], vec![], &format!("t{t}-{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rows = scan(&f).await;
+    assert_eq!(rows.len(), 3 * per_task as usize);
+    let table = f.catalog.load(&f.name).await.unwrap();
+    assert_eq!(table.metadata().snapshots().count(), 3 * per_task as usize);
+    let summary = &table
+        .metadata()
+        .current_snapshot()
+        .unwrap()
+        .summary()
+        .additional_properties;
+    assert_eq!(summary.get("total-records").map(String::as_str), Some("45"));
+}
+
+#[tokio::test]
+async fn rejects_malformed_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(dir.path()).await;
+    let file = data_file(&f, &[(1, "a")]).await;
+    let err = f
+        .committer
+        .commit_row_delta(&f.name, &delta(vec![], vec![file.clone()], "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommitError::Invalid { .. }), "{err}");
+    let err = f
+        .committer
+        .commit_row_delta(&f.name, &delta(vec![file], vec![], ""))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommitError::Invalid { .. }), "{err}");
+    assert!(
+        f.catalog
+            .load(&f.name)
+            .await
+            .unwrap()
+            .metadata()
+            .current_snapshot()
+            .is_none()
+    );
+    let _ = Array::len(&Int64Array::from(vec![1]));
+}
