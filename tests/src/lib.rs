@@ -35,6 +35,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod crash;
 mod http;
+pub mod iceberg_oracle;
 mod moto;
 mod process;
 mod service;
