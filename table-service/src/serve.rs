@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use unitable_core::admin::TableAdmin;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_core::changelog::{Changelog, LocalChangelog, LocalConfig};
+use unitable_core::changelog::{
+    Changelog, KafkaChangelog, KafkaConfig, LocalChangelog, LocalConfig,
+};
 use unitable_core::storage::s3_props;
 use unitable_proto::FILE_DESCRIPTOR_SET;
 use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
@@ -148,10 +150,24 @@ fn catalog_config(args: &ServeArgs, data_dir: &Path) -> CatalogConfig {
 
 async fn open_changelog(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Changelog>> {
     if let Some(brokers) = &args.kafka.kafka_brokers {
-        bail!(
-            "--kafka-brokers {brokers}: the Kafka changelog is not part of this build yet; \
-             run without --kafka-brokers to use the embedded changelog"
-        );
+        let mut config = KafkaConfig::new(brokers.clone());
+        for option in &args.kafka.kafka_options {
+            let (key, value) = option.split_once('=').with_context(|| {
+                format!(
+                    "--kafka-option `{option}` must be KEY=VALUE, e.g. security.protocol=SASL_SSL"
+                )
+            })?;
+            config
+                .options
+                .push((key.trim().to_string(), value.trim().to_string()));
+        }
+        info!(%brokers, "changelog: Kafka");
+        let log = KafkaChangelog::connect(config).await.with_context(|| {
+            format!(
+                "cannot reach the Kafka brokers {brokers}; check --kafka-brokers and --kafka-option"
+            )
+        })?;
+        return Ok(Arc::new(log));
     }
     let root = data_dir.join("changelog");
     info!(root = %root.display(), "changelog: local");

@@ -172,3 +172,69 @@ fn a_taken_port_fails_start_up_with_advice() -> Result<()> {
     assert!(stderr.contains("--grpc-addr"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_kafka_creates_table_topics_on_the_broker() -> Result<()> {
+    use unitable_core::changelog::{Changelog, KafkaChangelog, KafkaConfig};
+    use unitable_core::naming::TopicName;
+
+    let tansu = tokio::task::spawn_blocking(unitable_tests::Tansu::start).await??;
+    let brokers = tansu.bootstrap();
+    let service = {
+        let brokers = brokers.clone();
+        tokio::task::spawn_blocking(move || Service::start(&["--kafka-brokers", &brokers]))
+            .await??
+    };
+    let out = tokio::task::spawn_blocking(move || {
+        let out = service.cli(&[
+            "table",
+            "create",
+            "k.events",
+            "--column",
+            "id:int64!",
+            "--primary-key",
+            "id",
+            "--buckets",
+            "3",
+        ]);
+        (service, out)
+    })
+    .await?;
+    out.1?.ok()?;
+    // An outside client sees the topic with one partition per bucket.
+    let log = KafkaChangelog::connect(KafkaConfig::new(brokers)).await?;
+    assert_eq!(
+        log.partition_count(&TopicName::new("unitable.k.events"))
+            .await?,
+        3
+    );
+    drop(out.0);
+    Ok(())
+}
+
+#[test]
+fn serve_fails_fast_when_kafka_is_unreachable() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(unitable_tests::unitable_bin()?)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--kafka-brokers", "127.0.0.1:1"])
+        .env("UNITABLE_LOG", "error")
+        .output()?;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--kafka-brokers"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "start-up must give up on unreachable brokers"
+    );
+    Ok(())
+}
