@@ -5,8 +5,11 @@
 //!   Iceberg catalog is the only store of table definitions.
 //! - [`catalog`]: opening the Iceberg catalog (SQLite, Postgres, REST) and table operations.
 //! - [`storage`]: Iceberg file I/O over `object_store` (local files, memory, S3).
-//! - [`changelog`]: the changelog trait (append, read/tail, offsets by time, watermarks) and
-//!   an in-memory implementation.
+//! - [`changelog`]: the changelog trait (append, read/tail, offsets by time, watermarks) and its
+//!   backends: in-memory, `LocalChangelog` (segment files) and `KafkaChangelog` (rdkafka).
+//! - [`record`]: the changelog record format `json-v1` (Arrow rows <-> Kafka-shaped records).
+//! - [`commit`]: unitable's Iceberg commit layer (row deltas with position deletes, compare-and-
+//!   swap of the metadata pointer, idempotent retries).
 //! - [`admin`]: table create/drop keeping the Iceberg table and its topic together.
 //! - [`bucket`], [`offsets`], [`naming`]: how keys map to partitions, changelog positions, and
 //!   every name unitable gives to things outside the process.
