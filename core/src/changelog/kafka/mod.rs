@@ -24,24 +24,27 @@
 //!   blocking pool.
 //! - **Reads without a consumer group**: readers `assign` one partition at an explicit
 //!   offset and never commit; they are pooled and reused by the next read that continues
-//!   where one stopped. A read below the high watermark waits (up to the request timeout) for
-//!   the fetch; a read at it long-polls up to the caller's `wait`.
+//!   where one stopped. A read below the high watermark waits up to the request timeout for
+//!   the fetch (a slower broker yields an empty batch, and the next read picks up the same
+//!   fetch); a read at the high watermark long-polls up to the caller's `wait`.
 //!
 //! # What it does not do
 //! - **No transactions**: a failed append may have written some of its records (the error
-//!   says how many); a retry appends them again. Exactly-once is the committer's job (it
-//!   deduplicates by offset), not the log's.
+//!   says how many); a retry appends them again. Exactly-once must not rest on the log.
 //! - **No retention control**: Kafka deletes records by its own time and size retention.
 //!   [`Changelog::publish_committed`] only records the committed offsets (see `committed`), so
 //!   the topic's retention must outlast the committer's lag; set it with
 //!   [`KafkaConfig::topic_config`] (`retention.ms`).
-//! - **Timestamps**: librdkafka reads a timestamp of `0` as "now", and brokers reject negative
+//! - **Timestamps**: librdkafka reads a timestamp of `0` as "now", and Kafka rejects negative
 //!   ones; use real times.
 //!
 //! # Broker differences met here
 //! - librdkafka's mock cluster has no CreateTopics, DeleteTopics or offsets-for-times:
 //!   `create_topic` succeeds for a topic created beforehand with the same count, and reports
-//!   a topic it would have to create as unavailable; `offset_for_timestamp` is always `None`.
+//!   a topic it would have to create as unavailable once the request timeout passes (librdkafka
+//!   waits for a broker offering the API); `delete_topic` of a missing topic succeeds (it looks
+//!   first), of an existing one times out likewise; `offset_for_timestamp` is always `None`.
+//! - tansu deletes every topic on DeleteTopics: never delete an existing topic there.
 //! - Some brokers (tansu) answer an offset-for-time query that matches nothing with offset 0
 //!   instead of -1. The answer is therefore checked: the record at the returned offset must be
 //!   at or after the time asked for, or there is no such record.

@@ -102,6 +102,15 @@ async fn topic_admin_without_the_admin_api() {
         log.partition_count(&topic("admin.new")).await,
         Err(ChangelogError::TopicNotFound { .. })
     ));
+    let err = log
+        .delete_topic(&t)
+        .await
+        .expect_err("the mock cannot delete topics");
+    assert!(
+        matches!(&err, ChangelogError::Unavailable { reason, .. } if reason.contains("DeleteTopics")),
+        "{err:?}"
+    );
+    assert_eq!(log.partition_count(&t).await.expect("still there"), 3);
 }
 
 /// `timestamps_and_watermarks` without offsets-for-times (the mock always answers -1).
