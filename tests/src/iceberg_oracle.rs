@@ -47,10 +47,14 @@ impl Rng {
 
 /// Creates the oracle table in the embedded catalog of `data_dir` and commits `steps` random
 /// row deltas; returns every step's snapshot and expected rows.
-pub async fn run_random_deltas(data_dir: &Path, seed: u64, steps: usize) -> Result<Vec<Step>> {
+/// Creates a two-column table `name` (`id int64` primary key, `v string`) in the embedded
+/// catalog of `data_dir` and returns the catalog with a committer for it.
+pub async fn create_items_table(
+    data_dir: &Path,
+    name: &TableName,
+) -> Result<(TableCatalog, Committer)> {
     let config = CatalogConfig::embedded(data_dir);
     let catalog = TableCatalog::open(config.clone()).await?;
-    let name: TableName = ORACLE_TABLE.parse()?;
     let def = TableDef::new(
         name.clone(),
         TableSpec {
@@ -60,10 +64,13 @@ pub async fn run_random_deltas(data_dir: &Path, seed: u64, steps: usize) -> Resu
         },
     )?;
     catalog.create(&def).await?;
-    let committer = Committer::new(
-        catalog.clone(),
-        Arc::new(SqlMetadataPointer::connect(&config).await?),
-    );
+    let pointer = Arc::new(SqlMetadataPointer::connect(&config).await?);
+    Ok((catalog.clone(), Committer::new(catalog, pointer)))
+}
+
+pub async fn run_random_deltas(data_dir: &Path, seed: u64, steps: usize) -> Result<Vec<Step>> {
+    let name: TableName = ORACLE_TABLE.parse()?;
+    let (catalog, committer) = create_items_table(data_dir, &name).await?;
     let mut rng = Rng(seed | 1);
     let mut model: BTreeMap<i64, String> = BTreeMap::new();
     // Where each live id is stored: (data file path, row position).

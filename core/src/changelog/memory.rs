@@ -117,16 +117,8 @@ impl Changelog for MemoryChangelog {
         stored.extend(records);
         let high = stored.len() as i64;
         part.high.send_replace(high);
-        if count == 0 {
-            return Ok(AppendedRange {
-                first: Offset(high),
-                last: Offset(high),
-            });
-        }
-        Ok(AppendedRange {
-            first: Offset(first),
-            last: Offset(first + count - 1),
-        })
+        let first = if count == 0 { high } else { first };
+        Ok(AppendedRange::of_batch(Offset(first), count as usize))
     }
 
     async fn read(

@@ -58,6 +58,19 @@ pub struct AppendedRange {
     pub last: Offset,
 }
 
+impl AppendedRange {
+    /// The range of `count` records starting at `first`; an empty batch is `first..=first`
+    /// (the high watermark it was appended at).
+    pub fn of_batch(first: Offset, count: usize) -> Self {
+        let last = if count == 0 {
+            first
+        } else {
+            Offset(first.0 + count as i64 - 1)
+        };
+        Self { first, last }
+    }
+}
+
 /// The readable range of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermarks {

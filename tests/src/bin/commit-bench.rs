@@ -12,33 +12,17 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use iceberg::spec::Struct;
-use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::commit::files::{PositionDelete, write_data_file, write_position_deletes};
-use unitable_core::commit::pointer::SqlMetadataPointer;
-use unitable_core::commit::row_delta::{Committer, RowDelta};
+use unitable_core::commit::row_delta::RowDelta;
 use unitable_core::naming::TableName;
-use unitable_core::table::{Column, TableDef, TableSpec};
+use unitable_tests::iceberg_oracle::create_items_table;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args().nth(1).map_or(Ok(20), |s| s.parse())?;
     let dir = tempfile::tempdir()?;
-    let config = CatalogConfig::embedded(dir.path());
-    let catalog = TableCatalog::open(config.clone()).await?;
     let name: TableName = "bench.commits".parse()?;
-    let def = TableDef::new(
-        name.clone(),
-        TableSpec {
-            columns: vec![Column::parse("id:int64!")?, Column::parse("v:string")?],
-            primary_key: vec!["id".into()],
-            ..TableSpec::default()
-        },
-    )?;
-    catalog.create(&def).await?;
-    let committer = Committer::new(
-        catalog.clone(),
-        Arc::new(SqlMetadataPointer::connect(&config).await?),
-    );
+    let (catalog, committer) = create_items_table(dir.path(), &name).await?;
     println!("| files per commit | commits | p50 | p99 | table snapshots at the end |");
     println!("|---|---|---|---|---|");
     let mut commit_no = 0u64;

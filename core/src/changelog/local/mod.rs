@@ -286,19 +286,9 @@ impl Changelog for LocalChangelog {
         records: Vec<ChangeRecord>,
     ) -> ChangelogResult<AppendedRange> {
         let log = self.partition(topic, partition)?;
-        let count = records.len() as i64;
+        let count = records.len();
         let first = blocking(move || log.append(&records)).await?;
-        Ok(if count == 0 {
-            AppendedRange {
-                first: Offset(first),
-                last: Offset(first),
-            }
-        } else {
-            AppendedRange {
-                first: Offset(first),
-                last: Offset(first + count - 1),
-            }
-        })
+        Ok(AppendedRange::of_batch(Offset(first), count))
     }
 
     async fn read(
