@@ -3,7 +3,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Int64Array, RecordBatch, StringArray};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use iceberg::spec::{DataFile, Struct};
@@ -312,5 +312,4 @@ async fn rejects_malformed_deltas() {
             .current_snapshot()
             .is_none()
     );
-    let _ = Array::len(&Int64Array::from(vec![1]));
 }
