@@ -9,14 +9,16 @@
 //! - [`files`]: Parquet data files and position-delete files with column metrics.
 //! - [`row_delta`]: the row-delta commit with conflict retry and idempotent retries.
 //! - [`pointer`]: the compare-and-swap of the metadata pointer (SQL catalogs).
+//! - [`read`]: a snapshot's changelog offsets, ancestry, and the snapshot current at a time.
 //!
 //! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
 
 pub mod files;
 pub mod pointer;
+pub mod read;
 pub mod row_delta;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::naming::TableName;
 

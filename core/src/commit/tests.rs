@@ -313,3 +313,33 @@ async fn rejects_malformed_deltas() {
             .is_none()
     );
 }
+
+/// The offsets recorded by the `i`-th commit of [`committed_fixture`].
+pub(crate) fn expect_offsets(i: usize) -> crate::offsets::PartitionOffsets {
+    format!("0:{},1:{}", i * 10, i * 10 + 5).parse().unwrap()
+}
+
+/// A table with `n` committed snapshots (one row each), recording [`expect_offsets`]; returns
+/// the catalog, the table name and the snapshot ids in commit order.
+pub(crate) async fn committed_fixture(dir: &Path, n: usize) -> (TableCatalog, TableName, Vec<i64>) {
+    let f = fixture(dir).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let file = data_file(&f, &[(i as i64, "v")]).await;
+        let mut d = delta(vec![file], vec![], &format!("fixture-{i}"));
+        d.properties.insert(
+            crate::naming::summary::CHANGELOG_OFFSETS.into(),
+            expect_offsets(i).to_string(),
+        );
+        ids.push(
+            f.committer
+                .commit_row_delta(&f.name, &d)
+                .await
+                .unwrap()
+                .snapshot_id,
+        );
+        // Distinct commit times, so time travel has something to tell apart.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    (f.catalog, f.name, ids)
+}
