@@ -90,11 +90,6 @@ mod tests {
             snapshots[2]
         );
         assert_eq!(
-                .unwrap()
-                .snapshot_id(),
-            snapshots[2]
-        );
-        assert_eq!(
             snapshot_as_of(m, at(snapshots[3]) + 60_000)
                 .unwrap()
                 .snapshot_id(),
