@@ -196,10 +196,7 @@ impl Changelog for KafkaChangelog {
         self.lookup.check_partition(topic, partition).await?;
         if records.is_empty() {
             let high = self.lookup.watermarks(topic, partition).await?.high;
-            return Ok(AppendedRange {
-                first: high,
-                last: high,
-            });
+            return Ok(AppendedRange::of_batch(high, 0));
         }
         let appended = self.appender.append(topic, partition, &records).await;
         if let Err(ChangelogError::TopicNotFound { .. }) = &appended {

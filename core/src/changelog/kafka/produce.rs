@@ -272,10 +272,7 @@ fn contiguous(
             ),
         });
     }
-    Ok(AppendedRange {
-        first: Offset(first),
-        last: Offset(first + delivered.len() as i64 - 1),
-    })
+    Ok(AppendedRange::of_batch(Offset(first), delivered.len()))
 }
 
 #[cfg(test)]

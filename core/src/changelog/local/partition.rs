@@ -9,13 +9,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::format::{self, HEADER_LEN};
+use super::format::{self, BatchSummary, HEADER_LEN};
 use crate::changelog::{ChangeRecord, ChangelogError, ChangelogResult, StoredRecord};
 use crate::offsets::Offset;
 
@@ -339,7 +340,7 @@ impl PartitionLog {
     /// The first offset with a timestamp at or after `ts`, if any durable record has one.
     pub(super) fn offset_for_timestamp(&self, ts: i64) -> ChangelogResult<Option<i64>> {
         let high = self.high();
-        let plans: Vec<(ReadPlan, i64)> = {
+        let plans: Vec<ReadPlan> = {
             let state = self.lock();
             let mut plans = Vec::new();
             for segment in &state.segments {
@@ -349,29 +350,33 @@ impl PartitionLog {
                 // First index span whose running maximum reaches `ts` holds the answer.
                 let i = segment.index.partition_point(|e| e.cumulative_max_ts < ts);
                 if let Some(entry) = segment.index.get(i) {
-                    plans.push((
-                        ReadPlan {
-                            path: segment.path.clone(),
-                            position: entry.position,
-                            end_position: segment.size,
-                        },
-                        entry.offset,
-                    ));
+                    plans.push(ReadPlan {
+                        path: segment.path.clone(),
+                        position: entry.position,
+                        end_position: segment.size,
+                    });
                 }
             }
             plans
         };
-        for (plan, start) in plans {
-            let mut offset = start;
-            loop {
-                let batch = read_from(&plan, offset, high, 1024)?;
-                if batch.is_empty() {
-                    break;
+        // One pass per candidate segment; only batches whose newest record is recent enough
+        // are decoded.
+        for plan in plans {
+            let mut found = None;
+            scan_batches(&plan, high, |summary, payload| {
+                if summary.max_timestamp < ts {
+                    return Ok(ControlFlow::Continue(()));
                 }
-                if let Some(found) = batch.iter().find(|r| r.record.timestamp_ms >= ts) {
-                    return Ok(Some(found.offset.0));
-                }
-                offset = batch.last().map_or(offset, |r| r.offset.0 + 1);
+                let records = decode_batch(&plan, summary, payload)?;
+                found = records
+                    .iter()
+                    .position(|r| r.timestamp_ms >= ts)
+                    .map(|i| summary.base_offset + i as i64)
+                    .filter(|offset| *offset < high);
+                Ok(ControlFlow::Break(()))
+            })?;
+            if found.is_some() {
+                return Ok(found);
             }
         }
         Ok(None)
@@ -421,21 +426,17 @@ fn sync_dir(dir: &Path) -> ChangelogResult<()> {
         .map_err(|e| io_err(dir, e))
 }
 
-/// Reads batches from `plan.position`, returning records with offsets in `from..high`.
-fn read_from(
+/// Walks the verified batches of `plan` from its start position, handing each one that starts
+/// below `high` to `visit` until it answers `Break`. A file removed by retention between
+/// planning and reading is simply empty.
+fn scan_batches(
     plan: &ReadPlan,
-    from: i64,
     high: i64,
-    max: usize,
-) -> ChangelogResult<Vec<StoredRecord>> {
-    let mut out = Vec::new();
-    if from >= high || max == 0 {
-        return Ok(out);
-    }
+    mut visit: impl FnMut(BatchSummary, &[u8]) -> ChangelogResult<ControlFlow<()>>,
+) -> ChangelogResult<()> {
     let file = match File::open(&plan.path) {
         Ok(f) => f,
-        // Removed by retention between planning and reading: nothing to return here.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err(&plan.path, e)),
     };
     let mut reader = BufReader::with_capacity(256 * 1024, file);
@@ -447,7 +448,7 @@ fn read_from(
         location: plan.path.display().to_string(),
         reason,
     };
-    while position < plan.end_position && out.len() < max {
+    while position < plan.end_position {
         let mut header = [0u8; HEADER_LEN];
         reader
             .read_exact(&mut header)
@@ -464,16 +465,47 @@ fn read_from(
         if summary.base_offset >= high {
             break;
         }
-        if summary.base_offset + i64::from(summary.count) <= from {
-            continue;
+        if visit(summary, &payload)?.is_break() {
+            break;
         }
-        let records = format::decode_records(&payload).ok_or_else(|| {
-            corrupt(format!(
-                "malformed records in the batch at offset {}",
-                summary.base_offset
-            ))
-        })?;
-        for (i, record) in records.into_iter().enumerate() {
+    }
+    Ok(())
+}
+
+/// Decodes a verified batch payload, naming the batch if it is malformed.
+fn decode_batch(
+    plan: &ReadPlan,
+    summary: BatchSummary,
+    payload: &[u8],
+) -> ChangelogResult<Vec<ChangeRecord>> {
+    format::decode_records(payload).ok_or_else(|| ChangelogError::Corrupt {
+        location: plan.path.display().to_string(),
+        reason: format!(
+            "malformed records in the batch at offset {}",
+            summary.base_offset
+        ),
+    })
+}
+
+/// Reads batches from `plan.position`, returning records with offsets in `from..high`.
+fn read_from(
+    plan: &ReadPlan,
+    from: i64,
+    high: i64,
+    max: usize,
+) -> ChangelogResult<Vec<StoredRecord>> {
+    let mut out = Vec::new();
+    if from >= high || max == 0 {
+        return Ok(out);
+    }
+    scan_batches(plan, high, |summary, payload| {
+        if summary.base_offset + i64::from(summary.count) <= from {
+            return Ok(ControlFlow::Continue(()));
+        }
+        for (i, record) in decode_batch(plan, summary, payload)?
+            .into_iter()
+            .enumerate()
+        {
             let offset = summary.base_offset + i as i64;
             if offset < from {
                 continue;
@@ -486,7 +518,12 @@ fn read_from(
                 record,
             });
         }
-    }
+        Ok(if out.len() >= max {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    })?;
     Ok(out)
 }
 
