@@ -8,12 +8,14 @@
 //!
 //! - [`files`]: Parquet data files and position-delete files with column metrics.
 //! - [`row_delta`]: the row-delta commit with conflict retry and idempotent retries.
+//! - [`plan`]: the live files of a snapshot with the deletes that apply, and reading deletes.
 //! - [`pointer`]: the compare-and-swap of the metadata pointer (SQL catalogs).
 //! - [`read`]: a snapshot's changelog offsets, ancestry, and the snapshot current at a time.
 //!
 //! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
 
 pub mod files;
+pub mod plan;
 pub mod pointer;
 pub mod read;
 pub mod row_delta;
@@ -59,6 +61,46 @@ pub enum CommitError {
         /// Attempts made.
         attempts: u32,
     },
+    /// A snapshot named by the caller is not (or no longer) in the table metadata.
+    #[error("snapshot {snapshot_id} does not exist (expired or never committed)")]
+    SnapshotNotFound {
+        /// The snapshot id.
+        snapshot_id: i64,
+    },
+    /// A row delta deletes rows of a data file that is no longer live (a rewrite replaced it):
+    /// the caller must rebuild its key index and recompute its deletes.
+    #[error(
+        "`{table}`: data file {path} targeted by the commit's position deletes is no longer live"
+    )]
+    DataFileRemoved {
+        /// The table.
+        table: TableName,
+        /// The data file path.
+        path: String,
+    },
+    /// A table property required by the commit (e.g. the committer epoch) has another value:
+    /// another committer took over.
+    #[error(
+        "`{table}`: commit fenced, table property `{property}` is {found:?}, expected `{expected}`"
+    )]
+    Fenced {
+        /// The table.
+        table: TableName,
+        /// The property.
+        property: String,
+        /// The value the commit requires.
+        expected: String,
+        /// The value found (`None`: unset).
+        found: Option<String>,
+    },
+    /// A rewrite conflicts with commits that landed after it started.
+    #[error("`{table}`: rewrite conflicts with a concurrent commit: {reason}")]
+    RewriteConflict {
+        /// The table.
+        table: TableName,
+        /// What conflicts.
+        reason: String,
+    },
     /// The catalog or table is not usable for commits.
     #[error(transparent)]
     Table(#[from] crate::Error),
@@ -75,7 +117,11 @@ impl CommitError {
     /// Whether retrying the commit later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            CommitError::Invalid { .. } => false,
+            CommitError::Invalid { .. }
+            | CommitError::SnapshotNotFound { .. }
+            | CommitError::DataFileRemoved { .. }
+            | CommitError::Fenced { .. }
+            | CommitError::RewriteConflict { .. } => false,
             CommitError::Iceberg { source, .. } => source.retryable(),
             CommitError::CatalogDatabase { .. } | CommitError::CommitConflict { .. } => true,
             CommitError::Table(e) => e.is_retryable(),

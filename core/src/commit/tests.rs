@@ -16,13 +16,13 @@ use crate::catalog::{CatalogConfig, TableCatalog};
 use crate::naming::TableName;
 use crate::table::{Column, TableDef, TableSpec};
 
-struct Fixture {
-    catalog: TableCatalog,
-    committer: Committer,
-    name: TableName,
+pub(crate) struct Fixture {
+    pub(crate) catalog: TableCatalog,
+    pub(crate) committer: Committer,
+    pub(crate) name: TableName,
 }
 
-async fn fixture(dir: &Path) -> Fixture {
+pub(crate) async fn fixture(dir: &Path) -> Fixture {
     let config = CatalogConfig::embedded(dir);
     let catalog = TableCatalog::open(config.clone()).await.unwrap();
     let name: TableName = "t.items".parse().unwrap();
@@ -47,7 +47,18 @@ async fn fixture(dir: &Path) -> Fixture {
     }
 }
 
-async fn data_file(f: &Fixture, rows: &[(i64, &str)]) -> DataFile {
+pub(crate) async fn data_file(f: &Fixture, rows: &[(i64, &str)]) -> DataFile {
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let path = format!(
+        "{}/data/{}.parquet",
+        table.metadata().location(),
+        uuid::Uuid::now_v7()
+    );
+    data_file_at(f, &path, rows).await
+}
+
+/// Writes `rows` as a data file at `path`.
+pub(crate) async fn data_file_at(f: &Fixture, path: &str, rows: &[(i64, &str)]) -> DataFile {
     let table = f.catalog.load(&f.name).await.unwrap();
     let schema = table.metadata().current_schema().clone();
     let arrow_schema = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema).unwrap());
@@ -59,17 +70,12 @@ async fn data_file(f: &Fixture, rows: &[(i64, &str)]) -> DataFile {
         ],
     )
     .unwrap();
-    let path = format!(
-        "{}/data/{}.parquet",
-        table.metadata().location(),
-        uuid::Uuid::now_v7()
-    );
-    write_data_file(table.file_io(), &path, schema, &batch, Struct::empty(), 0)
+    write_data_file(table.file_io(), path, schema, &batch, Struct::empty(), 0)
         .await
         .unwrap()
 }
 
-async fn delete_file(f: &Fixture, deletes: &[(&DataFile, i64)]) -> DataFile {
+pub(crate) async fn delete_file(f: &Fixture, deletes: &[(&DataFile, i64)]) -> DataFile {
     let table = f.catalog.load(&f.name).await.unwrap();
     let path = format!(
         "{}/data/{}-deletes.parquet",
@@ -90,7 +96,7 @@ async fn delete_file(f: &Fixture, deletes: &[(&DataFile, i64)]) -> DataFile {
 
 /// All rows of a snapshot (the current one for `None`) as read by iceberg-rust's scan, deletes
 /// applied.
-async fn scan_at(f: &Fixture, snapshot: Option<i64>) -> BTreeMap<i64, String> {
+pub(crate) async fn scan_at(f: &Fixture, snapshot: Option<i64>) -> BTreeMap<i64, String> {
     let table = f.catalog.load(&f.name).await.unwrap();
     let mut scan = table.scan();
     if let Some(id) = snapshot {
@@ -120,7 +126,7 @@ async fn scan_at(f: &Fixture, snapshot: Option<i64>) -> BTreeMap<i64, String> {
     out
 }
 
-fn delta(data: Vec<DataFile>, deletes: Vec<DataFile>, id: &str) -> RowDelta {
+pub(crate) fn delta(data: Vec<DataFile>, deletes: Vec<DataFile>, id: &str) -> RowDelta {
     RowDelta {
         data_files: data,
         delete_files: deletes,
@@ -129,7 +135,7 @@ fn delta(data: Vec<DataFile>, deletes: Vec<DataFile>, id: &str) -> RowDelta {
     }
 }
 
-fn expect(rows: &[(i64, &str)]) -> BTreeMap<i64, String> {
+pub(crate) fn expect(rows: &[(i64, &str)]) -> BTreeMap<i64, String> {
     rows.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
