@@ -157,6 +157,11 @@ pub mod props {
     pub const CHANGELOG_PARTITIONS: &str = "unitable.changelog.partitions";
     /// The changelog record format.
     pub const CHANGELOG_FORMAT: &str = "unitable.changelog.format";
+    /// The epoch of the table's committer: each committer that takes a table over raises it,
+    /// and every commit requires the epoch it claimed, so a replaced committer cannot commit.
+    pub const COMMITTER_EPOCH: &str = "unitable.committer.epoch";
+    /// Who holds the committer epoch (host, process id and start time), for operators.
+    pub const COMMITTER_OWNER: &str = "unitable.committer.owner";
     /// Every key above; users cannot set these through free properties.
     pub const RESERVED: &[&str] = &[
         LAYOUT_VERSION,
@@ -165,9 +170,41 @@ pub mod props {
         CHANGELOG_TOPIC,
         CHANGELOG_PARTITIONS,
         CHANGELOG_FORMAT,
+        COMMITTER_EPOCH,
+        COMMITTER_OWNER,
     ];
+    /// User-settable: `true` sends rejected rows to the dead-letter topic `<topic>.dlq`.
+    pub const WRITE_DEAD_LETTER: &str = "unitable.write.dead-letter";
+    /// User-settable: the data file size the committer aims for, in bytes.
+    pub const WRITE_TARGET_FILE_SIZE: &str = "unitable.write.target-file-size-bytes";
+    /// User-settable: how often the committer commits, in milliseconds.
+    pub const COMMIT_INTERVAL_MS: &str = "unitable.commit.interval-ms";
     /// The layout version this build writes.
     pub const CURRENT_LAYOUT_VERSION: &str = "1";
+}
+
+/// Where a table's files live under its location.
+pub mod paths {
+    /// A new data file under `location` in partition directory `partition_path` (empty for an
+    /// unpartitioned table): `data/[<partition path>/]<uuid v7>.parquet`.
+    pub fn data_file(location: &str, partition_path: &str) -> String {
+        let id = uuid::Uuid::now_v7();
+        if partition_path.is_empty() {
+            format!("{location}/data/{id}.parquet")
+        } else {
+            format!("{location}/data/{partition_path}/{id}.parquet")
+        }
+    }
+
+    /// A new position-delete file beside the data files of `partition_path`.
+    pub fn delete_file(location: &str, partition_path: &str) -> String {
+        let id = uuid::Uuid::now_v7();
+        if partition_path.is_empty() {
+            format!("{location}/data/{id}-deletes.parquet")
+        } else {
+            format!("{location}/data/{partition_path}/{id}-deletes.parquet")
+        }
+    }
 }
 
 /// Snapshot-summary property keys written by unitable's committer.

@@ -63,6 +63,21 @@ impl fmt::Display for PartitionOffsets {
     }
 }
 
+/// Which data a response reflects (the `AsOf` of the gRPC API).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AsOf {
+    /// The Iceberg snapshot served or current; `None` before the first commit.
+    pub snapshot_id: Option<i64>,
+    /// Per-partition changelog offsets covered (exclusive ends).
+    pub offsets: PartitionOffsets,
+    /// The snapshot's commit time (ms since the epoch; 0 without a snapshot).
+    pub commit_time_ms: i64,
+    /// Changelog records not reflected, summed over partitions.
+    pub lag_records: i64,
+    /// Age of the oldest record not reflected (ms; 0 when none).
+    pub lag_ms: i64,
+}
+
 /// A malformed offsets string.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid partition offsets `{0}`: expected `PARTITION:OFFSET,...` such as `0:120,1:98`")]

@@ -27,7 +27,10 @@ mod decode;
 mod encode;
 mod json_read;
 mod json_write;
+mod rows;
 mod scalar;
+
+pub use rows::ParsedRows;
 
 #[cfg(test)]
 mod bench;

@@ -1,0 +1,663 @@
+//! The table committer: turns changelog ranges into Iceberg snapshots, exactly once.
+//!
+//! One task per table. On start it claims the table's committer epoch (a table property, set
+//! by a compare-and-swap commit), so that a committer of another process that owned the table
+//! before can never commit again: every row delta requires the epoch and owner it claimed.
+//! Then it reads the offsets anchored in the newest snapshot and rebuilds the primary-key index
+//! from the table.
+//!
+//! Each cycle (every commit interval): reload the table; if its anchored offsets are not the
+//! ones this committer believes (a commit whose answer was lost did land), adopt them and
+//! rebuild the index; read the changelog from those offsets; decode; keep the last change per
+//! key; write the surviving rows as data files and the previous rows of every changed key as
+//! position deletes; commit one row delta whose summary records the new offsets. Only after
+//! the commit is the index updated. A commit that finds one of its delete targets replaced by
+//! a compaction rebuilds the index and recomputes the deletes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
+use bytes::Bytes;
+use iceberg::spec::{DataFile, Struct};
+use iceberg::table::Table;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use unitable_core::catalog::TableCatalog;
+use unitable_core::changelog::{Changelog, ChangelogError, StoredRecord};
+use unitable_core::commit::CommitError;
+use unitable_core::commit::files::PositionDelete;
+use unitable_core::commit::row_delta::{Committer, RowDelta};
+use unitable_core::naming::{TableName, TopicName, props, summary};
+use unitable_core::offsets::{PartitionId, PartitionOffsets};
+use unitable_core::record::{ChangeOp, DecodedBatch, RecordCodec};
+use unitable_core::table::TableDef;
+
+use crate::config::WriterConfig;
+use crate::error::{WriteError, WriteResult};
+use crate::files::Layout;
+use crate::index::{KeyIndex, RowLocation};
+use crate::metric_names as m;
+use crate::recovery::{anchored_offsets, key_field_ids, rebuild_index};
+
+/// What the committer has committed so far (watched by writes waiting for a snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitProgress {
+    /// The newest snapshot this committer committed or found.
+    pub snapshot_id: Option<i64>,
+    /// The changelog offsets the table reflects (exclusive ends).
+    pub offsets: PartitionOffsets,
+    /// When that snapshot was committed (ms since the epoch).
+    pub commit_time_ms: i64,
+    /// The committer stopped: another process took the table over, or it was dropped.
+    pub stopped: bool,
+}
+
+/// Everything committers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) catalog: TableCatalog,
+    pub(crate) changelog: Arc<dyn Changelog>,
+    pub(crate) committer: Committer,
+    pub(crate) config: WriterConfig,
+}
+
+/// Per-table state, built on start and refreshed when the schema changes.
+struct State {
+    owner: String,
+    epoch: String,
+    topic: TopicName,
+    partitions: u32,
+    def: TableDef,
+    uuid: String,
+    codec: Arc<RecordCodec>,
+    layout: Layout,
+    key_field_ids: Vec<i32>,
+    index: KeyIndex,
+    /// Extra deletes for the next commit (duplicate keys found on rebuild).
+    heal: Vec<(PositionDelete, Struct, i32)>,
+    next: PartitionOffsets,
+    snapshot_id: Option<i64>,
+    interval: Duration,
+}
+
+/// One table's committer task.
+pub(crate) struct TableCommitter {
+    name: TableName,
+    shared: Arc<Shared>,
+    progress: watch::Sender<CommitProgress>,
+    state: Option<State>,
+}
+
+/// Rows of one cycle, decoded and folded to the last change per key.
+struct Folded {
+    /// Every decoded row, in changelog order per partition.
+    rows: RecordBatch,
+    /// Canonical key of each row (empty for append-only tables).
+    keys: Vec<Bytes>,
+    /// Rows to write, ascending.
+    write: Vec<u32>,
+    /// Keys whose last change is a delete or an upsert (their old rows get position deletes).
+    changed: Vec<(Bytes, ChangeOp)>,
+    counts: [u64; 3],
+    oldest_ms: Option<i64>,
+}
+
+impl TableCommitter {
+    pub(crate) fn new(
+        name: TableName,
+        shared: Arc<Shared>,
+        progress: watch::Sender<CommitProgress>,
+    ) -> Self {
+        Self {
+            name,
+            shared,
+            progress,
+            state: None,
+        }
+    }
+
+    /// Runs until `shutdown` (then commits what the changelog holds, once) or until the table
+    /// is dropped or taken over.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let table = self.name.to_string();
+        let mut backoff = Duration::from_millis(200);
+        let mut final_cycle = false;
+        loop {
+            let result = if self.state.is_none() {
+                self.start().await
+            } else {
+                self.cycle().await
+            };
+            match result {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) if is_terminal(&e) => {
+                    warn!(%table, error = %e, "committer stopped");
+                    self.progress.send_modify(|p| p.stopped = true);
+                    return;
+                }
+                Err(e) => {
+                    metrics::counter!(m::COMMITTER_ERRORS, "table" => table.clone()).increment(1);
+                    error!(%table, error = %e, retry_in_ms = backoff.as_millis() as u64, "commit cycle failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    if final_cycle {
+                        return;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => continue,
+                        () = shutdown.cancelled() => { final_cycle = true; continue; }
+                    }
+                }
+            }
+            if final_cycle {
+                info!(%table, "committer: final commit done");
+                return;
+            }
+            let interval = self
+                .state
+                .as_ref()
+                .map_or(Duration::from_secs(1), |s| s.interval);
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = shutdown.cancelled() => final_cycle = true,
+            }
+        }
+    }
+
+    /// Claims the table, then loads the anchored offsets and rebuilds the key index.
+    async fn start(&mut self) -> WriteResult<()> {
+        let started = Instant::now();
+        let catalog = &self.shared.catalog;
+        let table = catalog.load(&self.name).await?;
+        let current = table.metadata().properties();
+        let epoch = current
+            .get(props::COMMITTER_EPOCH)
+            .and_then(|e| e.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let owner = format!("{}/{}", self.shared.config.instance, uuid::Uuid::now_v7());
+        let mut claim = BTreeMap::new();
+        claim.insert(props::COMMITTER_EPOCH.to_string(), epoch.to_string());
+        claim.insert(props::COMMITTER_OWNER.to_string(), owner.clone());
+        let mut required = BTreeMap::new();
+        if let Some(previous) = current.get(props::COMMITTER_EPOCH) {
+            required.insert(props::COMMITTER_EPOCH.to_string(), previous.clone());
+        }
+        self.shared
+            .committer
+            .commit_properties(&self.name, None, claim, required)
+            .await?;
+        let table = catalog.load(&self.name).await?;
+        let state = self.load_state(&table, owner, epoch.to_string()).await?;
+        info!(
+            table = %self.name, epoch, offsets = %state.next, keys = state.index.len(),
+            took_ms = started.elapsed().as_millis() as u64, "committer started"
+        );
+        self.publish(
+            &state,
+            table
+                .metadata()
+                .current_snapshot()
+                .map(|s| s.timestamp_ms()),
+        );
+        self.state = Some(state);
+        Ok(())
+    }
+
+    async fn load_state(&self, table: &Table, owner: String, epoch: String) -> WriteResult<State> {
+        let metadata = table.metadata();
+        let def = TableDef::from_iceberg(self.name.clone(), metadata)?;
+        let uuid = metadata.uuid().to_string();
+        let codec = Arc::new(RecordCodec::new(&def, &uuid, metadata.current_schema_id())?);
+        let config = &self.shared.config;
+        let target =
+            property(&def, props::WRITE_TARGET_FILE_SIZE).unwrap_or(config.target_file_bytes);
+        let interval = property(&def, props::COMMIT_INTERVAL_MS)
+            .map_or(config.commit_interval, Duration::from_millis);
+        let layout = Layout::of(metadata, target)?;
+        let key_field_ids = key_field_ids(metadata, &def.primary_key)?;
+        let mut state = State {
+            owner,
+            epoch,
+            topic: def.changelog.topic.clone(),
+            partitions: def.changelog.partitions,
+            uuid,
+            codec,
+            layout,
+            key_field_ids,
+            index: KeyIndex::new(),
+            heal: Vec::new(),
+            next: anchored_offsets(metadata),
+            snapshot_id: metadata.current_snapshot_id(),
+            interval,
+            def,
+        };
+        self.rebuild(&mut state, table).await?;
+        Ok(state)
+    }
+
+    async fn rebuild(&self, state: &mut State, table: &Table) -> WriteResult<()> {
+        if state.def.is_append_only() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let rebuilt = rebuild_index(
+            table.file_io(),
+            table.metadata(),
+            &state.codec,
+            &state.key_field_ids,
+        )
+        .await?;
+        state.heal = rebuilt.duplicates;
+        state.index = rebuilt.index;
+        info!(
+            table = %self.name, keys = state.index.len(), files = rebuilt.files,
+            bytes = state.index.memory_bytes(), took_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the primary-key index"
+        );
+        self.report_index(state);
+        Ok(())
+    }
+
+    fn report_index(&self, state: &State) {
+        let table = self.name.to_string();
+        metrics::gauge!(m::INDEX_KEYS, "table" => table.clone()).set(state.index.len() as f64);
+        metrics::gauge!(m::INDEX_BYTES, "table" => table).set(state.index.memory_bytes() as f64);
+    }
+
+    fn publish(&self, state: &State, commit_time_ms: Option<i64>) {
+        self.progress.send_modify(|p| {
+            p.snapshot_id = state.snapshot_id;
+            p.offsets = state.next.clone();
+            p.commit_time_ms = commit_time_ms.unwrap_or(p.commit_time_ms);
+        });
+    }
+
+    /// One commit interval's work.
+    async fn cycle(&mut self) -> WriteResult<()> {
+        let mut state = self.state.take().ok_or_else(|| WriteError::Internal {
+            reason: "cycle without state".into(),
+        })?;
+        let result = self.cycle_with(&mut state).await;
+        self.state = Some(state);
+        result
+    }
+
+    async fn cycle_with(&mut self, state: &mut State) -> WriteResult<()> {
+        let table = self.shared.catalog.load(&self.name).await?;
+        let metadata = table.metadata();
+        self.check_claim(state, metadata.properties())?;
+        if metadata.current_schema_id() != state.codec.schema_id() {
+            info!(table = %self.name, schema_id = metadata.current_schema_id(), "schema changed; reloading");
+            let fresh = self
+                .load_state(&table, state.owner.clone(), state.epoch.clone())
+                .await?;
+            *state = fresh;
+        }
+        let anchored = anchored_offsets(metadata);
+        if anchored != state.next {
+            warn!(
+                table = %self.name, believed = %state.next, found = %anchored,
+                "the table's anchored offsets differ from the committer's (a commit whose answer was lost landed); adopting them"
+            );
+            state.next = anchored;
+            state.snapshot_id = metadata.current_snapshot_id();
+            self.rebuild(state, &table).await?;
+        }
+
+        let (records, until) = self.drain(state).await?;
+        self.report_lag(state, &until).await;
+        if records.iter().all(|(_, r)| r.is_empty()) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let folded = self.fold(state, records)?;
+        let written_rows = take_rows(&folded.rows, &folded.write)?;
+        let written = state
+            .layout
+            .write_rows(table.file_io(), &written_rows)
+            .await?;
+
+        let mut table = table;
+        let mut attempts = 0;
+        let committed = loop {
+            attempts += 1;
+            let (delete_files, deleted_from) = self.write_deletes(state, &table, &folded).await?;
+            let delta = RowDelta {
+                data_files: written.iter().map(|w| w.data_file.clone()).collect(),
+                delete_files,
+                properties: BTreeMap::from([(
+                    summary::CHANGELOG_OFFSETS.to_string(),
+                    until.to_string(),
+                )]),
+                commit_id: format!("{}:{}->{}", state.uuid, state.next, until),
+                deleted_from,
+                required_properties: self.claim_of(state),
+            };
+            match self
+                .shared
+                .committer
+                .commit_row_delta(&self.name, &delta)
+                .await
+            {
+                Ok(c) => break c,
+                Err(CommitError::DataFileRemoved { path, .. }) if attempts < 4 => {
+                    info!(table = %self.name, %path, "a delete target was compacted away; rebuilding the index");
+                    table = self.shared.catalog.load(&self.name).await?;
+                    self.check_claim(state, table.metadata().properties())?;
+                    self.rebuild(state, &table).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+
+        // Committed: now the index may move on.
+        for (key, op) in &folded.changed {
+            if *op == ChangeOp::Delete {
+                state.index.remove(key);
+            }
+        }
+        if !state.def.is_append_only() {
+            for file in &written {
+                let df = &file.data_file;
+                let id =
+                    state
+                        .index
+                        .file_id(df.file_path(), df.partition(), state.layout.spec_id());
+                for (pos, &row) in file.rows.iter().enumerate() {
+                    let key = &folded.keys[folded.write[row as usize] as usize];
+                    state.index.insert(
+                        key,
+                        RowLocation {
+                            file: id,
+                            pos: pos as u64,
+                        },
+                    );
+                }
+            }
+        }
+        state.heal.clear();
+        state.next = until;
+        state.snapshot_id = Some(committed.snapshot_id);
+        let now = chrono::Utc::now().timestamp_millis();
+        self.publish(state, Some(now));
+        self.report_index(state);
+        let name = self.name.to_string();
+        metrics::histogram!(m::COMMIT_SECONDS, "table" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::COMMITS, "table" => name.clone()).increment(1);
+        for (kind, n) in ["insert", "upsert", "delete"].iter().zip(folded.counts) {
+            metrics::counter!(m::COMMITTED_CHANGES, "table" => name.clone(), "op" => *kind)
+                .increment(n);
+        }
+        if let Some(oldest) = folded.oldest_ms {
+            metrics::gauge!(m::COMMITTER_LAG_SECONDS, "table" => name.clone())
+                .set((now - oldest).max(0) as f64 / 1000.0);
+        }
+        debug!(
+            table = %self.name, snapshot_id = committed.snapshot_id, offsets = %state.next,
+            files = written.len(), rows = folded.write.len(), "committed"
+        );
+        if let Err(e) = self
+            .shared
+            .changelog
+            .publish_committed(&state.topic, &state.next)
+            .await
+        {
+            warn!(table = %self.name, error = %e, "could not publish committed offsets to the changelog");
+        }
+        Ok(())
+    }
+
+    fn claim_of(&self, state: &State) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (props::COMMITTER_EPOCH.to_string(), state.epoch.clone()),
+            (props::COMMITTER_OWNER.to_string(), state.owner.clone()),
+        ])
+    }
+
+    fn check_claim(&self, state: &State, properties: &HashMap<String, String>) -> WriteResult<()> {
+        for (key, expected) in self.claim_of(state) {
+            let found = properties.get(&key);
+            if found != Some(&expected) {
+                return Err(CommitError::Fenced {
+                    table: self.name.clone(),
+                    property: key,
+                    expected,
+                    found: found.cloned(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every partition from the committer's offsets, up to the batch limit; returns the
+    /// records per partition and the offsets after them.
+    async fn drain(
+        &self,
+        state: &State,
+    ) -> WriteResult<(Vec<(PartitionId, Vec<StoredRecord>)>, PartitionOffsets)> {
+        let log = &self.shared.changelog;
+        let mut budget = self.shared.config.max_batch_records;
+        let mut until = PartitionOffsets::default();
+        let mut out = Vec::new();
+        for p in 0..state.partitions {
+            let partition = PartitionId(p);
+            let mut from = state.next.get(partition);
+            let mut records = Vec::new();
+            while budget > 0 {
+                let read = log
+                    .read(
+                        &state.topic,
+                        partition,
+                        from,
+                        budget.min(10_000),
+                        Duration::ZERO,
+                    )
+                    .await;
+                let batch = match read {
+                    Ok(batch) => batch,
+                    Err(ChangelogError::OffsetOutOfRange { low, high, .. }) if from < low => {
+                        error!(
+                            table = %self.name, %partition, from = %from, %low, %high,
+                            "changelog records were removed before they were committed (retention); continuing from the oldest one left"
+                        );
+                        metrics::counter!(m::RECORDS_LOST, "table" => self.name.to_string())
+                            .increment((low.0 - from.0) as u64);
+                        from = low;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let Some(last) = batch.last() else { break };
+                from = last.offset.next();
+                budget -= batch.len().min(budget);
+                records.extend(batch);
+            }
+            until.set(partition, from);
+            out.push((partition, records));
+        }
+        Ok((out, until))
+    }
+
+    async fn report_lag(&self, state: &State, until: &PartitionOffsets) {
+        let mut behind = 0i64;
+        for p in 0..state.partitions {
+            let partition = PartitionId(p);
+            if let Ok(w) = self
+                .shared
+                .changelog
+                .watermarks(&state.topic, partition)
+                .await
+            {
+                behind += (w.high.0 - until.get(partition).0).max(0);
+            }
+        }
+        let table = self.name.to_string();
+        metrics::gauge!(m::COMMITTER_LAG_RECORDS, "table" => table.clone()).set(behind as f64);
+        if behind == 0 && until == &state.next {
+            metrics::gauge!(m::COMMITTER_LAG_SECONDS, "table" => table).set(0.0);
+        }
+    }
+
+    /// Decodes the records and keeps the last change per key.
+    fn fold(
+        &self,
+        state: &State,
+        records: Vec<(PartitionId, Vec<StoredRecord>)>,
+    ) -> WriteResult<Folded> {
+        let codec = &state.codec;
+        let mut decoded = Vec::new();
+        for (partition, records) in &records {
+            if records.is_empty() {
+                continue;
+            }
+            decoded.push(self.decode_isolating(codec, *partition, records)?);
+        }
+        let batches: Vec<&RecordBatch> = decoded.iter().map(|d| &d.batch).collect();
+        let rows =
+            concat_batches(&codec.decoded_schema(), batches).map_err(|e| WriteError::Internal {
+                reason: format!("combine decoded rows: {e}"),
+            })?;
+        let ops: Vec<ChangeOp> = decoded.iter().flat_map(|d| d.ops.iter().copied()).collect();
+        let oldest_ms = decoded
+            .iter()
+            .flat_map(|d| d.timestamps_ms.iter().copied())
+            .min();
+        let mut counts = [0u64; 3];
+        for op in &ops {
+            counts[match op {
+                ChangeOp::Insert => 0,
+                ChangeOp::Upsert => 1,
+                ChangeOp::Delete => 2,
+            }] += 1;
+        }
+        if codec.is_append_only() {
+            return Ok(Folded {
+                write: (0..rows.num_rows() as u32).collect(),
+                rows,
+                keys: Vec::new(),
+                changed: Vec::new(),
+                counts,
+                oldest_ms,
+            });
+        }
+        let (encoded, errors) = codec.encode_keys(&rows)?;
+        if let Some(e) = errors.first() {
+            return Err(WriteError::Internal {
+                reason: format!("a decoded row has no valid key: {e}"),
+            });
+        }
+        let keys: Vec<Bytes> = encoded.into_iter().map(|k| k.key).collect();
+        // Last change per key wins (a key's records all live in one partition, in order).
+        let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(keys.len());
+        for (row, key) in keys.iter().enumerate() {
+            last.insert(key, row);
+        }
+        let mut winners: Vec<usize> = last.into_values().collect();
+        winners.sort_unstable();
+        let write = winners
+            .iter()
+            .filter(|&&row| ops[row] != ChangeOp::Delete)
+            .map(|&row| row as u32)
+            .collect();
+        let changed = winners
+            .iter()
+            .map(|&row| (keys[row].clone(), ops[row]))
+            .collect();
+        Ok(Folded {
+            rows,
+            keys,
+            write,
+            changed,
+            counts,
+            oldest_ms,
+        })
+    }
+
+    /// Decodes a partition's records; a record that cannot be decoded (written by a foreign
+    /// producer) is skipped with an error log and a metric, never silently.
+    fn decode_isolating(
+        &self,
+        codec: &RecordCodec,
+        partition: PartitionId,
+        records: &[StoredRecord],
+    ) -> WriteResult<DecodedBatch> {
+        match codec.decode(records) {
+            Ok(d) => Ok(d),
+            Err(_) => {
+                let mut good = Vec::with_capacity(records.len());
+                for record in records {
+                    match codec.decode(std::slice::from_ref(record)) {
+                        Ok(_) => good.push(record.clone()),
+                        Err(e) => {
+                            error!(table = %self.name, %partition, offset = %record.offset, error = %e, "skipping a changelog record that is not a row of this table");
+                            metrics::counter!(m::RECORDS_SKIPPED, "table" => self.name.to_string())
+                                .increment(1);
+                        }
+                    }
+                }
+                Ok(codec.decode(&good)?)
+            }
+        }
+    }
+
+    /// Position deletes for the previous rows of changed keys (plus healing deletes), one file
+    /// per partition.
+    async fn write_deletes(
+        &self,
+        state: &State,
+        table: &Table,
+        folded: &Folded,
+    ) -> WriteResult<(Vec<DataFile>, BTreeSet<String>)> {
+        let mut groups: HashMap<(i32, Struct), Vec<PositionDelete>> = HashMap::new();
+        let mut targets = BTreeSet::new();
+        for (key, _) in &folded.changed {
+            let Some(location) = state.index.get(key) else {
+                continue;
+            };
+            let file = state
+                .index
+                .file(location.file)
+                .ok_or_else(|| WriteError::Internal {
+                    reason: format!("index entry points to unknown file id {}", location.file),
+                })?;
+            targets.insert(file.path.to_string());
+            groups
+                .entry((file.spec_id, file.partition.clone()))
+                .or_default()
+                .push(PositionDelete {
+                    file_path: file.path.to_string(),
+                    pos: location.pos as i64,
+                });
+        }
+        for (delete, partition, spec_id) in &state.heal {
+            targets.insert(delete.file_path.clone());
+            groups
+                .entry((*spec_id, partition.clone()))
+                .or_default()
+                .push(delete.clone());
+        }
+        let files = state.layout.write_deletes(table.file_io(), groups).await?;
+        Ok((files, targets))
+    }
+}
+
+fn take_rows(batch: &RecordBatch, rows: &[u32]) -> WriteResult<RecordBatch> {
+    take_record_batch(batch, &UInt32Array::from(rows.to_vec())).map_err(|e| WriteError::Internal {
+        reason: format!("select rows to write: {e}"),
+    })
+}
+
+/// Errors after which the committer of this process must stop for the table.
+fn is_terminal(e: &WriteError) -> bool {
+    matches!(e, WriteError::Commit(CommitError::Fenced { .. })) || e.is_table_not_found()
+}
+
+fn property(def: &TableDef, key: &str) -> Option<u64> {
+    def.properties.get(key).and_then(|v| v.parse().ok())
+}

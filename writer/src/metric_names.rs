@@ -1,0 +1,32 @@
+//! Metric names of the writer (Prometheus, through the `metrics` facade). Every metric has a
+//! `table` label.
+
+/// Rows acknowledged by writes (counter; label `op`).
+pub const ROWS_WRITTEN: &str = "unitable_writer_rows_total";
+/// Bytes of acknowledged changelog records, keys plus values (counter).
+pub const BYTES_WRITTEN: &str = "unitable_writer_bytes_total";
+/// Rows rejected (counter; label `reason`: `invalid`, `changelog`).
+pub const ROWS_REJECTED: &str = "unitable_writer_rejected_rows_total";
+/// Changelog append latency per write request, in seconds (histogram).
+pub const APPEND_SECONDS: &str = "unitable_writer_append_seconds";
+/// Commit latency (read, write files, commit), in seconds (histogram).
+pub const COMMIT_SECONDS: &str = "unitable_committer_commit_seconds";
+/// Snapshots committed (counter).
+pub const COMMITS: &str = "unitable_committer_commits_total";
+/// Changes committed (counter; label `op`).
+pub const COMMITTED_CHANGES: &str = "unitable_committer_changes_total";
+/// Failed commit cycles (counter).
+pub const COMMITTER_ERRORS: &str = "unitable_committer_errors_total";
+/// Changelog records not yet committed (gauge).
+pub const COMMITTER_LAG_RECORDS: &str = "unitable_committer_lag_records";
+/// Age of the oldest record in the last commit when it committed, in seconds (gauge; 0 when
+/// the committer is caught up).
+pub const COMMITTER_LAG_SECONDS: &str = "unitable_committer_lag_seconds";
+/// Changelog records skipped because they are not rows of the table (counter).
+pub const RECORDS_SKIPPED: &str = "unitable_committer_skipped_records_total";
+/// Changelog records removed by retention before they were committed (counter).
+pub const RECORDS_LOST: &str = "unitable_committer_lost_records_total";
+/// Keys in the primary-key index (gauge).
+pub const INDEX_KEYS: &str = "unitable_writer_index_keys";
+/// Memory of the primary-key index, in bytes (gauge).
+pub const INDEX_BYTES: &str = "unitable_writer_index_bytes";

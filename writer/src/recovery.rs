@@ -1,0 +1,179 @@
+//! Where a committer resumes: the changelog offsets anchored in the table's snapshots, and the
+//! primary-key index rebuilt from the live rows of the current snapshot.
+
+use std::collections::{BTreeSet, HashSet};
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use iceberg::io::FileIO;
+use iceberg::spec::{Struct, TableMetadata};
+use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use unitable_core::commit::files::PositionDelete;
+use unitable_core::commit::plan::{plan_files, read_position_deletes};
+use unitable_core::commit::read::{ancestors, changelog_offsets};
+use unitable_core::offsets::PartitionOffsets;
+use unitable_core::record::RecordCodec;
+
+use crate::error::{WriteError, WriteResult};
+use crate::index::{KeyIndex, RowLocation};
+
+/// The offsets the newest snapshot carrying `unitable.changelog-offsets` covers (snapshots of
+/// other writers in between are skipped); empty for a table without one.
+pub(crate) fn anchored_offsets(metadata: &TableMetadata) -> PartitionOffsets {
+    let Some(current) = metadata.current_snapshot_id() else {
+        return PartitionOffsets::default();
+    };
+    ancestors(metadata, current)
+        .iter()
+        .find_map(changelog_offsets)
+        .unwrap_or_default()
+}
+
+/// An index rebuilt from a snapshot.
+pub(crate) struct Rebuilt {
+    pub(crate) index: KeyIndex,
+    /// Older copies of keys found live twice (which unitable never writes); the next commit
+    /// deletes them so the table heals.
+    pub(crate) duplicates: Vec<(PositionDelete, Struct, i32)>,
+    pub(crate) files: usize,
+}
+
+/// Reads the key columns of every live row of the current snapshot into a new index.
+pub(crate) async fn rebuild_index(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    codec: &RecordCodec,
+    key_field_ids: &[i32],
+) -> WriteResult<Rebuilt> {
+    let mut planned = plan_files(file_io, metadata, None).await?;
+    planned.sort_by_key(|f| f.data_sequence_number);
+    // Each delete file is read once, however many data files it touches.
+    let mut seen = HashSet::new();
+    let delete_files: Vec<_> = planned
+        .iter()
+        .flat_map(|f| f.deletes.iter())
+        .filter(|d| seen.insert(d.file_path().to_string()))
+        .cloned()
+        .collect();
+    let deleted = read_position_deletes(file_io, &delete_files).await?;
+    let none = BTreeSet::new();
+    let mut index = KeyIndex::new();
+    let mut duplicates = Vec::new();
+    for file in &planned {
+        let path = file.data_file.file_path().to_string();
+        // Paths are never reused, so every delete naming this file applies to it.
+        let gone = deleted.get(&path).unwrap_or(&none);
+        let bytes = file_io
+            .new_input(&path)
+            .map_err(|e| WriteError::iceberg(format!("open {path}"), e))?
+            .read()
+            .await
+            .map_err(|e| WriteError::iceberg(format!("read {path}"), e))?;
+        let ids = key_field_ids.to_vec();
+        let path_for_task = path.clone();
+        let batches = tokio::task::spawn_blocking(move || read_keys(&path_for_task, bytes, &ids))
+            .await
+            .map_err(|e| WriteError::Internal {
+                reason: format!("key reader task failed: {e}"),
+            })??;
+        let id = index.file_id(&path, file.data_file.partition(), file.spec_id);
+        let mut pos: u64 = 0;
+        for batch in batches {
+            let (keys, errors) = codec.encode_keys(&batch)?;
+            if let Some(e) = errors.first() {
+                return Err(WriteError::Internal {
+                    reason: format!("{path}: a live row has an invalid key: {e}"),
+                });
+            }
+            for key in keys {
+                let row_pos = pos + key.row as u64;
+                if gone.contains(&(row_pos as i64)) {
+                    continue;
+                }
+                let location = RowLocation {
+                    file: id,
+                    pos: row_pos,
+                };
+                // Look before inserting: replacing the last live key of a file unregisters it.
+                if let Some(older) = index.get(&key.key)
+                    && let Some(older_file) = index.file(older.file)
+                {
+                    tracing::error!(
+                        file = %path, pos = row_pos, older = %older_file.path, older_pos = older.pos,
+                        "a key is live twice in the table; the older copy will be deleted"
+                    );
+                    duplicates.push((
+                        PositionDelete {
+                            file_path: older_file.path.to_string(),
+                            pos: older.pos as i64,
+                        },
+                        older_file.partition.clone(),
+                        older_file.spec_id,
+                    ));
+                }
+                index.insert(&key.key, location);
+            }
+            pos += batch.num_rows() as u64;
+        }
+    }
+    Ok(Rebuilt {
+        index,
+        duplicates,
+        files: planned.len(),
+    })
+}
+
+/// The key columns (by Iceberg field id) of a Parquet data file, in row order.
+fn read_keys(path: &str, bytes: Bytes, field_ids: &[i32]) -> WriteResult<Vec<RecordBatch>> {
+    let fail = |e: String| WriteError::Internal {
+        reason: format!("read the key columns of {path}: {e}"),
+    };
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| fail(e.to_string()))?;
+    let arrow_schema = builder.schema().clone();
+    let wanted: BTreeSet<i32> = field_ids.iter().copied().collect();
+    let roots: Vec<usize> = arrow_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            f.metadata()
+                .get(PARQUET_FIELD_ID_META_KEY)
+                .and_then(|id| id.parse::<i32>().ok())
+                .is_some_and(|id| wanted.contains(&id))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if roots.len() != wanted.len() {
+        return Err(fail(format!(
+            "expected key columns with field ids {field_ids:?}, found {} of them",
+            roots.len()
+        )));
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Field ids of the key columns, by name in `codec`'s table.
+pub(crate) fn key_field_ids(metadata: &TableMetadata, key: &[String]) -> WriteResult<Vec<i32>> {
+    let schema = metadata.current_schema();
+    key.iter()
+        .map(|name| {
+            schema
+                .field_by_name(name)
+                .map(|f| f.id)
+                .ok_or_else(|| WriteError::Internal {
+                    reason: format!("primary-key column `{name}` is not in the schema"),
+                })
+        })
+        .collect()
+}

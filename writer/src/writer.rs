@@ -1,0 +1,441 @@
+//! The write path: validate rows, append them to the changelog, acknowledge; and the registry
+//! of per-table committers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use unitable_core::catalog::TableCatalog;
+use unitable_core::changelog::{ChangeRecord, Changelog};
+use unitable_core::commit::row_delta::Committer;
+use unitable_core::naming::{TableName, props};
+use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
+use unitable_core::record::{ChangeOp, RecordCodec, RowError};
+use unitable_core::table::TableDef;
+
+use crate::committer::{CommitProgress, Shared, TableCommitter};
+use crate::config::WriterConfig;
+use crate::error::{WriteError, WriteResult};
+use crate::input::{Rows, read_rows};
+use crate::metric_names as m;
+use crate::recovery::anchored_offsets;
+
+/// One write request.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    /// The table.
+    pub table: TableName,
+    /// What the rows do.
+    pub op: ChangeOp,
+    /// The rows.
+    pub rows: Rows,
+    /// The index of the first row (for streams: rows before this request).
+    pub first_row: usize,
+    /// Answer only once a snapshot covering the write is committed.
+    pub wait_for_snapshot: bool,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOutcome {
+    /// Rows appended to the changelog (durable).
+    pub rows_written: u64,
+    /// Rows not written, with the reason; in row order.
+    pub errors: Vec<RowError>,
+    /// The last offset written per partition.
+    pub last_offsets: PartitionOffsets,
+    /// The table's state after the write.
+    pub as_of: AsOf,
+}
+
+/// A table as the write path needs it, cached until the table changes.
+#[derive(Debug)]
+struct TableHandle {
+    def: TableDef,
+    codec: Arc<RecordCodec>,
+    dead_letter: bool,
+    progress: watch::Receiver<CommitProgress>,
+}
+
+#[derive(Debug)]
+struct CommitterHandle {
+    uuid: String,
+    progress: watch::Receiver<CommitProgress>,
+    cancel: CancellationToken,
+}
+
+/// The writer role: the write path plus one committer per table.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    handles: Mutex<HashMap<TableName, Arc<TableHandle>>>,
+    committers: Mutex<HashMap<TableName, CommitterHandle>>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Writer {
+    /// A writer over a catalog and a changelog, committing through `committer`.
+    pub fn new(
+        catalog: TableCatalog,
+        changelog: Arc<dyn Changelog>,
+        committer: Committer,
+        config: WriterConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared {
+                    catalog,
+                    changelog,
+                    committer,
+                    config,
+                }),
+                handles: Mutex::new(HashMap::new()),
+                committers: Mutex::new(HashMap::new()),
+                stop: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Starts the committer of every existing table, so that writes acknowledged before a
+    /// restart reach the Iceberg table without waiting for a new write. Returns the count.
+    pub async fn start_committers(&self) -> WriteResult<usize> {
+        let tables = self.inner.shared.catalog.list(None).await?;
+        let mut started = 0;
+        for name in tables {
+            match self.inner.shared.catalog.describe(&name).await {
+                Ok(state) => {
+                    self.ensure_committer(&name, &state.uuid);
+                    started += 1;
+                }
+                Err(e) => warn!(table = %name, error = %e, "cannot start the committer of a table"),
+            }
+        }
+        Ok(started)
+    }
+
+    /// Stops taking over new tables, lets every committer commit what the changelog holds, and
+    /// waits for them.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Forgets what the write path cached about `table` (after a schema change).
+    pub fn table_changed(&self, table: &TableName) {
+        lock(&self.inner.handles).remove(table);
+    }
+
+    /// Stops the committer of a dropped table.
+    pub fn table_dropped(&self, table: &TableName) {
+        lock(&self.inner.handles).remove(table);
+        if let Some(c) = lock(&self.inner.committers).remove(table) {
+            c.cancel.cancel();
+        }
+    }
+
+    /// The committer's progress for `table`, if this process runs its committer.
+    pub fn progress(&self, table: &TableName) -> Option<CommitProgress> {
+        lock(&self.inner.committers)
+            .get(table)
+            .map(|c| c.progress.borrow().clone())
+    }
+
+    fn ensure_committer(&self, name: &TableName, uuid: &str) -> watch::Receiver<CommitProgress> {
+        let mut committers = lock(&self.inner.committers);
+        if let Some(c) = committers.get(name) {
+            let stale = c.uuid != uuid || (c.progress.borrow().stopped && c.cancel.is_cancelled());
+            if !stale {
+                return c.progress.clone();
+            }
+            c.cancel.cancel();
+        }
+        let (tx, rx) = watch::channel(CommitProgress::default());
+        let cancel = self.inner.stop.child_token();
+        let task = TableCommitter::new(name.clone(), self.inner.shared.clone(), tx);
+        self.inner.tasks.spawn(task.run(cancel.clone()));
+        committers.insert(
+            name.clone(),
+            CommitterHandle {
+                uuid: uuid.to_string(),
+                progress: rx.clone(),
+                cancel,
+            },
+        );
+        rx
+    }
+
+    async fn handle(&self, name: &TableName) -> WriteResult<Arc<TableHandle>> {
+        if let Some(h) = lock(&self.inner.handles).get(name) {
+            return Ok(h.clone());
+        }
+        if self.inner.stop.is_cancelled() {
+            return Err(WriteError::ShuttingDown);
+        }
+        let state = self.inner.shared.catalog.describe(name).await?;
+        let codec = Arc::new(RecordCodec::new(&state.def, &state.uuid, state.schema_id)?);
+        let progress = self.ensure_committer(name, &state.uuid);
+        let handle = Arc::new(TableHandle {
+            dead_letter: state
+                .def
+                .properties
+                .get(props::WRITE_DEAD_LETTER)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            def: state.def,
+            codec,
+            progress,
+        });
+        lock(&self.inner.handles).insert(name.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Validates and appends the rows of `request`; answers once they are durable in the
+    /// changelog (or, when asked, once a snapshot covers them).
+    pub async fn write(&self, request: WriteRequest) -> WriteResult<WriteOutcome> {
+        let handle = self.handle(&request.table).await?;
+        let codec = handle.codec.clone();
+        let op = request.op;
+        let rows = request.rows.clone();
+        let first_row = request.first_row;
+        // Parsing and encoding are CPU work: keep them off the request threads.
+        let (encoded, mut errors) = tokio::task::spawn_blocking(move || {
+            let (parsed, mut errors) = read_rows(&codec, op, &rows, first_row)?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let (encoded, bad) = codec.encode(op, &parsed.batch, now)?;
+            errors.extend(bad.into_iter().map(|e| RowError {
+                row: parsed.rows[e.row],
+                ..e
+            }));
+            let encoded: Vec<_> = encoded
+                .into_iter()
+                .map(|e| (parsed.rows[e.row], e.partition, e.record))
+                .collect();
+            Ok::<_, WriteError>((encoded, errors))
+        })
+        .await
+        .map_err(|e| WriteError::Internal {
+            reason: format!("the encoding task failed: {e}"),
+        })??;
+        let table = request.table.to_string();
+        if !errors.is_empty() {
+            metrics::counter!(m::ROWS_REJECTED, "table" => table.clone(), "reason" => "invalid")
+                .increment(errors.len() as u64);
+        }
+
+        let mut groups: BTreeMap<PartitionId, (Vec<ChangeRecord>, Vec<usize>)> = BTreeMap::new();
+        let mut bytes = 0u64;
+        for (row, partition, record) in encoded {
+            bytes += record.key.as_ref().map_or(0, Bytes::len) as u64
+                + record.value.as_ref().map_or(0, Bytes::len) as u64;
+            let group = groups.entry(partition).or_default();
+            group.0.push(record);
+            group.1.push(row);
+        }
+        let started = Instant::now();
+        let topic = &handle.def.changelog.topic;
+        let log = &self.inner.shared.changelog;
+        let appends = groups
+            .into_iter()
+            .map(|(partition, (records, rows))| async move {
+                (partition, rows, log.append(topic, partition, records).await)
+            });
+        let results = futures::future::join_all(appends).await;
+        metrics::histogram!(m::APPEND_SECONDS, "table" => table.clone())
+            .record(started.elapsed().as_secs_f64());
+
+        let mut outcome = WriteOutcome::default();
+        let mut failures = 0usize;
+        let mut first_failure = None;
+        let total = results.len();
+        for (partition, rows, result) in results {
+            match result {
+                Ok(range) => {
+                    outcome.rows_written += rows.len() as u64;
+                    outcome.last_offsets.set(partition, range.last);
+                }
+                Err(e) => {
+                    failures += 1;
+                    metrics::counter!(m::ROWS_REJECTED, "table" => table.clone(), "reason" => "changelog")
+                        .increment(rows.len() as u64);
+                    let reason = format!(
+                        "not written: changelog partition {partition} failed ({e}); retry this row"
+                    );
+                    errors.extend(rows.into_iter().map(|row| RowError {
+                        row,
+                        field: None,
+                        reason: reason.clone(),
+                    }));
+                    first_failure.get_or_insert(e);
+                }
+            }
+        }
+        if total > 0
+            && failures == total
+            && let Some(e) = first_failure
+        {
+            // Nothing was written: the request as a whole failed.
+            return Err(e.into());
+        }
+        metrics::counter!(m::ROWS_WRITTEN, "table" => table.clone(), "op" => op.as_str())
+            .increment(outcome.rows_written);
+        metrics::counter!(m::BYTES_WRITTEN, "table" => table).increment(bytes);
+        errors.sort_by_key(|e| e.row);
+        if handle.dead_letter && !errors.is_empty() {
+            self.dead_letter(&handle, &request, &errors).await;
+        }
+        outcome.errors = errors;
+
+        let progress = if request.wait_for_snapshot && outcome.rows_written > 0 {
+            self.wait_for_snapshot(&request.table, &handle, &outcome.last_offsets)
+                .await?
+        } else {
+            handle.progress.borrow().clone()
+        };
+        outcome.as_of = as_of(&progress, &outcome.last_offsets);
+        Ok(outcome)
+    }
+
+    /// Waits until a snapshot covers `last` (the last offset written per partition).
+    async fn wait_for_snapshot(
+        &self,
+        name: &TableName,
+        handle: &TableHandle,
+        last: &PartitionOffsets,
+    ) -> WriteResult<CommitProgress> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.inner.shared.config.snapshot_wait;
+        let mut rx = handle.progress.clone();
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if covers(&current.offsets, last) {
+                return Ok(current);
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // The committer is gone; fall back to polling the catalog.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    // Another process may own the committer: look at the table itself.
+                    let table = self.inner.shared.catalog.load(name).await?;
+                    let metadata = table.metadata();
+                    let offsets = anchored_offsets(metadata);
+                    if covers(&offsets, last) {
+                        return Ok(CommitProgress {
+                            snapshot_id: metadata.current_snapshot_id(),
+                            offsets,
+                            commit_time_ms: metadata.current_snapshot().map_or(0, |s| s.timestamp_ms()),
+                            stopped: false,
+                        });
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(WriteError::SnapshotWaitTimedOut {
+                        table: name.clone(),
+                        offsets: last.to_string(),
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends rejected rows with their reasons to the table's dead-letter topic. Failing to do
+    /// so is logged; the response still lists every rejected row.
+    async fn dead_letter(&self, handle: &TableHandle, request: &WriteRequest, errors: &[RowError]) {
+        let topic = handle.def.changelog.topic.dead_letter();
+        let log = &self.inner.shared.changelog;
+        let lines: Vec<&[u8]> = match &request.rows {
+            Rows::JsonLines(bytes) => bytes
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .collect(),
+            Rows::ArrowIpc(_) => Vec::new(),
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let records: Vec<ChangeRecord> = errors
+            .iter()
+            .map(|e| {
+                let input = e
+                    .row
+                    .checked_sub(request.first_row)
+                    .and_then(|i| lines.get(i))
+                    .map(|l| String::from_utf8_lossy(l).into_owned());
+                let value = dead_letter_value(e, request.op, input.as_deref());
+                ChangeRecord {
+                    key: None,
+                    value: Some(Bytes::from(value)),
+                    headers: vec![("unitable.error".into(), Bytes::from(e.reason.clone()))],
+                    timestamp_ms: now,
+                }
+            })
+            .collect();
+        let result = async {
+            log.create_topic(&topic, 1).await?;
+            log.append(&topic, PartitionId(0), records).await
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(%topic, error = %e, "could not write rejected rows to the dead-letter topic");
+        } else {
+            info!(%topic, rows = errors.len(), "rejected rows sent to the dead-letter topic");
+        }
+    }
+}
+
+/// A dead-letter record's value: `{"row":N,"op":"...","field":"..."|null,"reason":"...",
+/// "input":"<the original line>"|null}`.
+fn dead_letter_value(e: &RowError, op: ChangeOp, input: Option<&str>) -> String {
+    serde_json::json!({
+        "row": e.row,
+        "op": op.as_str(),
+        "field": e.field,
+        "reason": e.reason,
+        "input": input,
+    })
+    .to_string()
+}
+
+/// Whether `committed` (exclusive ends) includes every offset in `last` (inclusive).
+fn covers(committed: &PartitionOffsets, last: &PartitionOffsets) -> bool {
+    last.0.iter().all(|(p, o)| committed.get(*p) > *o)
+}
+
+fn as_of(progress: &CommitProgress, last: &PartitionOffsets) -> AsOf {
+    let lag_records: i64 = last
+        .0
+        .iter()
+        .map(|(p, o)| (o.0 + 1 - progress.offsets.get(*p).0).max(0))
+        .sum();
+    let now = chrono::Utc::now().timestamp_millis();
+    AsOf {
+        snapshot_id: progress.snapshot_id,
+        offsets: progress.offsets.clone(),
+        commit_time_ms: progress.commit_time_ms,
+        lag_records,
+        lag_ms: if lag_records > 0 && progress.commit_time_ms > 0 {
+            (now - progress.commit_time_ms).max(0)
+        } else {
+            0
+        },
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
