@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// How often the committer turns changelog records into an Iceberg snapshot (e.g. 1s, 500ms).
     #[arg(long, env = "UNITABLE_COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub commit_interval: Duration,
+
+    /// Largest gRPC request accepted, in bytes; bigger writes fail with RESOURCE_EXHAUSTED
+    /// (split them, or use WriteStream).
+    #[arg(long, env = "UNITABLE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_request_bytes: usize,
 }
 
 /// Where table definitions and data files live.

@@ -20,7 +20,10 @@ use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::changelog::{
     Changelog, KafkaChangelog, KafkaConfig, LocalChangelog, LocalConfig,
 };
+use unitable_core::commit::pointer::SqlMetadataPointer;
+use unitable_core::commit::row_delta::Committer;
 use unitable_core::storage::s3_props;
+use unitable_writer::{Writer, WriterConfig};
 use unitable_proto::FILE_DESCRIPTOR_SET;
 use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
 use unitable_proto::v1::read_service_server::ReadServiceServer;
@@ -30,6 +33,7 @@ use unitable_proto::v1::write_service_server::WriteServiceServer;
 use crate::cli::ServeArgs;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::pending::PendingApi;
+use crate::grpc::write::WriteApi;
 
 /// Runs the server until SIGINT/SIGTERM.
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -51,6 +55,24 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot open the Iceberg catalog; check --catalog and --warehouse")?;
     let changelog = open_changelog(&args, &data_dir).await?;
+    let pointer = SqlMetadataPointer::connect(catalog.config())
+        .await
+        .context("cannot open the catalog database for commits")?;
+    let committer = Committer::new(catalog.clone(), Arc::new(pointer));
+    let writer = Writer::new(
+        catalog.clone(),
+        changelog.clone(),
+        committer,
+        WriterConfig {
+            commit_interval: args.commit_interval,
+            ..WriterConfig::default()
+        },
+    );
+    let committers = writer
+        .start_committers()
+        .await
+        .context("cannot list the tables to start their committers")?;
+    info!(tables = committers, "committers started");
     let admin = TableAdmin::new(catalog, changelog);
 
     // Bind both listeners before serving, so a taken port fails start-up with a clear error.
@@ -73,8 +95,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     {
         let shutdown = shutdown.clone();
+        let writer = writer.clone();
+        let max_request_bytes = args.max_request_bytes;
         tasks.spawn(async move {
-            let result = serve_grpc(grpc_listener, admin, shutdown.clone()).await;
+            let result =
+                serve_grpc(grpc_listener, admin, writer, max_request_bytes, shutdown.clone()).await;
             ("grpc", result)
         });
     }
@@ -103,6 +128,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         {
             first_error = Some(Err(e));
         }
+    }
+    // Intake has stopped: let every committer commit what the changelog holds.
+    info!("shutting down: committing buffered changes");
+    if tokio::time::timeout(std::time::Duration::from_secs(60), writer.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("committers did not finish within 60 s; the changelog keeps their records and the next start commits them");
     }
     match first_error {
         Some(Err(e)) => Err(e),
@@ -185,6 +218,8 @@ async fn open_changelog(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc
 async fn serve_grpc(
     listener: TcpListener,
     admin: TableAdmin,
+    writer: Writer,
+    max_request_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -200,8 +235,14 @@ async fn serve_grpc(
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(TableAdminServiceServer::new(AdminApi::new(admin)))
-        .add_service(WriteServiceServer::new(PendingApi))
+        .add_service(TableAdminServiceServer::new(AdminApi::new(
+            admin,
+            writer.clone(),
+        )))
+        .add_service(
+            WriteServiceServer::new(WriteApi::new(writer))
+                .max_decoding_message_size(max_request_bytes),
+        )
         .add_service(ReadServiceServer::new(PendingApi))
         .add_service(CompactionServiceServer::new(PendingApi))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -4,7 +4,9 @@ use tonic::{Code, Status};
 use tracing::{debug, error, warn};
 use unitable_core::Error as CoreError;
 use unitable_core::changelog::ChangelogError;
+use unitable_core::commit::CommitError;
 use unitable_proto::ConversionError;
+use unitable_writer::WriteError;
 
 /// Errors a gRPC handler can return.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +17,62 @@ pub(crate) enum ApiError {
     Conversion(#[from] ConversionError),
     #[error("field `{field}`: {reason}")]
     BadRequest { field: &'static str, reason: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+fn classify_changelog(c: &ChangelogError) -> (Code, Level) {
+    match c {
+        ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. } => {
+            (Code::FailedPrecondition, Level::Error)
+        }
+        ChangelogError::TopicExists { .. } => (Code::AlreadyExists, Level::Warn),
+        ChangelogError::OffsetOutOfRange { .. } => (Code::OutOfRange, Level::Debug),
+        ChangelogError::Unavailable { .. } | ChangelogError::Io { .. } => {
+            (Code::Unavailable, Level::Warn)
+        }
+        ChangelogError::Corrupt { .. } => (Code::DataLoss, Level::Error),
+    }
+}
+
+fn classify_commit(e: &CommitError) -> (Code, Level) {
+    match e {
+        CommitError::Table(core) => classify_core(core),
+        CommitError::Fenced { .. } => (Code::Aborted, Level::Warn),
+        CommitError::CommitConflict { .. } => (Code::Aborted, Level::Warn),
+        CommitError::DataFileRemoved { .. } | CommitError::RewriteConflict { .. } => {
+            (Code::Aborted, Level::Warn)
+        }
+        CommitError::Invalid { .. } => (Code::Internal, Level::Error),
+        CommitError::Iceberg { .. } | CommitError::CatalogDatabase { .. } => {
+            if e.is_retryable() {
+                (Code::Unavailable, Level::Warn)
+            } else {
+                (Code::Internal, Level::Error)
+            }
+        }
+    }
+}
+
+fn classify_write(e: &WriteError) -> (Code, Level) {
+    match e {
+        WriteError::Table(core) => classify_core(core),
+        WriteError::Changelog(c) => classify_changelog(c),
+        WriteError::Commit(c) => classify_commit(c),
+        WriteError::BadRequest { .. } | WriteError::Encode(_) => {
+            (Code::InvalidArgument, Level::Debug)
+        }
+        WriteError::SnapshotWaitTimedOut { .. } => (Code::DeadlineExceeded, Level::Warn),
+        WriteError::ShuttingDown => (Code::Unavailable, Level::Debug),
+        WriteError::Decode(_) | WriteError::Internal { .. } => (Code::Internal, Level::Error),
+        WriteError::Iceberg { .. } => {
+            if e.is_retryable() {
+                (Code::Unavailable, Level::Warn)
+            } else {
+                (Code::Internal, Level::Error)
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -40,17 +98,7 @@ fn classify_core(e: &CoreError) -> (Code, Level) {
                 (Code::Internal, Level::Error)
             }
         }
-        CoreError::Changelog(c) => match c {
-            ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. } => {
-                (Code::FailedPrecondition, Level::Error)
-            }
-            ChangelogError::TopicExists { .. } => (Code::AlreadyExists, Level::Warn),
-            ChangelogError::OffsetOutOfRange { .. } => (Code::OutOfRange, Level::Debug),
-            ChangelogError::Unavailable { .. } | ChangelogError::Io { .. } => {
-                (Code::Unavailable, Level::Warn)
-            }
-            ChangelogError::Corrupt { .. } => (Code::DataLoss, Level::Error),
-        },
+        CoreError::Changelog(c) => classify_changelog(c),
     }
 }
 
@@ -63,6 +111,7 @@ impl From<ApiError> for Status {
                 (Code::InvalidArgument, Level::Debug)
             }
             ApiError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
+            ApiError::Write(w) => classify_write(w),
         };
         let message = e.to_string();
         match level {

@@ -307,6 +307,18 @@ impl Writer {
         Ok(outcome)
     }
 
+    /// Waits until a snapshot covers `last` (the last offset written per partition of
+    /// `table`) and returns the table's state then.
+    pub async fn wait_for_snapshot_covering(
+        &self,
+        table: &TableName,
+        last: &PartitionOffsets,
+    ) -> WriteResult<AsOf> {
+        let handle = self.handle(table).await?;
+        let progress = self.wait_for_snapshot(table, &handle, last).await?;
+        Ok(as_of(&progress, last))
+    }
+
     /// Waits until a snapshot covers `last` (the last offset written per partition).
     async fn wait_for_snapshot(
         &self,

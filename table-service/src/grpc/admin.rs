@@ -9,6 +9,7 @@ use unitable_proto::v1::{
     DropTableResponse, GetTableRequest, GetTableResponse, ListTablesRequest, ListTablesResponse,
 };
 use unitable_proto::{table_def_from_wire, table_info_to_wire};
+use unitable_writer::Writer;
 
 use super::table_name;
 use crate::status::ApiError;
@@ -17,11 +18,13 @@ use crate::status::ApiError;
 #[derive(Debug, Clone)]
 pub(crate) struct AdminApi {
     admin: TableAdmin,
+    writer: Writer,
 }
 
 impl AdminApi {
-    pub(crate) fn new(admin: TableAdmin) -> Self {
-        Self { admin }
+    /// `writer` hears about dropped and altered tables.
+    pub(crate) fn new(admin: TableAdmin, writer: Writer) -> Self {
+        Self { admin, writer }
     }
 }
 
@@ -86,6 +89,7 @@ impl TableAdminService for AdminApi {
         count("DropTable");
         let request = request.into_inner();
         let name = table_name(&request.table)?;
+        self.writer.table_dropped(&name);
         self.admin
             .drop_table(&name, request.keep_data)
             .await
@@ -110,6 +114,7 @@ impl TableAdminService for AdminApi {
             .add_column(&name, &column)
             .await
             .map_err(ApiError::from)?;
+        self.writer.table_changed(&name);
         Ok(Response::new(AddColumnResponse {
             table: Some(table_info_to_wire(&state)),
         }))

@@ -1,4 +1,4 @@
-//! Services whose roles are not built yet: they answer UNIMPLEMENTED and say what is missing.
+//! Services whose roles are not built yet (reads, queries, compaction): they answer UNIMPLEMENTED and say what is missing.
 
 use std::pin::Pin;
 
@@ -6,13 +6,11 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use unitable_proto::v1::compaction_service_server::CompactionService;
 use unitable_proto::v1::read_service_server::ReadService;
-use unitable_proto::v1::write_service_server::WriteService;
 use unitable_proto::v1::{
     CompactRequest, CompactResponse, QueryRequest, QueryResponse, ReadRequest, ReadResponse,
-    WriteRequest, WriteResponse,
 };
 
-/// Answers UNIMPLEMENTED for writes, reads, queries and compaction.
+/// Answers UNIMPLEMENTED for reads, queries and compaction.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PendingApi;
 
@@ -24,25 +22,6 @@ fn missing(what: &str) -> Status {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl WriteService for PendingApi {
-    async fn write(
-        &self,
-        _request: Request<WriteRequest>,
-    ) -> Result<Response<WriteResponse>, Status> {
-        Err(missing(
-            "Write (the writer role: changelog append + Iceberg committer)",
-        ))
-    }
-
-    async fn write_stream(
-        &self,
-        _request: Request<Streaming<WriteRequest>>,
-    ) -> Result<Response<WriteResponse>, Status> {
-        Err(missing("WriteStream (the writer role)"))
-    }
-}
 
 #[tonic::async_trait]
 impl ReadService for PendingApi {

@@ -1,0 +1,218 @@
+//! `WriteService`: unary and client-streaming writes through the writer role.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use unitable_core::naming::TableName;
+use unitable_core::offsets::{AsOf, PartitionOffsets};
+use unitable_core::record::ChangeOp;
+use unitable_proto::v1 as wire;
+use unitable_proto::v1::write_service_server::WriteService;
+use unitable_writer::{Rows, WriteOutcome, WriteRequest, Writer};
+
+use super::table_name;
+use crate::status::ApiError;
+
+/// Writes through the writer role.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteApi {
+    writer: Writer,
+}
+
+impl WriteApi {
+    pub(crate) fn new(writer: Writer) -> Self {
+        Self { writer }
+    }
+}
+
+/// The request fields every message of a write shares.
+struct Target {
+    table: TableName,
+    op: ChangeOp,
+    wait: bool,
+}
+
+fn target(request: &wire::WriteRequest) -> Result<Target, ApiError> {
+    let table = table_name(&request.table)?;
+    let op = match wire::WriteOp::try_from(request.op) {
+        Ok(wire::WriteOp::Insert) => ChangeOp::Insert,
+        Ok(wire::WriteOp::Upsert) => ChangeOp::Upsert,
+        Ok(wire::WriteOp::Delete) => ChangeOp::Delete,
+        Ok(wire::WriteOp::Unspecified) | Err(_) => {
+            return Err(ApiError::BadRequest {
+                field: "op",
+                reason: "must be WRITE_OP_INSERT, WRITE_OP_UPSERT or WRITE_OP_DELETE".into(),
+            });
+        }
+    };
+    let wait = matches!(
+        wire::WaitFor::try_from(request.wait_for),
+        Ok(wire::WaitFor::Snapshot)
+    );
+    Ok(Target { table, op, wait })
+}
+
+fn rows(request: &wire::WriteRequest, rows: Bytes) -> Result<Rows, ApiError> {
+    match wire::RowFormat::try_from(request.format) {
+        Ok(wire::RowFormat::ArrowIpc) => Ok(Rows::ArrowIpc(rows)),
+        Ok(wire::RowFormat::JsonLines) => Ok(Rows::JsonLines(rows)),
+        Ok(wire::RowFormat::Unspecified) | Err(_) => Err(ApiError::BadRequest {
+            field: "format",
+            reason: "must be ROW_FORMAT_ARROW_IPC or ROW_FORMAT_JSON_LINES".into(),
+        }),
+    }
+}
+
+pub(crate) fn offsets_to_wire(offsets: &PartitionOffsets) -> Vec<wire::PartitionOffset> {
+    offsets
+        .0
+        .iter()
+        .map(|(p, o)| wire::PartitionOffset {
+            partition: p.0,
+            offset: o.0,
+        })
+        .collect()
+}
+
+pub(crate) fn as_of_to_wire(as_of: &AsOf) -> wire::AsOf {
+    wire::AsOf {
+        snapshot_id: as_of.snapshot_id,
+        offsets: offsets_to_wire(&as_of.offsets),
+        commit_time_ms: as_of.commit_time_ms,
+        lag_records: as_of.lag_records,
+        lag_ms: as_of.lag_ms,
+    }
+}
+
+fn response(outcome: WriteOutcome) -> wire::WriteResponse {
+    wire::WriteResponse {
+        rows_written: outcome.rows_written,
+        rows_rejected: outcome.errors.len() as u64,
+        errors: outcome
+            .errors
+            .into_iter()
+            .map(|e| wire::RowError {
+                row_index: e.row as u64,
+                field: e.field.unwrap_or_default(),
+                reason: e.reason,
+            })
+            .collect(),
+        last_offsets: offsets_to_wire(&outcome.last_offsets),
+        as_of: Some(as_of_to_wire(&outcome.as_of)),
+    }
+}
+
+fn count(method: &'static str) {
+    metrics::counter!("unitable_grpc_requests_total", "method" => method).increment(1);
+}
+
+#[tonic::async_trait]
+impl WriteService for WriteApi {
+    async fn write(
+        &self,
+        request: Request<wire::WriteRequest>,
+    ) -> Result<Response<wire::WriteResponse>, Status> {
+        count("Write");
+        let mut request = request.into_inner();
+        let t = target(&request)?;
+        let rows = rows(&request, std::mem::take(&mut request.rows))?;
+        let outcome = self
+            .writer
+            .write(WriteRequest {
+                table: t.table,
+                op: t.op,
+                rows,
+                first_row: 0,
+                wait_for_snapshot: t.wait,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(response(outcome)))
+    }
+
+    async fn write_stream(
+        &self,
+        request: Request<Streaming<wire::WriteRequest>>,
+    ) -> Result<Response<wire::WriteResponse>, Status> {
+        count("WriteStream");
+        let mut stream = request.into_inner();
+        let mut total = WriteOutcome::default();
+        let mut first: Option<(Target, wire::WriteRequest)> = None;
+        let mut next_row = 0usize;
+        while let Some(message) = stream.next().await {
+            let mut message = message?;
+            let body = std::mem::take(&mut message.rows);
+            let shape = match &first {
+                None => {
+                    first = Some((target(&message)?, message.clone()));
+                    message
+                }
+                Some((_, m0)) => {
+                    // Later messages may repeat the table and op, never change them.
+                    if (!message.table.is_empty() && message.table != m0.table)
+                        || (message.op != 0 && message.op != m0.op)
+                    {
+                        return Err(ApiError::BadRequest {
+                            field: "table",
+                            reason: "a write stream writes one table with one op; start another \
+                                     stream for another"
+                                .into(),
+                        }
+                        .into());
+                    }
+                    wire::WriteRequest {
+                        format: if message.format != 0 {
+                            message.format
+                        } else {
+                            m0.format
+                        },
+                        ..m0.clone()
+                    }
+                }
+            };
+            let Some((t, _)) = &first else {
+                continue;
+            };
+            let rows = rows(&shape, body)?;
+            let outcome = self
+                .writer
+                .write(WriteRequest {
+                    table: t.table.clone(),
+                    op: t.op,
+                    rows,
+                    first_row: next_row,
+                    wait_for_snapshot: false,
+                })
+                .await
+                .map_err(ApiError::from)?;
+            next_row += outcome.rows_written as usize + outcome.errors.len();
+            merge(&mut total, outcome);
+        }
+        let Some((t, _)) = first else {
+            return Err(ApiError::BadRequest {
+                field: "rows",
+                reason: "the write stream carried no message".into(),
+            }
+            .into());
+        };
+        if t.wait && total.rows_written > 0 {
+            // One wait for the whole stream: its last offsets cover every message.
+            total.as_of = self
+                .writer
+                .wait_for_snapshot_covering(&t.table, &total.last_offsets)
+                .await
+                .map_err(ApiError::from)?;
+        }
+        Ok(Response::new(response(total)))
+    }
+}
+
+/// Adds one message's outcome to the stream's.
+fn merge(total: &mut WriteOutcome, outcome: WriteOutcome) {
+    total.rows_written += outcome.rows_written;
+    total.errors.extend(outcome.errors);
+    for (p, o) in outcome.last_offsets.0 {
+        total.last_offsets.set(p, o);
+    }
+    total.as_of = outcome.as_of;
+}
