@@ -157,8 +157,11 @@ pub mod props {
     pub const CHANGELOG_PARTITIONS: &str = "unitable.changelog.partitions";
     /// The changelog record format.
     pub const CHANGELOG_FORMAT: &str = "unitable.changelog.format";
+    /// The commit id of the last metadata-only properties commit (idempotent retries).
+    pub const PROPERTIES_COMMIT_ID: &str = "unitable.properties-commit-id";
     /// Every key above; users cannot set these through free properties.
     pub const RESERVED: &[&str] = &[
+        PROPERTIES_COMMIT_ID,
         LAYOUT_VERSION,
         PRIMARY_KEY,
         BUCKETS,
