@@ -162,8 +162,11 @@ pub mod props {
     pub const COMMITTER_EPOCH: &str = "unitable.committer.epoch";
     /// Who holds the committer epoch (host, process id and start time), for operators.
     pub const COMMITTER_OWNER: &str = "unitable.committer.owner";
+    /// The commit id of the last metadata-only properties commit (idempotent retries).
+    pub const PROPERTIES_COMMIT_ID: &str = "unitable.properties-commit-id";
     /// Every key above; users cannot set these through free properties.
     pub const RESERVED: &[&str] = &[
+        PROPERTIES_COMMIT_ID,
         LAYOUT_VERSION,
         PRIMARY_KEY,
         BUCKETS,

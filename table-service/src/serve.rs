@@ -23,12 +23,12 @@ use unitable_core::changelog::{
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::storage::s3_props;
-use unitable_writer::{Writer, WriterConfig};
 use unitable_proto::FILE_DESCRIPTOR_SET;
 use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
 use unitable_proto::v1::read_service_server::ReadServiceServer;
 use unitable_proto::v1::table_admin_service_server::TableAdminServiceServer;
 use unitable_proto::v1::write_service_server::WriteServiceServer;
+use unitable_writer::{Writer, WriterConfig};
 
 use crate::cli::ServeArgs;
 use crate::grpc::admin::AdminApi;
@@ -98,8 +98,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let writer = writer.clone();
         let max_request_bytes = args.max_request_bytes;
         tasks.spawn(async move {
-            let result =
-                serve_grpc(grpc_listener, admin, writer, max_request_bytes, shutdown.clone()).await;
+            let result = serve_grpc(
+                grpc_listener,
+                admin,
+                writer,
+                max_request_bytes,
+                shutdown.clone(),
+            )
+            .await;
             ("grpc", result)
         });
     }
@@ -135,7 +141,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .is_err()
     {
-        tracing::warn!("committers did not finish within 60 s; the changelog keeps their records and the next start commits them");
+        tracing::warn!(
+            "committers did not finish within 60 s; the changelog keeps their records and the next start commits them"
+        );
     }
     match first_error {
         Some(Err(e)) => Err(e),

@@ -43,6 +43,7 @@ fn classify_commit(e: &CommitError) -> (Code, Level) {
         CommitError::DataFileRemoved { .. } | CommitError::RewriteConflict { .. } => {
             (Code::Aborted, Level::Warn)
         }
+        CommitError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
         CommitError::Invalid { .. } => (Code::Internal, Level::Error),
         CommitError::Iceberg { .. } | CommitError::CatalogDatabase { .. } => {
             if e.is_retryable() {

@@ -66,11 +66,6 @@ impl Layout {
         self.spec.spec_id()
     }
 
-    /// The schema id this layout writes.
-    pub(crate) fn schema_id(&self) -> i32 {
-        self.schema.schema_id()
-    }
-
     /// Writes `batch` (columns in table order) as data files: one group per partition, each
     /// cut into files of about the target size.
     pub(crate) async fn write_rows(

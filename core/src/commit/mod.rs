@@ -6,6 +6,8 @@
 //! itself, then swaps the catalog's metadata pointer with a compare-and-swap
 //! ([`pointer::MetadataPointer`]).
 //!
+//! - [`committer`]: the committer's attempt loop (load, check landed, validate and stage, CAS,
+//!   back off) shared by every operation, and metadata-only property commits (fencing).
 //! - [`files`]: Parquet data files and position-delete files with column metrics.
 //! - [`row_delta`]: the row-delta commit with conflict retry and idempotent retries.
 //! - [`plan`]: the live files of a snapshot with the deletes that apply, and reading deletes.
@@ -14,13 +16,17 @@
 //!
 //! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
 
+pub mod committer;
 pub mod files;
 pub mod plan;
 pub mod pointer;
 pub mod read;
 pub mod row_delta;
+mod summary;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod validation_tests;
 
 use crate::naming::TableName;
 

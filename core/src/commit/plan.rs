@@ -12,15 +12,15 @@
 //! Entries of a manifest inherit the snapshot id and sequence numbers of the manifest-list entry
 //! when they are `ADDED` and carry none (iceberg-rust's `load_manifest` applies that).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use arrow::array::{Array, Int64Array, StringArray};
 use arrow::datatypes::DataType;
 use bytes::Bytes;
 use iceberg::io::FileIO;
 use iceberg::spec::{
-    DataContentType, DataFile, ManifestFile, ManifestList, ManifestStatus, PrimitiveLiteral,
-    SnapshotRef, Struct, TableMetadata,
+    DataContentType, DataFile, ManifestContentType, ManifestFile, ManifestList, ManifestStatus,
+    PrimitiveLiteral, SnapshotRef, Struct, TableMetadata,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -152,6 +152,29 @@ pub async fn live_files(
     let mut entries = snapshot_entries(file_io, metadata, snapshot_id).await?;
     entries.retain(TrackedFile::is_live);
     Ok(entries)
+}
+
+/// The paths of the live data files of the current snapshot (reads only data manifests).
+pub async fn live_data_paths(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+) -> CommitResult<HashSet<String>> {
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok(HashSet::new());
+    };
+    let mut out = HashSet::new();
+    for manifest in manifests_of(file_io, metadata, snapshot).await? {
+        if manifest.content == ManifestContentType::Data {
+            out.extend(
+                manifest_entries(file_io, &manifest)
+                    .await?
+                    .into_iter()
+                    .filter(TrackedFile::is_live)
+                    .map(|f| f.data_file.file_path().to_string()),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Every live data file of a snapshot (the current one for `None`) with the delete files that

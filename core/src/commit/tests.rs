@@ -132,6 +132,7 @@ pub(crate) fn delta(data: Vec<DataFile>, deletes: Vec<DataFile>, id: &str) -> Ro
         delete_files: deletes,
         properties: BTreeMap::from([("unitable.changelog-offsets".into(), format!("0:{id}"))]),
         commit_id: id.to_string(),
+        ..RowDelta::default()
     }
 }
 
@@ -202,9 +203,9 @@ async fn row_deltas_apply_position_deletes_and_record_the_summary() {
 
 /// A pointer whose first swap succeeds but reports failure, like a lost response.
 #[derive(Debug)]
-struct LosesFirstAnswer {
-    inner: SqlMetadataPointer,
-    lost: AtomicBool,
+pub(crate) struct LosesFirstAnswer {
+    pub(crate) inner: SqlMetadataPointer,
+    pub(crate) lost: AtomicBool,
 }
 
 #[async_trait]

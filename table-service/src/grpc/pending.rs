@@ -3,7 +3,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use unitable_proto::v1::compaction_service_server::CompactionService;
 use unitable_proto::v1::read_service_server::ReadService;
 use unitable_proto::v1::{

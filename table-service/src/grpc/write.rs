@@ -115,7 +115,8 @@ impl WriteService for WriteApi {
         count("Write");
         let mut request = request.into_inner();
         let t = target(&request)?;
-        let rows = rows(&request, std::mem::take(&mut request.rows))?;
+        let body = Bytes::from(std::mem::take(&mut request.rows));
+        let rows = rows(&request, body)?;
         let outcome = self
             .writer
             .write(WriteRequest {
@@ -173,7 +174,7 @@ impl WriteService for WriteApi {
             let Some((t, _)) = &first else {
                 continue;
             };
-            let rows = rows(&shape, body)?;
+            let rows = rows(&shape, Bytes::from(body))?;
             let outcome = self
                 .writer
                 .write(WriteRequest {
