@@ -34,6 +34,59 @@ pub enum Command {
     /// Create, list, describe, alter and drop tables.
     #[command(subcommand)]
     Table(TableCommand),
+    /// Write rows from a file or standard input (JSON lines, CSV or Parquet).
+    Write(WriteArgs),
+}
+
+/// `unitable write` flags.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// NAMESPACE.TABLE
+    pub table: String,
+    /// The input file; `-` reads standard input.
+    #[arg(long, default_value = "-")]
+    pub file: String,
+    /// Input format (default: from the file extension, else jsonl).
+    #[arg(long, value_enum)]
+    pub format: Option<InputFormat>,
+    /// What the rows do: insert, upsert, or delete (deletes need only the key columns).
+    #[arg(long, value_enum, default_value_t = WriteOpArg::Upsert)]
+    pub op: WriteOpArg,
+    /// Rows per write request.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_size: usize,
+    /// `snapshot`: return once an Iceberg snapshot covers the rows (prints its id).
+    #[arg(long, value_enum)]
+    pub wait: Option<WaitArg>,
+}
+
+/// Input formats of `unitable write`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum InputFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated with a header row naming the columns; empty cells are null.
+    Csv,
+    /// A Parquet file.
+    Parquet,
+}
+
+/// Write operations.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum WriteOpArg {
+    /// Append rows (append-only tables; on keyed tables same as upsert).
+    Insert,
+    /// Insert or replace by primary key.
+    Upsert,
+    /// Delete by primary key.
+    Delete,
+}
+
+/// What `--wait` waits for.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum WaitArg {
+    /// An Iceberg snapshot covering the write.
+    Snapshot,
 }
 
 /// Flags of `unitable serve`.
@@ -242,6 +295,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Table(cmd) => runtime.block_on(client::table::run(&cli.server, cmd)),
+        Command::Write(args) => runtime.block_on(client::write::run(&cli.server, args)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! line on stderr that says what is wrong and what to do.
 
 pub(crate) mod table;
+pub(crate) mod write;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,6 +30,11 @@ impl ClientError {
             _ => String::new(),
         };
         Self(format!("{}{hint}", status.message()))
+    }
+
+    /// The message.
+    pub(crate) fn message(&self) -> &str {
+        &self.0
     }
 
     pub(crate) fn exit(self) -> ExitCode {
