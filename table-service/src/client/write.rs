@@ -69,7 +69,11 @@ async fn run_inner(server: &str, args: WriteArgs) -> Result<bool, ClientError> {
                 op: op as i32,
                 format: batch.format as i32,
                 rows: batch.rows,
-                wait_for: if wait { WaitFor::Snapshot } else { WaitFor::Changelog } as i32,
+                wait_for: if wait {
+                    WaitFor::Snapshot
+                } else {
+                    WaitFor::Changelog
+                } as i32,
             })
             .await
             .map_err(|s| {
@@ -109,11 +113,9 @@ async fn run_inner(server: &str, args: WriteArgs) -> Result<bool, ClientError> {
 fn absorb(summary: &mut Summary, response: &WriteResponse, first_row: u64, waited: bool) {
     summary.written += response.rows_written;
     for e in &response.errors {
-        summary.rejected.push((
-            first_row + e.row_index,
-            e.field.clone(),
-            e.reason.clone(),
-        ));
+        summary
+            .rejected
+            .push((first_row + e.row_index, e.field.clone(), e.reason.clone()));
     }
     for o in &response.last_offsets {
         summary.last_offsets.insert(o.partition, o.offset);
@@ -185,7 +187,9 @@ fn read_batches(args: &WriteArgs) -> Result<Batches, ClientError> {
                 .from_reader(open(&args.file)?);
             let header: Vec<String> = reader
                 .headers()
-                .map_err(|e| ClientError::new(format!("{}: cannot read the CSV header: {e}", args.file)))?
+                .map_err(|e| {
+                    ClientError::new(format!("{}: cannot read the CSV header: {e}", args.file))
+                })?
                 .iter()
                 .map(str::to_string)
                 .collect();
@@ -203,11 +207,16 @@ fn read_batches(args: &WriteArgs) -> Result<Batches, ClientError> {
                 ));
             }
             let file = File::open(&args.file).map_err(|e| {
-                ClientError::new(format!("cannot open {}: {e}; check the --file path", args.file))
+                ClientError::new(format!(
+                    "cannot open {}: {e}; check the --file path",
+                    args.file
+                ))
             })?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                 .and_then(|b| b.with_batch_size(size).build())
-                .map_err(|e| ClientError::new(format!("{} is not a readable Parquet file: {e}", args.file)))?;
+                .map_err(|e| {
+                    ClientError::new(format!("{} is not a readable Parquet file: {e}", args.file))
+                })?;
             let file = args.file.clone();
             Ok(Box::new(reader.map(move |batch| {
                 let batch = batch

@@ -1,0 +1,223 @@
+//! The writer's promise under crashes: a client writes random upserts and deletes and records
+//! what was acknowledged; the server is killed with SIGKILL at a random moment and restarted.
+//! Afterwards the Iceberg table (read by iceberg-rust and, at the end, by PyIceberg) holds every
+//! acknowledged change exactly once with its latest value. A row whose write was in flight at
+//! the kill (never acknowledged) is either fully applied or absent.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use support::{TABLE, create_kv_table, kv_line, scan_kv, scan_kv_pyiceberg, write_lines};
+use tokio::sync::mpsc;
+use unitable_proto::v1::WriteOp;
+use unitable_proto::v1::write_service_client::WriteServiceClient;
+use unitable_tests::iceberg_oracle::Rng;
+use unitable_tests::{Service, Tansu};
+
+const KEYS: u64 = 300;
+
+/// One write of the client: rows of one op, each `(id, Some(v))` for an upsert or
+/// `(id, None)` for a delete.
+#[derive(Debug, Clone)]
+struct Sent {
+    rows: Vec<(i64, Option<String>)>,
+}
+
+/// What a key may read as after a crash: its acknowledged state, or one of the unacknowledged
+/// changes sent after it.
+#[derive(Debug, Default)]
+struct Model {
+    acked: BTreeMap<i64, Option<String>>,
+    maybe: BTreeMap<i64, Vec<Option<String>>>,
+}
+
+impl Model {
+    fn ack(&mut self, sent: &Sent) {
+        for (id, v) in &sent.rows {
+            self.acked.insert(*id, v.clone());
+            self.maybe.remove(id);
+        }
+    }
+
+    fn unknown(&mut self, sent: &Sent) {
+        for (id, v) in &sent.rows {
+            self.maybe.entry(*id).or_default().push(v.clone());
+        }
+    }
+
+    /// Checks `table` against the model, then adopts it (the unknown outcomes are now known).
+    fn check_and_settle(&mut self, table: &BTreeMap<i64, String>, what: &str) -> Result<()> {
+        let keys: BTreeSet<i64> = self
+            .acked
+            .keys()
+            .chain(self.maybe.keys())
+            .chain(table.keys())
+            .copied()
+            .collect();
+        for id in keys {
+            let got = table.get(&id).cloned();
+            let acked = self.acked.get(&id).cloned().flatten();
+            let allowed: Vec<Option<String>> = std::iter::once(acked.clone())
+                .chain(self.maybe.get(&id).into_iter().flatten().cloned())
+                .collect();
+            ensure!(
+                allowed.contains(&got),
+                "{what}: key {id} reads {got:?}; acknowledged {acked:?}, in flight {:?}",
+                self.maybe.get(&id)
+            );
+            self.acked.insert(id, got);
+        }
+        self.maybe.clear();
+        Ok(())
+    }
+}
+
+/// Writes random batches until the server goes away; reports each batch and its outcome.
+async fn client_loop(url: String, trial: u64, seed: u64, out: mpsc::UnboundedSender<(Sent, bool)>) {
+    let mut rng = Rng(seed | 1);
+    let Ok(mut client) = WriteServiceClient::connect(url).await else {
+        return;
+    };
+    for seq in 0.. {
+        let delete = rng.below(4) == 0;
+        let n = 1 + rng.below(20) as usize;
+        let mut lines = String::new();
+        let mut rows = Vec::with_capacity(n);
+        let mut seen = BTreeSet::new();
+        for i in 0..n {
+            let id = rng.below(KEYS) as i64;
+            if !seen.insert(id) {
+                continue;
+            }
+            if delete {
+                lines.push_str(&format!("{{\"id\":{id}}}\n"));
+                rows.push((id, None));
+            } else {
+                let v = format!("t{trial}-s{seq}-{i}");
+                lines.push_str(&kv_line(id, &v, seq));
+                rows.push((id, Some(v)));
+            }
+        }
+        let op = if delete {
+            WriteOp::Delete
+        } else {
+            WriteOp::Upsert
+        };
+        let sent = Sent { rows };
+        match write_lines(&mut client, op, &lines, false).await {
+            Ok(r) if r.rows_rejected == 0 && r.rows_written as usize == sent.rows.len() => {
+                if out.send((sent, true)).is_err() {
+                    return;
+                }
+            }
+            Ok(r) => panic!("unexpected partial write {r:?}"),
+            Err(_) => {
+                let _ = out.send((sent, false));
+                return;
+            }
+        }
+    }
+}
+
+async fn run_trials(mut service: Service, trials: u64, seed: u64, pyiceberg: bool) -> Result<()> {
+    create_kv_table(&service, 4).await?;
+    let mut model = Model::default();
+    let mut rng = Rng(seed);
+    for trial in 0..trials {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let client = tokio::spawn(client_loop(service.grpc_url(), trial, seed ^ trial, tx));
+        tokio::time::sleep(Duration::from_millis(30 + rng.below(700))).await;
+        service.kill()?;
+        client.await?;
+        while let Some((sent, acked)) = rx.recv().await {
+            if acked {
+                model.ack(&sent);
+            } else {
+                model.unknown(&sent);
+            }
+        }
+        service = tokio::task::spawn_blocking(move || {
+            service.restart()?;
+            Ok::<_, anyhow::Error>(service)
+        })
+        .await??;
+        // A write waited on a snapshot: that snapshot covers everything appended before it.
+        let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+        let sentinel = format!("sentinel-{trial}");
+        write_lines(
+            &mut client,
+            WriteOp::Upsert,
+            &kv_line(-1, &sentinel, 0),
+            true,
+        )
+        .await?;
+        model.acked.insert(-1, Some(sentinel));
+        let table = scan_kv(&service.data_dir()).await?;
+        model
+            .check_and_settle(&table, &format!("trial {trial}"))
+            .map_err(|e| e.context(format!("server log:\n{}", tail(&service.log()))))?;
+    }
+    if pyiceberg {
+        let py = scan_kv_pyiceberg(&service.data_dir())?;
+        let rs = scan_kv(&service.data_dir()).await?;
+        ensure!(py == rs, "PyIceberg and iceberg-rust read different rows");
+        let live: BTreeMap<i64, String> = model
+            .acked
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
+            .collect();
+        ensure!(
+            py == live,
+            "PyIceberg's rows differ from the acknowledged writes"
+        );
+    }
+    eprintln!(
+        "{trials} crash trials on {TABLE}: {} live keys",
+        scan_kv(&service.data_dir()).await?.len()
+    );
+    Ok(())
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+async fn start(args: Vec<String>) -> Result<Service> {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Service::start(&args)
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_20_kills_local_changelog() -> Result<()> {
+    let service = start(vec!["--commit-interval".into(), "150ms".into()]).await?;
+    run_trials(service, 20, 0x5eed_0001, true).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "slow: 200 crash trials (soak)"]
+async fn acknowledged_writes_survive_200_kills_soak() -> Result<()> {
+    let service = start(vec!["--commit-interval".into(), "150ms".into()]).await?;
+    run_trials(service, 200, 0x5eed_0002, true).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_kills_with_kafka_changelog() -> Result<()> {
+    let tansu = tokio::task::spawn_blocking(Tansu::start).await??;
+    let service = start(vec![
+        "--commit-interval".into(),
+        "150ms".into(),
+        "--kafka-brokers".into(),
+        tansu.bootstrap(),
+    ])
+    .await?;
+    run_trials(service, 8, 0x5eed_0003, false).await?;
+    drop(tansu);
+    Ok(())
+}
