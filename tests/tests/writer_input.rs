@@ -1,0 +1,168 @@
+//! Bad input never loses good rows and never takes the server down: per-row errors name the
+//! row and the field, request-level problems are one clear status, and the rows that were
+//! acknowledged are exactly the ones in the table afterwards.
+
+mod support;
+
+use std::sync::Arc;
+
+use anyhow::{Result, ensure};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::ipc::writer::StreamWriter;
+use support::{TABLE, create_kv_table, kv_line, scan_kv, write_lines};
+use tonic::Code;
+use unitable_proto::v1::write_service_client::WriteServiceClient;
+use unitable_proto::v1::{RowFormat, WaitFor, WriteOp, WriteRequest};
+use unitable_tests::Service;
+
+fn ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, batch.schema_ref())?;
+    w.write(batch)?;
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_rows_are_reported_and_good_rows_are_written() -> Result<()> {
+    let service =
+        tokio::task::spawn_blocking(|| Service::start(&["--max-request-bytes", "4096"])).await??;
+    create_kv_table(&service, 4).await?;
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+
+    let lines = [
+        kv_line(1, "one", 1),
+        "{\"id\":\"two\",\"v\":\"x\"}\n".to_string(),
+        "{\"v\":\"no key\"}\n".to_string(),
+        "{\"id\":4,\"v\":\"four\",\"extra\":true}\n".to_string(),
+        "{\"id\":5,\"v\":\"five\"\n".to_string(),
+        "[1,2,3]\n".to_string(),
+        "{\"id\":7,\"v\":7}\n".to_string(),
+        "{\"id\":8,\"n\":9223372036854775808}\n".to_string(),
+        kv_line(9, "nine", 9),
+    ]
+    .concat();
+    let r = write_lines(&mut client, WriteOp::Upsert, &lines, true).await?;
+    assert_eq!(r.rows_written, 2, "{r:?}");
+    let rejected: Vec<(u64, &str)> = r
+        .errors
+        .iter()
+        .map(|e| (e.row_index, e.field.as_str()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (1, "id"),
+            (2, "id"),
+            (3, "extra"),
+            (4, ""),
+            (5, ""),
+            (6, "v"),
+            (7, "n")
+        ],
+        "{r:?}"
+    );
+    for e in &r.errors {
+        ensure!(!e.reason.is_empty(), "row {} has no reason", e.row_index);
+    }
+    assert!(r.errors[0].reason.contains("not an integer"), "{r:?}");
+    assert!(r.errors[2].reason.contains("no such column"), "{r:?}");
+    assert!(r.errors[6].reason.contains("out of range"), "{r:?}");
+
+    // Arrow IPC: a truncated stream is refused as a whole; a good one with a bad row writes
+    // the rest.
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(vec![Some(20), None, Some(22)])) as ArrayRef),
+        ("v", Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef),
+    ])?;
+    let bytes = ipc(&batch)?;
+    let arrow = |rows: Vec<u8>| WriteRequest {
+        table: TABLE.into(),
+        op: WriteOp::Upsert as i32,
+        format: RowFormat::ArrowIpc as i32,
+        rows,
+        wait_for: WaitFor::Snapshot as i32,
+    };
+    let err = client
+        .write(arrow(bytes[..bytes.len() - 8].to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("Arrow IPC"), "{}", err.message());
+    let r = client.write(arrow(bytes)).await?.into_inner();
+    assert_eq!(r.rows_written, 2, "{r:?}");
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!((r.errors[0].row_index, r.errors[0].field.as_str()), (1, "id"));
+
+    // Request-level problems.
+    let err = write_lines(&mut client, WriteOp::Upsert, &kv_line(1, &"x".repeat(5000), 1), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    assert!(err.message().contains("4096"), "{}", err.message());
+    let err = client
+        .write(WriteRequest {
+            table: "crash.missing".into(),
+            op: WriteOp::Upsert as i32,
+            format: RowFormat::JsonLines as i32,
+            rows: kv_line(1, "x", 1).into_bytes(),
+            wait_for: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = client
+        .write(WriteRequest {
+            table: TABLE.into(),
+            op: 0,
+            format: RowFormat::JsonLines as i32,
+            rows: kv_line(1, "x", 1).into_bytes(),
+            wait_for: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("op"), "{}", err.message());
+
+    // The table holds exactly the acknowledged rows; the server is still up.
+    let rows = scan_kv(&service.data_dir()).await?;
+    let ids: Vec<i64> = rows.keys().copied().collect();
+    assert_eq!(ids, [1, 9, 20, 22]);
+    assert_eq!(service.http_get("/healthz")?.status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_write_reports_rejections_and_waits_for_a_snapshot() -> Result<()> {
+    let service = tokio::task::spawn_blocking(|| Service::start(&[])).await??;
+    create_kv_table(&service, 2).await?;
+    let dir = tempfile::tempdir()?;
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(&csv, "id,v,n\n1,one,10\n2,two,x\n3,,30\n")?;
+    let csv = csv.to_string_lossy().into_owned();
+    let out = service.cli(&["write", TABLE, "--file", &csv, "--wait", "snapshot"])?;
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("wrote 2 rows"), "{}", out.stdout);
+    assert!(out.stdout.contains("committed in snapshot"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("row 1, field `n`"),
+        "the rejected row is named: {}",
+        out.stderr
+    );
+    let jsonl = dir.path().join("del.jsonl");
+    std::fs::write(&jsonl, "{\"id\":1}\n")?;
+    let jsonl = jsonl.to_string_lossy().into_owned();
+    service
+        .cli(&["write", TABLE, "--file", &jsonl, "--op", "delete", "--wait", "snapshot"])?
+        .ok()?;
+    let rows = scan_kv(&service.data_dir()).await?;
+    assert_eq!(rows.keys().copied().collect::<Vec<_>>(), [3]);
+    let out = service.cli(&["write", TABLE, "--file", "/nonexistent.jsonl"])?;
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr.contains("cannot open"), "{}", out.stderr);
+    Ok(())
+}
