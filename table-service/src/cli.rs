@@ -117,7 +117,7 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub commit_interval: Duration,
 
-    /// Largest gRPC request accepted, in bytes; bigger writes fail with RESOURCE_EXHAUSTED
+    /// Largest gRPC request accepted, in bytes; bigger writes fail with OUT_OF_RANGE
     /// (split them, or use WriteStream).
     #[arg(long, env = "UNITABLE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_request_bytes: usize,
