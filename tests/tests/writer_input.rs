@@ -73,8 +73,14 @@ async fn bad_rows_are_reported_and_good_rows_are_written() -> Result<()> {
     // Arrow IPC: a truncated stream is refused as a whole; a good one with a bad row writes
     // the rest.
     let batch = RecordBatch::try_from_iter([
-        ("id", Arc::new(Int64Array::from(vec![Some(20), None, Some(22)])) as ArrayRef),
-        ("v", Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef),
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![Some(20), None, Some(22)])) as ArrayRef,
+        ),
+        (
+            "v",
+            Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef,
+        ),
     ])?;
     let bytes = ipc(&batch)?;
     let arrow = |rows: Vec<u8>| WriteRequest {
@@ -93,12 +99,20 @@ async fn bad_rows_are_reported_and_good_rows_are_written() -> Result<()> {
     let r = client.write(arrow(bytes)).await?.into_inner();
     assert_eq!(r.rows_written, 2, "{r:?}");
     assert_eq!(r.errors.len(), 1);
-    assert_eq!((r.errors[0].row_index, r.errors[0].field.as_str()), (1, "id"));
+    assert_eq!(
+        (r.errors[0].row_index, r.errors[0].field.as_str()),
+        (1, "id")
+    );
 
     // Request-level problems.
-    let err = write_lines(&mut client, WriteOp::Upsert, &kv_line(1, &"x".repeat(5000), 1), false)
-        .await
-        .unwrap_err();
+    let err = write_lines(
+        &mut client,
+        WriteOp::Upsert,
+        &kv_line(1, &"x".repeat(5000), 1),
+        false,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
         "{err:?}"
@@ -147,7 +161,11 @@ async fn cli_write_reports_rejections_and_waits_for_a_snapshot() -> Result<()> {
     let out = service.cli(&["write", TABLE, "--file", &csv, "--wait", "snapshot"])?;
     assert_eq!(out.code(), Some(1), "{out:?}");
     assert!(out.stdout.contains("wrote 2 rows"), "{}", out.stdout);
-    assert!(out.stdout.contains("committed in snapshot"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("committed in snapshot"),
+        "{}",
+        out.stdout
+    );
     assert!(
         out.stderr.contains("row 1, field `n`"),
         "the rejected row is named: {}",
@@ -157,7 +175,9 @@ async fn cli_write_reports_rejections_and_waits_for_a_snapshot() -> Result<()> {
     std::fs::write(&jsonl, "{\"id\":1}\n")?;
     let jsonl = jsonl.to_string_lossy().into_owned();
     service
-        .cli(&["write", TABLE, "--file", &jsonl, "--op", "delete", "--wait", "snapshot"])?
+        .cli(&[
+            "write", TABLE, "--file", &jsonl, "--op", "delete", "--wait", "snapshot",
+        ])?
         .ok()?;
     let rows = scan_kv(&service.data_dir()).await?;
     assert_eq!(rows.keys().copied().collect::<Vec<_>>(), [3]);

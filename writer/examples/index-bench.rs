@@ -15,7 +15,11 @@ use unitable_writer::index::{KeyIndex, RowLocation};
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -33,9 +37,18 @@ fn main() {
     let started = Instant::now();
     for i in 0..keys {
         key.clear();
-        key.push_str(&format!("{{\"id\":{}}}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20));
+        key.push_str(&format!(
+            "{{\"id\":{}}}",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20
+        ));
         let file = files[(i % 1000) as usize];
-        index.insert(key.as_bytes(), RowLocation { file, pos: i / 1000 });
+        index.insert(
+            key.as_bytes(),
+            RowLocation {
+                file,
+                pos: i / 1000,
+            },
+        );
     }
     let insert_ns = started.elapsed().as_nanos() as f64 / keys as f64;
     let after = rss_bytes();
@@ -43,23 +56,41 @@ fn main() {
     let mut found = 0u64;
     for i in 0..keys {
         key.clear();
-        key.push_str(&format!("{{\"id\":{}}}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20));
+        key.push_str(&format!(
+            "{{\"id\":{}}}",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20
+        ));
         found += u64::from(index.get(key.as_bytes()).is_some());
     }
     let get_ns = started.elapsed().as_nanos() as f64 / keys as f64;
     let started = Instant::now();
     for i in (0..keys).step_by(10) {
         key.clear();
-        key.push_str(&format!("{{\"id\":{}}}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20));
-        index.insert(key.as_bytes(), RowLocation { file: files[0], pos: i });
+        key.push_str(&format!(
+            "{{\"id\":{}}}",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20
+        ));
+        index.insert(
+            key.as_bytes(),
+            RowLocation {
+                file: files[0],
+                pos: i,
+            },
+        );
     }
     let update_ns = started.elapsed().as_nanos() as f64 / (keys / 10).max(1) as f64;
     let live = index.len() as f64;
     println!("keys inserted      {keys}");
     println!("distinct keys      {}", index.len());
     println!("lookups found      {found}");
-    println!("index bytes/key    {:.1}", index.memory_bytes() as f64 / live);
-    println!("rss growth/key     {:.1}", after.saturating_sub(before) as f64 / live);
+    println!(
+        "index bytes/key    {:.1}",
+        index.memory_bytes() as f64 / live
+    );
+    println!(
+        "rss growth/key     {:.1}",
+        after.saturating_sub(before) as f64 / live
+    );
     println!("insert ns/key      {insert_ns:.0}");
     println!("lookup ns/key      {get_ns:.0}");
     println!("update ns/key      {update_ns:.0}");

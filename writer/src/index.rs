@@ -302,7 +302,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let key = format!("key-{}", x % 5_000).into_bytes();
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 assert_eq!(index.remove(&key), model.remove(&key), "step {step}");
             } else {
                 let file = index.file_id(&format!("f{}.parquet", x % 5), &Struct::empty(), 0);

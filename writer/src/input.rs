@@ -164,15 +164,15 @@ fn coerce(
     )
     .then(|| cast_with_options(&cast, from, &options).ok())
     .flatten();
-    for i in 0..array.len() {
+    for (i, row_ok) in ok.iter_mut().enumerate().take(array.len()) {
         let lost = array.is_valid(i) && cast.is_null(i);
         let inexact = back.as_ref().is_some_and(|b| {
             array.is_valid(i)
                 && b.is_valid(i)
                 && array.slice(i, 1).to_data() != b.slice(i, 1).to_data()
         });
-        if (lost || inexact) && ok[i] {
-            ok[i] = false;
+        if (lost || inexact) && *row_ok {
+            *row_ok = false;
             errors.push(RowError {
                 row: first_row + i,
                 field: Some(name.to_string()),
