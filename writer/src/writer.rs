@@ -329,32 +329,23 @@ impl Writer {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.inner.shared.config.snapshot_wait;
         let mut rx = handle.progress.clone();
+        let mut local = true;
         loop {
             let current = rx.borrow_and_update().clone();
             if covers(&current.offsets, last) {
                 return Ok(current);
             }
+            // A committer of this process wakes us; another process's is seen in the catalog.
+            local &= !current.stopped;
+            let poll = tokio::time::sleep(Duration::from_millis(if local { 500 } else { 100 }));
             tokio::select! {
-                changed = rx.changed() => {
+                changed = rx.changed(), if local => {
                     if changed.is_err() {
-                        // The committer is gone; fall back to polling the catalog.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        local = false;
                     }
+                    continue;
                 }
-                () = tokio::time::sleep(Duration::from_millis(500)) => {
-                    // Another process may own the committer: look at the table itself.
-                    let table = self.inner.shared.catalog.load(name).await?;
-                    let metadata = table.metadata();
-                    let offsets = anchored_offsets(metadata);
-                    if covers(&offsets, last) {
-                        return Ok(CommitProgress {
-                            snapshot_id: metadata.current_snapshot_id(),
-                            offsets,
-                            commit_time_ms: metadata.current_snapshot().map_or(0, |s| s.timestamp_ms()),
-                            stopped: false,
-                        });
-                    }
-                }
+                () = poll => {}
                 () = tokio::time::sleep_until(deadline) => {
                     return Err(WriteError::SnapshotWaitTimedOut {
                         table: name.clone(),
@@ -362,6 +353,17 @@ impl Writer {
                         waited_ms: started.elapsed().as_millis() as u64,
                     });
                 }
+            }
+            let table = self.inner.shared.catalog.load(name).await?;
+            let metadata = table.metadata();
+            let offsets = anchored_offsets(metadata);
+            if covers(&offsets, last) {
+                return Ok(CommitProgress {
+                    snapshot_id: metadata.current_snapshot_id(),
+                    offsets,
+                    commit_time_ms: metadata.current_snapshot().map_or(0, |s| s.timestamp_ms()),
+                    stopped: false,
+                });
             }
         }
     }
