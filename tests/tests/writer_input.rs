@@ -186,3 +186,66 @@ async fn cli_write_reports_rejections_and_waits_for_a_snapshot() -> Result<()> {
     assert!(out.stderr.contains("cannot open"), "{}", out.stderr);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_stream_counts_rows_across_messages_and_waits_once() -> Result<()> {
+    let service = tokio::task::spawn_blocking(|| Service::start(&[])).await??;
+    create_kv_table(&service, 4).await?;
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+    let first = WriteRequest {
+        table: TABLE.into(),
+        op: WriteOp::Upsert as i32,
+        format: RowFormat::JsonLines as i32,
+        rows: [kv_line(1, "a", 1), kv_line(2, "b", 2)].concat().into_bytes(),
+        wait_for: WaitFor::Snapshot as i32,
+    };
+    let second = WriteRequest {
+        rows: [kv_line(3, "c", 3), "{\"id\":\"bad\"}\n".into()]
+            .concat()
+            .into_bytes(),
+        ..WriteRequest::default()
+    };
+    let third = WriteRequest {
+        rows: kv_line(1, "a2", 4).into_bytes(),
+        ..WriteRequest::default()
+    };
+    let r = client
+        .write_stream(tokio_stream::iter([first, second, third]))
+        .await?
+        .into_inner();
+    assert_eq!(r.rows_written, 4, "{r:?}");
+    let rejected: Vec<(u64, &str)> = r
+        .errors
+        .iter()
+        .map(|e| (e.row_index, e.field.as_str()))
+        .collect();
+    assert_eq!(rejected, [(3, "id")], "indexes count across the stream");
+    let as_of = r.as_of.unwrap_or_default();
+    ensure!(as_of.snapshot_id.is_some(), "waited for a snapshot: {as_of:?}");
+    // The snapshot covers every message, not only the last.
+    let rows = scan_kv(&service.data_dir()).await?;
+    assert_eq!(
+        rows.into_iter().collect::<Vec<_>>(),
+        [(1, "a2".to_string()), (2, "b".into()), (3, "c".into())]
+    );
+
+    // A stream may not switch tables.
+    let switch = WriteRequest {
+        table: "other.table".into(),
+        rows: kv_line(9, "x", 9).into_bytes(),
+        ..WriteRequest::default()
+    };
+    let head = WriteRequest {
+        table: TABLE.into(),
+        op: WriteOp::Upsert as i32,
+        format: RowFormat::JsonLines as i32,
+        rows: kv_line(8, "y", 8).into_bytes(),
+        wait_for: 0,
+    };
+    let err = client
+        .write_stream(tokio_stream::iter([head, switch]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    Ok(())
+}
