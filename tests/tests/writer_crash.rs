@@ -181,6 +181,126 @@ async fn run_trials(mut service: Service, trials: u64, seed: u64, pyiceberg: boo
     Ok(())
 }
 
+/// Crashes the server at one named crash point (see writer/src/crash.rs) per trial, restarts
+/// it, and checks the table against the acknowledged writes.
+async fn crash_at(point: &'static str, trials: u64, seed: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let trigger = dir.path().join("crash-now");
+    let trigger_env = trigger.to_string_lossy().into_owned();
+    let mut service = tokio::task::spawn_blocking(move || {
+        Service::start_with_env(
+            &["--commit-interval", "100ms"],
+            &[
+                ("UNITABLE_CRASH_POINT", point),
+                ("UNITABLE_CRASH_FILE", &trigger_env),
+            ],
+        )
+    })
+    .await??;
+    create_kv_table(&service, 3).await?;
+    let mut model = Model::default();
+    for trial in 0..trials {
+        std::fs::write(&trigger, b"")?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let client = if point == "after-claim" {
+            // The claim happens when a committer starts: at start-up.
+            drop(tx);
+            service.kill()?;
+            None
+        } else {
+            Some(tokio::spawn(client_loop(
+                service.grpc_url(),
+                trial,
+                seed ^ trial,
+                tx,
+            )))
+        };
+        let mut reached = false;
+        for _ in 0..400 {
+            if !trigger.exists() {
+                reached = true;
+                break;
+            }
+            if point == "after-claim" {
+                // Start-up aborts at the claim; restart until it does.
+                service = tokio::task::spawn_blocking(move || {
+                    let _ = service.restart();
+                    service
+                })
+                .await?;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ensure!(
+            reached,
+            "crash point {point} was never reached in trial {trial}"
+        );
+        if let Some(client) = client {
+            client.await?;
+        }
+        while let Some((sent, acked)) = rx.recv().await {
+            if acked {
+                model.ack(&sent);
+            } else {
+                model.unknown(&sent);
+            }
+        }
+        // The process aborts right after removing the trigger; then start it again.
+        service = tokio::task::spawn_blocking(move || {
+            let mut last = Ok(());
+            for _ in 0..3 {
+                last = service.restart();
+                if last.is_ok() {
+                    break;
+                }
+            }
+            last.map(|()| service)
+        })
+        .await??;
+        ensure!(
+            service
+                .log()
+                .contains(&format!("crash point `{point}` reached")),
+            "the server did not abort at {point}"
+        );
+        let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+        let sentinel = format!("{point}-{trial}");
+        write_lines(
+            &mut client,
+            WriteOp::Upsert,
+            &kv_line(-1, &sentinel, 0),
+            true,
+        )
+        .await?;
+        model.acked.insert(-1, Some(sentinel));
+        let table = scan_kv(&service.data_dir()).await?;
+        model
+            .check_and_settle(&table, &format!("{point} trial {trial}"))
+            .map_err(|e| e.context(format!("server log:\n{}", tail(&service.log()))))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_the_append_before_the_answer() -> Result<()> {
+    crash_at("after-append", 4, 0xa1).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_writing_files_before_the_swap() -> Result<()> {
+    crash_at("before-swap", 4, 0xa2).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_the_swap_before_the_index_update() -> Result<()> {
+    crash_at("after-swap", 4, 0xa3).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_claiming_the_table_before_the_index_rebuild() -> Result<()> {
+    crash_at("after-claim", 3, 0xa4).await
+}
+
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")

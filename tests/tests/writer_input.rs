@@ -196,7 +196,9 @@ async fn write_stream_counts_rows_across_messages_and_waits_once() -> Result<()>
         table: TABLE.into(),
         op: WriteOp::Upsert as i32,
         format: RowFormat::JsonLines as i32,
-        rows: [kv_line(1, "a", 1), kv_line(2, "b", 2)].concat().into_bytes(),
+        rows: [kv_line(1, "a", 1), kv_line(2, "b", 2)]
+            .concat()
+            .into_bytes(),
         wait_for: WaitFor::Snapshot as i32,
     };
     let second = WriteRequest {
@@ -221,7 +223,10 @@ async fn write_stream_counts_rows_across_messages_and_waits_once() -> Result<()>
         .collect();
     assert_eq!(rejected, [(3, "id")], "indexes count across the stream");
     let as_of = r.as_of.unwrap_or_default();
-    ensure!(as_of.snapshot_id.is_some(), "waited for a snapshot: {as_of:?}");
+    ensure!(
+        as_of.snapshot_id.is_some(),
+        "waited for a snapshot: {as_of:?}"
+    );
     // The snapshot covers every message, not only the last.
     let rows = scan_kv(&service.data_dir()).await?;
     assert_eq!(

@@ -190,6 +190,7 @@ impl TableCommitter {
             .committer
             .commit_properties(&self.name, None, claim, required)
             .await?;
+        crate::crash::point(crate::crash::AFTER_CLAIM);
         let table = catalog.load(&self.name).await?;
         let state = self.load_state(&table, owner, epoch.to_string()).await?;
         info!(
@@ -337,13 +338,17 @@ impl TableCommitter {
                 deleted_from,
                 required_properties: self.claim_of(state),
             };
+            crate::crash::point(crate::crash::BEFORE_SWAP);
             match self
                 .shared
                 .committer
                 .commit_row_delta(&self.name, &delta)
                 .await
             {
-                Ok(c) => break c,
+                Ok(c) => {
+                    crate::crash::point(crate::crash::AFTER_SWAP);
+                    break c;
+                }
                 Err(CommitError::DataFileRemoved { path, .. }) if attempts < 4 => {
                     info!(table = %self.name, %path, "a delete target was compacted away; rebuilding the index");
                     table = self.shared.catalog.load(&self.name).await?;

@@ -21,6 +21,7 @@
 
 mod committer;
 pub mod config;
+mod crash;
 pub mod error;
 mod files;
 pub mod index;

@@ -252,6 +252,7 @@ impl Writer {
                 (partition, rows, log.append(topic, partition, records).await)
             });
         let results = futures::future::join_all(appends).await;
+        crate::crash::point(crate::crash::AFTER_APPEND);
         metrics::histogram!(m::APPEND_SECONDS, "table" => table.clone())
             .record(started.elapsed().as_secs_f64());
 

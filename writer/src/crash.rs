@@ -1,0 +1,38 @@
+//! Crash points for the recovery tests: named places in the write path and the committer where
+//! the process can be made to abort, as a kill -9 would, at exactly that moment.
+//!
+//! Off unless `UNITABLE_CRASH_POINT` names a point; then the process aborts the first time it
+//! reaches that point while the file named by `UNITABLE_CRASH_FILE` exists (the file is removed
+//! first, so the restarted process runs on). Production deployments never set these variables.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// After the changelog appends of a write are durable, before the answer is sent.
+pub(crate) const AFTER_APPEND: &str = "after-append";
+/// After a commit's data and delete files are written, before the metadata swap.
+pub(crate) const BEFORE_SWAP: &str = "before-swap";
+/// After the metadata swap, before the committer updates its index and progress.
+pub(crate) const AFTER_SWAP: &str = "after-swap";
+/// After the committer claimed the table, before it rebuilt its index.
+pub(crate) const AFTER_CLAIM: &str = "after-claim";
+
+fn armed() -> &'static Option<(String, PathBuf)> {
+    static ARMED: OnceLock<Option<(String, PathBuf)>> = OnceLock::new();
+    ARMED.get_or_init(|| {
+        let point = std::env::var("UNITABLE_CRASH_POINT").ok()?;
+        let file = std::env::var("UNITABLE_CRASH_FILE").ok()?;
+        Some((point, PathBuf::from(file)))
+    })
+}
+
+/// Aborts the process here if this point is armed and its trigger file exists.
+pub(crate) fn point(name: &str) {
+    if let Some((point, file)) = armed()
+        && point == name
+        && std::fs::remove_file(file).is_ok()
+    {
+        eprintln!("crash point `{name}` reached: aborting");
+        std::process::abort();
+    }
+}
