@@ -12,6 +12,7 @@
 //! - [`row_delta`]: the row-delta commit with conflict retry and idempotent retries.
 //! - [`plan`]: the live files of a snapshot with the deletes that apply, and reading deletes.
 //! - [`pointer`]: the compare-and-swap of the metadata pointer (SQL catalogs).
+//! - [`rewrite`]: rewrite files (`replace`), carrying concurrent position deletes over.
 //! - [`read`]: a snapshot's changelog offsets, ancestry, and the snapshot current at a time.
 //!
 //! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
@@ -21,6 +22,9 @@ pub mod files;
 pub mod plan;
 pub mod pointer;
 pub mod read;
+pub mod rewrite;
+#[cfg(test)]
+mod rewrite_tests;
 pub mod row_delta;
 mod summary;
 #[cfg(test)]

@@ -376,4 +376,4 @@ fn decode_position_deletes(
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
-mod tests;
+pub(crate) mod tests;
