@@ -13,11 +13,15 @@
 //! - [`plan`]: the live files of a snapshot with the deletes that apply, and reading deletes.
 //! - [`pointer`]: the compare-and-swap of the metadata pointer (SQL catalogs).
 //! - [`rewrite`]: rewrite files (`replace`), carrying concurrent position deletes over.
+//! - [`expire`]: expire snapshots, then delete the files only they reached.
 //! - [`read`]: a snapshot's changelog offsets, ancestry, and the snapshot current at a time.
 //!
 //! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
 
 pub mod committer;
+pub mod expire;
+#[cfg(test)]
+mod expire_tests;
 pub mod files;
 pub mod plan;
 pub mod pointer;

@@ -39,7 +39,8 @@ use super::committer::{Attempt, Base, Committed, Staged, find_commit, new_snapsh
 use super::committer::{Committer, stage_snapshot};
 use super::files::{PositionDelete, write_position_deletes};
 use super::plan::{
-    DeleteIndex, TrackedFile, live_files, manifest_entries, manifests_of, read_position_deletes,
+    DeleteIndex, TrackedFile, has_live_entries, live_files, manifest_entries, manifests_of,
+    read_position_deletes,
 };
 use super::read::ancestors_between;
 use super::row_delta::write_added_manifest;
@@ -442,7 +443,7 @@ impl Attempt for RewriteOp<'_> {
                     rewrite_manifest(base, self.snapshot_id, &manifest, &entries, &removing)
                         .await?,
                 );
-            } else {
+            } else if has_live_entries(&manifest) {
                 new_manifests.push(manifest);
             }
         }

@@ -25,7 +25,7 @@ use super::committer::{
     Attempt, Base, Staged, check_required, find_commit, new_snapshot_id, stage_snapshot,
 };
 pub use super::committer::{Committed, Committer};
-use super::plan::{live_data_paths, manifests_of};
+use super::plan::{has_live_entries, live_data_paths, manifests_of};
 use super::summary::{FileCounts, summarize};
 use super::{CommitError, CommitResult};
 use crate::naming::{TableName, summary};
@@ -139,10 +139,11 @@ impl Attempt for RowDeltaOp<'_> {
                 written
             }
         };
-        let carried = match base.metadata.current_snapshot() {
+        let mut carried = match base.metadata.current_snapshot() {
             Some(s) => manifests_of(base.file_io, base.metadata, s).await?,
             None => Vec::new(),
         };
+        carried.retain(has_live_entries);
         let delta = self.delta;
         let mut props: HashMap<String, String> = delta
             .properties
