@@ -14,6 +14,7 @@
 //! - [`pointer`]: the compare-and-swap of the metadata pointer (SQL catalogs).
 //! - [`rewrite`]: rewrite files (`replace`), carrying concurrent position deletes over.
 //! - [`expire`]: expire snapshots, then delete the files only they reached.
+//! - [`orphans`]: remove files no metadata references, older than a safety age.
 //! - [`read`]: a snapshot's changelog offsets, ancestry, and the snapshot current at a time.
 //!
 //! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
@@ -23,6 +24,7 @@ pub mod expire;
 #[cfg(test)]
 mod expire_tests;
 pub mod files;
+pub mod orphans;
 pub mod plan;
 pub mod pointer;
 pub mod read;
