@@ -19,6 +19,7 @@
 //!
 //! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
 
+mod cache;
 pub mod committer;
 pub mod expire;
 #[cfg(test)]

@@ -38,10 +38,7 @@ use iceberg::spec::{
 use super::committer::{Attempt, Base, Committed, Staged, find_commit, new_snapshot_id};
 use super::committer::{Committer, stage_snapshot};
 use super::files::{PositionDelete, write_position_deletes};
-use super::plan::{
-    DeleteIndex, TrackedFile, has_live_entries, live_files, manifest_entries, manifests_of,
-    read_position_deletes,
-};
+use super::plan::{DeleteIndex, TrackedFile, has_live_entries, live_files, read_position_deletes};
 use super::read::ancestors_between;
 use super::row_delta::write_added_manifest;
 use super::summary::{FileCounts, summarize};
@@ -249,11 +246,7 @@ impl Attempt for RewriteOp<'_> {
         let head = metadata
             .current_snapshot()
             .ok_or_else(|| self.conflict(base, "the table has no snapshot".into()))?;
-        let mut manifests = Vec::new();
-        for m in manifests_of(base.file_io, metadata, head).await? {
-            let entries = manifest_entries(base.file_io, &m).await?;
-            manifests.push((m, entries));
-        }
+        let manifests = base.cache.head(base.file_io, metadata).await?;
         let live: Vec<TrackedFile> = manifests
             .iter()
             .flat_map(|(_, e)| e.iter().filter(|f| f.is_live()).cloned())
@@ -298,7 +291,7 @@ impl Attempt for RewriteOp<'_> {
         let mut to_remove: HashSet<String> = HashSet::new();
         let mut carried: BTreeMap<String, Vec<PositionDelete>> = BTreeMap::new();
         for d in &touching {
-            let held = read_position_deletes(base.file_io, std::slice::from_ref(d)).await?;
+            let held = base.cache.deletes(base.file_io, d).await?;
             let only_removed = held.keys().all(|p| self.removed.contains(p));
             let caller_removes = self
                 .rewrite
