@@ -80,6 +80,20 @@ pub async fn remove_orphan_files(
         dry_run: request.dry_run,
         ..OrphanReport::default()
     };
+    // A location the listing spells differently from the metadata (e.g. percent-encoded
+    // characters) could make a referenced file look orphaned: refuse rather than guess.
+    let prefix = format!("{}/", canonical(&location));
+    if let Some(odd) = listed
+        .iter()
+        .find(|f| !canonical(&f.location).starts_with(&prefix))
+    {
+        return Err(CommitError::Invalid {
+            reason: format!(
+                "listing of {location} returned {}, which does not match the table location; not removing anything",
+                odd.location
+            ),
+        });
+    }
     for file in listed {
         let canonical = canonical(&file.location);
         if referenced.contains(&canonical) || canonical.ends_with("/metadata/version-hint.text") {
