@@ -211,6 +211,57 @@ impl ObjectStoreStorage {
     }
 }
 
+/// A file found by [`list_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    /// The file's location, in the style of the listed prefix (`file:///...`, `/...`,
+    /// `s3://bucket/...`, `memory://name/...`).
+    pub location: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, ms since the epoch.
+    pub last_modified_ms: i64,
+}
+
+/// Lists every file under `prefix` (a directory-like location), recursively. A prefix with
+/// nothing under it (or a local directory that does not exist) lists as empty.
+pub async fn list_files(
+    props: &HashMap<String, String>,
+    prefix: &str,
+) -> iceberg::Result<Vec<ListedFile>> {
+    let prefix = prefix.trim_end_matches('/');
+    let storage = ObjectStoreStorage::new(props.clone());
+    let r = storage.resolve(prefix)?;
+    // How to turn an object path back into a location in the prefix's style (local object
+    // paths are relative to the file-system root, others to the bucket).
+    let root = if prefix.starts_with("file://") {
+        "file:///".to_string()
+    } else if prefix.starts_with("file:") {
+        "file:/".to_string()
+    } else if prefix.starts_with('/') {
+        "/".to_string()
+    } else {
+        let (scheme, rest) = prefix.split_once("://").unwrap_or(("", prefix));
+        let bucket = rest.split('/').next().unwrap_or(rest);
+        format!("{scheme}://{bucket}/")
+    };
+    let mut out = Vec::new();
+    let mut listing = r.store.list(Some(&r.path));
+    while let Some(meta) = listing.next().await {
+        match meta {
+            Ok(meta) => out.push(ListedFile {
+                location: format!("{root}{}", meta.location),
+                size: meta.size,
+                last_modified_ms: meta.last_modified.timestamp_millis(),
+            }),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(prefix, e)),
+        }
+    }
+    out.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(out)
+}
+
 /// fsyncs a local file and its directory so a finished write survives a machine crash.
 async fn sync_local(path: std::path::PathBuf) -> iceberg::Result<()> {
     let location = path.display().to_string();
@@ -439,6 +490,53 @@ mod tests {
             .await
             .unwrap();
         assert!(other.exists(loc).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn lists_files_in_the_style_of_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = file_io(HashMap::new());
+        for root in [
+            format!("file://{}/wh", dir.path().display()),
+            format!("{}/wh2", dir.path().display()),
+            "memory://storage-list/wh".to_string(),
+        ] {
+            let before = chrono::Utc::now().timestamp_millis() - 1000;
+            for name in [
+                "t/metadata/a.json",
+                "t/data/b.parquet",
+                "t/data/x/c.parquet",
+            ] {
+                io.new_output(format!("{root}/{name}"))
+                    .unwrap()
+                    .write(Bytes::from_static(b"12345"))
+                    .await
+                    .unwrap();
+            }
+            let listed = list_files(&HashMap::new(), &format!("{root}/t/"))
+                .await
+                .unwrap();
+            let names: Vec<&str> = listed.iter().map(|f| f.location.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    format!("{root}/t/data/b.parquet"),
+                    format!("{root}/t/data/x/c.parquet"),
+                    format!("{root}/t/metadata/a.json"),
+                ]
+            );
+            for f in &listed {
+                assert_eq!(f.size, 5);
+                assert!(f.last_modified_ms >= before, "{f:?}");
+                assert!(io.exists(&f.location).await.unwrap());
+            }
+            assert!(
+                list_files(&HashMap::new(), &format!("{root}/none"))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use iceberg::spec::{
 };
 use tracing::{debug, warn};
 
+use super::cache::ManifestCache;
 use super::pointer::{MetadataPointer, SwapOutcome};
 use super::{CommitError, CommitResult};
 use crate::catalog::TableCatalog;
@@ -44,6 +45,7 @@ pub struct Committer {
     catalog: TableCatalog,
     pointer: Arc<dyn MetadataPointer>,
     max_attempts: u32,
+    cache: Arc<ManifestCache>,
 }
 
 /// The table state an attempt builds on.
@@ -55,6 +57,8 @@ pub(crate) struct Base<'a> {
     pub(crate) location: &'a str,
     /// 1 for the first attempt.
     pub(crate) attempt: u32,
+    /// Manifests and delete files read by earlier attempts and commits.
+    pub(crate) cache: &'a ManifestCache,
 }
 
 /// What an attempt decided.
@@ -88,6 +92,7 @@ impl Committer {
             catalog,
             pointer,
             max_attempts: 20,
+            cache: Arc::default(),
         }
     }
 
@@ -128,6 +133,7 @@ impl Committer {
                 file_io: loaded.file_io(),
                 location: &location,
                 attempt,
+                cache: &self.cache,
             };
             let (new_metadata, output) = match op.stage(&base).await? {
                 Staged::Done(output) => return Ok(output),

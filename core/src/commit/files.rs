@@ -1,6 +1,6 @@
 //! Writing the files a commit adds: Parquet data files and Parquet position-delete files, with
 //! the column metrics (value counts, null counts, lower and upper bounds) that every Iceberg
-//! engine uses for pruning.
+//! engine uses for pruning; and reading a data file back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use iceberg::io::FileIO;
 use iceberg::spec::{DataContentType, DataFile, NestedField, PrimitiveType, Schema, Struct, Type};
 use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
 
 use super::{CommitError, CommitResult};
@@ -128,6 +129,25 @@ pub async fn write_data_file(
     builder.build().map_err(|e| CommitError::Invalid {
         reason: format!("data file metadata: {e}"),
     })
+}
+
+/// Reads a Parquet data file back as Arrow batches, rows in file order (row positions are the
+/// positions position deletes name).
+pub async fn read_data_file(file_io: &FileIO, location: &str) -> CommitResult<Vec<RecordBatch>> {
+    let bytes = file_io
+        .new_input(location)
+        .map_err(|e| CommitError::iceberg(format!("open {location}"), e))?
+        .read()
+        .await
+        .map_err(|e| CommitError::iceberg(format!("read {location}"), e))?;
+    let bad = |e: &dyn std::fmt::Display| CommitError::Invalid {
+        reason: format!("Parquet file {location}: {e}"),
+    };
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| bad(&e))?
+        .map(|batch| batch.map_err(|e| bad(&e)))
+        .collect()
 }
 
 async fn write_parquet(

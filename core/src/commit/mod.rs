@@ -12,15 +12,26 @@
 //! - [`row_delta`]: the row-delta commit with conflict retry and idempotent retries.
 //! - [`plan`]: the live files of a snapshot with the deletes that apply, and reading deletes.
 //! - [`pointer`]: the compare-and-swap of the metadata pointer (SQL catalogs).
+//! - [`rewrite`]: rewrite files (`replace`), carrying concurrent position deletes over.
+//! - [`expire`]: expire snapshots, then delete the files only they reached.
+//! - [`orphans`]: remove files no metadata references, older than a safety age.
 //! - [`read`]: a snapshot's changelog offsets, ancestry, and the snapshot current at a time.
 //!
 //! See docs/iceberg-commits.md for the snapshot layout and the retry rules.
 
+mod cache;
 pub mod committer;
+pub mod expire;
+#[cfg(test)]
+mod expire_tests;
 pub mod files;
+pub mod orphans;
 pub mod plan;
 pub mod pointer;
 pub mod read;
+pub mod rewrite;
+#[cfg(test)]
+mod rewrite_tests;
 pub mod row_delta;
 mod summary;
 #[cfg(test)]

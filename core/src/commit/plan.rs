@@ -100,6 +100,14 @@ pub async fn manifests_of(
     Ok(list.consume_entries().into_iter().collect())
 }
 
+/// Whether `manifest` may hold live entries. A manifest whose counts say it holds only `DELETED`
+/// entries is not carried into later snapshots: deleted entries only need to appear in the
+/// snapshot that deleted the files.
+pub fn has_live_entries(manifest: &ManifestFile) -> bool {
+    manifest.added_files_count.is_none_or(|n| n > 0)
+        || manifest.existing_files_count.is_none_or(|n| n > 0)
+}
+
 /// Every entry (`ADDED`, `EXISTING` and `DELETED`) of `manifest`.
 pub async fn manifest_entries(
     file_io: &FileIO,
@@ -376,4 +384,4 @@ fn decode_position_deletes(
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -25,7 +25,7 @@ use super::committer::{
     Attempt, Base, Staged, check_required, find_commit, new_snapshot_id, stage_snapshot,
 };
 pub use super::committer::{Committed, Committer};
-use super::plan::{live_data_paths, manifests_of};
+use super::plan::{has_live_entries, manifests_of};
 use super::summary::{FileCounts, summarize};
 use super::{CommitError, CommitResult};
 use crate::naming::{TableName, summary};
@@ -117,7 +117,10 @@ impl Attempt for RowDeltaOp<'_> {
     async fn stage(&mut self, base: &Base<'_>) -> CommitResult<Staged<Committed>> {
         check_required(base.table, base.metadata, &self.delta.required_properties)?;
         if !self.deleted_from.is_empty() {
-            let live = live_data_paths(base.file_io, base.metadata).await?;
+            let live = base
+                .cache
+                .live_data_paths(base.file_io, base.metadata)
+                .await?;
             if let Some(gone) = self
                 .deleted_from
                 .iter()
@@ -139,10 +142,11 @@ impl Attempt for RowDeltaOp<'_> {
                 written
             }
         };
-        let carried = match base.metadata.current_snapshot() {
+        let mut carried = match base.metadata.current_snapshot() {
             Some(s) => manifests_of(base.file_io, base.metadata, s).await?,
             None => Vec::new(),
         };
+        carried.retain(has_live_entries);
         let delta = self.delta;
         let mut props: HashMap<String, String> = delta
             .properties

@@ -1,10 +1,12 @@
-//! Writes the random row-delta oracle table into `DATA_DIR` and prints, as JSON, every step's
-//! snapshot id and expected rows: `[{"snapshot_id": 1, "rows": {"1": "v"}}, ...]`.
+//! Writes the random oracle table into `DATA_DIR` and prints, as JSON, every step's snapshot id,
+//! expected rows, operation and whether it was expired:
+//! `[{"snapshot_id": 1, "rows": {"1": "v"}, "op": "delta", "expired": false}, ...]`.
 //!
-//! Usage: `iceberg-oracle DATA_DIR SEED STEPS` (used by tests/python/test_iceberg_commits.py).
+//! Usage: `iceberg-oracle DATA_DIR SEED STEPS [deltas|mixed]` (used by
+//! tests/python/test_iceberg_commits.py); `mixed` adds rewrites and expirations.
 
 use anyhow::Context;
-use unitable_tests::iceberg_oracle::run_random_deltas;
+use unitable_tests::iceberg_oracle::{run_random_deltas, run_random_mixed};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,10 +16,22 @@ async fn main() -> anyhow::Result<()> {
         .context("usage: iceberg-oracle DATA_DIR SEED STEPS")?;
     let seed: u64 = args.next().unwrap_or_else(|| "1".into()).parse()?;
     let steps: usize = args.next().unwrap_or_else(|| "20".into()).parse()?;
-    let steps = run_random_deltas(std::path::Path::new(&dir), seed, steps).await?;
+    let dir = std::path::Path::new(&dir);
+    let steps = match args.next().as_deref() {
+        None | Some("deltas") => run_random_deltas(dir, seed, steps).await?,
+        Some("mixed") => run_random_mixed(dir, seed, steps).await?,
+        Some(other) => anyhow::bail!("unknown mode {other}; expected deltas or mixed"),
+    };
     let json: Vec<serde_json::Value> = steps
         .iter()
-        .map(|s| serde_json::json!({"snapshot_id": s.snapshot_id, "rows": s.rows}))
+        .map(|s| {
+            serde_json::json!({
+                "snapshot_id": s.snapshot_id,
+                "rows": s.rows,
+                "op": s.op,
+                "expired": s.expired,
+            })
+        })
         .collect();
     println!("{}", serde_json::Value::Array(json));
     Ok(())
