@@ -188,7 +188,7 @@ impl TableCommitter {
         }
         self.shared
             .committer
-            .commit_properties(&self.name, None, claim, required)
+            .commit_properties(&self.name, Some(&owner), claim, required)
             .await?;
         crate::crash::point(crate::crash::AFTER_CLAIM);
         let table = catalog.load(&self.name).await?;
