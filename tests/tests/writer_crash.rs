@@ -48,6 +48,35 @@ impl Model {
         }
     }
 
+    /// Takes in the client's reports: acknowledged batches and those whose outcome is unknown.
+    async fn record(&mut self, rx: &mut mpsc::UnboundedReceiver<(Sent, bool)>) {
+        while let Some((sent, acked)) = rx.recv().await {
+            if acked {
+                self.ack(&sent);
+            } else {
+                self.unknown(&sent);
+            }
+        }
+    }
+
+    /// Waits for a snapshot covering everything written so far (a sentinel write waited on a
+    /// snapshot: that snapshot covers everything appended before it), then checks the table.
+    async fn verify(&mut self, service: &Service, what: &str) -> Result<()> {
+        let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+        let sentinel = format!("sentinel {what}");
+        write_lines(
+            &mut client,
+            WriteOp::Upsert,
+            &kv_line(-1, &sentinel, 0),
+            true,
+        )
+        .await?;
+        self.acked.insert(-1, Some(sentinel));
+        let table = scan_kv(&service.data_dir()).await?;
+        self.check_and_settle(&table, what)
+            .map_err(|e| e.context(format!("server log:\n{}", tail(&service.log()))))
+    }
+
     /// Checks `table` against the model, then adopts it (the unknown outcomes are now known).
     fn check_and_settle(&mut self, table: &BTreeMap<i64, String>, what: &str) -> Result<()> {
         let keys: BTreeSet<i64> = self
@@ -132,33 +161,13 @@ async fn run_trials(mut service: Service, trials: u64, seed: u64, pyiceberg: boo
         tokio::time::sleep(Duration::from_millis(30 + rng.below(700))).await;
         service.kill()?;
         client.await?;
-        while let Some((sent, acked)) = rx.recv().await {
-            if acked {
-                model.ack(&sent);
-            } else {
-                model.unknown(&sent);
-            }
-        }
+        model.record(&mut rx).await;
         service = tokio::task::spawn_blocking(move || {
             service.restart()?;
             Ok::<_, anyhow::Error>(service)
         })
         .await??;
-        // A write waited on a snapshot: that snapshot covers everything appended before it.
-        let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
-        let sentinel = format!("sentinel-{trial}");
-        write_lines(
-            &mut client,
-            WriteOp::Upsert,
-            &kv_line(-1, &sentinel, 0),
-            true,
-        )
-        .await?;
-        model.acked.insert(-1, Some(sentinel));
-        let table = scan_kv(&service.data_dir()).await?;
-        model
-            .check_and_settle(&table, &format!("trial {trial}"))
-            .map_err(|e| e.context(format!("server log:\n{}", tail(&service.log()))))?;
+        model.verify(&service, &format!("trial {trial}")).await?;
     }
     if pyiceberg {
         let py = scan_kv_pyiceberg(&service.data_dir())?;
@@ -238,13 +247,7 @@ async fn crash_at(point: &'static str, trials: u64, seed: u64) -> Result<()> {
         if let Some(client) = client {
             client.await?;
         }
-        while let Some((sent, acked)) = rx.recv().await {
-            if acked {
-                model.ack(&sent);
-            } else {
-                model.unknown(&sent);
-            }
-        }
+        model.record(&mut rx).await;
         // The process aborts right after removing the trigger; then start it again.
         service = tokio::task::spawn_blocking(move || {
             let mut last = Ok(());
@@ -263,20 +266,9 @@ async fn crash_at(point: &'static str, trials: u64, seed: u64) -> Result<()> {
                 .contains(&format!("crash point `{point}` reached")),
             "the server did not abort at {point}"
         );
-        let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
-        let sentinel = format!("{point}-{trial}");
-        write_lines(
-            &mut client,
-            WriteOp::Upsert,
-            &kv_line(-1, &sentinel, 0),
-            true,
-        )
-        .await?;
-        model.acked.insert(-1, Some(sentinel));
-        let table = scan_kv(&service.data_dir()).await?;
         model
-            .check_and_settle(&table, &format!("{point} trial {trial}"))
-            .map_err(|e| e.context(format!("server log:\n{}", tail(&service.log()))))?;
+            .verify(&service, &format!("{point} trial {trial}"))
+            .await?;
     }
     Ok(())
 }

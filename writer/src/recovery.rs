@@ -10,7 +10,7 @@ use iceberg::spec::{Struct, TableMetadata};
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use unitable_core::commit::files::PositionDelete;
+use unitable_core::commit::files::{PositionDelete, read_bytes};
 use unitable_core::commit::plan::{plan_files, read_position_deletes};
 use unitable_core::commit::read::{ancestors, changelog_offsets};
 use unitable_core::offsets::PartitionOffsets;
@@ -65,12 +65,7 @@ pub(crate) async fn rebuild_index(
         let path = file.data_file.file_path().to_string();
         // Paths are never reused, so every delete naming this file applies to it.
         let gone = deleted.get(&path).unwrap_or(&none);
-        let bytes = file_io
-            .new_input(&path)
-            .map_err(|e| WriteError::iceberg(format!("open {path}"), e))?
-            .read()
-            .await
-            .map_err(|e| WriteError::iceberg(format!("read {path}"), e))?;
+        let bytes = read_bytes(file_io, &path).await?;
         let ids = key_field_ids.to_vec();
         let path_for_task = path.clone();
         let batches = tokio::task::spawn_blocking(move || read_keys(&path_for_task, bytes, &ids))

@@ -131,15 +131,20 @@ pub async fn write_data_file(
     })
 }
 
-/// Reads a Parquet data file back as Arrow batches, rows in file order (row positions are the
-/// positions position deletes name).
-pub async fn read_data_file(file_io: &FileIO, location: &str) -> CommitResult<Vec<RecordBatch>> {
-    let bytes = file_io
+/// The whole content of the file at `location`.
+pub async fn read_bytes(file_io: &FileIO, location: &str) -> CommitResult<bytes::Bytes> {
+    file_io
         .new_input(location)
         .map_err(|e| CommitError::iceberg(format!("open {location}"), e))?
         .read()
         .await
-        .map_err(|e| CommitError::iceberg(format!("read {location}"), e))?;
+        .map_err(|e| CommitError::iceberg(format!("read {location}"), e))
+}
+
+/// Reads a Parquet data file back as Arrow batches, rows in file order (row positions are the
+/// positions position deletes name).
+pub async fn read_data_file(file_io: &FileIO, location: &str) -> CommitResult<Vec<RecordBatch>> {
+    let bytes = read_bytes(file_io, location).await?;
     let bad = |e: &dyn std::fmt::Display| CommitError::Invalid {
         reason: format!("Parquet file {location}: {e}"),
     };

@@ -24,7 +24,7 @@ use iceberg::spec::{
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::files::{DELETE_FILE_PATH_FIELD_ID, DELETE_POS_FIELD_ID};
+use super::files::{DELETE_FILE_PATH_FIELD_ID, DELETE_POS_FIELD_ID, read_bytes};
 use super::{CommitError, CommitResult};
 
 /// One manifest entry of a snapshot, with everything inherited from the manifest list resolved.
@@ -89,12 +89,7 @@ pub async fn manifests_of(
     snapshot: &SnapshotRef,
 ) -> CommitResult<Vec<ManifestFile>> {
     let path = snapshot.manifest_list();
-    let bytes = file_io
-        .new_input(path)
-        .map_err(|e| CommitError::iceberg(format!("open {path}"), e))?
-        .read()
-        .await
-        .map_err(|e| CommitError::iceberg(format!("read {path}"), e))?;
+    let bytes = read_bytes(file_io, path).await?;
     let list = ManifestList::parse_with_version(&bytes, metadata.format_version())
         .map_err(|e| CommitError::iceberg(format!("parse the manifest list {path}"), e))?;
     Ok(list.consume_entries().into_iter().collect())
@@ -315,12 +310,7 @@ pub async fn read_position_deletes(
             });
         }
         let path = file.file_path();
-        let bytes = file_io
-            .new_input(path)
-            .map_err(|e| CommitError::iceberg(format!("open {path}"), e))?
-            .read()
-            .await
-            .map_err(|e| CommitError::iceberg(format!("read {path}"), e))?;
+        let bytes = read_bytes(file_io, path).await?;
         decode_position_deletes(path, bytes, &mut out)?;
     }
     Ok(out)
