@@ -28,11 +28,13 @@ use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
 use unitable_proto::v1::read_service_server::ReadServiceServer;
 use unitable_proto::v1::table_admin_service_server::TableAdminServiceServer;
 use unitable_proto::v1::write_service_server::WriteServiceServer;
+use unitable_reader::Reader;
 use unitable_writer::{Writer, WriterConfig};
 
 use crate::cli::ServeArgs;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::pending::PendingApi;
+use crate::grpc::read::ReadApi;
 use crate::grpc::write::WriteApi;
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -73,6 +75,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot list the tables to start their committers")?;
     info!(tables = committers, "committers started");
+    let reader = Reader::new(catalog.clone(), changelog.clone());
     let admin = TableAdmin::new(catalog, changelog);
 
     // Bind both listeners before serving, so a taken port fails start-up with a clear error.
@@ -98,14 +101,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let writer = writer.clone();
         let max_request_bytes = args.max_request_bytes;
         tasks.spawn(async move {
-            let result = serve_grpc(
-                grpc_listener,
+            let roles = Roles {
                 admin,
                 writer,
-                max_request_bytes,
-                shutdown.clone(),
-            )
-            .await;
+                reader,
+            };
+            let result =
+                serve_grpc(grpc_listener, roles, max_request_bytes, shutdown.clone()).await;
             ("grpc", result)
         });
     }
@@ -223,13 +225,24 @@ async fn open_changelog(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc
     Ok(Arc::new(log))
 }
 
-async fn serve_grpc(
-    listener: TcpListener,
+/// The roles the gRPC services call.
+struct Roles {
     admin: TableAdmin,
     writer: Writer,
+    reader: Reader,
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    roles: Roles,
     max_request_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Roles {
+        admin,
+        writer,
+        reader,
+    } = roles;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TableAdminServiceServer<AdminApi>>()
@@ -251,7 +264,7 @@ async fn serve_grpc(
             WriteServiceServer::new(WriteApi::new(writer))
                 .max_decoding_message_size(max_request_bytes),
         )
-        .add_service(ReadServiceServer::new(PendingApi))
+        .add_service(ReadServiceServer::new(ReadApi::new(reader)))
         .add_service(CompactionServiceServer::new(PendingApi))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

@@ -6,6 +6,7 @@ use unitable_core::Error as CoreError;
 use unitable_core::changelog::ChangelogError;
 use unitable_core::commit::CommitError;
 use unitable_proto::ConversionError;
+use unitable_reader::ReadError;
 use unitable_writer::WriteError;
 
 /// Errors a gRPC handler can return.
@@ -19,6 +20,24 @@ pub(crate) enum ApiError {
     BadRequest { field: &'static str, reason: String },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+fn classify_read(e: &ReadError) -> (Code, Level) {
+    match e {
+        ReadError::Table(core) => classify_core(core),
+        ReadError::Changelog(c) => classify_changelog(c),
+        ReadError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
+        ReadError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
+        ReadError::Iceberg { .. } => {
+            if e.is_retryable() {
+                (Code::Unavailable, Level::Warn)
+            } else {
+                (Code::Internal, Level::Error)
+            }
+        }
+    }
 }
 
 fn classify_changelog(c: &ChangelogError) -> (Code, Level) {
@@ -113,6 +132,7 @@ impl From<ApiError> for Status {
             }
             ApiError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
             ApiError::Write(w) => classify_write(w),
+            ApiError::Read(r) => classify_read(r),
         };
         let message = e.to_string();
         match level {

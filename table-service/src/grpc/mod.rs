@@ -2,6 +2,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod pending;
+pub(crate) mod read;
 pub(crate) mod write;
 
 use unitable_core::naming::TableName;

@@ -1,0 +1,63 @@
+//! The reader's errors.
+
+use unitable_core::changelog::ChangelogError;
+use unitable_core::naming::TableName;
+
+/// Result alias for the reader.
+pub type ReadResult<T, E = ReadError> = std::result::Result<T, E>;
+
+/// Reader failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The table or catalog failed (not found, unreachable, ...).
+    #[error(transparent)]
+    Table(#[from] unitable_core::Error),
+    /// The changelog failed.
+    #[error(transparent)]
+    Changelog(#[from] ChangelogError),
+    /// The request cannot be served as asked.
+    #[error("{reason}")]
+    BadRequest {
+        /// What is wrong, for the user.
+        reason: String,
+    },
+    /// The snapshot asked for does not exist (expired, never committed, or before the first
+    /// commit).
+    #[error(
+        "table `{table}` has no snapshot {what}; see `unitable table describe {table}` for the current one"
+    )]
+    SnapshotNotFound {
+        /// The table.
+        table: TableName,
+        /// Which snapshot was asked for.
+        what: String,
+    },
+    /// Iceberg metadata, planning or file I/O failed.
+    #[error("{operation} failed: {source}")]
+    Iceberg {
+        /// What we were doing.
+        operation: String,
+        /// The iceberg-rust error.
+        #[source]
+        source: Box<iceberg::Error>,
+    },
+}
+
+impl ReadError {
+    pub(crate) fn iceberg(operation: impl Into<String>, source: iceberg::Error) -> Self {
+        ReadError::Iceberg {
+            operation: operation.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Whether retrying later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReadError::Table(e) => e.is_retryable(),
+            ReadError::Changelog(e) => e.is_retryable(),
+            ReadError::Iceberg { source, .. } => source.retryable(),
+            ReadError::BadRequest { .. } | ReadError::SnapshotNotFound { .. } => false,
+        }
+    }
+}
