@@ -36,6 +36,44 @@ pub enum Command {
     Table(TableCommand),
     /// Write rows from a file or standard input (JSON lines, CSV or Parquet).
     Write(WriteArgs),
+    /// Read an Iceberg snapshot of a table (the latest, or by id or time).
+    Scan(ScanArgs),
+}
+
+/// `unitable scan` flags.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// NAMESPACE.TABLE
+    pub table: String,
+    /// Read this snapshot id.
+    #[arg(long)]
+    pub snapshot: Option<i64>,
+    /// Read the snapshot current at this time (RFC 3339, e.g. 2024-05-01T09:30:00Z).
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Columns to return, in order (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Stop after this many rows.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ScanFormat::Jsonl)]
+    pub format: ScanFormat,
+    /// Write to this file instead of standard output (required for parquet).
+    #[arg(long)]
+    pub output: Option<String>,
+}
+
+/// Output formats of `unitable scan`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ScanFormat {
+    /// One JSON object per row.
+    Jsonl,
+    /// Comma-separated with a header row.
+    Csv,
+    /// A Parquet file (needs --output).
+    Parquet,
 }
 
 /// `unitable write` flags.
@@ -296,6 +334,7 @@ pub fn main() -> ExitCode {
         }
         Command::Table(cmd) => runtime.block_on(client::table::run(&cli.server, cmd)),
         Command::Write(args) => runtime.block_on(client::write::run(&cli.server, args)),
+        Command::Scan(args) => runtime.block_on(client::scan::run(&cli.server, args)),
     }
 }
 

@@ -154,6 +154,41 @@ async fn snapshot_reads_match_the_model_at_every_snapshot() -> Result<()> {
         );
     }
 
+    // The CLI: JSON lines of the latest snapshot, CSV of an older one, a clear error.
+    let out = service.cli(&["scan", TABLE, "--columns", "id,v"])?.ok()?;
+    let mut from_cli = BTreeMap::new();
+    for line in out.lines() {
+        let row: serde_json::Value = serde_json::from_str(line)?;
+        let id = row["id"].as_i64().context("id")?;
+        from_cli.insert(id, row["v"].as_str().context("v")?.to_string());
+    }
+    ensure!(from_cli == model, "unitable scan differs from the model");
+    let (first_id, _, first_rows) = &history[0];
+    let id_arg = first_id.to_string();
+    let out = service
+        .cli(&[
+            "scan",
+            TABLE,
+            "--snapshot",
+            &id_arg,
+            "--columns",
+            "id,v",
+            "--format",
+            "csv",
+        ])?
+        .ok()?;
+    let csv_ids: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap_or(""))
+        .collect();
+    ensure!(csv_ids.len() == first_rows.len(), "csv rows: {out}");
+    let out = service.cli(&["scan", TABLE, "--snapshot", "42"])?;
+    ensure!(
+        out.code() == Some(1) && out.stderr.contains("no snapshot"),
+        "{out:?}"
+    );
+
     // Projection and limit.
     let (batches, _) = read(
         &mut reader,
