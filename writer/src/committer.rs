@@ -299,6 +299,24 @@ impl TableCommitter {
             *state = fresh;
         }
         let anchored = anchored_offsets(metadata);
+        if let Some((&p, _)) = state
+            .next
+            .0
+            .iter()
+            .find(|(p, believed)| anchored.get(**p) < **believed)
+        {
+            let found = anchored.get(p);
+            // Offsets never move backwards by themselves: the table was rolled back or its
+            // anchored snapshot expired. Replaying would commit records twice; stop and say so.
+            return Err(WriteError::Internal {
+                reason: format!(
+                    "the anchored changelog offsets of the table moved backwards (partition {p}: \
+                     {found} < {}); was the table rolled back or its history expired? The \
+                     committer will not replay; restart it after checking the table",
+                    state.next.get(p)
+                ),
+            });
+        }
         if anchored != state.next {
             warn!(
                 table = %self.name, believed = %state.next, found = %anchored,

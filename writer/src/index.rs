@@ -42,6 +42,7 @@ pub struct KeyIndex<S = foldhash::fast::RandomState> {
     arena: Vec<u8>,
     dead_bytes: usize,
     files: Vec<Option<IndexedFile>>,
+    file_ids: std::collections::HashMap<Arc<str>, FileId>,
     free_files: Vec<FileId>,
     hasher: S,
 }
@@ -85,6 +86,7 @@ impl<S: BuildHasher> KeyIndex<S> {
             arena: Vec::new(),
             dead_bytes: 0,
             files: Vec::new(),
+            file_ids: std::collections::HashMap::new(),
             free_files: Vec::new(),
             hasher,
         }
@@ -114,20 +116,17 @@ impl<S: BuildHasher> KeyIndex<S> {
 
     /// The id of `path`, registering it with its partition.
     pub fn file_id(&mut self, path: &str, partition: &Struct, spec_id: i32) -> FileId {
-        if let Some(id) = self
-            .files
-            .iter()
-            .position(|f| f.as_ref().is_some_and(|f| &*f.path == path))
-        {
-            return id as FileId;
+        if let Some(&id) = self.file_ids.get(path) {
+            return id;
         }
+        let path: Arc<str> = path.into();
         let entry = IndexedFile {
-            path: path.into(),
+            path: path.clone(),
             partition: partition.clone(),
             spec_id,
             live: 0,
         };
-        match self.free_files.pop() {
+        let id = match self.free_files.pop() {
             Some(id) => {
                 self.files[id as usize] = Some(entry);
                 id
@@ -136,7 +135,9 @@ impl<S: BuildHasher> KeyIndex<S> {
                 self.files.push(Some(entry));
                 (self.files.len() - 1) as FileId
             }
-        }
+        };
+        self.file_ids.insert(path, id);
+        id
     }
 
     /// A registered file.
@@ -208,7 +209,9 @@ impl<S: BuildHasher> KeyIndex<S> {
         };
         f.live = f.live.saturating_add_signed(delta);
         if f.live == 0 {
-            self.files[file as usize] = None;
+            if let Some(gone) = self.files[file as usize].take() {
+                self.file_ids.remove(&gone.path);
+            }
             self.free_files.push(file);
         }
     }

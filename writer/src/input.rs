@@ -202,7 +202,8 @@ fn compatible(from: &DataType, to: &DataType) -> bool {
         (Binary | BinaryView | FixedSizeBinary(_), LargeBinary) => true,
         (Date64, Date32) => false,
         (Timestamp(_, a), Timestamp(TimeUnit::Microsecond, b)) => a.is_some() == b.is_some(),
-        (Decimal128(_, _), Decimal128(_, _)) => true,
+        // A smaller scale would round; a larger one is exact (overflow becomes a row error).
+        (Decimal128(_, from_scale), Decimal128(_, to_scale)) => to_scale >= from_scale,
         (Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32, Decimal128(_, _)) => true,
         _ => false,
     }
@@ -281,6 +282,46 @@ mod tests {
             .map(|e| (e.row, e.field.as_deref().unwrap_or("")))
             .collect();
         assert_eq!(got, [(11, "id"), (12, "at")]);
+    }
+
+    #[test]
+    fn decimals_that_would_round_are_refused() {
+        let def = TableDef::new(
+            "t.money".parse().unwrap(),
+            TableSpec {
+                columns: vec![
+                    Column::parse("id:int32!").unwrap(),
+                    Column::parse("amount:decimal(10,2)").unwrap(),
+                ],
+                primary_key: vec!["id".into()],
+                ..TableSpec::default()
+            },
+        )
+        .unwrap();
+        let codec = RecordCodec::new(&def, "u", 0).unwrap();
+        let amounts = |precision, scale, values: Vec<i128>| {
+            Arc::new(
+                arrow::array::Decimal128Array::from(values)
+                    .with_precision_and_scale(precision, scale)
+                    .unwrap(),
+            ) as ArrayRef
+        };
+        let ids = || Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef;
+        let finer = RecordBatch::try_from_iter([
+            ("id", ids()),
+            ("amount", amounts(12, 4, vec![12_345, 10_000])),
+        ])
+        .unwrap();
+        let err = read_arrow(&codec, ChangeOp::Upsert, &ipc(&finer), 0).unwrap_err();
+        assert!(err.to_string().contains("amount"), "{err}");
+        let coarser = RecordBatch::try_from_iter([
+            ("id", ids()),
+            ("amount", amounts(38, 1, vec![15, 10_i128.pow(30)])),
+        ])
+        .unwrap();
+        let (parsed, errors) = read_arrow(&codec, ChangeOp::Upsert, &ipc(&coarser), 0).unwrap();
+        assert_eq!(parsed.rows, [0], "1.5 fits; 10^29 overflows decimal(10,2)");
+        assert_eq!(errors[0].field.as_deref(), Some("amount"));
     }
 
     #[test]

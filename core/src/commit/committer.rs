@@ -272,10 +272,13 @@ pub(crate) fn new_snapshot_id() -> i64 {
     (id as i64).max(1)
 }
 
-/// The snapshot of the table carrying `commit_id` in its summary, if any.
+/// The snapshot carrying `commit_id` in its summary among the main branch's history (the
+/// current snapshot and its ancestors), if any. A snapshot no longer in that history (rolled
+/// back) does not count: its commit is not part of the table.
 pub(crate) fn find_commit(metadata: &TableMetadata, commit_id: &str) -> Option<Committed> {
-    metadata
-        .snapshots()
+    let current = metadata.current_snapshot_id()?;
+    super::read::ancestors(metadata, current)
+        .into_iter()
         .find(|s| {
             s.summary()
                 .additional_properties

@@ -1,7 +1,8 @@
 //! Expire snapshots: drop old snapshots from the table metadata (one compare-and-swap commit),
 //! then delete the files only they reached.
 //!
-//! **What is kept:** the current snapshot and its `retain_last - 1` nearest ancestors (at least
+//! **What is kept:** the newest ancestor recording changelog offsets (and every snapshot between
+//! it and the head), the current snapshot and its `retain_last - 1` nearest ancestors (at least
 //! the current one), every snapshot a ref (branch or tag) names, and every snapshot committed
 //! at or after `older_than_ms`. Everything else is expired.
 //!
@@ -162,12 +163,22 @@ impl Attempt for ExpireOp {
 pub fn expired_ids(metadata: &TableMetadata, request: &ExpireSnapshots) -> CommitResult<Vec<i64>> {
     let mut keep: HashSet<i64> = ref_snapshot_ids(metadata)?;
     if let Some(current) = metadata.current_snapshot_id() {
+        let chain = ancestors(metadata, current);
         keep.extend(
-            ancestors(metadata, current)
+            chain
                 .iter()
                 .take(request.retain_last.max(1))
                 .map(|s| s.snapshot_id()),
         );
+        // The committer resumes from the newest ancestor that records changelog offsets; keep
+        // it and every snapshot between it and the head, or the walk to it breaks.
+        // A table without any such snapshot (not written by unitable) keeps nothing extra.
+        if let Some(anchor) = chain
+            .iter()
+            .position(|s| crate::commit::read::changelog_offsets(s).is_some())
+        {
+            keep.extend(chain[..=anchor].iter().map(|s| s.snapshot_id()));
+        }
     }
     let mut out: Vec<i64> = metadata
         .snapshots()

@@ -236,3 +236,59 @@ async fn the_age_limit_and_retain_last_both_protect_snapshots() {
     assert_eq!(table.metadata().snapshots().count(), 1);
     assert_eq!(scan_at(&f, None).await.len(), 4);
 }
+
+#[tokio::test]
+async fn the_newest_snapshot_with_changelog_offsets_is_never_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(dir.path()).await;
+    let a = data_file(&f, &[(1, "a")]).await;
+    let mut anchored = delta(vec![a], vec![], "anchored");
+    anchored.properties.insert(
+        crate::naming::summary::CHANGELOG_OFFSETS.to_string(),
+        "0:7".to_string(),
+    );
+    let c1 = f
+        .committer
+        .commit_row_delta(&f.name, &anchored)
+        .await
+        .unwrap();
+    // Two later commits by "another engine": no offsets in their summaries.
+    let mut ids = vec![c1.snapshot_id];
+    for name in ["other-1", "other-2"] {
+        let file = data_file(&f, &[(2, name)]).await;
+        let c = f
+            .committer
+            .commit_row_delta(&f.name, &delta(vec![file], vec![], name))
+            .await
+            .unwrap();
+        ids.push(c.snapshot_id);
+    }
+    let report = f
+        .committer
+        .expire_snapshots(
+            &f.name,
+            &ExpireSnapshots {
+                older_than_ms: i64::MAX,
+                retain_last: 1,
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(report.expired_snapshot_ids.is_empty(), "{report:?}");
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let m = table.metadata();
+    let chain = crate::commit::read::ancestors(m, ids[2]);
+    assert_eq!(
+        chain.len(),
+        3,
+        "the walk from the head reaches the anchored snapshot"
+    );
+    assert_eq!(
+        chain
+            .iter()
+            .find_map(crate::commit::read::changelog_offsets)
+            .map(|o| o.to_string()),
+        Some("0:7".to_string())
+    );
+}
