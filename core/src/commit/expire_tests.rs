@@ -40,27 +40,15 @@ async fn expiring_removes_only_what_expired_snapshots_alone_reached() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a"), (2, "b")]).await;
-    let c1 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    let c1 = f.commit(vec![a.clone()], vec![], "c1").await;
     let b = data_file(&f, &[(3, "c")]).await;
     let d = delete_file(&f, &[(&a, 0)]).await;
-    let c2 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![b.clone()], vec![d.clone()], "c2"))
-        .await
-        .unwrap();
+    let c2 = f.commit(vec![b.clone()], vec![d.clone()], "c2").await;
     let rewrite = compact(&f, &[a.file_path(), b.file_path()], c2.snapshot_id, "r").await;
     let new = rewrite.added_data_files[0].clone();
     let c3 = f.committer.commit_rewrite(&f.name, &rewrite).await.unwrap();
     let c = data_file(&f, &[(4, "d")]).await;
-    let c4 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![c.clone()], vec![], "c4"))
-        .await
-        .unwrap();
+    let c4 = f.commit(vec![c.clone()], vec![], "c4").await;
     let current_rows = scan_at(&f, None).await;
     let table = f.catalog.load(&f.name).await.unwrap();
     let lists: Vec<String> = [&c1, &c2, &c3]
@@ -175,12 +163,7 @@ async fn the_age_limit_and_retain_last_both_protect_snapshots() {
     let mut commits = Vec::new();
     for i in 0..4 {
         let file = data_file(&f, &[(i, "v")]).await;
-        commits.push(
-            f.committer
-                .commit_row_delta(&f.name, &delta(vec![file], vec![], &format!("c{i}")))
-                .await
-                .unwrap(),
-        );
+        commits.push(f.commit(vec![file], vec![], &format!("c{i}")).await);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let table = f.catalog.load(&f.name).await.unwrap();
@@ -256,11 +239,7 @@ async fn the_newest_snapshot_with_changelog_offsets_is_never_expired() {
     let mut ids = vec![c1.snapshot_id];
     for name in ["other-1", "other-2"] {
         let file = data_file(&f, &[(2, name)]).await;
-        let c = f
-            .committer
-            .commit_row_delta(&f.name, &delta(vec![file], vec![], name))
-            .await
-            .unwrap();
+        let c = f.commit(vec![file], vec![], name).await;
         ids.push(c.snapshot_id);
     }
     let report = f

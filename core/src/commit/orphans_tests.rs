@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::{ManualClock, SystemClock};
-use crate::commit::tests::{data_file, delete_file, delta, fixture, scan_at};
+use crate::commit::tests::{data_file, delete_file, fixture, scan_at};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -19,11 +19,7 @@ async fn old_unreferenced_files_go_and_everything_referenced_stays() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a"), (2, "b")]).await;
-    let c1 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    let c1 = f.commit(vec![a.clone()], vec![], "c1").await;
     // Keep one previous metadata file in the log: older ones become orphans.
     f.committer
         .commit_properties(
@@ -39,11 +35,7 @@ async fn old_unreferenced_files_go_and_everything_referenced_stays() {
         .unwrap();
     let b = data_file(&f, &[(3, "c")]).await;
     let d = delete_file(&f, &[(&a, 0)]).await;
-    let c2 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![b], vec![d], "c2"))
-        .await
-        .unwrap();
+    let c2 = f.commit(vec![b], vec![d], "c2").await;
     let table = f.catalog.load(&f.name).await.unwrap();
     let location = table.metadata().location().to_string();
     let io = table.file_io().clone();
@@ -134,10 +126,7 @@ async fn a_commit_in_flight_keeps_its_files_while_younger_than_the_safety_age() 
     let dir = tempfile::tempdir().unwrap();
     let f = std::sync::Arc::new(fixture(dir.path()).await);
     let a = data_file(&f, &[(1, "a")]).await;
-    f.committer
-        .commit_row_delta(&f.name, &delta(vec![a], vec![], "c1"))
-        .await
-        .unwrap();
+    f.commit(vec![a], vec![], "c1").await;
 
     // A slow commit: its data file is written now, referenced only 500 ms later.
     let in_flight = data_file(&f, &[(2, "b")]).await;
@@ -146,10 +135,7 @@ async fn a_commit_in_flight_keeps_its_files_while_younger_than_the_safety_age() 
         let f = f.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            f.committer
-                .commit_row_delta(&f.name, &delta(vec![in_flight], vec![], "c2"))
-                .await
-                .unwrap()
+            f.commit(vec![in_flight], vec![], "c2").await
         })
     };
     // Orphan removal runs repeatedly meanwhile, with a safety age (5 s) above the commit's
@@ -190,10 +176,7 @@ async fn a_commit_in_flight_keeps_its_files_while_younger_than_the_safety_age() 
         .unwrap();
     assert!(report.removed.contains(&pending.file_path().to_string()));
     // Once committed, it is referenced, whatever its age.
-    f.committer
-        .commit_row_delta(&f.name, &delta(vec![pending.clone()], vec![], "c3"))
-        .await
-        .unwrap();
+    f.commit(vec![pending.clone()], vec![], "c3").await;
     let clock = ManualClock::new(chrono::Utc::now().timestamp_millis() + 1);
     let report = remove_orphan_files(&f.catalog, &f.name, &zero, &clock)
         .await

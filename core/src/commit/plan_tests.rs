@@ -88,11 +88,7 @@ async fn plans_follow_the_sequence_number_and_target_rules() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a"), (2, "b"), (3, "c")]).await;
-    let c1 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    let c1 = f.commit(vec![a.clone()], vec![], "c1").await;
 
     // c2: B plus deletes of A@1 and of B@0 in the same snapshot (equal sequence numbers apply).
     let b = data_file(&f, &[(4, "d"), (5, "e")]).await;
@@ -117,11 +113,7 @@ async fn plans_follow_the_sequence_number_and_target_rules() {
         .collect();
     let c3 = f.committer.commit_row_delta(&f.name, &d3).await.unwrap();
     let c = data_file(&f, &[(6, "f")]).await;
-    let c4 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![c.clone()], vec![], "c4"))
-        .await
-        .unwrap();
+    let c4 = f.commit(vec![c.clone()], vec![], "c4").await;
     let io = f.catalog.load(&f.name).await.unwrap().file_io().clone();
 
     let table = f.catalog.load(&f.name).await.unwrap();

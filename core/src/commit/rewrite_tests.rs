@@ -74,23 +74,12 @@ async fn a_rewrite_merges_files_applying_their_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a"), (2, "b"), (3, "c")]).await;
-    let c1 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    let c1 = f.commit(vec![a.clone()], vec![], "c1").await;
     let b = data_file(&f, &[(4, "d"), (5, "e")]).await;
     let d_a = delete_file(&f, &[(&a, 1)]).await;
-    f.committer
-        .commit_row_delta(&f.name, &delta(vec![b.clone()], vec![d_a], "c2"))
-        .await
-        .unwrap();
+    f.commit(vec![b.clone()], vec![d_a], "c2").await;
     let c = data_file(&f, &[(6, "f")]).await;
-    let c3 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![c], vec![], "c3"))
-        .await
-        .unwrap();
+    let c3 = f.commit(vec![c], vec![], "c3").await;
     let before = scan_at(&f, None).await;
     assert_eq!(
         before,
@@ -152,10 +141,7 @@ async fn a_rewrite_merges_files_applying_their_deletes() {
     // Later row deltas delete from the new file as usual.
     let first_row = file_rows(table.file_io(), &new_path).await[0].0;
     let d_new = delete_file(&f, &[(&rewrite.added_data_files[0], 0)]).await;
-    f.committer
-        .commit_row_delta(&f.name, &delta(vec![], vec![d_new], "c4"))
-        .await
-        .unwrap();
+    f.commit(vec![], vec![d_new], "c4").await;
     let mut want = before;
     want.remove(&first_row);
     assert_eq!(scan_at(&f, None).await, want);
@@ -166,25 +152,15 @@ async fn deletes_committed_during_a_rewrite_are_carried_over_or_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a"), (2, "b"), (3, "c"), (4, "d")]).await;
-    f.committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    f.commit(vec![a.clone()], vec![], "c1").await;
     let d_first = delete_file(&f, &[(&a, 3)]).await;
-    let c2 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![], vec![d_first], "c2"))
-        .await
-        .unwrap();
+    let c2 = f.commit(vec![], vec![d_first], "c2").await;
     // The rewrite reads c2 (id 4 already deleted) ...
     let rewrite = compact(&f, &[a.file_path()], c2.snapshot_id, "r1").await;
     // ... while a row delta deletes id 1 and updates id 2 (new copy + delete of A@1).
     let b = data_file(&f, &[(2, "B")]).await;
     let d_late = delete_file(&f, &[(&a, 0), (&a, 1)]).await;
-    f.committer
-        .commit_row_delta(&f.name, &delta(vec![b], vec![d_late], "c3"))
-        .await
-        .unwrap();
+    f.commit(vec![b], vec![d_late], "c3").await;
     let want = expect(&[(2, "B"), (3, "c")]);
     assert_eq!(scan_at(&f, None).await, want);
 
@@ -231,11 +207,7 @@ async fn a_map_that_drops_a_live_row_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a"), (2, "b")]).await;
-    let c1 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    let c1 = f.commit(vec![a.clone()], vec![], "c1").await;
     let mut rewrite = compact(&f, &[a.file_path()], c1.snapshot_id, "r1").await;
     // A buggy compactor whose map forgets row 1.
     let new: Arc<str> = Arc::from(rewrite.added_data_files[0].file_path());
@@ -243,10 +215,7 @@ async fn a_map_that_drops_a_live_row_is_refused() {
     map.insert(a.file_path(), 0, new, 0);
     rewrite.position_map = Some(Arc::new(map));
     let d = delete_file(&f, &[(&a, 1)]).await;
-    f.committer
-        .commit_row_delta(&f.name, &delta(vec![], vec![d], "c2"))
-        .await
-        .unwrap();
+    f.commit(vec![], vec![d], "c2").await;
     let err = f
         .committer
         .commit_rewrite(&f.name, &rewrite)
@@ -264,11 +233,7 @@ async fn rewrites_and_row_deltas_refuse_files_already_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a"), (2, "b")]).await;
-    let c1 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    let c1 = f.commit(vec![a.clone()], vec![], "c1").await;
     let first = compact(&f, &[a.file_path()], c1.snapshot_id, "r1").await;
     let second = compact(&f, &[a.file_path()], c1.snapshot_id, "r2").await;
     f.committer.commit_rewrite(&f.name, &first).await.unwrap();
@@ -303,11 +268,7 @@ async fn a_rewrite_whose_answer_was_lost_is_not_applied_twice() {
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a")]).await;
     let b = data_file(&f, &[(2, "b")]).await;
-    let c1 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone(), b.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    let c1 = f.commit(vec![a.clone(), b.clone()], vec![], "c1").await;
     let rewrite = compact(&f, &[a.file_path(), b.file_path()], c1.snapshot_id, "r1").await;
     let pointer = LosesFirstAnswer {
         inner: SqlMetadataPointer::connect(&CatalogConfig::embedded(dir.path()))

@@ -126,6 +126,21 @@ pub(crate) async fn scan_at(f: &Fixture, snapshot: Option<i64>) -> BTreeMap<i64,
     out
 }
 
+impl Fixture {
+    /// Commits a row delta of `data` and `deletes` with commit id `id`; panics on failure.
+    pub(crate) async fn commit(
+        &self,
+        data: Vec<DataFile>,
+        deletes: Vec<DataFile>,
+        id: &str,
+    ) -> super::row_delta::Committed {
+        self.committer
+            .commit_row_delta(&self.name, &delta(data, deletes, id))
+            .await
+            .unwrap()
+    }
+}
+
 pub(crate) fn delta(data: Vec<DataFile>, deletes: Vec<DataFile>, id: &str) -> RowDelta {
     RowDelta {
         data_files: data,
@@ -145,11 +160,7 @@ async fn row_deltas_apply_position_deletes_and_record_the_summary() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let first = data_file(&f, &[(1, "a"), (2, "b"), (3, "c")]).await;
-    let c1 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![first.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    let c1 = f.commit(vec![first.clone()], vec![], "c1").await;
     assert!(!c1.already_committed);
     assert_eq!(
         scan_at(&f, None).await,
@@ -163,11 +174,7 @@ async fn row_deltas_apply_position_deletes_and_record_the_summary() {
         deletes.referenced_data_file().as_deref(),
         Some(first.file_path())
     );
-    let c2 = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![second], vec![deletes], "c2"))
-        .await
-        .unwrap();
+    let c2 = f.commit(vec![second], vec![deletes], "c2").await;
     assert_eq!(c2.sequence_number, c1.sequence_number + 1);
     assert_eq!(scan_at(&f, None).await, expect(&[(1, "a"), (2, "B")]));
 
@@ -245,11 +252,7 @@ async fn a_commit_whose_answer_was_lost_is_not_applied_twice() {
         .unwrap();
     assert!(c.already_committed, "the retry must find the landed commit");
     // Retrying again by hand (e.g. after a crash) finds it too.
-    let again = f
-        .committer
-        .commit_row_delta(&f.name, &delta(vec![file], vec![], "once"))
-        .await
-        .unwrap();
+    let again = f.commit(vec![file], vec![], "once").await;
     assert!(again.already_committed);
     assert_eq!(again.snapshot_id, c.snapshot_id);
     let table = f.catalog.load(&f.name).await.unwrap();
@@ -269,10 +272,7 @@ async fn racing_committers_rebase_and_lose_nothing() {
             for i in 0..per_task {
                 let id = t * 1000 + i;
                 let file = data_file(&f, &[(id, "v")]).await;
-                f.committer
-                    .commit_row_delta(&f.name, &delta(vec![file], vec![], &format!("t{t}-{i}")))
-                    .await
-                    .unwrap();
+                f.commit(vec![file], vec![], &format!("t{t}-{i}")).await;
             }
         }));
     }

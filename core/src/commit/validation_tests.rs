@@ -23,10 +23,7 @@ async fn deletes_against_a_data_file_that_is_not_live_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(dir.path()).await;
     let a = data_file(&f, &[(1, "a"), (2, "b")]).await;
-    f.committer
-        .commit_row_delta(&f.name, &delta(vec![a.clone()], vec![], "c1"))
-        .await
-        .unwrap();
+    f.commit(vec![a.clone()], vec![], "c1").await;
     // Never committed: a stand-in for a file a rewrite removed (rewrite tests cover the race).
     let ghost = data_file(&f, &[(9, "z")]).await;
 
