@@ -4,18 +4,9 @@ use std::time::Duration;
 
 use iceberg::spec::{SnapshotRef, TableMetadata};
 use unitable_core::changelog::Changelog;
-use unitable_core::commit::read::{ancestors, changelog_offsets};
+use unitable_core::commit::read::anchored_offsets;
 use unitable_core::naming::TopicName;
 use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
-
-/// The changelog offsets `snapshot` reflects: its own `unitable.changelog-offsets`, or those of
-/// its newest ancestor that has them (snapshots by other engines carry none).
-pub fn anchored_offsets(metadata: &TableMetadata, snapshot: &SnapshotRef) -> PartitionOffsets {
-    ancestors(metadata, snapshot.snapshot_id())
-        .iter()
-        .find_map(changelog_offsets)
-        .unwrap_or_default()
-}
 
 /// The `AsOf` of serving `snapshot` (`None`: an empty table) of a table whose changelog is
 /// `topic` with `partitions` partitions. The lag is measured against the changelog head now;
@@ -27,8 +18,9 @@ pub async fn as_of(
     metadata: &TableMetadata,
     snapshot: Option<&SnapshotRef>,
 ) -> AsOf {
-    let offsets =
-        snapshot.map_or_else(PartitionOffsets::default, |s| anchored_offsets(metadata, s));
+    let offsets = snapshot.map_or_else(PartitionOffsets::default, |s| {
+        anchored_offsets(metadata, s.snapshot_id())
+    });
     let now = chrono::Utc::now().timestamp_millis();
     let mut lag_records = 0;
     let mut oldest: Option<i64> = None;

@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
 use bytes::Bytes;
 use iceberg::spec::{DataFile, Struct};
 use iceberg::table::Table;
@@ -38,7 +38,7 @@ use unitable_core::table::TableDef;
 
 use crate::config::WriterConfig;
 use crate::error::{WriteError, WriteResult};
-use crate::files::Layout;
+use crate::files::{Layout, take_rows};
 use crate::index::{KeyIndex, RowLocation};
 use crate::metric_names as m;
 use crate::recovery::{anchored_offsets, key_field_ids, rebuild_index};
@@ -668,12 +668,6 @@ impl TableCommitter {
         let files = state.layout.write_deletes(table.file_io(), groups).await?;
         Ok((files, targets))
     }
-}
-
-fn take_rows(batch: &RecordBatch, rows: &[u32]) -> WriteResult<RecordBatch> {
-    take_record_batch(batch, &UInt32Array::from(rows.to_vec())).map_err(|e| WriteError::Internal {
-        reason: format!("select rows to write: {e}"),
-    })
 }
 
 /// Errors after which the committer of this process must stop for the table.

@@ -157,11 +157,12 @@ impl Layout {
     }
 }
 
-fn take_rows(batch: &RecordBatch, rows: &[u32]) -> WriteResult<RecordBatch> {
+/// The rows `rows` of `batch`, in that order (the batch itself when that is all of it).
+pub(crate) fn take_rows(batch: &RecordBatch, rows: &[u32]) -> WriteResult<RecordBatch> {
     if rows.len() == batch.num_rows() && rows.iter().enumerate().all(|(i, &r)| i as u32 == r) {
         return Ok(batch.clone());
     }
     take_record_batch(batch, &UInt32Array::from(rows.to_vec())).map_err(|e| WriteError::Internal {
-        reason: format!("select partition rows: {e}"),
+        reason: format!("select rows: {e}"),
     })
 }

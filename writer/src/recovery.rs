@@ -12,7 +12,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use unitable_core::commit::files::{PositionDelete, read_bytes};
 use unitable_core::commit::plan::{plan_files, read_position_deletes};
-use unitable_core::commit::read::{ancestors, changelog_offsets};
+use unitable_core::commit::read;
 use unitable_core::offsets::PartitionOffsets;
 use unitable_core::record::RecordCodec;
 
@@ -22,12 +22,9 @@ use crate::index::{KeyIndex, RowLocation};
 /// The offsets the newest snapshot carrying `unitable.changelog-offsets` covers (snapshots of
 /// other writers in between are skipped); empty for a table without one.
 pub(crate) fn anchored_offsets(metadata: &TableMetadata) -> PartitionOffsets {
-    let Some(current) = metadata.current_snapshot_id() else {
-        return PartitionOffsets::default();
-    };
-    ancestors(metadata, current)
-        .iter()
-        .find_map(changelog_offsets)
+    metadata
+        .current_snapshot_id()
+        .map(|current| read::anchored_offsets(metadata, current))
         .unwrap_or_default()
 }
 

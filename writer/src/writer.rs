@@ -15,7 +15,7 @@ use unitable_core::changelog::{ChangeRecord, Changelog};
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::naming::{TableName, props};
 use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
-use unitable_core::record::{ChangeOp, RecordCodec, RowError};
+use unitable_core::record::{ChangeOp, RecordCodec, RowError, json_lines};
 use unitable_core::table::TableDef;
 
 use crate::committer::{CommitProgress, Shared, TableCommitter};
@@ -375,11 +375,7 @@ impl Writer {
         let topic = handle.def.changelog.topic.dead_letter();
         let log = &self.inner.shared.changelog;
         let lines: Vec<&[u8]> = match &request.rows {
-            Rows::JsonLines(bytes) => bytes
-                .split(|&b| b == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-                .collect(),
+            Rows::JsonLines(bytes) => json_lines(bytes),
             Rows::ArrowIpc(_) => Vec::new(),
         };
         let now = chrono::Utc::now().timestamp_millis();

@@ -16,6 +16,17 @@ pub fn changelog_offsets(snapshot: &SnapshotRef) -> Option<PartitionOffsets> {
         .and_then(|s| s.parse().ok())
 }
 
+/// The changelog offsets snapshot `snapshot_id` reflects: its own
+/// `unitable.changelog-offsets`, or those of its newest ancestor that has them (snapshots by
+/// other engines carry none); empty when none has them. Committers resume from these offsets;
+/// readers switch from the snapshot to the changelog at them.
+pub fn anchored_offsets(metadata: &TableMetadata, snapshot_id: i64) -> PartitionOffsets {
+    ancestors(metadata, snapshot_id)
+        .iter()
+        .find_map(changelog_offsets)
+        .unwrap_or_default()
+}
+
 /// `snapshot_id` and its ancestors, newest first, following parent links while the parents are
 /// still in the metadata (expired ones end the walk).
 pub fn ancestors(metadata: &TableMetadata, snapshot_id: i64) -> Vec<SnapshotRef> {

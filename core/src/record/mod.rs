@@ -30,7 +30,7 @@ mod json_write;
 mod rows;
 mod scalar;
 
-pub use rows::ParsedRows;
+pub use rows::{ParsedRows, json_lines};
 
 #[cfg(test)]
 mod bench;

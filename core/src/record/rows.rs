@@ -24,6 +24,16 @@ pub struct ParsedRows {
     pub rows: Vec<usize>,
 }
 
+/// The rows of a JSON-lines input: lines without their `\r\n` / `\n`, blank lines skipped.
+/// Row `i` of [`RecordCodec::parse_json_rows`] is line `i` of this.
+pub fn json_lines(input: &[u8]) -> Vec<&[u8]> {
+    input
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .collect()
+}
+
 impl RecordCodec {
     /// The columns a write of `op` carries: all of them, or only the key for deletes.
     pub fn input_schema(&self, op: ChangeOp) -> SchemaRef {
@@ -55,11 +65,7 @@ impl RecordCodec {
         } else {
             (0..self.columns.len()).collect()
         };
-        let lines: Vec<&[u8]> = input
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .collect();
+        let lines = json_lines(input);
         let mut builders: Vec<ColumnBuilder> = wanted
             .iter()
             .map(|&i| ColumnBuilder::new(self.columns[i].ty, lines.len()))
