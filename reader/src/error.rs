@@ -32,6 +32,46 @@ pub enum ReadError {
         /// Which snapshot was asked for.
         what: String,
     },
+    /// A FRESH read would merge more changelog records than it may hold.
+    #[error(
+        "the changelog tail after the latest snapshot is over {max} records ({records} read): the \
+         committer is far behind; read in SNAPSHOT mode, or FRESH with max_staleness, and check \
+         the committer (unitable_committer_lag_records)"
+    )]
+    TailTooLong {
+        /// Records read before giving up.
+        records: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A stream was asked to start (or continue) at changelog offsets retention removed.
+    #[error(
+        "offset {offset} of partition {partition} of `{table}`'s changelog was removed by \
+         retention (the earliest kept is {earliest}); start from a snapshot instead \
+         (`--from snapshot`, StreamStart KIND_SNAPSHOT)"
+    )]
+    OffsetsRemoved {
+        /// The table.
+        table: TableName,
+        /// The partition.
+        partition: u32,
+        /// The offset asked for.
+        offset: i64,
+        /// The low watermark.
+        earliest: i64,
+    },
+    /// A SQL statement cannot be planned or run (DataFusion's message).
+    #[error("{reason}")]
+    Sql {
+        /// DataFusion's message.
+        reason: String,
+    },
+    /// Something that should not happen did (a bug, not bad input).
+    #[error("internal reader error: {reason}")]
+    Internal {
+        /// What went wrong.
+        reason: String,
+    },
     /// Iceberg metadata, planning or file I/O failed.
     #[error("{operation} failed: {source}")]
     Iceberg {
@@ -57,7 +97,12 @@ impl ReadError {
             ReadError::Table(e) => e.is_retryable(),
             ReadError::Changelog(e) => e.is_retryable(),
             ReadError::Iceberg { source, .. } => source.retryable(),
-            ReadError::BadRequest { .. } | ReadError::SnapshotNotFound { .. } => false,
+            ReadError::TailTooLong { .. } => true,
+            ReadError::BadRequest { .. }
+            | ReadError::SnapshotNotFound { .. }
+            | ReadError::OffsetsRemoved { .. }
+            | ReadError::Sql { .. }
+            | ReadError::Internal { .. } => false,
         }
     }
 }

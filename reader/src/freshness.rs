@@ -1,26 +1,26 @@
-//! How fresh served data is: the `AsOf` of a snapshot against the changelog head.
+//! How fresh served data is: an `AsOf` (snapshot, covered offsets, commit time) with its lag
+//! behind the changelog head.
 
 use std::time::Duration;
 
-use iceberg::spec::{SnapshotRef, TableMetadata};
-use unitable_core::changelog::Changelog;
-use unitable_core::commit::read::anchored_offsets;
+use iceberg::spec::SnapshotRef;
+use unitable_core::changelog::{Changelog, Watermarks};
 use unitable_core::naming::TopicName;
 use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
 
-/// The `AsOf` of serving `snapshot` (`None`: an empty table) of a table whose changelog is
-/// `topic` with `partitions` partitions. The lag is measured against the changelog head now;
-/// a partition whose head cannot be read counts as caught up (the read itself does not fail).
+use crate::error::ReadResult;
+
+/// The `AsOf` of serving `snapshot` (`None`: an empty table) plus every changelog record below
+/// `offsets`, for a table whose changelog is `topic` with `partitions` partitions. The lag is
+/// measured against the changelog head now; a partition whose head cannot be read counts as
+/// caught up (the read itself does not fail over a freshness report).
 pub async fn as_of(
     changelog: &dyn Changelog,
     topic: &TopicName,
     partitions: u32,
-    metadata: &TableMetadata,
+    offsets: PartitionOffsets,
     snapshot: Option<&SnapshotRef>,
 ) -> AsOf {
-    let offsets = snapshot.map_or_else(PartitionOffsets::default, |s| {
-        anchored_offsets(metadata, s.snapshot_id())
-    });
     let now = chrono::Utc::now().timestamp_millis();
     let mut lag_records = 0;
     let mut oldest: Option<i64> = None;
@@ -51,4 +51,34 @@ pub async fn as_of(
         lag_records,
         lag_ms: oldest.map_or(0, |o| (now - o).max(0)),
     }
+}
+
+/// The watermarks of every partition of `topic`.
+pub(crate) async fn watermarks(
+    changelog: &dyn Changelog,
+    topic: &TopicName,
+    partitions: u32,
+) -> ReadResult<Vec<Watermarks>> {
+    let mut out = Vec::with_capacity(partitions as usize);
+    for p in 0..partitions {
+        out.push(changelog.watermarks(topic, PartitionId(p)).await?);
+    }
+    Ok(out)
+}
+
+/// The high watermark of every partition: the offsets a read "at this moment" covers.
+pub(crate) async fn heads(
+    changelog: &dyn Changelog,
+    topic: &TopicName,
+    partitions: u32,
+) -> ReadResult<PartitionOffsets> {
+    let mut out = PartitionOffsets::default();
+    for (p, w) in watermarks(changelog, topic, partitions)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        out.set(PartitionId(p as u32), w.high);
+    }
+    Ok(out)
 }

@@ -1,17 +1,36 @@
 //! unitable's reader role: serves each access mode from the store that fits it and says exactly
 //! which data it served ([`unitable_core::offsets::AsOf`]).
 //!
-//! Built so far: SNAPSHOT (an Iceberg snapshot: the latest, a snapshot id, or the snapshot
-//! current at a time; projection; a row limit; deletes applied by iceberg-rust's scan; batches
-//! stream out as the scan produces them, so large results are never held in memory). STREAM,
-//! FRESH, LOOKUP and SQL come with the rest of the reader issue.
+//! - SNAPSHOT ([`snapshot`]): one Iceberg snapshot (latest, by id, or current at a time),
+//!   deletes applied by iceberg-rust's scan.
+//! - FRESH ([`snapshot`], [`pinned`], [`tail`]): the latest snapshot merged by key with the
+//!   changelog from the snapshot's anchored offsets up to the heads at the time of the request,
+//!   so every write acknowledged before the request is reflected.
+//! - STREAM ([`stream`]): the changelog as changes from earliest, latest, offsets, a time, or a
+//!   snapshot (its rows as inserts, then the changelog from its anchored offsets).
+//! - SQL ([`sql`]): DataFusion over the tables a statement names, each pinned like a SNAPSHOT
+//!   or FRESH read.
+//!
+//! Every mode takes a projection and a row filter ([`filter`]: a SQL boolean expression,
+//! evaluated exactly, pushed into Iceberg scans where it translates). Batches stream out as
+//! they are produced, so large results are never held in memory, and a slow client holds the
+//! read back instead of growing buffers.
 
 pub mod error;
+pub mod filter;
 pub mod freshness;
+pub mod pinned;
 pub mod snapshot;
+pub mod sql;
+pub mod stream;
+mod tail;
 
 pub use error::{ReadError, ReadResult};
-pub use snapshot::{SnapshotRead, SnapshotSelector};
+pub use pinned::{BatchStream, Pinned};
+pub use snapshot::{FreshRead, ReadStream, SnapshotRead, SnapshotSelector};
+pub use sql::{Query, QueryMode, QueryStream};
+pub use stream::{ChangeBatch, ChangeStream, StreamRead, StreamStart};
+pub use tail::MAX_TAIL_RECORDS;
 
 use std::sync::Arc;
 

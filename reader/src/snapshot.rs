@@ -1,12 +1,10 @@
-//! SNAPSHOT reads: one Iceberg snapshot, deletes applied, streamed batch by batch.
+//! SNAPSHOT and FRESH reads: one Iceberg snapshot (deletes applied), and for FRESH the
+//! changelog tail merged by key, streamed batch by batch.
 
-use std::pin::Pin;
-use std::sync::Arc;
+use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
-use futures::{Stream, StreamExt, TryStreamExt};
-use iceberg::arrow::schema_to_arrow_schema;
+use arrow::datatypes::SchemaRef;
+use iceberg::spec::SnapshotRef;
 use unitable_core::commit::read::snapshot_as_of;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::AsOf;
@@ -14,7 +12,9 @@ use unitable_core::table::TableDef;
 
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
-use crate::freshness::as_of;
+use crate::filter::RowFilter;
+use crate::freshness;
+use crate::pinned::{BatchStream, Pinned, Tip, limited};
 
 /// Which snapshot to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,14 +34,28 @@ pub struct SnapshotRead {
     pub table: TableName,
     /// Columns to return, in this order; empty = all.
     pub columns: Vec<String>,
+    /// Row filter, a SQL boolean expression over the table's columns.
+    pub filter: Option<String>,
     /// Which snapshot.
     pub snapshot: SnapshotSelector,
     /// Stop after this many rows.
     pub limit: Option<u64>,
 }
 
-/// Batches of a read, as they are produced.
-pub type BatchStream = Pin<Box<dyn Stream<Item = ReadResult<RecordBatch>> + Send>>;
+/// A FRESH read: the latest snapshot merged with every acknowledged write after it.
+#[derive(Debug, Clone)]
+pub struct FreshRead {
+    /// The table.
+    pub table: TableName,
+    /// Columns to return, in this order; empty = all.
+    pub columns: Vec<String>,
+    /// Row filter, a SQL boolean expression over the table's columns.
+    pub filter: Option<String>,
+    /// Stop after this many rows.
+    pub limit: Option<u64>,
+    /// Serve the snapshot alone when the oldest write it lacks is at most this old.
+    pub max_staleness: Option<Duration>,
+}
 
 /// A read about to stream: what it reflects, its schema, and the batches.
 pub struct ReadStream {
@@ -63,116 +77,119 @@ impl std::fmt::Debug for ReadStream {
 }
 
 impl Reader {
-    /// Starts a SNAPSHOT read.
-    pub async fn snapshot(&self, request: &SnapshotRead) -> ReadResult<ReadStream> {
-        let table = self.catalog.load(&request.table).await?;
-        let metadata = table.metadata();
-        let def = TableDef::from_iceberg(request.table.clone(), metadata)?;
-        let not_found = |what: String| ReadError::SnapshotNotFound {
-            table: request.table.clone(),
-            what,
-        };
-        let snapshot = match request.snapshot {
-            SnapshotSelector::Latest => metadata.current_snapshot().cloned(),
-            SnapshotSelector::Id(id) => {
-                Some(metadata.snapshot_by_id(id).cloned().ok_or_else(|| {
-                    not_found(format!("with id {id} (expired or never committed)"))
-                })?)
-            }
-            SnapshotSelector::AsOf(ms) => Some(snapshot_as_of(metadata, ms).ok_or_else(|| {
-                let at = chrono::DateTime::from_timestamp_millis(ms)
-                    .map_or_else(|| ms.to_string(), |t| t.to_rfc3339());
-                not_found(format!("as of {at} (before its first commit, or expired)"))
-            })?),
-        };
-        let schema = match &snapshot {
-            Some(s) => s
-                .schema(metadata)
-                .map_err(|e| ReadError::iceberg("the snapshot's schema", e))?,
-            None => metadata.current_schema().clone(),
-        };
-        let full =
-            schema_to_arrow_schema(&schema).map_err(|e| ReadError::iceberg("map the schema", e))?;
-        let columns: Vec<String> = if request.columns.is_empty() {
-            full.fields().iter().map(|f| f.name().clone()).collect()
-        } else {
-            request.columns.clone()
-        };
-        let mut fields = Vec::with_capacity(columns.len());
-        for name in &columns {
-            let field = full
-                .field_with_name(name)
-                .map_err(|_| ReadError::BadRequest {
-                    reason: format!(
-                        "table `{}` has no column `{name}` (columns: {})",
-                        request.table,
-                        full.fields()
-                            .iter()
-                            .map(|f| f.name().as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })?;
-            fields.push(field.clone());
-        }
-        let out_schema: SchemaRef = Arc::new(Schema::new(fields));
-        let as_of = as_of(
+    /// Pins a SNAPSHOT read of `table`.
+    pub async fn pin_snapshot(
+        &self,
+        table: &TableName,
+        selector: SnapshotSelector,
+    ) -> ReadResult<Pinned> {
+        let loaded = self.catalog.load(table).await?;
+        let snapshot = select(table, loaded.metadata(), selector)?;
+        self.pin(table, loaded, snapshot, Tip::Snapshot).await
+    }
+
+    /// Pins a FRESH read of `table`: the latest snapshot plus the changelog up to its heads
+    /// now, or the snapshot alone when it lags by at most `max_staleness`.
+    pub async fn pin_fresh(
+        &self,
+        table: &TableName,
+        max_staleness: Option<Duration>,
+    ) -> ReadResult<Pinned> {
+        // The table first, then the heads: every write acknowledged before this request is
+        // below the heads, and the snapshot's anchored offsets are at or below them.
+        let loaded = self.catalog.load(table).await?;
+        let def = TableDef::from_iceberg(table.clone(), loaded.metadata())?;
+        let to = freshness::heads(
             self.changelog.as_ref(),
             &def.changelog.topic,
             def.changelog.partitions,
-            metadata,
-            snapshot.as_ref(),
         )
-        .await;
-        let Some(snapshot) = snapshot else {
-            return Ok(ReadStream {
-                as_of,
-                schema: out_schema,
-                batches: Box::pin(futures::stream::empty()),
-            });
-        };
-        let scan = table
-            .scan()
-            .snapshot_id(snapshot.snapshot_id())
-            .select(columns.iter().map(String::as_str))
-            .build()
-            .map_err(|e| ReadError::iceberg("plan the scan", e))?;
-        let stream = scan
-            .to_arrow()
-            .await
-            .map_err(|e| ReadError::iceberg("start the scan", e))?
-            .map_err(|e| ReadError::iceberg("read data files", e));
-        let batches: BatchStream = match request.limit {
-            None => Box::pin(stream),
-            Some(limit) => limited(Box::pin(stream), limit),
-        };
-        Ok(ReadStream {
-            as_of,
-            schema: out_schema,
-            batches,
-        })
+        .await?;
+        let snapshot = loaded.metadata().current_snapshot().cloned();
+        if let Some(max) = max_staleness {
+            let pinned = self
+                .pin(table, loaded.clone(), snapshot.clone(), Tip::Snapshot)
+                .await?;
+            if u128::from(pinned.as_of.lag_ms.max(0) as u64) <= max.as_millis() {
+                return Ok(pinned);
+            }
+        }
+        self.pin(table, loaded, snapshot, Tip::Fresh { to }).await
+    }
+
+    /// Starts a SNAPSHOT read.
+    pub async fn snapshot(&self, request: &SnapshotRead) -> ReadResult<ReadStream> {
+        let pinned = self.pin_snapshot(&request.table, request.snapshot).await?;
+        stream(
+            pinned,
+            &request.columns,
+            request.filter.as_deref(),
+            request.limit,
+        )
+        .await
+    }
+
+    /// Starts a FRESH read.
+    pub async fn fresh(&self, request: &FreshRead) -> ReadResult<ReadStream> {
+        let pinned = self
+            .pin_fresh(&request.table, request.max_staleness)
+            .await?;
+        stream(
+            pinned,
+            &request.columns,
+            request.filter.as_deref(),
+            request.limit,
+        )
+        .await
     }
 }
 
-/// The first `limit` rows of `stream` (the last batch cut), then the end: the scan is dropped,
-/// so no more files are read.
-fn limited(stream: BatchStream, limit: u64) -> BatchStream {
-    Box::pin(futures::stream::unfold(
-        (stream, limit),
-        |(mut stream, left)| async move {
-            if left == 0 {
-                return None;
-            }
-            match stream.next().await? {
-                Ok(b) if b.num_rows() as u64 > left => {
-                    Some((Ok(b.slice(0, left as usize)), (stream, 0)))
-                }
-                Ok(b) => {
-                    let rows = b.num_rows() as u64;
-                    Some((Ok(b), (stream, left - rows)))
-                }
-                Err(e) => Some((Err(e), (stream, 0))),
-            }
-        },
-    ))
+async fn stream(
+    pinned: Pinned,
+    columns: &[String],
+    filter: Option<&str>,
+    limit: Option<u64>,
+) -> ReadResult<ReadStream> {
+    let schema = pinned.output_schema(columns)?;
+    let filter = filter
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| RowFilter::parse(f, pinned.schema()))
+        .transpose()?;
+    let predicate = filter.as_ref().and_then(|f| pinned.pushdown(f));
+    let batches = pinned.batches(columns, filter.as_ref(), predicate).await?;
+    let batches = match limit {
+        None => batches,
+        Some(limit) => limited(batches, limit),
+    };
+    Ok(ReadStream {
+        as_of: pinned.as_of.clone(),
+        schema,
+        batches,
+    })
+}
+
+/// The snapshot `selector` picks (`None`: the table has no snapshot and the latest is asked).
+fn select(
+    table: &TableName,
+    metadata: &iceberg::spec::TableMetadata,
+    selector: SnapshotSelector,
+) -> ReadResult<Option<SnapshotRef>> {
+    let not_found = |what: String| ReadError::SnapshotNotFound {
+        table: table.clone(),
+        what,
+    };
+    Ok(match selector {
+        SnapshotSelector::Latest => metadata.current_snapshot().cloned(),
+        SnapshotSelector::Id(id) => Some(
+            metadata
+                .snapshot_by_id(id)
+                .cloned()
+                .ok_or_else(|| not_found(format!("with id {id} (expired or never committed)")))?,
+        ),
+        SnapshotSelector::AsOf(ms) => Some(snapshot_as_of(metadata, ms).ok_or_else(|| {
+            let at = chrono::DateTime::from_timestamp_millis(ms)
+                .map_or_else(|| ms.to_string(), |t| t.to_rfc3339());
+            not_found(format!("as of {at} (before its first commit, or expired)"))
+        })?),
+    })
 }

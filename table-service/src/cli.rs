@@ -36,8 +36,14 @@ pub enum Command {
     Table(TableCommand),
     /// Write rows from a file or standard input (JSON lines, CSV or Parquet).
     Write(WriteArgs),
-    /// Read an Iceberg snapshot of a table (the latest, or by id or time).
+    /// Read a table: an Iceberg snapshot (the latest, by id or time), or fresh (every
+    /// acknowledged write).
     Scan(ScanArgs),
+    /// Follow a table's changes from the changelog (from earliest, latest, a snapshot, a time
+    /// or offsets).
+    Subscribe(SubscribeArgs),
+    /// Run a SQL query over tables named `namespace.table`.
+    Sql(SqlArgs),
 }
 
 /// `unitable scan` flags.
@@ -51,14 +57,82 @@ pub struct ScanArgs {
     /// Read the snapshot current at this time (RFC 3339, e.g. 2024-05-01T09:30:00Z).
     #[arg(long)]
     pub as_of: Option<String>,
+    /// `snapshot`: an Iceberg snapshot. `fresh`: the latest snapshot merged with the changelog
+    /// tail, reflecting every write acknowledged before the scan.
+    #[arg(long, value_enum, default_value_t = ScanMode::Snapshot)]
+    pub mode: ScanMode,
+    /// Fresh mode: serve the snapshot alone when the oldest write it lacks is at most this old
+    /// (e.g. 5s).
+    #[arg(long, value_parser = parse_duration)]
+    pub max_staleness: Option<Duration>,
     /// Columns to return, in order (default: all).
     #[arg(long, value_delimiter = ',')]
     pub columns: Vec<String>,
+    /// Only rows for which this SQL expression is true, e.g. "amount > 10 AND region = 'eu'".
+    #[arg(long = "where")]
+    pub filter: Option<String>,
     /// Stop after this many rows.
     #[arg(long)]
     pub limit: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ScanFormat::Jsonl)]
+    pub format: ScanFormat,
+    /// Write to this file instead of standard output (required for parquet).
+    #[arg(long)]
+    pub output: Option<String>,
+}
+
+/// Read modes of `unitable scan`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ScanMode {
+    /// An Iceberg snapshot.
+    Snapshot,
+    /// The latest snapshot plus every acknowledged write after it.
+    Fresh,
+}
+
+/// `unitable subscribe` flags.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// NAMESPACE.TABLE
+    pub table: String,
+    /// Where to start: earliest, latest, snapshot, snapshot:ID, time:RFC3339 or
+    /// offsets:P=O,P=O (unlisted partitions start at the earliest).
+    #[arg(long, default_value = "latest")]
+    pub from: String,
+    /// Columns to return (the key columns always come along; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Only changes whose row makes this SQL expression true; an upsert that fails it arrives
+    /// as a delete of its key, deletes always arrive.
+    #[arg(long = "where")]
+    pub filter: Option<String>,
+    /// Stop after this many changes (default: follow until interrupted).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Output format: one JSON object per change, {"op", "key", "row", "partition", "offset",
+    /// "timestamp"}.
+    #[arg(long, value_enum, default_value_t = SubscribeFormat::Jsonl)]
+    pub format: SubscribeFormat,
+}
+
+/// Output formats of `unitable subscribe`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SubscribeFormat {
+    /// One JSON object per change.
+    Jsonl,
+}
+
+/// `unitable sql` flags.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// One SQL query; name tables as namespace.table.
+    pub query: String,
+    /// `snapshot`: each table's latest snapshot. `fresh`: every acknowledged write.
+    #[arg(long, value_enum, default_value_t = ScanMode::Snapshot)]
+    pub mode: ScanMode,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ScanFormat::Table)]
     pub format: ScanFormat,
     /// Write to this file instead of standard output (required for parquet).
     #[arg(long)]
@@ -72,6 +146,8 @@ pub enum ScanFormat {
     Jsonl,
     /// Comma-separated with a header row.
     Csv,
+    /// An aligned text table (holds the rows in memory to size the columns).
+    Table,
     /// A Parquet file (needs --output).
     Parquet,
 }
@@ -335,6 +411,8 @@ pub fn main() -> ExitCode {
         Command::Table(cmd) => runtime.block_on(client::table::run(&cli.server, cmd)),
         Command::Write(args) => runtime.block_on(client::write::run(&cli.server, args)),
         Command::Scan(args) => runtime.block_on(client::scan::run(&cli.server, args)),
+        Command::Subscribe(args) => runtime.block_on(client::subscribe::run(&cli.server, args)),
+        Command::Sql(args) => runtime.block_on(client::sql::run(&cli.server, args)),
     }
 }
 

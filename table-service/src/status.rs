@@ -30,6 +30,10 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
         ReadError::Changelog(c) => classify_changelog(c),
         ReadError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
         ReadError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
+        ReadError::Sql { .. } => (Code::InvalidArgument, Level::Debug),
+        ReadError::OffsetsRemoved { .. } => (Code::OutOfRange, Level::Debug),
+        ReadError::TailTooLong { .. } => (Code::ResourceExhausted, Level::Warn),
+        ReadError::Internal { .. } => (Code::Internal, Level::Error),
         ReadError::Iceberg { .. } => {
             if e.is_retryable() {
                 (Code::Unavailable, Level::Warn)

@@ -100,6 +100,31 @@ impl RecordCodec {
         })
     }
 
+    /// Like [`RecordCodec::decode`], but a record that cannot be decoded (written by a foreign
+    /// producer, or for another table) is left out of the batch and reported instead of failing
+    /// the others. Callers must log or count what comes back: skipping is never silent.
+    pub fn decode_skipping(
+        &self,
+        records: &[StoredRecord],
+    ) -> Result<(DecodedBatch, Vec<DecodeError>), DecodeError> {
+        let first = match self.decode(records) {
+            Ok(decoded) => return Ok((decoded, Vec::new())),
+            Err(e) => e,
+        };
+        if let DecodeError::Batch { .. } = first {
+            return Err(first);
+        }
+        let mut good = Vec::with_capacity(records.len());
+        let mut skipped = Vec::new();
+        for record in records {
+            match self.decode(std::slice::from_ref(record)) {
+                Ok(_) => good.push(record.clone()),
+                Err(e) => skipped.push(e),
+            }
+        }
+        Ok((self.decode(&good)?, skipped))
+    }
+
     /// The operation named by the headers, checking the table uuid on the way.
     fn read_headers(&self, record: &ChangeRecord) -> Result<Option<ChangeOp>, Failure> {
         let mut op = None;

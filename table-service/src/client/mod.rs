@@ -1,7 +1,10 @@
 //! Client subcommands: talk gRPC to a running server, print results, exit 1 on error with one
 //! line on stderr that says what is wrong and what to do.
 
+pub(crate) mod rows;
 pub(crate) mod scan;
+pub(crate) mod sql;
+pub(crate) mod subscribe;
 pub(crate) mod table;
 pub(crate) mod write;
 

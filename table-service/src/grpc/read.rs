@@ -1,7 +1,8 @@
-//! `ReadService`: SNAPSHOT reads through the reader role; the other modes and Query answer
-//! UNIMPLEMENTED until they are built.
+//! `ReadService`: every read mode and SQL through the reader role. Results stream through a
+//! bounded channel, so a slow client holds the read back instead of growing server memory.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
@@ -10,16 +11,20 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_proto::v1 as wire;
 use unitable_proto::v1::read_service_server::ReadService;
-use unitable_reader::{Reader, SnapshotRead, SnapshotSelector};
+use unitable_reader::{
+    FreshRead, Query, QueryMode, ReadResult, Reader, SnapshotRead, SnapshotSelector, StreamRead,
+    StreamStart,
+};
 
 use super::pending::missing;
 use super::table_name;
-use super::write::as_of_to_wire;
+use super::write::{as_of_to_wire, offsets_to_wire};
 use crate::status::ApiError;
 
-/// Batches in flight per read: a slow client holds the scan back instead of growing memory.
+/// Messages in flight per read: a slow client holds the read back instead of growing memory.
 const IN_FLIGHT: usize = 4;
 
 /// Reads through the reader role.
@@ -49,6 +54,193 @@ pub(crate) fn ipc_bytes(schema: &Schema, batch: Option<&RecordBatch>) -> Result<
     Ok(out)
 }
 
+fn bad(field: &'static str, reason: impl Into<String>) -> Status {
+    ApiError::BadRequest {
+        field,
+        reason: reason.into(),
+    }
+    .into()
+}
+
+/// Sends `first` (if any), then one message per item of `items` through a bounded channel,
+/// from a task that stops when the client goes away or after the first error.
+fn pump<T, M>(
+    first: Option<M>,
+    mut items: Pin<Box<dyn Stream<Item = ReadResult<T>> + Send>>,
+    mut message: impl FnMut(T) -> Result<M, Status> + Send + 'static,
+) -> BoxStream<M>
+where
+    T: Send + 'static,
+    M: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<M, Status>>(IN_FLIGHT);
+    tokio::spawn(async move {
+        if let Some(first) = first
+            && tx.send(Ok(first)).await.is_err()
+        {
+            return;
+        }
+        while let Some(item) = items.next().await {
+            let out = item
+                .map_err(|e| Status::from(ApiError::from(e)))
+                .and_then(&mut message);
+            let failed = out.is_err();
+            // A closed channel means the client went away: stop reading.
+            if tx.send(out).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+fn snapshot_selector(request: &wire::ReadRequest) -> Result<SnapshotSelector, Status> {
+    match (request.snapshot_id, request.as_of_timestamp_ms) {
+        (Some(_), Some(_)) => Err(bad(
+            "snapshot_id",
+            "give snapshot_id or as_of_timestamp_ms, not both",
+        )),
+        (Some(id), None) => Ok(SnapshotSelector::Id(id)),
+        (None, Some(ms)) => Ok(SnapshotSelector::AsOf(ms)),
+        (None, None) => Ok(SnapshotSelector::Latest),
+    }
+}
+
+fn stream_start(start: Option<&wire::StreamStart>) -> Result<StreamStart, Status> {
+    use wire::stream_start::Kind;
+    let Some(start) = start else {
+        return Err(bad(
+            "start",
+            "a STREAM read needs a start (earliest, latest, offsets, timestamp or snapshot)",
+        ));
+    };
+    Ok(match Kind::try_from(start.kind) {
+        Ok(Kind::Earliest) => StreamStart::Earliest,
+        Ok(Kind::Latest) => StreamStart::Latest,
+        Ok(Kind::Offsets) => {
+            let mut offsets = PartitionOffsets::default();
+            for o in &start.offsets {
+                if o.offset < 0 {
+                    return Err(bad(
+                        "start.offsets",
+                        format!(
+                            "offset {} of partition {} is negative",
+                            o.offset, o.partition
+                        ),
+                    ));
+                }
+                offsets.set(PartitionId(o.partition), Offset(o.offset));
+            }
+            StreamStart::Offsets(offsets)
+        }
+        Ok(Kind::Timestamp) => StreamStart::Timestamp(start.timestamp_ms),
+        Ok(Kind::Snapshot) => StreamStart::Snapshot(start.snapshot_id),
+        Ok(Kind::Unspecified) | Err(_) => {
+            return Err(bad(
+                "start.kind",
+                "must be KIND_EARLIEST, KIND_LATEST, KIND_OFFSETS, KIND_TIMESTAMP or KIND_SNAPSHOT",
+            ));
+        }
+    })
+}
+
+fn filter_of(request: &wire::ReadRequest) -> Option<String> {
+    Some(request.filter.clone()).filter(|f| !f.trim().is_empty())
+}
+
+impl ReadApi {
+    async fn rows(
+        &self,
+        request: wire::ReadRequest,
+        fresh: bool,
+    ) -> Result<BoxStream<wire::ReadResponse>, Status> {
+        let table = table_name(&request.table)?;
+        let limit = (request.limit > 0).then_some(request.limit);
+        let read = if fresh {
+            if request.snapshot_id.is_some() || request.as_of_timestamp_ms.is_some() {
+                return Err(bad(
+                    "snapshot_id",
+                    "FRESH reads serve the latest data; use SNAPSHOT mode to time-travel",
+                ));
+            }
+            self.reader
+                .fresh(&FreshRead {
+                    table,
+                    columns: request.columns.clone(),
+                    filter: filter_of(&request),
+                    limit,
+                    max_staleness: request.max_staleness_ms.map(Duration::from_millis),
+                })
+                .await
+        } else {
+            self.reader
+                .snapshot(&SnapshotRead {
+                    table,
+                    columns: request.columns.clone(),
+                    filter: filter_of(&request),
+                    snapshot: snapshot_selector(&request)?,
+                    limit,
+                })
+                .await
+        }
+        .map_err(ApiError::from)?;
+        let schema = read.schema.clone();
+        let as_of = as_of_to_wire(&read.as_of);
+        // The first message carries `as_of` and the schema, so an empty result still has both.
+        let first = wire::ReadResponse {
+            body: Some(wire::read_response::Body::ArrowIpc(ipc_bytes(
+                &schema, None,
+            )?)),
+            as_of: Some(as_of),
+        };
+        Ok(pump(Some(first), read.batches, move |batch| {
+            Ok(wire::ReadResponse {
+                body: Some(wire::read_response::Body::ArrowIpc(ipc_bytes(
+                    &schema,
+                    Some(&batch),
+                )?)),
+                as_of: None,
+            })
+        }))
+    }
+
+    async fn changes(
+        &self,
+        request: wire::ReadRequest,
+    ) -> Result<BoxStream<wire::ReadResponse>, Status> {
+        let table = table_name(&request.table)?;
+        let start = stream_start(request.start.as_ref())?;
+        let stream = self
+            .reader
+            .stream(&StreamRead {
+                table,
+                columns: request.columns.clone(),
+                filter: filter_of(&request),
+                start,
+                limit: (request.limit > 0).then_some(request.limit),
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let schema = stream.schema.clone();
+        let first = wire::ReadResponse {
+            body: Some(wire::read_response::Body::Changes(wire::ChangeBatch {
+                arrow_ipc: ipc_bytes(&schema, None)?,
+                next_offsets: offsets_to_wire(&stream.as_of.offsets),
+            })),
+            as_of: Some(as_of_to_wire(&stream.as_of)),
+        };
+        Ok(pump(Some(first), stream.changes, move |change| {
+            Ok(wire::ReadResponse {
+                body: Some(wire::read_response::Body::Changes(wire::ChangeBatch {
+                    arrow_ipc: ipc_bytes(&schema, Some(&change.batch))?,
+                    next_offsets: offsets_to_wire(&change.next_offsets),
+                })),
+                as_of: None,
+            })
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl ReadService for ReadApi {
     type ReadStream = BoxStream<wire::ReadResponse>;
@@ -58,84 +250,80 @@ impl ReadService for ReadApi {
         &self,
         request: Request<wire::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        metrics::counter!("unitable_grpc_requests_total", "method" => "Read").increment(1);
         let request = request.into_inner();
-        let table = table_name(&request.table)?;
-        match wire::ReadMode::try_from(request.mode) {
-            Ok(wire::ReadMode::Snapshot) => {}
-            Ok(wire::ReadMode::Stream | wire::ReadMode::Fresh | wire::ReadMode::Lookup) => {
-                return Err(missing(
-                    "Read in STREAM, FRESH and LOOKUP modes (the reader role)",
-                ));
+        let mode = wire::ReadMode::try_from(request.mode);
+        let mode_name = match mode {
+            Ok(wire::ReadMode::Stream) => "STREAM",
+            Ok(wire::ReadMode::Snapshot) => "SNAPSHOT",
+            Ok(wire::ReadMode::Fresh) => "FRESH",
+            Ok(wire::ReadMode::Lookup) => "LOOKUP",
+            Ok(wire::ReadMode::Unspecified) | Err(_) => "UNSPECIFIED",
+        };
+        metrics::counter!("unitable_grpc_requests_total", "method" => "Read", "mode" => mode_name)
+            .increment(1);
+        let stream = match mode {
+            Ok(wire::ReadMode::Snapshot) => self.rows(request, false).await?,
+            Ok(wire::ReadMode::Fresh) => self.rows(request, true).await?,
+            Ok(wire::ReadMode::Stream) => self.changes(request).await?,
+            Ok(wire::ReadMode::Lookup) => {
+                return Err(missing("Read in LOOKUP mode"));
             }
             Ok(wire::ReadMode::Unspecified) | Err(_) => {
-                return Err(ApiError::BadRequest {
-                    field: "mode",
-                    reason: "must be READ_MODE_STREAM, READ_MODE_SNAPSHOT, READ_MODE_FRESH or \
-                             READ_MODE_LOOKUP"
-                        .into(),
-                }
-                .into());
+                return Err(bad(
+                    "mode",
+                    "must be READ_MODE_STREAM, READ_MODE_SNAPSHOT, READ_MODE_FRESH or \
+                     READ_MODE_LOOKUP",
+                ));
             }
-        }
-        if !request.filter.trim().is_empty() {
-            return Err(missing("`filter` on SNAPSHOT reads"));
-        }
-        let snapshot = match (request.snapshot_id, request.as_of_timestamp_ms) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::BadRequest {
-                    field: "snapshot_id",
-                    reason: "give snapshot_id or as_of_timestamp_ms, not both".into(),
-                }
-                .into());
-            }
-            (Some(id), None) => SnapshotSelector::Id(id),
-            (None, Some(ms)) => SnapshotSelector::AsOf(ms),
-            (None, None) => SnapshotSelector::Latest,
         };
-        let read = self
-            .reader
-            .snapshot(&SnapshotRead {
-                table,
-                columns: request.columns,
-                snapshot,
-                limit: (request.limit > 0).then_some(request.limit),
-            })
-            .await
-            .map_err(ApiError::from)?;
-        let (tx, rx) = mpsc::channel::<Result<wire::ReadResponse, Status>>(IN_FLIGHT);
-        tokio::spawn(async move {
-            let mut batches = read.batches;
-            let mut as_of = Some(as_of_to_wire(&read.as_of));
-            let mut sent = false;
-            loop {
-                let next = batches.next().await;
-                // An empty result still tells the client its schema.
-                let (message, last) = match next {
-                    Some(Ok(batch)) => (ipc_bytes(&read.schema, Some(&batch)), false),
-                    Some(Err(e)) => (Err(Status::from(ApiError::from(e))), true),
-                    None if !sent => (ipc_bytes(&read.schema, None), true),
-                    None => break,
-                };
-                let done = last || message.is_err();
-                let response = message.map(|bytes| wire::ReadResponse {
-                    body: Some(wire::read_response::Body::ArrowIpc(bytes)),
-                    as_of: as_of.take(),
-                });
-                sent = true;
-                // A closed channel means the client went away: stop scanning.
-                if tx.send(response).await.is_err() || done {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn query(
         &self,
-        _request: Request<wire::QueryRequest>,
+        request: Request<wire::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        Err(missing("Query (SQL through DataFusion, the reader role)"))
+        metrics::counter!("unitable_grpc_requests_total", "method" => "Query").increment(1);
+        let request = request.into_inner();
+        let mode = match wire::ReadMode::try_from(request.mode) {
+            Ok(wire::ReadMode::Unspecified | wire::ReadMode::Snapshot) => QueryMode::Snapshot,
+            Ok(wire::ReadMode::Fresh) => QueryMode::Fresh,
+            Ok(wire::ReadMode::Stream | wire::ReadMode::Lookup) | Err(_) => {
+                return Err(bad(
+                    "mode",
+                    "SQL reads READ_MODE_SNAPSHOT (the default) or READ_MODE_FRESH",
+                ));
+            }
+        };
+        if request.sql.trim().is_empty() {
+            return Err(bad("sql", "is empty"));
+        }
+        let query = self
+            .reader
+            .query(&Query {
+                sql: request.sql,
+                mode,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let schema = query.schema.clone();
+        let first = wire::QueryResponse {
+            arrow_ipc: ipc_bytes(&schema, None)?,
+            as_of: query
+                .as_of
+                .iter()
+                .map(|(name, as_of)| (name.clone(), as_of_to_wire(as_of)))
+                .collect(),
+        };
+        Ok(Response::new(pump(
+            Some(first),
+            query.batches,
+            move |batch| {
+                Ok(wire::QueryResponse {
+                    arrow_ipc: ipc_bytes(&schema, Some(&batch))?,
+                    as_of: Default::default(),
+                })
+            },
+        )))
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod read;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;

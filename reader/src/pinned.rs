@@ -1,0 +1,368 @@
+//! A read pinned to exactly what it serves: one Iceberg snapshot, and for FRESH reads also the
+//! changelog up to the high watermarks seen when the read started. SNAPSHOT, FRESH, STREAM's
+//! snapshot phase and SQL all scan through [`Pinned::batches`], so every mode applies
+//! projection, filters and the tail merge the same way.
+//!
+//! FRESH merge: the tail (records from the snapshot's anchored offsets up to the pinned heads)
+//! is folded to the last change per key first; snapshot rows whose key the tail touches are
+//! dropped while scanning; the tail's live rows follow the snapshot's. Deletes in the tail thus
+//! remove rows, and upserts replace them, exactly as the committer will when it catches up.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::expr::Predicate;
+use iceberg::spec::{PrimitiveType, SnapshotRef};
+use iceberg::table::Table;
+use unitable_core::commit::read::anchored_offsets;
+use unitable_core::naming::TableName;
+use unitable_core::offsets::{AsOf, PartitionOffsets};
+use unitable_core::record::RecordCodec;
+use unitable_core::table::TableDef;
+
+use crate::error::{ReadError, ReadResult};
+use crate::filter::{BoundFilter, RowFilter, project_schema};
+use crate::tail::read_tail;
+use crate::{Reader, freshness};
+
+/// Batches of a read, as they are produced.
+pub type BatchStream = Pin<Box<dyn Stream<Item = ReadResult<RecordBatch>> + Send>>;
+
+/// What a pinned read serves besides its snapshot.
+#[derive(Debug, Clone)]
+pub(crate) enum Tip {
+    /// The snapshot alone.
+    Snapshot,
+    /// The snapshot plus the changelog from its anchored offsets up to `to`.
+    Fresh {
+        /// Exclusive end per partition.
+        to: PartitionOffsets,
+    },
+}
+
+/// A table read pinned to a snapshot (and a changelog position). Cheap to clone; every
+/// [`Pinned::batches`] call reads the same data.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    pub(crate) name: TableName,
+    pub(crate) table: Table,
+    pub(crate) def: TableDef,
+    pub(crate) codec: Arc<RecordCodec>,
+    pub(crate) snapshot: Option<SnapshotRef>,
+    /// Every column served, in table order: the snapshot's schema for SNAPSHOT reads, the
+    /// current schema for FRESH ones.
+    pub(crate) schema: SchemaRef,
+    pub(crate) tip: Tip,
+    /// What the read reflects.
+    pub as_of: AsOf,
+    reader: Reader,
+}
+
+impl Reader {
+    /// Pins a read of `snapshot` (`None`: the table has no snapshot yet) of a loaded table.
+    pub(crate) async fn pin(
+        &self,
+        name: &TableName,
+        table: Table,
+        snapshot: Option<SnapshotRef>,
+        tip: Tip,
+    ) -> ReadResult<Pinned> {
+        let metadata = table.metadata();
+        let def = TableDef::from_iceberg(name.clone(), metadata)?;
+        let codec = Arc::new(RecordCodec::new(
+            &def,
+            &metadata.uuid().to_string(),
+            metadata.current_schema_id(),
+        )?);
+        let schema = match (&tip, &snapshot) {
+            (Tip::Snapshot, Some(s)) => s
+                .schema(metadata)
+                .map_err(|e| ReadError::iceberg("the snapshot's schema", e))?,
+            _ => metadata.current_schema().clone(),
+        };
+        let schema = Arc::new(
+            schema_to_arrow_schema(&schema).map_err(|e| ReadError::iceberg("map the schema", e))?,
+        );
+        let offsets = match &tip {
+            Tip::Snapshot => snapshot
+                .as_ref()
+                .map_or_else(PartitionOffsets::default, |s| {
+                    anchored_offsets(metadata, s.snapshot_id())
+                }),
+            Tip::Fresh { to } => to.clone(),
+        };
+        let as_of = freshness::as_of(
+            self.changelog.as_ref(),
+            &def.changelog.topic,
+            def.changelog.partitions,
+            offsets,
+            snapshot.as_ref(),
+        )
+        .await;
+        Ok(Pinned {
+            name: name.clone(),
+            table,
+            def,
+            codec,
+            snapshot,
+            schema,
+            tip,
+            as_of,
+            reader: self.clone(),
+        })
+    }
+}
+
+impl Pinned {
+    /// Every column served.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The schema of [`Pinned::batches`] for `columns` (empty: all).
+    pub fn output_schema(&self, columns: &[String]) -> ReadResult<SchemaRef> {
+        if columns.is_empty() {
+            return Ok(self.schema.clone());
+        }
+        project_schema(&self.schema, columns).map_err(|e| self.name_error(e))
+    }
+
+    fn name_error(&self, e: ReadError) -> ReadError {
+        match e {
+            ReadError::BadRequest { reason } => ReadError::BadRequest {
+                reason: format!("table `{}` has {reason}", self.name),
+            },
+            other => other,
+        }
+    }
+
+    /// The Iceberg type of a column of the pinned snapshot, for filter push-down.
+    pub(crate) fn column_type(&self, name: &str) -> Option<PrimitiveType> {
+        let snapshot = self.snapshot.as_ref()?;
+        let schema = snapshot.schema(self.table.metadata()).ok()?;
+        schema
+            .field_by_name(name)?
+            .field_type
+            .as_primitive_type()
+            .cloned()
+    }
+
+    /// The part of `filter` Iceberg can prune with.
+    pub(crate) fn pushdown(&self, filter: &RowFilter) -> Option<Predicate> {
+        filter.pushdown(&|name| self.column_type(name))
+    }
+
+    /// The pinned rows: `columns` (empty: all) of the rows passing `filter`, with `predicate`
+    /// (which must keep a superset of them) pushed into the scan.
+    pub async fn batches(
+        &self,
+        columns: &[String],
+        filter: Option<&RowFilter>,
+        predicate: Option<Predicate>,
+    ) -> ReadResult<BatchStream> {
+        let out_schema = self.output_schema(columns)?;
+        let tail = match &self.tip {
+            Tip::Snapshot => None,
+            Tip::Fresh { to } => {
+                let from = self
+                    .snapshot
+                    .as_ref()
+                    .map_or_else(PartitionOffsets::default, |s| {
+                        anchored_offsets(self.table.metadata(), s.snapshot_id())
+                    });
+                Some(
+                    read_tail(
+                        self.reader.changelog.as_ref(),
+                        &self.codec,
+                        &self.def.changelog.topic,
+                        &from,
+                        to,
+                    )
+                    .await?,
+                )
+            }
+        };
+        // Columns to read: the output, what the filter reads, and the key for the tail merge.
+        let mut needed: Vec<String> = Vec::new();
+        for field in self.schema.fields() {
+            let name = field.name();
+            let wanted = out_schema.field_with_name(name).is_ok()
+                || filter.is_some_and(|f| f.columns().contains(name))
+                || (tail.is_some() && self.def.primary_key.contains(name));
+            if wanted {
+                needed.push(name.clone());
+            }
+        }
+        let scan_schema = project_schema(&self.schema, &needed)?;
+        let step = Arc::new(Step {
+            scan_schema: scan_schema.clone(),
+            out_schema: out_schema.clone(),
+            filter: filter.map(|f| f.bind(&scan_schema)).transpose()?,
+            keys: tail
+                .as_ref()
+                .map(|t| t.keys.clone())
+                .filter(|k| !k.is_empty()),
+            key_columns: self
+                .def
+                .primary_key
+                .iter()
+                .filter_map(|k| scan_schema.index_of(k).ok())
+                .collect(),
+            codec: self.codec.clone(),
+        });
+        let snapshot_rows: BatchStream = match &self.snapshot {
+            None => Box::pin(futures::stream::empty()),
+            Some(snapshot) => {
+                let in_snapshot: Vec<&str> = match snapshot.schema(self.table.metadata()) {
+                    Ok(s) => needed
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|n| s.field_by_name(n).is_some())
+                        .collect(),
+                    Err(e) => return Err(ReadError::iceberg("the snapshot's schema", e)),
+                };
+                let mut scan = self
+                    .table
+                    .scan()
+                    .snapshot_id(snapshot.snapshot_id())
+                    .select(in_snapshot);
+                if let Some(predicate) = predicate {
+                    scan = scan.with_filter(predicate);
+                }
+                let scan = scan
+                    .build()
+                    .map_err(|e| ReadError::iceberg("plan the scan", e))?;
+                let step = step.clone();
+                Box::pin(
+                    scan.to_arrow()
+                        .await
+                        .map_err(|e| ReadError::iceberg("start the scan", e))?
+                        .map_err(|e| ReadError::iceberg("read data files", e))
+                        .and_then(move |batch| {
+                            let step = step.clone();
+                            async move { step.snapshot_batch(&batch) }
+                        }),
+                )
+            }
+        };
+        let tail_rows = match tail.and_then(|t| t.live) {
+            None => None,
+            Some(live) => Some(step.tail_batch(&live)),
+        };
+        Ok(Box::pin(
+            snapshot_rows
+                .chain(futures::stream::iter(tail_rows))
+                .try_filter(|b| futures::future::ready(b.num_rows() > 0)),
+        ))
+    }
+}
+
+/// Per-batch work of a pinned read.
+struct Step {
+    scan_schema: SchemaRef,
+    out_schema: SchemaRef,
+    filter: Option<BoundFilter>,
+    /// Keys the tail changed: their snapshot rows are superseded.
+    keys: Option<HashSet<Bytes>>,
+    /// Indexes of the key columns in `scan_schema`.
+    key_columns: Vec<usize>,
+    codec: Arc<RecordCodec>,
+}
+
+impl Step {
+    fn snapshot_batch(&self, batch: &RecordBatch) -> ReadResult<RecordBatch> {
+        let mut batch = conform(batch, &self.scan_schema)?;
+        if let Some(keys) = &self.keys {
+            let key_batch = batch
+                .project(&self.key_columns)
+                .map_err(|e| internal("project the key columns", e))?;
+            let (encoded, errors) = self
+                .codec
+                .encode_keys(&key_batch)
+                .map_err(|e| internal("encode keys", e))?;
+            if let Some(e) = errors.first() {
+                return Err(internal("encode a key of a stored row", &e.reason));
+            }
+            let mut keep = vec![true; batch.num_rows()];
+            for key in encoded {
+                if keys.contains(&key.key) {
+                    keep[key.row] = false;
+                }
+            }
+            batch = filter_record_batch(&batch, &keep.into())
+                .map_err(|e| internal("drop superseded rows", e))?;
+        }
+        self.finish(batch)
+    }
+
+    fn tail_batch(&self, live: &RecordBatch) -> ReadResult<RecordBatch> {
+        let batch = conform(live, &self.scan_schema)?;
+        self.finish(batch)
+    }
+
+    fn finish(&self, batch: RecordBatch) -> ReadResult<RecordBatch> {
+        let batch = match &self.filter {
+            Some(f) => f.apply(&batch)?,
+            None => batch,
+        };
+        conform(&batch, &self.out_schema)
+    }
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ReadError {
+    ReadError::Internal {
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// `batch` with exactly the fields of `schema`: columns by name, cast where the type differs
+/// (a decoded changelog row vs. a Parquet column), all-null where the column is newer than the
+/// data.
+pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> ReadResult<RecordBatch> {
+    let rows = batch.num_rows();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = match batch.column_by_name(field.name()) {
+            Some(c) if c.data_type() == field.data_type() => c.clone(),
+            Some(c) => cast(c, field.data_type())
+                .map_err(|e| internal(&format!("convert column `{}`", field.name()), e))?,
+            None => new_null_array(field.data_type(), rows),
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| internal("assemble a batch", e))
+}
+
+/// Keeps at most `limit` rows of `stream`, then ends it (dropping the scan).
+pub(crate) fn limited(stream: BatchStream, limit: u64) -> BatchStream {
+    Box::pin(futures::stream::unfold(
+        (stream, limit),
+        |(mut stream, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            match stream.next().await? {
+                Ok(b) if b.num_rows() as u64 > left => {
+                    Some((Ok(b.slice(0, left as usize)), (stream, 0)))
+                }
+                Ok(b) => {
+                    let rows = b.num_rows() as u64;
+                    Some((Ok(b), (stream, left - rows)))
+                }
+                Err(e) => Some((Err(e), (stream, 0))),
+            }
+        },
+    ))
+}
