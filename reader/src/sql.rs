@@ -22,6 +22,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::TryStreamExt;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::AsOf;
@@ -99,6 +101,19 @@ impl Reader {
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect).map_err(sql_error)?;
+        let is_query = matches!(
+            &statement,
+            DfStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Query(_))
+        );
+        if !is_query {
+            return Err(ReadError::Sql {
+                reason: format!(
+                    "`{}` is not a query: only queries can run (writes go through Write, tables \
+                     are created with `unitable table create`)",
+                    sql.trim()
+                ),
+            });
+        }
         let references = state
             .resolve_table_references(&statement)
             .map_err(sql_error)?;
