@@ -642,3 +642,6 @@ impl Shape {
         conform(&full, &self.schema)
     }
 }
+
+#[cfg(test)]
+mod tests;
