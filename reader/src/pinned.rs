@@ -252,10 +252,7 @@ impl Pinned {
                 )
             }
         };
-        let tail_rows = match tail.and_then(|t| t.live) {
-            None => None,
-            Some(live) => Some(step.tail_batch(&live)),
-        };
+        let tail_rows = tail.and_then(|t| t.live).map(|live| step.tail_batch(&live));
         Ok(Box::pin(
             snapshot_rows
                 .chain(futures::stream::iter(tail_rows))

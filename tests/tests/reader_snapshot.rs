@@ -5,49 +5,16 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 
 use anyhow::{Context, Result, ensure};
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
-use arrow::ipc::reader::StreamReader;
+use support::read::read;
 use support::{TABLE, create_kv_table, kv_line, write_lines};
 use tonic::Code;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_proto::v1::{AsOf, ReadMode, ReadRequest, WriteOp, read_response};
+use unitable_proto::v1::{ReadMode, ReadRequest, WriteOp};
 use unitable_tests::Service;
-
-type Client = ReadServiceClient<tonic::transport::Channel>;
-
-/// All batches of a read and its `as_of`.
-async fn read(
-    client: &mut Client,
-    request: ReadRequest,
-) -> Result<(Vec<RecordBatch>, AsOf), tonic::Status> {
-    let mut stream = client.read(request).await?.into_inner();
-    let mut batches = Vec::new();
-    let mut as_of = None;
-    while let Some(message) = stream.message().await? {
-        if as_of.is_none() {
-            as_of = message.as_of;
-        }
-        let Some(read_response::Body::ArrowIpc(bytes)) = message.body else {
-            return Err(tonic::Status::internal("not an Arrow IPC body"));
-        };
-        let reader = StreamReader::try_new(Cursor::new(bytes), None)
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
-        let schema = reader.schema();
-        let before = batches.len();
-        for batch in reader {
-            batches.push(batch.map_err(|e| tonic::Status::internal(e.to_string()))?);
-        }
-        if batches.len() == before {
-            // A message without batches still carries the schema.
-            batches.push(RecordBatch::new_empty(schema));
-        }
-    }
-    Ok((batches, as_of.unwrap_or_default()))
-}
 
 fn rows(batches: &[RecordBatch]) -> Result<BTreeMap<i64, String>> {
     let mut out = BTreeMap::new();
