@@ -76,6 +76,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot list the tables to start their committers")?;
     info!(tables = committers, "committers started");
     let reader = Reader::new(catalog.clone(), changelog.clone());
+    let read_runtime = ReadRuntime::start()?;
+    let read_handle = read_runtime.handle();
     let admin = TableAdmin::new(catalog, changelog);
 
     // Bind both listeners before serving, so a taken port fails start-up with a clear error.
@@ -105,6 +107,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 admin,
                 writer,
                 reader,
+                read_handle,
             };
             let result =
                 serve_grpc(grpc_listener, roles, max_request_bytes, shutdown.clone()).await;
@@ -230,6 +233,38 @@ struct Roles {
     admin: TableAdmin,
     writer: Writer,
     reader: Reader,
+    /// Where reads run (scans, SQL): off the gRPC runtime.
+    read_handle: tokio::runtime::Handle,
+}
+
+/// The runtime reads run on, so a heavy scan or SQL query cannot starve writes and admin calls
+/// on the gRPC runtime. Shut down in the background when dropped (also on start-up errors).
+struct ReadRuntime(Option<tokio::runtime::Runtime>);
+
+impl ReadRuntime {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("unitable-read")
+            .enable_all()
+            .build()
+            .context("cannot start the read runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for ReadRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 async fn serve_grpc(
@@ -242,6 +277,7 @@ async fn serve_grpc(
         admin,
         writer,
         reader,
+        read_handle,
     } = roles;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -264,7 +300,7 @@ async fn serve_grpc(
             WriteServiceServer::new(WriteApi::new(writer))
                 .max_decoding_message_size(max_request_bytes),
         )
-        .add_service(ReadServiceServer::new(ReadApi::new(reader)))
+        .add_service(ReadServiceServer::new(ReadApi::new(reader, read_handle)))
         .add_service(CompactionServiceServer::new(PendingApi))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

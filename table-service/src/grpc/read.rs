@@ -31,11 +31,13 @@ const IN_FLIGHT: usize = 4;
 #[derive(Debug, Clone)]
 pub(crate) struct ReadApi {
     reader: Reader,
+    /// The runtime that drives result streams (CPU-heavy scans and SQL stay off the gRPC one).
+    runtime: tokio::runtime::Handle,
 }
 
 impl ReadApi {
-    pub(crate) fn new(reader: Reader) -> Self {
-        Self { reader }
+    pub(crate) fn new(reader: Reader, runtime: tokio::runtime::Handle) -> Self {
+        Self { reader, runtime }
     }
 }
 
@@ -63,8 +65,9 @@ fn bad(field: &'static str, reason: impl Into<String>) -> Status {
 }
 
 /// Sends `first` (if any), then one message per item of `items` through a bounded channel,
-/// from a task that stops when the client goes away or after the first error.
+/// from a task on `runtime` that stops when the client goes away or after the first error.
 fn pump<T, M>(
+    runtime: &tokio::runtime::Handle,
     first: Option<M>,
     mut items: Pin<Box<dyn Stream<Item = ReadResult<T>> + Send>>,
     mut message: impl FnMut(T) -> Result<M, Status> + Send + 'static,
@@ -74,7 +77,7 @@ where
     M: Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Result<M, Status>>(IN_FLIGHT);
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         if let Some(first) = first
             && tx.send(Ok(first)).await.is_err()
         {
@@ -193,15 +196,20 @@ impl ReadApi {
             )?)),
             as_of: Some(as_of),
         };
-        Ok(pump(Some(first), read.batches, move |batch| {
-            Ok(wire::ReadResponse {
-                body: Some(wire::read_response::Body::ArrowIpc(ipc_bytes(
-                    &schema,
-                    Some(&batch),
-                )?)),
-                as_of: None,
-            })
-        }))
+        Ok(pump(
+            &self.runtime,
+            Some(first),
+            read.batches,
+            move |batch| {
+                Ok(wire::ReadResponse {
+                    body: Some(wire::read_response::Body::ArrowIpc(ipc_bytes(
+                        &schema,
+                        Some(&batch),
+                    )?)),
+                    as_of: None,
+                })
+            },
+        ))
     }
 
     async fn changes(
@@ -229,15 +237,20 @@ impl ReadApi {
             })),
             as_of: Some(as_of_to_wire(&stream.as_of)),
         };
-        Ok(pump(Some(first), stream.changes, move |change| {
-            Ok(wire::ReadResponse {
-                body: Some(wire::read_response::Body::Changes(wire::ChangeBatch {
-                    arrow_ipc: ipc_bytes(&schema, Some(&change.batch))?,
-                    next_offsets: offsets_to_wire(&change.next_offsets),
-                })),
-                as_of: None,
-            })
-        }))
+        Ok(pump(
+            &self.runtime,
+            Some(first),
+            stream.changes,
+            move |change| {
+                Ok(wire::ReadResponse {
+                    body: Some(wire::read_response::Body::Changes(wire::ChangeBatch {
+                        arrow_ipc: ipc_bytes(&schema, Some(&change.batch))?,
+                        next_offsets: offsets_to_wire(&change.next_offsets),
+                    })),
+                    as_of: None,
+                })
+            },
+        ))
     }
 }
 
@@ -316,6 +329,7 @@ impl ReadService for ReadApi {
                 .collect(),
         };
         Ok(Response::new(pump(
+            &self.runtime,
             Some(first),
             query.batches,
             move |batch| {
