@@ -32,6 +32,10 @@ use crate::filter::{BoundFilter, RowFilter, project_schema};
 use crate::tail::read_tail;
 use crate::{Reader, freshness};
 
+/// Rows per scanned batch (and so per streamed message): DataFusion's default, large enough
+/// that per-message costs vanish, small enough to stream.
+const SCAN_BATCH_ROWS: usize = 8192;
+
 /// Batches of a read, as they are produced.
 pub type BatchStream = Pin<Box<dyn Stream<Item = ReadResult<RecordBatch>> + Send>>;
 
@@ -232,7 +236,8 @@ impl Pinned {
                     .table
                     .scan()
                     .snapshot_id(snapshot.snapshot_id())
-                    .select(in_snapshot);
+                    .select(in_snapshot)
+                    .with_batch_size(Some(SCAN_BATCH_ROWS));
                 if let Some(predicate) = predicate {
                     scan = scan.with_filter(predicate);
                 }
