@@ -264,6 +264,7 @@ impl ReadService for ReadApi {
         request: Request<wire::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let request = request.into_inner();
+        table_name(&request.table)?;
         let mode = wire::ReadMode::try_from(request.mode);
         let mode_name = match mode {
             Ok(wire::ReadMode::Stream) => "STREAM",
