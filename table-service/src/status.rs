@@ -28,8 +28,14 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
     match e {
         ReadError::Table(core) => classify_core(core),
         ReadError::Changelog(c) => classify_changelog(c),
-        ReadError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
+        ReadError::BadRequest { .. } | ReadError::InvalidKey { .. } => {
+            (Code::InvalidArgument, Level::Debug)
+        }
         ReadError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
+        ReadError::Commit(c) => classify_commit(c),
+        ReadError::DataFile { .. } | ReadError::LookupState { .. } => {
+            (Code::Unavailable, Level::Warn)
+        }
         ReadError::Iceberg { .. } => {
             if e.is_retryable() {
                 (Code::Unavailable, Level::Warn)

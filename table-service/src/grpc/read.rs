@@ -63,10 +63,14 @@ impl ReadService for ReadApi {
         let table = table_name(&request.table)?;
         match wire::ReadMode::try_from(request.mode) {
             Ok(wire::ReadMode::Snapshot) => {}
-            Ok(wire::ReadMode::Stream | wire::ReadMode::Fresh | wire::ReadMode::Lookup) => {
-                return Err(missing(
-                    "Read in STREAM, FRESH and LOOKUP modes (the reader role)",
-                ));
+            Ok(wire::ReadMode::Lookup) => {
+                let response = super::lookup::lookup(&self.reader, table, request).await?;
+                return Ok(Response::new(Box::pin(futures::stream::once(async {
+                    Ok(response)
+                }))));
+            }
+            Ok(wire::ReadMode::Stream | wire::ReadMode::Fresh) => {
+                return Err(missing("Read in STREAM and FRESH modes (the reader role)"));
             }
             Ok(wire::ReadMode::Unspecified) | Err(_) => {
                 return Err(ApiError::BadRequest {
