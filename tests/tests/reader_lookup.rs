@@ -15,7 +15,9 @@ use support::{TABLE, create_kv_table, kv_line, write_lines};
 use tonic::Code;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_proto::v1::{AsOf, LookupResult, ReadMode, ReadRequest, RowFormat, WriteOp, read_response};
+use unitable_proto::v1::{
+    AsOf, LookupResult, ReadMode, ReadRequest, RowFormat, WriteOp, read_response,
+};
 use unitable_tests::Service;
 
 type Reader = ReadServiceClient<tonic::transport::Channel>;
@@ -77,7 +79,10 @@ async fn lookup(
 }
 
 /// Rows as (id, v, n) in order; absent columns are None.
-fn rows(batches: &[RecordBatch]) -> Result<Vec<(Option<i64>, Option<String>, Option<i64>)>> {
+/// (id, v, n) of one returned row; columns not projected are None.
+type Row = (Option<i64>, Option<String>, Option<i64>);
+
+fn rows(batches: &[RecordBatch]) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     for b in batches {
         let ints = |name: &str| -> Result<Option<Int64Array>> {
@@ -104,7 +109,8 @@ fn rows(batches: &[RecordBatch]) -> Result<Vec<(Option<i64>, Option<String>, Opt
         for i in 0..b.num_rows() {
             out.push((
                 ids.as_ref().map(|a| a.value(i)),
-                vs.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
+                vs.as_ref()
+                    .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
                 ns.as_ref().map(|a| a.value(i)),
             ));
         }
@@ -126,7 +132,10 @@ async fn check(reader: &mut Reader, model: &Model, keys: &[i64], what: &str) -> 
             None => want_missing.push(i as u32),
         }
     }
-    ensure!(got == want, "{what}: rows differ\n got {got:?}\nwant {want:?}");
+    ensure!(
+        got == want,
+        "{what}: rows differ\n got {got:?}\nwant {want:?}"
+    );
     ensure!(
         missing == want_missing,
         "{what}: missing {missing:?}, want {want_missing:?}"
@@ -135,7 +144,13 @@ async fn check(reader: &mut Reader, model: &Model, keys: &[i64], what: &str) -> 
 }
 
 /// Writes a random batch of upserts and deletes and applies it to the model.
-async fn random_writes(writer: &mut Writer, model: &mut Model, rng: &mut Rng, round: u64, wait: bool) -> Result<()> {
+async fn random_writes(
+    writer: &mut Writer,
+    model: &mut Model,
+    rng: &mut Rng,
+    round: u64,
+    wait: bool,
+) -> Result<()> {
     let mut upserts = String::new();
     let mut deletes = String::new();
     let mut batch_up: Vec<(i64, String, i64)> = Vec::new();
@@ -145,7 +160,11 @@ async fn random_writes(writer: &mut Writer, model: &mut Model, rng: &mut Rng, ro
         if rng.below(4) == 0 {
             batch_del.push(id);
         } else {
-            batch_up.push((id, format!("r{round}-{}", rng.below(1000)), rng.below(1 << 40) as i64));
+            batch_up.push((
+                id,
+                format!("r{round}-{}", rng.below(1000)),
+                rng.below(1 << 40) as i64,
+            ));
         }
     }
     // Upserts first, then deletes, each its own request: the model applies them in that order.
@@ -209,7 +228,13 @@ async fn lookups_match_a_model_through_writes_commits_and_restarts() -> Result<(
             service = tokio::task::spawn_blocking(move || svc.restart().map(|()| svc)).await??;
             (writer, reader) = clients(&service).await?;
             let all: Vec<i64> = (0..KEYS).collect();
-            check(&mut reader, &model, &all, &format!("after restart at round {round}")).await?;
+            check(
+                &mut reader,
+                &model,
+                &all,
+                &format!("after restart at round {round}"),
+            )
+            .await?;
         }
     }
     // Every key, all at once, duplicates included.
@@ -224,12 +249,20 @@ async fn lookups_match_a_model_through_writes_commits_and_restarts() -> Result<(
     ensure!(missing.is_empty());
     let b = batches.first().context("a batch")?;
     ensure!(
-        b.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>() == ["n", "id"],
+        b.schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            == ["n", "id"],
         "projection order: {:?}",
         b.schema()
     );
     let got = rows(&batches)?;
-    let want: Vec<_> = keys.iter().map(|k| (Some(*k), None, Some(model[k].1))).collect();
+    let want: Vec<_> = keys
+        .iter()
+        .map(|k| (Some(*k), None, Some(model[k].1)))
+        .collect();
     ensure!(got == want, "projection: {got:?} vs {want:?}");
 
     // In a snapshot: after a write that waited for its commit, the snapshot current now holds
@@ -240,14 +273,21 @@ async fn lookups_match_a_model_through_writes_commits_and_restarts() -> Result<(
     request.as_of_timestamp_ms = Some(chrono::Utc::now().timestamp_millis() + 1);
     let (batches, missing, as_of) = lookup(&mut reader, request).await?;
     let found: Vec<i64> = rows(&batches)?.into_iter().filter_map(|r| r.0).collect();
-    let want: Vec<i64> = keys.iter().copied().filter(|k| model.contains_key(k)).collect();
+    let want: Vec<i64> = keys
+        .iter()
+        .copied()
+        .filter(|k| model.contains_key(k))
+        .collect();
     ensure!(found == want, "as-of lookup found {found:?}");
     ensure!(missing.len() + found.len() == keys.len());
     ensure!(as_of.snapshot_id.is_some());
     // Before the first commit there is no snapshot.
     let mut request = lookup_request(&[1], &[]);
     request.as_of_timestamp_ms = Some(1);
-    let e = lookup(&mut reader, request).await.err().context("as of 1970")?;
+    let e = lookup(&mut reader, request)
+        .await
+        .err()
+        .context("as of 1970")?;
     ensure!(e.code() == Code::NotFound, "{e:?}");
     Ok(())
 }
@@ -282,10 +322,22 @@ async fn bad_keys_name_the_key_and_field() -> Result<()> {
         }
     }
     let many: Vec<i64> = (0..10_001).collect();
-    let e = lookup(&mut reader, lookup_request(&many, &[])).await.err().context("too many")?;
-    ensure!(e.code() == Code::InvalidArgument && e.message().contains("10000"), "{e:?}");
-    let e = lookup(&mut reader, lookup_request(&[1], &["nope"])).await.err().context("column")?;
-    ensure!(e.code() == Code::InvalidArgument && e.message().contains("nope"), "{e:?}");
+    let e = lookup(&mut reader, lookup_request(&many, &[]))
+        .await
+        .err()
+        .context("too many")?;
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("10000"),
+        "{e:?}"
+    );
+    let e = lookup(&mut reader, lookup_request(&[1], &["nope"]))
+        .await
+        .err()
+        .context("column")?;
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("nope"),
+        "{e:?}"
+    );
     let mut unknown = lookup_request(&[1], &[]);
     unknown.table = "crash.none".into();
     let e = lookup(&mut reader, unknown).await.err().context("table")?;
@@ -293,7 +345,14 @@ async fn bad_keys_name_the_key_and_field() -> Result<()> {
 
     // The CLI: found rows on stdout, missing keys on stderr, exit 0.
     let out = service.cli(&[
-        "lookup", TABLE, "--key", "{\"id\":1}", "--key", "{\"id\":99}", "--columns", "id,v",
+        "lookup",
+        TABLE,
+        "--key",
+        "{\"id\":1}",
+        "--key",
+        "{\"id\":99}",
+        "--columns",
+        "id,v",
     ])?;
     ensure!(out.code() == Some(0), "{out:?}");
     ensure!(out.stdout.trim() == "{\"id\":1,\"v\":\"a\"}", "{out:?}");

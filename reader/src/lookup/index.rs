@@ -194,7 +194,7 @@ mod tests {
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
         for i in 0..ops {
             let k = key(next(&mut rng) % keys);
-            if next(&mut rng) % 3 == 0 {
+            if next(&mut rng).is_multiple_of(3) {
                 assert_eq!(index.remove(&k), model.remove(&k));
             } else {
                 let at = RowLocation {
@@ -238,12 +238,12 @@ mod tests {
                 },
             );
         }
-        for n in (0..200_000).filter(|n| n % 10 != 0) {
+        for n in (0..200_000u64).filter(|n| !n.is_multiple_of(10)) {
             assert!(index.remove(&key(n)).is_some());
         }
         assert!(index.arena.len() < 200_000 * 8, "the arena was compacted");
-        for n in 0..200_000 {
-            let want = (n % 10 == 0).then_some(RowLocation {
+        for n in 0..200_000u64 {
+            let want = n.is_multiple_of(10).then_some(RowLocation {
                 file: 1,
                 pos: n as u32,
             });

@@ -132,11 +132,19 @@ async fn load(service: &Service, rows: u64) -> Result<Duration> {
                 op: WriteOp::Upsert as i32,
                 format: RowFormat::JsonLines as i32,
                 rows: lines.into_bytes(),
-                wait_for: if last { WaitFor::Snapshot } else { WaitFor::Changelog } as i32,
+                wait_for: if last {
+                    WaitFor::Snapshot
+                } else {
+                    WaitFor::Changelog
+                } as i32,
             })
             .await?
             .into_inner();
-        ensure!(response.rows_rejected == 0, "rows rejected: {:?}", response.errors);
+        ensure!(
+            response.rows_rejected == 0,
+            "rows rejected: {:?}",
+            response.errors
+        );
         from = to;
     }
     Ok(started.elapsed())
@@ -242,13 +250,27 @@ async fn bench_redis(args: &Args, keys1: &[u64], keys100: &[Vec<u64>]) -> Result
     let port = unitable_tests::free_port();
     let dir = tempfile::tempdir()?;
     let child = Command::new(&args.redis_server)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {} (apt-get install -y redis-server)", args.redis_server))?;
+        .with_context(|| {
+            format!(
+                "starting {} (apt-get install -y redis-server)",
+                args.redis_server
+            )
+        })?;
     let _guard = KillOnDrop(child);
     unitable_tests::wait_for_tcp(("127.0.0.1", port), Duration::from_secs(10))?;
     let mut redis = Redis {
@@ -261,7 +283,10 @@ async fn bench_redis(args: &Args, keys1: &[u64], keys100: &[Vec<u64>]) -> Result
         let to = (from + 10_000).min(args.rows);
         let mut out = Vec::new();
         for id in from..to {
-            Redis::command(&mut out, &[b"SET", format!("row:{id}").as_bytes(), row(id).as_bytes()]);
+            Redis::command(
+                &mut out,
+                &[b"SET", format!("row:{id}").as_bytes(), row(id).as_bytes()],
+            );
         }
         redis.send(&out).await?;
         for _ in from..to {
@@ -297,18 +322,34 @@ async fn bench_redis(args: &Args, keys1: &[u64], keys100: &[Vec<u64>]) -> Result
     let mget = quantiles(times);
     eprintln!("redis: loaded {} rows in {loaded:.1?}", args.rows);
     Ok(vec![
-        format!("| Redis GET | 1 | {} | {:.3} ms | {:.3} ms | {:.3} ms |", keys1.len(), get.0, get.1, get.2),
-        format!("| Redis MGET | 100 | {} | {:.3} ms | {:.3} ms | {:.3} ms |", keys100.len(), mget.0, mget.1, mget.2),
+        format!(
+            "| Redis GET | 1 | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
+            keys1.len(),
+            get.0,
+            get.1,
+            get.2
+        ),
+        format!(
+            "| Redis MGET | 100 | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
+            keys100.len(),
+            mget.0,
+            mget.1,
+            mget.2
+        ),
     ])
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let service = tokio::task::spawn_blocking(|| Service::start(&["--commit-interval", "1s"])).await??;
+    let service =
+        tokio::task::spawn_blocking(|| Service::start(&["--commit-interval", "1s"])).await??;
     create_table(&service, args.buckets).await?;
     let loaded = load(&service, args.rows).await?;
-    eprintln!("unitable: loaded and committed {} rows in {loaded:.1?}", args.rows);
+    eprintln!(
+        "unitable: loaded and committed {} rows in {loaded:.1?}",
+        args.rows
+    );
     let mut service = service;
     let pid = service.process().id().context("server pid")?;
     let rss_before = rss_mib(pid);
@@ -323,7 +364,9 @@ async fn main() -> Result<()> {
         .find(|l| l.contains("lookup index built"))
         .map(str::to_string)
         .unwrap_or_default();
-    eprintln!("unitable: first lookup (index build) {build:.1?}; RSS {rss_before:?} -> {rss_after:?} MiB\n{index_line}");
+    eprintln!(
+        "unitable: first lookup (index build) {build:.1?}; RSS {rss_before:?} -> {rss_after:?} MiB\n{index_line}"
+    );
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let keys1: Vec<u64> = (0..args.samples).map(|_| rng.below(args.rows)).collect();
@@ -352,8 +395,20 @@ async fn main() -> Result<()> {
     let hundred = quantiles(times);
     println!("| Read | Keys/request | Requests | p50 | p99 | p99.9 |");
     println!("|---|---|---|---|---|---|");
-    println!("| unitable LOOKUP | 1 | {} | {:.3} ms | {:.3} ms | {:.3} ms |", keys1.len(), one.0, one.1, one.2);
-    println!("| unitable LOOKUP | 100 | {} | {:.3} ms | {:.3} ms | {:.3} ms |", keys100.len(), hundred.0, hundred.1, hundred.2);
+    println!(
+        "| unitable LOOKUP | 1 | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
+        keys1.len(),
+        one.0,
+        one.1,
+        one.2
+    );
+    println!(
+        "| unitable LOOKUP | 100 | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
+        keys100.len(),
+        hundred.0,
+        hundred.1,
+        hundred.2
+    );
     drop(service);
     if !args.no_redis {
         for line in bench_redis(&args, &keys1, &keys100).await? {
