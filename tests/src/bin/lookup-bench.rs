@@ -125,18 +125,13 @@ async fn load(service: &Service, rows: u64) -> Result<Duration> {
             lines.push_str(&row(id));
             lines.push('\n');
         }
-        let last = to == rows;
         let response = writer
             .write(WriteRequest {
                 table: TABLE.into(),
                 op: WriteOp::Upsert as i32,
                 format: RowFormat::JsonLines as i32,
                 rows: lines.into_bytes(),
-                wait_for: if last {
-                    WaitFor::Snapshot
-                } else {
-                    WaitFor::Changelog
-                } as i32,
+                wait_for: WaitFor::Changelog as i32,
             })
             .await?
             .into_inner();
@@ -146,6 +141,26 @@ async fn load(service: &Service, rows: u64) -> Result<Duration> {
             response.errors
         );
         from = to;
+    }
+    // Wait until the committer has committed everything: rewrite 64 rows (every partition,
+    // for any bucket count up to a few dozen) and wait for a snapshot covering all of them
+    // (each wait gives up after 60 s).
+    let again: String = (0..64.min(rows)).map(|id| row(id) + "\n").collect();
+    for attempt in 0.. {
+        let wait = writer
+            .write(WriteRequest {
+                table: TABLE.into(),
+                op: WriteOp::Upsert as i32,
+                format: RowFormat::JsonLines as i32,
+                rows: again.clone().into_bytes(),
+                wait_for: WaitFor::Snapshot as i32,
+            })
+            .await;
+        match wait {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded && attempt < 20 => {}
+            Err(s) => return Err(s.into()),
+        }
     }
     Ok(started.elapsed())
 }
