@@ -488,8 +488,7 @@ async fn scan_keys(
         let bytes = read_bytes(file_io, &path).await?;
         let ids = key_field_ids.to_vec();
         let task_path = path.clone();
-        // Arc clone of the codec is not available here; encode keys in the blocking task from
-        // the batches, then hand them back.
+        // Parquet decoding off the async runtime; keys are encoded here (cheap per row).
         let batches =
             tokio::task::spawn_blocking(move || read_key_columns(&task_path, bytes, &ids))
                 .await
