@@ -72,6 +72,36 @@ pub enum ReadError {
         /// What went wrong.
         reason: String,
     },
+    /// A lookup key is malformed or does not fit the table's primary key.
+    #[error("key {index}{}: {reason}", .field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
+    InvalidKey {
+        /// The key's index in the request.
+        index: usize,
+        /// The key column at fault, when there is one.
+        field: Option<String>,
+        /// What is wrong, for the user.
+        reason: String,
+    },
+    /// A data file could not be read (removed by snapshot expiry, unreachable, or damaged).
+    #[error("reading data file `{path}` failed: {reason}")]
+    DataFile {
+        /// The file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The lookup state of a table does not match the table (it is rebuilt on the next
+    /// lookup).
+    #[error("the lookup state of table `{table}` is out of date: {reason}; retry the lookup")]
+    LookupState {
+        /// The table.
+        table: TableName,
+        /// What is off.
+        reason: String,
+    },
+    /// Planning a snapshot's files or reading its delete files failed.
+    #[error(transparent)]
+    Commit(#[from] unitable_core::commit::CommitError),
     /// Iceberg metadata, planning or file I/O failed.
     #[error("{operation} failed: {source}")]
     Iceberg {
@@ -102,7 +132,10 @@ impl ReadError {
             | ReadError::SnapshotNotFound { .. }
             | ReadError::OffsetsRemoved { .. }
             | ReadError::Sql { .. }
-            | ReadError::Internal { .. } => false,
+            | ReadError::Internal { .. }
+            | ReadError::InvalidKey { .. } => false,
+            ReadError::Commit(e) => e.is_retryable(),
+            ReadError::DataFile { .. } | ReadError::LookupState { .. } => true,
         }
     }
 }

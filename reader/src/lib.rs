@@ -8,6 +8,8 @@
 //!   so every write acknowledged before the request is reflected.
 //! - STREAM ([`stream`]): the changelog as changes from earliest, latest, offsets, a time, or a
 //!   snapshot (its rows as inserts, then the changelog from its anchored offsets).
+//! - LOOKUP ([`lookup`]): the latest rows of given keys, fresh, from an in-memory key index of
+//!   a base snapshot, the changelog tail and single Parquet pages.
 //! - SQL ([`sql`]): DataFusion over the tables a statement names, each pinned like a SNAPSHOT
 //!   or FRESH read.
 //!
@@ -19,6 +21,7 @@
 pub mod error;
 pub mod filter;
 pub mod freshness;
+pub mod lookup;
 pub mod pinned;
 pub mod snapshot;
 pub mod sql;
@@ -26,6 +29,7 @@ pub mod stream;
 mod tail;
 
 pub use error::{ReadError, ReadResult};
+pub use lookup::{LookupKeys, LookupRequest, LookupResponse};
 pub use pinned::{BatchStream, Pinned};
 pub use snapshot::{FreshRead, ReadStream, SnapshotRead, SnapshotSelector};
 pub use sql::{Query, QueryMode, QueryStream};
@@ -42,11 +46,16 @@ use unitable_core::changelog::Changelog;
 pub struct Reader {
     catalog: TableCatalog,
     changelog: Arc<dyn Changelog>,
+    lookups: Arc<lookup::LookupCache>,
 }
 
 impl Reader {
     /// A reader over `catalog` and `changelog`.
     pub fn new(catalog: TableCatalog, changelog: Arc<dyn Changelog>) -> Self {
-        Self { catalog, changelog }
+        Self {
+            catalog,
+            changelog,
+            lookups: Arc::default(),
+        }
     }
 }

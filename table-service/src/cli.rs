@@ -44,6 +44,40 @@ pub enum Command {
     Subscribe(SubscribeArgs),
     /// Run a SQL query over tables named `namespace.table`.
     Sql(SqlArgs),
+    /// Look rows up by primary key: the latest values, including writes not yet committed.
+    Lookup(LookupArgs),
+}
+
+/// `unitable lookup` flags.
+#[derive(Debug, Args)]
+pub struct LookupArgs {
+    /// NAMESPACE.TABLE
+    pub table: String,
+    /// A key as a JSON object of the primary-key columns, e.g. '{"id":42}' (repeatable).
+    #[arg(long)]
+    pub key: Vec<String>,
+    /// Read more keys from this file, one JSON object per line (`-` for standard input).
+    #[arg(long)]
+    pub keys_file: Option<String>,
+    /// Columns to return, in order (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Look up in this snapshot id instead of the latest data.
+    #[arg(long)]
+    pub snapshot: Option<i64>,
+    /// Look up in the snapshot current at this time (RFC 3339, e.g. 2024-05-01T09:30:00Z).
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = LookupFormat::Jsonl)]
+    pub format: LookupFormat,
+}
+
+/// Output formats of `unitable lookup`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LookupFormat {
+    /// One JSON object per found row, in key order.
+    Jsonl,
 }
 
 /// `unitable scan` flags.
@@ -413,6 +447,7 @@ pub fn main() -> ExitCode {
         Command::Scan(args) => runtime.block_on(client::scan::run(&cli.server, args)),
         Command::Subscribe(args) => runtime.block_on(client::subscribe::run(&cli.server, args)),
         Command::Sql(args) => runtime.block_on(client::sql::run(&cli.server, args)),
+        Command::Lookup(args) => runtime.block_on(client::lookup::run(&cli.server, args)),
     }
 }
 

@@ -28,12 +28,18 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
     match e {
         ReadError::Table(core) => classify_core(core),
         ReadError::Changelog(c) => classify_changelog(c),
-        ReadError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
+        ReadError::BadRequest { .. } | ReadError::InvalidKey { .. } => {
+            (Code::InvalidArgument, Level::Debug)
+        }
         ReadError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
         ReadError::Sql { .. } => (Code::InvalidArgument, Level::Debug),
         ReadError::OffsetsRemoved { .. } => (Code::OutOfRange, Level::Debug),
         ReadError::TailTooLong { .. } => (Code::ResourceExhausted, Level::Warn),
         ReadError::Internal { .. } => (Code::Internal, Level::Error),
+        ReadError::Commit(c) => classify_commit(c),
+        ReadError::DataFile { .. } | ReadError::LookupState { .. } => {
+            (Code::Unavailable, Level::Warn)
+        }
         ReadError::Iceberg { .. } => {
             if e.is_retryable() {
                 (Code::Unavailable, Level::Warn)

@@ -19,7 +19,6 @@ use unitable_reader::{
     StreamStart,
 };
 
-use super::pending::missing;
 use super::table_name;
 use super::write::{as_of_to_wire, offsets_to_wire};
 use crate::status::ApiError;
@@ -264,7 +263,7 @@ impl ReadService for ReadApi {
         request: Request<wire::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let request = request.into_inner();
-        table_name(&request.table)?;
+        let table = table_name(&request.table)?;
         let mode = wire::ReadMode::try_from(request.mode);
         let mode_name = match mode {
             Ok(wire::ReadMode::Stream) => "STREAM",
@@ -280,7 +279,8 @@ impl ReadService for ReadApi {
             Ok(wire::ReadMode::Fresh) => self.rows(request, true).await?,
             Ok(wire::ReadMode::Stream) => self.changes(request).await?,
             Ok(wire::ReadMode::Lookup) => {
-                return Err(missing("Read in LOOKUP mode"));
+                let response = super::lookup::lookup(&self.reader, table, request).await?;
+                Box::pin(futures::stream::once(async { Ok(response) }))
             }
             Ok(wire::ReadMode::Unspecified) | Err(_) => {
                 return Err(bad(

@@ -1,0 +1,428 @@
+//! LOOKUP reads: the latest rows of up to [`MAX_KEYS`] primary keys, with FRESH semantics
+//! (every write acknowledged before the request is reflected), served from memory and single
+//! Parquet pages without any separate online store.
+//!
+//! Per table, a [`state::TableLookup`] (cached in the [`Reader`], built on the first lookup):
+//!
+//! - `index`: canonical key bytes -> (data file, row position) of every live row of a *base*
+//!   snapshot (16 bytes of slot + the key bytes + a control byte per key);
+//! - `tail`: per changelog partition, the latest record of every key at or after the base's
+//!   anchored offsets, kept current by one follower task per partition;
+//! - a re-base task that moves the base to newer snapshots: the keys of data files new in the
+//!   newer snapshot are added (rows deleted in it skipped), keys whose latest tail record below
+//!   the newer offsets is a delete are removed, and tail records below them are dropped. A
+//!   chain with a snapshot not written by unitable rebuilds the index instead.
+//!
+//! A lookup reads the high watermark of each partition its keys live in, waits until the
+//! followers have applied everything below it, then answers each key from the tail (a delete
+//! is missing) or else from the index, reading the row from Parquet with a row selection (the
+//! file's footer and page index are cached). A lookup `as_of` a time reads the snapshot current
+//! then with a scan filtered by key (snapshot granularity; a full scan of that snapshot).
+//! The design and its freshness argument are in docs/reader.md.
+
+mod index;
+mod keys;
+mod rows;
+mod state;
+mod tail;
+
+pub use keys::{LookupKeys, MAX_KEYS};
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, new_null_array};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+use tokio::sync::Mutex;
+use unitable_core::commit::read::snapshot_as_of;
+use unitable_core::naming::TableName;
+use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
+use unitable_core::record::RecordCodec;
+use unitable_core::table::TableDef;
+
+use crate::Reader;
+use crate::error::{ReadError, ReadResult};
+use crate::freshness::as_of;
+use crate::snapshot::SnapshotSelector;
+use state::{Found, TableLookup};
+
+/// A LOOKUP read.
+#[derive(Debug, Clone)]
+pub struct LookupRequest {
+    /// The table.
+    pub table: TableName,
+    /// The keys.
+    pub keys: LookupKeys,
+    /// Columns to return, in this order; empty = all.
+    pub columns: Vec<String>,
+    /// `None`: fresh (every acknowledged write). Otherwise look the keys up in this snapshot
+    /// alone (snapshot granularity).
+    pub snapshot: Option<SnapshotSelector>,
+}
+
+/// The answer to a LOOKUP.
+#[derive(Debug, Clone)]
+pub struct LookupResponse {
+    /// Which data is served.
+    pub as_of: AsOf,
+    /// The found rows, in request key order (a key asked for twice is there twice).
+    pub rows: RecordBatch,
+    /// Indexes (into the request's keys) of keys with no live row, ascending.
+    pub missing: Vec<u32>,
+}
+
+/// Lookup states by table.
+#[derive(Debug, Default)]
+pub(crate) struct LookupCache {
+    tables: Mutex<HashMap<TableName, Arc<TableLookup>>>,
+}
+
+impl Reader {
+    /// Answers a LOOKUP.
+    pub async fn lookup(&self, request: &LookupRequest) -> ReadResult<LookupResponse> {
+        if let Some(selector) = request.snapshot {
+            return self.lookup_in_snapshot(request, selector).await;
+        }
+        let state = self.lookup_state(&request.table).await?;
+        match fresh_lookup(&state, request).await {
+            // A data file may have been expired under the base: start over from the table's
+            // current snapshot once.
+            Err(e @ (ReadError::DataFile { .. } | ReadError::LookupState { .. })) => {
+                state.invalidate(&e.to_string());
+                let state = self.lookup_state(&request.table).await?;
+                fresh_lookup(&state, request).await
+            }
+            other => other,
+        }
+    }
+
+    /// The lookup state of `table`, built if there is none (or the cached one is unusable).
+    async fn lookup_state(&self, table: &TableName) -> ReadResult<Arc<TableLookup>> {
+        let mut tables = self.lookups.tables.lock().await;
+        if let Some(state) = tables.get(table)
+            && state.is_valid()
+        {
+            return Ok(state.clone());
+        }
+        tables.remove(table);
+        let loaded = self.catalog.load(table).await?;
+        let state =
+            TableLookup::build(table, &loaded, self.catalog.clone(), self.changelog.clone())
+                .await?;
+        tables.insert(table.clone(), state.clone());
+        Ok(state)
+    }
+
+    /// Keys and bytes of the lookup index of `table`, if one is built (for metrics and
+    /// benchmarks).
+    pub async fn lookup_index_size(&self, table: &TableName) -> Option<(usize, usize)> {
+        let tables = self.lookups.tables.lock().await;
+        tables.get(table).map(|s| s.index_size())
+    }
+
+    /// A lookup in one snapshot: a scan of that snapshot keeping the asked-for keys.
+    async fn lookup_in_snapshot(
+        &self,
+        request: &LookupRequest,
+        selector: SnapshotSelector,
+    ) -> ReadResult<LookupResponse> {
+        let table = self.catalog.load(&request.table).await?;
+        let metadata = table.metadata();
+        let def = TableDef::from_iceberg(request.table.clone(), metadata)?;
+        if def.is_append_only() {
+            return Err(ReadError::BadRequest {
+                reason: format!(
+                    "table `{}` has no primary key, so it has no rows by key",
+                    request.table
+                ),
+            });
+        }
+        let codec = RecordCodec::new(
+            &def,
+            &metadata.uuid().to_string(),
+            metadata.current_schema_id(),
+        )?;
+        let keys = keys::canonical_keys(&codec, &request.keys)?;
+        let not_found = |what: String| ReadError::SnapshotNotFound {
+            table: request.table.clone(),
+            what,
+        };
+        let snapshot = match selector {
+            SnapshotSelector::Latest => metadata
+                .current_snapshot()
+                .cloned()
+                .ok_or_else(|| not_found("yet (nothing committed)".into()))?,
+            SnapshotSelector::Id(id) => metadata
+                .snapshot_by_id(id)
+                .cloned()
+                .ok_or_else(|| not_found(format!("with id {id} (expired or never committed)")))?,
+            SnapshotSelector::AsOf(ms) => snapshot_as_of(metadata, ms).ok_or_else(|| {
+                let at = chrono::DateTime::from_timestamp_millis(ms)
+                    .map_or_else(|| ms.to_string(), |t| t.to_rfc3339());
+                not_found(format!("as of {at} (before its first commit, or expired)"))
+            })?,
+        };
+        let out_schema = output_schema(&request.table, &codec, &request.columns)?;
+        let mut select: Vec<String> = def.primary_key.clone();
+        for f in out_schema.fields() {
+            if !select.contains(f.name()) {
+                select.push(f.name().clone());
+            }
+        }
+        let wanted: HashMap<&Bytes, ()> = keys.iter().map(|k| (k, ())).collect();
+        let mut found: HashMap<Bytes, RecordBatch> = HashMap::new();
+        let mut stream = table
+            .scan()
+            .snapshot_id(snapshot.snapshot_id())
+            .select(select.iter().map(String::as_str))
+            .build()
+            .map_err(|e| ReadError::iceberg("plan the scan", e))?
+            .to_arrow()
+            .await
+            .map_err(|e| ReadError::iceberg("start the scan", e))?;
+        while let Some(batch) = stream
+            .try_next()
+            .await
+            .map_err(|e| ReadError::iceberg("read data files", e))?
+        {
+            let key_batch = batch
+                .project(&(0..def.primary_key.len()).collect::<Vec<_>>())
+                .map_err(|e| ReadError::LookupState {
+                    table: request.table.clone(),
+                    reason: format!("project the key columns: {e}"),
+                })?;
+            let (encoded, _) =
+                codec
+                    .encode_keys(&key_batch)
+                    .map_err(|e| ReadError::LookupState {
+                        table: request.table.clone(),
+                        reason: format!("key columns of the snapshot: {e}"),
+                    })?;
+            for key in encoded {
+                if wanted.contains_key(&key.key) {
+                    found.insert(key.key, batch.slice(key.row, 1));
+                }
+            }
+        }
+        let answers: Vec<Option<RecordBatch>> =
+            keys.iter().map(|k| found.get(k).cloned()).collect();
+        let rows = assemble(&request.table, &out_schema, answers)?;
+        let as_of = as_of(
+            self.changelog.as_ref(),
+            &def.changelog.topic,
+            def.changelog.partitions,
+            unitable_core::commit::read::anchored_offsets(metadata, snapshot.snapshot_id()),
+            Some(&snapshot),
+        )
+        .await;
+        Ok(LookupResponse {
+            as_of,
+            rows: rows.0,
+            missing: rows.1,
+        })
+    }
+}
+
+/// The requested columns of the table, with their field ids (all for none).
+fn output_schema(
+    table: &TableName,
+    codec: &RecordCodec,
+    columns: &[String],
+) -> ReadResult<SchemaRef> {
+    let full = codec.arrow_schema();
+    if columns.is_empty() {
+        return Ok(full);
+    }
+    let mut fields: Vec<Field> = Vec::with_capacity(columns.len());
+    for name in columns {
+        let field = full
+            .field_with_name(name)
+            .map_err(|_| ReadError::BadRequest {
+                reason: format!(
+                    "table `{table}` has no column `{name}` (columns: {})",
+                    full.fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
+        fields.push(field.clone());
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// `batch`'s columns rearranged to `schema`: by field id when the batch carries them (Parquet),
+/// else by name; a column the batch lacks (a file older than the column) is null; types are
+/// cast to the table's.
+fn conform(table: &TableName, schema: &SchemaRef, batch: &RecordBatch) -> ReadResult<RecordBatch> {
+    let fail = |reason: String| ReadError::LookupState {
+        table: table.clone(),
+        reason,
+    };
+    let field_id = |f: &Field| f.metadata().get(PARQUET_FIELD_ID_META_KEY).cloned();
+    let source = batch.schema();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let id = field_id(field);
+        let at = source
+            .fields()
+            .iter()
+            .position(|f| id.is_some() && field_id(f) == id)
+            .or_else(|| source.index_of(field.name()).ok());
+        let column = match at {
+            Some(i) if batch.column(i).data_type() == field.data_type() => batch.column(i).clone(),
+            Some(i) => arrow::compute::cast(batch.column(i), field.data_type())
+                .map_err(|e| fail(format!("column `{}`: {e}", field.name())))?,
+            None => new_null_array(field.data_type(), batch.num_rows()),
+        };
+        columns.push(column);
+    }
+    // The rows were valid rows of the table; nullability is the table's to enforce, not ours.
+    let relaxed = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new(relaxed, columns).map_err(|e| fail(format!("assemble rows: {e}")))
+}
+
+/// The found rows in key order and the indexes of the missing keys.
+fn assemble(
+    table: &TableName,
+    schema: &SchemaRef,
+    answers: Vec<Option<RecordBatch>>,
+) -> ReadResult<(RecordBatch, Vec<u32>)> {
+    let mut sources = Vec::new();
+    let mut picks = Vec::new();
+    let mut missing = Vec::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Some(row) => {
+                sources.push(conform(table, schema, &row)?);
+                picks.push((sources.len() - 1, 0));
+            }
+            None => missing.push(i as u32),
+        }
+    }
+    let rows = finish(table, schema, &sources, &picks)?;
+    Ok((rows, missing))
+}
+
+/// Interleaves `picks` (source batch, row) of `sources` into one batch.
+fn finish(
+    table: &TableName,
+    schema: &SchemaRef,
+    sources: &[RecordBatch],
+    picks: &[(usize, usize)],
+) -> ReadResult<RecordBatch> {
+    let relaxed = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    if picks.is_empty() {
+        return Ok(RecordBatch::new_empty(relaxed));
+    }
+    let refs: Vec<&RecordBatch> = sources.iter().collect();
+    arrow::compute::interleave_record_batch(&refs, picks).map_err(|e| ReadError::LookupState {
+        table: table.clone(),
+        reason: format!("assemble rows: {e}"),
+    })
+}
+
+/// A FRESH lookup on `state`.
+async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResult<LookupResponse> {
+    let keys = keys::canonical_keys(&state.codec, &request.keys)?;
+    let schema = output_schema(&request.table, &state.codec, &request.columns)?;
+    // Everything acknowledged before now is below the high watermark of its partition: wait
+    // until the followers of the keys' partitions have applied it.
+    let partitions: BTreeSet<PartitionId> =
+        keys.iter().map(|k| state.codec.partition_of(k)).collect();
+    let topic = &state.def.changelog.topic;
+    let heads = futures::future::try_join_all(partitions.iter().map(|&p| async move {
+        state
+            .changelog
+            .watermarks(topic, p)
+            .await
+            .map(|w| (p, w.high))
+    }))
+    .await?;
+    for (p, high) in &heads {
+        let tail = &state.tails[p.0 as usize];
+        tail.wait_for(*high)
+            .await
+            .map_err(|reason| ReadError::LookupState {
+                table: request.table.clone(),
+                reason: format!("changelog partition {p} cannot be followed: {reason}"),
+            })?;
+    }
+    let found = state.resolve(&keys)?;
+    let (snapshot, _) = state.base_snapshot();
+    let mut offsets = PartitionOffsets::default();
+    for (p, tail) in state.tails.iter().enumerate() {
+        offsets.set(PartitionId(p as u32), tail.consumed());
+    }
+
+    // Rows from the base: one read per file, positions ascending and distinct.
+    let mut by_file: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
+    for f in &found {
+        if let Found::Row(path, pos) = f {
+            by_file.entry(path.clone()).or_default().push(*pos);
+        }
+    }
+    let field_ids: Vec<i32> = schema
+        .fields()
+        .iter()
+        .filter_map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
+        .collect();
+    let reads = by_file.into_iter().map(|(path, mut positions)| {
+        let field_ids = &field_ids;
+        async move {
+            positions.sort_unstable();
+            positions.dedup();
+            let batch = state.files.read_rows(&path, &positions, field_ids).await?;
+            Ok::<_, ReadError>((path, positions, batch))
+        }
+    });
+    let read = futures::future::try_join_all(reads).await?;
+    let mut sources: Vec<RecordBatch> = Vec::with_capacity(read.len() + keys.len());
+    let mut at: HashMap<(Arc<str>, u32), (usize, usize)> = HashMap::new();
+    for (path, positions, batch) in read {
+        sources.push(conform(&request.table, &schema, &batch)?);
+        for (row, pos) in positions.into_iter().enumerate() {
+            at.insert((path.clone(), pos), (sources.len() - 1, row));
+        }
+    }
+    let mut picks = Vec::with_capacity(keys.len());
+    let mut missing = Vec::new();
+    for (i, f) in found.into_iter().enumerate() {
+        match f {
+            Found::Missing => missing.push(i as u32),
+            Found::Tail(row) => {
+                sources.push(conform(&request.table, &schema, &row)?);
+                picks.push((sources.len() - 1, 0));
+            }
+            Found::Row(path, pos) => picks.push(at[&(path, pos)]),
+        }
+    }
+    let rows = finish(&request.table, &schema, &sources, &picks)?;
+    Ok(LookupResponse {
+        as_of: AsOf {
+            snapshot_id: snapshot.as_ref().map(|s| s.snapshot_id()),
+            offsets,
+            commit_time_ms: snapshot.as_ref().map_or(0, |s| s.timestamp_ms()),
+            lag_records: 0,
+            lag_ms: 0,
+        },
+        rows,
+        missing,
+    })
+}

@@ -1,0 +1,563 @@
+//! One table's lookup state: the key index of a base snapshot, the changelog tail after it,
+//! and the background task that re-bases onto newer snapshots.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use iceberg::io::FileIO;
+use iceberg::spec::{SnapshotRef, TableMetadata};
+use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio::task::JoinHandle;
+use unitable_core::catalog::TableCatalog;
+use unitable_core::changelog::Changelog;
+use unitable_core::commit::files::read_bytes;
+use unitable_core::commit::plan::{plan_files, read_position_deletes};
+use unitable_core::commit::read::{ancestors_between, anchored_offsets, changelog_offsets};
+use unitable_core::naming::TableName;
+use unitable_core::offsets::{PartitionId, PartitionOffsets};
+use unitable_core::record::RecordCodec;
+use unitable_core::table::TableDef;
+
+use super::index::{FileId, KeyIndex, RowLocation};
+use super::rows::DataFiles;
+use super::tail::{PartitionTail, follow};
+use crate::error::{ReadError, ReadResult};
+
+/// How often the state checks the catalog for a newer snapshot.
+pub(crate) const REBASE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a re-base waits for the followers to reach the new snapshot's offsets.
+const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+
+/// The data files the index points into.
+#[derive(Debug, Default)]
+struct Files {
+    paths: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, FileId>,
+    /// Files no longer live in the base snapshot; no index entry should point into one.
+    gone: HashSet<FileId>,
+}
+
+impl Files {
+    fn id(&mut self, path: &str) -> FileId {
+        if let Some(&id) = self.ids.get(path) {
+            return id;
+        }
+        let path: Arc<str> = Arc::from(path);
+        let id = self.paths.len() as FileId;
+        self.paths.push(path.clone());
+        self.ids.insert(path, id);
+        id
+    }
+}
+
+/// The base snapshot and its index.
+#[derive(Debug)]
+pub(crate) struct Base {
+    pub(crate) snapshot: Option<SnapshotRef>,
+    pub(crate) offsets: PartitionOffsets,
+    index: KeyIndex,
+    files: Files,
+}
+
+impl Base {
+    pub(crate) fn keys(&self) -> usize {
+        self.index.len()
+    }
+
+    pub(crate) fn index_bytes(&self) -> usize {
+        self.index.allocated_bytes()
+    }
+}
+
+/// Where a requested key's answer comes from.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// The tail's latest record: the row.
+    Tail(RecordBatch),
+    /// The base snapshot's row at this position of this file.
+    Row(Arc<str>, u32),
+    /// No live row.
+    Missing,
+}
+
+/// One table's lookup state.
+#[derive(Debug)]
+pub(crate) struct TableLookup {
+    pub(crate) name: TableName,
+    pub(crate) uuid: String,
+    pub(crate) schema_id: i32,
+    pub(crate) def: TableDef,
+    pub(crate) codec: Arc<RecordCodec>,
+    pub(crate) changelog: Arc<dyn Changelog>,
+    key_field_ids: Vec<i32>,
+    pub(crate) files: DataFiles,
+    base: RwLock<Base>,
+    pub(crate) tails: Vec<Arc<PartitionTail>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    invalid: AtomicBool,
+}
+
+impl Drop for TableLookup {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// The Iceberg field ids of the key columns.
+fn key_field_ids(
+    name: &TableName,
+    metadata: &TableMetadata,
+    key: &[String],
+) -> ReadResult<Vec<i32>> {
+    let schema = metadata.current_schema();
+    key.iter()
+        .map(|column| {
+            schema
+                .field_by_name(column)
+                .map(|f| f.id)
+                .ok_or_else(|| ReadError::BadRequest {
+                    reason: format!(
+                        "table `{name}`: primary-key column `{column}` is not in the schema"
+                    ),
+                })
+        })
+        .collect()
+}
+
+impl TableLookup {
+    /// Builds the state of `table` from its current snapshot and starts its followers and its
+    /// re-base task.
+    pub(crate) async fn build(
+        name: &TableName,
+        table: &iceberg::table::Table,
+        catalog: TableCatalog,
+        changelog: Arc<dyn Changelog>,
+    ) -> ReadResult<Arc<Self>> {
+        let metadata = table.metadata();
+        let def = TableDef::from_iceberg(name.clone(), metadata)?;
+        if def.is_append_only() {
+            return Err(ReadError::BadRequest {
+                reason: format!(
+                    "table `{name}` has no primary key, so it has no rows by key; read it with SNAPSHOT or STREAM"
+                ),
+            });
+        }
+        let uuid = metadata.uuid().to_string();
+        let schema_id = metadata.current_schema_id();
+        let codec = Arc::new(RecordCodec::new(&def, &uuid, schema_id)?);
+        let key_field_ids = key_field_ids(name, metadata, &def.primary_key)?;
+        let snapshot = metadata.current_snapshot().cloned();
+        let base = load_base(table.file_io(), metadata, snapshot, &codec, &key_field_ids).await?;
+        let tails: Vec<Arc<PartitionTail>> = (0..def.changelog.partitions)
+            .map(|p| Arc::new(PartitionTail::new(base.offsets.get(PartitionId(p)))))
+            .collect();
+        tracing::info!(
+            table = %name, keys = base.keys(), index_bytes = base.index_bytes(),
+            snapshot = ?base.snapshot.as_ref().map(|s| s.snapshot_id()),
+            "lookup index built"
+        );
+        let state = Arc::new(TableLookup {
+            name: name.clone(),
+            uuid,
+            schema_id,
+            codec: codec.clone(),
+            changelog: changelog.clone(),
+            key_field_ids,
+            files: DataFiles::new(table.file_io().clone()),
+            base: RwLock::new(base),
+            tails: tails.clone(),
+            tasks: Mutex::new(Vec::new()),
+            def: def.clone(),
+            invalid: AtomicBool::new(false),
+        });
+        let mut tasks = Vec::with_capacity(tails.len() + 1);
+        for (p, tail) in tails.into_iter().enumerate() {
+            tasks.push(tokio::spawn(follow(
+                changelog.clone(),
+                def.changelog.topic.clone(),
+                PartitionId(p as u32),
+                codec.clone(),
+                tail,
+                name.to_string(),
+            )));
+        }
+        tasks.push(tokio::spawn(maintain(Arc::downgrade(&state), catalog)));
+        *state.tasks.lock().unwrap_or_else(PoisonError::into_inner) = tasks;
+        Ok(state)
+    }
+
+    /// Whether the state may still serve (not invalidated, every follower running).
+    pub(crate) fn is_valid(&self) -> bool {
+        !self.invalid.load(Ordering::Acquire) && self.tails.iter().all(|t| t.broken().is_none())
+    }
+
+    /// Marks the state unusable: the next lookup builds a new one.
+    pub(crate) fn invalidate(&self, reason: &str) {
+        if !self.invalid.swap(true, Ordering::AcqRel) {
+            tracing::warn!(table = %self.name, "lookup state discarded: {reason}");
+        }
+    }
+
+    /// The base snapshot and its offsets.
+    pub(crate) fn base_snapshot(&self) -> (Option<SnapshotRef>, PartitionOffsets) {
+        let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+        (base.snapshot.clone(), base.offsets.clone())
+    }
+
+    /// Keys and index bytes of the base.
+    pub(crate) fn index_size(&self) -> (usize, usize) {
+        let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+        (base.keys(), base.index_bytes())
+    }
+
+    /// Where each key's answer is, as of the base and the tail now (the caller has waited for
+    /// the followers). A location in a file that left the base is an error (never served).
+    pub(crate) fn resolve(&self, keys: &[Bytes]) -> ReadResult<Vec<Found>> {
+        let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let partition = self.codec.partition_of(key);
+            let tail =
+                self.tails
+                    .get(partition.0 as usize)
+                    .ok_or_else(|| ReadError::LookupState {
+                        table: self.name.clone(),
+                        reason: format!(
+                            "key in partition {partition}, which the table does not have"
+                        ),
+                    })?;
+            if let Some(entry) = tail.lock().get(key) {
+                out.push(entry.row.clone().map_or(Found::Missing, Found::Tail));
+                continue;
+            }
+            match base.index.get(key) {
+                None => out.push(Found::Missing),
+                Some(RowLocation { file, pos }) => {
+                    if base.files.gone.contains(&file) {
+                        return Err(ReadError::LookupState {
+                            table: self.name.clone(),
+                            reason: "the index points into a file no longer in the table".into(),
+                        });
+                    }
+                    out.push(Found::Row(base.files.paths[file as usize].clone(), pos));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks the catalog and re-bases onto a newer snapshot.
+    async fn refresh(&self, catalog: &TableCatalog) -> ReadResult<()> {
+        let table = catalog.load(&self.name).await?;
+        let metadata = table.metadata();
+        if metadata.uuid().to_string() != self.uuid {
+            self.invalidate("the table was dropped and created again");
+            return Ok(());
+        }
+        if metadata.current_schema_id() != self.schema_id {
+            self.invalidate("the table's schema changed");
+            return Ok(());
+        }
+        let Some(newest) = metadata.current_snapshot().cloned() else {
+            return Ok(());
+        };
+        let (old, old_offsets) = self.base_snapshot();
+        let old_id = old.as_ref().map(|s| s.snapshot_id());
+        if old_id == Some(newest.snapshot_id()) {
+            return Ok(());
+        }
+        let offsets = anchored_offsets(metadata, newest.snapshot_id());
+        let backwards = old_offsets.0.iter().any(|(p, o)| offsets.get(*p) < *o);
+        if backwards {
+            self.invalidate("the table's anchored offsets moved backwards (a rollback?)");
+            return Ok(());
+        }
+        // Incremental only over a chain of unitable snapshots (row deltas and rewrites that
+        // carry the offsets over); anything else rebuilds the index from the new snapshot.
+        let incremental = ancestors_between(metadata, newest.snapshot_id(), old_id)
+            .is_some_and(|chain| chain.iter().all(|s| changelog_offsets(s).is_some()));
+        let update = if incremental {
+            let indexed: HashSet<Arc<str>> = {
+                let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+                base.files
+                    .ids
+                    .iter()
+                    .filter(|(_, id)| !base.files.gone.contains(id))
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            };
+            let mut added = Vec::new();
+            let live = scan_keys(
+                table.file_io(),
+                metadata,
+                newest.snapshot_id(),
+                &self.codec,
+                &self.key_field_ids,
+                |path| !indexed.contains(path),
+                |path, key, pos| added.push((path.clone(), key, pos)),
+            )
+            .await?;
+            Update::Incremental { added, live }
+        } else {
+            let base = load_base(
+                table.file_io(),
+                metadata,
+                Some(newest.clone()),
+                &self.codec,
+                &self.key_field_ids,
+            )
+            .await?;
+            Update::Full(base)
+        };
+        for (p, tail) in self.tails.iter().enumerate() {
+            let want = offsets.get(PartitionId(p as u32));
+            match tokio::time::timeout(FOLLOW_WAIT, tail.wait_for(want)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    self.invalidate(&reason);
+                    return Ok(());
+                }
+                Err(_) => {
+                    tracing::warn!(table = %self.name, partition = p, "lookup follower is behind the newest snapshot; re-basing later");
+                    return Ok(());
+                }
+            }
+        }
+        let mut base = self.base.write().unwrap_or_else(PoisonError::into_inner);
+        let removed = match update {
+            Update::Incremental { added, live } => {
+                for (path, key, pos) in added {
+                    let file = base.files.id(&path);
+                    base.index.insert(&key, RowLocation { file, pos });
+                }
+                let Base { index, .. } = &mut *base;
+                for (p, tail) in self.tails.iter().enumerate() {
+                    tail.prune_below(offsets.get(PartitionId(p as u32)), |key| {
+                        index.remove(key);
+                    });
+                }
+                let mut removed = Vec::new();
+                for (path, &id) in &base.files.ids {
+                    if !live.contains(path) && !base.files.gone.contains(&id) {
+                        removed.push((path.clone(), id));
+                    }
+                }
+                for (_, id) in &removed {
+                    base.files.gone.insert(*id);
+                }
+                removed.into_iter().map(|(p, _)| p).collect::<Vec<_>>()
+            }
+            Update::Full(new) => {
+                for (p, tail) in self.tails.iter().enumerate() {
+                    tail.prune_below(offsets.get(PartitionId(p as u32)), |_| {});
+                }
+                let removed: Vec<Arc<str>> = base
+                    .files
+                    .paths
+                    .iter()
+                    .filter(|p| !new.files.ids.contains_key(*p))
+                    .cloned()
+                    .collect();
+                *base = new;
+                removed
+            }
+        };
+        base.snapshot = Some(newest);
+        base.offsets = offsets;
+        drop(base);
+        for path in removed {
+            self.files.forget(&path);
+        }
+        Ok(())
+    }
+}
+
+enum Update {
+    Incremental {
+        added: Vec<(Arc<str>, Bytes, u32)>,
+        live: HashSet<Arc<str>>,
+    },
+    Full(Base),
+}
+
+/// Re-bases the state every [`REBASE_INTERVAL`] until it is dropped or invalidated.
+async fn maintain(state: Weak<TableLookup>, catalog: TableCatalog) {
+    loop {
+        tokio::time::sleep(REBASE_INTERVAL).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if !state.is_valid() {
+            return;
+        }
+        if let Err(e) = state.refresh(&catalog).await {
+            if e.is_retryable() {
+                tracing::warn!(table = %state.name, "lookup re-base failed, retrying: {e}");
+            } else {
+                state.invalidate(&e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// The index of `snapshot` (empty for `None`).
+async fn load_base(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    snapshot: Option<SnapshotRef>,
+    codec: &RecordCodec,
+    key_field_ids: &[i32],
+) -> ReadResult<Base> {
+    let mut index = KeyIndex::new();
+    let mut files = Files::default();
+    let offsets = match &snapshot {
+        None => PartitionOffsets::default(),
+        Some(s) => {
+            scan_keys(
+                file_io,
+                metadata,
+                s.snapshot_id(),
+                codec,
+                key_field_ids,
+                |_| true,
+                |path, key, pos| {
+                    let file = files.id(path);
+                    index.insert(&key, RowLocation { file, pos });
+                },
+            )
+            .await?;
+            anchored_offsets(metadata, s.snapshot_id())
+        }
+    };
+    index.shrink();
+    Ok(Base {
+        snapshot,
+        offsets,
+        index,
+        files,
+    })
+}
+
+/// Reads the keys of the live rows of the data files of `snapshot_id` that `wanted` selects
+/// (rows deleted in that snapshot skipped, so each live key appears once) and hands each to
+/// `each` with its file and position. Returns the paths of every live data file.
+async fn scan_keys(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    snapshot_id: i64,
+    codec: &RecordCodec,
+    key_field_ids: &[i32],
+    wanted: impl Fn(&str) -> bool,
+    mut each: impl FnMut(&Arc<str>, Bytes, u32),
+) -> ReadResult<HashSet<Arc<str>>> {
+    let planned = plan_files(file_io, metadata, Some(snapshot_id)).await?;
+    let live: HashSet<Arc<str>> = planned
+        .iter()
+        .map(|f| Arc::from(f.data_file.file_path()))
+        .collect();
+    let todo: Vec<_> = planned
+        .iter()
+        .filter(|f| wanted(f.data_file.file_path()))
+        .collect();
+    let mut seen = HashSet::new();
+    let delete_files: Vec<_> = todo
+        .iter()
+        .flat_map(|f| f.deletes.iter())
+        .filter(|d| seen.insert(d.file_path().to_string()))
+        .cloned()
+        .collect();
+    let deleted = read_position_deletes(file_io, &delete_files).await?;
+    let none = BTreeSet::new();
+    for file in todo {
+        let path: Arc<str> = Arc::from(file.data_file.file_path());
+        let gone = deleted.get(path.as_ref()).unwrap_or(&none).clone();
+        let bytes = read_bytes(file_io, &path).await?;
+        let ids = key_field_ids.to_vec();
+        let task_path = path.clone();
+        // Parquet decoding off the async runtime; keys are encoded here (cheap per row).
+        let batches =
+            tokio::task::spawn_blocking(move || read_key_columns(&task_path, bytes, &ids))
+                .await
+                .map_err(|e| ReadError::DataFile {
+                    path: path.to_string(),
+                    reason: format!("key reader task failed: {e}"),
+                })??;
+        let mut at: u64 = 0;
+        for batch in batches {
+            let (keys, errors) = codec.encode_keys(&batch).map_err(|e| ReadError::DataFile {
+                path: path.to_string(),
+                reason: format!("key columns do not fit the table: {e}"),
+            })?;
+            if let Some(e) = errors.first() {
+                return Err(ReadError::DataFile {
+                    path: path.to_string(),
+                    reason: format!("a live row has an invalid key: {e}"),
+                });
+            }
+            for key in keys {
+                let pos = at + key.row as u64;
+                if gone.contains(&(pos as i64)) {
+                    continue;
+                }
+                let pos = u32::try_from(pos).map_err(|_| ReadError::DataFile {
+                    path: path.to_string(),
+                    reason: "more than 4,294,967,295 rows in one file".into(),
+                })?;
+                each(&path, key.key, pos);
+            }
+            at += batch.num_rows() as u64;
+        }
+    }
+    Ok(live)
+}
+
+/// The key columns (by field id) of a Parquet file, in row order.
+fn read_key_columns(path: &str, bytes: Bytes, field_ids: &[i32]) -> ReadResult<Vec<RecordBatch>> {
+    let fail = |e: String| ReadError::DataFile {
+        path: path.to_string(),
+        reason: format!("read the key columns: {e}"),
+    };
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| fail(e.to_string()))?;
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            f.metadata()
+                .get(PARQUET_FIELD_ID_META_KEY)
+                .and_then(|id| id.parse::<i32>().ok())
+                .is_some_and(|id| field_ids.contains(&id))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if roots.len() != field_ids.len() {
+        return Err(fail(format!(
+            "expected key columns with field ids {field_ids:?}, found {}",
+            roots.len()
+        )));
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| fail(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))
+}

@@ -1,0 +1,197 @@
+//! The changelog tail of a lookup state: per partition, the latest record of every key at or
+//! after the base snapshot's anchored offsets, kept current by one follower task per
+//! partition.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use tokio::sync::watch;
+use unitable_core::changelog::{Changelog, ChangelogError, StoredRecord};
+use unitable_core::naming::TopicName;
+use unitable_core::offsets::{Offset, PartitionId};
+use unitable_core::record::{ChangeOp, RecordCodec};
+
+/// Records a follower asks for per read.
+const READ_BATCH: usize = 10_000;
+/// How long a follower's read waits for an append (it returns as soon as one lands).
+const READ_WAIT: Duration = Duration::from_secs(1);
+/// Pause after a failed read.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The latest change of one key in the tail.
+#[derive(Debug, Clone)]
+pub(crate) struct TailEntry {
+    /// Its offset.
+    pub(crate) offset: Offset,
+    /// The row (one row with the codec's decoded schema); `None` for a delete.
+    pub(crate) row: Option<RecordBatch>,
+}
+
+/// One partition's tail.
+#[derive(Debug)]
+pub(crate) struct PartitionTail {
+    entries: Mutex<HashMap<Bytes, TailEntry>>,
+    /// The next offset the follower will read: every record below it is applied.
+    consumed: watch::Sender<Offset>,
+    /// Set when the follower cannot go on (records it needs are gone, the topic vanished):
+    /// the state must be rebuilt.
+    broken: watch::Sender<Option<String>>,
+}
+
+impl PartitionTail {
+    pub(crate) fn new(from: Offset) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            consumed: watch::Sender::new(from),
+            broken: watch::Sender::new(None),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<Bytes, TailEntry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn consumed(&self) -> Offset {
+        *self.consumed.borrow()
+    }
+
+    /// Why the follower stopped, if it did.
+    pub(crate) fn broken(&self) -> Option<String> {
+        self.broken.borrow().clone()
+    }
+
+    /// Waits until every record below `offset` is applied; `Err` with the reason if the
+    /// follower stopped first.
+    pub(crate) async fn wait_for(&self, offset: Offset) -> Result<(), String> {
+        let mut consumed = self.consumed.subscribe();
+        let mut broken = self.broken.subscribe();
+        loop {
+            if let Some(reason) = broken.borrow_and_update().clone() {
+                return Err(reason);
+            }
+            if *consumed.borrow_and_update() >= offset {
+                return Ok(());
+            }
+            tokio::select! {
+                r = consumed.changed() => if r.is_err() { return Err("the follower ended".into()) },
+                r = broken.changed() => if r.is_err() { return Err("the follower ended".into()) },
+            }
+        }
+    }
+
+    /// Drops entries below `offset`; calls `on_delete` for each dropped delete.
+    pub(crate) fn prune_below(&self, offset: Offset, mut on_delete: impl FnMut(&[u8])) {
+        self.lock().retain(|key, entry| {
+            if entry.offset >= offset {
+                return true;
+            }
+            if entry.row.is_none() {
+                on_delete(key);
+            }
+            false
+        });
+    }
+
+    fn apply(&self, codec: &RecordCodec, records: &[StoredRecord], table: &str) {
+        let mut changes = Vec::with_capacity(records.len());
+        decode_into(codec, records, table, &mut changes);
+        let next = records.last().map(|r| r.offset.next());
+        {
+            let mut entries = self.lock();
+            for (key, entry) in changes {
+                entries.insert(key, entry);
+            }
+        }
+        if let Some(next) = next {
+            self.consumed.send_replace(next);
+        }
+    }
+}
+
+/// Decodes `records` into (canonical key, entry) in order. Records that are not rows of the
+/// table (another producer's, another incarnation's) are skipped with an error log, as the
+/// committer skips them.
+fn decode_into(
+    codec: &RecordCodec,
+    records: &[StoredRecord],
+    table: &str,
+    out: &mut Vec<(Bytes, TailEntry)>,
+) {
+    match codec.decode(records) {
+        Ok(decoded) => {
+            let keys = match codec.encode_keys(&decoded.batch) {
+                Ok((keys, errors)) => {
+                    for e in errors {
+                        tracing::error!(table, offset = %decoded.offsets[e.row], "changelog record with an invalid key skipped: {e}");
+                    }
+                    keys
+                }
+                Err(e) => {
+                    tracing::error!(table, "changelog records skipped: {e}");
+                    return;
+                }
+            };
+            for key in keys {
+                let row = match decoded.ops[key.row] {
+                    ChangeOp::Delete => None,
+                    ChangeOp::Insert | ChangeOp::Upsert => Some(decoded.batch.slice(key.row, 1)),
+                };
+                out.push((
+                    key.key,
+                    TailEntry {
+                        offset: decoded.offsets[key.row],
+                        row,
+                    },
+                ));
+            }
+        }
+        // One bad record fails the batch: decode one by one to skip only it.
+        Err(_) if records.len() > 1 => {
+            for record in records {
+                decode_into(codec, std::slice::from_ref(record), table, out);
+            }
+        }
+        Err(e) => tracing::error!(table, "changelog record skipped: {e}"),
+    }
+}
+
+/// Follows one partition from its tail's consumed offset until aborted.
+pub(crate) async fn follow(
+    changelog: Arc<dyn Changelog>,
+    topic: TopicName,
+    partition: PartitionId,
+    codec: Arc<RecordCodec>,
+    tail: Arc<PartitionTail>,
+    table: String,
+) {
+    loop {
+        let from = tail.consumed();
+        match changelog
+            .read(&topic, partition, from, READ_BATCH, READ_WAIT)
+            .await
+        {
+            Ok(records) if records.is_empty() => {}
+            Ok(records) => {
+                // Decoding is CPU work, but small per read; a big backlog is read in batches.
+                tail.apply(&codec, &records, &table);
+            }
+            Err(
+                e @ (ChangelogError::OffsetOutOfRange { .. }
+                | ChangelogError::TopicNotFound { .. }
+                | ChangelogError::PartitionNotFound { .. }
+                | ChangelogError::Corrupt { .. }),
+            ) => {
+                tracing::warn!(%table, %partition, "lookup follower stopped: {e}");
+                tail.broken.send_replace(Some(e.to_string()));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%table, %partition, "lookup follower read failed, retrying: {e}");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}

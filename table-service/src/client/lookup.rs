@@ -1,0 +1,139 @@
+//! `unitable lookup NS.TABLE --key JSON [--key JSON ...] [--keys-file PATH] [--columns a,b]
+//! [--snapshot ID | --as-of RFC3339] [--format jsonl]`: the latest rows of the given keys.
+
+use std::io::{Cursor, Read, Write};
+use std::process::ExitCode;
+
+use arrow::ipc::reader::StreamReader;
+use unitable_proto::v1::read_service_client::ReadServiceClient;
+use unitable_proto::v1::{ReadMode, ReadRequest, RowFormat, read_response};
+
+use super::{ClientError, channel};
+use crate::cli::{LookupArgs, LookupFormat};
+
+/// Runs `unitable lookup`.
+pub(crate) async fn run(server: &str, args: LookupArgs) -> ExitCode {
+    match run_inner(server, args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.exit(),
+    }
+}
+
+/// The keys as JSON lines, in order: `--key` values, then the lines of `--keys-file`.
+fn key_lines(args: &LookupArgs) -> Result<Vec<String>, ClientError> {
+    let mut lines: Vec<String> = Vec::new();
+    for key in &args.key {
+        if key.contains('\n') {
+            return Err(ClientError::new(format!(
+                "--key `{key}` spans lines; give one JSON object per --key"
+            )));
+        }
+        lines.push(key.trim().to_string());
+    }
+    if let Some(path) = &args.keys_file {
+        let mut text = String::new();
+        let read = if path == "-" {
+            std::io::stdin().read_to_string(&mut text)
+        } else {
+            std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text))
+        };
+        read.map_err(|e| ClientError::new(format!("cannot read keys from {path}: {e}")))?;
+        lines.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string),
+        );
+    }
+    if lines.is_empty() {
+        return Err(ClientError::new(
+            "no keys: give --key '{\"id\":1}' (repeatable) or --keys-file PATH (JSON lines)",
+        ));
+    }
+    Ok(lines)
+}
+
+async fn run_inner(server: &str, args: LookupArgs) -> Result<(), ClientError> {
+    if args.snapshot.is_some() && args.as_of.is_some() {
+        return Err(ClientError::new("give --snapshot or --as-of, not both"));
+    }
+    let as_of_ms = match &args.as_of {
+        None => None,
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| {
+                    ClientError::new(format!(
+                        "--as-of `{text}` is not an RFC 3339 time ({e}); e.g. 2024-05-01T09:30:00Z"
+                    ))
+                })?
+                .timestamp_millis(),
+        ),
+    };
+    let lines = key_lines(&args)?;
+    let mut client =
+        ReadServiceClient::new(channel(server)?).max_decoding_message_size(256 * 1024 * 1024);
+    let mut stream = client
+        .read(ReadRequest {
+            table: args.table.clone(),
+            mode: ReadMode::Lookup as i32,
+            columns: args.columns.clone(),
+            snapshot_id: args.snapshot,
+            as_of_timestamp_ms: as_of_ms,
+            keys: lines.join("\n").into_bytes(),
+            keys_format: RowFormat::JsonLines as i32,
+            ..ReadRequest::default()
+        })
+        .await
+        .map_err(|s| lookup_error(server, &s, &lines))?
+        .into_inner();
+    let LookupFormat::Jsonl = args.format;
+    let mut out = arrow::json::LineDelimitedWriter::new(std::io::stdout().lock());
+    let unreadable = |e: &dyn std::fmt::Display| {
+        ClientError::new(format!("the server sent unreadable rows: {e}"))
+    };
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| lookup_error(server, &s, &lines))?
+    {
+        let Some(read_response::Body::Lookup(result)) = message.body else {
+            continue;
+        };
+        let reader = StreamReader::try_new(Cursor::new(result.arrow_ipc), None)
+            .map_err(|e| unreadable(&e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| unreadable(&e))?;
+            out.write(&batch)
+                .map_err(|e| ClientError::new(format!("cannot write rows: {e}")))?;
+        }
+        let mut stderr = std::io::stderr().lock();
+        for i in &result.missing {
+            let key = lines.get(*i as usize).map_or("?", String::as_str);
+            // A closed stderr loses only the notice.
+            let _ = writeln!(stderr, "not found: {key}");
+        }
+    }
+    out.finish()
+        .map_err(|e| ClientError::new(format!("cannot write rows: {e}")))?;
+    Ok(())
+}
+
+/// A failed lookup; a bad key is named by its text, not only its index.
+fn lookup_error(server: &str, status: &tonic::Status, lines: &[String]) -> ClientError {
+    let base = ClientError::from_status(server, status);
+    if status.code() != tonic::Code::InvalidArgument {
+        return base;
+    }
+    let index = status
+        .message()
+        .strip_prefix("key ")
+        .and_then(|rest| rest.split([',', ':']).next())
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    match index.and_then(|i| lines.get(i)) {
+        Some(key) => ClientError::new(format!(
+            "{} (the key was `{key}`; give each key as a JSON object of the primary-key columns)",
+            base.message()
+        )),
+        None => base,
+    }
+}

@@ -1,0 +1,366 @@
+//! LOOKUP reads over gRPC against a BTreeMap model: random upserts and deletes (acknowledged by
+//! the changelog, so many keys are answered from the tail and others from committed snapshots),
+//! keys that never existed, deleted keys, duplicate keys, projections, server restarts, lookups
+//! in a snapshot, bad keys, and the CLI.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use anyhow::{Context, Result, bail, ensure};
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::ipc::reader::StreamReader;
+use support::{TABLE, create_kv_table, kv_line, write_lines};
+use tonic::Code;
+use unitable_proto::v1::read_service_client::ReadServiceClient;
+use unitable_proto::v1::write_service_client::WriteServiceClient;
+use unitable_proto::v1::{
+    AsOf, LookupResult, ReadMode, ReadRequest, RowFormat, WriteOp, read_response,
+};
+use unitable_tests::Service;
+
+type Reader = ReadServiceClient<tonic::transport::Channel>;
+type Writer = WriteServiceClient<tonic::transport::Channel>;
+/// id -> (v, n)
+type Model = BTreeMap<i64, (String, i64)>;
+
+/// Key space: lookups also ask for keys beyond it, which never exist.
+const KEYS: i64 = 300;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn lookup_request(keys: &[i64], columns: &[&str]) -> ReadRequest {
+    let lines: Vec<String> = keys.iter().map(|k| format!("{{\"id\":{k}}}")).collect();
+    ReadRequest {
+        table: TABLE.into(),
+        mode: ReadMode::Lookup as i32,
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        keys: lines.join("\n").into_bytes(),
+        keys_format: RowFormat::JsonLines as i32,
+        ..ReadRequest::default()
+    }
+}
+
+/// The one response of a lookup: its rows and its `as_of`.
+async fn lookup(
+    reader: &mut Reader,
+    request: ReadRequest,
+) -> Result<(Vec<RecordBatch>, Vec<u32>, AsOf), tonic::Status> {
+    let mut stream = reader.read(request).await?.into_inner();
+    let mut out = None;
+    while let Some(message) = stream.message().await? {
+        let Some(read_response::Body::Lookup(LookupResult { arrow_ipc, missing })) = message.body
+        else {
+            return Err(tonic::Status::internal("not a lookup body"));
+        };
+        let batches = StreamReader::try_new(Cursor::new(arrow_ipc), None)
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        if out.is_some() {
+            return Err(tonic::Status::internal("more than one lookup message"));
+        }
+        out = Some((batches, missing, message.as_of.unwrap_or_default()));
+    }
+    out.ok_or_else(|| tonic::Status::internal("no lookup message"))
+}
+
+/// Rows as (id, v, n) in order; absent columns are None.
+/// (id, v, n) of one returned row; columns not projected are None.
+type Row = (Option<i64>, Option<String>, Option<i64>);
+
+fn rows(batches: &[RecordBatch]) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let ints = |name: &str| -> Result<Option<Int64Array>> {
+            b.column_by_name(name)
+                .map(|c| {
+                    c.as_any()
+                        .downcast_ref::<Int64Array>()
+                        .cloned()
+                        .context("not int64")
+                })
+                .transpose()
+        };
+        let ids = ints("id")?;
+        let ns = ints("n")?;
+        let vs = b
+            .column_by_name("v")
+            .map(|c| {
+                c.as_any()
+                    .downcast_ref::<StringArray>()
+                    .cloned()
+                    .context("v not a string")
+            })
+            .transpose()?;
+        for i in 0..b.num_rows() {
+            out.push((
+                ids.as_ref().map(|a| a.value(i)),
+                vs.as_ref()
+                    .and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
+                ns.as_ref().map(|a| a.value(i)),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Looks up `keys` and compares the answer with `model`.
+async fn check(reader: &mut Reader, model: &Model, keys: &[i64], what: &str) -> Result<AsOf> {
+    let (batches, missing, as_of) = lookup(reader, lookup_request(keys, &[]))
+        .await
+        .with_context(|| format!("{what}: lookup"))?;
+    let got = rows(&batches)?;
+    let mut want = Vec::new();
+    let mut want_missing = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        match model.get(k) {
+            Some((v, n)) => want.push((Some(*k), Some(v.clone()), Some(*n))),
+            None => want_missing.push(i as u32),
+        }
+    }
+    ensure!(
+        got == want,
+        "{what}: rows differ\n got {got:?}\nwant {want:?}"
+    );
+    ensure!(
+        missing == want_missing,
+        "{what}: missing {missing:?}, want {want_missing:?}"
+    );
+    Ok(as_of)
+}
+
+/// Writes a random batch of upserts and deletes and applies it to the model.
+async fn random_writes(
+    writer: &mut Writer,
+    model: &mut Model,
+    rng: &mut Rng,
+    round: u64,
+    wait: bool,
+) -> Result<()> {
+    let mut upserts = String::new();
+    let mut deletes = String::new();
+    let mut batch_up: Vec<(i64, String, i64)> = Vec::new();
+    let mut batch_del: Vec<i64> = Vec::new();
+    for _ in 0..1 + rng.below(25) {
+        let id = rng.below(KEYS as u64) as i64;
+        if rng.below(4) == 0 {
+            batch_del.push(id);
+        } else {
+            batch_up.push((
+                id,
+                format!("r{round}-{}", rng.below(1000)),
+                rng.below(1 << 40) as i64,
+            ));
+        }
+    }
+    // Upserts first, then deletes, each its own request: the model applies them in that order.
+    for (id, v, n) in &batch_up {
+        upserts.push_str(&kv_line(*id, v, *n));
+    }
+    for id in &batch_del {
+        deletes.push_str(&format!("{{\"id\":{id}}}\n"));
+    }
+    if !upserts.is_empty() {
+        let r = write_lines(writer, WriteOp::Upsert, &upserts, wait).await?;
+        ensure!(r.rows_rejected == 0, "upserts rejected: {r:?}");
+        for (id, v, n) in batch_up {
+            model.insert(id, (v, n));
+        }
+    }
+    if !deletes.is_empty() {
+        let r = write_lines(writer, WriteOp::Delete, &deletes, wait).await?;
+        ensure!(r.rows_rejected == 0, "deletes rejected: {r:?}");
+        for id in batch_del {
+            model.remove(&id);
+        }
+    }
+    Ok(())
+}
+
+fn random_keys(rng: &mut Rng, n: usize) -> Vec<i64> {
+    (0..n)
+        .map(|_| rng.below(KEYS as u64 + KEYS as u64 / 5) as i64)
+        .collect()
+}
+
+async fn clients(service: &Service) -> Result<(Writer, Reader)> {
+    Ok((
+        WriteServiceClient::connect(service.grpc_url()).await?,
+        ReadServiceClient::connect(service.grpc_url()).await?,
+    ))
+}
+
+#[tokio::test]
+async fn lookups_match_a_model_through_writes_commits_and_restarts() -> Result<()> {
+    let mut service =
+        tokio::task::spawn_blocking(|| Service::start(&["--commit-interval", "150ms"])).await??;
+    create_kv_table(&service, 3).await?;
+    let (mut writer, mut reader) = clients(&service).await?;
+    let mut model = Model::new();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+
+    // An empty table: every key is missing.
+    let as_of = check(&mut reader, &model, &[1, 2, 3], "empty table").await?;
+    ensure!(as_of.snapshot_id.is_none(), "no snapshot yet: {as_of:?}");
+
+    for round in 0..60u64 {
+        // Some rounds wait for the snapshot, so answers come from the index as well.
+        random_writes(&mut writer, &mut model, &mut rng, round, round % 7 == 3).await?;
+        let n = 1 + rng.below(60) as usize;
+        let keys = random_keys(&mut rng, n);
+        check(&mut reader, &model, &keys, &format!("round {round}")).await?;
+        if round == 25 || round == 45 {
+            let mut svc = service;
+            service = tokio::task::spawn_blocking(move || svc.restart().map(|()| svc)).await??;
+            (writer, reader) = clients(&service).await?;
+            let all: Vec<i64> = (0..KEYS).collect();
+            check(
+                &mut reader,
+                &model,
+                &all,
+                &format!("after restart at round {round}"),
+            )
+            .await?;
+        }
+    }
+    // Every key, all at once, duplicates included.
+    let mut all: Vec<i64> = (0..KEYS + 20).collect();
+    all.extend([5, 5, 7]);
+    let as_of = check(&mut reader, &model, &all, "every key").await?;
+    ensure!(as_of.snapshot_id.is_some(), "a snapshot by now: {as_of:?}");
+
+    // A projection in another order.
+    let keys: Vec<i64> = model.keys().copied().take(10).collect();
+    let (batches, missing, _) = lookup(&mut reader, lookup_request(&keys, &["n", "id"])).await?;
+    ensure!(missing.is_empty());
+    let b = batches.first().context("a batch")?;
+    ensure!(
+        b.schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            == ["n", "id"],
+        "projection order: {:?}",
+        b.schema()
+    );
+    let got = rows(&batches)?;
+    let want: Vec<_> = keys
+        .iter()
+        .map(|k| (Some(*k), None, Some(model[k].1)))
+        .collect();
+    ensure!(got == want, "projection: {got:?} vs {want:?}");
+
+    // In a snapshot: after a write that waited for its commit, the snapshot current now holds
+    // the model.
+    random_writes(&mut writer, &mut model, &mut rng, 1000, true).await?;
+    let keys: Vec<i64> = (0..KEYS).collect();
+    let mut request = lookup_request(&keys, &[]);
+    request.as_of_timestamp_ms = Some(chrono::Utc::now().timestamp_millis() + 1);
+    let (batches, missing, as_of) = lookup(&mut reader, request).await?;
+    let found: Vec<i64> = rows(&batches)?.into_iter().filter_map(|r| r.0).collect();
+    let want: Vec<i64> = keys
+        .iter()
+        .copied()
+        .filter(|k| model.contains_key(k))
+        .collect();
+    ensure!(found == want, "as-of lookup found {found:?}");
+    ensure!(missing.len() + found.len() == keys.len());
+    ensure!(as_of.snapshot_id.is_some());
+    // Before the first commit there is no snapshot.
+    let mut request = lookup_request(&[1], &[]);
+    request.as_of_timestamp_ms = Some(1);
+    let e = lookup(&mut reader, request)
+        .await
+        .err()
+        .context("as of 1970")?;
+    ensure!(e.code() == Code::NotFound, "{e:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_keys_name_the_key_and_field() -> Result<()> {
+    let service = tokio::task::spawn_blocking(|| Service::start(&[])).await??;
+    create_kv_table(&service, 2).await?;
+    let (mut writer, mut reader) = clients(&service).await?;
+    write_lines(&mut writer, WriteOp::Upsert, &kv_line(1, "a", 10), false).await?;
+
+    let bad = |keys: &str| ReadRequest {
+        table: TABLE.into(),
+        mode: ReadMode::Lookup as i32,
+        keys: keys.as_bytes().to_vec(),
+        keys_format: RowFormat::JsonLines as i32,
+        ..ReadRequest::default()
+    };
+    for (keys, wants) in [
+        ("{\"id\":1}\n{\"idd\":2}", ["key 1", "`id`"]),
+        ("{\"id\":1}\n{\"id\":2}\n{\"id\":null}", ["key 2", "`id`"]),
+        ("{\"id\":\"x\"}", ["key 0", "`id`"]),
+        ("not json", ["key 0", ""]),
+    ] {
+        let e = lookup(&mut reader, bad(keys))
+            .await
+            .err()
+            .with_context(|| format!("{keys} should fail"))?;
+        ensure!(e.code() == Code::InvalidArgument, "{keys}: {e:?}");
+        for w in wants {
+            ensure!(e.message().contains(w), "{keys}: {} lacks {w}", e.message());
+        }
+    }
+    let many: Vec<i64> = (0..10_001).collect();
+    let e = lookup(&mut reader, lookup_request(&many, &[]))
+        .await
+        .err()
+        .context("too many")?;
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("10000"),
+        "{e:?}"
+    );
+    let e = lookup(&mut reader, lookup_request(&[1], &["nope"]))
+        .await
+        .err()
+        .context("column")?;
+    ensure!(
+        e.code() == Code::InvalidArgument && e.message().contains("nope"),
+        "{e:?}"
+    );
+    let mut unknown = lookup_request(&[1], &[]);
+    unknown.table = "crash.none".into();
+    let e = lookup(&mut reader, unknown).await.err().context("table")?;
+    ensure!(e.code() == Code::NotFound, "{e:?}");
+
+    // The CLI: found rows on stdout, missing keys on stderr, exit 0.
+    let out = service.cli(&[
+        "lookup",
+        TABLE,
+        "--key",
+        "{\"id\":1}",
+        "--key",
+        "{\"id\":99}",
+        "--columns",
+        "id,v",
+    ])?;
+    ensure!(out.code() == Some(0), "{out:?}");
+    ensure!(out.stdout.trim() == "{\"id\":1,\"v\":\"a\"}", "{out:?}");
+    ensure!(out.stderr.contains("not found: {\"id\":99}"), "{out:?}");
+    let out = service.cli(&["lookup", TABLE, "--key", "{\"idd\":1}"])?;
+    if out.code() == Some(0) {
+        bail!("a bad key must fail: {out:?}");
+    }
+    ensure!(out.stderr.contains("{\"idd\":1}"), "names the key: {out:?}");
+    Ok(())
+}
