@@ -1,0 +1,1 @@
+//! Compactor unit tests.
