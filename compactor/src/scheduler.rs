@@ -82,6 +82,19 @@ pub struct LastRun {
     pub error: Option<String>,
 }
 
+/// How far a running compaction is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Tasks finished.
+    pub tasks_done: u64,
+    /// Tasks planned.
+    pub tasks_total: u64,
+    /// Input bytes of the finished tasks.
+    pub bytes_done: u64,
+    /// Input bytes of all tasks.
+    pub bytes_total: u64,
+}
+
 /// A table's compaction status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableStatus {
@@ -95,6 +108,8 @@ pub struct TableStatus {
     pub last_run: Option<LastRun>,
     /// Runs failed in a row.
     pub consecutive_failures: u32,
+    /// The run in progress, if any.
+    pub running: Option<Progress>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +117,7 @@ struct TableEntry {
     lock: Arc<tokio::sync::Mutex<()>>,
     last_run: Option<LastRun>,
     failures: u32,
+    running: Option<Progress>,
     next_due_ms: i64,
     last_orphans_ms: Option<i64>,
 }
@@ -211,6 +227,44 @@ impl Compactor {
             report.duration = started.elapsed();
             return Ok(report);
         }
+        self.with_entry(name, |e| {
+            e.running = Some(Progress {
+                tasks_done: 0,
+                tasks_total: report.plan.len() as u64,
+                bytes_done: 0,
+                bytes_total: report.plan.iter().map(|t| t.input_bytes).sum(),
+            });
+        });
+        let result = self
+            .execute(name, &table, &plan, &settings, now, options, &mut report)
+            .await;
+        self.with_entry(name, |e| e.running = None);
+        result?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    fn advance(&self, name: &TableName, bytes: u64) {
+        self.with_entry(name, |e| {
+            if let Some(p) = e.running.as_mut() {
+                p.tasks_done += 1;
+                p.bytes_done += bytes;
+            }
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        name: &TableName,
+        table: &iceberg::table::Table,
+        plan: &TablePlan,
+        settings: &TableSettings,
+        now: i64,
+        options: CompactOptions,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
+        let catalog = &self.inner.catalog;
         let label = name.to_string();
         if let Some(start) = plan.starting_snapshot_id {
             for task in &plan.rewrites {
@@ -218,12 +272,13 @@ impl Compactor {
                     catalog,
                     &self.inner.committer,
                     name,
-                    &table,
+                    table,
                     start,
                     task,
-                    &settings,
+                    settings,
                 )
                 .await?;
+                self.advance(name, task.input_bytes());
                 info!(
                     table = %name, kind = task.kind.as_str(), files = done.files_rewritten,
                     written = done.files_written, deletes = done.deletes_applied,
@@ -266,6 +321,7 @@ impl Compactor {
                 .increment(expired.expired_snapshot_ids.len() as u64);
             metrics::counter!(m::FILES_REMOVED, "table" => label.clone())
                 .increment(expired.deleted_files.len() as u64);
+            self.advance(name, 0);
         }
         if options.orphans {
             let removed = remove_orphan_files(
@@ -281,15 +337,15 @@ impl Compactor {
             report.files_removed += removed.removed.len() as u64;
             metrics::counter!(m::FILES_REMOVED, "table" => label.clone())
                 .increment(removed.removed.len() as u64);
+            self.advance(name, 0);
         }
         // The backlog after the run, for the gauges.
         if report.files_rewritten > 0 {
             let table = catalog.load(name).await?;
-            let after = plan_table(&table, &settings, now, false).await?;
+            let after = plan_table(&table, settings, now, false).await?;
             self.report_backlog(name, &after.backlog);
         }
-        report.duration = started.elapsed();
-        Ok(report)
+        Ok(())
     }
 
     fn report_backlog(&self, name: &TableName, backlog: &Backlog) {
@@ -306,14 +362,16 @@ impl Compactor {
         let loaded = self.inner.catalog.load(table).await?;
         let settings = TableSettings::from_properties(table, loaded.metadata().properties())?;
         let plan = plan_table(&loaded, &settings, self.inner.clock.now_ms(), false).await?;
-        let (last_run, consecutive_failures) =
-            self.with_entry(table, |e| (e.last_run.clone(), e.failures));
+        let (last_run, consecutive_failures, running) = self.with_entry(table, |e| {
+            (e.last_run.clone(), e.failures, e.running.clone())
+        });
         Ok(TableStatus {
             pending_tasks: plan.rewrites.len() as u64 + u64::from(!plan.expire.is_empty()),
             settings,
             backlog: plan.backlog,
             last_run,
             consecutive_failures,
+            running,
         })
     }
 

@@ -38,6 +38,8 @@ pub enum Command {
     Write(WriteArgs),
     /// Read an Iceberg snapshot of a table (the latest, or by id or time).
     Scan(ScanArgs),
+    /// Compact a table now: apply deletes, merge small files, expire snapshots, remove orphans.
+    Compact(CompactArgs),
 }
 
 /// `unitable scan` flags.
@@ -159,6 +161,25 @@ pub struct ServeArgs {
     /// (split them, or use WriteStream).
     #[arg(long, env = "UNITABLE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_request_bytes: usize,
+
+    /// How often background compaction looks at every table (e.g. 1m, 30s); 0 turns it off
+    /// (the Compact RPC and `unitable compact` still work).
+    #[arg(long, env = "UNITABLE_COMPACTION_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub compaction_interval: Duration,
+
+    /// Tables compacted at the same time (each on the compactor's own threads).
+    #[arg(long, env = "UNITABLE_COMPACTION_CONCURRENCY", default_value_t = 1)]
+    pub compaction_concurrency: usize,
+}
+
+/// `unitable compact` flags.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// NAMESPACE.TABLE
+    pub table: String,
+    /// Show the plan without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Where table definitions and data files live.
@@ -335,6 +356,7 @@ pub fn main() -> ExitCode {
         Command::Table(cmd) => runtime.block_on(client::table::run(&cli.server, cmd)),
         Command::Write(args) => runtime.block_on(client::write::run(&cli.server, args)),
         Command::Scan(args) => runtime.block_on(client::scan::run(&cli.server, args)),
+        Command::Compact(args) => runtime.block_on(client::compact::run(&cli.server, args)),
     }
 }
 

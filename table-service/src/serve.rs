@@ -15,11 +15,13 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use unitable_compactor::{Compactor, SchedulerConfig};
 use unitable_core::admin::TableAdmin;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::changelog::{
     Changelog, KafkaChangelog, KafkaConfig, LocalChangelog, LocalConfig,
 };
+use unitable_core::clock::SystemClock;
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::storage::s3_props;
@@ -33,7 +35,7 @@ use unitable_writer::{Writer, WriterConfig};
 
 use crate::cli::ServeArgs;
 use crate::grpc::admin::AdminApi;
-use crate::grpc::pending::PendingApi;
+use crate::grpc::compact::CompactApi;
 use crate::grpc::read::ReadApi;
 use crate::grpc::write::WriteApi;
 
@@ -61,6 +63,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot open the catalog database for commits")?;
     let committer = Committer::new(catalog.clone(), Arc::new(pointer));
+    // The compactor shares the writer's committer, so rewrites and row deltas take turns.
+    let compactor = Compactor::new(
+        catalog.clone(),
+        committer.clone(),
+        Arc::new(SystemClock),
+        SchedulerConfig {
+            interval: args.compaction_interval,
+            concurrency: args.compaction_concurrency.max(1),
+            ..SchedulerConfig::default()
+        },
+    );
+    // Compaction (Parquet decode and encode) runs on its own threads, off the gRPC runtime.
+    let compaction_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.compaction_concurrency.max(1))
+        .thread_name("unitable-compactor")
+        .enable_all()
+        .build()
+        .context("cannot start the compactor's threads")?;
+    let compact_api = CompactApi::new(compactor.clone(), compaction_runtime.handle().clone());
     let writer = Writer::new(
         catalog.clone(),
         changelog.clone(),
@@ -95,6 +116,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
 
     let shutdown = CancellationToken::new();
+    let scheduler = compaction_runtime.spawn(compactor.run(shutdown.child_token()));
     let mut tasks = tokio::task::JoinSet::new();
     {
         let shutdown = shutdown.clone();
@@ -105,6 +127,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 admin,
                 writer,
                 reader,
+                compact: compact_api,
             };
             let result =
                 serve_grpc(grpc_listener, roles, max_request_bytes, shutdown.clone()).await;
@@ -130,6 +153,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     shutdown.cancel();
+    // The scheduler stops at once (a rewrite cut off is never committed; its files are left
+    // to orphan removal).
+    let _ = scheduler.await;
+    compaction_runtime.shutdown_background();
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = task_outcome(joined)
             && first_error.is_none()
@@ -230,6 +257,7 @@ struct Roles {
     admin: TableAdmin,
     writer: Writer,
     reader: Reader,
+    compact: CompactApi,
 }
 
 async fn serve_grpc(
@@ -242,6 +270,7 @@ async fn serve_grpc(
         admin,
         writer,
         reader,
+        compact,
     } = roles;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -259,13 +288,14 @@ async fn serve_grpc(
         .add_service(TableAdminServiceServer::new(AdminApi::new(
             admin,
             writer.clone(),
+            compact.clone(),
         )))
         .add_service(
             WriteServiceServer::new(WriteApi::new(writer))
                 .max_decoding_message_size(max_request_bytes),
         )
         .add_service(ReadServiceServer::new(ReadApi::new(reader)))
-        .add_service(CompactionServiceServer::new(PendingApi))
+        .add_service(CompactionServiceServer::new(compact))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .context("the gRPC server failed")
