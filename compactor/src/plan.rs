@@ -246,7 +246,17 @@ pub async fn plan_table(
             task.push(input);
         }
         if !task.is_empty() {
-            rewrites.push(task_of(kind, spec_id, &partition, task));
+            // A lone leftover joins the previous task rather than staying behind.
+            match rewrites.last_mut() {
+                Some(last)
+                    if task.len() == 1
+                        && last.spec_id == spec_id
+                        && last.partition == partition =>
+                {
+                    last.inputs.extend(task);
+                }
+                _ => rewrites.push(task_of(kind, spec_id, &partition, task)),
+            }
         }
     }
     // A lone leftover small file is not worth a commit, unless it carries deletes.

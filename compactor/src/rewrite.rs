@@ -110,7 +110,12 @@ pub(crate) async fn run_rewrite(
     let input_bytes = task.input_bytes();
     let input_rows = task.input_rows().max(1);
     let bytes_per_row = (input_bytes as f64 / input_rows as f64).max(1.0);
-    let rows_per_file = ((settings.target_file_bytes as f64 / bytes_per_row) as usize).max(1);
+    // As few files as the target allows, with the rows spread evenly over them (equal files
+    // scan in parallel best).
+    let total = survivors.batch.num_rows();
+    let live_bytes = total as f64 * bytes_per_row;
+    let files = ((live_bytes / settings.target_file_bytes as f64).ceil() as usize).max(1);
+    let rows_per_file = total.div_ceil(files).max(1);
     let spec =
         metadata
             .partition_spec_by_id(task.spec_id)
@@ -127,7 +132,6 @@ pub(crate) async fn run_rewrite(
 
     let mut added: Vec<DataFile> = Vec::new();
     let mut map = PositionMap::new();
-    let total = survivors.batch.num_rows();
     let mut offset = 0;
     let written = async {
         while offset < total {
