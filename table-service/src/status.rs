@@ -24,9 +24,15 @@ pub(crate) enum ApiError {
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error(transparent)]
-    Compact(#[from] CompactError),
+    Compact(Box<CompactError>),
     #[error("a background task failed: {0}")]
     Worker(String),
+}
+
+impl From<CompactError> for ApiError {
+    fn from(e: CompactError) -> Self {
+        ApiError::Compact(Box::new(e))
+    }
 }
 
 fn classify_compact(e: &CompactError) -> (Code, Level) {

@@ -81,14 +81,13 @@ impl PositionMap {
             Some(runs) => runs,
             None => self.map.entry(old_path.to_string()).or_default(),
         };
-        if let Some(last) = runs.last_mut() {
-            if last.old_start + last.len == old_pos
-                && last.new_start + last.len == new_pos
-                && last.new_path == new_path
-            {
-                last.len += 1;
-                return;
-            }
+        if let Some(last) = runs.last_mut()
+            && last.old_start + last.len == old_pos
+            && last.new_start + last.len == new_pos
+            && last.new_path == new_path
+        {
+            last.len += 1;
+            return;
         }
         let run = Run {
             old_start: old_pos,
