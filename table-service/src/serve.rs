@@ -75,13 +75,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     // Compaction (Parquet decode and encode) runs on its own threads, off the gRPC runtime.
-    let compaction_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.compaction_concurrency.max(1))
-        .thread_name("unitable-compactor")
-        .enable_all()
-        .build()
-        .context("cannot start the compactor's threads")?;
-    let compact_api = CompactApi::new(compactor.clone(), compaction_runtime.handle().clone());
+    let compaction_runtime = BackgroundRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.compaction_concurrency.max(1))
+            .thread_name("unitable-compactor")
+            .enable_all()
+            .build()
+            .context("cannot start the compactor's threads")?,
+    ));
+    let compaction = compaction_runtime.handle();
+    let compact_api = CompactApi::new(compactor.clone(), compaction.clone());
     let writer = Writer::new(
         catalog.clone(),
         changelog.clone(),
@@ -116,7 +119,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
 
     let shutdown = CancellationToken::new();
-    let scheduler = compaction_runtime.spawn(compactor.run(shutdown.child_token()));
+    let scheduler = compaction.spawn(compactor.run(shutdown.child_token()));
     let mut tasks = tokio::task::JoinSet::new();
     {
         let shutdown = shutdown.clone();
@@ -156,7 +159,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The scheduler stops at once (a rewrite cut off is never committed; its files are left
     // to orphan removal).
     let _ = scheduler.await;
-    compaction_runtime.shutdown_background();
+    drop(compaction_runtime);
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = task_outcome(joined)
             && first_error.is_none()
@@ -179,6 +182,27 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ => {
             info!("shutdown complete");
             Ok(())
+        }
+    }
+}
+
+/// A runtime for background work, shut down without blocking when dropped (also on an early
+/// error return from async code, where dropping a runtime the normal way would panic).
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl BackgroundRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
