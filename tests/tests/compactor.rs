@@ -73,6 +73,40 @@ fn metric(service: &Service, name: &str, labels: &[&str]) -> Result<f64> {
     Ok(sum)
 }
 
+/// Every `replace` snapshot of table `name` records the changelog offsets of its parent (the
+/// anchor STREAM-from-snapshot and recovery rely on); returns how many were checked.
+async fn replaces_keep_the_anchor(data_dir: &Path, name: &str) -> Result<usize> {
+    let catalog = TableCatalog::open(CatalogConfig::embedded(data_dir)).await?;
+    let table = catalog.load(&name.parse()?).await?;
+    let metadata = table.metadata();
+    let key = unitable_core::naming::summary::CHANGELOG_OFFSETS;
+    let mut checked = 0;
+    for s in metadata.snapshots() {
+        if s.summary().operation != Operation::Replace {
+            continue;
+        }
+        let Some(parent) = s
+            .parent_snapshot_id()
+            .and_then(|p| metadata.snapshot_by_id(p))
+        else {
+            continue;
+        };
+        let own = s.summary().additional_properties.get(key);
+        ensure!(
+            own.is_some(),
+            "replace snapshot {} has no offsets",
+            s.snapshot_id()
+        );
+        ensure!(
+            own == parent.summary().additional_properties.get(key),
+            "replace snapshot {} moved the offsets",
+            s.snapshot_id()
+        );
+        checked += 1;
+    }
+    Ok(checked)
+}
+
 /// Live data files and `replace` snapshots of table `name`.
 async fn table_shape(data_dir: &Path, name: &str) -> Result<(usize, usize)> {
     let catalog = TableCatalog::open(CatalogConfig::embedded(data_dir)).await?;
@@ -204,6 +238,7 @@ async fn compactions_at_random_points_keep_every_read_equal_to_the_model() -> Re
         "only {replaces} replace snapshots"
     );
     ensure!(files < 20, "{files} data files left after compaction");
+    ensure!(replaces_keep_the_anchor(&service.data_dir(), TABLE).await? >= 1);
     // The writer re-pointed its index after compactions instead of rebuilding it.
     ensure!(metric(&service, "unitable_committer_index_repoints_total", &[])? >= 1.0);
     ensure!(
