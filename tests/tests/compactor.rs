@@ -6,7 +6,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::array::Int64Array;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,17 +16,29 @@ use anyhow::{Context, Result, bail, ensure};
 use iceberg::spec::Operation;
 use support::{TABLE, kv_line, scan_kv, scan_kv_pyiceberg, write_lines};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
+use unitable_core::commit::files::read_data_file;
 use unitable_core::commit::plan::plan_files;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
-    Column, CreateTableRequest, DataType, TableDefinition, WriteOp, data_type,
+    Column, CreateTableRequest, DataType, PartitionField, TableDefinition, WriteOp, data_type,
+    partition_field,
 };
 use unitable_tests::Service;
 use unitable_tests::iceberg_oracle::Rng;
 
 /// Creates a key-value table `name` (`id` key, `v`, `n`) with `properties`.
 async fn create_table(service: &Service, name: &str, properties: &[(&str, &str)]) -> Result<()> {
+    create_table_partitioned(service, name, properties, Vec::new()).await
+}
+
+/// Like [`create_table`], partitioned by `partition_by`.
+async fn create_table_partitioned(
+    service: &Service,
+    name: &str,
+    properties: &[(&str, &str)],
+    partition_by: Vec<PartitionField>,
+) -> Result<()> {
     let mut admin = TableAdminServiceClient::connect(service.grpc_url()).await?;
     let column = |name: &str, kind: data_type::Kind, required: bool| Column {
         name: name.into(),
@@ -46,6 +60,7 @@ async fn create_table(service: &Service, name: &str, properties: &[(&str, &str)]
                 ],
                 primary_key: vec!["id".into()],
                 buckets: 2,
+                partition_by,
                 properties: properties
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -275,6 +290,65 @@ async fn compactions_at_random_points_keep_every_read_equal_to_the_model() -> Re
     let described = service.cli(&["table", "describe", TABLE])?.ok()?;
     ensure!(described.contains("compaction   enabled"), "{described}");
     ensure!(described.contains("last run"), "{described}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compaction_keeps_partitions_apart() -> Result<()> {
+    let service = tokio::task::spawn_blocking(|| {
+        Service::start(&["--commit-interval", "50ms", "--compaction-interval", "0"])
+    })
+    .await??;
+    create_table_partitioned(
+        &service,
+        TABLE,
+        SMALL_FILES,
+        vec![PartitionField {
+            column: "n".into(),
+            transform: partition_field::Transform::Identity as i32,
+            ..PartitionField::default()
+        }],
+    )
+    .await?;
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+    let mut model = BTreeMap::new();
+    for round in 0..4 {
+        // Keys 0..40 with n = key % 3: three partitions, one new file per partition per round.
+        let lines: String = (0..40)
+            .map(|id| kv_line(id, &format!("r{round}-{id}"), id % 3))
+            .collect();
+        let resp = write_lines(&mut client, WriteOp::Upsert, &lines, true).await?;
+        ensure!(resp.errors.is_empty(), "{:?}", resp.errors);
+        for id in 0..40 {
+            model.insert(id, format!("r{round}-{id}"));
+        }
+    }
+    let out = service.cli(&["compact", TABLE])?.ok()?;
+    ensure!(out.contains("compacted"), "{out}");
+    ensure!(scan_kv(&service.data_dir()).await? == model);
+    let catalog = TableCatalog::open(CatalogConfig::embedded(&service.data_dir())).await?;
+    let table = catalog.load(&TABLE.parse()?).await?;
+    let planned = plan_files(table.file_io(), table.metadata(), None).await?;
+    ensure!(
+        planned.len() == 3,
+        "{} files for 3 partitions",
+        planned.len()
+    );
+    for file in planned {
+        ensure!(file.deletes.is_empty(), "deletes left after compaction");
+        let mut values = BTreeSet::new();
+        for batch in read_data_file(table.file_io(), file.data_file.file_path()).await? {
+            let n = batch
+                .column_by_name("n")
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+                .context("n column")?;
+            values.extend(n.iter().flatten());
+        }
+        ensure!(
+            values.len() == 1,
+            "a compacted file mixes partitions: {values:?}"
+        );
+    }
     Ok(())
 }
 
