@@ -207,7 +207,12 @@ async fn compactions_at_random_points_keep_every_read_equal_to_the_model() -> Re
     // Background compaction every 150 ms as well as `unitable compact` at random points; a
     // restart is a SIGKILL, so some land in the middle of a compaction.
     let mut service = tokio::task::spawn_blocking(|| {
-        Service::start(&["--commit-interval", "50ms", "--compaction-interval", "150ms"])
+        Service::start(&[
+            "--commit-interval",
+            "50ms",
+            "--compaction-interval",
+            "150ms",
+        ])
     })
     .await??;
     create_table(&service, TABLE, SMALL_FILES).await?;
@@ -481,6 +486,14 @@ async fn compactor_racing_the_committer_loses_no_update() -> Result<()> {
         metric(&service, "unitable_committer_index_repoints_total", &[])?,
         metric(&service, "unitable_committer_index_rebuilds_total", &[])?,
     );
+    // How long commits took while compaction ran (informational; never asserted on time).
+    let body = String::from_utf8(service.http_get("/metrics")?.body)?;
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("unitable_committer_commit_seconds"))
+    {
+        eprintln!("{line}");
+    }
     Ok(())
 }
 
