@@ -2,10 +2,9 @@
 //! ones holding the same live rows (compaction), removes the delete files that only targeted the
 //! replaced files, and carries position deletes committed meanwhile over onto the new files.
 //!
-//! **Snapshot layout.** The parent manifests holding a removed file are merged into one new
-//! manifest per content type and partition spec: removed files become `DELETED` entries that
-//! keep their original data and file sequence numbers; the other live entries become `EXISTING`
-//! with theirs; earlier `DELETED` entries are dropped. Manifests
+//! **Snapshot layout.** Every parent manifest holding a removed file is rewritten: removed files
+//! become `DELETED` entries that keep their original data and file sequence numbers; the other
+//! live entries become `EXISTING` with theirs; earlier `DELETED` entries are dropped. Manifests
 //! without removed files are carried over unchanged. The new data files are `ADDED` in a new
 //! manifest with an explicit data sequence number; carried deletes are `ADDED` in a new delete
 //! manifest and inherit the snapshot's sequence number.
@@ -479,32 +478,18 @@ impl Attempt for RewriteOp<'_> {
             );
         }
         let removing: HashSet<String> = self.removed.union(&to_remove).cloned().collect();
-        // Manifests holding a removed file are merged into one new manifest per content type
-        // and partition spec (so a rewrite of files from many commits leaves a few manifests,
-        // not one per commit); the others are carried over unchanged.
-        let mut affected: BTreeMap<(bool, i32), (ManifestFile, Vec<TrackedFile>)> = BTreeMap::new();
         for (manifest, entries) in manifests {
-            let touched = entries
+            let affected = entries
                 .iter()
                 .any(|f| f.is_live() && removing.contains(f.data_file.file_path()));
-            if touched {
-                let key = (
-                    manifest.content == ManifestContentType::Deletes,
-                    manifest.partition_spec_id,
+            if affected {
+                new_manifests.push(
+                    rewrite_manifest(base, self.snapshot_id, &manifest, &entries, &removing)
+                        .await?,
                 );
-                affected
-                    .entry(key)
-                    .or_insert_with(|| (manifest.clone(), Vec::new()))
-                    .1
-                    .extend(entries.iter().cloned());
             } else if has_live_entries(&manifest) {
                 new_manifests.push(manifest);
             }
-        }
-        for (template, entries) in affected.into_values() {
-            new_manifests.push(
-                rewrite_manifest(base, self.snapshot_id, &template, &entries, &removing).await?,
-            );
         }
 
         let mut props: HashMap<String, String> = self
@@ -544,10 +529,8 @@ impl Attempt for RewriteOp<'_> {
     }
 }
 
-/// Writes one manifest like `manifest` (content and partition spec) for snapshot `snapshot_id`
-/// holding `entries` (of one or more manifests of that content and spec): entries whose path is
-/// in `removing` become `DELETED`, other live entries `EXISTING`, earlier `DELETED` entries are
-/// dropped. Sequence numbers and
+/// Rewrites `manifest` for snapshot `snapshot_id`: entries whose path is in `removing` become `DELETED`,
+/// other live entries `EXISTING`, earlier `DELETED` entries are dropped. Sequence numbers and
 /// the adding snapshot ids of the kept entries are preserved.
 async fn rewrite_manifest(
     base: &Base<'_>,
