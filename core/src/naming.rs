@@ -182,6 +182,24 @@ pub mod props {
     pub const WRITE_TARGET_FILE_SIZE: &str = "unitable.write.target-file-size-bytes";
     /// User-settable: how often the committer commits, in milliseconds.
     pub const COMMIT_INTERVAL_MS: &str = "unitable.commit.interval-ms";
+    /// User-settable: `false` turns background compaction of the table off (default `true`).
+    pub const COMPACTION_ENABLED: &str = "unitable.compaction.enabled";
+    /// User-settable: the size compaction writes files at (default: the write target size).
+    pub const COMPACTION_TARGET_FILE_SIZE: &str = "unitable.compaction.target-file-size-bytes";
+    /// User-settable: files smaller than this fraction of the target are bin-packed.
+    pub const COMPACTION_SMALL_FILE_FRACTION: &str = "unitable.compaction.small-file-fraction";
+    /// User-settable: a partition is bin-packed once it has this many small files.
+    pub const COMPACTION_MIN_INPUT_FILES: &str = "unitable.compaction.min-input-files";
+    /// User-settable: files with at least this fraction of deleted rows are rewritten.
+    pub const COMPACTION_DELETE_RATIO: &str = "unitable.compaction.delete-ratio";
+    /// User-settable: snapshots older than this (ms) expire.
+    pub const COMPACTION_SNAPSHOT_RETENTION_MS: &str = "unitable.compaction.snapshot-retention-ms";
+    /// User-settable: the newest snapshots always kept.
+    pub const COMPACTION_MIN_SNAPSHOTS: &str = "unitable.compaction.min-snapshots-to-keep";
+    /// User-settable: unreferenced files younger than this (ms) are never removed.
+    pub const COMPACTION_ORPHAN_AGE_MS: &str = "unitable.compaction.orphan-age-ms";
+    /// User-settable: how often (ms) background compaction looks for orphan files.
+    pub const COMPACTION_ORPHAN_INTERVAL_MS: &str = "unitable.compaction.orphan-interval-ms";
     /// The layout version this build writes.
     pub const CURRENT_LAYOUT_VERSION: &str = "1";
 }

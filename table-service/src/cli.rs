@@ -46,6 +46,8 @@ pub enum Command {
     Sql(SqlArgs),
     /// Look rows up by primary key: the latest values, including writes not yet committed.
     Lookup(LookupArgs),
+    /// Compact a table now: apply deletes, merge small files, expire snapshots, remove orphans.
+    Compact(CompactArgs),
 }
 
 /// `unitable lookup` flags.
@@ -269,6 +271,25 @@ pub struct ServeArgs {
     /// (split them, or use WriteStream).
     #[arg(long, env = "UNITABLE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_request_bytes: usize,
+
+    /// How often background compaction looks at every table (e.g. 1m, 30s); 0 turns it off
+    /// (the Compact RPC and `unitable compact` still work).
+    #[arg(long, env = "UNITABLE_COMPACTION_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub compaction_interval: Duration,
+
+    /// Tables compacted at the same time (each on the compactor's own threads).
+    #[arg(long, env = "UNITABLE_COMPACTION_CONCURRENCY", default_value_t = 1)]
+    pub compaction_concurrency: usize,
+}
+
+/// `unitable compact` flags.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// NAMESPACE.TABLE
+    pub table: String,
+    /// Show the plan without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Where table definitions and data files live.
@@ -448,6 +469,7 @@ pub fn main() -> ExitCode {
         Command::Subscribe(args) => runtime.block_on(client::subscribe::run(&cli.server, args)),
         Command::Sql(args) => runtime.block_on(client::sql::run(&cli.server, args)),
         Command::Lookup(args) => runtime.block_on(client::lookup::run(&cli.server, args)),
+        Command::Compact(args) => runtime.block_on(client::compact::run(&cli.server, args)),
     }
 }
 

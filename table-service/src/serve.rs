@@ -15,11 +15,13 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use unitable_compactor::{Compactor, SchedulerConfig};
 use unitable_core::admin::TableAdmin;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::changelog::{
     Changelog, KafkaChangelog, KafkaConfig, LocalChangelog, LocalConfig,
 };
+use unitable_core::clock::SystemClock;
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::storage::s3_props;
@@ -33,7 +35,7 @@ use unitable_writer::{Writer, WriterConfig};
 
 use crate::cli::ServeArgs;
 use crate::grpc::admin::AdminApi;
-use crate::grpc::pending::PendingApi;
+use crate::grpc::compact::CompactApi;
 use crate::grpc::read::ReadApi;
 use crate::grpc::write::WriteApi;
 
@@ -61,6 +63,28 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot open the catalog database for commits")?;
     let committer = Committer::new(catalog.clone(), Arc::new(pointer));
+    // The compactor shares the writer's committer, so rewrites and row deltas take turns.
+    let compactor = Compactor::new(
+        catalog.clone(),
+        committer.clone(),
+        Arc::new(SystemClock),
+        SchedulerConfig {
+            interval: args.compaction_interval,
+            concurrency: args.compaction_concurrency.max(1),
+            ..SchedulerConfig::default()
+        },
+    );
+    // Compaction (Parquet decode and encode) runs on its own threads, off the gRPC runtime.
+    let compaction_runtime = BackgroundRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.compaction_concurrency.max(1))
+            .thread_name("unitable-compactor")
+            .enable_all()
+            .build()
+            .context("cannot start the compactor's threads")?,
+    ));
+    let compaction = compaction_runtime.handle();
+    let compact_api = CompactApi::new(compactor.clone(), compaction.clone());
     let writer = Writer::new(
         catalog.clone(),
         changelog.clone(),
@@ -76,7 +100,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot list the tables to start their committers")?;
     info!(tables = committers, "committers started");
     let reader = Reader::new(catalog.clone(), changelog.clone());
-    let read_runtime = ReadRuntime::start()?;
+    // Reads (scans, SQL) run off the gRPC runtime, so a heavy query cannot starve writes and
+    // admin calls.
+    let read_runtime = BackgroundRuntime::start("unitable-read")?;
     let read_handle = read_runtime.handle();
     let admin = TableAdmin::new(catalog, changelog);
 
@@ -97,6 +123,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
 
     let shutdown = CancellationToken::new();
+    let scheduler = compaction.spawn(compactor.run(shutdown.child_token()));
     let mut tasks = tokio::task::JoinSet::new();
     {
         let shutdown = shutdown.clone();
@@ -108,6 +135,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 writer,
                 reader,
                 read_handle,
+                compact: compact_api,
             };
             let result =
                 serve_grpc(grpc_listener, roles, max_request_bytes, shutdown.clone()).await;
@@ -133,6 +161,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     shutdown.cancel();
+    // The scheduler stops at once (a rewrite cut off is never committed; its files are left
+    // to orphan removal).
+    let _ = scheduler.await;
+    drop(compaction_runtime);
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = task_outcome(joined)
             && first_error.is_none()
@@ -155,6 +187,36 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ => {
             info!("shutdown complete");
             Ok(())
+        }
+    }
+}
+
+/// A runtime for background work, shut down without blocking when dropped (also on an early
+/// error return from async code, where dropping a runtime the normal way would panic).
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl BackgroundRuntime {
+    fn start(name: &str) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .with_context(|| format!("cannot start the {name} runtime"))?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
@@ -235,36 +297,7 @@ struct Roles {
     reader: Reader,
     /// Where reads run (scans, SQL): off the gRPC runtime.
     read_handle: tokio::runtime::Handle,
-}
-
-/// The runtime reads run on, so a heavy scan or SQL query cannot starve writes and admin calls
-/// on the gRPC runtime. Shut down in the background when dropped (also on start-up errors).
-struct ReadRuntime(Option<tokio::runtime::Runtime>);
-
-impl ReadRuntime {
-    fn start() -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .thread_name("unitable-read")
-            .enable_all()
-            .build()
-            .context("cannot start the read runtime")?;
-        Ok(Self(Some(runtime)))
-    }
-
-    fn handle(&self) -> tokio::runtime::Handle {
-        match &self.0 {
-            Some(runtime) => runtime.handle().clone(),
-            None => tokio::runtime::Handle::current(),
-        }
-    }
-}
-
-impl Drop for ReadRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
+    compact: CompactApi,
 }
 
 async fn serve_grpc(
@@ -278,6 +311,7 @@ async fn serve_grpc(
         writer,
         reader,
         read_handle,
+        compact,
     } = roles;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -306,13 +340,14 @@ async fn serve_grpc(
         .add_service(TableAdminServiceServer::new(AdminApi::new(
             admin,
             writer.clone(),
+            compact.clone(),
         )))
         .add_service(
             WriteServiceServer::new(WriteApi::new(writer))
                 .max_decoding_message_size(max_request_bytes),
         )
         .add_service(ReadServiceServer::new(ReadApi::new(reader, read_handle)))
-        .add_service(CompactionServiceServer::new(PendingApi))
+        .add_service(CompactionServiceServer::new(compact))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .context("the gRPC server failed")

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 use tracing::{debug, error, warn};
+use unitable_compactor::CompactError;
 use unitable_core::Error as CoreError;
 use unitable_core::changelog::ChangelogError;
 use unitable_core::commit::CommitError;
@@ -22,6 +23,27 @@ pub(crate) enum ApiError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Read(#[from] ReadError),
+    #[error(transparent)]
+    Compact(Box<CompactError>),
+    #[error("a background task failed: {0}")]
+    Worker(String),
+}
+
+impl From<CompactError> for ApiError {
+    fn from(e: CompactError) -> Self {
+        ApiError::Compact(Box::new(e))
+    }
+}
+
+fn classify_compact(e: &CompactError) -> (Code, Level) {
+    match e {
+        CompactError::Commit(c) => classify_commit(c),
+        CompactError::Table(core) => classify_core(core),
+        CompactError::BadProperty { .. } => (Code::FailedPrecondition, Level::Warn),
+        CompactError::DataFile { .. } => (Code::Internal, Level::Error),
+        CompactError::Starved { .. } => (Code::Aborted, Level::Warn),
+        CompactError::Worker { .. } => (Code::Internal, Level::Error),
+    }
 }
 
 fn classify_read(e: &ReadError) -> (Code, Level) {
@@ -143,6 +165,8 @@ impl From<ApiError> for Status {
             ApiError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
             ApiError::Write(w) => classify_write(w),
             ApiError::Read(r) => classify_read(r),
+            ApiError::Compact(c) => classify_compact(c),
+            ApiError::Worker(_) => (Code::Internal, Level::Error),
         };
         let message = e.to_string();
         match level {

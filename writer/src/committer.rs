@@ -11,17 +11,20 @@
 //! rebuild the index; read the changelog from those offsets; decode; keep the last change per
 //! key; write the surviving rows as data files and the previous rows of every changed key as
 //! position deletes; commit one row delta whose summary records the new offsets. Only after
-//! the commit is the index updated. A commit that finds one of its delete targets replaced by
-//! a compaction rebuilds the index and recomputes the deletes.
+//! the commit is the index updated. When the table moved on by compactions (`replace`
+//! snapshots) since the committer's last commit, the index is re-pointed to the files they
+//! added (reading only those files' keys); a commit that finds one of its delete targets
+//! replaced does the same and recomputes its deletes. A full rebuild is the fallback (snapshots
+//! of other engines, or a re-point that leaves the index pointing into a replaced file).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use bytes::Bytes;
-use iceberg::spec::{DataFile, Struct};
+use iceberg::spec::{DataFile, Operation, Struct};
 use iceberg::table::Table;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +33,7 @@ use unitable_core::catalog::TableCatalog;
 use unitable_core::changelog::{Changelog, ChangelogError, StoredRecord};
 use unitable_core::commit::CommitError;
 use unitable_core::commit::files::PositionDelete;
+use unitable_core::commit::read::ancestors_between;
 use unitable_core::commit::row_delta::{Committer, RowDelta};
 use unitable_core::naming::{TableName, TopicName, props, summary};
 use unitable_core::offsets::{PartitionId, PartitionOffsets};
@@ -41,7 +45,7 @@ use crate::error::{WriteError, WriteResult};
 use crate::files::{Layout, take_rows};
 use crate::index::{KeyIndex, RowLocation};
 use crate::metric_names as m;
-use crate::recovery::{anchored_offsets, key_field_ids, rebuild_index};
+use crate::recovery::{anchored_offsets, key_field_ids, rebuild_index, repoint_index};
 
 /// What the committer has committed so far (watched by writes waiting for a snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -236,14 +240,21 @@ impl TableCommitter {
             interval,
             def,
         };
-        self.rebuild(&mut state, table).await?;
+        self.rebuild(&mut state, table, "start").await?;
         Ok(state)
     }
 
-    async fn rebuild(&self, state: &mut State, table: &Table) -> WriteResult<()> {
+    async fn rebuild(
+        &self,
+        state: &mut State,
+        table: &Table,
+        reason: &'static str,
+    ) -> WriteResult<()> {
         if state.def.is_append_only() {
             return Ok(());
         }
+        metrics::counter!(m::INDEX_REBUILDS, "table" => self.name.to_string(), "reason" => reason)
+            .increment(1);
         let started = Instant::now();
         let rebuilt = rebuild_index(
             table.file_io(),
@@ -260,6 +271,65 @@ impl TableCommitter {
             "rebuilt the primary-key index"
         );
         self.report_index(state);
+        Ok(())
+    }
+
+    /// Brings the index in step with `table` when snapshots landed since the committer's last
+    /// commit without moving the anchored offsets: compactions are applied by re-pointing the
+    /// keys of the files they added; anything else (or a failed re-point) rebuilds.
+    async fn catch_up(&self, state: &mut State, table: &Table) -> WriteResult<()> {
+        let metadata = table.metadata();
+        let head = metadata.current_snapshot_id();
+        if state.def.is_append_only() || head == state.snapshot_id {
+            state.snapshot_id = head;
+            return Ok(());
+        }
+        let Some(head_id) = head else {
+            return Ok(());
+        };
+        let rewrites: Option<HashSet<i64>> =
+            ancestors_between(metadata, head_id, state.snapshot_id)
+                .filter(|chain| {
+                    chain
+                        .iter()
+                        .all(|s| s.summary().operation == Operation::Replace)
+                })
+                .map(|chain| chain.iter().map(|s| s.snapshot_id()).collect());
+        match rewrites {
+            Some(rewrites) => {
+                let started = Instant::now();
+                match repoint_index(
+                    table.file_io(),
+                    metadata,
+                    &state.codec,
+                    &state.key_field_ids,
+                    &mut state.index,
+                    &rewrites,
+                )
+                .await
+                {
+                    Ok(keys) => {
+                        metrics::counter!(m::INDEX_REPOINTS, "table" => self.name.to_string())
+                            .increment(1);
+                        info!(
+                            table = %self.name, snapshots = rewrites.len(), keys,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "applied compactions to the primary-key index"
+                        );
+                        self.report_index(state);
+                    }
+                    Err(e) => {
+                        warn!(table = %self.name, error = %e, "could not apply compactions to the index; rebuilding it");
+                        self.rebuild(state, table, "fallback").await?;
+                    }
+                }
+            }
+            None => {
+                info!(table = %self.name, "snapshots of another writer landed; rebuilding the index");
+                self.rebuild(state, table, "foreign-snapshot").await?;
+            }
+        }
+        state.snapshot_id = head;
         Ok(())
     }
 
@@ -324,7 +394,9 @@ impl TableCommitter {
             );
             state.next = anchored;
             state.snapshot_id = metadata.current_snapshot_id();
-            self.rebuild(state, &table).await?;
+            self.rebuild(state, &table, "lost-answer").await?;
+        } else if metadata.current_snapshot_id() != state.snapshot_id {
+            self.catch_up(state, &table).await?;
         }
 
         let (records, until) = self.drain(state).await?;
@@ -368,10 +440,10 @@ impl TableCommitter {
                     break c;
                 }
                 Err(CommitError::DataFileRemoved { path, .. }) if attempts < 4 => {
-                    info!(table = %self.name, %path, "a delete target was compacted away; rebuilding the index");
+                    info!(table = %self.name, %path, "a delete target was compacted away; applying the compaction to the index");
                     table = self.shared.catalog.load(&self.name).await?;
                     self.check_claim(state, table.metadata().properties())?;
-                    self.rebuild(state, &table).await?;
+                    self.catch_up(state, &table).await?;
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -114,6 +114,11 @@ impl<S: BuildHasher> KeyIndex<S> {
         self.arena.capacity() + slots + files
     }
 
+    /// The files that hold at least one live key.
+    pub fn files_in_use(&self) -> impl Iterator<Item = &IndexedFile> {
+        self.files.iter().flatten().filter(|f| f.live > 0)
+    }
+
     /// The id of `path`, registering it with its partition.
     pub fn file_id(&mut self, path: &str, partition: &Struct, spec_id: i32) -> FileId {
         if let Some(&id) = self.file_ids.get(path) {

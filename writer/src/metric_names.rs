@@ -30,3 +30,8 @@ pub const RECORDS_LOST: &str = "unitable_committer_lost_records_total";
 pub const INDEX_KEYS: &str = "unitable_writer_index_keys";
 /// Memory of the primary-key index, in bytes (gauge).
 pub const INDEX_BYTES: &str = "unitable_writer_index_bytes";
+/// Full primary-key index rebuilds, by `reason` (`start`, `lost-answer`, `schema`, `fallback`,
+/// `foreign-snapshot`).
+pub const INDEX_REBUILDS: &str = "unitable_committer_index_rebuilds_total";
+/// Compactions applied to the index without a rebuild (one per catch-up).
+pub const INDEX_REPOINTS: &str = "unitable_committer_index_repoints_total";

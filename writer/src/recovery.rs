@@ -1,7 +1,12 @@
 //! Where a committer resumes: the changelog offsets anchored in the table's snapshots, and the
-//! primary-key index rebuilt from the live rows of the current snapshot.
+//! primary-key index rebuilt from the live rows of the current snapshot. After a compaction the
+//! index is not rebuilt: [`repoint_index`] reads only the key columns of the files the `replace`
+//! snapshots added and points their keys there.
 
 use std::collections::{BTreeSet, HashSet};
+
+use iceberg::spec::DataContentType;
+use unitable_core::commit::plan::{live_files, plan_live};
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
@@ -62,14 +67,7 @@ pub(crate) async fn rebuild_index(
         let path = file.data_file.file_path().to_string();
         // Paths are never reused, so every delete naming this file applies to it.
         let gone = deleted.get(&path).unwrap_or(&none);
-        let bytes = read_bytes(file_io, &path).await?;
-        let ids = key_field_ids.to_vec();
-        let path_for_task = path.clone();
-        let batches = tokio::task::spawn_blocking(move || read_keys(&path_for_task, bytes, &ids))
-            .await
-            .map_err(|e| WriteError::Internal {
-                reason: format!("key reader task failed: {e}"),
-            })??;
+        let batches = key_batches(file_io, &path, key_field_ids).await?;
         let id = index.file_id(&path, file.data_file.partition(), file.spec_id);
         let mut pos: u64 = 0;
         for batch in batches {
@@ -115,6 +113,103 @@ pub(crate) async fn rebuild_index(
         duplicates,
         files: planned.len(),
     })
+}
+
+/// Reads the key columns of the data file at `path` (decoding off the async threads).
+async fn key_batches(
+    file_io: &FileIO,
+    path: &str,
+    key_field_ids: &[i32],
+) -> WriteResult<Vec<RecordBatch>> {
+    let bytes = read_bytes(file_io, path).await?;
+    let ids = key_field_ids.to_vec();
+    let path_for_task = path.to_string();
+    tokio::task::spawn_blocking(move || read_keys(&path_for_task, bytes, &ids))
+        .await
+        .map_err(|e| WriteError::Internal {
+            reason: format!("key reader task failed: {e}"),
+        })?
+}
+
+/// Applies the `replace` snapshots `rewrites` (all committed after the index was last in step
+/// with the table, and nothing else since) to `index`: every live row of the data files they
+/// added (minus the deletes that apply to them now, e.g. deletes carried over by the rewrite)
+/// becomes its key's location. Each such row is its key's only live row, so this is what a
+/// rebuild would find. Afterwards every file the index points into must be live; otherwise
+/// the caller must rebuild. Returns the keys re-pointed.
+pub(crate) async fn repoint_index(
+    file_io: &FileIO,
+    metadata: &TableMetadata,
+    codec: &RecordCodec,
+    key_field_ids: &[i32],
+    index: &mut KeyIndex,
+    rewrites: &HashSet<i64>,
+) -> WriteResult<usize> {
+    let live = live_files(file_io, metadata, None).await?;
+    let added: HashSet<&str> = live
+        .iter()
+        .filter(|f| {
+            f.data_file.content_type() == DataContentType::Data && rewrites.contains(&f.snapshot_id)
+        })
+        .map(|f| f.data_file.file_path())
+        .collect();
+    let planned = plan_live(metadata, &live);
+    let live_paths: HashSet<&str> = planned.iter().map(|f| f.data_file.file_path()).collect();
+    let targets: Vec<_> = planned
+        .iter()
+        .filter(|f| added.contains(f.data_file.file_path()))
+        .collect();
+    let mut seen = HashSet::new();
+    let delete_files: Vec<_> = targets
+        .iter()
+        .flat_map(|f| f.deletes.iter())
+        .filter(|d| seen.insert(d.file_path().to_string()))
+        .cloned()
+        .collect();
+    let deleted = read_position_deletes(file_io, &delete_files).await?;
+    let none = BTreeSet::new();
+    let mut repointed = 0;
+    for file in targets {
+        let path = file.data_file.file_path();
+        let gone = deleted.get(path).unwrap_or(&none);
+        let batches = key_batches(file_io, path, key_field_ids).await?;
+        let id = index.file_id(path, file.data_file.partition(), file.spec_id);
+        let mut pos: u64 = 0;
+        for batch in batches {
+            let (keys, errors) = codec.encode_keys(&batch)?;
+            if let Some(e) = errors.first() {
+                return Err(WriteError::Internal {
+                    reason: format!("{path}: a live row has an invalid key: {e}"),
+                });
+            }
+            for key in keys {
+                let row_pos = pos + key.row as u64;
+                if !gone.contains(&(row_pos as i64)) {
+                    index.insert(
+                        &key.key,
+                        RowLocation {
+                            file: id,
+                            pos: row_pos,
+                        },
+                    );
+                    repointed += 1;
+                }
+            }
+            pos += batch.num_rows() as u64;
+        }
+    }
+    if let Some(stale) = index
+        .files_in_use()
+        .find(|f| !live_paths.contains(f.path.as_ref()))
+    {
+        return Err(WriteError::Internal {
+            reason: format!(
+                "after applying the rewrites the index still points into {}, which is not live",
+                stale.path
+            ),
+        });
+    }
+    Ok(repointed)
 }
 
 /// The key columns (by Iceberg field id) of a Parquet data file, in row order.

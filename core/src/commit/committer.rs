@@ -7,6 +7,12 @@
 //! metadata to a new file (never overwriting one) and swaps the catalog's pointer with a
 //! compare-and-swap. A lost race backs off (5 ms doubling to 500 ms) and starts over on the new
 //! head; validation errors are final.
+//!
+//! **Turns.** Row deltas commit quickly and often; a rewrite's attempt is slower (it reads the
+//! new delete files and rewrites manifests), so a back-to-back writer can win every race. After
+//! a rewrite has lost [`CLAIM_TURN_AFTER`] races it claims the table's turn (in this process):
+//! row deltas of that table wait before their next attempt until the rewrite finishes, at most
+//! [`MAX_YIELD`], then go on regardless. Committers share turns through clones.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -20,6 +26,7 @@ use iceberg::spec::{
     MAIN_BRANCH, ManifestFile, ManifestListWriter, Snapshot, Summary, TableMetadata,
     TableMetadataBuilder,
 };
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::cache::ManifestCache;
@@ -39,6 +46,11 @@ pub struct Committed {
     pub already_committed: bool,
 }
 
+/// Lost races after which a rewrite asks row deltas to wait (see the module header).
+pub const CLAIM_TURN_AFTER: u32 = 2;
+/// The longest a row delta waits for a rewrite's turn before it commits anyway.
+pub const MAX_YIELD: Duration = Duration::from_secs(2);
+
 /// Commits to tables of one catalog.
 #[derive(Debug, Clone)]
 pub struct Committer {
@@ -46,6 +58,59 @@ pub struct Committer {
     pointer: Arc<dyn MetadataPointer>,
     max_attempts: u32,
     cache: Arc<ManifestCache>,
+    turns: Arc<Turns>,
+}
+
+/// Per table, whether a rewrite holds the turn (row deltas then wait, bounded).
+#[derive(Debug, Default)]
+struct Turns {
+    tables: std::sync::Mutex<HashMap<TableName, watch::Sender<bool>>>,
+}
+
+impl Turns {
+    fn sender(&self, table: &TableName) -> watch::Sender<bool> {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables
+            .entry(table.clone())
+            .or_insert_with(|| watch::channel(false).0)
+            .clone()
+    }
+
+    fn claim(&self, table: &TableName) -> TurnGuard {
+        let sender = self.sender(table);
+        sender.send_replace(true);
+        TurnGuard(sender)
+    }
+
+    /// Waits while a rewrite holds `table`'s turn, at most `limit`.
+    async fn wait_clear(&self, table: &TableName, limit: Duration) {
+        let mut receiver = self.sender(table).subscribe();
+        if !*receiver.borrow() {
+            return;
+        }
+        debug!(%table, "a rewrite holds the turn; waiting briefly");
+        let _ = tokio::time::timeout(limit, receiver.wait_for(|held| !*held)).await;
+    }
+}
+
+/// Releases a claimed turn when dropped.
+struct TurnGuard(watch::Sender<bool>);
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
+/// How an operation takes part in turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TurnRole {
+    /// Neither waits nor claims (properties, expiration).
+    Neutral,
+    /// Waits (bounded) while a rewrite holds the turn (row deltas).
+    Yields,
+    /// Claims the turn after losing [`CLAIM_TURN_AFTER`] races (rewrites).
+    Claims,
 }
 
 /// The table state an attempt builds on.
@@ -83,6 +148,11 @@ pub(crate) trait Attempt: Send {
 
     /// Validates the operation against `base` and stages the new metadata.
     async fn stage(&mut self, base: &Base<'_>) -> CommitResult<Staged<Self::Output>>;
+
+    /// How the operation takes part in turns.
+    fn turn_role(&self) -> TurnRole {
+        TurnRole::Neutral
+    }
 }
 
 impl Committer {
@@ -93,6 +163,7 @@ impl Committer {
             pointer,
             max_attempts: 20,
             cache: Arc::default(),
+            turns: Arc::default(),
         }
     }
 
@@ -115,7 +186,12 @@ impl Committer {
         op: &mut A,
     ) -> CommitResult<A::Output> {
         let mut backoff = Duration::from_millis(5);
+        let role = op.turn_role();
+        let mut turn: Option<TurnGuard> = None;
         for attempt in 1..=self.max_attempts {
+            if role == TurnRole::Yields {
+                self.turns.wait_clear(table, MAX_YIELD).await;
+            }
             let loaded = self.catalog.load(table).await?;
             let metadata = loaded.metadata();
             if let Some(found) = op.landed(metadata) {
@@ -159,6 +235,10 @@ impl Committer {
                 }
                 Ok(SwapOutcome::Conflict) => {
                     debug!(%table, attempt, "commit conflict; rebasing on the new head");
+                    if role == TurnRole::Claims && attempt >= CLAIM_TURN_AFTER && turn.is_none() {
+                        debug!(%table, attempt, "rewrite claims the turn");
+                        turn = Some(self.turns.claim(table));
+                    }
                 }
                 Err(e) => {
                     // Unknown outcome: the next attempt reloads and asks `landed` first.
@@ -168,6 +248,7 @@ impl Committer {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
+        drop(turn);
         Err(CommitError::CommitConflict {
             table: table.clone(),
             attempts: self.max_attempts,

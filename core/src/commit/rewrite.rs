@@ -35,7 +35,7 @@ use iceberg::spec::{
     TableMetadata,
 };
 
-use super::committer::{Attempt, Base, Committed, Staged, find_commit, new_snapshot_id};
+use super::committer::{Attempt, Base, Committed, Staged, TurnRole, find_commit, new_snapshot_id};
 use super::committer::{Committer, stage_snapshot};
 use super::files::{PositionDelete, write_position_deletes};
 use super::plan::{DeleteIndex, TrackedFile, has_live_entries, live_files, read_position_deletes};
@@ -48,9 +48,22 @@ use crate::naming::{TableName, summary};
 /// Where the rows of replaced data files went: (old path, old position) -> (new path, new
 /// position). A position with no entry is a row the rewrite dropped because it was already
 /// deleted in the starting snapshot.
+///
+/// Stored as runs: consecutive old positions that went to consecutive positions of one new file
+/// are one entry, so a rewrite that copies rows in order costs one entry per stretch of live
+/// rows (deleted rows and file boundaries cut stretches), not one per row.
 #[derive(Debug, Clone, Default)]
 pub struct PositionMap {
-    map: HashMap<String, HashMap<i64, (Arc<str>, i64)>>,
+    map: HashMap<String, Vec<Run>>,
+}
+
+/// `len` rows from `old_start` went to `new_start..` of `new_path`.
+#[derive(Debug, Clone)]
+struct Run {
+    old_start: i64,
+    len: i64,
+    new_path: Arc<str>,
+    new_start: i64,
 }
 
 impl PositionMap {
@@ -59,20 +72,54 @@ impl PositionMap {
         Self::default()
     }
 
-    /// Records that row `old_pos` of `old_path` is row `new_pos` of `new_path`.
+    /// Records that row `old_pos` of `old_path` is row `new_pos` of `new_path` (each old row at
+    /// most once). Cheapest when each old file's positions come in ascending order (as a
+    /// rewrite reads them); any order is correct.
     pub fn insert(&mut self, old_path: &str, old_pos: i64, new_path: Arc<str>, new_pos: i64) {
-        self.map
-            .entry(old_path.to_string())
-            .or_default()
-            .insert(old_pos, (new_path, new_pos));
+        let runs = match self.map.get_mut(old_path) {
+            Some(runs) => runs,
+            None => self.map.entry(old_path.to_string()).or_default(),
+        };
+        if let Some(last) = runs.last_mut()
+            && last.old_start + last.len == old_pos
+            && last.new_start + last.len == new_pos
+            && last.new_path == new_path
+        {
+            last.len += 1;
+            return;
+        }
+        let run = Run {
+            old_start: old_pos,
+            len: 1,
+            new_path,
+            new_start: new_pos,
+        };
+        match runs.last() {
+            Some(last) if last.old_start > old_pos => {
+                // Out of order: keep the runs sorted.
+                let at = runs.partition_point(|r| r.old_start < old_pos);
+                runs.insert(at, run);
+            }
+            _ => runs.push(run),
+        }
     }
 
     /// Where row `old_pos` of `old_path` went.
     pub fn get(&self, old_path: &str, old_pos: i64) -> Option<(&str, i64)> {
-        self.map
-            .get(old_path)?
-            .get(&old_pos)
-            .map(|(p, pos)| (p.as_ref(), *pos))
+        let runs = self.map.get(old_path)?;
+        let at = runs.partition_point(|r| r.old_start <= old_pos);
+        let run = runs.get(at.checked_sub(1)?)?;
+        (old_pos < run.old_start + run.len).then(|| {
+            (
+                run.new_path.as_ref(),
+                run.new_start + old_pos - run.old_start,
+            )
+        })
+    }
+
+    /// Entries held (runs); a measure of the map's memory.
+    pub fn runs(&self) -> usize {
+        self.map.values().map(Vec::len).sum()
     }
 }
 
@@ -224,6 +271,10 @@ impl Attempt for RewriteOp<'_> {
 
     fn landed(&self, metadata: &TableMetadata) -> Option<Committed> {
         find_commit(metadata, &self.rewrite.commit_id)
+    }
+
+    fn turn_role(&self) -> TurnRole {
+        TurnRole::Claims
     }
 
     async fn stage(&mut self, base: &Base<'_>) -> CommitResult<Staged<Committed>> {

@@ -283,3 +283,43 @@ async fn a_rewrite_whose_answer_was_lost_is_not_applied_twice() {
     let table = f.catalog.load(&f.name).await.unwrap();
     assert_eq!(table.metadata().snapshots().count(), 2);
 }
+
+#[test]
+fn position_map_stores_runs_and_answers_every_position() {
+    let a: Arc<str> = Arc::from("new-a");
+    let b: Arc<str> = Arc::from("new-b");
+    let mut map = PositionMap::new();
+    // old-1: rows 0..100 live except 10 and 50; 0..60 go to new-a, the rest to new-b.
+    let mut expected = Vec::new();
+    let mut next_a = 0;
+    let mut next_b = 0;
+    for pos in (0..100).filter(|p| *p != 10 && *p != 50) {
+        let (path, new_pos) = if pos < 60 {
+            next_a += 1;
+            (a.clone(), next_a - 1)
+        } else {
+            next_b += 1;
+            (b.clone(), next_b - 1)
+        };
+        map.insert("old-1", pos, path.clone(), new_pos);
+        expected.push((pos, path, new_pos));
+    }
+    // old-2 inserted out of order.
+    for pos in [5, 3, 4, 0] {
+        map.insert("old-2", pos, b.clone(), 100 + pos);
+    }
+    assert_eq!(map.runs(), 4 + 4);
+    for (pos, path, new_pos) in expected {
+        assert_eq!(map.get("old-1", pos), Some((path.as_ref(), new_pos)));
+    }
+    for pos in [10, 50, 100, -1] {
+        assert_eq!(map.get("old-1", pos), None);
+    }
+    for pos in [0, 3, 4, 5] {
+        assert_eq!(map.get("old-2", pos), Some(("new-b", 100 + pos)));
+    }
+    for pos in [1, 2, 6] {
+        assert_eq!(map.get("old-2", pos), None);
+    }
+    assert_eq!(map.get("old-3", 0), None);
+}

@@ -22,7 +22,7 @@ use iceberg::spec::{
 };
 
 use super::committer::{
-    Attempt, Base, Staged, check_required, find_commit, new_snapshot_id, stage_snapshot,
+    Attempt, Base, Staged, TurnRole, check_required, find_commit, new_snapshot_id, stage_snapshot,
 };
 pub use super::committer::{Committed, Committer};
 use super::plan::{has_live_entries, manifests_of};
@@ -112,6 +112,10 @@ impl Attempt for RowDeltaOp<'_> {
 
     fn landed(&self, metadata: &TableMetadata) -> Option<Committed> {
         find_commit(metadata, &self.delta.commit_id)
+    }
+
+    fn turn_role(&self) -> TurnRole {
+        TurnRole::Yields
     }
 
     async fn stage(&mut self, base: &Base<'_>) -> CommitResult<Staged<Committed>> {

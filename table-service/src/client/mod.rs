@@ -1,6 +1,7 @@
 //! Client subcommands: talk gRPC to a running server, print results, exit 1 on error with one
 //! line on stderr that says what is wrong and what to do.
 
+pub(crate) mod compact;
 pub(crate) mod lookup;
 pub(crate) mod rows;
 pub(crate) mod scan;

@@ -9,8 +9,8 @@ use unitable_core::partition::PartitionField;
 use unitable_core::table::Column;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::{
-    AddColumnRequest, CreateTableRequest, DropTableRequest, GetTableRequest, ListTablesRequest,
-    TableDefinition, TableInfo,
+    AddColumnRequest, CompactResponse, CompactionStatus, CreateTableRequest, DropTableRequest,
+    GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
 };
 
 use super::{ClientError, channel};
@@ -67,18 +67,27 @@ async fn run_inner(server: &str, cmd: TableCommand) -> Result<(), ClientError> {
         }
         TableCommand::Describe { table, format } => {
             let name = parse_name(&table)?;
-            let info = client
+            let response = client
                 .get_table(GetTableRequest {
                     table: name.to_string(),
                 })
                 .await
                 .map_err(rpc_err)?
-                .into_inner()
-                .table
-                .unwrap_or_default();
+                .into_inner();
+            let info = response.table.unwrap_or_default();
+            let compaction = response.compaction;
             match format {
-                OutputFormat::Json => println!("{:#}", describe_json(&info)),
-                OutputFormat::Text => print!("{}", describe_text(&info)),
+                OutputFormat::Json => {
+                    let mut value = describe_json(&info);
+                    value["compaction"] = compaction.as_ref().map_or(json!(null), compaction_json);
+                    println!("{value:#}");
+                }
+                OutputFormat::Text => {
+                    print!("{}", describe_text(&info));
+                    if let Some(c) = &compaction {
+                        print!("{}", compaction_text(c));
+                    }
+                }
             }
         }
         TableCommand::Drop { table, keep_data } => {
@@ -188,6 +197,85 @@ fn describe_json(info: &TableInfo) -> serde_json::Value {
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+fn run_json(r: &CompactResponse) -> serde_json::Value {
+    json!({
+        "files_rewritten": r.files_rewritten,
+        "bytes_rewritten": r.bytes_rewritten,
+        "files_written": r.files_written,
+        "bytes_written": r.bytes_written,
+        "deletes_applied": r.deletes_applied,
+        "snapshots_expired": r.snapshots_expired,
+        "files_removed": r.files_removed,
+        "duration_ms": r.duration_ms,
+        "snapshot_id": r.snapshot_id,
+    })
+}
+
+fn compaction_json(c: &CompactionStatus) -> serde_json::Value {
+    json!({
+        "enabled": c.enabled,
+        "data_files": c.data_files,
+        "data_bytes": c.data_bytes,
+        "small_files": c.small_files,
+        "delete_files": c.delete_files,
+        "rows": c.rows,
+        "deleted_rows": c.deleted_rows,
+        "delete_ratio": c.delete_ratio,
+        "snapshots": c.snapshots,
+        "pending_tasks": c.pending_tasks,
+        "last_run_ms": c.last_run_ms,
+        "last_run": c.last_run.as_ref().map(run_json),
+        "last_error": (!c.last_error.is_empty()).then_some(&c.last_error),
+        "consecutive_failures": c.consecutive_failures,
+    })
+}
+
+fn compaction_text(c: &CompactionStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "compaction   {}; {} data files ({} bytes), {} small, {} delete files, {} of {} rows deleted ({:.1}%), {} snapshots, {} tasks pending",
+        if c.enabled { "enabled" } else { "disabled" },
+        c.data_files,
+        c.data_bytes,
+        c.small_files,
+        c.delete_files,
+        c.deleted_rows,
+        c.rows,
+        c.delete_ratio * 100.0,
+        c.snapshots,
+        c.pending_tasks
+    );
+    if let Some(at) = c.last_run_ms {
+        let when = chrono::DateTime::from_timestamp_millis(at)
+            .map_or_else(|| at.to_string(), |t| t.to_rfc3339());
+        match &c.last_run {
+            Some(r) => {
+                let _ = writeln!(
+                    out,
+                    "last run     {when}: {} files ({} bytes) rewritten into {}, {} deletes applied, {} snapshots expired, {} files removed, {} ms",
+                    r.files_rewritten,
+                    r.bytes_rewritten,
+                    r.files_written,
+                    r.deletes_applied,
+                    r.snapshots_expired,
+                    r.files_removed,
+                    r.duration_ms
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "last run     {when}: FAILED ({} in a row): {}",
+                    c.consecutive_failures, c.last_error
+                );
+            }
+        }
+    }
+    out
 }
 
 fn describe_text(info: &TableInfo) -> String {

@@ -11,6 +11,7 @@ use unitable_proto::v1::{
 use unitable_proto::{table_def_from_wire, table_info_to_wire};
 use unitable_writer::Writer;
 
+use super::compact::CompactApi;
 use super::table_name;
 use crate::status::ApiError;
 
@@ -19,12 +20,18 @@ use crate::status::ApiError;
 pub(crate) struct AdminApi {
     admin: TableAdmin,
     writer: Writer,
+    compaction: CompactApi,
 }
 
 impl AdminApi {
-    /// `writer` hears about dropped and altered tables.
-    pub(crate) fn new(admin: TableAdmin, writer: Writer) -> Self {
-        Self { admin, writer }
+    /// `writer` hears about dropped and altered tables; `compaction` adds the compaction
+    /// status to `GetTable`.
+    pub(crate) fn new(admin: TableAdmin, writer: Writer, compaction: CompactApi) -> Self {
+        Self {
+            admin,
+            writer,
+            compaction,
+        }
     }
 }
 
@@ -64,8 +71,17 @@ impl TableAdminService for AdminApi {
         count("GetTable");
         let name = table_name(&request.into_inner().table)?;
         let state = self.admin.describe(&name).await.map_err(ApiError::from)?;
+        // The status is extra: a table whose backlog cannot be computed is still described.
+        let compaction = match self.compaction.status(&name).await {
+            Ok(status) => Some(status),
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "cannot compute the compaction status");
+                None
+            }
+        };
         Ok(Response::new(GetTableResponse {
             table: Some(table_info_to_wire(&state)),
+            compaction,
         }))
     }
 

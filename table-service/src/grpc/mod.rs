@@ -1,6 +1,7 @@
 //! gRPC service implementations.
 
 pub(crate) mod admin;
+pub(crate) mod compact;
 pub(crate) mod lookup;
 pub(crate) mod pending;
 pub(crate) mod read;
