@@ -4,6 +4,7 @@
 //! snapshots added and points their keys there.
 
 use std::collections::{BTreeSet, HashSet};
+use unitable_core::commit::files::roots_with_field_ids;
 
 use iceberg::spec::DataContentType;
 use unitable_core::commit::plan::{live_files, plan_live};
@@ -12,7 +13,6 @@ use arrow::array::RecordBatch;
 use bytes::Bytes;
 use iceberg::io::FileIO;
 use iceberg::spec::{Struct, TableMetadata};
-use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use unitable_core::commit::files::{PositionDelete, read_bytes};
@@ -221,18 +221,7 @@ fn read_keys(path: &str, bytes: Bytes, field_ids: &[i32]) -> WriteResult<Vec<Rec
         ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| fail(e.to_string()))?;
     let arrow_schema = builder.schema().clone();
     let wanted: BTreeSet<i32> = field_ids.iter().copied().collect();
-    let roots: Vec<usize> = arrow_schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| {
-            f.metadata()
-                .get(PARQUET_FIELD_ID_META_KEY)
-                .and_then(|id| id.parse::<i32>().ok())
-                .is_some_and(|id| wanted.contains(&id))
-        })
-        .map(|(i, _)| i)
-        .collect();
+    let roots = roots_with_field_ids(&arrow_schema, field_ids);
     if roots.len() != wanted.len() {
         return Err(fail(format!(
             "expected key columns with field ids {field_ids:?}, found {} of them",

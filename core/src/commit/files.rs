@@ -186,3 +186,21 @@ async fn write_parquet(
         }),
     }
 }
+
+/// Indexes of the top-level fields of `schema` (an Arrow schema read from a Parquet file)
+/// whose Iceberg field id (the `PARQUET:field_id` metadata) is in `field_ids`, in schema order:
+/// the roots to project when reading those columns by id, whatever their names in the file.
+pub fn roots_with_field_ids(schema: &ArrowSchema, field_ids: &[i32]) -> Vec<usize> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            f.metadata()
+                .get(PARQUET_FIELD_ID_META_KEY)
+                .and_then(|id| id.parse::<i32>().ok())
+                .is_some_and(|id| field_ids.contains(&id))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
+use unitable_core::commit::files::roots_with_field_ids;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
 };
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
@@ -161,18 +162,7 @@ impl DataFiles {
             reason: e,
         };
         let schema = file.metadata.schema();
-        let roots: Vec<usize> = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| {
-                f.metadata()
-                    .get(PARQUET_FIELD_ID_META_KEY)
-                    .and_then(|id| id.parse::<i32>().ok())
-                    .is_some_and(|id| field_ids.contains(&id))
-            })
-            .map(|(i, _)| i)
-            .collect();
+        let roots = roots_with_field_ids(schema, field_ids);
         let mask = ProjectionMask::roots(file.metadata.parquet_schema(), roots);
         let total = file.metadata.metadata().file_metadata().num_rows().max(0) as usize;
         let mut selectors = Vec::with_capacity(positions.len() * 2);

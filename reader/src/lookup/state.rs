@@ -5,12 +5,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
+use unitable_core::commit::files::roots_with_field_ids;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use iceberg::io::FileIO;
 use iceberg::spec::{SnapshotRef, TableMetadata};
-use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::task::JoinHandle;
@@ -533,19 +533,7 @@ fn read_key_columns(path: &str, bytes: Bytes, field_ids: &[i32]) -> ReadResult<V
     };
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| fail(e.to_string()))?;
-    let roots: Vec<usize> = builder
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| {
-            f.metadata()
-                .get(PARQUET_FIELD_ID_META_KEY)
-                .and_then(|id| id.parse::<i32>().ok())
-                .is_some_and(|id| field_ids.contains(&id))
-        })
-        .map(|(i, _)| i)
-        .collect();
+    let roots = roots_with_field_ids(builder.schema(), field_ids);
     if roots.len() != field_ids.len() {
         return Err(fail(format!(
             "expected key columns with field ids {field_ids:?}, found {}",
