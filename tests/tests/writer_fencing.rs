@@ -46,17 +46,25 @@ async fn a_second_process_fences_the_first_committer() -> Result<()> {
     })
     .await??;
     let mut b = WriteServiceClient::connect(second.grpc_url()).await?;
-    // The second process started a committer for the table at start-up: epoch 2 is its.
+    // The second process starts a committer for the table at start-up, which claims it in the
+    // background: epoch 2 becomes its (the claim may land just after the health check).
     let catalog = TableCatalog::open(CatalogConfig::embedded(&data)).await?;
-    let table = catalog.load(&support::TABLE.parse()?).await?;
-    let epoch = table
-        .metadata()
-        .properties()
-        .get(props::COMMITTER_EPOCH)
-        .cloned();
+    let mut epoch = None;
+    for _ in 0..300 {
+        let table = catalog.load(&support::TABLE.parse()?).await?;
+        epoch = table
+            .metadata()
+            .properties()
+            .get(props::COMMITTER_EPOCH)
+            .cloned();
+        if epoch.as_deref() == Some("2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     ensure!(
         epoch.as_deref() == Some("2"),
-        "epoch after the second start: {epoch:?}"
+        "epoch 30 s after the second start: {epoch:?}"
     );
 
     // Writes through either process are acknowledged and committed (by the second's
