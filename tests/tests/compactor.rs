@@ -18,12 +18,8 @@ use support::{TABLE, kv_line, scan_kv, scan_kv_pyiceberg, write_lines};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::commit::files::read_data_file;
 use unitable_core::commit::plan::plan_files;
-use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_proto::v1::{
-    Column, CreateTableRequest, DataType, PartitionField, TableDefinition, WriteOp, data_type,
-    partition_field,
-};
+use unitable_proto::v1::{PartitionField, WriteOp, partition_field};
 use unitable_tests::Service;
 use unitable_tests::iceberg_oracle::Rng;
 
@@ -39,37 +35,7 @@ async fn create_table_partitioned(
     properties: &[(&str, &str)],
     partition_by: Vec<PartitionField>,
 ) -> Result<()> {
-    let mut admin = TableAdminServiceClient::connect(service.grpc_url()).await?;
-    let column = |name: &str, kind: data_type::Kind, required: bool| Column {
-        name: name.into(),
-        r#type: Some(DataType {
-            kind: kind as i32,
-            ..DataType::default()
-        }),
-        required,
-        ..Column::default()
-    };
-    admin
-        .create_table(CreateTableRequest {
-            definition: Some(TableDefinition {
-                table: name.into(),
-                columns: vec![
-                    column("id", data_type::Kind::Int64, true),
-                    column("v", data_type::Kind::String, false),
-                    column("n", data_type::Kind::Int64, false),
-                ],
-                primary_key: vec!["id".into()],
-                buckets: 2,
-                partition_by,
-                properties: properties
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                ..TableDefinition::default()
-            }),
-        })
-        .await?;
-    Ok(())
+    support::create_kv_table_as(service, name, 2, properties, partition_by).await
 }
 
 /// The sum of the samples of metric `name` whose labels contain every one of `labels`.

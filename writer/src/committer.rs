@@ -682,23 +682,12 @@ impl TableCommitter {
         partition: PartitionId,
         records: &[StoredRecord],
     ) -> WriteResult<DecodedBatch> {
-        match codec.decode(records) {
-            Ok(d) => Ok(d),
-            Err(_) => {
-                let mut good = Vec::with_capacity(records.len());
-                for record in records {
-                    match codec.decode(std::slice::from_ref(record)) {
-                        Ok(_) => good.push(record.clone()),
-                        Err(e) => {
-                            error!(table = %self.name, %partition, offset = %record.offset, error = %e, "skipping a changelog record that is not a row of this table");
-                            metrics::counter!(m::RECORDS_SKIPPED, "table" => self.name.to_string())
-                                .increment(1);
-                        }
-                    }
-                }
-                Ok(codec.decode(&good)?)
-            }
+        let (decoded, skipped) = codec.decode_skipping(records)?;
+        for e in skipped {
+            error!(table = %self.name, %partition, error = %e, "skipping a changelog record that is not a row of this table");
+            metrics::counter!(m::RECORDS_SKIPPED, "table" => self.name.to_string()).increment(1);
         }
+        Ok(decoded)
     }
 
     /// Position deletes for the previous rows of changed keys (plus healing deletes), one file

@@ -16,8 +16,8 @@ use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
-    Column, CreateTableRequest, DataType, RowFormat, TableDefinition, WaitFor, WriteOp,
-    WriteRequest, WriteResponse, data_type,
+    Column, CreateTableRequest, DataType, PartitionField, RowFormat, TableDefinition, WaitFor,
+    WriteOp, WriteRequest, WriteResponse, data_type,
 };
 use unitable_tests::Service;
 
@@ -26,6 +26,18 @@ pub const TABLE: &str = "crash.kv";
 
 /// Creates [`TABLE`] with `buckets` buckets through the admin API.
 pub async fn create_kv_table(service: &Service, buckets: u32) -> Result<()> {
+    create_kv_table_as(service, TABLE, buckets, &[], Vec::new()).await
+}
+
+/// Creates a table of the test table's shape (`id int64` key, `v string`, `n int64`) named
+/// `name`, with `buckets` buckets, table properties and a partition spec.
+pub async fn create_kv_table_as(
+    service: &Service,
+    name: &str,
+    buckets: u32,
+    properties: &[(&str, &str)],
+    partition_by: Vec<PartitionField>,
+) -> Result<()> {
     let mut admin = TableAdminServiceClient::connect(service.grpc_url()).await?;
     let column = |name: &str, kind: data_type::Kind, required: bool| Column {
         name: name.into(),
@@ -39,7 +51,7 @@ pub async fn create_kv_table(service: &Service, buckets: u32) -> Result<()> {
     admin
         .create_table(CreateTableRequest {
             definition: Some(TableDefinition {
-                table: TABLE.into(),
+                table: name.into(),
                 columns: vec![
                     column("id", data_type::Kind::Int64, true),
                     column("v", data_type::Kind::String, false),
@@ -47,6 +59,11 @@ pub async fn create_kv_table(service: &Service, buckets: u32) -> Result<()> {
                 ],
                 primary_key: vec!["id".into()],
                 buckets,
+                partition_by,
+                properties: properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 ..TableDefinition::default()
             }),
         })
