@@ -9,6 +9,8 @@ use unitable_proto::ConversionError;
 use unitable_reader::ReadError;
 use unitable_writer::WriteError;
 
+use crate::access::Privilege;
+
 /// Errors a gRPC handler can return.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -22,6 +24,25 @@ pub(crate) enum ApiError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Read(#[from] ReadError),
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
+    #[error(
+        "permission denied: `{principal}` lacks `{privilege}` on {object}; an admin can grant it \
+         with `unitable grant {grant_hint}`"
+    )]
+    PermissionDenied {
+        principal: String,
+        privilege: Privilege,
+        object: String,
+        grant_hint: String,
+    },
+    #[error("{what} does not exist")]
+    AccessNotFound { what: String },
+    #[error("the access tables in the catalog database failed to {operation}: {reason}")]
+    AccessStore {
+        operation: &'static str,
+        reason: String,
+    },
 }
 
 fn classify_read(e: &ReadError) -> (Code, Level) {
@@ -137,6 +158,10 @@ impl From<ApiError> for Status {
             ApiError::BadRequest { .. } => (Code::InvalidArgument, Level::Debug),
             ApiError::Write(w) => classify_write(w),
             ApiError::Read(r) => classify_read(r),
+            ApiError::Unauthenticated { .. } => (Code::Unauthenticated, Level::Debug),
+            ApiError::PermissionDenied { .. } => (Code::PermissionDenied, Level::Debug),
+            ApiError::AccessNotFound { .. } => (Code::NotFound, Level::Debug),
+            ApiError::AccessStore { .. } => (Code::Unavailable, Level::Error),
         };
         let message = e.to_string();
         match level {
