@@ -423,11 +423,14 @@ pub struct KafkaArgs {
     #[arg(long, env = "UNITABLE_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 
-    /// Extra Kafka client setting KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
+    /// Extra Kafka client setting KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL,
+    /// sasl.mechanisms=SCRAM-SHA-512, sasl.username=U, sasl.password=P, ssl.ca.location=PEM.
+    /// Never logged; prefer the environment variable for secrets.
     #[arg(
         long = "kafka-option",
         env = "UNITABLE_KAFKA_OPTIONS",
-        value_delimiter = ';'
+        value_delimiter = ';',
+        hide_env_values = true
     )]
     pub kafka_options: Vec<String>,
 }
