@@ -87,11 +87,13 @@ struct Secure {
     service: Service,
     admin: Caller,
     audit: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Secure {
     async fn start(extra: &[&str]) -> Result<Self> {
-        let dir = tempfile::tempdir()?.keep();
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
         let token_file = dir.join("admin.token");
         let audit = dir.join("audit.log");
         let mut args = vec![
@@ -115,6 +117,7 @@ impl Secure {
             service,
             admin,
             audit,
+            _dir: tmp,
         })
     }
 
@@ -133,8 +136,15 @@ impl Secure {
         Caller::new(&self.service.grpc_url(), name, Some(&token)).await
     }
 
-    async fn grant(&self, privilege: Privilege, object: ObjectKind, name: &str, to: &str) -> Result<()> {
-        self.grant_to(privilege, object, name, GranteeKind::User, to).await
+    async fn grant(
+        &self,
+        privilege: Privilege,
+        object: ObjectKind,
+        name: &str,
+        to: &str,
+    ) -> Result<()> {
+        self.grant_to(privilege, object, name, GranteeKind::User, to)
+            .await
     }
 
     async fn grant_to(
@@ -289,12 +299,7 @@ enum Op {
 impl Op {
     fn needs(self) -> u8 {
         match self {
-            Op::GetTable
-            | Op::Stream
-            | Op::Snapshot
-            | Op::Fresh
-            | Op::Lookup
-            | Op::Query => 1,
+            Op::GetTable | Op::Stream | Op::Snapshot | Op::Fresh | Op::Lookup | Op::Query => 1,
             Op::Write | Op::WriteStream => 2,
             Op::CreateTable | Op::AddColumn | Op::Compact | Op::DropTable => 3,
         }
@@ -328,7 +333,11 @@ impl Op {
             Op::Write => write(caller, table, &format!("{{\"id\":{round},\"v\":\"w\"}}\n")).await,
             Op::WriteStream => {
                 let messages = vec![
-                    write_request(table, &format!("{{\"id\":{},\"v\":\"s\"}}\n", 100 + round), false),
+                    write_request(
+                        table,
+                        &format!("{{\"id\":{},\"v\":\"s\"}}\n", 100 + round),
+                        false,
+                    ),
                     WriteRequest {
                         table: String::new(),
                         op: 0,
@@ -347,7 +356,9 @@ impl Op {
             Op::Snapshot => read(caller, table, ReadMode::Snapshot).await,
             Op::Fresh => read(caller, table, ReadMode::Fresh).await,
             Op::Lookup => read(caller, table, ReadMode::Lookup).await,
-            Op::Query => sql(caller, &format!("SELECT count(*) FROM {table}")).await.map(|_| ()),
+            Op::Query => sql(caller, &format!("SELECT count(*) FROM {table}"))
+                .await
+                .map(|_| ()),
             Op::Compact => CompactionServiceClient::new(caller.conn.clone())
                 .compact(CompactRequest {
                     table: table.into(),
@@ -417,9 +428,9 @@ async fn every_rpc_and_read_mode_needs_its_grant() -> Result<()> {
             let outcome = op.run(caller, table, round * 10 + level).await;
             let needed = PRIVILEGES[op.needs() as usize];
             if (level as u8) < op.needs() {
-                let status = outcome.err().with_context(|| {
-                    format!("{op:?} by {} must be denied", caller.name)
-                })?;
+                let status = outcome
+                    .err()
+                    .with_context(|| format!("{op:?} by {} must be denied", caller.name))?;
                 ensure!(
                     is_denial_naming(&status, needed, table),
                     "{op:?} by {}: want PERMISSION_DENIED naming `{needed}` on {table}, got {status:?}",
@@ -431,8 +442,11 @@ async fn every_rpc_and_read_mode_needs_its_grant() -> Result<()> {
                     Err(status)
                         if matches!(op, Op::Lookup | Op::Compact)
                             && status.code() == Code::Unimplemented => {}
-                    Err(status) if matches!(op, Op::CreateTable) && status.code() == Code::AlreadyExists => {}
-                    Err(status) if matches!(op, Op::DropTable) && status.code() == Code::NotFound => {}
+                    Err(status)
+                        if matches!(op, Op::CreateTable)
+                            && status.code() == Code::AlreadyExists => {}
+                    Err(status)
+                        if matches!(op, Op::DropTable) && status.code() == Code::NotFound => {}
                     Err(status) => bail!("{op:?} by {} must pass, got {status:?}", caller.name),
                 }
             }
@@ -442,7 +456,8 @@ async fn every_rpc_and_read_mode_needs_its_grant() -> Result<()> {
     // two and check who sees which.
     create(&s.admin, "sec.seen", "v").await?;
     create(&s.admin, "sec.hidden", "v").await?;
-    s.grant(Privilege::Read, ObjectKind::Table, "sec.seen", "u_read").await?;
+    s.grant(Privilege::Read, ObjectKind::Table, "sec.seen", "u_read")
+        .await?;
     let list = |c: &Caller| {
         let mut admin = c.admin();
         async move {
@@ -473,8 +488,18 @@ async fn calls_without_valid_credentials_are_unauthenticated() -> Result<()> {
     )
     .await?;
     for caller in [&nobody, &forged] {
-        for op in [Op::GetTable, Op::Write, Op::Snapshot, Op::Query, Op::Compact] {
-            let status = op.run(caller, "sec.a", 1).await.err().context("must fail")?;
+        for op in [
+            Op::GetTable,
+            Op::Write,
+            Op::Snapshot,
+            Op::Query,
+            Op::Compact,
+        ] {
+            let status = op
+                .run(caller, "sec.a", 1)
+                .await
+                .err()
+                .context("must fail")?;
             assert_eq!(status.code(), Code::Unauthenticated, "{op:?}: {status:?}");
         }
         let status = caller
@@ -496,12 +521,21 @@ async fn sql_cannot_reach_an_ungranted_table_by_any_shape() -> Result<()> {
     create(&s.admin, "sec.open", "v").await?;
     create(&s.admin, "sec.closed", "secret_col").await?;
     write(&s.admin, "sec.open", "{\"id\":1,\"v\":\"visible\"}\n").await?;
-    write(&s.admin, "sec.closed", "{\"id\":1,\"secret_col\":\"topsecret\"}\n").await?;
+    write(
+        &s.admin,
+        "sec.closed",
+        "{\"id\":1,\"secret_col\":\"topsecret\"}\n",
+    )
+    .await?;
     let rita = s.user("rita").await?;
-    s.grant(Privilege::Read, ObjectKind::Table, "sec.open", "rita").await?;
+    s.grant(Privilege::Read, ObjectKind::Table, "sec.open", "rita")
+        .await?;
 
     let ok = sql(&rita, "SELECT v FROM sec.open").await?;
-    ensure!(contains(&ok, b"visible"), "the granted table must be readable");
+    ensure!(
+        contains(&ok, b"visible"),
+        "the granted table must be readable"
+    );
 
     let shapes = [
         "SELECT * FROM sec.closed",
@@ -534,7 +568,10 @@ async fn sql_cannot_reach_an_ungranted_table_by_any_shape() -> Result<()> {
             Ok(bytes) => bail!("`{shape}` must fail, it returned {} bytes", bytes.len()),
             Err(status) => {
                 let m = status.message();
-                ensure!(!m.contains("topsecret"), "`{shape}` leaked data: {status:?}");
+                ensure!(
+                    !m.contains("topsecret"),
+                    "`{shape}` leaked data: {status:?}"
+                );
                 ensure!(
                     shape.contains("secret_col") || !m.contains("secret_col"),
                     "`{shape}` leaked the schema: {status:?}"
@@ -543,8 +580,14 @@ async fn sql_cannot_reach_an_ungranted_table_by_any_shape() -> Result<()> {
         }
     }
     // An existing ungranted table and a missing one are refused with the same words.
-    let closed = sql(&rita, "SELECT * FROM sec.closed").await.err().context("must fail")?;
-    let missing = sql(&rita, "SELECT * FROM sec.nothing").await.err().context("must fail")?;
+    let closed = sql(&rita, "SELECT * FROM sec.closed")
+        .await
+        .err()
+        .context("must fail")?;
+    let missing = sql(&rita, "SELECT * FROM sec.nothing")
+        .await
+        .err()
+        .context("must fail")?;
     assert_eq!(closed.code(), Code::PermissionDenied);
     assert_eq!(missing.code(), closed.code());
     assert_eq!(
@@ -552,8 +595,16 @@ async fn sql_cannot_reach_an_ungranted_table_by_any_shape() -> Result<()> {
         closed.message().replace("sec.closed", "T")
     );
     // Same for the table RPCs.
-    let closed = Op::GetTable.run(&rita, "sec.closed", 0).await.err().context("must fail")?;
-    let missing = Op::GetTable.run(&rita, "sec.nothing", 0).await.err().context("must fail")?;
+    let closed = Op::GetTable
+        .run(&rita, "sec.closed", 0)
+        .await
+        .err()
+        .context("must fail")?;
+    let missing = Op::GetTable
+        .run(&rita, "sec.nothing", 0)
+        .await
+        .err()
+        .context("must fail")?;
     assert_eq!(missing.code(), closed.code());
     assert_eq!(
         missing.message().replace("sec.nothing", "T"),
@@ -584,50 +635,98 @@ async fn groups_namespaces_global_grants_live_revocation_cli_and_audit() -> Resu
     let cli = |args: &[&str]| cli_as(&admin_token, args);
 
     // A group with write on a namespace, through the CLI.
-    cli(&["grant", "write", "ON", "NAMESPACE", "shop", "TO", "GROUP", "clerks"])?.ok()?;
+    cli(&[
+        "grant",
+        "write",
+        "ON",
+        "NAMESPACE",
+        "shop",
+        "TO",
+        "GROUP",
+        "clerks",
+    ])?
+    .ok()?;
     cli(&["group", "add", "clerks", "gus"])?.ok()?;
     let token = cli(&["token", "create", "gus"])?.ok()?;
     let gus = Caller::new(&s.service.grpc_url(), "gus", Some(token.trim())).await?;
     write(&gus, "shop.orders", "{\"id\":1,\"v\":\"a\"}\n").await?;
     read(&gus, "shop.orders", ReadMode::Fresh).await?;
-    let denied = read(&gus, "hr.pay", ReadMode::Snapshot).await.err().context("denied")?;
+    let denied = read(&gus, "hr.pay", ReadMode::Snapshot)
+        .await
+        .err()
+        .context("denied")?;
     ensure!(is_denial_naming(&denied, "read", "hr.pay"), "{denied:?}");
     let grants = cli(&["grants", "clerks"])?.ok()?;
-    ensure!(grants.contains("write ON NAMESPACE shop TO GROUP clerks"), "{grants}");
+    ensure!(
+        grants.contains("write ON NAMESPACE shop TO GROUP clerks"),
+        "{grants}"
+    );
     let me = cli_as(token.trim(), &["whoami"])?.ok()?;
     ensure!(me.contains("gus") && me.contains("clerks"), "{me}");
 
     // Leaving the group takes the grant away at once.
     cli(&["group", "remove", "clerks", "gus"])?.ok()?;
-    let denied = write(&gus, "shop.orders", "{\"id\":2,\"v\":\"b\"}\n").await.err().context("denied")?;
-    ensure!(is_denial_naming(&denied, "write", "shop.orders"), "{denied:?}");
+    let denied = write(&gus, "shop.orders", "{\"id\":2,\"v\":\"b\"}\n")
+        .await
+        .err()
+        .context("denied")?;
+    ensure!(
+        is_denial_naming(&denied, "write", "shop.orders"),
+        "{denied:?}"
+    );
 
     // A global read grant reaches every namespace, and is revoked live.
     cli(&["grant", "read", "ON", "ALL", "TO", "USER", "gus"])?.ok()?;
     read(&gus, "hr.pay", ReadMode::Snapshot).await?;
-    sql(&gus, "SELECT * FROM hr.pay JOIN shop.orders ON hr.pay.id = shop.orders.id").await?;
-    let denied = write(&gus, "hr.pay", "{\"id\":2,\"v\":\"b\"}\n").await.err().context("denied")?;
+    sql(
+        &gus,
+        "SELECT * FROM hr.pay JOIN shop.orders ON hr.pay.id = shop.orders.id",
+    )
+    .await?;
+    let denied = write(&gus, "hr.pay", "{\"id\":2,\"v\":\"b\"}\n")
+        .await
+        .err()
+        .context("denied")?;
     ensure!(is_denial_naming(&denied, "write", "hr.pay"), "{denied:?}");
     cli(&["revoke", "read", "ON", "ALL", "TO", "USER", "gus"])?.ok()?;
-    let denied = read(&gus, "hr.pay", ReadMode::Snapshot).await.err().context("denied")?;
+    let denied = read(&gus, "hr.pay", ReadMode::Snapshot)
+        .await
+        .err()
+        .context("denied")?;
     assert_eq!(denied.code(), Code::PermissionDenied);
 
     // A table admin is not a global admin: it cannot grant.
-    s.grant(Privilege::Admin, ObjectKind::Table, "shop.orders", "gus").await?;
-    let out = cli_as(token.trim(), &["grant", "read", "ON", "ALL", "TO", "USER", "gus"])?;
-    ensure!(!out.status.success() && out.stderr.contains("admin"), "{out:?}");
+    s.grant(Privilege::Admin, ObjectKind::Table, "shop.orders", "gus")
+        .await?;
+    let out = cli_as(
+        token.trim(),
+        &["grant", "read", "ON", "ALL", "TO", "USER", "gus"],
+    )?;
+    ensure!(
+        !out.status.success() && out.stderr.contains("admin"),
+        "{out:?}"
+    );
 
     // Token revocation takes effect on the next call.
     let listed = cli(&["token", "list"])?.ok()?;
     let id = token.trim().split('_').nth(1).context("token id")?;
     ensure!(listed.contains(id), "{listed}");
-    ensure!(!listed.contains(token.trim()), "token list must not show secrets");
+    ensure!(
+        !listed.contains(token.trim()),
+        "token list must not show secrets"
+    );
     read(&gus, "shop.orders", ReadMode::Fresh).await?;
     cli(&["token", "revoke", id])?.ok()?;
-    let status = read(&gus, "shop.orders", ReadMode::Fresh).await.err().context("revoked")?;
+    let status = read(&gus, "shop.orders", ReadMode::Fresh)
+        .await
+        .err()
+        .context("revoked")?;
     assert_eq!(status.code(), Code::Unauthenticated);
     let out = cli_as(token.trim(), &["whoami"])?;
-    ensure!(!out.status.success() && out.stderr.contains("token"), "{out:?}");
+    ensure!(
+        !out.status.success() && out.stderr.contains("token"),
+        "{out:?}"
+    );
 
     // The audit log: one JSON line per write, admin action, grant change and denial.
     let audit = std::fs::read_to_string(&s.audit)?;
@@ -645,16 +744,31 @@ async fn groups_namespaces_global_grants_live_revocation_cli_and_audit() -> Resu
                 && l["time"].is_string()
         })
     };
-    ensure!(has("admin", "CreateTable", Some("shop.orders"), "ok"), "{audit}");
+    ensure!(
+        has("admin", "CreateTable", Some("shop.orders"), "ok"),
+        "{audit}"
+    );
     ensure!(has("gus", "Write", Some("shop.orders"), "ok"), "{audit}");
-    ensure!(has("gus", "Write", Some("shop.orders"), "denied"), "{audit}");
-    ensure!(has("gus", "Read(SNAPSHOT)", Some("hr.pay"), "denied"), "{audit}");
+    ensure!(
+        has("gus", "Write", Some("shop.orders"), "denied"),
+        "{audit}"
+    );
+    ensure!(
+        has("gus", "Read(SNAPSHOT)", Some("hr.pay"), "denied"),
+        "{audit}"
+    );
     ensure!(has("admin", "Grant", None, "ok"), "{audit}");
     ensure!(has("admin", "Revoke", None, "ok"), "{audit}");
     ensure!(has("admin", "RevokeToken", None, "ok"), "{audit}");
     ensure!(has("gus", "Grant", None, "denied"), "{audit}");
-    ensure!(has("(unauthenticated)", "authenticate", None, "unauthenticated"), "{audit}");
-    ensure!(!audit.contains(token.trim()), "the audit log must not hold secrets");
+    ensure!(
+        has("(unauthenticated)", "authenticate", None, "unauthenticated"),
+        "{audit}"
+    );
+    ensure!(
+        !audit.contains(token.trim()),
+        "the audit log must not hold secrets"
+    );
     Ok(())
 }
 
@@ -666,7 +780,10 @@ fn test_pki(dir: &Path) -> Result<()> {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     std::fs::write(dir.join("ca.pem"), ca.pem())?;
-    for (name, sans) in [("server", vec!["127.0.0.1".to_string(), "localhost".into()]), ("carol", vec!["carol".into()])] {
+    for (name, sans) in [
+        ("server", vec!["127.0.0.1".to_string(), "localhost".into()]),
+        ("carol", vec!["carol".into()]),
+    ] {
         let key = KeyPair::generate()?;
         let cert = CertificateParams::new(sans)?.signed_by(&key, &ca)?;
         std::fs::write(dir.join(format!("{name}.pem")), cert.pem())?;
@@ -729,13 +846,26 @@ async fn tls_and_mutual_tls_end_to_end() -> Result<()> {
     };
     let connect = |t: ClientTlsConfig| {
         let url = url.clone();
-        async move { Channel::from_shared(url)?.tls_config(t)?.connect().await.map_err(anyhow::Error::from) }
+        async move {
+            Channel::from_shared(url)?
+                .tls_config(t)?
+                .connect()
+                .await
+                .map_err(anyhow::Error::from)
+        }
     };
 
     // A token over TLS.
     let admin = Caller::over(connect(tls(None)?).await?, "admin", Some(&admin_token))?;
-    let me = admin.access().who_am_i(WhoAmIRequest {}).await?.into_inner();
-    assert_eq!((me.user.as_str(), me.authenticated_by.as_str()), ("admin", "token"));
+    let me = admin
+        .access()
+        .who_am_i(WhoAmIRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(
+        (me.user.as_str(), me.authenticated_by.as_str()),
+        ("admin", "token")
+    );
     create(&admin, "tls.t", "v").await?;
     admin
         .access()
@@ -752,8 +882,15 @@ async fn tls_and_mutual_tls_end_to_end() -> Result<()> {
 
     // A client certificate from the CA, no token: the user is its DNS name.
     let carol = Caller::over(connect(tls(Some("carol"))?).await?, "carol", None)?;
-    let me = carol.access().who_am_i(WhoAmIRequest {}).await?.into_inner();
-    assert_eq!((me.user.as_str(), me.authenticated_by.as_str()), ("carol", "certificate"));
+    let me = carol
+        .access()
+        .who_am_i(WhoAmIRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(
+        (me.user.as_str(), me.authenticated_by.as_str()),
+        ("carol", "certificate")
+    );
     write(&carol, "tls.t", "{\"id\":1,\"v\":\"over tls\"}\n").await?;
     read(&carol, "tls.t", ReadMode::Fresh).await?;
     let denied = create(&carol, "tls.u", "v").await.err().context("denied")?;
@@ -761,7 +898,12 @@ async fn tls_and_mutual_tls_end_to_end() -> Result<()> {
 
     // TLS without a client certificate or token: unauthenticated.
     let anonymous = Caller::over(connect(tls(None)?).await?, "nobody", None)?;
-    let status = anonymous.access().who_am_i(WhoAmIRequest {}).await.err().context("must fail")?;
+    let status = anonymous
+        .access()
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .err()
+        .context("must fail")?;
     assert_eq!(status.code(), Code::Unauthenticated);
 
     // A certificate from another CA does not get through the handshake.
@@ -771,7 +913,10 @@ async fn tls_and_mutual_tls_end_to_end() -> Result<()> {
     };
     if let Some(mallory) = mallory {
         let result = mallory.access().who_am_i(WhoAmIRequest {}).await;
-        ensure!(result.is_err(), "a foreign certificate must be refused: {result:?}");
+        ensure!(
+            result.is_err(),
+            "a foreign certificate must be refused: {result:?}"
+        );
     }
 
     // Plaintext against the TLS port fails.
@@ -785,7 +930,15 @@ async fn tls_and_mutual_tls_end_to_end() -> Result<()> {
 
     // The CLI over TLS with --tls-ca and a token.
     let out = std::process::Command::new(unitable_tests::unitable_bin()?)
-        .args(["--server", &url, "--tls-ca", &ca, "--token", &admin_token, "whoami"])
+        .args([
+            "--server",
+            &url,
+            "--tls-ca",
+            &ca,
+            "--token",
+            &admin_token,
+            "whoami",
+        ])
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success() && stdout.contains("admin"), "{out:?}");

@@ -171,7 +171,7 @@ pub(crate) struct Access {
 
 struct Inner {
     policy: RwLock<Arc<Policy>>,
-    store: Option<AccessStore>,
+    store: AccessStore,
     allow_anonymous: bool,
     audit: Audit,
 }
@@ -195,7 +195,7 @@ impl Access {
         Ok(Self {
             inner: Arc::new(Inner {
                 policy: RwLock::new(Arc::new(policy)),
-                store: Some(store),
+                store,
                 allow_anonymous,
                 audit,
             }),
@@ -212,10 +212,7 @@ impl Access {
 
     /// Re-reads the policy from the database; on failure the previous policy stays.
     pub(crate) async fn reload(&self) -> Result<(), ApiError> {
-        let Some(store) = &self.inner.store else {
-            return Ok(());
-        };
-        let policy = Arc::new(store.load().await?);
+        let policy = Arc::new(self.inner.store.load().await?);
         match self.inner.policy.write() {
             Ok(mut p) => *p = policy,
             Err(poisoned) => *poisoned.into_inner() = policy,
@@ -223,10 +220,8 @@ impl Access {
         Ok(())
     }
 
-    pub(crate) fn store(&self) -> Result<&AccessStore, ApiError> {
-        self.inner.store.as_ref().ok_or(ApiError::Unauthenticated {
-            reason: "this server keeps no access store".into(),
-        })
+    pub(crate) fn store(&self) -> &AccessStore {
+        &self.inner.store
     }
 
     pub(crate) fn allow_anonymous(&self) -> bool {

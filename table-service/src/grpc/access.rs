@@ -154,7 +154,7 @@ impl AccessService for AccessApi {
             reason,
         })?;
         self.access
-            .store()?
+            .store()
             .insert_token(&new.stored, &user, &request.description)
             .await?;
         self.changed().await;
@@ -178,7 +178,7 @@ impl AccessService for AccessApi {
         let id = request.into_inner().token_id;
         // A whole token given by mistake is reduced to its id, so it never reaches a log.
         let id = token::parse(&id).map_or(id.trim().to_string(), |p| p.id.to_string());
-        if !self.access.store()?.revoke_token(&id).await? {
+        if !self.access.store().revoke_token(&id).await? {
             return Err(ApiError::AccessNotFound {
                 what: format!("a live token with id `{id}` (see `unitable token list`)"),
             }
@@ -218,7 +218,7 @@ impl AccessService for AccessApi {
         let who = Principal::of(&request)?;
         self.access.check_global_admin(&who, "Grant")?;
         let grant = grant_from_wire(request.get_ref().grant.as_ref())?;
-        self.access.store()?.grant(&grant).await?;
+        self.access.store().grant(&grant).await?;
         self.changed().await;
         self.audit_ok(&who, "Grant", &describe(&grant));
         Ok(Response::new(wire::GrantResponse {}))
@@ -231,7 +231,7 @@ impl AccessService for AccessApi {
         let who = Principal::of(&request)?;
         self.access.check_global_admin(&who, "Revoke")?;
         let grant = grant_from_wire(request.get_ref().grant.as_ref())?;
-        if !self.access.store()?.revoke(&grant).await? {
+        if !self.access.store().revoke(&grant).await? {
             return Err(ApiError::AccessNotFound {
                 what: format!("the grant `{}` (see `unitable grants`)", describe(&grant)),
             }
@@ -273,7 +273,7 @@ impl AccessService for AccessApi {
         let request = request.into_inner();
         let group = name_field("group", &request.group)?;
         let user = name_field("user", &request.user)?;
-        self.access.store()?.add_member(&group, &user).await?;
+        self.access.store().add_member(&group, &user).await?;
         self.changed().await;
         self.audit_ok(
             &who,
@@ -292,7 +292,7 @@ impl AccessService for AccessApi {
         let request = request.into_inner();
         let group = name_field("group", &request.group)?;
         let user = name_field("user", &request.user)?;
-        if !self.access.store()?.remove_member(&group, &user).await? {
+        if !self.access.store().remove_member(&group, &user).await? {
             return Err(ApiError::AccessNotFound {
                 what: format!("user `{user}` in group `{group}`"),
             }
