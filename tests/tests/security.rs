@@ -21,9 +21,9 @@ use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
     AddColumnRequest, Column, CompactRequest, CreateTableRequest, CreateTokenRequest, DataType,
-    DropTableRequest, GetTableRequest, GrantRequest, GrantSpec, GranteeKind, GroupMemberRequest,
-    ListTablesRequest, ObjectKind, Privilege, QueryRequest, ReadMode, ReadRequest, RowFormat,
-    StreamStart, TableDefinition, WaitFor, WhoAmIRequest, WriteOp, WriteRequest, data_type,
+    DropTableRequest, GetTableRequest, GrantRequest, GrantSpec, GranteeKind, ListTablesRequest,
+    ObjectKind, Privilege, QueryRequest, ReadMode, ReadRequest, RowFormat, StreamStart,
+    TableDefinition, WaitFor, WhoAmIRequest, WriteOp, WriteRequest, data_type,
 };
 use unitable_tests::Service;
 
