@@ -116,8 +116,9 @@ pub enum TokenCommand {
     },
     /// Revoke a token by id (the 12 hex digits after `ut_`), or by the token itself.
     Revoke {
-        /// Token id or token.
-        token: String,
+        /// Token id or token. (Not named `token`: that is the global --token flag's id.)
+        #[arg(value_name = "ID")]
+        token_id: String,
     },
     /// List tokens (ids, users, times; never the secrets).
     List {

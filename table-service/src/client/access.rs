@@ -157,9 +157,9 @@ async fn run_inner(conn: &Connection, cmd: AccessCommand) -> Result<(), ClientEr
             );
             println!("{}", created.token);
         }
-        AccessCommand::Token(TokenCommand::Revoke { token }) => {
+        AccessCommand::Token(TokenCommand::Revoke { token_id }) => {
             client
-                .revoke_token(wire::RevokeTokenRequest { token_id: token })
+                .revoke_token(wire::RevokeTokenRequest { token_id })
                 .await
                 .map_err(rpc_err)?;
             println!("revoked");
