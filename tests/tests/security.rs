@@ -816,7 +816,7 @@ async fn tls_and_mutual_tls_end_to_end() -> Result<()> {
     let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
     let dir = tempfile::tempdir()?;
     let token_file = dir.path().join("admin.token");
-    let args = vec![
+    let args = [
         "--bootstrap-admin-token-file".to_string(),
         token_file.display().to_string(),
         "--tls-cert".into(),
