@@ -22,6 +22,33 @@ pub struct Cli {
     )]
     pub server: String,
 
+    /// Bearer token the client commands authenticate with (from `unitable token create`, or
+    /// the server's --bootstrap-admin-token-file).
+    #[arg(long, global = true, env = "UNITABLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// PEM file of the CA that signed the server's certificate; needs an https:// --server.
+    #[arg(long, global = true, env = "UNITABLE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS (with --tls-client-key).
+    #[arg(
+        long,
+        global = true,
+        env = "UNITABLE_TLS_CLIENT_CERT",
+        requires = "tls_client_key"
+    )]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "UNITABLE_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -30,7 +57,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (embedded defaults: SQLite catalog, local warehouse, local changelog).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, describe, alter and drop tables.
     #[command(subcommand)]
     Table(TableCommand),
@@ -48,6 +75,80 @@ pub enum Command {
     Lookup(LookupArgs),
     /// Compact a table now: apply deletes, merge small files, expire snapshots, remove orphans.
     Compact(CompactArgs),
+    /// Grant a privilege: `grant read|write|admin ON TABLE ns.t|NAMESPACE ns|ALL TO USER|GROUP
+    /// NAME`.
+    Grant(GrantArgs),
+    /// Revoke a grant (same words as `grant`).
+    Revoke(GrantArgs),
+    /// List grants; with NAME, only those naming that user, group, table or namespace.
+    Grants {
+        /// A user, group, table or namespace.
+        name: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Create, revoke and list bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Add users to groups and remove them.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Show who the server thinks you are.
+    Whoami,
+}
+
+/// `unitable grant|revoke` words: PRIVILEGE ON TABLE|NAMESPACE NAME|ALL TO USER|GROUP NAME.
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// read, write or admin, then ON TABLE NS.T | ON NAMESPACE NS | ON ALL, then TO USER NAME |
+    /// TO GROUP NAME.
+    #[arg(required = true, num_args = 1..)]
+    pub words: Vec<String>,
+}
+
+/// `unitable token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token for USER; it is printed once (only its hash is kept).
+    Create {
+        /// The user the token authenticates as.
+        user: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Revoke a token by id (the 12 hex digits after `ut_`), or by the token itself.
+    Revoke {
+        /// Token id or token. (Not named `token`: that is the global --token flag's id.)
+        #[arg(value_name = "ID")]
+        token_id: String,
+    },
+    /// List tokens (ids, users, times; never the secrets).
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+/// `unitable group ...`
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Add USER to GROUP.
+    Add {
+        /// The group.
+        group: String,
+        /// The user.
+        user: String,
+    },
+    /// Remove USER from GROUP.
+    Remove {
+        /// The group.
+        group: String,
+        /// The user.
+        user: String,
+    },
 }
 
 /// `unitable lookup` flags.
@@ -280,6 +381,51 @@ pub struct ServeArgs {
     /// Tables compacted at the same time (each on the compactor's own threads).
     #[arg(long, env = "UNITABLE_COMPACTION_CONCURRENCY", default_value_t = 1)]
     pub compaction_concurrency: usize,
+
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Authentication, authorization, TLS and audit (docs/security.md).
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// Let calls without credentials through as `anonymous`, with FULL ACCESS to every table.
+    /// For the local quickstart only; never on a shared network.
+    #[arg(long, env = "UNITABLE_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    /// Database for tokens, grants and groups (sqlite://PATH or postgres://...). Default: the
+    /// catalog's database; required with a REST catalog.
+    #[arg(long, env = "UNITABLE_ACCESS_DB")]
+    pub access_db: Option<String>,
+
+    /// Bootstrap admin: if PATH exists, the token in it is registered for user `admin`; if not,
+    /// a new token is generated and written there (mode 0600). Either way `admin` is granted
+    /// `admin ON ALL`.
+    #[arg(long, env = "UNITABLE_BOOTSTRAP_ADMIN_TOKEN_FILE")]
+    pub bootstrap_admin_token_file: Option<PathBuf>,
+
+    /// How often the policy (tokens, grants, groups) is re-read from the database; SIGHUP
+    /// re-reads it at once.
+    #[arg(long, env = "UNITABLE_ACCESS_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub access_reload_interval: Duration,
+
+    /// Append audit lines (JSON) to this file instead of the server log.
+    #[arg(long, env = "UNITABLE_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+
+    /// PEM certificate (chain) for serving gRPC over TLS (with --tls-key).
+    #[arg(long, env = "UNITABLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "UNITABLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA whose client certificates are accepted (mutual TLS); the user is the
+    /// certificate's first DNS subject-alternative name. Clients may still use tokens instead.
+    #[arg(long, env = "UNITABLE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `unitable compact` flags.
@@ -333,11 +479,14 @@ pub struct KafkaArgs {
     #[arg(long, env = "UNITABLE_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 
-    /// Extra Kafka client setting KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
+    /// Extra Kafka client setting KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL,
+    /// sasl.mechanisms=SCRAM-SHA-512, sasl.username=U, sasl.password=P, ssl.ca.location=PEM.
+    /// Never logged; prefer the environment variable for secrets.
     #[arg(
         long = "kafka-option",
         env = "UNITABLE_KAFKA_OPTIONS",
-        value_delimiter = ';'
+        value_delimiter = ';',
+        hide_env_values = true
     )]
     pub kafka_options: Vec<String>,
 }
@@ -454,7 +603,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             init_tracing();
-            match runtime.block_on(serve::run(args)) {
+            match runtime.block_on(serve::run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -463,13 +612,39 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Table(cmd) => runtime.block_on(client::table::run(&cli.server, cmd)),
-        Command::Write(args) => runtime.block_on(client::write::run(&cli.server, args)),
-        Command::Scan(args) => runtime.block_on(client::scan::run(&cli.server, args)),
-        Command::Subscribe(args) => runtime.block_on(client::subscribe::run(&cli.server, args)),
-        Command::Sql(args) => runtime.block_on(client::sql::run(&cli.server, args)),
-        Command::Lookup(args) => runtime.block_on(client::lookup::run(&cli.server, args)),
-        Command::Compact(args) => runtime.block_on(client::compact::run(&cli.server, args)),
+        command => {
+            let conn = client::Connection {
+                server: cli.server,
+                token: cli.token,
+                tls_ca: cli.tls_ca,
+                tls_client_cert: cli.tls_client_cert,
+                tls_client_key: cli.tls_client_key,
+            };
+            runtime.block_on(run_client(&conn, command))
+        }
+    }
+}
+
+async fn run_client(conn: &client::Connection, command: Command) -> ExitCode {
+    use client::access::AccessCommand;
+    match command {
+        // `main` runs the server itself.
+        Command::Serve(_) => ExitCode::FAILURE,
+        Command::Table(cmd) => client::table::run(conn, cmd).await,
+        Command::Write(args) => client::write::run(conn, args).await,
+        Command::Scan(args) => client::scan::run(conn, args).await,
+        Command::Subscribe(args) => client::subscribe::run(conn, args).await,
+        Command::Sql(args) => client::sql::run(conn, args).await,
+        Command::Lookup(args) => client::lookup::run(conn, args).await,
+        Command::Compact(args) => client::compact::run(conn, args).await,
+        Command::Grant(args) => client::access::run(conn, AccessCommand::Grant(args.words)).await,
+        Command::Revoke(args) => client::access::run(conn, AccessCommand::Revoke(args.words)).await,
+        Command::Grants { name, format } => {
+            client::access::run(conn, AccessCommand::Grants { name, format }).await
+        }
+        Command::Token(cmd) => client::access::run(conn, AccessCommand::Token(cmd)).await,
+        Command::Group(cmd) => client::access::run(conn, AccessCommand::Group(cmd)).await,
+        Command::Whoami => client::access::run(conn, AccessCommand::WhoAmI).await,
     }
 }
 

@@ -8,6 +8,7 @@
 //!   one exhaustive place.
 //! - `client`: the client subcommands, talking gRPC to a running server.
 
+mod access;
 pub mod cli;
 mod client;
 mod grpc;

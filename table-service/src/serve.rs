@@ -26,6 +26,7 @@ use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::storage::s3_props;
 use unitable_proto::FILE_DESCRIPTOR_SET;
+use unitable_proto::v1::access_service_server::AccessServiceServer;
 use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
 use unitable_proto::v1::read_service_server::ReadServiceServer;
 use unitable_proto::v1::table_admin_service_server::TableAdminServiceServer;
@@ -33,7 +34,12 @@ use unitable_proto::v1::write_service_server::WriteServiceServer;
 use unitable_reader::Reader;
 use unitable_writer::{Writer, WriterConfig};
 
-use crate::cli::ServeArgs;
+use crate::access::audit::Audit;
+use crate::access::auth::Authenticator;
+use crate::access::store::AccessStore;
+use crate::access::{Access, Grant, Grantee, Object, Privilege, token};
+use crate::cli::{SecurityArgs, ServeArgs};
+use crate::grpc::access::AccessApi;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::compact::CompactApi;
 use crate::grpc::read::ReadApi;
@@ -54,6 +60,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     metrics::gauge!("unitable_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 
     let config = catalog_config(&args, &data_dir);
+    let access = open_access(&args.security, &config.uri).await?;
+    let tls = tls_config(&args.security)?;
     info!(catalog = %config.uri, warehouse = %config.warehouse, "opening the Iceberg catalog");
     let catalog = TableCatalog::open(config)
         .await
@@ -84,7 +92,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .context("cannot start the compactor's threads")?,
     ));
     let compaction = compaction_runtime.handle();
-    let compact_api = CompactApi::new(compactor.clone(), compaction.clone());
+    let compact_api = CompactApi::new(compactor.clone(), compaction.clone(), access.clone());
     let writer = Writer::new(
         catalog.clone(),
         changelog.clone(),
@@ -129,6 +137,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         let writer = writer.clone();
         let max_request_bytes = args.max_request_bytes;
+        let access = access.clone();
         tasks.spawn(async move {
             let roles = Roles {
                 admin,
@@ -136,10 +145,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 reader,
                 read_handle,
                 compact: compact_api,
+                access,
             };
-            let result =
-                serve_grpc(grpc_listener, roles, max_request_bytes, shutdown.clone()).await;
+            let result = serve_grpc(
+                grpc_listener,
+                roles,
+                tls,
+                max_request_bytes,
+                shutdown.clone(),
+            )
+            .await;
             ("grpc", result)
+        });
+    }
+    {
+        let shutdown = shutdown.clone();
+        let interval = args.security.access_reload_interval;
+        tasks.spawn(async move {
+            reload_access(access, interval, shutdown).await;
+            ("access-reload", Ok(()))
         });
     }
     {
@@ -298,21 +322,186 @@ struct Roles {
     /// Where reads run (scans, SQL): off the gRPC runtime.
     read_handle: tokio::runtime::Handle,
     compact: CompactApi,
+    access: Access,
+}
+
+/// Opens the access store, bootstraps the admin token if asked, and says loudly when anonymous
+/// callers get full access.
+async fn open_access(args: &SecurityArgs, catalog_uri: &str) -> anyhow::Result<Access> {
+    let audit = match &args.audit_log {
+        Some(path) => Audit::to_file(path).with_context(|| {
+            format!(
+                "cannot open the audit log {}; check the directory and permissions of --audit-log",
+                path.display()
+            )
+        })?,
+        None => Audit::to_log(),
+    };
+    let db = args.access_db.as_deref().unwrap_or(catalog_uri);
+    let store = AccessStore::connect(db)
+        .await
+        .with_context(|| format!("cannot open the access tables in {db}; check --access-db"))?;
+    if let Some(path) = &args.bootstrap_admin_token_file {
+        bootstrap_admin(&store, path).await?;
+    }
+    let access = Access::open(store, args.allow_anonymous, audit)
+        .await
+        .context("cannot read tokens and grants; check --access-db")?;
+    if args.allow_anonymous {
+        tracing::warn!(
+            "ANONYMOUS ACCESS IS ON (--allow-anonymous): calls without credentials have FULL \
+             ACCESS to every table. Use it only on a private machine; see docs/security.md"
+        );
+    } else {
+        info!(
+            "authentication required: bearer tokens{}",
+            if args.tls_client_ca.is_some() {
+                " or client certificates"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(access)
+}
+
+/// Registers the token in `path` (creating one there if the file does not exist) for user
+/// `admin`, and grants `admin` admin ON ALL.
+async fn bootstrap_admin(store: &AccessStore, path: &Path) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let new = token::generate().map_err(anyhow::Error::msg)?;
+            write_secret(path, &new.token).with_context(|| {
+                format!(
+                    "cannot write the bootstrap admin token to {}; check \
+                     --bootstrap-admin-token-file",
+                    path.display()
+                )
+            })?;
+            info!(file = %path.display(), "generated a bootstrap admin token");
+            new.token
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot read the bootstrap admin token {}", path.display())
+            });
+        }
+    };
+    let stored = token::stored_of(&text).map_err(|reason| {
+        anyhow::anyhow!(
+            "the bootstrap admin token in {} {reason}; delete the file to have a new one generated",
+            path.display()
+        )
+    })?;
+    let policy = store.load().await?;
+    if let Some(existing) = policy.tokens.get(&stored.id) {
+        if existing.user != "admin" || existing.revoked_ms.is_some() {
+            anyhow::bail!(
+                "the bootstrap admin token in {} is revoked or belongs to `{}`; delete the file to \
+                 have a new one generated",
+                path.display(),
+                existing.user
+            );
+        }
+    } else {
+        store
+            .insert_token(&stored, "admin", "bootstrap admin token")
+            .await?;
+    }
+    store
+        .grant(&Grant {
+            privilege: Privilege::Admin,
+            object: Object::All,
+            grantee: Grantee::User("admin".into()),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    writeln!(file, "{secret}")
+}
+
+/// Re-reads the policy every `interval` and on SIGHUP until shutdown.
+async fn reload_access(access: Access, interval: std::time::Duration, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = hangup => info!("SIGHUP: reloading tokens and grants"),
+        }
+        if let Err(e) = access.reload().await {
+            tracing::warn!("cannot reload tokens and grants (the previous policy stays): {e}");
+        }
+    }
+}
+
+/// The server's TLS settings, if --tls-cert is given.
+fn tls_config(args: &SecurityArgs) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &Path, flag: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("cannot read {flag} {}; give a PEM file", path.display()))
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &args.tls_client_ca {
+        config = config
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                ca,
+                "--tls-client-ca",
+            )?))
+            // Clients may authenticate with a token instead of a certificate.
+            .client_auth_optional(true);
+    }
+    info!(mutual = args.tls_client_ca.is_some(), "gRPC over TLS");
+    Ok(Some(config))
 }
 
 async fn serve_grpc(
     listener: TcpListener,
     roles: Roles,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     max_request_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    use tonic::service::interceptor::InterceptedService;
     let Roles {
         admin,
         writer,
         reader,
         read_handle,
         compact,
+        access,
     } = roles;
+    let auth = Authenticator::new(access.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TableAdminServiceServer<AdminApi>>()
@@ -334,20 +523,42 @@ async fn serve_grpc(
             })
         },
     );
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .context("cannot set up TLS; check --tls-cert, --tls-key and --tls-client-ca")?;
+    }
+    // Health and reflection answer without credentials; every unitable service authenticates.
+    builder
         .add_service(health)
         .add_service(reflection)
-        .add_service(TableAdminServiceServer::new(AdminApi::new(
-            admin,
-            writer.clone(),
-            compact.clone(),
-        )))
-        .add_service(
-            WriteServiceServer::new(WriteApi::new(writer))
+        .add_service(InterceptedService::new(
+            TableAdminServiceServer::new(AdminApi::new(
+                admin,
+                writer.clone(),
+                compact.clone(),
+                access.clone(),
+            )),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            WriteServiceServer::new(WriteApi::new(writer, access.clone()))
                 .max_decoding_message_size(max_request_bytes),
-        )
-        .add_service(ReadServiceServer::new(ReadApi::new(reader, read_handle)))
-        .add_service(CompactionServiceServer::new(compact))
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ReadServiceServer::new(ReadApi::new(reader, read_handle, access.clone())),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            CompactionServiceServer::new(compact),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            AccessServiceServer::new(AccessApi::new(access)),
+            auth,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .context("the gRPC server failed")

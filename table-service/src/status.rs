@@ -10,6 +10,8 @@ use unitable_proto::ConversionError;
 use unitable_reader::ReadError;
 use unitable_writer::WriteError;
 
+use crate::access::Privilege;
+
 /// Errors a gRPC handler can return.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -27,6 +29,25 @@ pub(crate) enum ApiError {
     Compact(Box<CompactError>),
     #[error("a background task failed: {0}")]
     Worker(String),
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
+    #[error(
+        "permission denied: `{principal}` lacks `{privilege}` on {object}; an admin can grant it \
+         with `unitable grant {grant_hint}`"
+    )]
+    PermissionDenied {
+        principal: String,
+        privilege: Privilege,
+        object: String,
+        grant_hint: String,
+    },
+    #[error("{what} does not exist")]
+    AccessNotFound { what: String },
+    #[error("the access tables in the catalog database failed to {operation}: {reason}")]
+    AccessStore {
+        operation: &'static str,
+        reason: String,
+    },
 }
 
 impl From<CompactError> for ApiError {
@@ -167,6 +188,10 @@ impl From<ApiError> for Status {
             ApiError::Read(r) => classify_read(r),
             ApiError::Compact(c) => classify_compact(c),
             ApiError::Worker(_) => (Code::Internal, Level::Error),
+            ApiError::Unauthenticated { .. } => (Code::Unauthenticated, Level::Debug),
+            ApiError::PermissionDenied { .. } => (Code::PermissionDenied, Level::Debug),
+            ApiError::AccessNotFound { .. } => (Code::NotFound, Level::Debug),
+            ApiError::AccessStore { .. } => (Code::Unavailable, Level::Error),
         };
         let message = e.to_string();
         match level {

@@ -152,7 +152,7 @@ class Service:
             self.http_addr = f"127.0.0.1:{self.http_port}"
             argv = [bin_path, "serve", "--data-dir", str(self.data_dir),
                     "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-                    "--http-addr", self.http_addr, *args]
+                    "--http-addr", self.http_addr, "--allow-anonymous", *args]
             self.process = Process("unitable serve", argv, workdir, env)
             self._wait_healthy()
 

@@ -77,7 +77,22 @@ impl Service {
     }
 
     /// Like [`Service::start`], with extra environment variables for the server process.
+    ///
+    /// [`Service::start`] and this pass `--allow-anonymous` (calls without credentials have full
+    /// access), as the suite predates authentication; [`Service::start_secure`] does not.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut all = vec!["--allow-anonymous"];
+        all.extend_from_slice(args);
+        Self::spawn(&all, env)
+    }
+
+    /// Starts `unitable serve` with authentication on (no `--allow-anonymous`): pass
+    /// `--bootstrap-admin-token-file` or TLS flags in `args` as the test needs.
+    pub fn start_secure(args: &[&str]) -> Result<Self> {
+        Self::spawn(args, &[])
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let bin = unitable_bin()?;
         let dir = temp_dir("service")?;
         let data_dir = dir.path().join("data");
@@ -112,6 +127,11 @@ impl Service {
             child,
             dir,
         })
+    }
+
+    /// The temporary directory the service runs in (holds `data/`, logs, client outputs).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
     }
 
     /// `http://127.0.0.1:P1`, the gRPC endpoint.

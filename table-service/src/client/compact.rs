@@ -5,37 +5,30 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Endpoint;
 use unitable_core::naming::TableName;
 use unitable_proto::v1::compaction_service_client::CompactionServiceClient;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::{CompactRequest, CompactResponse, GetTableRequest};
 
-use super::ClientError;
+use super::{ClientError, Connection};
 use crate::cli::CompactArgs;
 
 /// Runs `unitable compact`.
-pub(crate) async fn run(server: &str, args: CompactArgs) -> ExitCode {
-    match run_inner(server, args).await {
+pub(crate) async fn run(conn: &Connection, args: CompactArgs) -> ExitCode {
+    match run_inner(conn, args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.exit(),
     }
 }
 
-async fn run_inner(server: &str, args: CompactArgs) -> Result<(), ClientError> {
+async fn run_inner(conn: &Connection, args: CompactArgs) -> Result<(), ClientError> {
+    let server = conn.server.as_str();
     let name: TableName = args
         .table
         .parse()
         .map_err(|e: unitable_core::Error| ClientError::new(e.to_string()))?;
     // A compaction can take long: no per-call timeout here.
-    let channel = Endpoint::from_shared(server.to_string())
-        .map_err(|e| {
-            ClientError::new(format!(
-                "--server {server} is not a valid URL ({e}); use e.g. http://127.0.0.1:7070"
-            ))
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
+    let channel = conn.channel_untimed()?;
     let mut compaction = CompactionServiceClient::new(channel.clone());
     let rpc_err = |s: tonic::Status| ClientError::from_status(server, &s);
     let plan = compaction

@@ -8,12 +8,12 @@ use arrow::ipc::reader::StreamReader;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::{ReadMode, ReadRequest, RowFormat, read_response};
 
-use super::{ClientError, channel};
+use super::{ClientError, Connection};
 use crate::cli::{LookupArgs, LookupFormat};
 
 /// Runs `unitable lookup`.
-pub(crate) async fn run(server: &str, args: LookupArgs) -> ExitCode {
-    match run_inner(server, args).await {
+pub(crate) async fn run(conn: &Connection, args: LookupArgs) -> ExitCode {
+    match run_inner(conn, args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.exit(),
     }
@@ -53,7 +53,8 @@ fn key_lines(args: &LookupArgs) -> Result<Vec<String>, ClientError> {
     Ok(lines)
 }
 
-async fn run_inner(server: &str, args: LookupArgs) -> Result<(), ClientError> {
+async fn run_inner(conn: &Connection, args: LookupArgs) -> Result<(), ClientError> {
+    let server = conn.server.as_str();
     if args.snapshot.is_some() && args.as_of.is_some() {
         return Err(ClientError::new("give --snapshot or --as-of, not both"));
     }
@@ -71,7 +72,7 @@ async fn run_inner(server: &str, args: LookupArgs) -> Result<(), ClientError> {
     };
     let lines = key_lines(&args)?;
     let mut client =
-        ReadServiceClient::new(channel(server)?).max_decoding_message_size(256 * 1024 * 1024);
+        ReadServiceClient::new(conn.channel()?).max_decoding_message_size(256 * 1024 * 1024);
     let mut stream = client
         .read(ReadRequest {
             table: args.table.clone(),

@@ -8,12 +8,12 @@ use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::{ReadMode, ReadRequest, read_response};
 
 use super::rows::{Sink, decode_ipc};
-use super::{ClientError, channel};
+use super::{ClientError, Connection};
 use crate::cli::{ScanArgs, ScanMode};
 
 /// Runs `unitable scan`.
-pub(crate) async fn run(server: &str, args: ScanArgs) -> ExitCode {
-    match run_inner(server, args).await {
+pub(crate) async fn run(conn: &Connection, args: ScanArgs) -> ExitCode {
+    match run_inner(conn, args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.exit(),
     }
@@ -30,7 +30,8 @@ pub(crate) fn parse_time(flag: &str, text: &str) -> Result<i64, ClientError> {
         .timestamp_millis())
 }
 
-async fn run_inner(server: &str, args: ScanArgs) -> Result<(), ClientError> {
+async fn run_inner(conn: &Connection, args: ScanArgs) -> Result<(), ClientError> {
+    let server = conn.server.as_str();
     if args.snapshot.is_some() && args.as_of.is_some() {
         return Err(ClientError::new("give --snapshot or --as-of, not both"));
     }
@@ -52,7 +53,7 @@ async fn run_inner(server: &str, args: ScanArgs) -> Result<(), ClientError> {
         .transpose()?;
     let mut sink = Sink::open(args.format, args.output.as_deref())?;
     let mut client =
-        ReadServiceClient::new(channel(server)?).max_decoding_message_size(256 * 1024 * 1024);
+        ReadServiceClient::new(conn.channel()?).max_decoding_message_size(256 * 1024 * 1024);
     let mut stream = client
         .read(ReadRequest {
             table: args.table.clone(),

@@ -7,21 +7,22 @@ use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::{QueryRequest, ReadMode};
 
 use super::rows::{Sink, decode_ipc};
-use super::{ClientError, channel};
+use super::{ClientError, Connection};
 use crate::cli::{ScanMode, SqlArgs};
 
 /// Runs `unitable sql`.
-pub(crate) async fn run(server: &str, args: SqlArgs) -> ExitCode {
-    match run_inner(server, args).await {
+pub(crate) async fn run(conn: &Connection, args: SqlArgs) -> ExitCode {
+    match run_inner(conn, args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.exit(),
     }
 }
 
-async fn run_inner(server: &str, args: SqlArgs) -> Result<(), ClientError> {
+async fn run_inner(conn: &Connection, args: SqlArgs) -> Result<(), ClientError> {
+    let server = conn.server.as_str();
     let mut sink = Sink::open(args.format, args.output.as_deref())?;
     let mut client =
-        ReadServiceClient::new(channel(server)?).max_decoding_message_size(256 * 1024 * 1024);
+        ReadServiceClient::new(conn.channel()?).max_decoding_message_size(256 * 1024 * 1024);
     let mode = match args.mode {
         ScanMode::Snapshot => ReadMode::Snapshot,
         ScanMode::Fresh => ReadMode::Fresh,

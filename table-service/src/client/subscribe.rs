@@ -19,12 +19,12 @@ use unitable_proto::v1::{
 
 use super::rows::decode_ipc;
 use super::scan::parse_time;
-use super::{ClientError, channel};
+use super::{ClientError, Connection};
 use crate::cli::SubscribeArgs;
 
 /// Runs `unitable subscribe`.
-pub(crate) async fn run(server: &str, args: SubscribeArgs) -> ExitCode {
-    match run_inner(server, args).await {
+pub(crate) async fn run(conn: &Connection, args: SubscribeArgs) -> ExitCode {
+    match run_inner(conn, args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.exit(),
     }
@@ -84,9 +84,10 @@ fn parse_start(text: &str) -> Result<StreamStart, ClientError> {
     })
 }
 
-async fn run_inner(server: &str, args: SubscribeArgs) -> Result<(), ClientError> {
+async fn run_inner(conn: &Connection, args: SubscribeArgs) -> Result<(), ClientError> {
+    let server = conn.server.as_str();
     let start = parse_start(&args.from)?;
-    let table = TableAdminServiceClient::new(channel(server)?)
+    let table = TableAdminServiceClient::new(conn.channel()?)
         .get_table(GetTableRequest {
             table: args.table.clone(),
         })
@@ -99,7 +100,7 @@ async fn run_inner(server: &str, args: SubscribeArgs) -> Result<(), ClientError>
         .map(|d| d.primary_key)
         .unwrap_or_default();
     let mut client =
-        ReadServiceClient::new(channel(server)?).max_decoding_message_size(256 * 1024 * 1024);
+        ReadServiceClient::new(conn.channel()?).max_decoding_message_size(256 * 1024 * 1024);
     let mut stream = client
         .read(ReadRequest {
             table: args.table.clone(),

@@ -13,12 +13,12 @@ use unitable_proto::v1::{
     GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
 };
 
-use super::{ClientError, channel};
+use super::{ClientError, Connection};
 use crate::cli::{CreateArgs, OutputFormat, TableCommand};
 
 /// Runs one table subcommand.
-pub(crate) async fn run(server: &str, cmd: TableCommand) -> ExitCode {
-    match run_inner(server, cmd).await {
+pub(crate) async fn run(conn: &Connection, cmd: TableCommand) -> ExitCode {
+    match run_inner(conn, cmd).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => e.exit(),
     }
@@ -29,8 +29,9 @@ fn parse_name(text: &str) -> Result<TableName, ClientError> {
         .map_err(|e: unitable_core::Error| ClientError::new(e.to_string()))
 }
 
-async fn run_inner(server: &str, cmd: TableCommand) -> Result<(), ClientError> {
-    let mut client = TableAdminServiceClient::new(channel(server)?);
+async fn run_inner(conn: &Connection, cmd: TableCommand) -> Result<(), ClientError> {
+    let server = conn.server.as_str();
+    let mut client = TableAdminServiceClient::new(conn.channel()?);
     let rpc_err = |s: tonic::Status| ClientError::from_status(server, &s);
     match cmd {
         TableCommand::Create(args) => {

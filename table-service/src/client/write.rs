@@ -16,12 +16,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{RowFormat, WaitFor, WriteOp, WriteRequest, WriteResponse};
 
-use super::{ClientError, channel};
+use super::{ClientError, Connection};
 use crate::cli::{InputFormat, WriteArgs, WriteOpArg};
 
 /// Runs `unitable write`.
-pub(crate) async fn run(server: &str, args: WriteArgs) -> ExitCode {
-    match run_inner(server, args).await {
+pub(crate) async fn run(conn: &Connection, args: WriteArgs) -> ExitCode {
+    match run_inner(conn, args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => e.exit(),
@@ -44,8 +44,9 @@ struct Summary {
     snapshot_id: Option<i64>,
 }
 
-async fn run_inner(server: &str, args: WriteArgs) -> Result<bool, ClientError> {
-    let mut client = WriteServiceClient::new(channel(server)?)
+async fn run_inner(conn: &Connection, args: WriteArgs) -> Result<bool, ClientError> {
+    let server = conn.server.as_str();
+    let mut client = WriteServiceClient::new(conn.channel()?)
         .max_encoding_message_size(usize::MAX)
         .max_decoding_message_size(64 * 1024 * 1024);
     let batches = read_batches(&args)?;

@@ -13,6 +13,7 @@ use unitable_writer::Writer;
 
 use super::compact::CompactApi;
 use super::table_name;
+use crate::access::{Access, Principal, Privilege};
 use crate::status::ApiError;
 
 /// Table administration over the catalog and the changelog.
@@ -21,16 +22,23 @@ pub(crate) struct AdminApi {
     admin: TableAdmin,
     writer: Writer,
     compaction: CompactApi,
+    access: Access,
 }
 
 impl AdminApi {
     /// `writer` hears about dropped and altered tables; `compaction` adds the compaction
-    /// status to `GetTable`.
-    pub(crate) fn new(admin: TableAdmin, writer: Writer, compaction: CompactApi) -> Self {
+    /// status to `GetTable`; `access` authorizes every call.
+    pub(crate) fn new(
+        admin: TableAdmin,
+        writer: Writer,
+        compaction: CompactApi,
+        access: Access,
+    ) -> Self {
         Self {
             admin,
             writer,
             compaction,
+            access,
         }
     }
 }
@@ -46,6 +54,7 @@ impl TableAdminService for AdminApi {
         request: Request<CreateTableRequest>,
     ) -> Result<Response<CreateTableResponse>, Status> {
         count("CreateTable");
+        let who = Principal::of(&request)?;
         let definition = request
             .into_inner()
             .definition
@@ -53,12 +62,15 @@ impl TableAdminService for AdminApi {
                 field: "definition",
                 reason: "is missing".into(),
             })?;
+        let name = table_name(&definition.table)?;
+        self.access
+            .check(&who, Privilege::Admin, &name, "CreateTable")?;
         let def = table_def_from_wire(&definition).map_err(ApiError::from)?;
-        let state = self
-            .admin
-            .create_table(&def)
-            .await
-            .map_err(ApiError::from)?;
+        let state = self.admin.create_table(&def).await;
+        self.access
+            .audit()
+            .result(&who, "CreateTable", Some(&name.to_string()), &state);
+        let state = state.map_err(ApiError::from)?;
         Ok(Response::new(CreateTableResponse {
             table: Some(table_info_to_wire(&state)),
         }))
@@ -69,7 +81,10 @@ impl TableAdminService for AdminApi {
         request: Request<GetTableRequest>,
     ) -> Result<Response<GetTableResponse>, Status> {
         count("GetTable");
+        let who = Principal::of(&request)?;
         let name = table_name(&request.into_inner().table)?;
+        self.access
+            .check(&who, Privilege::Read, &name, "GetTable")?;
         let state = self.admin.describe(&name).await.map_err(ApiError::from)?;
         // The status is extra: a table whose backlog cannot be computed is still described.
         let compaction = match self.compaction.status(&name).await {
@@ -90,11 +105,17 @@ impl TableAdminService for AdminApi {
         request: Request<ListTablesRequest>,
     ) -> Result<Response<ListTablesResponse>, Status> {
         count("ListTables");
+        let who = Principal::of(&request)?;
         let namespace = request.into_inner().namespace;
         let namespace = (!namespace.is_empty()).then_some(namespace.as_str());
         let tables = self.admin.list(namespace).await.map_err(ApiError::from)?;
+        // Only the tables the caller holds a grant on: the others do not exist for it.
         Ok(Response::new(ListTablesResponse {
-            tables: tables.iter().map(ToString::to_string).collect(),
+            tables: tables
+                .iter()
+                .filter(|t| self.access.allows(&who, Privilege::Read, t))
+                .map(ToString::to_string)
+                .collect(),
         }))
     }
 
@@ -103,13 +124,17 @@ impl TableAdminService for AdminApi {
         request: Request<DropTableRequest>,
     ) -> Result<Response<DropTableResponse>, Status> {
         count("DropTable");
+        let who = Principal::of(&request)?;
         let request = request.into_inner();
         let name = table_name(&request.table)?;
+        self.access
+            .check(&who, Privilege::Admin, &name, "DropTable")?;
         self.writer.table_dropped(&name);
-        self.admin
-            .drop_table(&name, request.keep_data)
-            .await
-            .map_err(ApiError::from)?;
+        let dropped = self.admin.drop_table(&name, request.keep_data).await;
+        self.access
+            .audit()
+            .result(&who, "DropTable", Some(&name.to_string()), &dropped);
+        dropped.map_err(ApiError::from)?;
         Ok(Response::new(DropTableResponse {}))
     }
 
@@ -118,18 +143,21 @@ impl TableAdminService for AdminApi {
         request: Request<AddColumnRequest>,
     ) -> Result<Response<AddColumnResponse>, Status> {
         count("AddColumn");
+        let who = Principal::of(&request)?;
         let request = request.into_inner();
         let name = table_name(&request.table)?;
+        self.access
+            .check(&who, Privilege::Admin, &name, "AddColumn")?;
         let column = request.column.as_ref().ok_or(ApiError::BadRequest {
             field: "column",
             reason: "is missing".into(),
         })?;
         let column = Column::try_from(column).map_err(ApiError::from)?;
-        let state = self
-            .admin
-            .add_column(&name, &column)
-            .await
-            .map_err(ApiError::from)?;
+        let state = self.admin.add_column(&name, &column).await;
+        self.access
+            .audit()
+            .result(&who, "AddColumn", Some(&name.to_string()), &state);
+        let state = state.map_err(ApiError::from)?;
         self.writer.table_changed(&name);
         Ok(Response::new(AddColumnResponse {
             table: Some(table_info_to_wire(&state)),

@@ -11,6 +11,7 @@ use unitable_proto::v1::{
 };
 
 use super::table_name;
+use crate::access::{Access, Principal, Privilege};
 use crate::status::ApiError;
 
 /// The compactor and the runtime its work runs on.
@@ -18,11 +19,16 @@ use crate::status::ApiError;
 pub(crate) struct CompactApi {
     compactor: Compactor,
     runtime: Handle,
+    access: Access,
 }
 
 impl CompactApi {
-    pub(crate) fn new(compactor: Compactor, runtime: Handle) -> Self {
-        Self { compactor, runtime }
+    pub(crate) fn new(compactor: Compactor, runtime: Handle, access: Access) -> Self {
+        Self {
+            compactor,
+            runtime,
+            access,
+        }
     }
 
     /// The compaction status of `table` (computed on the compactor's runtime).
@@ -45,8 +51,13 @@ impl CompactionService for CompactApi {
         request: Request<CompactRequest>,
     ) -> Result<Response<CompactResponse>, Status> {
         metrics::counter!("unitable_grpc_requests_total", "method" => "Compact").increment(1);
+        let who = Principal::of(&request)?;
         let request = request.into_inner();
         let name = table_name(&request.table)?;
+        // A dry run shows file sizes and the backlog, an admin's view: the same grant as a run.
+        self.access
+            .check(&who, Privilege::Admin, &name, "Compact")?;
+        let table = name.to_string();
         let compactor = self.compactor.clone();
         let options = CompactOptions {
             dry_run: request.dry_run,
@@ -58,9 +69,14 @@ impl CompactionService for CompactApi {
             .runtime
             .spawn(async move { compactor.compact(&name, options).await })
             .await
-            .map_err(|e| ApiError::Worker(e.to_string()))?
-            .map_err(ApiError::from)?;
-        Ok(Response::new(report_to_wire(&report)))
+            .map_err(|e| ApiError::Worker(e.to_string()))
+            .and_then(|r| r.map_err(ApiError::from));
+        if !request.dry_run {
+            self.access
+                .audit()
+                .result(&who, "Compact", Some(&table), &report);
+        }
+        Ok(Response::new(report_to_wire(&report?)))
     }
 }
 

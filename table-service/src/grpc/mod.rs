@@ -1,5 +1,6 @@
 //! gRPC service implementations.
 
+pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod compact;
 pub(crate) mod lookup;

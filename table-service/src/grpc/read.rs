@@ -21,6 +21,7 @@ use unitable_reader::{
 
 use super::table_name;
 use super::write::{as_of_to_wire, offsets_to_wire};
+use crate::access::{Access, Principal, Privilege};
 use crate::status::ApiError;
 
 /// Messages in flight per read: a slow client holds the read back instead of growing memory.
@@ -32,11 +33,16 @@ pub(crate) struct ReadApi {
     reader: Reader,
     /// The runtime that drives result streams (CPU-heavy scans and SQL stay off the gRPC one).
     runtime: tokio::runtime::Handle,
+    access: Access,
 }
 
 impl ReadApi {
-    pub(crate) fn new(reader: Reader, runtime: tokio::runtime::Handle) -> Self {
-        Self { reader, runtime }
+    pub(crate) fn new(reader: Reader, runtime: tokio::runtime::Handle, access: Access) -> Self {
+        Self {
+            reader,
+            runtime,
+            access,
+        }
     }
 }
 
@@ -262,6 +268,7 @@ impl ReadService for ReadApi {
         &self,
         request: Request<wire::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        let who = Principal::of(&request)?;
         let request = request.into_inner();
         let table = table_name(&request.table)?;
         let mode = wire::ReadMode::try_from(request.mode);
@@ -274,6 +281,15 @@ impl ReadService for ReadApi {
         };
         metrics::counter!("unitable_grpc_requests_total", "method" => "Read", "mode" => mode_name)
             .increment(1);
+        // Every mode, LOOKUP included, needs `read` on the table before anything else.
+        let action = match mode_name {
+            "STREAM" => "Read(STREAM)",
+            "SNAPSHOT" => "Read(SNAPSHOT)",
+            "FRESH" => "Read(FRESH)",
+            "LOOKUP" => "Read(LOOKUP)",
+            _ => "Read",
+        };
+        self.access.check(&who, Privilege::Read, &table, action)?;
         let stream = match mode {
             Ok(wire::ReadMode::Snapshot) => self.rows(request, false).await?,
             Ok(wire::ReadMode::Fresh) => self.rows(request, true).await?,
@@ -298,6 +314,7 @@ impl ReadService for ReadApi {
         request: Request<wire::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         metrics::counter!("unitable_grpc_requests_total", "method" => "Query").increment(1);
+        let who = Principal::of(&request)?;
         let request = request.into_inner();
         let mode = match wire::ReadMode::try_from(request.mode) {
             Ok(wire::ReadMode::Unspecified | wire::ReadMode::Snapshot) => QueryMode::Snapshot,
@@ -311,6 +328,16 @@ impl ReadService for ReadApi {
         };
         if request.sql.trim().is_empty() {
             return Err(bad("sql", "is empty"));
+        }
+        // Authorize every table the statement names (joins, subqueries, CTEs, unions) before
+        // planning: an ungranted table and a missing one are refused alike, and nothing of
+        // either reaches the planner.
+        for table in self
+            .reader
+            .tables_of(&request.sql)
+            .map_err(ApiError::from)?
+        {
+            self.access.check(&who, Privilege::Read, &table, "Query")?;
         }
         let query = self
             .reader

@@ -11,17 +11,19 @@ use unitable_proto::v1::write_service_server::WriteService;
 use unitable_writer::{Rows, WriteOutcome, WriteRequest, Writer};
 
 use super::table_name;
+use crate::access::{Access, Principal, Privilege};
 use crate::status::ApiError;
 
 /// Writes through the writer role.
 #[derive(Debug, Clone)]
 pub(crate) struct WriteApi {
     writer: Writer,
+    access: Access,
 }
 
 impl WriteApi {
-    pub(crate) fn new(writer: Writer) -> Self {
-        Self { writer }
+    pub(crate) fn new(writer: Writer, access: Access) -> Self {
+        Self { writer, access }
     }
 }
 
@@ -113,10 +115,14 @@ impl WriteService for WriteApi {
         request: Request<wire::WriteRequest>,
     ) -> Result<Response<wire::WriteResponse>, Status> {
         count("Write");
+        let who = Principal::of(&request)?;
         let mut request = request.into_inner();
         let t = target(&request)?;
+        self.access
+            .check(&who, Privilege::Write, &t.table, "Write")?;
         let body = Bytes::from(std::mem::take(&mut request.rows));
         let rows = rows(&request, body)?;
+        let table = t.table.to_string();
         let outcome = self
             .writer
             .write(WriteRequest {
@@ -126,9 +132,9 @@ impl WriteService for WriteApi {
                 first_row: 0,
                 wait_for_snapshot: t.wait,
             })
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(response(outcome)))
+            .await;
+        audit_write(&self.access, &who, "Write", &table, &outcome);
+        Ok(Response::new(response(outcome.map_err(ApiError::from)?)))
     }
 
     async fn write_stream(
@@ -136,7 +142,66 @@ impl WriteService for WriteApi {
         request: Request<Streaming<wire::WriteRequest>>,
     ) -> Result<Response<wire::WriteResponse>, Status> {
         count("WriteStream");
+        let who = Principal::of(&request)?;
         let mut stream = request.into_inner();
+        let result = self.write_all(&who, &mut stream).await;
+        if let Some(table) = &result.1 {
+            audit_write(&self.access, &who, "WriteStream", table, &result.0);
+        }
+        Ok(Response::new(response(result.0?)))
+    }
+}
+
+/// Audits a write that ran: rows written and rejected, or the error.
+fn audit_write<E: std::fmt::Display>(
+    access: &Access,
+    who: &Principal,
+    action: &str,
+    table: &str,
+    outcome: &Result<WriteOutcome, E>,
+) {
+    use crate::access::audit::Outcome;
+    match outcome {
+        Ok(o) => access.audit().record(
+            who.name(),
+            action,
+            Some(table),
+            Outcome::Ok,
+            Some(&format!(
+                "{} rows written, {} rejected",
+                o.rows_written,
+                o.errors.len()
+            )),
+        ),
+        Err(e) => access.audit().record(
+            who.name(),
+            action,
+            Some(table),
+            Outcome::Failed,
+            Some(&e.to_string()),
+        ),
+    }
+}
+
+impl WriteApi {
+    /// Runs a write stream. Returns the outcome and, once the first message named an
+    /// authorized table, that table (for the audit line).
+    async fn write_all(
+        &self,
+        who: &Principal,
+        stream: &mut Streaming<wire::WriteRequest>,
+    ) -> (Result<WriteOutcome, Status>, Option<String>) {
+        let mut table = None;
+        let outcome = self.write_stream_inner(who, stream, &mut table).await;
+        (outcome, table)
+    }
+
+    async fn write_stream_inner(
+        &self,
+        who: &Principal,
+        stream: &mut Streaming<wire::WriteRequest>,
+        audited: &mut Option<String>,
+    ) -> Result<WriteOutcome, Status> {
         let mut total = WriteOutcome::default();
         let mut first: Option<(Target, wire::WriteRequest)> = None;
         let mut next_row = 0usize;
@@ -145,7 +210,11 @@ impl WriteService for WriteApi {
             let body = std::mem::take(&mut message.rows);
             let shape = match &first {
                 None => {
-                    first = Some((target(&message)?, message.clone()));
+                    let t = target(&message)?;
+                    self.access
+                        .check(who, Privilege::Write, &t.table, "WriteStream")?;
+                    *audited = Some(t.table.to_string());
+                    first = Some((t, message.clone()));
                     message
                 }
                 Some((_, m0)) => {
@@ -204,7 +273,7 @@ impl WriteService for WriteApi {
                 .await
                 .map_err(ApiError::from)?;
         }
-        Ok(Response::new(response(total)))
+        Ok(total)
     }
 }
 

@@ -1,0 +1,289 @@
+//! Access control: who is calling (authentication) and what they may do (authorization).
+//!
+//! - [`token`]: bearer tokens, their format and their salted hashes.
+//! - [`store`]: tokens, grants and group membership in the catalog database
+//!   (`unitable_tokens`, `unitable_grants`, `unitable_group_members`).
+//! - [`policy`]: an immutable snapshot of the store and the grant evaluation.
+//! - [`auth`]: the tonic interceptor that turns credentials into a [`Principal`].
+//! - [`audit`]: one JSON line per write, admin action, grant change and denial.
+//!
+//! [`Access`] is what the gRPC services hold: each method names the privilege and the table(s)
+//! it needs and calls [`Access::check`] before touching a table. The policy is re-read from the
+//! database every few seconds, on SIGHUP, and at once after a change made through this process,
+//! so revocations take effect without a restart (docs/security.md).
+
+pub(crate) mod audit;
+pub(crate) mod auth;
+pub(crate) mod policy;
+pub(crate) mod store;
+pub(crate) mod token;
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use tonic::Request;
+use unitable_core::naming::TableName;
+
+use self::audit::{Audit, Outcome};
+use self::policy::Policy;
+use self::store::AccessStore;
+use crate::status::ApiError;
+
+/// A privilege. Each one includes the ones before it: `admin` ⊇ `write` ⊇ `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Privilege {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Privilege {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Privilege::Read => "read",
+            Privilege::Write => "write",
+            Privilege::Admin => "admin",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "read" => Some(Privilege::Read),
+            "write" => Some(Privilege::Write),
+            "admin" => Some(Privilege::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Privilege {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a grant is on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Object {
+    Table(String),
+    Namespace(String),
+    All,
+}
+
+impl Object {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Object::Table(_) => "table",
+            Object::Namespace(_) => "namespace",
+            Object::All => "all",
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Object::Table(n) | Object::Namespace(n) => n,
+            Object::All => "",
+        }
+    }
+
+    pub(crate) fn covers(&self, table: &TableName) -> bool {
+        match self {
+            Object::All => true,
+            Object::Namespace(ns) => table.namespace() == ns,
+            Object::Table(t) => *t == table.to_string(),
+        }
+    }
+}
+
+/// Who a grant is to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Grantee {
+    User(String),
+    Group(String),
+}
+
+impl Grantee {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Grantee::User(_) => "user",
+            Grantee::Group(_) => "group",
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Grantee::User(n) | Grantee::Group(n) => n,
+        }
+    }
+}
+
+/// One grant: `privilege` ON `object` TO `grantee`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Grant {
+    pub(crate) privilege: Privilege,
+    pub(crate) object: Object,
+    pub(crate) grantee: Grantee,
+}
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthMethod {
+    Token,
+    Certificate,
+}
+
+/// The caller of an RPC, put into the request's extensions by [`auth::Authenticator`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Principal {
+    /// No credentials, on a server started with `--allow-anonymous`: full access.
+    Anonymous,
+    User {
+        name: String,
+        via: AuthMethod,
+    },
+}
+
+impl Principal {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Principal::Anonymous => "anonymous",
+            Principal::User { name, .. } => name,
+        }
+    }
+
+    /// The principal of `request`; UNAUTHENTICATED if the interceptor did not run.
+    pub(crate) fn of<T>(request: &Request<T>) -> Result<Principal, ApiError> {
+        request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or(ApiError::Unauthenticated {
+                reason: "the request carried no identity".into(),
+            })
+    }
+}
+
+/// The access-control layer the gRPC services consult.
+#[derive(Clone)]
+pub(crate) struct Access {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    policy: RwLock<Arc<Policy>>,
+    store: AccessStore,
+    allow_anonymous: bool,
+    audit: Audit,
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Access")
+            .field("allow_anonymous", &self.inner.allow_anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Access {
+    /// Access backed by `store`, with its policy loaded now.
+    pub(crate) async fn open(
+        store: AccessStore,
+        allow_anonymous: bool,
+        audit: Audit,
+    ) -> Result<Self, ApiError> {
+        let policy = store.load().await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                policy: RwLock::new(Arc::new(policy)),
+                store,
+                allow_anonymous,
+                audit,
+            }),
+        })
+    }
+
+    /// The current policy snapshot.
+    pub(crate) fn policy(&self) -> Arc<Policy> {
+        match self.inner.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the policy from the database; on failure the previous policy stays.
+    pub(crate) async fn reload(&self) -> Result<(), ApiError> {
+        let policy = Arc::new(self.inner.store.load().await?);
+        match self.inner.policy.write() {
+            Ok(mut p) => *p = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn store(&self) -> &AccessStore {
+        &self.inner.store
+    }
+
+    pub(crate) fn allow_anonymous(&self) -> bool {
+        self.inner.allow_anonymous
+    }
+
+    pub(crate) fn audit(&self) -> &Audit {
+        &self.inner.audit
+    }
+
+    /// Whether `who` holds `privilege` on `table`.
+    pub(crate) fn allows(&self, who: &Principal, privilege: Privilege, table: &TableName) -> bool {
+        match who {
+            Principal::Anonymous => true,
+            Principal::User { name, .. } => self.policy().allows(name, privilege, table),
+        }
+    }
+
+    /// Fails with PERMISSION_DENIED (and an audit line) unless `who` holds `privilege` on
+    /// `table`. The answer is the same whether or not the table exists.
+    pub(crate) fn check(
+        &self,
+        who: &Principal,
+        privilege: Privilege,
+        table: &TableName,
+        action: &'static str,
+    ) -> Result<(), ApiError> {
+        if self.allows(who, privilege, table) {
+            return Ok(());
+        }
+        let table = table.to_string();
+        self.audit()
+            .record(who.name(), action, Some(&table), Outcome::Denied, None);
+        Err(ApiError::PermissionDenied {
+            principal: who.name().to_string(),
+            privilege,
+            object: format!("table {table}"),
+            grant_hint: format!("{privilege} ON TABLE {table} TO USER {}", who.name()),
+        })
+    }
+
+    /// Fails with PERMISSION_DENIED unless `who` holds `admin` on everything (needed to manage
+    /// tokens, groups and grants).
+    pub(crate) fn check_global_admin(
+        &self,
+        who: &Principal,
+        action: &'static str,
+    ) -> Result<(), ApiError> {
+        let allowed = match who {
+            Principal::Anonymous => true,
+            Principal::User { name, .. } => self.policy().is_global_admin(name),
+        };
+        if allowed {
+            return Ok(());
+        }
+        self.audit()
+            .record(who.name(), action, None, Outcome::Denied, None);
+        Err(ApiError::PermissionDenied {
+            principal: who.name().to_string(),
+            privilege: Privilege::Admin,
+            object: "everything (ALL)".into(),
+            grant_hint: format!("admin ON ALL TO USER {}", who.name()),
+        })
+    }
+}
