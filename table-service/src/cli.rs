@@ -368,6 +368,11 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub commit_interval: Duration,
 
+    /// Most changelog records one commit takes in (bounds the committer's memory); a larger
+    /// backlog is committed in several snapshots back to back.
+    #[arg(long, env = "UNITABLE_COMMIT_MAX_RECORDS", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub commit_max_records: u64,
+
     /// Largest gRPC request accepted, in bytes; bigger writes fail with OUT_OF_RANGE
     /// (split them, or use WriteStream).
     #[arg(long, env = "UNITABLE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]

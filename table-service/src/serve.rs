@@ -99,6 +99,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         committer,
         WriterConfig {
             commit_interval: args.commit_interval,
+            max_batch_records: usize::try_from(args.commit_max_records).unwrap_or(usize::MAX),
             ..WriterConfig::default()
         },
     );

@@ -21,9 +21,10 @@ use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
     AddColumnRequest, Column, CompactRequest, CreateTableRequest, CreateTokenRequest, DataType,
-    DropTableRequest, GetTableRequest, GrantRequest, GrantSpec, GranteeKind, ListTablesRequest,
-    ObjectKind, Privilege, QueryRequest, ReadMode, ReadRequest, RowFormat, StreamStart,
-    TableDefinition, WaitFor, WhoAmIRequest, WriteOp, WriteRequest, data_type,
+    DropTableRequest, GetTableRequest, GrantRequest, GrantSpec, GranteeKind, ListGrantsRequest,
+    ListTablesRequest, ObjectKind, Privilege, QueryRequest, ReadMode, ReadRequest, RevokeRequest,
+    RevokeTokenRequest, RowFormat, StreamStart, TableDefinition, WaitFor, WhoAmIRequest, WriteOp,
+    WriteRequest, data_type,
 };
 use unitable_tests::Service;
 
@@ -158,16 +159,26 @@ impl Secure {
         self.admin
             .access()
             .grant(GrantRequest {
-                grant: Some(GrantSpec {
-                    privilege: privilege as i32,
-                    object_kind: object as i32,
-                    object: name.into(),
-                    grantee_kind: kind as i32,
-                    grantee: to.into(),
-                }),
+                grant: Some(spec(privilege, object, name, kind, to)),
             })
             .await?;
         Ok(())
+    }
+}
+
+fn spec(
+    privilege: Privilege,
+    object: ObjectKind,
+    name: &str,
+    kind: GranteeKind,
+    to: &str,
+) -> GrantSpec {
+    GrantSpec {
+        privilege: privilege as i32,
+        object_kind: object as i32,
+        object: name.into(),
+        grantee_kind: kind as i32,
+        grantee: to.into(),
     }
 }
 
@@ -265,11 +276,15 @@ async fn read(caller: &Caller, table: &str, mode: ReadMode) -> Result<(), Status
 
 /// Runs SQL and returns the result's Arrow IPC bytes concatenated (for "does it leak" checks).
 async fn sql(caller: &Caller, sql: &str) -> Result<Vec<u8>, Status> {
+    sql_in(caller, sql, ReadMode::Snapshot).await
+}
+
+async fn sql_in(caller: &Caller, sql: &str, mode: ReadMode) -> Result<Vec<u8>, Status> {
     let mut stream = caller
         .reader()
         .query(QueryRequest {
             sql: sql.into(),
-            mode: ReadMode::Snapshot as i32,
+            mode: mode as i32,
         })
         .await?
         .into_inner();
@@ -389,8 +404,7 @@ fn is_denial_naming(status: &Status, privilege: &str, table: &str) -> bool {
 const PRIVILEGES: [&str; 4] = ["none", "read", "write", "admin"];
 
 /// For every RPC and read mode: callers holding less than it needs are denied (naming the
-/// missing grant), callers holding it get through (LOOKUP and Compact may still answer
-/// UNIMPLEMENTED in builds without them, but only after the check).
+/// missing grant), callers holding it get through.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_and_read_mode_needs_its_grant() -> Result<()> {
     let s = Secure::start(&[]).await?;
@@ -693,7 +707,7 @@ async fn groups_namespaces_global_grants_live_revocation_cli_and_audit() -> Resu
         .context("denied")?;
     assert_eq!(denied.code(), Code::PermissionDenied);
 
-    // A table admin is not a global admin: it cannot grant.
+    // A table admin is not a global admin: it cannot grant beyond its table.
     s.grant(Privilege::Admin, ObjectKind::Table, "shop.orders", "gus")
         .await?;
     let out = cli_as(
@@ -766,6 +780,238 @@ async fn groups_namespaces_global_grants_live_revocation_cli_and_audit() -> Resu
     ensure!(
         !audit.contains(token.trim()),
         "the audit log must not hold secrets"
+    );
+    Ok(())
+}
+
+/// Grants are delegated: an admin of a namespace or table grants and revokes on it (and sees
+/// its grants), never beyond it.
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_and_table_admins_grant_within_what_they_administer() -> Result<()> {
+    let s = Secure::start(&[]).await?;
+    for t in ["shop.orders", "shop.items", "hr.pay"] {
+        create(&s.admin, t, "v").await?;
+    }
+    s.grant(Privilege::Read, ObjectKind::Table, "hr.pay", "ted")
+        .await?;
+    s.grant(Privilege::Admin, ObjectKind::Namespace, "shop", "nina")
+        .await?;
+    s.grant(Privilege::Admin, ObjectKind::Table, "shop.items", "tara")
+        .await?;
+    let nina = s.user("nina").await?;
+    let tara = s.user("tara").await?;
+    let rex = s.user("rex").await?;
+    let grant = |caller: &Caller, g: GrantSpec| {
+        let mut access = caller.access();
+        async move {
+            access
+                .grant(GrantRequest { grant: Some(g) })
+                .await
+                .map(|_| ())
+        }
+    };
+    use GranteeKind::{Group, User};
+    use ObjectKind::{All, Namespace, Table};
+    use Privilege::{Admin, Read, Write};
+    // Within: each succeeds, and takes effect.
+    grant(&nina, spec(Read, Table, "shop.orders", User, "rex")).await?;
+    grant(&nina, spec(Write, Namespace, "shop", Group, "clerks")).await?;
+    grant(&tara, spec(Admin, Table, "shop.items", User, "rex")).await?;
+    read(&rex, "shop.orders", ReadMode::Snapshot).await?;
+    Op::Compact.run(&rex, "shop.items", 0).await?;
+    // Beyond: denied, naming the admin grant that is missing.
+    for (caller, g, object) in [
+        (
+            &nina,
+            spec(Read, Table, "hr.pay", User, "rex"),
+            "table hr.pay",
+        ),
+        (
+            &nina,
+            spec(Read, Namespace, "hr", User, "rex"),
+            "namespace hr",
+        ),
+        (&nina, spec(Read, All, "", User, "rex"), "ALL"),
+        (
+            &tara,
+            spec(Read, Table, "shop.orders", User, "rex"),
+            "table shop.orders",
+        ),
+        (
+            &tara,
+            spec(Read, Namespace, "shop", User, "rex"),
+            "namespace shop",
+        ),
+    ] {
+        let status = grant(caller, g).await.err().context("must be denied")?;
+        ensure!(
+            status.code() == Code::PermissionDenied
+                && status.message().contains("`admin`")
+                && status.message().contains(object),
+            "{} granting on {object}: {status:?}",
+            caller.name
+        );
+    }
+    // rex holds admin on shop.items through tara, so rex may grant on it too.
+    grant(&rex, spec(Read, Table, "shop.items", User, "ted")).await?;
+    // Listing: a namespace admin sees the grants on its namespace and tables, not hr's.
+    let seen: Vec<GrantSpec> = nina
+        .access()
+        .list_grants(ListGrantsRequest::default())
+        .await?
+        .into_inner()
+        .grants;
+    let objects: Vec<&str> = seen.iter().map(|g| g.object.as_str()).collect();
+    ensure!(
+        objects.contains(&"shop.orders") && objects.contains(&"shop.items"),
+        "{objects:?}"
+    );
+    ensure!(
+        !objects.contains(&"hr.pay"),
+        "nina must not see hr grants: {objects:?}"
+    );
+    // Revoking within works and takes effect; beyond is denied.
+    nina.access()
+        .revoke(RevokeRequest {
+            grant: Some(spec(Read, Table, "shop.orders", User, "rex")),
+        })
+        .await?;
+    let denied = read(&rex, "shop.orders", ReadMode::Snapshot)
+        .await
+        .err()
+        .context("revoked")?;
+    ensure!(
+        is_denial_naming(&denied, "read", "shop.orders"),
+        "{denied:?}"
+    );
+    let status = nina
+        .access()
+        .revoke(RevokeRequest {
+            grant: Some(spec(Read, Table, "hr.pay", User, "ted")),
+        })
+        .await
+        .err()
+        .context("must be denied")?;
+    assert_eq!(status.code(), Code::PermissionDenied);
+    Ok(())
+}
+
+/// Waits (bounded) for the next message of `stream` that is an error, skipping data.
+async fn next_error<T>(
+    stream: &mut tonic::Streaming<T>,
+    within: std::time::Duration,
+) -> Result<Status> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => bail!("the stream did not end within {within:?}"),
+            Ok(None) => bail!("the stream ended without an error"),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(status))) => return Ok(status),
+        }
+    }
+}
+
+/// Streams already open end when their grant or token is revoked: an idle STREAM, a SQL result
+/// and a WriteStream; rows a WriteStream wrote before the revocation stay written.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_streams_end_when_their_grant_or_token_is_revoked() -> Result<()> {
+    let s = Secure::start(&[]).await?;
+    create(&s.admin, "live.t", "v").await?;
+    write(&s.admin, "live.t", "{\"id\":1,\"v\":\"a\"}\n").await?;
+    s.grant(Privilege::Write, ObjectKind::Table, "live.t", "sam")
+        .await?;
+    let sam = s.user("sam").await?;
+    let enough = std::time::Duration::from_secs(20);
+
+    // An idle STREAM (it has delivered everything and waits for more) ends on revocation.
+    let mut request = read_request("live.t", ReadMode::Stream);
+    request.limit = 0;
+    let mut stream = sam.reader().read(request.clone()).await?.into_inner();
+    stream.next().await.context("first message")??;
+    s.admin
+        .access()
+        .revoke(RevokeRequest {
+            grant: Some(spec(
+                Privilege::Write,
+                ObjectKind::Table,
+                "live.t",
+                GranteeKind::User,
+                "sam",
+            )),
+        })
+        .await?;
+    let status = next_error(&mut stream, enough).await?;
+    ensure!(is_denial_naming(&status, "read", "live.t"), "{status:?}");
+
+    // A token revoked while its STREAM is open ends it as UNAUTHENTICATED.
+    s.grant(Privilege::Write, ObjectKind::Table, "live.t", "sam")
+        .await?;
+    let mut stream = sam.reader().read(request).await?.into_inner();
+    stream.next().await.context("first message")??;
+    let id = sam
+        .token
+        .as_deref()
+        .and_then(|t| t.split('_').nth(1))
+        .context("token id")?
+        .to_string();
+    // A WriteStream opened by the same token, with one message through before the revocation.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut writer = sam.writer();
+    let call = tokio::spawn(async move {
+        writer
+            .write_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(write_request(
+        "live.t",
+        "{\"id\":2,\"v\":\"before\"}\n",
+        false,
+    ))
+    .await?;
+    // The first message is written once the row is visible.
+    let deadline = tokio::time::Instant::now() + enough;
+    loop {
+        let body = sql_in(
+            &s.admin,
+            "SELECT v FROM live.t WHERE id = 2",
+            ReadMode::Fresh,
+        )
+        .await?;
+        if contains(&body, b"before") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the first WriteStream message was not written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    s.admin
+        .access()
+        .revoke_token(RevokeTokenRequest { token_id: id })
+        .await?;
+    let status = next_error(&mut stream, enough).await?;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    ensure!(status.message().contains("revoked"), "{status:?}");
+    tx.send(write_request(
+        "live.t",
+        "{\"id\":3,\"v\":\"after\"}\n",
+        false,
+    ))
+    .await?;
+    drop(tx);
+    let status = call.await?.err().context("the WriteStream must fail")?;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    ensure!(
+        status.message().contains("1 rows") && status.message().contains("durable"),
+        "{status:?}"
+    );
+    let all = sql_in(&s.admin, "SELECT id, v FROM live.t", ReadMode::Fresh).await?;
+    ensure!(contains(&all, b"before"), "the acknowledged row is lost");
+    ensure!(
+        !contains(&all, b"after"),
+        "a row after the revocation was written"
     );
     Ok(())
 }

@@ -338,3 +338,98 @@ async fn acknowledged_writes_survive_kills_with_kafka_changelog() -> Result<()> 
     drop(tansu);
     Ok(())
 }
+
+/// A backlog larger than one commit's record limit is committed batch after batch: all of it
+/// at a graceful stop, and at once after a restart (not one batch per commit interval).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_is_committed_in_full_at_stop_and_at_once_after_a_restart() -> Result<()> {
+    // An hour-long interval: only the stop and the start may commit in this test.
+    let mut service = start(
+        ["--commit-interval", "1h", "--commit-max-records", "100"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await?;
+    create_kv_table(&service, 2).await?;
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+    let lines = |from: i64, to: i64, v: &str| -> String {
+        (from..to).map(|id| kv_line(id, v, id)).collect()
+    };
+    // The first write starts the table's committer; let its first cycle pass.
+    write_lines(&mut client, WriteOp::Upsert, &lines(5000, 5001, "w"), false).await?;
+    let mut want = BTreeMap::from([(5000, "w".to_string())]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !service.log().contains("committer started") {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no committer started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for chunk in 0..10 {
+        let (from, to) = (chunk * 100, chunk * 100 + 100);
+        write_lines(&mut client, WriteOp::Upsert, &lines(from, to, "a"), false).await?;
+        want.extend((from..to).map(|id| (id, "a".to_string())));
+    }
+    // (At most the first row, if the first cycle saw it.)
+    ensure!(
+        scan_kv(&service.data_dir()).await.unwrap_or_default().len() <= 1,
+        "nothing more may be committed before the stop (1h interval)"
+    );
+    let status = tokio::task::block_in_place(|| service.stop())?;
+    ensure!(
+        status.success(),
+        "graceful stop: {status:?}\n{}",
+        tail(&service.log())
+    );
+    let rows = scan_kv(&service.data_dir()).await?;
+    ensure!(
+        rows == want,
+        "after a graceful stop the snapshot must hold all {} acknowledged rows, it holds {}",
+        want.len(),
+        rows.len()
+    );
+    let catalog = unitable_core::catalog::TableCatalog::open(
+        unitable_core::catalog::CatalogConfig::embedded(&service.data_dir()),
+    )
+    .await?;
+    let snapshots = catalog
+        .load(&TABLE.parse()?)
+        .await?
+        .metadata()
+        .snapshots()
+        .count();
+    ensure!(
+        snapshots >= 10,
+        "1,000 records with a 100-record limit need at least 10 commits, saw {snapshots}"
+    );
+
+    // Acknowledged, never committed, then a crash: the next start commits it without waiting
+    // for the hour.
+    tokio::task::block_in_place(|| service.restart())?;
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+    for chunk in 0..5 {
+        let (from, to) = (chunk * 100, chunk * 100 + 100);
+        write_lines(&mut client, WriteOp::Upsert, &lines(from, to, "b"), false).await?;
+        want.extend((from..to).map(|id| (id, "b".to_string())));
+    }
+    tokio::task::block_in_place(|| service.kill())?;
+    tokio::task::block_in_place(|| service.restart())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = scan_kv(&service.data_dir()).await?;
+        if rows == want {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted committer did not commit the backlog: {} of {} rows are `b`\n{}",
+            rows.values().filter(|v| *v == "b").count(),
+            500,
+            tail(&service.log())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

@@ -110,6 +110,15 @@ struct Folded {
     oldest_ms: Option<i64>,
 }
 
+/// Whether a cycle left records in the changelog for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backlog {
+    /// The batch limit cut the cycle short (or it was the start): commit again at once.
+    Pending,
+    /// The cycle read everything the changelog held when it looked.
+    CaughtUp,
+}
+
 impl TableCommitter {
     pub(crate) fn new(
         name: TableName,
@@ -124,20 +133,27 @@ impl TableCommitter {
         }
     }
 
-    /// Runs until `shutdown` (then commits what the changelog holds, once) or until the table
-    /// is dropped or taken over.
+    /// Runs until `shutdown` or until the table is dropped or taken over. A cycle that hit the
+    /// batch limit is followed by the next one at once (a backlog is committed back to back,
+    /// not one batch per interval), and so is the first cycle after start (what the changelog
+    /// holds beyond the anchored offsets is committed at once). On `shutdown` it commits until
+    /// it has caught up with the changelog as it was, then stops.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let table = self.name.to_string();
         let mut backoff = Duration::from_millis(200);
         let mut final_cycle = false;
         loop {
             let result = if self.state.is_none() {
-                self.start().await
+                // Straight into a first cycle after a successful start.
+                self.start().await.map(|()| Backlog::Pending)
             } else {
                 self.cycle().await
             };
-            match result {
-                Ok(()) => backoff = Duration::from_millis(200),
+            let backlog = match result {
+                Ok(backlog) => {
+                    backoff = Duration::from_millis(200);
+                    backlog
+                }
                 Err(e) if is_terminal(&e) => {
                     warn!(%table, error = %e, "committer stopped");
                     self.progress.send_modify(|p| p.stopped = true);
@@ -155,6 +171,12 @@ impl TableCommitter {
                         () = shutdown.cancelled() => { final_cycle = true; continue; }
                     }
                 }
+            };
+            if backlog == Backlog::Pending {
+                if final_cycle {
+                    info!(%table, "committer: committing the backlog before stopping");
+                }
+                continue;
             }
             if final_cycle {
                 info!(%table, "committer: final commit done");
@@ -348,7 +370,7 @@ impl TableCommitter {
     }
 
     /// One commit interval's work.
-    async fn cycle(&mut self) -> WriteResult<()> {
+    async fn cycle(&mut self) -> WriteResult<Backlog> {
         let mut state = self.state.take().ok_or_else(|| WriteError::Internal {
             reason: "cycle without state".into(),
         })?;
@@ -357,7 +379,7 @@ impl TableCommitter {
         result
     }
 
-    async fn cycle_with(&mut self, state: &mut State) -> WriteResult<()> {
+    async fn cycle_with(&mut self, state: &mut State) -> WriteResult<Backlog> {
         let table = self.shared.catalog.load(&self.name).await?;
         let metadata = table.metadata();
         self.check_claim(state, metadata.properties())?;
@@ -399,10 +421,10 @@ impl TableCommitter {
             self.catch_up(state, &table).await?;
         }
 
-        let (records, until) = self.drain(state).await?;
+        let (records, until, backlog) = self.drain(state).await?;
         self.report_lag(state, &until).await;
         if records.iter().all(|(_, r)| r.is_empty()) {
-            return Ok(());
+            return Ok(Backlog::CaughtUp);
         }
         let started = Instant::now();
         let folded = self.fold(state, records)?;
@@ -504,7 +526,7 @@ impl TableCommitter {
         {
             warn!(table = %self.name, error = %e, "could not publish committed offsets to the changelog");
         }
-        Ok(())
+        Ok(backlog)
     }
 
     fn claim_of(&self, state: &State) -> BTreeMap<String, String> {
@@ -531,11 +553,15 @@ impl TableCommitter {
     }
 
     /// Reads every partition from the committer's offsets, up to the batch limit; returns the
-    /// records per partition and the offsets after them.
+    /// records per partition, the offsets after them, and whether the limit cut the read short.
     async fn drain(
         &self,
         state: &State,
-    ) -> WriteResult<(Vec<(PartitionId, Vec<StoredRecord>)>, PartitionOffsets)> {
+    ) -> WriteResult<(
+        Vec<(PartitionId, Vec<StoredRecord>)>,
+        PartitionOffsets,
+        Backlog,
+    )> {
         let log = &self.shared.changelog;
         let mut budget = self.shared.config.max_batch_records;
         let mut until = PartitionOffsets::default();
@@ -576,7 +602,12 @@ impl TableCommitter {
             until.set(partition, from);
             out.push((partition, records));
         }
-        Ok((out, until))
+        let backlog = if budget == 0 {
+            Backlog::Pending
+        } else {
+            Backlog::CaughtUp
+        };
+        Ok((out, until, backlog))
     }
 
     async fn report_lag(&self, state: &State, until: &PartitionOffsets) {

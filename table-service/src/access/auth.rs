@@ -36,6 +36,7 @@ impl Authenticator {
                 Some(user) => Ok(Principal::User {
                     name: user.to_string(),
                     via: AuthMethod::Token,
+                    token_id: super::token::parse(token).map(|p| p.id.to_string()),
                 }),
                 None => Err(ApiError::Unauthenticated {
                     reason: "the token is unknown, malformed or revoked; ask an admin for a new \
@@ -51,6 +52,7 @@ impl Authenticator {
                 Some(user) => Ok(Principal::User {
                     name: user,
                     via: AuthMethod::Certificate,
+                    token_id: None,
                 }),
                 None => Err(ApiError::Unauthenticated {
                     reason: "the client certificate names no user: it needs a DNS \

@@ -140,6 +140,9 @@ pub(crate) enum Principal {
     User {
         name: String,
         via: AuthMethod,
+        /// The id of the token the call authenticated with, so a long call can notice that it
+        /// was revoked.
+        token_id: Option<String>,
     },
 }
 
@@ -263,8 +266,91 @@ impl Access {
         })
     }
 
+    /// Fails unless `who` can still do what a long call (a stream) started with: its token is
+    /// still live (else UNAUTHENTICATED) and it still holds `privilege` on every table in
+    /// `tables` (else PERMISSION_DENIED). Both are audited as denials.
+    pub(crate) fn recheck(
+        &self,
+        who: &Principal,
+        privilege: Privilege,
+        tables: &[TableName],
+        action: &'static str,
+    ) -> Result<(), ApiError> {
+        if let Principal::User {
+            token_id: Some(id), ..
+        } = who
+            && !self.policy().token_live(id)
+        {
+            let table = tables.first().map(ToString::to_string);
+            let reason = format!(
+                "the token `{id}` this call started with was revoked; ask an admin for a new one"
+            );
+            self.audit().record(
+                who.name(),
+                action,
+                table.as_deref(),
+                Outcome::Unauthenticated,
+                Some(&reason),
+            );
+            return Err(ApiError::Unauthenticated { reason });
+        }
+        for table in tables {
+            self.check(who, privilege, table, action)?;
+        }
+        Ok(())
+    }
+
+    /// A [`Guard`] for a long call by `who` that needs `privilege` on `tables`.
+    pub(crate) fn guard(
+        &self,
+        who: &Principal,
+        privilege: Privilege,
+        tables: Vec<TableName>,
+        action: &'static str,
+    ) -> Guard {
+        Guard {
+            access: self.clone(),
+            who: who.clone(),
+            privilege,
+            tables,
+            action,
+        }
+    }
+
+    /// Fails with PERMISSION_DENIED unless `who` may grant and revoke privileges on `object`:
+    /// `admin` on a table (directly, through its namespace or ALL) for a table, `admin` on the
+    /// namespace or ALL for a namespace, `admin ON ALL` for ALL.
+    pub(crate) fn check_object_admin(
+        &self,
+        who: &Principal,
+        object: &Object,
+        action: &'static str,
+    ) -> Result<(), ApiError> {
+        let allowed = match who {
+            Principal::Anonymous => true,
+            Principal::User { name, .. } => self.policy().administers(name, object),
+        };
+        if allowed {
+            return Ok(());
+        }
+        let (object_text, on) = match object {
+            Object::All => ("everything (ALL)".to_string(), "ALL".to_string()),
+            Object::Namespace(ns) => (format!("namespace {ns}"), format!("NAMESPACE {ns}")),
+            Object::Table(t) => (format!("table {t}"), format!("TABLE {t}")),
+        };
+        let table = matches!(object, Object::Table(_)).then(|| object.name().to_string());
+        self.audit()
+            .record(who.name(), action, table.as_deref(), Outcome::Denied, None);
+        Err(ApiError::PermissionDenied {
+            principal: who.name().to_string(),
+            privilege: Privilege::Admin,
+            object: object_text,
+            grant_hint: format!("admin ON {on} TO USER {}", who.name()),
+        })
+    }
+
     /// Fails with PERMISSION_DENIED unless `who` holds `admin` on everything (needed to manage
-    /// tokens, groups and grants).
+    /// tokens and groups).
     pub(crate) fn check_global_admin(
         &self,
         who: &Principal,
@@ -285,5 +371,24 @@ impl Access {
             object: "everything (ALL)".into(),
             grant_hint: format!("admin ON ALL TO USER {}", who.name()),
         })
+    }
+}
+
+/// What a long call (a read stream, a write stream, a SQL result) re-checks while it runs, so a
+/// revoked grant or token ends it instead of letting it run on.
+#[derive(Debug, Clone)]
+pub(crate) struct Guard {
+    access: Access,
+    who: Principal,
+    privilege: Privilege,
+    tables: Vec<TableName>,
+    action: &'static str,
+}
+
+impl Guard {
+    /// Ok while the caller still holds what the call needs.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        self.access
+            .recheck(&self.who, self.privilege, &self.tables, self.action)
     }
 }

@@ -60,6 +60,29 @@ impl Policy {
             .any(|g| g.privilege >= privilege && g.object.covers(table) && self.applies_to(g, user))
     }
 
+    /// Whether the token with id `id` exists and is not revoked.
+    pub(crate) fn token_live(&self, id: &str) -> bool {
+        self.tokens.get(id).is_some_and(|t| t.revoked_ms.is_none())
+    }
+
+    /// Whether `user` may grant and revoke on `object`: `admin` on it or on something that
+    /// contains it (a table's namespace, ALL).
+    pub(crate) fn administers(&self, user: &str, object: &Object) -> bool {
+        self.grants.iter().any(|g| {
+            g.privilege == Privilege::Admin
+                && self.applies_to(g, user)
+                && match (&g.object, object) {
+                    (Object::All, _) => true,
+                    (Object::Namespace(held), Object::Namespace(ns)) => held == ns,
+                    (Object::Namespace(held), Object::Table(t)) => {
+                        t.parse::<TableName>().is_ok_and(|t| t.namespace() == held)
+                    }
+                    (Object::Table(held), Object::Table(t)) => held == t,
+                    _ => false,
+                }
+        })
+    }
+
     /// Whether `user` holds `admin` on everything.
     pub(crate) fn is_global_admin(&self, user: &str) -> bool {
         self.grants.iter().any(|g| {

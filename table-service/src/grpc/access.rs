@@ -216,8 +216,9 @@ impl AccessService for AccessApi {
         request: Request<wire::GrantRequest>,
     ) -> Result<Response<wire::GrantResponse>, Status> {
         let who = Principal::of(&request)?;
-        self.access.check_global_admin(&who, "Grant")?;
         let grant = grant_from_wire(request.get_ref().grant.as_ref())?;
+        self.access
+            .check_object_admin(&who, &grant.object, "Grant")?;
         self.access.store().grant(&grant).await?;
         self.changed().await;
         self.audit_ok(&who, "Grant", &describe(&grant));
@@ -229,8 +230,9 @@ impl AccessService for AccessApi {
         request: Request<wire::RevokeRequest>,
     ) -> Result<Response<wire::RevokeResponse>, Status> {
         let who = Principal::of(&request)?;
-        self.access.check_global_admin(&who, "Revoke")?;
         let grant = grant_from_wire(request.get_ref().grant.as_ref())?;
+        self.access
+            .check_object_admin(&who, &grant.object, "Revoke")?;
         if !self.access.store().revoke(&grant).await? {
             return Err(ApiError::AccessNotFound {
                 what: format!("the grant `{}` (see `unitable grants`)", describe(&grant)),
@@ -250,14 +252,18 @@ impl AccessService for AccessApi {
         let name = request.into_inner().name;
         let name = name.trim();
         let policy = self.access.policy();
-        let sees_all = match &who {
+        // Everyone sees the grants that apply to them; an admin of a table or namespace also
+        // sees every grant on it (what they can revoke); `admin ON ALL` sees everything.
+        let sees = |g: &Grant| match &who {
             Principal::Anonymous => true,
-            Principal::User { name, .. } => policy.is_global_admin(name),
+            Principal::User { name, .. } => {
+                policy.applies_to(g, name) || policy.administers(name, &g.object)
+            }
         };
         let grants = policy
             .grants
             .iter()
-            .filter(|g| sees_all || policy.applies_to(g, who.name()))
+            .filter(|g| sees(g))
             .filter(|g| name.is_empty() || g.grantee.name() == name || g.object.name() == name)
             .map(grant_to_wire)
             .collect();
@@ -315,7 +321,7 @@ impl AccessService for AccessApi {
         let policy = self.access.policy();
         let (groups, by) = match &who {
             Principal::Anonymous => (Vec::new(), "anonymous"),
-            Principal::User { name, via } => (
+            Principal::User { name, via, .. } => (
                 policy.groups_of(name).map(str::to_string).collect(),
                 match via {
                     AuthMethod::Token => "token",

@@ -21,7 +21,7 @@ use unitable_reader::{
 
 use super::table_name;
 use super::write::{as_of_to_wire, offsets_to_wire};
-use crate::access::{Access, Principal, Privilege};
+use crate::access::{Access, Guard, Principal, Privilege};
 use crate::status::ApiError;
 
 /// Messages in flight per read: a slow client holds the read back instead of growing memory.
@@ -69,12 +69,19 @@ fn bad(field: &'static str, reason: impl Into<String>) -> Status {
     .into()
 }
 
+/// How often an idle result stream re-checks that its caller still holds the grant and token
+/// it started with (every message is checked too).
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// Sends `first` (if any), then one message per item of `items` through a bounded channel,
 /// from a task on `runtime` that stops when the client goes away or after the first error.
+/// `guard` is checked before every message and every [`RECHECK`] while waiting: a revoked
+/// grant or token ends the stream with its error.
 fn pump<T, M>(
     runtime: &tokio::runtime::Handle,
     first: Option<M>,
     mut items: Pin<Box<dyn Stream<Item = ReadResult<T>> + Send>>,
+    guard: Guard,
     mut message: impl FnMut(T) -> Result<M, Status> + Send + 'static,
 ) -> BoxStream<M>
 where
@@ -88,9 +95,25 @@ where
         {
             return;
         }
-        while let Some(item) = items.next().await {
-            let out = item
-                .map_err(|e| Status::from(ApiError::from(e)))
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let item = tokio::select! {
+                // `next` is cancel-safe: an item is never lost to the other branch.
+                item = items.next() => item,
+                _ = recheck.tick() => match guard.check() {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                },
+            };
+            let Some(item) = item else { return };
+            let out = guard
+                .check()
+                .map_err(Status::from)
+                .and_then(|()| item.map_err(|e| Status::from(ApiError::from(e))))
                 .and_then(&mut message);
             let failed = out.is_err();
             // A closed channel means the client went away: stop reading.
@@ -161,6 +184,7 @@ impl ReadApi {
         &self,
         request: wire::ReadRequest,
         fresh: bool,
+        guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
         let table = table_name(&request.table)?;
         let limit = (request.limit > 0).then_some(request.limit);
@@ -205,6 +229,7 @@ impl ReadApi {
             &self.runtime,
             Some(first),
             read.batches,
+            guard,
             move |batch| {
                 Ok(wire::ReadResponse {
                     body: Some(wire::read_response::Body::ArrowIpc(ipc_bytes(
@@ -220,6 +245,7 @@ impl ReadApi {
     async fn changes(
         &self,
         request: wire::ReadRequest,
+        guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
         let table = table_name(&request.table)?;
         let start = stream_start(request.start.as_ref())?;
@@ -246,6 +272,7 @@ impl ReadApi {
             &self.runtime,
             Some(first),
             stream.changes,
+            guard,
             move |change| {
                 Ok(wire::ReadResponse {
                     body: Some(wire::read_response::Body::Changes(wire::ChangeBatch {
@@ -290,10 +317,13 @@ impl ReadService for ReadApi {
             _ => "Read",
         };
         self.access.check(&who, Privilege::Read, &table, action)?;
+        let guard = self
+            .access
+            .guard(&who, Privilege::Read, vec![table.clone()], action);
         let stream = match mode {
-            Ok(wire::ReadMode::Snapshot) => self.rows(request, false).await?,
-            Ok(wire::ReadMode::Fresh) => self.rows(request, true).await?,
-            Ok(wire::ReadMode::Stream) => self.changes(request).await?,
+            Ok(wire::ReadMode::Snapshot) => self.rows(request, false, guard).await?,
+            Ok(wire::ReadMode::Fresh) => self.rows(request, true, guard).await?,
+            Ok(wire::ReadMode::Stream) => self.changes(request, guard).await?,
             Ok(wire::ReadMode::Lookup) => {
                 let response = super::lookup::lookup(&self.reader, table, request).await?;
                 Box::pin(futures::stream::once(async { Ok(response) }))
@@ -332,13 +362,14 @@ impl ReadService for ReadApi {
         // Authorize every table the statement names (joins, subqueries, CTEs, unions) before
         // planning: an ungranted table and a missing one are refused alike, and nothing of
         // either reaches the planner.
-        for table in self
+        let tables = self
             .reader
             .tables_of(&request.sql)
-            .map_err(ApiError::from)?
-        {
-            self.access.check(&who, Privilege::Read, &table, "Query")?;
+            .map_err(ApiError::from)?;
+        for table in &tables {
+            self.access.check(&who, Privilege::Read, table, "Query")?;
         }
+        let guard = self.access.guard(&who, Privilege::Read, tables, "Query");
         let query = self
             .reader
             .query(&Query {
@@ -360,6 +391,7 @@ impl ReadService for ReadApi {
             &self.runtime,
             Some(first),
             query.batches,
+            guard,
             move |batch| {
                 Ok(wire::QueryResponse {
                     arrow_ipc: ipc_bytes(&schema, Some(&batch))?,

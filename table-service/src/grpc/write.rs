@@ -217,7 +217,26 @@ impl WriteApi {
                     first = Some((t, message.clone()));
                     message
                 }
-                Some((_, m0)) => {
+                Some((t, m0)) => {
+                    // A long stream stops at the first message after its grant or token is
+                    // revoked; the rows of earlier messages are in the changelog already.
+                    if let Err(e) = self.access.recheck(
+                        who,
+                        Privilege::Write,
+                        std::slice::from_ref(&t.table),
+                        "WriteStream",
+                    ) {
+                        let status = Status::from(e);
+                        return Err(Status::new(
+                            status.code(),
+                            format!(
+                                "{}; the {} rows of this stream's earlier messages were written \
+                                 and are durable, later ones were not",
+                                status.message(),
+                                total.rows_written
+                            ),
+                        ));
+                    }
                     // Later messages may repeat the table and op, never change them.
                     if (!message.table.is_empty() && message.table != m0.table)
                         || (message.op != 0 && message.op != m0.op)

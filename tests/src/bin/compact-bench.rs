@@ -24,7 +24,6 @@ use iceberg::spec::Struct;
 use iceberg::table::Table;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::file::properties::WriterProperties;
 use unitable_compactor::{CompactOptions, Compactor, SchedulerConfig};
 use unitable_core::catalog::TableCatalog;
 use unitable_core::clock::SystemClock;
@@ -214,9 +213,8 @@ async fn main() -> anyhow::Result<()> {
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
                 .with_batch_size(64 * 1024)
                 .build()?;
-            let props = WriterProperties::builder()
-                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-                .build();
+            // The properties unitable writes data files with.
+            let props = unitable_core::commit::files::data_file_properties();
             let mut writer: Option<ArrowWriter<std::fs::File>> = None;
             let mut out = Some(out);
             for batch in reader {
