@@ -1016,6 +1016,16 @@ async fn open_streams_end_when_their_grant_or_token_is_revoked() -> Result<()> {
     Ok(())
 }
 
+/// Who the server says `caller` is, and how it authenticated.
+async fn who(caller: &Caller) -> Result<(String, String)> {
+    let me = caller
+        .access()
+        .who_am_i(WhoAmIRequest {})
+        .await?
+        .into_inner();
+    Ok((me.user, me.authenticated_by))
+}
+
 /// A test CA, a server certificate for 127.0.0.1 and a client certificate for user `carol`,
 /// as PEM files in `dir`.
 fn test_pki(dir: &Path) -> Result<()> {
@@ -1101,40 +1111,24 @@ async fn tls_and_mutual_tls_end_to_end() -> Result<()> {
 
     // A token over TLS.
     let admin = Caller::over(connect(tls(None)?).await?, "admin", Some(&admin_token))?;
-    let me = admin
-        .access()
-        .who_am_i(WhoAmIRequest {})
-        .await?
-        .into_inner();
-    assert_eq!(
-        (me.user.as_str(), me.authenticated_by.as_str()),
-        ("admin", "token")
-    );
+    assert_eq!(who(&admin).await?, ("admin".into(), "token".into()));
     create(&admin, "tls.t", "v").await?;
     admin
         .access()
         .grant(GrantRequest {
-            grant: Some(GrantSpec {
-                privilege: Privilege::Write as i32,
-                object_kind: ObjectKind::Table as i32,
-                object: "tls.t".into(),
-                grantee_kind: GranteeKind::User as i32,
-                grantee: "carol".into(),
-            }),
+            grant: Some(spec(
+                Privilege::Write,
+                ObjectKind::Table,
+                "tls.t",
+                GranteeKind::User,
+                "carol",
+            )),
         })
         .await?;
 
     // A client certificate from the CA, no token: the user is its DNS name.
     let carol = Caller::over(connect(tls(Some("carol"))?).await?, "carol", None)?;
-    let me = carol
-        .access()
-        .who_am_i(WhoAmIRequest {})
-        .await?
-        .into_inner();
-    assert_eq!(
-        (me.user.as_str(), me.authenticated_by.as_str()),
-        ("carol", "certificate")
-    );
+    assert_eq!(who(&carol).await?, ("carol".into(), "certificate".into()));
     write(&carol, "tls.t", "{\"id\":1,\"v\":\"over tls\"}\n").await?;
     read(&carol, "tls.t", ReadMode::Fresh).await?;
     let denied = create(&carol, "tls.u", "v").await.err().context("denied")?;

@@ -213,15 +213,13 @@ impl AccessStore {
 
     /// Stores a grant (granting twice is one grant).
     pub(crate) async fn grant(&self, grant: &Grant) -> Result<(), ApiError> {
-        sqlx::query(&self.sql(
-            "INSERT INTO unitable_grants (privilege, object_kind, object_name, grantee_kind, grantee) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        ))
-        .bind(grant.privilege.as_str())
-        .bind(grant.object.kind())
-        .bind(grant.object.name().to_string())
-        .bind(grant.grantee.kind())
-        .bind(grant.grantee.name().to_string())
+        bind_grant(
+            sqlx::query(&self.sql(
+                "INSERT INTO unitable_grants (privilege, object_kind, object_name, grantee_kind, \
+                 grantee) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )),
+            grant,
+        )
         .execute(&self.pool)
         .await
         .map_err(db_error("store a grant"))?;
@@ -230,18 +228,14 @@ impl AccessStore {
 
     /// Deletes a grant; false if there was none.
     pub(crate) async fn revoke(&self, grant: &Grant) -> Result<bool, ApiError> {
-        let done = sqlx::query(&self.sql(
+        let sql = self.sql(
             "DELETE FROM unitable_grants WHERE privilege = $1 AND object_kind = $2 \
              AND object_name = $3 AND grantee_kind = $4 AND grantee = $5",
-        ))
-        .bind(grant.privilege.as_str())
-        .bind(grant.object.kind())
-        .bind(grant.object.name().to_string())
-        .bind(grant.grantee.kind())
-        .bind(grant.grantee.name().to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(db_error("delete a grant"))?;
+        );
+        let done = bind_grant(sqlx::query(&sql), grant)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("delete a grant"))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -272,4 +266,18 @@ impl AccessStore {
         .map_err(db_error("remove a group member"))?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+/// Binds `grant` to `$1..$5` in column order: privilege, object kind, object name, grantee
+/// kind, grantee.
+fn bind_grant<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    grant: &Grant,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(grant.privilege.as_str())
+        .bind(grant.object.kind())
+        .bind(grant.object.name().to_string())
+        .bind(grant.grantee.kind())
+        .bind(grant.grantee.name().to_string())
 }
