@@ -1016,6 +1016,77 @@ async fn open_streams_end_when_their_grant_or_token_is_revoked() -> Result<()> {
     Ok(())
 }
 
+/// Two servers on one access database enforce one policy: a token, a grant and a revocation
+/// made through one take effect on the other within its reload interval, open streams
+/// included.
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_sharing_the_access_database_enforce_one_policy() -> Result<()> {
+    let a = Secure::start(&["--access-reload-interval", "200ms"]).await?;
+    let access_db = format!("sqlite://{}/catalog.db", a.service.data_dir().display());
+    let b = tokio::task::spawn_blocking(move || {
+        Service::start_secure(&[
+            "--access-db",
+            &access_db,
+            "--access-reload-interval",
+            "200ms",
+        ])
+    })
+    .await??;
+    let url_b = b.grpc_url();
+    let admin_b = Caller::new(&url_b, "admin", a.admin.token.as_deref()).await?;
+    create(&admin_b, "far.t", "v").await?;
+    write(&admin_b, "far.t", "{\"id\":1,\"v\":\"x\"}\n").await?;
+
+    // A token made on A authenticates on B once B has reloaded.
+    let bea_a = a.user("bea").await?;
+    let bea = Caller::new(&url_b, "bea", bea_a.token.as_deref()).await?;
+    let enough = std::time::Duration::from_secs(20);
+    let eventually = |what: &'static str, done: bool, since: tokio::time::Instant| {
+        ensure!(since.elapsed() < enough, "B never saw {what}");
+        Ok::<bool, anyhow::Error>(done)
+    };
+    let since = tokio::time::Instant::now();
+    while !eventually("the new token", who(&bea).await.is_ok(), since)? {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Denied on B until A grants; then allowed on B.
+    let denied = read(&bea, "far.t", ReadMode::Fresh)
+        .await
+        .err()
+        .context("denied")?;
+    ensure!(is_denial_naming(&denied, "read", "far.t"), "{denied:?}");
+    a.grant(Privilege::Read, ObjectKind::Namespace, "far", "bea")
+        .await?;
+    let since = tokio::time::Instant::now();
+    while !eventually(
+        "the grant",
+        read(&bea, "far.t", ReadMode::Fresh).await.is_ok(),
+        since,
+    )? {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A STREAM open on B ends when A revokes the token.
+    let mut request = read_request("far.t", ReadMode::Stream);
+    request.limit = 0;
+    let mut stream = bea.reader().read(request).await?.into_inner();
+    stream.next().await.context("first message")??;
+    let id = bea_a
+        .token
+        .as_deref()
+        .and_then(|t| t.split('_').nth(1))
+        .context("token id")?
+        .to_string();
+    a.admin
+        .access()
+        .revoke_token(RevokeTokenRequest { token_id: id })
+        .await?;
+    let status = next_error(&mut stream, enough).await?;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = who(&bea).await.err().context("revoked on B")?;
+    ensure!(format!("{status:#}").contains("revoked") || format!("{status:#}").contains("token"));
+    Ok(())
+}
+
 /// Who the server says `caller` is, and how it authenticated.
 async fn who(caller: &Caller) -> Result<(String, String)> {
     let me = caller
