@@ -3,7 +3,9 @@
 //!
 //! Off unless `UNITABLE_CRASH_POINT` names a point; then the process aborts the first time it
 //! reaches that point while the file named by `UNITABLE_CRASH_FILE` exists (the file is removed
-//! first, so the restarted process runs on). Production deployments never set these variables.
+//! first, so the restarted process runs on). With `UNITABLE_CRASH_MODE=panic` the task that
+//! reaches the point panics instead (a bug, not a crash: the process must survive it).
+//! Production deployments never set these variables.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -17,21 +19,33 @@ pub(crate) const AFTER_SWAP: &str = "after-swap";
 /// After the committer claimed the table, before it rebuilt its index.
 pub(crate) const AFTER_CLAIM: &str = "after-claim";
 
-fn armed() -> &'static Option<(String, PathBuf)> {
-    static ARMED: OnceLock<Option<(String, PathBuf)>> = OnceLock::new();
+struct Armed {
+    point: String,
+    file: PathBuf,
+    panic: bool,
+}
+
+fn armed() -> &'static Option<Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED.get_or_init(|| {
-        let point = std::env::var("UNITABLE_CRASH_POINT").ok()?;
-        let file = std::env::var("UNITABLE_CRASH_FILE").ok()?;
-        Some((point, PathBuf::from(file)))
+        Some(Armed {
+            point: std::env::var("UNITABLE_CRASH_POINT").ok()?,
+            file: PathBuf::from(std::env::var("UNITABLE_CRASH_FILE").ok()?),
+            panic: std::env::var("UNITABLE_CRASH_MODE").is_ok_and(|m| m == "panic"),
+        })
     })
 }
 
-/// Aborts the process here if this point is armed and its trigger file exists.
+/// Aborts the process (or panics, in panic mode) here if this point is armed and its trigger
+/// file exists.
 pub(crate) fn point(name: &str) {
-    if let Some((point, file)) = armed()
-        && point == name
-        && std::fs::remove_file(file).is_ok()
+    if let Some(armed) = armed()
+        && armed.point == name
+        && std::fs::remove_file(&armed.file).is_ok()
     {
+        if armed.panic {
+            panic!("crash point `{name}` reached in panic mode");
+        }
         eprintln!("crash point `{name}` reached: aborting");
         std::process::abort();
     }

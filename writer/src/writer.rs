@@ -164,8 +164,12 @@ impl Writer {
         }
         let (tx, rx) = watch::channel(CommitProgress::default());
         let cancel = self.inner.stop.child_token();
-        let task = TableCommitter::new(name.clone(), self.inner.shared.clone(), tx);
-        self.inner.tasks.spawn(task.run(cancel.clone()));
+        self.inner.tasks.spawn(supervise(
+            name.clone(),
+            self.inner.shared.clone(),
+            tx,
+            cancel.clone(),
+        ));
         committers.insert(
             name.clone(),
             CommitterHandle {
@@ -449,4 +453,38 @@ fn as_of(progress: &CommitProgress, last: &PartitionOffsets) -> AsOf {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the committer of `name` until it returns, restarting it after a panic (a bug must not
+/// silently stop a table's commits while its writes keep being acknowledged). The restarted
+/// committer claims the table again and resumes from the anchored offsets, so nothing is
+/// committed twice. Restarts back off from 1 s to 1 min.
+async fn supervise(
+    name: TableName,
+    shared: Arc<Shared>,
+    progress: watch::Sender<CommitProgress>,
+    cancel: CancellationToken,
+) {
+    use futures::FutureExt;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let committer = TableCommitter::new(name.clone(), shared.clone(), progress.clone());
+        let run = std::panic::AssertUnwindSafe(committer.run(cancel.clone())).catch_unwind();
+        let Err(panic) = run.await else { return };
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-text panic".into());
+        metrics::counter!(m::COMMITTER_PANICS, "table" => name.to_string()).increment(1);
+        tracing::error!(
+            table = %name, panic = %what, restart_in_ms = backoff.as_millis() as u64,
+            "the committer panicked (a bug: please report it with this log); restarting it"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = cancel.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
 }
