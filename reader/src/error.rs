@@ -66,6 +66,16 @@ pub enum ReadError {
         /// DataFusion's message.
         reason: String,
     },
+    /// A SQL query needed more operator memory than the reader's limit allows.
+    #[error(
+        "the query needs more memory than the server's SQL memory limit allows \
+         (--sql-memory-limit, shared by concurrent queries): {reason}; filter or aggregate \
+         more, select fewer columns, or retry when fewer queries run"
+    )]
+    QueryMemory {
+        /// DataFusion's message (names the largest consumers).
+        reason: String,
+    },
     /// Something that should not happen did (a bug, not bad input).
     #[error("internal reader error: {reason}")]
     Internal {
@@ -127,7 +137,7 @@ impl ReadError {
             ReadError::Table(e) => e.is_retryable(),
             ReadError::Changelog(e) => e.is_retryable(),
             ReadError::Iceberg { source, .. } => source.retryable(),
-            ReadError::TailTooLong { .. } => true,
+            ReadError::TailTooLong { .. } | ReadError::QueryMemory { .. } => true,
             ReadError::BadRequest { .. }
             | ReadError::SnapshotNotFound { .. }
             | ReadError::OffsetsRemoved { .. }

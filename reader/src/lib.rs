@@ -42,20 +42,39 @@ use unitable_core::catalog::TableCatalog;
 use unitable_core::changelog::Changelog;
 
 /// The reader role over a catalog and a changelog.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Reader {
     catalog: TableCatalog,
     changelog: Arc<dyn Changelog>,
     lookups: Arc<lookup::LookupCache>,
+    /// Memory pool and spill space shared by every SQL query of this reader.
+    sql_runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("catalog", &self.catalog)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reader {
-    /// A reader over `catalog` and `changelog`.
+    /// A reader over `catalog` and `changelog`; SQL queries share [`sql::DEFAULT_MEMORY_LIMIT`].
     pub fn new(catalog: TableCatalog, changelog: Arc<dyn Changelog>) -> Self {
         Self {
             catalog,
             changelog,
             lookups: Arc::default(),
+            sql_runtime: sql::runtime(sql::DEFAULT_MEMORY_LIMIT),
         }
+    }
+
+    /// The same reader with SQL queries sharing at most `bytes` of memory for their operators
+    /// (sorts, aggregations and joins; sorts and aggregations spill to temporary files past
+    /// it, the rest fail with [`ReadError::QueryMemory`]).
+    pub fn with_sql_memory_limit(mut self, bytes: usize) -> Self {
+        self.sql_runtime = sql::runtime(bytes);
+        self
     }
 }

@@ -9,6 +9,7 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -16,6 +17,9 @@ use async_trait::async_trait;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session, TableProvider};
 use datafusion::common::{DataFusionError, TableReference};
 use datafusion::datasource::TableType;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -73,6 +77,12 @@ impl std::fmt::Debug for QueryStream {
 }
 
 fn sql_error(e: DataFusionError) -> ReadError {
+    // The memory pool's refusal may arrive wrapped (by a repartition, a stream or a context).
+    if let DataFusionError::ResourcesExhausted(reason) = e.find_root() {
+        return ReadError::QueryMemory {
+            reason: reason.clone(),
+        };
+    }
     // Our own errors travel through DataFusion as external errors: give them back as they were.
     match e {
         DataFusionError::External(inner) => match inner.downcast::<ReadError>() {
@@ -97,7 +107,7 @@ impl Reader {
     /// The table names a SQL query reads, as written (`ns.table`). Fails on SQL that does not
     /// parse or names a table without its namespace.
     pub fn tables_of(&self, sql: &str) -> ReadResult<Vec<TableName>> {
-        let ctx = session();
+        let ctx = session(self.sql_runtime.clone());
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect).map_err(sql_error)?;
@@ -148,7 +158,7 @@ impl Reader {
     /// Plans `query` and starts it.
     pub async fn query(&self, query: &Query) -> ReadResult<QueryStream> {
         let names = self.tables_of(&query.sql)?;
-        let ctx = session();
+        let ctx = session(self.sql_runtime.clone());
         let mut as_of = BTreeMap::new();
         let mut schemas: BTreeMap<String, Arc<MemorySchemaProvider>> = BTreeMap::new();
         for name in names {
@@ -203,12 +213,46 @@ impl Reader {
     }
 }
 
-fn session() -> SessionContext {
+/// SQL operator memory shared by every query of a reader unless configured: 1 GiB.
+pub const DEFAULT_MEMORY_LIMIT: usize = 1 << 30;
+
+/// A DataFusion runtime whose queries share one pool of `bytes` (fair among spilling
+/// operators; the five largest consumers are named when it runs out) and spill to the OS
+/// temporary directory.
+pub(crate) fn runtime(bytes: usize) -> Arc<RuntimeEnv> {
+    let pool = || -> Arc<dyn MemoryPool> {
+        Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(bytes),
+            NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
+        ))
+    };
+    RuntimeEnvBuilder::new()
+        .with_memory_pool(pool())
+        .build_arc()
+        .or_else(|e| {
+            // Only the disk manager can fail here (no temporary directory): run without
+            // spilling rather than not at all.
+            tracing::warn!("SQL spilling is off: {e}");
+            RuntimeEnvBuilder::new()
+                .with_memory_pool(pool())
+                .with_disk_manager_builder(
+                    DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+                )
+                .build_arc()
+        })
+        .unwrap_or_else(|e| {
+            tracing::error!("SQL memory limit is off: {e}");
+            Arc::new(RuntimeEnv::default())
+        })
+}
+
+fn session(runtime: Arc<RuntimeEnv>) -> SessionContext {
     // information_schema stays off: a query sees only the tables it names.
-    SessionContext::new_with_config(
+    SessionContext::new_with_config_rt(
         SessionConfig::new()
             .with_information_schema(false)
             .with_default_catalog_and_schema("datafusion", "public"),
+        runtime,
     )
 }
 

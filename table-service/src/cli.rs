@@ -373,6 +373,12 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_COMMIT_MAX_RECORDS", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub commit_max_records: u64,
 
+    /// Memory shared by the operators of all running SQL queries (sorts, aggregations and
+    /// joins), e.g. 512MiB, 2GiB. Sorts and aggregations spill to temporary files past it; a
+    /// query that still does not fit fails with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "UNITABLE_SQL_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_bytes)]
+    pub sql_memory_limit: usize,
+
     /// Largest gRPC request accepted, in bytes; bigger writes fail with OUT_OF_RANGE
     /// (split them, or use WriteStream).
     #[arg(long, env = "UNITABLE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -592,6 +598,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a byte size: a bare number of bytes, or a number with `KiB`, `MiB`, `GiB` (also
+/// `K`, `M`, `G`, `KB`, `MB`, `GB`: powers of 1024 all).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 512MiB or 2GiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    let bytes = value * scale;
+    if !(1.0..=usize::MAX as f64).contains(&bytes) {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(bytes as usize)
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -666,6 +701,17 @@ fn init_tracing() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("ten").unwrap_err().contains("512MiB"));
+        assert!(parse_bytes("3TB").unwrap_err().contains("unknown unit"));
+    }
 
     #[test]
     fn durations_parse() {

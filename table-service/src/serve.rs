@@ -108,7 +108,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot list the tables to start their committers")?;
     info!(tables = committers, "committers started");
-    let reader = Reader::new(catalog.clone(), changelog.clone());
+    let reader = Reader::new(catalog.clone(), changelog.clone())
+        .with_sql_memory_limit(args.sql_memory_limit);
     // Reads (scans, SQL) run off the gRPC runtime, so a heavy query cannot starve writes and
     // admin calls.
     let read_runtime = BackgroundRuntime::start("unitable-read")?;

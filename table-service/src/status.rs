@@ -77,7 +77,9 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
         ReadError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
         ReadError::Sql { .. } => (Code::InvalidArgument, Level::Debug),
         ReadError::OffsetsRemoved { .. } => (Code::OutOfRange, Level::Debug),
-        ReadError::TailTooLong { .. } => (Code::ResourceExhausted, Level::Warn),
+        ReadError::TailTooLong { .. } | ReadError::QueryMemory { .. } => {
+            (Code::ResourceExhausted, Level::Warn)
+        }
         ReadError::Internal { .. } => (Code::Internal, Level::Error),
         ReadError::Commit(c) => classify_commit(c),
         ReadError::DataFile { .. } | ReadError::LookupState { .. } => {

@@ -821,3 +821,76 @@ async fn stream_resumes_exactly_and_starts_at_a_time() -> Result<()> {
     );
     Ok(())
 }
+
+/// SQL operators share `--sql-memory-limit`: a sort larger than it spills and returns every row
+/// in order; a join whose build side does not fit fails with RESOURCE_EXHAUSTED naming the
+/// limit, and frees what it held (the next query runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_memory_is_bounded_sorts_spill_and_oversized_joins_fail_cleanly() -> Result<()> {
+    let service =
+        tokio::task::spawn_blocking(|| Service::start(&["--sql-memory-limit", "16MiB"])).await??;
+    create_kv_table(&service, 2).await?;
+    let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
+    // 200,000 rows with ~120-byte values: ~24 MB of `v`, more than the limit.
+    const ROWS: i64 = 200_000;
+    let value = |id: i64| format!("v-{:08}-", (id * 7919) % ROWS).repeat(10);
+    for chunk in 0..10 {
+        let lines: String = (chunk * ROWS / 10..(chunk + 1) * ROWS / 10)
+            .map(|id| kv_line(id, &value(id), id))
+            .collect();
+        write_lines(&mut writer, WriteOp::Upsert, &lines, chunk == 9).await?;
+    }
+    let mut reader = ReadServiceClient::connect(service.grpc_url()).await?;
+    let (batches, _) = query(
+        &mut reader,
+        &format!("SELECT id FROM {TABLE} ORDER BY v DESC"),
+        ReadMode::Snapshot,
+    )
+    .await?;
+    let mut got = Vec::new();
+    for b in &batches {
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .context("id")?;
+        got.extend(ids.iter().flatten());
+    }
+    let mut want: Vec<i64> = (0..ROWS).collect();
+    want.sort_by_key(|id| std::cmp::Reverse(value(*id)));
+    ensure!(
+        got == want,
+        "the spilled sort returned {} rows, not the model's order",
+        got.len()
+    );
+
+    let status = query(
+        &mut reader,
+        &format!("SELECT count(*) FROM {TABLE} a JOIN {TABLE} b ON a.v = b.v"),
+        ReadMode::Snapshot,
+    )
+    .await
+    .err()
+    .context("a join over the limit must fail")?;
+    ensure!(
+        status.code() == Code::ResourceExhausted && status.message().contains("--sql-memory-limit"),
+        "{status:?}"
+    );
+    let (batches, _) = query(
+        &mut reader,
+        &format!("SELECT count(*) FROM {TABLE}"),
+        ReadMode::Snapshot,
+    )
+    .await?;
+    let count = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .context("a count row")?
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .context("count")?
+        .value(0);
+    assert_eq!(count, ROWS);
+    Ok(())
+}
