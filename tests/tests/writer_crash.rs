@@ -9,9 +9,11 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use anyhow::Context;
 use anyhow::{Result, ensure};
 use support::{TABLE, create_kv_table, kv_line, scan_kv, scan_kv_pyiceberg, write_lines};
 use tokio::sync::mpsc;
+use unitable_core::offsets::PartitionId;
 use unitable_proto::v1::WriteOp;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_tests::iceberg_oracle::Rng;
@@ -394,16 +396,33 @@ async fn a_backlog_is_committed_in_full_at_stop_and_at_once_after_a_restart() ->
         unitable_core::catalog::CatalogConfig::embedded(&service.data_dir()),
     )
     .await?;
-    let snapshots = catalog
-        .load(&TABLE.parse()?)
-        .await?
-        .metadata()
-        .snapshots()
-        .count();
+    let table = catalog.load(&TABLE.parse()?).await?;
+    let metadata = table.metadata();
+    let current = metadata.current_snapshot_id().context("a snapshot")?;
+    let mut chain: Vec<_> = unitable_core::commit::read::ancestors(metadata, current)
+        .iter()
+        .filter_map(unitable_core::commit::read::changelog_offsets)
+        .collect();
+    chain.reverse();
     ensure!(
-        snapshots >= 10,
-        "1,000 records with a 100-record limit need at least 10 commits, saw {snapshots}"
+        chain.len() >= 10,
+        "1,000 records with a 100-record limit need at least 10 commits, saw {}",
+        chain.len()
     );
+    // The limit is shared: while both partitions still had records to commit, every commit
+    // took some of each (neither partition waits for the other's backlog).
+    let last = chain.last().context("offsets")?.clone();
+    for pair in chain.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let pending = |p: u32| before.get(PartitionId(p)) < last.get(PartitionId(p));
+        if pending(0) && pending(1) {
+            ensure!(
+                (0..2).all(|p| after.get(PartitionId(p)) > before.get(PartitionId(p))),
+                "a commit took records of one partition only while both had a backlog: \
+                 {before} -> {after}"
+            );
+        }
+    }
 
     // Acknowledged, never committed, then a crash: the next start commits it without waiting
     // for the hour.

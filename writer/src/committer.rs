@@ -36,7 +36,7 @@ use unitable_core::commit::files::PositionDelete;
 use unitable_core::commit::read::ancestors_between;
 use unitable_core::commit::row_delta::{Committer, RowDelta};
 use unitable_core::naming::{TableName, TopicName, props, summary};
-use unitable_core::offsets::{PartitionId, PartitionOffsets};
+use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, DecodedBatch, RecordCodec};
 use unitable_core::table::TableDef;
 
@@ -554,6 +554,9 @@ impl TableCommitter {
 
     /// Reads every partition from the committer's offsets, up to the batch limit; returns the
     /// records per partition, the offsets after them, and whether the limit cut the read short.
+    /// The limit is shared fairly: each partition may first take an equal share, then what the
+    /// others left goes to those with more, in order. So a partition with a large backlog
+    /// cannot starve the others' commits.
     async fn drain(
         &self,
         state: &State,
@@ -562,52 +565,93 @@ impl TableCommitter {
         PartitionOffsets,
         Backlog,
     )> {
-        let log = &self.shared.changelog;
+        let n = state.partitions as usize;
         let mut budget = self.shared.config.max_batch_records;
-        let mut until = PartitionOffsets::default();
-        let mut out = Vec::new();
-        for p in 0..state.partitions {
-            let partition = PartitionId(p);
-            let mut from = state.next.get(partition);
-            let mut records = Vec::new();
-            while budget > 0 {
-                let read = log
-                    .read(
-                        &state.topic,
-                        partition,
-                        from,
-                        budget.min(10_000),
-                        Duration::ZERO,
+        let share = (budget / n.max(1)).max(1);
+        let mut from: Vec<Offset> = (0..state.partitions)
+            .map(|p| state.next.get(PartitionId(p)))
+            .collect();
+        let mut records: Vec<Vec<StoredRecord>> = (0..n).map(|_| Vec::new()).collect();
+        let mut drained = vec![false; n];
+        for pass in 0..2 {
+            for p in 0..n {
+                if drained[p] || budget == 0 {
+                    continue;
+                }
+                let allowance = if pass == 0 { share.min(budget) } else { budget };
+                let (taken, done) = self
+                    .read_partition(
+                        state,
+                        PartitionId(p as u32),
+                        &mut from[p],
+                        allowance,
+                        &mut records[p],
                     )
-                    .await;
-                let batch = match read {
-                    Ok(batch) => batch,
-                    Err(ChangelogError::OffsetOutOfRange { low, high, .. }) if from < low => {
-                        error!(
-                            table = %self.name, %partition, from = %from, %low, %high,
-                            "changelog records were removed before they were committed (retention); continuing from the oldest one left"
-                        );
-                        metrics::counter!(m::RECORDS_LOST, "table" => self.name.to_string())
-                            .increment((low.0 - from.0) as u64);
-                        from = low;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let Some(last) = batch.last() else { break };
-                from = last.offset.next();
-                budget -= batch.len().min(budget);
-                records.extend(batch);
+                    .await?;
+                budget = budget.saturating_sub(taken);
+                drained[p] = done;
             }
-            until.set(partition, from);
+        }
+        let mut until = PartitionOffsets::default();
+        let mut out = Vec::with_capacity(n);
+        for (p, records) in records.into_iter().enumerate() {
+            let partition = PartitionId(p as u32);
+            until.set(partition, from[p]);
             out.push((partition, records));
         }
-        let backlog = if budget == 0 {
-            Backlog::Pending
-        } else {
+        let backlog = if drained.iter().all(|d| *d) {
             Backlog::CaughtUp
+        } else {
+            Backlog::Pending
         };
         Ok((out, until, backlog))
+    }
+
+    /// Reads at most `allowance` records of `partition` from `*from` into `into`, moving
+    /// `*from` past them; returns how many it read and whether it reached the end.
+    async fn read_partition(
+        &self,
+        state: &State,
+        partition: PartitionId,
+        from: &mut Offset,
+        allowance: usize,
+        into: &mut Vec<StoredRecord>,
+    ) -> WriteResult<(usize, bool)> {
+        let mut taken = 0;
+        while taken < allowance {
+            let read = self
+                .shared
+                .changelog
+                .read(
+                    &state.topic,
+                    partition,
+                    *from,
+                    (allowance - taken).min(10_000),
+                    Duration::ZERO,
+                )
+                .await;
+            let batch = match read {
+                Ok(batch) => batch,
+                Err(ChangelogError::OffsetOutOfRange { low, high, .. }) if *from < low => {
+                    error!(
+                        table = %self.name, %partition, from = %from, %low, %high,
+                        "changelog records were removed before they were committed (retention); continuing from the oldest one left"
+                    );
+                    metrics::counter!(m::RECORDS_LOST, "table" => self.name.to_string())
+                        .increment((low.0 - from.0) as u64);
+                    *from = low;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(last) = batch.last() else {
+                return Ok((taken, true));
+            };
+            *from = last.offset.next();
+            taken += batch.len();
+            into.extend(batch);
+        }
+        Ok((taken, false))
     }
 
     async fn report_lag(&self, state: &State, until: &PartitionOffsets) {
