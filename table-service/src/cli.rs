@@ -124,6 +124,15 @@ pub enum TokenCommand {
         #[arg(value_name = "ID")]
         token_id: String,
     },
+    /// Offline, no server: generate a token for USER, append its hashed line to the file a
+    /// server reads with --token-file (created mode 0600), and print the token once.
+    FileAdd {
+        /// The user the token authenticates as.
+        user: String,
+        /// The token file.
+        #[arg(long)]
+        token_file: PathBuf,
+    },
     /// List tokens (ids, users, times; never the secrets).
     List {
         /// Output format.
@@ -415,6 +424,11 @@ pub struct SecurityArgs {
     /// `admin ON ALL`.
     #[arg(long, env = "UNITABLE_BOOTSTRAP_ADMIN_TOKEN_FILE")]
     pub bootstrap_admin_token_file: Option<PathBuf>,
+
+    /// Also accept the tokens listed in this file (lines `USER ID SALT HASH`, made by `unitable
+    /// token file-add`); re-read with the policy, so deleting a line revokes its token.
+    #[arg(long, env = "UNITABLE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// How often the policy (tokens, grants, groups) is re-read from the database; SIGHUP
     /// re-reads it at once.

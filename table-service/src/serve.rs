@@ -346,7 +346,7 @@ async fn open_access(args: &SecurityArgs, catalog_uri: &str) -> anyhow::Result<A
     if let Some(path) = &args.bootstrap_admin_token_file {
         bootstrap_admin(&store, path).await?;
     }
-    let access = Access::open(store, args.allow_anonymous, audit)
+    let access = Access::open(store, args.token_file.clone(), args.allow_anonymous, audit)
         .await
         .context("cannot read tokens and grants; check --access-db")?;
     if args.allow_anonymous {

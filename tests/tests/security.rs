@@ -1087,6 +1087,88 @@ async fn servers_sharing_the_access_database_enforce_one_policy() -> Result<()> 
     Ok(())
 }
 
+/// Tokens listed in `--token-file` (hashed lines made offline by `unitable token file-add`)
+/// authenticate; deleting a line revokes its token on the next reload; a broken file keeps the
+/// previous policy; such tokens cannot be revoked through the API, which says where they live.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_from_a_file_authenticate_and_deleting_the_line_revokes_them() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens");
+    let file_arg = file.display().to_string();
+    let add = |user: &str| -> Result<String> {
+        let out = std::process::Command::new(unitable_tests::unitable_bin()?)
+            .args(["token", "file-add", user, "--token-file", &file_arg])
+            .output()?;
+        ensure!(out.status.success(), "{out:?}");
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    };
+    let fred_token = add("fred")?;
+    let gwen_token = add("gwen")?;
+    let text = std::fs::read_to_string(&file)?;
+    ensure!(
+        !text.contains(&fred_token) && !text.contains(&gwen_token),
+        "the file must hold hashes only"
+    );
+    let s = Secure::start(&[
+        "--token-file",
+        &file_arg,
+        "--access-reload-interval",
+        "200ms",
+    ])
+    .await?;
+    let url = s.service.grpc_url();
+    let fred = Caller::new(&url, "fred", Some(&fred_token)).await?;
+    let gwen = Caller::new(&url, "gwen", Some(&gwen_token)).await?;
+    assert_eq!(who(&fred).await?, ("fred".into(), "token".into()));
+    create(&s.admin, "file.t", "v").await?;
+    s.grant(Privilege::Read, ObjectKind::Table, "file.t", "fred")
+        .await?;
+    read(&fred, "file.t", ReadMode::Snapshot).await?;
+
+    // The API cannot revoke a file token, and says where to do it.
+    let fred_id = fred_token.split('_').nth(1).context("id")?.to_string();
+    let status = s
+        .admin
+        .access()
+        .revoke_token(RevokeTokenRequest {
+            token_id: fred_id.clone(),
+        })
+        .await
+        .err()
+        .context("must be refused")?;
+    ensure!(status.message().contains("--token-file"), "{status:?}");
+
+    // A broken file keeps the previous policy.
+    std::fs::write(&file, format!("{text}garbage line\n"))?;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    ensure!(
+        who(&fred).await.is_ok(),
+        "a broken file must not drop the policy"
+    );
+    ensure!(
+        s.service.log().contains("line 3 has 2 fields"),
+        "the reload failure must name the line"
+    );
+
+    // Deleting fred's line revokes fred's token, and only it.
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains(&fred_id))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, kept)?;
+    let since = tokio::time::Instant::now();
+    while who(&fred).await.is_ok() {
+        ensure!(
+            since.elapsed() < std::time::Duration::from_secs(20),
+            "the deleted line still authenticates"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(who(&gwen).await?, ("gwen".into(), "token".into()));
+    Ok(())
+}
+
 /// Who the server says `caller` is, and how it authenticated.
 async fn who(caller: &Caller) -> Result<(String, String)> {
     let me = caller

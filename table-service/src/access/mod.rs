@@ -17,8 +17,10 @@ pub(crate) mod auth;
 pub(crate) mod policy;
 pub(crate) mod store;
 pub(crate) mod token;
+pub(crate) mod token_file;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use tonic::Request;
@@ -175,6 +177,8 @@ pub(crate) struct Access {
 struct Inner {
     policy: RwLock<Arc<Policy>>,
     store: AccessStore,
+    /// `--token-file`, read with every load of the policy.
+    token_file: Option<PathBuf>,
     allow_anonymous: bool,
     audit: Audit,
 }
@@ -188,17 +192,19 @@ impl fmt::Debug for Access {
 }
 
 impl Access {
-    /// Access backed by `store`, with its policy loaded now.
+    /// Access backed by `store` (and the tokens of `token_file`), with its policy loaded now.
     pub(crate) async fn open(
         store: AccessStore,
+        token_file: Option<PathBuf>,
         allow_anonymous: bool,
         audit: Audit,
     ) -> Result<Self, ApiError> {
-        let policy = store.load().await?;
+        let policy = load(&store, token_file.as_deref()).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 policy: RwLock::new(Arc::new(policy)),
                 store,
+                token_file,
                 allow_anonymous,
                 audit,
             }),
@@ -215,7 +221,7 @@ impl Access {
 
     /// Re-reads the policy from the database; on failure the previous policy stays.
     pub(crate) async fn reload(&self) -> Result<(), ApiError> {
-        let policy = Arc::new(self.inner.store.load().await?);
+        let policy = Arc::new(load(&self.inner.store, self.inner.token_file.as_deref()).await?);
         match self.inner.policy.write() {
             Ok(mut p) => *p = policy,
             Err(poisoned) => *poisoned.into_inner() = policy,
@@ -372,6 +378,36 @@ impl Access {
             grant_hint: format!("admin ON ALL TO USER {}", who.name()),
         })
     }
+}
+
+/// The policy in the database plus the tokens of the token file, if any. A token id in both is
+/// an error (one of them would silently shadow the other).
+async fn load(
+    store: &AccessStore,
+    token_file: Option<&std::path::Path>,
+) -> Result<Policy, ApiError> {
+    let mut policy = store.load().await?;
+    let Some(path) = token_file else {
+        return Ok(policy);
+    };
+    let tokens = token_file::read(path).map_err(|reason| ApiError::AccessStore {
+        operation: "read the token file",
+        reason,
+    })?;
+    for record in tokens {
+        if policy.tokens.contains_key(&record.secret.id) {
+            return Err(ApiError::AccessStore {
+                operation: "read the token file",
+                reason: format!(
+                    "token id {} of {} is also in the catalog database; remove one of them",
+                    record.secret.id,
+                    path.display()
+                ),
+            });
+        }
+        policy.tokens.insert(record.secret.id.clone(), record);
+    }
+    Ok(policy)
 }
 
 /// What a long call (a read stream, a write stream, a SQL result) re-checks while it runs, so a

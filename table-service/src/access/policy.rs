@@ -15,6 +15,8 @@ pub(crate) struct TokenRecord {
     pub(crate) description: String,
     pub(crate) created_ms: i64,
     pub(crate) revoked_ms: Option<i64>,
+    /// Read from `--token-file` (revoked by deleting its line), not from the database.
+    pub(crate) from_file: bool,
 }
 
 /// The access policy at one moment.

@@ -126,6 +126,7 @@ impl AccessStore {
                 description: row.try_get(2).map_err(db_error("read tokens"))?,
                 created_ms: row.try_get(5).map_err(db_error("read tokens"))?,
                 revoked_ms: row.try_get(6).map_err(db_error("read tokens"))?,
+                from_file: false,
             };
             policy.tokens.insert(id, record);
         }

@@ -164,6 +164,28 @@ async fn run_inner(conn: &Connection, cmd: AccessCommand) -> Result<(), ClientEr
                 .map_err(rpc_err)?;
             println!("revoked");
         }
+        AccessCommand::Token(TokenCommand::FileAdd { user, token_file }) => {
+            let user = user.trim();
+            if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ClientError::new(
+                    "the user must be a non-empty name without blanks",
+                ));
+            }
+            let new = crate::access::token::generate().map_err(ClientError::new)?;
+            crate::access::token_file::append(&token_file, user, &new.stored).map_err(|e| {
+                ClientError::new(format!(
+                    "cannot append to the token file {}: {e}; check the path and permissions",
+                    token_file.display()
+                ))
+            })?;
+            eprintln!(
+                "added token {} for user {user} to {}; servers reading it with --token-file \
+                 accept it after their next reload (or SIGHUP). The token, shown only now:",
+                new.stored.id,
+                token_file.display()
+            );
+            println!("{}", new.token);
+        }
         AccessCommand::Token(TokenCommand::List { format }) => {
             let tokens = client
                 .list_tokens(wire::ListTokensRequest {})

@@ -178,6 +178,23 @@ impl AccessService for AccessApi {
         let id = request.into_inner().token_id;
         // A whole token given by mistake is reduced to its id, so it never reaches a log.
         let id = token::parse(&id).map_or(id.trim().to_string(), |p| p.id.to_string());
+        if self
+            .access
+            .policy()
+            .tokens
+            .get(&id)
+            .is_some_and(|t| t.from_file)
+        {
+            return Err(ApiError::BadRequest {
+                field: "token_id",
+                reason: format!(
+                    "token `{id}` comes from the server's --token-file: delete its line there \
+                     (servers re-read the file within their reload interval, or at once on \
+                     SIGHUP)"
+                ),
+            }
+            .into());
+        }
         if !self.access.store().revoke_token(&id).await? {
             return Err(ApiError::AccessNotFound {
                 what: format!("a live token with id `{id}` (see `unitable token list`)"),
