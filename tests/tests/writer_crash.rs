@@ -341,6 +341,27 @@ async fn acknowledged_writes_survive_kills_with_kafka_changelog() -> Result<()> 
     Ok(())
 }
 
+/// Waits (up to two minutes) until the Iceberg table reads as `want`; fails with `what`, the
+/// difference and the server log's tail.
+async fn wait_for_rows(service: &Service, want: &BTreeMap<i64, String>, what: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = scan_kv(&service.data_dir()).await.unwrap_or_default();
+        if rows == *want {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the table holds {} rows ({} as wanted), want {}\n{}",
+            rows.len(),
+            rows.iter().filter(|(k, v)| want.get(k) == Some(v)).count(),
+            want.len(),
+            tail(&service.log())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A backlog larger than one commit's record limit is committed batch after batch: all of it
 /// at a graceful stop, and at once after a restart (not one batch per commit interval).
 #[tokio::test(flavor = "multi_thread")]
@@ -435,21 +456,12 @@ async fn a_backlog_is_committed_in_full_at_stop_and_at_once_after_a_restart() ->
     }
     tokio::task::block_in_place(|| service.kill())?;
     tokio::task::block_in_place(|| service.restart())?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let rows = scan_kv(&service.data_dir()).await?;
-        if rows == want {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the restarted committer did not commit the backlog: {} of {} rows are `b`\n{}",
-            rows.values().filter(|v| *v == "b").count(),
-            500,
-            tail(&service.log())
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_rows(
+        &service,
+        &want,
+        "the restarted committer did not commit the backlog",
+    )
+    .await?;
     Ok(())
 }
 
@@ -492,21 +504,12 @@ async fn a_panicking_committer_is_restarted_and_loses_nothing() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     write(0, "c").await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let rows = scan_kv(&service.data_dir()).await?;
-        if rows == want {
-            break;
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "after the panic the table holds {} rows, want {}\n{}",
-            rows.len(),
-            want.len(),
-            tail(&service.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_rows(
+        &service,
+        &want,
+        "the rows written around the panic did not all commit",
+    )
+    .await?;
     let log = service.log();
     ensure!(
         log.contains("the committer panicked") && log.contains("restarting"),
