@@ -23,7 +23,9 @@ use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tracing::{info, warn};
 use unitable_core::catalog::TableCatalog;
-use unitable_core::commit::files::{read_bytes, write_data_file};
+use unitable_core::commit::files::{
+    data_file_properties, data_file_properties_of, read_bytes, write_data_file_with,
+};
 use unitable_core::commit::rewrite::{PositionMap, RewriteFiles};
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::naming::{TableName, paths, summary};
@@ -130,6 +132,10 @@ pub(crate) async fn run_rewrite(
         spec.partition_to_path(&task.partition, schema.clone())
     };
 
+    let parquet = data_file_properties_of(metadata.properties()).unwrap_or_else(|e| {
+        tracing::warn!(table = %name, "{e}; rewriting with the defaults");
+        data_file_properties()
+    });
     let mut added: Vec<DataFile> = Vec::new();
     let mut map = PositionMap::new();
     let mut offset = 0;
@@ -138,13 +144,14 @@ pub(crate) async fn run_rewrite(
             let len = rows_per_file.min(total - offset);
             let chunk = survivors.batch.slice(offset, len);
             let path = paths::data_file(metadata.location(), &partition_path);
-            let file = write_data_file(
+            let file = write_data_file_with(
                 file_io,
                 &path,
                 schema.clone(),
                 &chunk,
                 task.partition.clone(),
                 task.spec_id,
+                parquet.clone(),
             )
             .await?;
             added.push(file);

@@ -87,6 +87,24 @@ fn main() {
                 .build(),
         ),
         (
+            "4,096 rows/page, no dictionary, LZ4_RAW",
+            WriterProperties::builder()
+                .set_compression(Compression::LZ4_RAW)
+                .set_data_page_row_count_limit(4096)
+                .set_write_batch_size(4096)
+                .set_dictionary_enabled(false)
+                .build(),
+        ),
+        (
+            "4,096 rows/page, no dictionary, Snappy",
+            WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_data_page_row_count_limit(4096)
+                .set_write_batch_size(4096)
+                .set_dictionary_enabled(false)
+                .build(),
+        ),
+        (
             "1,024 rows/page, no dictionary",
             zstd()
                 .set_data_page_row_count_limit(1024)

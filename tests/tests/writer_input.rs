@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Arc;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::ipc::writer::StreamWriter;
 use support::{TABLE, create_kv_table, kv_line, scan_kv, write_lines};
@@ -252,5 +252,86 @@ async fn write_stream_counts_rows_across_messages_and_waits_once() -> Result<()>
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    Ok(())
+}
+
+/// Iceberg's `write.parquet.compression-codec` and `write.parquet.page-row-limit` table
+/// properties decide how data files are written (read back from the files themselves), and
+/// PyIceberg reads such a table.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_files_follow_the_tables_parquet_properties() -> Result<()> {
+    use futures::TryStreamExt;
+    use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+    let service = tokio::task::spawn_blocking(|| Service::start(&[])).await??;
+    support::create_kv_table_as(
+        &service,
+        TABLE,
+        1,
+        &[
+            ("write.parquet.compression-codec", "lz4"),
+            ("write.parquet.page-row-limit", "1000"),
+        ],
+        Vec::new(),
+    )
+    .await?;
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+    let lines: String = (0..5000)
+        .map(|id| kv_line(id, &format!("v{id}"), id))
+        .collect();
+    write_lines(&mut client, WriteOp::Upsert, &lines, true).await?;
+
+    let catalog = unitable_core::catalog::TableCatalog::open(
+        unitable_core::catalog::CatalogConfig::embedded(&service.data_dir()),
+    )
+    .await?;
+    let table = catalog.load(&TABLE.parse()?).await?;
+    let paths: Vec<String> = table
+        .scan()
+        .build()?
+        .plan_files()
+        .await?
+        .map_ok(|task| task.data_file_path().to_string())
+        .try_collect()
+        .await?;
+    ensure!(!paths.is_empty(), "no data file");
+    let mut rows = 0;
+    for path in paths {
+        let bytes = unitable_core::commit::files::read_bytes(table.file_io(), &path).await?;
+        let metadata = ParquetMetaDataReader::new()
+            .with_page_index_policy(PageIndexPolicy::Required)
+            .parse_and_finish(&bytes)?;
+        for group in metadata.row_groups() {
+            rows += group.num_rows();
+            for column in group.columns() {
+                ensure!(
+                    column.compression() == parquet::basic::Compression::LZ4_RAW,
+                    "{path}: column {} is {:?}",
+                    column.column_path(),
+                    column.compression()
+                );
+            }
+        }
+        let offsets = metadata.offset_index().context("an offset index")?;
+        for column in &offsets[0] {
+            let pages = column.page_locations();
+            let rows_in = metadata.row_group(0).num_rows();
+            ensure!(
+                pages.len() as i64 >= (rows_in + 999) / 1000,
+                "{path}: {} pages for {rows_in} rows with a 1,000-row limit",
+                pages.len()
+            );
+        }
+    }
+    ensure!(rows == 5000, "{rows} rows in the data files");
+    let via_pyiceberg = tokio::task::spawn_blocking({
+        let dir = service.data_dir();
+        move || support::scan_kv_pyiceberg(&dir)
+    })
+    .await??;
+    ensure!(
+        via_pyiceberg.len() == 5000,
+        "PyIceberg read {} rows",
+        via_pyiceberg.len()
+    );
     Ok(())
 }

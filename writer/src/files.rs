@@ -12,7 +12,11 @@ use iceberg::io::FileIO;
 use iceberg::spec::{
     DataFile, Literal, PartitionSpecRef, SchemaRef, Struct, StructType, TableMetadata,
 };
-use unitable_core::commit::files::{PositionDelete, write_data_file, write_position_deletes};
+use parquet::file::properties::WriterProperties;
+use unitable_core::commit::files::{
+    PositionDelete, data_file_properties, data_file_properties_of, write_data_file_with,
+    write_position_deletes,
+};
 use unitable_core::naming::paths;
 
 use crate::error::{WriteError, WriteResult};
@@ -25,6 +29,8 @@ pub(crate) struct Layout {
     spec: PartitionSpecRef,
     partitioning: Option<(PartitionValueCalculator, StructType)>,
     target_file_bytes: u64,
+    /// Parquet settings from the table's `write.parquet.*` properties.
+    parquet: WriterProperties,
 }
 
 /// A written data file and, for each of its row positions, the row of the input batch.
@@ -51,6 +57,10 @@ impl Layout {
                 .map_err(|e| WriteError::iceberg("partition type", e))?;
             Some((calculator, ty))
         };
+        let parquet = data_file_properties_of(metadata.properties()).unwrap_or_else(|e| {
+            tracing::warn!(location = %metadata.location(), "{e}; writing with the defaults");
+            data_file_properties()
+        });
         Ok(Self {
             location: metadata.location().to_string(),
             schema,
@@ -58,6 +68,7 @@ impl Layout {
             spec,
             partitioning,
             target_file_bytes: target_file_bytes.max(1),
+            parquet,
         })
     }
 
@@ -90,13 +101,14 @@ impl Layout {
                 let end = (start + per_file).min(rows.len());
                 let chunk = part_batch.slice(start, end - start);
                 let path = paths::data_file(&self.location, &partition_path);
-                let data_file = write_data_file(
+                let data_file = write_data_file_with(
                     file_io,
                     &path,
                     self.schema.clone(),
                     &chunk,
                     partition.clone(),
                     self.spec.spec_id(),
+                    self.parquet.clone(),
                 )
                 .await?;
                 out.push(WrittenFile {

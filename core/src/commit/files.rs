@@ -116,7 +116,8 @@ pub async fn write_position_deletes(
 }
 
 /// Writes `batch` (whose fields carry Iceberg field ids) as one Parquet data file at `location`
-/// for table schema `schema`, in partition `partition` of spec `spec_id`.
+/// for table schema `schema`, in partition `partition` of spec `spec_id`, with
+/// [`data_file_properties`].
 pub async fn write_data_file(
     file_io: &FileIO,
     location: &str,
@@ -125,15 +126,16 @@ pub async fn write_data_file(
     partition: Struct,
     spec_id: i32,
 ) -> CommitResult<DataFile> {
-    let mut builder =
-        write_parquet(file_io, location, schema, batch, data_file_properties()).await?;
-    builder
-        .content(DataContentType::Data)
-        .partition(partition)
-        .partition_spec_id(spec_id);
-    builder.build().map_err(|e| CommitError::Invalid {
-        reason: format!("data file metadata: {e}"),
-    })
+    write_data_file_with(
+        file_io,
+        location,
+        schema,
+        batch,
+        partition,
+        spec_id,
+        data_file_properties(),
+    )
+    .await
 }
 
 /// The whole content of the file at `location`.
@@ -168,17 +170,107 @@ fn zstd() -> parquet::file::properties::WriterPropertiesBuilder {
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
 }
 
-/// How data files are written: ZSTD, pages of at most [`DATA_PAGE_ROWS`] rows, no dictionary,
-/// page indexes on (the parquet default). Small plain pages let LOOKUP read one row by
-/// decoding one page of each column instead of a dictionary page plus a 20k-row page (one-row
-/// reads 6.7 ms -> 0.17 ms in `reader/examples/page-bench.rs`); scans cost the same and ZSTD
-/// keeps the files no larger (docs/benchmarks.md).
+/// How data files are written by default: ZSTD, pages of at most [`DATA_PAGE_ROWS`] rows, no
+/// dictionary, page indexes on (the parquet default). Small plain pages let LOOKUP read one row
+/// by decoding one page of each column instead of a dictionary page plus a 20k-row page
+/// (one-row reads 4.6 ms -> 0.22 ms in `reader/examples/page-bench.rs`); scans cost the same
+/// and the files are no larger (docs/benchmarks.md).
 pub fn data_file_properties() -> WriterProperties {
     zstd()
         .set_data_page_row_count_limit(DATA_PAGE_ROWS)
         .set_write_batch_size(DATA_PAGE_ROWS)
         .set_dictionary_enabled(false)
         .build()
+}
+
+/// Iceberg's table property naming the Parquet codec of data files.
+pub const COMPRESSION_CODEC: &str = "write.parquet.compression-codec";
+/// Iceberg's table property for the codec's level (zstd, gzip).
+pub const COMPRESSION_LEVEL: &str = "write.parquet.compression-level";
+/// Iceberg's table property capping rows per data page.
+pub const PAGE_ROW_LIMIT: &str = "write.parquet.page-row-limit";
+
+/// How data files of a table with `properties` are written: [`data_file_properties`], with
+/// Iceberg's standard `write.parquet.compression-codec` (`zstd`, `snappy`, `lz4` (LZ4_RAW),
+/// `gzip`, `uncompressed`), `write.parquet.compression-level` and
+/// `write.parquet.page-row-limit` honoured. An invalid value is an error naming the property.
+pub fn data_file_properties_of(
+    properties: &std::collections::HashMap<String, String>,
+) -> Result<WriterProperties, String> {
+    use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+    let bad = |key: &str, value: &str, want: &str| {
+        format!("table property {key} = `{value}` is invalid: {want}")
+    };
+    let level = match properties.get(COMPRESSION_LEVEL) {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<i32>()
+                .map_err(|_| bad(COMPRESSION_LEVEL, v, "want an integer"))?,
+        ),
+    };
+    let codec = properties
+        .get(COMPRESSION_CODEC)
+        .map_or("zstd".to_string(), |v| v.trim().to_ascii_lowercase());
+    let compression = match codec.as_str() {
+        "zstd" => Compression::ZSTD(match level {
+            None => ZstdLevel::default(),
+            Some(l) => ZstdLevel::try_new(l)
+                .map_err(|e| bad(COMPRESSION_LEVEL, &l.to_string(), &e.to_string()))?,
+        }),
+        "gzip" => Compression::GZIP(match level {
+            None => GzipLevel::default(),
+            Some(l) => GzipLevel::try_new(u32::try_from(l).unwrap_or(u32::MAX))
+                .map_err(|e| bad(COMPRESSION_LEVEL, &l.to_string(), &e.to_string()))?,
+        }),
+        "snappy" => Compression::SNAPPY,
+        "lz4" | "lz4_raw" => Compression::LZ4_RAW,
+        "uncompressed" | "none" => Compression::UNCOMPRESSED,
+        other => {
+            return Err(bad(
+                COMPRESSION_CODEC,
+                other,
+                "want zstd, snappy, lz4, gzip or uncompressed",
+            ));
+        }
+    };
+    let page_rows = match properties.get(PAGE_ROW_LIMIT) {
+        None => DATA_PAGE_ROWS,
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad(PAGE_ROW_LIMIT, v, "want a positive integer"))?,
+    };
+    Ok(WriterProperties::builder()
+        .set_compression(compression)
+        .set_data_page_row_count_limit(page_rows)
+        .set_write_batch_size(page_rows.min(8192))
+        .set_dictionary_enabled(false)
+        .build())
+}
+
+/// Like [`write_data_file`], with the writer properties to use
+/// ([`data_file_properties_of`] the table's properties).
+#[allow(clippy::too_many_arguments)]
+pub async fn write_data_file_with(
+    file_io: &FileIO,
+    location: &str,
+    schema: Arc<Schema>,
+    batch: &RecordBatch,
+    partition: Struct,
+    spec_id: i32,
+    properties: WriterProperties,
+) -> CommitResult<DataFile> {
+    let mut builder = write_parquet(file_io, location, schema, batch, properties).await?;
+    builder
+        .content(DataContentType::Data)
+        .partition(partition)
+        .partition_spec_id(spec_id);
+    builder.build().map_err(|e| CommitError::Invalid {
+        reason: format!("data file metadata: {e}"),
+    })
 }
 
 async fn write_parquet(
@@ -227,4 +319,48 @@ pub fn roots_with_field_ids(schema: &ArrowSchema, field_ids: &[i32]) -> Vec<usiz
         })
         .map(|(i, _)| i)
         .collect()
+}
+
+#[cfg(test)]
+mod properties_tests {
+    use std::collections::HashMap;
+
+    use parquet::basic::Compression;
+    use parquet::schema::types::ColumnPath;
+
+    use super::*;
+
+    fn of(pairs: &[(&str, &str)]) -> Result<WriterProperties, String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        data_file_properties_of(&map)
+    }
+
+    #[test]
+    fn table_properties_choose_codec_and_pages() {
+        let col = ColumnPath::from("v");
+        let default = of(&[]).unwrap();
+        assert!(matches!(default.compression(&col), Compression::ZSTD(_)));
+        assert_eq!(default.data_page_row_count_limit(), DATA_PAGE_ROWS);
+        assert!(!default.dictionary_enabled(&col));
+        let lz4 = of(&[(COMPRESSION_CODEC, "LZ4"), (PAGE_ROW_LIMIT, "500")]).unwrap();
+        assert_eq!(lz4.compression(&col), Compression::LZ4_RAW);
+        assert_eq!(lz4.data_page_row_count_limit(), 500);
+        let zstd9 = of(&[(COMPRESSION_LEVEL, "9")]).unwrap();
+        assert_eq!(
+            zstd9.compression(&col),
+            Compression::ZSTD(parquet::basic::ZstdLevel::try_new(9).unwrap())
+        );
+        for (pairs, names) in [
+            (vec![(COMPRESSION_CODEC, "brotli9")], COMPRESSION_CODEC),
+            (vec![(PAGE_ROW_LIMIT, "0")], PAGE_ROW_LIMIT),
+            (vec![(COMPRESSION_LEVEL, "high")], COMPRESSION_LEVEL),
+            (vec![(COMPRESSION_LEVEL, "99")], COMPRESSION_LEVEL),
+        ] {
+            let err = of(&pairs).unwrap_err();
+            assert!(err.contains(names), "{err}");
+        }
+    }
 }
