@@ -11,12 +11,14 @@
 //! Expiration expires snapshots older than the retention, keeping at least `min_snapshots` (and
 //! what the commit layer always keeps); orphan removal runs when asked.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use iceberg::spec::{DataContentType, Struct};
 use iceberg::table::Table;
 use unitable_core::commit::expire::{ExpireSnapshots, expired_ids};
-use unitable_core::commit::plan::{PlannedFile, plan_files, read_position_deletes};
+use unitable_core::commit::plan::{
+    PlannedFile, delete_files_of, plan_files, read_position_deletes,
+};
 
 use crate::config::TableSettings;
 use crate::error::Result;
@@ -152,19 +154,17 @@ pub async fn plan_table(
         });
     };
     let planned = plan_files(file_io, metadata, Some(start)).await?;
-    let mut seen = HashSet::new();
-    let position_files: Vec<_> = planned
-        .iter()
-        .flat_map(|f| f.deletes.iter())
+    let all_deletes = delete_files_of(&planned);
+    let delete_file_count = all_deletes.len() as u64;
+    let position_files: Vec<_> = all_deletes
+        .into_iter()
         .filter(|d| d.content_type() == DataContentType::PositionDeletes)
-        .filter(|d| seen.insert(d.file_path().to_string()))
-        .cloned()
         .collect();
     let deleted = read_position_deletes(file_io, &position_files).await?;
     let small = settings.small_file_bytes();
     let mut backlog = Backlog {
         snapshots: metadata.snapshots().len() as u64,
-        delete_files: seen.len() as u64,
+        delete_files: delete_file_count,
         ..Backlog::default()
     };
     let mut groups: BTreeMap<(i32, String), (Struct, Vec<InputFile>)> = BTreeMap::new();

@@ -16,7 +16,7 @@ use iceberg::spec::{Struct, TableMetadata};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use unitable_core::commit::files::{PositionDelete, read_bytes};
-use unitable_core::commit::plan::{plan_files, read_position_deletes};
+use unitable_core::commit::plan::{delete_files_of, plan_files, read_position_deletes};
 use unitable_core::commit::read;
 use unitable_core::offsets::PartitionOffsets;
 use unitable_core::record::RecordCodec;
@@ -52,14 +52,7 @@ pub(crate) async fn rebuild_index(
     let mut planned = plan_files(file_io, metadata, None).await?;
     planned.sort_by_key(|f| f.data_sequence_number);
     // Each delete file is read once, however many data files it touches.
-    let mut seen = HashSet::new();
-    let delete_files: Vec<_> = planned
-        .iter()
-        .flat_map(|f| f.deletes.iter())
-        .filter(|d| seen.insert(d.file_path().to_string()))
-        .cloned()
-        .collect();
-    let deleted = read_position_deletes(file_io, &delete_files).await?;
+    let deleted = read_position_deletes(file_io, &delete_files_of(&planned)).await?;
     let none = BTreeSet::new();
     let mut index = KeyIndex::new();
     let mut duplicates = Vec::new();
@@ -159,14 +152,7 @@ pub(crate) async fn repoint_index(
         .iter()
         .filter(|f| added.contains(f.data_file.file_path()))
         .collect();
-    let mut seen = HashSet::new();
-    let delete_files: Vec<_> = targets
-        .iter()
-        .flat_map(|f| f.deletes.iter())
-        .filter(|d| seen.insert(d.file_path().to_string()))
-        .cloned()
-        .collect();
-    let deleted = read_position_deletes(file_io, &delete_files).await?;
+    let deleted = read_position_deletes(file_io, &delete_files_of(targets.iter().copied())).await?;
     let none = BTreeSet::new();
     let mut repointed = 0;
     for file in targets {

@@ -293,6 +293,17 @@ pub fn position_delete_may_target(delete: &DataFile, path: &str) -> bool {
     above_lower && below_upper
 }
 
+/// The delete files that apply to any of `files`, each once, in first-seen order.
+pub fn delete_files_of<'a>(files: impl IntoIterator<Item = &'a PlannedFile>) -> Vec<DataFile> {
+    let mut seen = HashSet::new();
+    files
+        .into_iter()
+        .flat_map(|f| f.deletes.iter())
+        .filter(|d| seen.insert(d.file_path().to_string()))
+        .cloned()
+        .collect()
+}
+
 /// Reads position-delete files: data file path -> deleted row positions.
 pub async fn read_position_deletes(
     file_io: &FileIO,

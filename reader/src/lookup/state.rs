@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use unitable_core::catalog::TableCatalog;
 use unitable_core::changelog::Changelog;
 use unitable_core::commit::files::read_bytes;
-use unitable_core::commit::plan::{plan_files, read_position_deletes};
+use unitable_core::commit::plan::{delete_files_of, plan_files, read_position_deletes};
 use unitable_core::commit::read::{ancestors_between, anchored_offsets, changelog_offsets};
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{PartitionId, PartitionOffsets};
@@ -473,14 +473,7 @@ async fn scan_keys(
         .iter()
         .filter(|f| wanted(f.data_file.file_path()))
         .collect();
-    let mut seen = HashSet::new();
-    let delete_files: Vec<_> = todo
-        .iter()
-        .flat_map(|f| f.deletes.iter())
-        .filter(|d| seen.insert(d.file_path().to_string()))
-        .cloned()
-        .collect();
-    let deleted = read_position_deletes(file_io, &delete_files).await?;
+    let deleted = read_position_deletes(file_io, &delete_files_of(todo.iter().copied())).await?;
     let none = BTreeSet::new();
     for file in todo {
         let path: Arc<str> = Arc::from(file.data_file.file_path());

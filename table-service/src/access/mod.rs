@@ -362,21 +362,7 @@ impl Access {
         who: &Principal,
         action: &'static str,
     ) -> Result<(), ApiError> {
-        let allowed = match who {
-            Principal::Anonymous => true,
-            Principal::User { name, .. } => self.policy().is_global_admin(name),
-        };
-        if allowed {
-            return Ok(());
-        }
-        self.audit()
-            .record(who.name(), action, None, Outcome::Denied, None);
-        Err(ApiError::PermissionDenied {
-            principal: who.name().to_string(),
-            privilege: Privilege::Admin,
-            object: "everything (ALL)".into(),
-            grant_hint: format!("admin ON ALL TO USER {}", who.name()),
-        })
+        self.check_object_admin(who, &Object::All, action)
     }
 }
 
