@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::catalog::TableCatalog;
-use crate::changelog::Changelog;
+use crate::changelog::{Changelog, TopicInfo};
 use crate::error::{Error, Result};
 use crate::naming::TableName;
 use crate::table::{Column, TableDef, TableState};
@@ -44,7 +44,7 @@ impl TableAdmin {
         }
         let topic = &def.changelog.topic;
         self.changelog
-            .create_topic(topic, def.changelog.partitions)
+            .create_topic_with(topic, def.changelog.partitions, &def.topic_settings()?)
             .await?;
         match self.catalog.create(def).await {
             Ok(state) => {
@@ -60,6 +60,15 @@ impl TableAdmin {
                 Err(e)
             }
         }
+    }
+
+    /// The table's changelog topic as the backend reports it, compared with the table's
+    /// settings; `None` when the topic is missing.
+    pub async fn describe_changelog(&self, def: &TableDef) -> Result<Option<TopicInfo>> {
+        Ok(self
+            .changelog
+            .describe_topic(&def.changelog.topic, &def.topic_settings()?)
+            .await?)
     }
 
     /// The table's definition and state.

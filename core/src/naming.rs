@@ -200,6 +200,17 @@ pub mod props {
     pub const COMPACTION_ORPHAN_AGE_MS: &str = "unitable.compaction.orphan-age-ms";
     /// User-settable: how often (ms) background compaction looks for orphan files.
     pub const COMPACTION_ORPHAN_INTERVAL_MS: &str = "unitable.compaction.orphan-interval-ms";
+    /// User-settable at creation: replicas per changelog partition (Kafka; default: the
+    /// server's `--kafka-replication-factor`, else min(3, brokers)).
+    pub const CHANGELOG_REPLICATION_FACTOR: &str = "unitable.changelog.replication-factor";
+    /// User-settable at creation: the topic's `min.insync.replicas` (Kafka; default 2 from 3
+    /// replicas on, else 1).
+    pub const CHANGELOG_MIN_INSYNC_REPLICAS: &str = "unitable.changelog.min-insync-replicas";
+    /// User-settable at creation: the topic's `cleanup.policy` (Kafka; default `compact` for
+    /// keyed tables, as upsert-kafka readers expect, `delete` for append-only ones).
+    pub const CHANGELOG_CLEANUP_POLICY: &str = "unitable.changelog.cleanup-policy";
+    /// User-settable at creation: the topic's `retention.ms` (Kafka; default: the server's).
+    pub const CHANGELOG_RETENTION_MS: &str = "unitable.changelog.retention-ms";
     /// The layout version this build writes.
     pub const CURRENT_LAYOUT_VERSION: &str = "1";
 }
@@ -234,6 +245,9 @@ pub mod summary {
     pub const CHANGELOG_OFFSETS: &str = "unitable.changelog-offsets";
     /// The unique id of the commit that produced a snapshot (idempotent retries).
     pub const COMMIT_ID: &str = "unitable.commit-id";
+    /// The committer epoch (table property `unitable.committer.epoch`) the commit was made
+    /// under: which owner committed it.
+    pub const COMMITTER_EPOCH: &str = "unitable.committer-epoch";
 }
 
 #[cfg(test)]

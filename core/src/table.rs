@@ -11,6 +11,7 @@ use std::sync::Arc;
 use iceberg::TableCreation;
 use iceberg::spec::{NestedField, Schema, TableMetadata, UnboundPartitionSpec};
 
+use crate::changelog::TopicSettings;
 use crate::error::{Error, Result};
 use crate::naming::{TableName, TopicName, props};
 use crate::partition::{PartitionField, PartitionTransform};
@@ -235,6 +236,79 @@ impl TableDef {
             partition_by: spec.partition_by,
             properties: spec.properties,
         })
+    }
+
+    /// How the table's changelog topic is set up, from its `unitable.changelog.*` properties
+    /// (see [`props`]): keyed tables compact by default, append-only ones delete by age.
+    pub fn topic_settings(&self) -> Result<TopicSettings> {
+        let mut settings = TopicSettings::default();
+        let bad = |key: &str, value: &str, want: &str| {
+            Error::invalid_definition(&self.name, format!("property {key}={value}: {want}"))
+        };
+        let positive = |key: &str| -> Result<Option<i64>> {
+            match self.properties.get(key) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<i64>() {
+                    Ok(n) if n >= 1 => Ok(Some(n)),
+                    _ => Err(bad(key, v, "expected a positive integer")),
+                },
+            }
+        };
+        if let Some(n) = positive(props::CHANGELOG_REPLICATION_FACTOR)? {
+            settings.replication_factor = Some(i32::try_from(n).map_err(|_| {
+                bad(
+                    props::CHANGELOG_REPLICATION_FACTOR,
+                    &n.to_string(),
+                    "too large",
+                )
+            })?);
+        }
+        if let Some(n) = positive(props::CHANGELOG_MIN_INSYNC_REPLICAS)? {
+            settings
+                .configs
+                .insert("min.insync.replicas".into(), n.to_string());
+        }
+        if let Some(v) = self.properties.get(props::CHANGELOG_RETENTION_MS) {
+            match v.trim().parse::<i64>() {
+                Ok(n) if n >= 1 || n == -1 => {
+                    settings
+                        .configs
+                        .insert("retention.ms".into(), n.to_string());
+                }
+                _ => {
+                    return Err(bad(
+                        props::CHANGELOG_RETENTION_MS,
+                        v,
+                        "expected milliseconds (-1: keep forever)",
+                    ));
+                }
+            }
+        }
+        let policy = match self.properties.get(props::CHANGELOG_CLEANUP_POLICY) {
+            Some(v) => {
+                let v = v.trim().to_ascii_lowercase().replace(' ', "");
+                if !["compact", "delete", "compact,delete", "delete,compact"].contains(&v.as_str())
+                {
+                    return Err(bad(
+                        props::CHANGELOG_CLEANUP_POLICY,
+                        &v,
+                        "expected compact, delete or compact,delete",
+                    ));
+                }
+                if v.contains("compact") && self.is_append_only() {
+                    return Err(bad(
+                        props::CHANGELOG_CLEANUP_POLICY,
+                        &v,
+                        "an append-only table has no keys to compact by",
+                    ));
+                }
+                v
+            }
+            None if self.is_append_only() => "delete".into(),
+            None => "compact".into(),
+        };
+        settings.configs.insert("cleanup.policy".into(), policy);
+        Ok(settings)
     }
 
     /// Whether the table has no primary key (every write is an insert).

@@ -109,6 +109,42 @@ pub enum ReadError {
         /// What is off.
         reason: String,
     },
+    /// A table's lookup state (key index plus changelog tail) does not fit the server's
+    /// lookup memory limit even after evicting every other table's.
+    #[error(
+        "the lookup state of table `{table}` needs {bytes} bytes ({tail_keys} keys in the \
+         changelog tail after snapshot), more than the server's lookup memory limit of {limit} \
+         bytes (--lookup-memory-limit); raise the limit, or check that the table's committer \
+         is not behind (unitable_committer_lag_records), which makes the tail grow"
+    )]
+    LookupMemory {
+        /// The table.
+        table: TableName,
+        /// What its state holds.
+        bytes: usize,
+        /// Keys in its tail.
+        tail_keys: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A lookup's changelog follower did not catch up with the partition in time.
+    #[error(
+        "the lookup of table `{table}` waited {waited_ms} ms for changelog partition \
+         {partition} to be applied up to offset {needed} (applied up to {applied}); the \
+         follower is behind a burst of writes: retry shortly"
+    )]
+    LookupBehind {
+        /// The table.
+        table: TableName,
+        /// The partition.
+        partition: u32,
+        /// The high watermark the lookup must reflect.
+        needed: i64,
+        /// What the follower has applied.
+        applied: i64,
+        /// How long the lookup waited.
+        waited_ms: u64,
+    },
     /// Planning a snapshot's files or reading its delete files failed.
     #[error(transparent)]
     Commit(#[from] unitable_core::commit::CommitError),
@@ -137,7 +173,10 @@ impl ReadError {
             ReadError::Table(e) => e.is_retryable(),
             ReadError::Changelog(e) => e.is_retryable(),
             ReadError::Iceberg { source, .. } => source.retryable(),
-            ReadError::TailTooLong { .. } | ReadError::QueryMemory { .. } => true,
+            ReadError::TailTooLong { .. }
+            | ReadError::QueryMemory { .. }
+            | ReadError::LookupMemory { .. }
+            | ReadError::LookupBehind { .. } => true,
             ReadError::BadRequest { .. }
             | ReadError::SnapshotNotFound { .. }
             | ReadError::OffsetsRemoved { .. }

@@ -77,4 +77,13 @@ impl Reader {
         self.sql_runtime = sql::runtime(bytes);
         self
     }
+
+    /// The same reader with LOOKUP states (key indexes and changelog tails of every table)
+    /// sharing at most `bytes` ([`lookup::DEFAULT_MEMORY_LIMIT`] by default): past it the
+    /// least recently used tables' states are dropped (rebuilt on their next lookup), and a
+    /// table whose state alone is larger fails with [`ReadError::LookupMemory`].
+    pub fn with_lookup_memory_limit(mut self, bytes: usize) -> Self {
+        self.lookups = Arc::new(lookup::LookupCache::with_limit(bytes));
+        self
+    }
 }

@@ -388,6 +388,13 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_SQL_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_bytes)]
     pub sql_memory_limit: usize,
 
+    /// Memory shared by the LOOKUP states of all tables (key index plus the changelog tail
+    /// after the indexed snapshot), e.g. 512MiB, 4GiB. Past it the least recently looked-up
+    /// tables' states are dropped and rebuilt on their next lookup; a table whose state alone
+    /// is larger fails its lookups with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "UNITABLE_LOOKUP_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_bytes)]
+    pub lookup_memory_limit: usize,
+
     /// Largest gRPC request accepted, in bytes; bigger writes fail with OUT_OF_RANGE
     /// (split them, or use WriteStream).
     #[arg(long, env = "UNITABLE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -514,6 +521,22 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub kafka_options: Vec<String>,
+
+    /// Replicas per partition of the changelog topics this server creates (a table's
+    /// `unitable.changelog.replication-factor` property overrides it). Default: the smaller of
+    /// 3 and the cluster's broker count.
+    #[arg(long, env = "UNITABLE_KAFKA_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    pub kafka_replication_factor: Option<i32>,
+
+    /// Topic-level setting KEY=VALUE of the changelog topics this server creates (repeatable),
+    /// e.g. retention.ms=604800000, min.insync.replicas=2. Table properties
+    /// (`unitable.changelog.*`) override them.
+    #[arg(
+        long = "kafka-topic-config",
+        env = "UNITABLE_KAFKA_TOPIC_CONFIG",
+        value_delimiter = ';'
+    )]
+    pub kafka_topic_config: Vec<String>,
 }
 
 /// `unitable table ...`
@@ -609,7 +632,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_secs_f64(secs))
+    // Finite and at most ten years: longer values would overflow deadline arithmetic
+    // (`Instant + Duration` panics) and are always a typo.
+    const MAX_SECS: f64 = 10.0 * 365.0 * 86_400.0;
+    if !(0.0..=MAX_SECS).contains(&secs) {
+        return Err(format!(
+            "`{text}` is out of range (at most 10 years, e.g. 87600h)"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{text}`: {e}"))
 }
 
 /// Parses a byte size: a bare number of bytes, or a number with `KiB`, `MiB`, `GiB` (also
@@ -735,6 +766,13 @@ mod tests {
         assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("1d").is_err());
         assert!(parse_duration("fast").is_err());
+        // Overflowing or absurd values are errors, never panics.
+        let huge = "9".repeat(400);
+        assert!(parse_duration(&huge).unwrap_err().contains("out of range"));
+        assert!(parse_duration(&format!("{huge}h")).is_err());
+        assert!(parse_duration("1e400").is_err());
+        assert!(parse_duration("100000h").is_err());
+        assert!(parse_bytes(&huge).unwrap_err().contains("out of range"));
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let compaction = compaction_runtime.handle();
     let compact_api = CompactApi::new(compactor.clone(), compaction.clone(), access.clone());
+    // Committers (record decoding, Parquet encoding) run on their own threads too.
+    let commit_runtime = BackgroundRuntime::start("unitable-commit")?;
     let writer = Writer::new(
         catalog.clone(),
         changelog.clone(),
@@ -100,6 +102,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         WriterConfig {
             commit_interval: args.commit_interval,
             max_batch_records: usize::try_from(args.commit_max_records).unwrap_or(usize::MAX),
+            committer_runtime: Some(commit_runtime.handle()),
             ..WriterConfig::default()
         },
     );
@@ -109,7 +112,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot list the tables to start their committers")?;
     info!(tables = committers, "committers started");
     let reader = Reader::new(catalog.clone(), changelog.clone())
-        .with_sql_memory_limit(args.sql_memory_limit);
+        .with_sql_memory_limit(args.sql_memory_limit)
+        .with_lookup_memory_limit(args.lookup_memory_limit);
     // Reads (scans, SQL) run off the gRPC runtime, so a heavy query cannot starve writes and
     // admin calls.
     let read_runtime = BackgroundRuntime::start("unitable-read")?;
@@ -208,6 +212,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "committers did not finish within 60 s; the changelog keeps their records and the next start commits them"
         );
     }
+    drop(commit_runtime);
     match first_error {
         Some(Err(e)) => Err(e),
         _ => {
@@ -295,6 +300,15 @@ async fn open_changelog(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc
                 .options
                 .push((key.trim().to_string(), value.trim().to_string()));
         }
+        for setting in &args.kafka.kafka_topic_config {
+            let (key, value) = setting.split_once('=').with_context(|| {
+                format!("--kafka-topic-config `{setting}` must be KEY=VALUE, e.g. retention.ms=604800000")
+            })?;
+            config
+                .topic_config
+                .push((key.trim().to_string(), value.trim().to_string()));
+        }
+        config.replication_factor = args.kafka.kafka_replication_factor;
         info!(%brokers, "changelog: Kafka");
         let log = KafkaChangelog::connect(config).await.with_context(|| {
             format!(

@@ -77,9 +77,10 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
         ReadError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
         ReadError::Sql { .. } => (Code::InvalidArgument, Level::Debug),
         ReadError::OffsetsRemoved { .. } => (Code::OutOfRange, Level::Debug),
-        ReadError::TailTooLong { .. } | ReadError::QueryMemory { .. } => {
-            (Code::ResourceExhausted, Level::Warn)
-        }
+        ReadError::TailTooLong { .. }
+        | ReadError::QueryMemory { .. }
+        | ReadError::LookupMemory { .. } => (Code::ResourceExhausted, Level::Warn),
+        ReadError::LookupBehind { .. } => (Code::Unavailable, Level::Warn),
         ReadError::Internal { .. } => (Code::Internal, Level::Error),
         ReadError::Commit(c) => classify_commit(c),
         ReadError::DataFile { .. } | ReadError::LookupState { .. } => {
@@ -100,12 +101,15 @@ fn classify_changelog(c: &ChangelogError) -> (Code, Level) {
         ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. } => {
             (Code::FailedPrecondition, Level::Error)
         }
-        ChangelogError::TopicExists { .. } => (Code::AlreadyExists, Level::Warn),
+        ChangelogError::TopicExists { .. } | ChangelogError::TopicMisconfigured { .. } => {
+            (Code::AlreadyExists, Level::Warn)
+        }
         ChangelogError::OffsetOutOfRange { .. } => (Code::OutOfRange, Level::Debug),
         ChangelogError::Unavailable { .. } | ChangelogError::Io { .. } => {
             (Code::Unavailable, Level::Warn)
         }
         ChangelogError::Corrupt { .. } => (Code::DataLoss, Level::Error),
+        ChangelogError::RecordTooLarge { .. } => (Code::InvalidArgument, Level::Debug),
     }
 }
 
@@ -139,6 +143,7 @@ fn classify_write(e: &WriteError) -> (Code, Level) {
         }
         WriteError::SnapshotWaitTimedOut { .. } => (Code::DeadlineExceeded, Level::Warn),
         WriteError::ShuttingDown => (Code::Unavailable, Level::Debug),
+        WriteError::TableReplaced { .. } => (Code::Aborted, Level::Warn),
         WriteError::Decode(_) | WriteError::Internal { .. } => (Code::Internal, Level::Error),
         WriteError::Iceberg { .. } => {
             if e.is_retryable() {

@@ -2,7 +2,7 @@
 
 The processes and their helpers live in harness.py (a mirror of the Rust harness in
 tests/src/lib.rs). Executables come from the environment that scripts/test exports:
-UNITABLE_BIN (required), TANSU_BIN and MOTO_SERVER_BIN (for the fixtures that need them).
+UNITABLE_BIN (required), KAFKA_HOME and MOTO_SERVER_BIN (for the fixtures that need them).
 When a test fails, its report shows the tail of each process's log.
 """
 
@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from harness import Moto, Process, Service, Tansu
+from harness import Kafka, Moto, Process, Service
 
 _PROCESSES = pytest.StashKey[list[Process]]()
 
@@ -57,8 +57,12 @@ def moto_server_bin() -> str:
 
 
 @pytest.fixture(scope="session")
-def tansu_bin() -> str:
-    return _executable("TANSU_BIN", "run scripts/test, which installs tansu 0.6.0 into its cache")
+def kafka_home() -> str:
+    home = os.environ.get("KAFKA_HOME", "")
+    if not home or not os.path.isfile(os.path.join(home, ".complete")):
+        pytest.exit(f"KAFKA_HOME={home!r} is not a Kafka install; run scripts/test, which installs "
+                    "Apache Kafka into its cache", returncode=pytest.ExitCode.USAGE_ERROR)
+    return home
 
 
 @pytest.fixture
@@ -95,10 +99,11 @@ def moto(moto_server_bin: str, tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture
-def tansu(tansu_bin: str, tmp_path_factory: pytest.TempPathFactory,
-          request: pytest.FixtureRequest) -> Iterator[Tansu]:
-    """A tansu broker; use tansu.bootstrap as bootstrap.servers."""
-    broker = Tansu(tansu_bin, tmp_path_factory.mktemp("tansu"))
-    track(request.node, broker.process)
-    yield broker
-    broker.kill()
+def kafka(kafka_home: str, tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[Kafka]:
+    """A one-node Apache Kafka cluster; use kafka.bootstrap as bootstrap.servers."""
+    cluster = Kafka(kafka_home, tmp_path_factory.mktemp("kafka"))
+    for process in cluster.processes:
+        track(request.node, process)
+    yield cluster
+    cluster.kill()

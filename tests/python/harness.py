@@ -216,33 +216,66 @@ class Moto:
             raise RuntimeError(f"creating bucket {name} failed with HTTP {status}: {body!r}")
 
 
-class Tansu:
-    """tansu 0.6.0 broker with SQLite storage; kill() and restart() keep storage and port."""
+class Kafka:
+    """Apache Kafka (KRaft) on loopback: `nodes` combined broker+controller nodes laid out and
+    formatted by scripts/kafka/start.sh, each run (and killed on kill()) by this harness.
+    kill(i) and restart(i) keep the node's ports and data."""
 
-    def __init__(self, bin_path: str, workdir: Path):
-        self.storage_path = workdir / "tansu.db"
+    READY_LINE = "Kafka Server started"
 
-        def start() -> None:
-            self.port = free_port()
-            self.bootstrap = f"127.0.0.1:{self.port}"
-            # Always an IP address: a hostname makes tansu listen on every interface.
-            url = f"tcp://127.0.0.1:{self.port}"
-            # tansu resolves the SQLite path against its working directory, even one that
-            # looks absolute, so name the file relative to workdir.
-            self.process = Process("tansu", [
-                bin_path, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "sqlite://tansu.db?maintenance_interval=5s"], workdir)
-            self._wait_ready()
+    def __init__(self, kafka_home: str, workdir: Path, nodes: int = 1):
+        self.kafka_home = kafka_home
+        self.workdir = workdir
+        scripts = Path(__file__).resolve().parents[2] / "scripts" / "kafka"
+        self._node_script = str(scripts / "node.sh")
+        env = {**os.environ, "KAFKA_HOME": kafka_home}
+        done = subprocess.run(
+            ["bash", str(scripts / "start.sh"), "--nodes", str(nodes), "--init-only", str(workdir)],
+            env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/kafka/start.sh --init-only failed: {done.stderr}")
+        values = dict(line.split("=", 1) for line in
+                      (workdir / "cluster.env").read_text().splitlines() if "=" in line)
+        self.bootstrap = values["KAFKA_BOOTSTRAP"]
+        self.processes: list[Process] = []
+        self._offsets: list[int] = []
+        for node in range(1, nodes + 1):
+            self._offsets.append(self._log_size(node))
+            self.processes.append(Process(
+                f"kafka node {node}", ["bash", self._node_script, "run", str(workdir), str(node)],
+                workdir, {"KAFKA_HOME": kafka_home}))
+        for i in range(nodes):
+            self._wait_ready(i)
 
-        retry_if_port_taken(start)
+    def _server_log(self, node: int) -> Path:
+        return self.workdir / f"node-{node}" / "logs" / "server.log"
 
-    def _wait_ready(self) -> None:
-        self.process.wait_until(f"tansu to accept connections on {self.port}",
-                                lambda: tcp_accepts(self.port))
+    def _log_size(self, node: int) -> int:
+        try:
+            return self._server_log(node).stat().st_size
+        except FileNotFoundError:
+            return 0
 
-    def kill(self) -> None:
-        self.process.kill()
+    def _wait_ready(self, i: int) -> None:
+        log, offset = self._server_log(i + 1), self._offsets[i]
 
-    def restart(self) -> None:
-        self.process.respawn()
-        self._wait_ready()
+        def ready() -> bool:
+            try:
+                with open(log, "rb") as f:
+                    f.seek(offset)
+                    return self.READY_LINE.encode() in f.read()
+            except FileNotFoundError:
+                return False
+
+        self.processes[i].wait_until(f"kafka node {i + 1} to log '{self.READY_LINE}'", ready,
+                                     timeout=2 * STARTUP_TIMEOUT)
+
+    def kill(self, i: int | None = None) -> None:
+        """SIGKILLs node i (0-based), or every node."""
+        for process in self.processes if i is None else [self.processes[i]]:
+            process.kill()
+
+    def restart(self, i: int) -> None:
+        self._offsets[i] = self._log_size(i + 1)
+        self.processes[i].respawn()
+        self._wait_ready(i)

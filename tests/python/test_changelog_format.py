@@ -1,5 +1,5 @@
 """A plain Kafka consumer (confluent-kafka) reads a topic written by unitable's KafkaChangelog on a
-tansu broker, and decodes every record using only docs/changelog-format.md.
+Kafka broker, and decodes every record using only docs/changelog-format.md.
 
 The rows are stated here (pyarrow), written to an Arrow IPC file, and handed to
 `changelog-producer`, which encodes them with unitable's record codec and appends them through
@@ -115,15 +115,15 @@ def produce(bin_path: str, brokers: str, op: str, rows: list[dict], schema: pa.S
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def test_plain_kafka_consumer_decodes_the_topic_by_the_doc(unitable_bin, tansu, tmp_path):
+def test_plain_kafka_consumer_decodes_the_topic_by_the_doc(unitable_bin, kafka, tmp_path):
     bin_path = producer(unitable_bin)
-    acks = produce(bin_path, tansu.bootstrap, "insert", ROWS, ARROW, tmp_path)
-    acks += produce(bin_path, tansu.bootstrap, "upsert", UPDATE, ARROW, tmp_path)
+    acks = produce(bin_path, kafka.bootstrap, "insert", ROWS, ARROW, tmp_path)
+    acks += produce(bin_path, kafka.bootstrap, "upsert", UPDATE, ARROW, tmp_path)
     key_schema = pa.schema([ARROW.field("region"), ARROW.field("id")])
-    acks += produce(bin_path, tansu.bootstrap, "delete", DELETE_KEYS, key_schema, tmp_path)
+    acks += produce(bin_path, kafka.bootstrap, "delete", DELETE_KEYS, key_schema, tmp_path)
     assert len(acks) == 5
 
-    consumer = Consumer({"bootstrap.servers": tansu.bootstrap, "group.id": "outside-reader",
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "outside-reader",
                          "enable.auto.commit": False, "enable.partition.eof": True})
     consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(BUCKETS)])
     records, eof = [], set()

@@ -1,6 +1,6 @@
 """The writer on Kafka, seen by outside clients only.
 
-`unitable serve --kafka-brokers` on a tansu broker takes upserts and deletes through the CLI.
+`unitable serve --kafka-brokers` on an Apache Kafka broker takes upserts and deletes through the CLI.
 A plain confluent-kafka consumer must then see every acknowledged change, per key in the order
 it was acknowledged, in the format of docs/changelog-format.md; rejected rows must be in the
 dead-letter topic with their reasons; and PyIceberg must read the latest value of every key
@@ -38,8 +38,8 @@ def consume_all(bootstrap: str, topic: str, partitions: int) -> list:
     return records
 
 
-def test_kafka_consumer_and_pyiceberg_see_every_acknowledged_write(start_service, tansu, tmp_path: Path):
-    service = start_service("--kafka-brokers", tansu.bootstrap, "--commit-interval", "200ms")
+def test_kafka_consumer_and_pyiceberg_see_every_acknowledged_write(start_service, kafka, tmp_path: Path):
+    service = start_service("--kafka-brokers", kafka.bootstrap, "--commit-interval", "200ms")
     service.cli("table", "create", TABLE, "--column", "id:int64!", "--column", "v:string",
                 "--primary-key", "id", "--buckets", str(BUCKETS),
                 "--property", "unitable.write.dead-letter=true", check=True)
@@ -77,7 +77,7 @@ def test_kafka_consumer_and_pyiceberg_see_every_acknowledged_write(start_service
 
     # Every acknowledged change, per key in order, in the documented format.
     seen: dict[int, list[tuple[str, str | None]]] = {}
-    for msg in consume_all(tansu.bootstrap, TOPIC, BUCKETS):
+    for msg in consume_all(kafka.bootstrap, TOPIC, BUCKETS):
         headers = dict(msg.headers())
         key = json.loads(msg.key())
         assert list(key) == ["id"], key
@@ -91,7 +91,7 @@ def test_kafka_consumer_and_pyiceberg_see_every_acknowledged_write(start_service
     assert seen == history
 
     # Rejected rows, with their reasons, in the dead-letter topic.
-    dead = [json.loads(m.value()) for m in consume_all(tansu.bootstrap, TOPIC + ".dlq", 1)]
+    dead = [json.loads(m.value()) for m in consume_all(kafka.bootstrap, TOPIC + ".dlq", 1)]
     assert [(d["row"], d["field"]) for d in dead] == [(0, "id"), (2, "w")], dead
     assert "not an integer" in dead[0]["reason"]
     assert json.loads(dead[1]["input"]) == {"id": 101, "w": 1}

@@ -1,7 +1,7 @@
 //! Process harness for unitable's integration tests (`tests/tests/*.rs`).
 //!
 //! Integration tests exercise the real processes the system is made of and talks to: the
-//! `unitable` binary ([`Service`]), a Kafka-compatible broker ([`Tansu`]) and an S3 endpoint
+//! `unitable` binary ([`Service`]), Apache Kafka ([`Kafka`], one node or a cluster) and an S3 endpoint
 //! ([`Moto`]). Each helper starts its process in a fresh temporary directory on ports picked by
 //! [`free_port`], sends the process's stdout and stderr to a log file in that directory, waits
 //! until the process is ready, and kills it (SIGKILL) when the guard is dropped. A test never
@@ -12,7 +12,7 @@
 //! | variable          | what                                    | fallback when unset                         |
 //! |-------------------|-----------------------------------------|---------------------------------------------|
 //! | `UNITABLE_BIN`    | the `unitable` binary                   | `$CARGO_TARGET_DIR/debug/unitable`, then `<workspace>/target/debug/unitable` |
-//! | `TANSU_BIN`       | tansu 0.6.0                             | `$UNITABLE_CACHE/tansu-0.6.0/bin/tansu` (`UNITABLE_CACHE` defaults to `~/.cache/unitable`) |
+//! | `KAFKA_HOME`      | Apache Kafka 4.4 (jars, from Maven)     | `$UNITABLE_CACHE/kafka-4.4.0` (`UNITABLE_CACHE` defaults to `~/.cache/unitable`) |
 //! | `MOTO_SERVER_BIN` | moto's `moto_server` (local S3)         | none                                        |
 //! | `UNITABLE_PYTHON` | the test venv's Python (PyIceberg etc.) | none                                        |
 //!
@@ -36,16 +36,16 @@ use anyhow::{Context, Result, bail};
 pub mod crash;
 mod http;
 pub mod iceberg_oracle;
+mod kafka;
 mod moto;
 mod process;
 mod service;
-mod tansu;
 
 pub use http::{HttpResponse, http_get, http_request};
+pub use kafka::{Kafka, kafka_home};
 pub use moto::Moto;
 pub use process::ChildGuard;
 pub use service::{CliOutput, Service};
-pub use tansu::Tansu;
 
 /// How long the helpers wait for a process to become ready. Generous, because CI machines
 /// have two cores and may be busy linking other test binaries.
@@ -114,24 +114,14 @@ pub fn unitable_bin() -> Result<PathBuf> {
         })
 }
 
-/// The tansu broker binary (`TANSU_BIN`, falling back to the cache that `scripts/test` fills).
-pub fn tansu_bin() -> Result<PathBuf> {
-    if let Some(path) = bin_from_env("TANSU_BIN")? {
-        return Ok(path);
-    }
-    let cache = match env::var_os("UNITABLE_CACHE").filter(|dir| !dir.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env::var_os("HOME").context("neither TANSU_BIN nor HOME is set")?)
-            .join(".cache/unitable"),
-    };
-    let path = cache.join("tansu-0.6.0/bin/tansu");
-    if path.is_file() {
-        Ok(path)
-    } else {
-        bail!(
-            "TANSU_BIN is not set and {} does not exist; run scripts/test, which installs tansu 0.6.0 there",
-            path.display()
+/// The cache `scripts/test` fills (`UNITABLE_CACHE`, default `~/.cache/unitable`).
+pub fn cache_dir() -> Result<PathBuf> {
+    match env::var_os("UNITABLE_CACHE").filter(|dir| !dir.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => Ok(PathBuf::from(
+            env::var_os("HOME").context("neither UNITABLE_CACHE nor HOME is set")?,
         )
+        .join(".cache/unitable")),
     }
 }
 

@@ -272,14 +272,22 @@ async fn lookups_match_a_model_through_writes_commits_and_restarts() -> Result<(
     let mut request = lookup_request(&keys, &[]);
     request.as_of_timestamp_ms = Some(chrono::Utc::now().timestamp_millis() + 1);
     let (batches, missing, as_of) = lookup(&mut reader, request).await?;
-    let found: Vec<i64> = rows(&batches)?.into_iter().filter_map(|r| r.0).collect();
-    let want: Vec<i64> = keys
+    let found = rows(&batches)?;
+    let want: Vec<Row> = keys
         .iter()
-        .copied()
-        .filter(|k| model.contains_key(k))
+        .filter_map(|k| {
+            let (v, n) = model.get(k)?;
+            Some((Some(*k), Some(v.clone()), Some(*n)))
+        })
         .collect();
-    ensure!(found == want, "as-of lookup found {found:?}");
-    ensure!(missing.len() + found.len() == keys.len());
+    ensure!(
+        found == want,
+        "as-of lookup rows differ\n got {found:?}\nwant {want:?}"
+    );
+    let want_missing: Vec<u32> = (0..keys.len() as u32)
+        .filter(|i| !model.contains_key(&keys[*i as usize]))
+        .collect();
+    ensure!(missing == want_missing, "as-of lookup missing {missing:?}");
     ensure!(as_of.snapshot_id.is_some());
     // Before the first commit there is no snapshot.
     let mut request = lookup_request(&[1], &[]);
@@ -362,5 +370,129 @@ async fn bad_keys_name_the_key_and_field() -> Result<()> {
         bail!("a bad key must fail: {out:?}");
     }
     ensure!(out.stderr.contains("{\"idd\":1}"), "names the key: {out:?}");
+    Ok(())
+}
+
+/// Writes keys `0..n` (value `v{id}` padded, n = id) to `table` with a one-hour commit
+/// interval, so a lookup state holds them all in its changelog tail. Returns the model.
+async fn fill_tail(service: &Service, table: &str, n: i64) -> Result<Model> {
+    support::create_kv_table_as(
+        service,
+        table,
+        2,
+        &[("unitable.commit.interval-ms", "3600000")],
+        Vec::new(),
+    )
+    .await?;
+    let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
+    let mut model = Model::new();
+    let mut lines = String::new();
+    for id in 0..n {
+        let v = format!("v{id:06}-{}", "x".repeat(32));
+        lines.push_str(&kv_line(id, &v, id));
+        model.insert(id, (v, id));
+    }
+    let r = writer
+        .write(unitable_proto::v1::WriteRequest {
+            table: table.into(),
+            op: WriteOp::Upsert as i32,
+            format: RowFormat::JsonLines as i32,
+            rows: lines.into_bytes(),
+            wait_for: unitable_proto::v1::WaitFor::Changelog as i32,
+        })
+        .await?
+        .into_inner();
+    ensure!(r.rows_written == n as u64, "{r:?}");
+    Ok(model)
+}
+
+/// Looks up `keys` of `table` and compares with `model`.
+async fn check_table(
+    reader: &mut Reader,
+    table: &str,
+    model: &Model,
+    keys: &[i64],
+    what: &str,
+) -> Result<()> {
+    let mut request = lookup_request(keys, &[]);
+    request.table = table.into();
+    let (batches, missing, _) = lookup(reader, request)
+        .await
+        .with_context(|| format!("{what}: lookup of {table}"))?;
+    let want: Vec<Row> = keys
+        .iter()
+        .filter_map(|k| {
+            let (v, n) = model.get(k)?;
+            Some((Some(*k), Some(v.clone()), Some(*n)))
+        })
+        .collect();
+    let got = rows(&batches)?;
+    ensure!(got == want, "{what}: {table} rows differ");
+    ensure!(
+        missing.len() == keys.len() - want.len(),
+        "{what}: {table} missing {missing:?}"
+    );
+    Ok(())
+}
+
+/// The sum of a metric's samples for `table` in /metrics.
+fn metric(service: &Service, name: &str, table: &str) -> Result<f64> {
+    let body = String::from_utf8(service.http_get("/metrics")?.body)?;
+    let label = format!("table=\"{table}\"");
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Two tables' lookup states under a memory limit that fits one but not both: looking up one
+/// evicts the other (counted in /metrics), answers stay right as they alternate, and a table
+/// whose state alone is over the limit fails with RESOURCE_EXHAUSTED instead of growing.
+#[tokio::test]
+async fn lookup_states_share_one_memory_limit() -> Result<()> {
+    const N: i64 = 3_000;
+    let keys: Vec<i64> = (0..N + 100).step_by(7).collect();
+    // What one table's state holds, measured on a server of its own with the same data.
+    let probe = tokio::task::spawn_blocking(|| Service::start(&[])).await??;
+    let model = fill_tail(&probe, "crash.a", N).await?;
+    let (_, mut reader) = clients(&probe).await?;
+    check_table(&mut reader, "crash.a", &model, &keys, "probe").await?;
+    let one = metric(&probe, "unitable_lookup_state_bytes", "crash.a")?;
+    ensure!(one > 0.0, "the state's size is reported");
+    drop(probe);
+
+    let limit = format!("{}", (one * 1.5) as u64);
+    let service =
+        tokio::task::spawn_blocking(move || Service::start(&["--lookup-memory-limit", &limit]))
+            .await??;
+    let a = fill_tail(&service, "crash.a", N).await?;
+    let b = fill_tail(&service, "crash.b", N).await?;
+    let (_, mut reader) = clients(&service).await?;
+    for round in 0..3 {
+        check_table(&mut reader, "crash.a", &a, &keys, &format!("round {round}")).await?;
+        check_table(&mut reader, "crash.b", &b, &keys, &format!("round {round}")).await?;
+    }
+    let evicted = metric(&service, "unitable_lookup_evictions_total", "crash.a")?
+        + metric(&service, "unitable_lookup_evictions_total", "crash.b")?;
+    ensure!(
+        evicted >= 4.0,
+        "alternating two tables that do not fit together must evict each time: {evicted}"
+    );
+
+    // Three times the data in one table: over the limit on its own.
+    fill_tail(&service, "crash.big", 3 * N).await?;
+    let mut request = lookup_request(&[1], &[]);
+    request.table = "crash.big".into();
+    let e = lookup(&mut reader, request)
+        .await
+        .err()
+        .context("a state over the limit must fail")?;
+    ensure!(
+        e.code() == Code::ResourceExhausted && e.message().contains("--lookup-memory-limit"),
+        "{e:?}"
+    );
+    // The other tables still answer.
+    check_table(&mut reader, "crash.a", &a, &keys, "after the refusal").await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Every read mode against a model: random upserts and deletes with a restart in the middle,
 //! then FRESH, STREAM replayed from earliest, SNAPSHOT at every snapshot (against the changelog
-//! replayed up to the snapshot's anchored offsets), SQL in both modes, and filtered variants
-//! of each. Plus the snapshot-to-stream hand-over under a concurrent writer (no gap, no
+//! replayed up to the snapshot's anchored offsets), SQL in both modes, LOOKUP of every key,
+//! and filtered variants of each, with a compaction round among the rounds. Plus the snapshot-to-stream hand-over under a concurrent writer (no gap, no
 //! duplicate) and SQL's rules (joins, CTEs, refused statements, clear errors).
 
 mod support;
@@ -13,17 +13,23 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use arrow::array::{Array, Int64Array};
-use support::read::{Change, Client, Row, kv_rows, query, read, replay, request, start, subscribe};
+use support::read::{
+    Change, Client, Row, kv_rows, lookup_ids, query, read, replay, request, start, subscribe,
+};
 use support::{TABLE, create_kv_table, kv_line, write_lines};
 use tonic::Code;
+use unitable_proto::v1::compaction_service_client::CompactionServiceClient;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::stream_start::Kind;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_proto::v1::{ReadMode, ReadRequest, StreamStart, WriteOp};
+use unitable_proto::v1::{CompactRequest, ReadMode, ReadRequest, StreamStart, WriteOp};
 use unitable_tests::Service;
 use unitable_tests::iceberg_oracle::Rng;
 
 type Writer = WriteServiceClient<tonic::transport::Channel>;
+
+/// Ids of the every-mode test: `0..KEYS`.
+const KEYS: i64 = 60;
 
 /// Writes one random batch of upserts and deletes over ids `0..keys` and applies it to the
 /// model. Returns the number of changelog records written.
@@ -108,6 +114,18 @@ async fn check_every_mode(
         "FRESH as_of offsets {:?} do not cover the {records} records written",
         as_of.offsets
     );
+    // LOOKUP of every key (and some never written) reflects every acknowledged write too.
+    let ids: Vec<i64> = (0..KEYS + 10).collect();
+    let (batches, missing) = lookup_ids(reader, &ids).await?;
+    ensure!(
+        kv_rows(&batches)? == *model,
+        "LOOKUP differs from the model"
+    );
+    let want_missing: Vec<u32> = (0..ids.len() as u32)
+        .filter(|i| !model.contains_key(&ids[*i as usize]))
+        .collect();
+    ensure!(missing == want_missing, "LOOKUP missing {missing:?}");
+
     let filter = "n % 3 = 0 AND v <> 'none'";
     let want = passes(|_, (v, n)| n % 3 == 0 && v != "none", model);
     let (batches, _) = read(reader, request(ReadMode::Fresh, filter)).await?;
@@ -268,7 +286,22 @@ async fn every_mode_matches_the_model_across_commits_and_a_restart() -> Result<(
         let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
         let mut reader = ReadServiceClient::connect(service.grpc_url()).await?;
         for _ in 0..3 {
-            records += random_batch(&mut rng, &mut writer, &mut model, 60, round).await?;
+            records += random_batch(&mut rng, &mut writer, &mut model, KEYS as u64, round).await?;
+        }
+        if round == 6 {
+            // A compaction round: rewrites under the reads, every mode still the model.
+            let done = CompactionServiceClient::connect(service.grpc_url())
+                .await?
+                .compact(CompactRequest {
+                    table: TABLE.into(),
+                    dry_run: false,
+                })
+                .await?
+                .into_inner();
+            ensure!(
+                done.executed && done.files_rewritten > 0,
+                "the compaction round rewrote nothing: {done:?}"
+            );
         }
         check_every_mode(&mut reader, &model, records, &mut snapshots)
             .await

@@ -178,8 +178,8 @@ async fn serve_with_kafka_creates_table_topics_on_the_broker() -> Result<()> {
     use unitable_core::changelog::{Changelog, KafkaChangelog, KafkaConfig};
     use unitable_core::naming::TopicName;
 
-    let tansu = tokio::task::spawn_blocking(unitable_tests::Tansu::start).await??;
-    let brokers = tansu.bootstrap();
+    let kafka = tokio::task::spawn_blocking(unitable_tests::Kafka::start).await??;
+    let brokers = kafka.bootstrap();
     let service = {
         let brokers = brokers.clone();
         tokio::task::spawn_blocking(move || Service::start(&["--kafka-brokers", &brokers]))

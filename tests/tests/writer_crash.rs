@@ -17,7 +17,7 @@ use unitable_core::offsets::PartitionId;
 use unitable_proto::v1::WriteOp;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_tests::iceberg_oracle::Rng;
-use unitable_tests::{Service, Tansu};
+use unitable_tests::{Kafka, Service};
 
 const KEYS: u64 = 300;
 
@@ -328,16 +328,16 @@ async fn acknowledged_writes_survive_200_kills_soak() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_kills_with_kafka_changelog() -> Result<()> {
-    let tansu = tokio::task::spawn_blocking(Tansu::start).await??;
+    let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
     let service = start(vec![
         "--commit-interval".into(),
         "150ms".into(),
         "--kafka-brokers".into(),
-        tansu.bootstrap(),
+        kafka.bootstrap(),
     ])
     .await?;
     run_trials(service, 8, 0x5eed_0003, false).await?;
-    drop(tansu);
+    drop(kafka);
     Ok(())
 }
 

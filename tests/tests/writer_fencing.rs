@@ -5,20 +5,22 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Result, ensure};
 use support::{create_kv_table, kv_line, scan_kv, write_lines};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_core::naming::props;
+use unitable_core::naming::{props, summary};
+use unitable_proto::v1::DropTableRequest;
 use unitable_proto::v1::WriteOp;
+use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_tests::{Service, Tansu};
+use unitable_tests::{Kafka, Service};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_process_fences_the_first_committer() -> Result<()> {
-    let tansu = tokio::task::spawn_blocking(Tansu::start).await??;
-    let brokers = tansu.bootstrap();
+    let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
+    let brokers = kafka.bootstrap();
     let b1 = brokers.clone();
     let first = tokio::task::spawn_blocking(move || {
         Service::start(&["--kafka-brokers", &b1, "--commit-interval", "100ms"])
@@ -66,6 +68,13 @@ async fn a_second_process_fences_the_first_committer() -> Result<()> {
         epoch.as_deref() == Some("2"),
         "epoch 30 s after the second start: {epoch:?}"
     );
+    let before_takeover: BTreeSet<i64> = catalog
+        .load(&support::TABLE.parse()?)
+        .await?
+        .metadata()
+        .snapshots()
+        .map(|s| s.snapshot_id())
+        .collect();
 
     // Writes through either process are acknowledged and committed (by the second's
     // committer); waiting through the first works by watching the table.
@@ -85,6 +94,26 @@ async fn a_second_process_fences_the_first_committer() -> Result<()> {
     expected.insert(100, "last".into());
     let rows = scan_kv(&data).await?;
     ensure!(rows == expected, "table {rows:?}\nexpected {expected:?}");
+    // The fence itself: every snapshot committed after the takeover was committed under the
+    // second process's epoch (the summary names the epoch each commit was made under).
+    let table = catalog.load(&support::TABLE.parse()?).await?;
+    let mut after = 0;
+    for snapshot in table.metadata().snapshots() {
+        if before_takeover.contains(&snapshot.snapshot_id()) {
+            continue;
+        }
+        after += 1;
+        let epoch = snapshot
+            .summary()
+            .additional_properties
+            .get(summary::COMMITTER_EPOCH);
+        ensure!(
+            epoch.map(String::as_str) == Some("2"),
+            "snapshot {} was committed after the takeover under epoch {epoch:?}",
+            snapshot.snapshot_id()
+        );
+    }
+    ensure!(after > 0, "no snapshot was committed after the takeover");
     ensure!(
         first.log().contains("committer stopped"),
         "the first process's committer must have been fenced:\n{}",
@@ -92,6 +121,93 @@ async fn a_second_process_fences_the_first_committer() -> Result<()> {
     );
     drop(second);
     drop(first);
-    drop(tansu);
+    drop(kafka);
+    Ok(())
+}
+
+/// Another process drops the table and creates it again while this one has it cached: a write
+/// through this process must never be acknowledged for the old table (its records would carry
+/// the old table's uuid and the new table's committer would skip them). It fails with a
+/// retryable error, the retry lands in the new table, and a write to a dropped table fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_recreated_by_another_process_gets_no_silently_lost_writes() -> Result<()> {
+    let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
+    let brokers = kafka.bootstrap();
+    let b1 = brokers.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        Service::start(&["--kafka-brokers", &b1, "--commit-interval", "100ms"])
+    })
+    .await??;
+    create_kv_table(&first, 1).await?;
+    let data = first.data_dir();
+    let mut a = WriteServiceClient::connect(first.grpc_url()).await?;
+    write_lines(&mut a, WriteOp::Upsert, &kv_line(1, "old", 1), true).await?;
+
+    let catalog_uri = format!("sqlite://{}/catalog.db", data.display());
+    let warehouse = format!("file://{}/warehouse", data.display());
+    let second = tokio::task::spawn_blocking(move || {
+        Service::start(&[
+            "--kafka-brokers",
+            &brokers,
+            "--commit-interval",
+            "100ms",
+            "--catalog",
+            &catalog_uri,
+            "--warehouse",
+            &warehouse,
+        ])
+    })
+    .await??;
+    let mut admin = TableAdminServiceClient::connect(second.grpc_url()).await?;
+    let drop_table = DropTableRequest {
+        table: support::TABLE.into(),
+        keep_data: false,
+    };
+    admin.drop_table(drop_table.clone()).await?;
+
+    // Dropped: the first process still has the table cached, but the write fails.
+    let err = write_lines(&mut a, WriteOp::Upsert, &kv_line(2, "x", 2), false)
+        .await
+        .expect_err("a write to a dropped table must fail");
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+
+    create_kv_table(&second, 1).await?;
+    let mut b = WriteServiceClient::connect(second.grpc_url()).await?;
+    // Every write through the first process that is acknowledged must reach the new table.
+    let mut replaced = 0;
+    let mut acknowledged = BTreeMap::new();
+    for i in 10..20 {
+        loop {
+            match write_lines(&mut a, WriteOp::Upsert, &kv_line(i, "new", i), false).await {
+                Ok(r) => {
+                    ensure!(r.rows_written == 1, "{r:?}");
+                    acknowledged.insert(i, "new".to_string());
+                    break;
+                }
+                Err(e) if e.code() == tonic::Code::Aborted => {
+                    ensure!(e.message().contains("created again"), "{e:?}");
+                    replaced += 1;
+                    ensure!(replaced < 5, "the first process never refreshed: {e:?}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    write_lines(&mut b, WriteOp::Upsert, &kv_line(99, "last", 0), true).await?;
+    acknowledged.insert(99, "last".into());
+    let rows = scan_kv(&data).await?;
+    ensure!(
+        rows == acknowledged,
+        "the new table {rows:?}\nacknowledged {acknowledged:?}"
+    );
+
+    admin.drop_table(drop_table).await?;
+    let err = write_lines(&mut a, WriteOp::Upsert, &kv_line(3, "x", 3), false)
+        .await
+        .expect_err("a write to a dropped table must fail");
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+    drop(second);
+    drop(first);
+    drop(kafka);
     Ok(())
 }

@@ -442,10 +442,10 @@ impl TableCommitter {
             let delta = RowDelta {
                 data_files: written.iter().map(|w| w.data_file.clone()).collect(),
                 delete_files,
-                properties: BTreeMap::from([(
-                    summary::CHANGELOG_OFFSETS.to_string(),
-                    until.to_string(),
-                )]),
+                properties: BTreeMap::from([
+                    (summary::CHANGELOG_OFFSETS.to_string(), until.to_string()),
+                    (summary::COMMITTER_EPOCH.to_string(), state.epoch.clone()),
+                ]),
                 commit_id: format!("{}:{}->{}", state.uuid, state.next, until),
                 deleted_from,
                 required_properties: self.claim_of(state),

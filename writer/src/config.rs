@@ -18,6 +18,10 @@ pub struct WriterConfig {
     pub snapshot_wait: Duration,
     /// Names this process in the committer-owner table property (host and process id).
     pub instance: String,
+    /// The runtime committers run on (they decode records and encode Parquet: CPU work that
+    /// must not run on the threads serving requests). `None`: the runtime of the caller that
+    /// first touches a table, which only tests should rely on.
+    pub committer_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for WriterConfig {
@@ -28,6 +32,7 @@ impl Default for WriterConfig {
             target_file_bytes: 128 * 1024 * 1024,
             snapshot_wait: Duration::from_secs(60),
             instance: default_instance(),
+            committer_runtime: None,
         }
     }
 }

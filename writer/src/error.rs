@@ -55,6 +55,17 @@ pub enum WriteError {
         /// How long we waited.
         waited_ms: u64,
     },
+    /// Another process dropped the table and created a new one of the same name while the
+    /// write was in flight: the rows went to the old table's changelog identity, which the new
+    /// table's committer skips, so they are in no table.
+    #[error(
+        "table `{table}` was dropped and created again while this write was in flight; none of \
+         its rows is part of the new table: retry the write"
+    )]
+    TableReplaced {
+        /// The table.
+        table: TableName,
+    },
     /// The service is shutting down.
     #[error("unitable is shutting down; retry against a running instance")]
     ShuttingDown,
@@ -81,7 +92,9 @@ impl WriteError {
             WriteError::Changelog(e) => e.is_retryable(),
             WriteError::Commit(e) => e.is_retryable(),
             WriteError::Iceberg { source, .. } => source.retryable(),
-            WriteError::SnapshotWaitTimedOut { .. } | WriteError::ShuttingDown => true,
+            WriteError::SnapshotWaitTimedOut { .. }
+            | WriteError::ShuttingDown
+            | WriteError::TableReplaced { .. } => true,
             WriteError::BadRequest { .. }
             | WriteError::Encode(_)
             | WriteError::Decode(_)

@@ -40,13 +40,20 @@ pub struct WriteRequest {
     pub wait_for_snapshot: bool,
 }
 
+/// How many row errors a stream of writes reports at most (memory stays bounded however many
+/// rows a long stream rejects; the count is exact).
+pub const MAX_REPORTED_ERRORS: usize = 10_000;
+
 /// What a write did.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOutcome {
     /// Rows appended to the changelog (durable).
     pub rows_written: u64,
-    /// Rows not written, with the reason; in row order.
+    /// Rows not written, with the reason; in row order. A stream of writes keeps only the
+    /// first [`MAX_REPORTED_ERRORS`] of them.
     pub errors: Vec<RowError>,
+    /// Rows not written, all of them (may exceed `errors.len()`).
+    pub rows_rejected: u64,
     /// The last offset written per partition.
     pub last_offsets: PartitionOffsets,
     /// The table's state after the write.
@@ -57,6 +64,12 @@ pub struct WriteOutcome {
 #[derive(Debug)]
 struct TableHandle {
     def: TableDef,
+    /// The Iceberg table uuid the records are stamped with.
+    uuid: String,
+    schema_id: i32,
+    /// The newest metadata location known to belong to this table (same uuid and schema):
+    /// a write whose pointer still names it needs no reload.
+    verified: tokio::sync::Mutex<Option<String>>,
     codec: Arc<RecordCodec>,
     dead_letter: bool,
     progress: watch::Receiver<CommitProgress>,
@@ -67,6 +80,16 @@ struct CommitterHandle {
     uuid: String,
     progress: watch::Receiver<CommitProgress>,
     cancel: CancellationToken,
+}
+
+/// Whether a cached table handle still fits the catalog's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Current,
+    /// Same table, newer schema: records written with the handle still decode.
+    SchemaChanged,
+    /// Dropped and created again: records stamped with the handle's uuid belong to no table.
+    Replaced,
 }
 
 /// The writer role: the write path plus one committer per table.
@@ -82,6 +105,21 @@ struct Inner {
     committers: Mutex<HashMap<TableName, CommitterHandle>>,
     stop: CancellationToken,
     tasks: TaskTracker,
+}
+
+impl WriteOutcome {
+    /// Adds the outcome of the next write of a stream: counts add up, the first
+    /// [`MAX_REPORTED_ERRORS`] row errors are kept, the last offsets and state are the newest.
+    pub fn merge(&mut self, next: WriteOutcome) {
+        self.rows_written += next.rows_written;
+        self.rows_rejected += next.rows_rejected;
+        let room = MAX_REPORTED_ERRORS.saturating_sub(self.errors.len());
+        self.errors.extend(next.errors.into_iter().take(room));
+        for (p, o) in next.last_offsets.0 {
+            self.last_offsets.set(p, o);
+        }
+        self.as_of = next.as_of;
+    }
 }
 
 impl Writer {
@@ -164,12 +202,11 @@ impl Writer {
         }
         let (tx, rx) = watch::channel(CommitProgress::default());
         let cancel = self.inner.stop.child_token();
-        self.inner.tasks.spawn(supervise(
-            name.clone(),
-            self.inner.shared.clone(),
-            tx,
-            cancel.clone(),
-        ));
+        let run = supervise(name.clone(), self.inner.shared.clone(), tx, cancel.clone());
+        match &self.inner.shared.config.committer_runtime {
+            Some(runtime) => self.inner.tasks.spawn_on(run, runtime),
+            None => self.inner.tasks.spawn(run),
+        };
         committers.insert(
             name.clone(),
             CommitterHandle {
@@ -192,6 +229,9 @@ impl Writer {
         let codec = Arc::new(RecordCodec::new(&state.def, &state.uuid, state.schema_id)?);
         let progress = self.ensure_committer(name, &state.uuid);
         let handle = Arc::new(TableHandle {
+            uuid: state.uuid.clone(),
+            schema_id: state.schema_id,
+            verified: tokio::sync::Mutex::new(state.metadata_location.clone()),
             dead_letter: state
                 .def
                 .properties
@@ -205,10 +245,62 @@ impl Writer {
         Ok(handle)
     }
 
+    /// Drops the cached handle of `name` if it is still `handle`.
+    fn forget(&self, name: &TableName, handle: &TableHandle) {
+        let mut handles = lock(&self.inner.handles);
+        if handles
+            .get(name)
+            .is_some_and(|h| std::ptr::eq(&**h, handle))
+        {
+            handles.remove(name);
+        }
+    }
+
+    /// Checks that `handle` still describes the catalog's table: one pointer read, plus a load
+    /// when the pointer moved (a commit, a schema change, a recreation). A handle that no longer
+    /// fits is dropped from the cache; a dropped table is an error.
+    async fn check_current(&self, name: &TableName, handle: &TableHandle) -> WriteResult<Check> {
+        let committer = &self.inner.shared.committer;
+        let mut verified = handle.verified.lock().await;
+        let location = committer.current_metadata_location(name).await?;
+        if location.is_some() && *verified == location {
+            return Ok(Check::Current);
+        }
+        let state = match location {
+            None => None,
+            Some(_) => match self.inner.shared.catalog.describe(name).await {
+                Ok(state) => Some(state),
+                Err(unitable_core::Error::TableNotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let Some(state) = state else {
+            self.forget(name, handle);
+            return Err(unitable_core::Error::TableNotFound {
+                table: name.clone(),
+            }
+            .into());
+        };
+        let check = if state.uuid != handle.uuid {
+            Check::Replaced
+        } else if state.schema_id != handle.schema_id {
+            Check::SchemaChanged
+        } else {
+            *verified = state.metadata_location;
+            return Ok(Check::Current);
+        };
+        self.forget(name, handle);
+        Ok(check)
+    }
+
     /// Validates and appends the rows of `request`; answers once they are durable in the
     /// changelog (or, when asked, once a snapshot covers them).
     pub async fn write(&self, request: WriteRequest) -> WriteResult<WriteOutcome> {
-        let handle = self.handle(&request.table).await?;
+        let mut handle = self.handle(&request.table).await?;
+        // Another process may have changed, dropped or recreated the table: refresh first.
+        if self.check_current(&request.table, &handle).await? != Check::Current {
+            handle = self.handle(&request.table).await?;
+        }
         let codec = handle.codec.clone();
         let op = request.op;
         let rows = request.rows.clone();
@@ -293,6 +385,16 @@ impl Writer {
             // Nothing was written: the request as a whole failed.
             return Err(e.into());
         }
+        // Before acknowledging: the records carry this handle's table uuid, so they count only
+        // if the catalog still names that table (another process may have dropped and
+        // recreated it since the check above; its committer would skip them as foreign).
+        if outcome.rows_written > 0
+            && self.check_current(&request.table, &handle).await? == Check::Replaced
+        {
+            return Err(WriteError::TableReplaced {
+                table: request.table.clone(),
+            });
+        }
         metrics::counter!(m::ROWS_WRITTEN, "table" => table.clone(), "op" => op.as_str())
             .increment(outcome.rows_written);
         metrics::counter!(m::BYTES_WRITTEN, "table" => table).increment(bytes);
@@ -300,6 +402,7 @@ impl Writer {
         if handle.dead_letter && !errors.is_empty() {
             self.dead_letter(&handle, &request, &errors).await;
         }
+        outcome.rows_rejected = errors.len() as u64;
         outcome.errors = errors;
 
         let progress = if request.wait_for_snapshot && outcome.rows_written > 0 {

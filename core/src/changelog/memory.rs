@@ -23,6 +23,8 @@ pub struct MemoryChangelog {
 #[derive(Debug)]
 struct Partition {
     records: Mutex<Vec<ChangeRecord>>,
+    /// The low watermark: records below it are gone (see [`MemoryChangelog::remove_before`]).
+    low: std::sync::atomic::AtomicI64,
     /// The high watermark; readers wait on it.
     high: watch::Sender<i64>,
 }
@@ -31,6 +33,21 @@ impl MemoryChangelog {
     /// An empty changelog.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Removes the records of `partition` below `offset`, as retention would: reads below it
+    /// fail with [`ChangelogError::OffsetOutOfRange`] and the low watermark moves there.
+    pub fn remove_before(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> ChangelogResult<()> {
+        let part = self.partition(topic, partition)?;
+        let high = *part.high.borrow();
+        part.low
+            .fetch_max(offset.0.min(high), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn partition(
@@ -78,6 +95,7 @@ impl Changelog for MemoryChangelog {
             .map(|_| {
                 Arc::new(Partition {
                     records: Mutex::new(Vec::new()),
+                    low: std::sync::atomic::AtomicI64::new(0),
                     high: watch::channel(0).0,
                 })
             })
@@ -132,12 +150,13 @@ impl Changelog for MemoryChangelog {
         let part = self.partition(topic, partition)?;
         let mut high_rx = part.high.subscribe();
         let high = *high_rx.borrow_and_update();
-        if from.0 < 0 || from.0 > high {
+        let low = part.low.load(std::sync::atomic::Ordering::SeqCst);
+        if from.0 < low || from.0 > high {
             return Err(ChangelogError::OffsetOutOfRange {
                 topic: topic.clone(),
                 partition,
                 offset: from,
-                low: Offset(0),
+                low: Offset(low),
                 high: Offset(high),
             });
         }
@@ -166,11 +185,14 @@ impl Changelog for MemoryChangelog {
         timestamp_ms: i64,
     ) -> ChangelogResult<Option<Offset>> {
         let part = self.partition(topic, partition)?;
+        let low = part.low.load(std::sync::atomic::Ordering::SeqCst);
         let stored = part.records.lock().unwrap_or_else(|e| e.into_inner());
         Ok(stored
             .iter()
-            .position(|r| r.timestamp_ms >= timestamp_ms)
-            .map(|i| Offset(i as i64)))
+            .enumerate()
+            .skip(low as usize)
+            .find(|(_, r)| r.timestamp_ms >= timestamp_ms)
+            .map(|(i, _)| Offset(i as i64)))
     }
 
     async fn watermarks(
@@ -181,7 +203,7 @@ impl Changelog for MemoryChangelog {
         let part = self.partition(topic, partition)?;
         let high = *part.high.borrow();
         Ok(Watermarks {
-            low: Offset(0),
+            low: Offset(part.low.load(std::sync::atomic::Ordering::SeqCst)),
             high: Offset(high),
         })
     }

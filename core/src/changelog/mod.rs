@@ -11,6 +11,7 @@ mod kafka;
 mod local;
 mod memory;
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -80,6 +81,31 @@ pub struct Watermarks {
     pub high: Offset,
 }
 
+/// How a table's topic is to be set up, beyond its partition count. Backends without such
+/// settings (the local and in-memory changelogs) ignore them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// Replicas per partition; `None`: the backend's default.
+    pub replication_factor: Option<i32>,
+    /// Topic-level configuration (Kafka names: `cleanup.policy`, `min.insync.replicas`,
+    /// `retention.ms`, ...), over the backend's defaults.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// What a backend reports about an existing topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Partitions.
+    pub partitions: u32,
+    /// The smallest replica count of any partition; `None` where replication does not apply.
+    pub replication_factor: Option<i32>,
+    /// The topic's effective configuration for the keys unitable sets (empty where configs do
+    /// not apply).
+    pub configs: BTreeMap<String, String>,
+    /// How the topic differs from what unitable would create it with, one sentence each.
+    pub problems: Vec<String>,
+}
+
 /// A changelog backend.
 #[async_trait]
 pub trait Changelog: Debug + Send + Sync + 'static {
@@ -90,6 +116,37 @@ pub trait Changelog: Debug + Send + Sync + 'static {
     /// the same partition count succeeds; with another count it fails with
     /// [`ChangelogError::TopicExists`].
     async fn create_topic(&self, topic: &TopicName, partitions: u32) -> ChangelogResult<()>;
+
+    /// Creates `topic` like [`Changelog::create_topic`], with `settings`. An existing topic
+    /// whose settings differ fails with [`ChangelogError::TopicMisconfigured`] instead of being
+    /// used as it is. By default the settings are ignored.
+    async fn create_topic_with(
+        &self,
+        topic: &TopicName,
+        partitions: u32,
+        settings: &TopicSettings,
+    ) -> ChangelogResult<()> {
+        let _ = settings;
+        self.create_topic(topic, partitions).await
+    }
+
+    /// What the backend knows of `topic`, compared with `settings` (the table's wanted
+    /// settings); `None` when the topic does not exist.
+    async fn describe_topic(
+        &self,
+        topic: &TopicName,
+        settings: &TopicSettings,
+    ) -> ChangelogResult<Option<TopicInfo>> {
+        let _ = settings;
+        match self.partition_count(topic).await {
+            Ok(partitions) => Ok(Some(TopicInfo {
+                partitions,
+                ..TopicInfo::default()
+            })),
+            Err(ChangelogError::TopicNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 
     /// Deletes `topic` and its records. Deleting a missing topic succeeds.
     async fn delete_topic(&self, topic: &TopicName) -> ChangelogResult<()>;
@@ -202,6 +259,30 @@ pub enum ChangelogError {
         /// What is wrong.
         reason: String,
     },
+    /// The topic exists with settings other than the table asks for.
+    #[error(
+        "changelog topic `{topic}` already exists with other settings: {problems}; delete the \
+         topic, or change it with the cluster's tools (kafka-configs.sh --alter, \
+         kafka-reassign-partitions.sh), then retry"
+    )]
+    TopicMisconfigured {
+        /// The topic.
+        topic: TopicName,
+        /// The differences, joined.
+        problems: String,
+    },
+    /// One record is larger than a changelog batch can hold; nothing of the append was written.
+    #[error(
+        "record {index} of the append is {bytes} bytes, more than the changelog's limit of {limit} bytes per record; split the row or store the large value elsewhere"
+    )]
+    RecordTooLarge {
+        /// The record's index in the append.
+        index: usize,
+        /// Its encoded size.
+        bytes: usize,
+        /// The largest encoded record accepted.
+        limit: usize,
+    },
     /// A local I/O operation failed.
     #[error("changelog I/O on `{path}` failed: {source}")]
     Io {
@@ -222,7 +303,9 @@ impl ChangelogError {
             | ChangelogError::TopicExists { .. }
             | ChangelogError::PartitionNotFound { .. }
             | ChangelogError::OffsetOutOfRange { .. }
-            | ChangelogError::Corrupt { .. } => false,
+            | ChangelogError::Corrupt { .. }
+            | ChangelogError::TopicMisconfigured { .. }
+            | ChangelogError::RecordTooLarge { .. } => false,
         }
     }
 }

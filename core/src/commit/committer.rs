@@ -178,6 +178,15 @@ impl Committer {
         &self.catalog
     }
 
+    /// The metadata location the catalog names for `table` now (`None`: no such table), read
+    /// straight from the pointer: cheaper than loading the table.
+    pub async fn current_metadata_location(
+        &self,
+        table: &TableName,
+    ) -> CommitResult<Option<String>> {
+        self.pointer.current(table).await
+    }
+
     /// Runs `op` until it commits, finds itself landed, fails validation, or loses
     /// `max_attempts` races.
     pub(crate) async fn run<A: Attempt>(

@@ -30,6 +30,10 @@ pub trait MetadataPointer: std::fmt::Debug + Send + Sync {
     /// Performs the compare-and-swap.
     async fn swap(&self, table: &TableName, expected: &str, new: &str)
     -> CommitResult<SwapOutcome>;
+
+    /// The metadata location the pointer names now; `None` when the table does not exist.
+    /// One cheap read, for callers that check a cached table is still the current one.
+    async fn current(&self, table: &TableName) -> CommitResult<Option<String>>;
 }
 
 /// The pointer in a SQL catalog database.
@@ -97,5 +101,29 @@ impl MetadataPointer for SqlMetadataPointer {
         } else {
             SwapOutcome::Conflict
         })
+    }
+
+    async fn current(&self, table: &TableName) -> CommitResult<Option<String>> {
+        let sql = match self.dialect {
+            SqlDialect::Sqlite => {
+                "SELECT metadata_location FROM iceberg_tables \
+                 WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?"
+            }
+            SqlDialect::Postgres => {
+                "SELECT metadata_location FROM iceberg_tables \
+                 WHERE catalog_name = $1 AND table_namespace = $2 AND table_name = $3"
+            }
+        };
+        let row: Option<(Option<String>,)> = sqlx::query_as(sql)
+            .bind(CATALOG_NAME)
+            .bind(table.namespace())
+            .bind(table.table())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| CommitError::CatalogDatabase {
+                operation: format!("read the metadata pointer of {table}"),
+                reason: e.to_string(),
+            })?;
+        Ok(row.and_then(|(location,)| location))
     }
 }

@@ -232,6 +232,10 @@ impl MetadataPointer for LosesFirstAnswer {
         }
         Ok(outcome)
     }
+
+    async fn current(&self, table: &TableName) -> CommitResult<Option<String>> {
+        self.inner.current(table).await
+    }
 }
 
 #[tokio::test]

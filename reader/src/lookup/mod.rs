@@ -30,6 +30,8 @@ pub use keys::{LookupKeys, MAX_KEYS};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arrow::array::{RecordBatch, new_null_array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -74,10 +76,118 @@ pub struct LookupResponse {
     pub missing: Vec<u32>,
 }
 
-/// Lookup states by table.
-#[derive(Debug, Default)]
+/// Memory all tables' lookup states may hold together by default.
+pub const DEFAULT_MEMORY_LIMIT: usize = 2 << 30;
+/// How long a lookup waits for its partitions' followers to apply what is acknowledged.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
+/// Counter of lookup states dropped to stay within the memory limit, by table.
+const LOOKUP_EVICTIONS: &str = "unitable_lookup_evictions_total";
+/// Gauge of the memory a table's lookup state holds (key index plus changelog tail).
+const LOOKUP_STATE_BYTES: &str = "unitable_lookup_state_bytes";
+
+/// Lookup states by table, within one memory limit.
+///
+/// Each table has a slot of its own: building a cold table's index holds only that slot, so
+/// lookups on other tables go on meanwhile.
+#[derive(Debug)]
 pub(crate) struct LookupCache {
-    tables: Mutex<HashMap<TableName, Arc<TableLookup>>>,
+    tables: std::sync::Mutex<HashMap<TableName, Arc<Slot>>>,
+    limit: usize,
+    /// The clock of [`Slot::used_ms`].
+    epoch: std::time::Instant,
+}
+
+/// One table's state, built at most once at a time.
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<Option<Arc<TableLookup>>>,
+    /// When a lookup last used the slot (for eviction), in ms since the cache started.
+    used_ms: AtomicU64,
+    /// The state's memory when last measured.
+    bytes: AtomicUsize,
+}
+
+impl Default for LookupCache {
+    fn default() -> Self {
+        Self::with_limit(DEFAULT_MEMORY_LIMIT)
+    }
+}
+
+impl LookupCache {
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self {
+            tables: std::sync::Mutex::default(),
+            limit: limit.max(1),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, Arc<Slot>>> {
+        self.tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slot(&self, table: &TableName) -> Arc<Slot> {
+        self.slots().entry(table.clone()).or_default().clone()
+    }
+
+    /// Records `table`'s memory and use, then drops the least recently used other states
+    /// until all fit the limit. Fails when `table`'s state alone does not fit (and drops it,
+    /// so it is rebuilt from a newer snapshot, with a shorter tail, next time).
+    fn account(&self, table: &TableName, slot: &Slot, state: &TableLookup) -> ReadResult<()> {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let bytes = state.memory_bytes();
+        slot.bytes.store(bytes, Ordering::Relaxed);
+        slot.used_ms.store(now_ms, Ordering::Relaxed);
+        metrics::gauge!(LOOKUP_STATE_BYTES, "table" => table.to_string()).set(bytes as f64);
+        if bytes > self.limit {
+            state.invalidate("its memory exceeds the lookup memory limit");
+            metrics::gauge!(LOOKUP_STATE_BYTES, "table" => table.to_string()).set(0.0);
+            return Err(ReadError::LookupMemory {
+                table: table.clone(),
+                bytes,
+                tail_keys: state.tail_keys(),
+                limit: self.limit,
+            });
+        }
+        let mut slots = self.slots();
+        let mut total: usize = slots
+            .values()
+            .map(|s| s.bytes.load(Ordering::Relaxed))
+            .sum();
+        if total <= self.limit {
+            return Ok(());
+        }
+        let mut others: Vec<(u64, TableName)> = slots
+            .iter()
+            .filter(|(name, _)| *name != table)
+            .map(|(name, s)| (s.used_ms.load(Ordering::Relaxed), name.clone()))
+            .collect();
+        others.sort();
+        for (_, name) in others {
+            if total <= self.limit {
+                break;
+            }
+            // A slot being built is locked: leave it (its builder accounts for it after).
+            let Some(victim) = slots.get(&name).cloned() else {
+                continue;
+            };
+            let Ok(mut held) = victim.state.try_lock() else {
+                continue;
+            };
+            if let Some(dropped) = held.take() {
+                tracing::info!(table = %name, bytes = victim.bytes.load(Ordering::Relaxed), "lookup state evicted to stay within the lookup memory limit");
+                metrics::counter!(LOOKUP_EVICTIONS, "table" => name.to_string()).increment(1);
+                metrics::gauge!(LOOKUP_STATE_BYTES, "table" => name.to_string()).set(0.0);
+                drop(dropped);
+            }
+            total -= victim.bytes.swap(0, Ordering::Relaxed);
+            drop(held);
+            slots.remove(&name);
+        }
+        Ok(())
+    }
 }
 
 impl Reader {
@@ -86,41 +196,56 @@ impl Reader {
         if let Some(selector) = request.snapshot {
             return self.lookup_in_snapshot(request, selector).await;
         }
-        let state = self.lookup_state(&request.table).await?;
-        match fresh_lookup(&state, request).await {
+        let (slot, state) = self.lookup_state(&request.table).await?;
+        let answer = match fresh_lookup(&state, request).await {
             // A data file may have been expired under the base: start over from the table's
             // current snapshot once.
             Err(e @ (ReadError::DataFile { .. } | ReadError::LookupState { .. })) => {
                 state.invalidate(&e.to_string());
-                let state = self.lookup_state(&request.table).await?;
-                fresh_lookup(&state, request).await
+                let (slot, state) = self.lookup_state(&request.table).await?;
+                let answer = fresh_lookup(&state, request).await;
+                self.lookups.account(&request.table, &slot, &state)?;
+                return answer;
             }
             other => other,
-        }
+        };
+        // After the lookup: its followers have applied the tail it needed, so the state's
+        // size is known (a state built for this lookup starts with an empty tail).
+        self.lookups.account(&request.table, &slot, &state)?;
+        answer
     }
 
-    /// The lookup state of `table`, built if there is none (or the cached one is unusable).
-    async fn lookup_state(&self, table: &TableName) -> ReadResult<Arc<TableLookup>> {
-        let mut tables = self.lookups.tables.lock().await;
-        if let Some(state) = tables.get(table)
-            && state.is_valid()
-        {
-            return Ok(state.clone());
-        }
-        tables.remove(table);
-        let loaded = self.catalog.load(table).await?;
-        let state =
-            TableLookup::build(table, &loaded, self.catalog.clone(), self.changelog.clone())
+    /// The lookup state of `table` and its cache slot, built if there is none (or the cached
+    /// one is unusable).
+    async fn lookup_state(&self, table: &TableName) -> ReadResult<(Arc<Slot>, Arc<TableLookup>)> {
+        let slot = self.lookups.slot(table);
+        let mut held = slot.state.lock().await;
+        let state = match held.as_ref() {
+            Some(state) if state.is_valid() => state.clone(),
+            _ => {
+                *held = None;
+                let loaded = self.catalog.load(table).await?;
+                let state = TableLookup::build(
+                    table,
+                    &loaded,
+                    self.catalog.clone(),
+                    self.changelog.clone(),
+                )
                 .await?;
-        tables.insert(table.clone(), state.clone());
-        Ok(state)
+                *held = Some(state.clone());
+                state
+            }
+        };
+        drop(held);
+        Ok((slot, state))
     }
 
     /// Keys and bytes of the lookup index of `table`, if one is built (for metrics and
     /// benchmarks).
     pub async fn lookup_index_size(&self, table: &TableName) -> Option<(usize, usize)> {
-        let tables = self.lookups.tables.lock().await;
-        tables.get(table).map(|s| s.index_size())
+        let slot = self.lookups.slots().get(table).cloned()?;
+        let held = slot.state.lock().await;
+        held.as_ref().map(|s| s.index_size())
     }
 
     /// A lookup in one snapshot: a scan of that snapshot keeping the asked-for keys.
@@ -355,14 +480,28 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
             .map(|w| (p, w.high))
     }))
     .await?;
+    let started = std::time::Instant::now();
     for (p, high) in &heads {
         let tail = &state.tails[p.0 as usize];
-        tail.wait_for(*high)
-            .await
-            .map_err(|reason| ReadError::LookupState {
-                table: request.table.clone(),
-                reason: format!("changelog partition {p} cannot be followed: {reason}"),
-            })?;
+        let left = FOLLOW_TIMEOUT.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, tail.wait_for(*high)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                return Err(ReadError::LookupState {
+                    table: request.table.clone(),
+                    reason: format!("changelog partition {p} cannot be followed: {reason}"),
+                });
+            }
+            Err(_) => {
+                return Err(ReadError::LookupBehind {
+                    table: request.table.clone(),
+                    partition: p.0,
+                    needed: high.0,
+                    applied: tail.consumed().0,
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
     }
     let found = state.resolve(&keys)?;
     let (snapshot, _) = state.base_snapshot();

@@ -217,6 +217,16 @@ impl TableLookup {
         (base.snapshot.clone(), base.offsets.clone())
     }
 
+    /// Memory the state holds: its key index and its changelog tail.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.index_size().1 + self.tails.iter().map(|t| t.bytes()).sum::<usize>()
+    }
+
+    /// Keys held in the changelog tail.
+    pub(crate) fn tail_keys(&self) -> usize {
+        self.tails.iter().map(|t| t.len()).sum()
+    }
+
     /// Keys and index bytes of the base.
     pub(crate) fn index_size(&self) -> (usize, usize) {
         let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
@@ -239,8 +249,8 @@ impl TableLookup {
                             "key in partition {partition}, which the table does not have"
                         ),
                     })?;
-            if let Some(entry) = tail.lock().get(key) {
-                out.push(entry.row.clone().map_or(Found::Missing, Found::Tail));
+            if let Some(entry) = tail.get(key) {
+                out.push(entry.row.map_or(Found::Missing, Found::Tail));
                 continue;
             }
             match base.index.get(key) {

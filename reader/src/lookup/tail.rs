@@ -3,6 +3,7 @@
 //! partition.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -26,14 +27,28 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 pub(crate) struct TailEntry {
     /// Its offset.
     pub(crate) offset: Offset,
-    /// The row (one row with the codec's decoded schema); `None` for a delete.
+    /// The row (one row with the codec's decoded schema, in buffers of its own so it does not
+    /// pin the decoded batch it came from); `None` for a delete.
     pub(crate) row: Option<RecordBatch>,
+}
+
+impl TailEntry {
+    /// Memory held by the entry and its key.
+    fn bytes(&self, key: &Bytes) -> usize {
+        64 + key.len()
+            + self
+                .row
+                .as_ref()
+                .map_or(0, RecordBatch::get_array_memory_size)
+    }
 }
 
 /// One partition's tail.
 #[derive(Debug)]
 pub(crate) struct PartitionTail {
     entries: Mutex<HashMap<Bytes, TailEntry>>,
+    /// Memory of the entries (kept with every change to them).
+    bytes: AtomicUsize,
     /// The next offset the follower will read: every record below it is applied.
     consumed: watch::Sender<Offset>,
     /// Set when the follower cannot go on (records it needs are gone, the topic vanished):
@@ -45,13 +60,29 @@ impl PartitionTail {
     pub(crate) fn new(from: Offset) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
+            bytes: AtomicUsize::new(0),
             consumed: watch::Sender::new(from),
             broken: watch::Sender::new(None),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<Bytes, TailEntry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Bytes, TailEntry>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The latest change of `key` in the tail.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<TailEntry> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Memory held by the tail's entries.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Keys in the tail.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
 
     pub(crate) fn consumed(&self) -> Offset {
@@ -84,6 +115,7 @@ impl PartitionTail {
 
     /// Drops entries below `offset`; calls `on_delete` for each dropped delete.
     pub(crate) fn prune_below(&self, offset: Offset, mut on_delete: impl FnMut(&[u8])) {
+        let mut freed = 0;
         self.lock().retain(|key, entry| {
             if entry.offset >= offset {
                 return true;
@@ -91,8 +123,10 @@ impl PartitionTail {
             if entry.row.is_none() {
                 on_delete(key);
             }
+            freed += entry.bytes(key);
             false
         });
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 
     fn apply(&self, codec: &RecordCodec, records: &[StoredRecord], table: &str) {
@@ -101,9 +135,16 @@ impl PartitionTail {
         let next = records.last().map(|r| r.offset.next());
         {
             let mut entries = self.lock();
+            let (mut added, mut freed) = (0, 0);
             for (key, entry) in changes {
+                added += entry.bytes(&key);
+                if let Some(old) = entries.get(&key) {
+                    freed += old.bytes(&key);
+                }
                 entries.insert(key, entry);
             }
+            self.bytes.fetch_add(added, Ordering::Relaxed);
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
         }
         if let Some(next) = next {
             self.consumed.send_replace(next);
@@ -137,7 +178,18 @@ fn decode_into(
             for key in keys {
                 let row = match decoded.ops[key.row] {
                     ChangeOp::Delete => None,
-                    ChangeOp::Insert | ChangeOp::Upsert => Some(decoded.batch.slice(key.row, 1)),
+                    ChangeOp::Insert | ChangeOp::Upsert => {
+                        // A copy of the one row: a slice would keep the whole decoded batch
+                        // alive for as long as any of its rows is the latest of its key.
+                        let at = arrow::array::UInt32Array::from(vec![key.row as u32]);
+                        match arrow::compute::take_record_batch(&decoded.batch, &at) {
+                            Ok(row) => Some(row),
+                            Err(e) => {
+                                tracing::error!(table, offset = %decoded.offsets[key.row], "changelog record skipped: {e}");
+                                continue;
+                            }
+                        }
+                    }
                 };
                 out.push((
                     key.key,

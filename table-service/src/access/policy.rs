@@ -84,7 +84,6 @@ impl Policy {
                 }
         })
     }
-
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use unitable_core::partition::PartitionField;
 use unitable_core::table::Column;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::{
-    AddColumnRequest, CompactResponse, CompactionStatus, CreateTableRequest, DropTableRequest,
-    GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
+    AddColumnRequest, ChangelogTopic, CompactResponse, CompactionStatus, CreateTableRequest,
+    DropTableRequest, GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
 };
 
 use super::{ClientError, Connection};
@@ -77,14 +77,19 @@ async fn run_inner(conn: &Connection, cmd: TableCommand) -> Result<(), ClientErr
                 .into_inner();
             let info = response.table.unwrap_or_default();
             let compaction = response.compaction;
+            let topic = response.changelog;
             match format {
                 OutputFormat::Json => {
                     let mut value = describe_json(&info);
                     value["compaction"] = compaction.as_ref().map_or(json!(null), compaction_json);
+                    value["changelog_topic"] = topic.as_ref().map_or(json!(null), topic_json);
                     println!("{value:#}");
                 }
                 OutputFormat::Text => {
                     print!("{}", describe_text(&info));
+                    if let Some(t) = &topic {
+                        print!("{}", topic_text(t));
+                    }
                     if let Some(c) = &compaction {
                         print!("{}", compaction_text(c));
                     }
@@ -212,6 +217,43 @@ fn run_json(r: &CompactResponse) -> serde_json::Value {
         "duration_ms": r.duration_ms,
         "snapshot_id": r.snapshot_id,
     })
+}
+
+fn topic_json(t: &ChangelogTopic) -> serde_json::Value {
+    let configs: std::collections::BTreeMap<_, _> = t.configs.iter().collect();
+    json!({
+        "topic": t.topic,
+        "backend": t.backend,
+        "partitions": t.partitions,
+        "replication_factor": t.replication_factor,
+        "configs": configs,
+        "problems": t.problems,
+    })
+}
+
+fn topic_text(t: &ChangelogTopic) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut configs: Vec<String> = t.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    configs.sort();
+    let _ = writeln!(
+        out,
+        "topic        {} ({}): {} partitions{}{}",
+        t.topic,
+        t.backend,
+        t.partitions,
+        t.replication_factor
+            .map_or_else(String::new, |r| format!(", replication factor {r}")),
+        if configs.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", configs.join(", "))
+        }
+    );
+    for problem in &t.problems {
+        let _ = writeln!(out, "topic WARNING {problem}");
+    }
+    out
 }
 
 fn compaction_json(c: &CompactionStatus) -> serde_json::Value {

@@ -5,8 +5,9 @@ use unitable_core::admin::TableAdmin;
 use unitable_core::table::Column;
 use unitable_proto::v1::table_admin_service_server::TableAdminService;
 use unitable_proto::v1::{
-    AddColumnRequest, AddColumnResponse, CreateTableRequest, CreateTableResponse, DropTableRequest,
-    DropTableResponse, GetTableRequest, GetTableResponse, ListTablesRequest, ListTablesResponse,
+    AddColumnRequest, AddColumnResponse, ChangelogTopic, CreateTableRequest, CreateTableResponse,
+    DropTableRequest, DropTableResponse, GetTableRequest, GetTableResponse, ListTablesRequest,
+    ListTablesResponse,
 };
 use unitable_proto::{table_def_from_wire, table_info_to_wire};
 use unitable_writer::Writer;
@@ -94,9 +95,24 @@ impl TableAdminService for AdminApi {
                 None
             }
         };
+        let changelog = match self.admin.describe_changelog(&state.def).await {
+            Ok(info) => info.map(|info| ChangelogTopic {
+                topic: state.def.changelog.topic.to_string(),
+                backend: self.admin.changelog().backend().to_string(),
+                partitions: info.partitions,
+                replication_factor: info.replication_factor,
+                configs: info.configs.into_iter().collect(),
+                problems: info.problems,
+            }),
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "cannot describe the changelog topic");
+                None
+            }
+        };
         Ok(Response::new(GetTableResponse {
             table: Some(table_info_to_wire(&state)),
             compaction,
+            changelog,
         }))
     }
 

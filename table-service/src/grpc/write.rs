@@ -89,7 +89,7 @@ pub(crate) fn as_of_to_wire(as_of: &AsOf) -> wire::AsOf {
 fn response(outcome: WriteOutcome) -> wire::WriteResponse {
     wire::WriteResponse {
         rows_written: outcome.rows_written,
-        rows_rejected: outcome.errors.len() as u64,
+        rows_rejected: outcome.rows_rejected,
         errors: outcome
             .errors
             .into_iter()
@@ -169,8 +169,7 @@ fn audit_write<E: std::fmt::Display>(
             Outcome::Ok,
             Some(&format!(
                 "{} rows written, {} rejected",
-                o.rows_written,
-                o.errors.len()
+                o.rows_written, o.rows_rejected
             )),
         ),
         Err(e) => access.audit().record(
@@ -274,8 +273,8 @@ impl WriteApi {
                 })
                 .await
                 .map_err(ApiError::from)?;
-            next_row += outcome.rows_written as usize + outcome.errors.len();
-            merge(&mut total, outcome);
+            next_row += outcome.rows_written as usize + outcome.rows_rejected as usize;
+            total.merge(outcome);
         }
         let Some((t, _)) = first else {
             return Err(ApiError::BadRequest {
@@ -294,14 +293,4 @@ impl WriteApi {
         }
         Ok(total)
     }
-}
-
-/// Adds one message's outcome to the stream's.
-fn merge(total: &mut WriteOutcome, outcome: WriteOutcome) {
-    total.rows_written += outcome.rows_written;
-    total.errors.extend(outcome.errors);
-    for (p, o) in outcome.last_offsets.0 {
-        total.last_offsets.set(p, o);
-    }
-    total.as_of = outcome.as_of;
 }

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p unitable-tests --bin changelog-bench -- --backend local --value-bytes 100
-//! cargo run --release -p unitable-tests --bin changelog-bench -- --backend kafka   # starts tansu
+//! cargo run --release -p unitable-tests --bin changelog-bench -- --backend kafka   # starts a one-broker Kafka
 //! ```
 //! Prints one Markdown table row per measurement (docs/benchmarks.md collects them).
 
@@ -38,7 +38,7 @@ struct Args {
     /// Backend to measure.
     #[arg(long, value_enum, default_value_t = Backend::Local)]
     backend: Backend,
-    /// Kafka bootstrap servers; absent with `--backend kafka`: start a tansu broker (TANSU_BIN).
+    /// Kafka bootstrap servers; absent with `--backend kafka`: start a one-broker Apache Kafka (KAFKA_HOME).
     #[arg(long)]
     brokers: Option<String>,
     /// Bytes per record value.
@@ -256,9 +256,10 @@ async fn main() -> Result<()> {
     let mut _broker = None;
     let mut brokers = args.brokers.clone();
     if args.backend == Backend::Kafka && brokers.is_none() {
-        let tansu = unitable_tests::Tansu::start().context("starting tansu (set TANSU_BIN)")?;
-        brokers = Some(tansu.bootstrap());
-        _broker = Some(tansu);
+        let kafka = unitable_tests::Kafka::start()
+            .context("starting Kafka (run scripts/test once to install it, or set KAFKA_HOME)")?;
+        brokers = Some(kafka.bootstrap());
+        _broker = Some(kafka);
     }
     let log: Arc<dyn Changelog> = match args.backend {
         Backend::Memory => Arc::new(MemoryChangelog::new()),

@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release -p unitable-table-service -p unitable-tests
-//! export UNITABLE_BIN=$CARGO_TARGET_DIR/release/unitable UNITABLE_PYTHON=...  TANSU_BIN=...
+//! export UNITABLE_BIN=$CARGO_TARGET_DIR/release/unitable UNITABLE_PYTHON=...  KAFKA_HOME=...   # scripts/test --setup-only prints them
 //! cargo run --release -p unitable-tests --bin read-bench -- scan --rows 2000000
 //! cargo run --release -p unitable-tests --bin read-bench -- fresh --rows 1000000
 //! cargo run --release -p unitable-tests --bin read-bench -- latency --backend local
@@ -35,7 +35,7 @@ use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
     ReadMode, ReadRequest, RowFormat, StreamStart, WaitFor, WriteOp, WriteRequest, read_response,
 };
-use unitable_tests::{Service, Tansu};
+use unitable_tests::{Kafka, Service};
 
 const TABLE: &str = "bench.events";
 
@@ -411,11 +411,11 @@ fn percentiles(mut xs: Vec<Duration>) -> (f64, f64) {
 }
 
 async fn latency(backend: Backend, samples: usize, interval: Duration) -> Result<()> {
-    let tansu = match backend {
-        Backend::Kafka => Some(Tansu::start()?),
+    let kafka = match backend {
+        Backend::Kafka => Some(Kafka::start()?),
         Backend::Local => None,
     };
-    let args: Vec<String> = match &tansu {
+    let args: Vec<String> = match &kafka {
         Some(t) => vec!["--kafka-brokers".into(), t.bootstrap()],
         None => Vec::new(),
     };
@@ -495,7 +495,7 @@ async fn latency(backend: Backend, samples: usize, interval: Duration) -> Result
     let (s50, s99) = percentiles(seen);
     let name = match backend {
         Backend::Local => "local changelog",
-        Backend::Kafka => "Kafka (tansu 0.6)",
+        Backend::Kafka => "Kafka 4.4 (one broker)",
     };
     println!("| Path | Samples | p50 | p99 |");
     println!("|---|---|---|---|");
@@ -503,7 +503,7 @@ async fn latency(backend: Backend, samples: usize, interval: Duration) -> Result
     println!(
         "| {name}: Write sent -> STREAM subscriber received | {samples} | {s50:.2} ms | {s99:.2} ms |"
     );
-    if let Some(t) = &tansu {
+    if let Some(t) = &kafka {
         let (r50, r99) = raw_kafka(&t.bootstrap(), samples, interval).await?;
         println!(
             "| raw rdkafka produce -> consume, same broker | {samples} | {r50:.2} ms | {r99:.2} ms |"

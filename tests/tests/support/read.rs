@@ -54,6 +54,32 @@ pub async fn read(
     Ok((batches, as_of.unwrap_or_default()))
 }
 
+/// A LOOKUP of `ids` in the test table: the found rows' batches and the indexes of the
+/// missing keys.
+pub async fn lookup_ids(
+    client: &mut Client,
+    ids: &[i64],
+) -> Result<(Vec<RecordBatch>, Vec<u32>), tonic::Status> {
+    let keys: Vec<String> = ids.iter().map(|k| format!("{{\"id\":{k}}}")).collect();
+    let request = ReadRequest {
+        table: TABLE.into(),
+        mode: ReadMode::Lookup as i32,
+        keys: keys.join("\n").into_bytes(),
+        keys_format: unitable_proto::v1::RowFormat::JsonLines as i32,
+        ..ReadRequest::default()
+    };
+    let mut stream = client.read(request).await?.into_inner();
+    let mut out = (Vec::new(), Vec::new());
+    while let Some(message) = stream.message().await? {
+        let Some(read_response::Body::Lookup(result)) = message.body else {
+            return Err(tonic::Status::internal("not a lookup body"));
+        };
+        out.0.extend(ipc(result.arrow_ipc)?);
+        out.1.extend(result.missing);
+    }
+    Ok(out)
+}
+
 /// A read of the test table in `mode` with a filter.
 pub fn request(mode: ReadMode, filter: &str) -> ReadRequest {
     ReadRequest {

@@ -2,14 +2,16 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use std::collections::BTreeMap;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{info, warn};
 
-use super::super::{ChangelogError, ChangelogResult};
+use super::super::{ChangelogError, ChangelogResult, TopicInfo, TopicSettings};
 use super::context::LogContext;
 use super::errors::unavailable;
-use super::lookup::Lookup;
+use super::lookup::{Lookup, TopicLayout};
 use crate::naming::TopicName;
 
 /// How often metadata is asked while waiting for a created or deleted topic to show.
@@ -19,8 +21,18 @@ pub(super) struct Admin {
     client: AdminClient<LogContext>,
     context: LogContext,
     timeout: Duration,
-    replication_factor: i32,
+    replication_factor: Option<i32>,
     topic_config: Vec<(String, String)>,
+}
+
+/// The topic-level settings unitable always shows and checks, besides those it is asked for.
+const SHOWN_CONFIGS: [&str; 3] = ["cleanup.policy", "min.insync.replicas", "retention.ms"];
+
+/// A topic as unitable would create it now.
+#[derive(Debug, Clone)]
+struct Wanted {
+    replication_factor: i32,
+    configs: BTreeMap<String, String>,
 }
 
 impl Admin {
@@ -28,7 +40,7 @@ impl Admin {
         client: AdminClient<LogContext>,
         context: LogContext,
         timeout: Duration,
-        replication_factor: i32,
+        replication_factor: Option<i32>,
         topic_config: Vec<(String, String)>,
     ) -> Self {
         Self {
@@ -46,27 +58,51 @@ impl Admin {
             .operation_timeout(Some(self.timeout))
     }
 
-    /// Creates `topic`, or accepts an existing one with the same partition count.
+    /// What a topic is created with: the table's settings over the server's, the replication
+    /// factor defaulting to min(3, brokers), `min.insync.replicas` to 2 from 3 replicas on.
+    fn wanted(&self, settings: &TopicSettings, brokers: usize) -> Wanted {
+        let replication_factor = settings
+            .replication_factor
+            .or(self.replication_factor)
+            .unwrap_or_else(|| (brokers as i32).clamp(1, 3));
+        let mut configs: BTreeMap<String, String> = self.topic_config.iter().cloned().collect();
+        configs.extend(settings.configs.clone());
+        configs
+            .entry("min.insync.replicas".into())
+            .or_insert_with(|| if replication_factor >= 3 { "2" } else { "1" }.into());
+        Wanted {
+            replication_factor,
+            configs,
+        }
+    }
+
+    /// Creates `topic` with `settings`, or accepts an existing one with the same partition
+    /// count and settings.
     pub(super) async fn create_topic(
         &self,
         lookup: &Lookup,
         topic: &TopicName,
         partitions: u32,
+        settings: &TopicSettings,
     ) -> ChangelogResult<()> {
         // Look first: this settles the common "already there" case without the admin API,
         // which some brokers (librdkafka's mock cluster) do not have.
-        if let Some(existing) = lookup.fresh_partition_count(topic).await? {
-            return same_count(topic, existing, partitions);
+        if let Some(existing) = lookup.fresh_layout(topic).await? {
+            return self
+                .accept_existing(topic, existing, partitions, settings)
+                .await;
         }
+        let brokers = lookup.brokers("the cluster").await?;
+        let wanted = self.wanted(settings, brokers);
         let count = i32::try_from(partitions).map_err(|_| {
             unavailable(format!("{partitions} partitions is more than Kafka allows"))
         })?;
         let mut new_topic = NewTopic::new(
             topic.as_str(),
             count,
-            TopicReplication::Fixed(self.replication_factor),
+            TopicReplication::Fixed(wanted.replication_factor),
         );
-        for (key, value) in &self.topic_config {
+        for (key, value) in &wanted.configs {
             new_topic = new_topic.set(key, value);
         }
         let outcome = self
@@ -88,9 +124,20 @@ impl Admin {
             }
         };
         match code {
-            None => info!(%topic, partitions, "created changelog topic"),
-            // Someone else created it in the meantime: compare counts below.
+            None => info!(
+                %topic, partitions, replication_factor = wanted.replication_factor,
+                configs = ?wanted.configs, "created changelog topic"
+            ),
+            // Someone else created it in the meantime: compare below.
             Some(RDKafkaErrorCode::TopicAlreadyExists) => {}
+            Some(RDKafkaErrorCode::InvalidReplicationFactor) => {
+                return Err(unavailable(format!(
+                    "creating `{topic}` with replication factor {} failed: the cluster has only \
+                     {brokers} broker(s); set unitable.changelog.replication-factor on the table \
+                     or --kafka-replication-factor",
+                    wanted.replication_factor
+                )));
+            }
             Some(code) => {
                 return Err(unavailable(format!(
                     "creating `{topic}` with {partitions} partitions failed: {code}"
@@ -101,8 +148,13 @@ impl Admin {
         // append right after this returns does not see it missing.
         let deadline = Instant::now() + self.timeout;
         loop {
-            if let Some(existing) = lookup.fresh_partition_count(topic).await? {
-                return same_count(topic, existing, partitions);
+            if let Some(existing) = lookup.fresh_layout(topic).await? {
+                if code.is_some() {
+                    return self
+                        .accept_existing(topic, existing, partitions, settings)
+                        .await;
+                }
+                return same_count(topic, existing.partitions, partitions);
             }
             if Instant::now() >= deadline {
                 return Err(unavailable(format!(
@@ -114,6 +166,101 @@ impl Admin {
         }
     }
 
+    /// An existing topic is used only with the partition count and settings the table needs.
+    async fn accept_existing(
+        &self,
+        topic: &TopicName,
+        existing: TopicLayout,
+        partitions: u32,
+        settings: &TopicSettings,
+    ) -> ChangelogResult<()> {
+        same_count(topic, existing.partitions, partitions)?;
+        let info = self.describe_layout(topic, existing, settings).await?;
+        if info.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ChangelogError::TopicMisconfigured {
+                topic: topic.clone(),
+                problems: info.problems.join("; "),
+            })
+        }
+    }
+
+    /// `topic`'s replication and settings, compared with what unitable would create.
+    pub(super) async fn describe_topic(
+        &self,
+        lookup: &Lookup,
+        topic: &TopicName,
+        settings: &TopicSettings,
+    ) -> ChangelogResult<Option<TopicInfo>> {
+        match lookup.fresh_layout(topic).await? {
+            None => Ok(None),
+            Some(layout) => self
+                .describe_layout(topic, layout, settings)
+                .await
+                .map(Some),
+        }
+    }
+
+    async fn describe_layout(
+        &self,
+        topic: &TopicName,
+        layout: TopicLayout,
+        settings: &TopicSettings,
+    ) -> ChangelogResult<TopicInfo> {
+        let wanted = self.wanted(settings, layout.brokers);
+        let mut info = TopicInfo {
+            partitions: layout.partitions,
+            replication_factor: Some(layout.replication_factor),
+            configs: BTreeMap::new(),
+            problems: Vec::new(),
+        };
+        if layout.replication_factor != wanted.replication_factor {
+            info.problems.push(format!(
+                "replication factor {} instead of {}",
+                layout.replication_factor, wanted.replication_factor
+            ));
+        }
+        let resource = ResourceSpecifier::Topic(topic.as_str());
+        let described = self
+            .client
+            .describe_configs([&resource], &self.options())
+            .await;
+        let entries = match described {
+            Ok(results) => match results.into_iter().next() {
+                Some(Ok(resource)) => resource.entries,
+                Some(Err(code)) => {
+                    return Err(unavailable(format!(
+                        "describing the configuration of `{topic}` failed: {code}"
+                    )));
+                }
+                None => Vec::new(),
+            },
+            // Brokers without DescribeConfigs (librdkafka's mock cluster): nothing to compare.
+            Err(err) => {
+                warn!(%topic, "cannot describe the topic's configuration: {err}");
+                return Ok(info);
+            }
+        };
+        for entry in entries {
+            let shown = SHOWN_CONFIGS.contains(&entry.name.as_str())
+                || wanted.configs.contains_key(&entry.name);
+            if let (true, Some(value)) = (shown, entry.value) {
+                info.configs.insert(entry.name, value);
+            }
+        }
+        for (key, value) in &wanted.configs {
+            match info.configs.get(key) {
+                Some(found) if found == value => {}
+                found => info.problems.push(format!(
+                    "{key}={} instead of {key}={value}",
+                    found.map_or("<unset>", String::as_str)
+                )),
+            }
+        }
+        Ok(info)
+    }
+
     /// Deletes `topic`; a missing topic is not an error.
     pub(super) async fn delete_topic(
         &self,
@@ -121,7 +268,7 @@ impl Admin {
         topic: &TopicName,
     ) -> ChangelogResult<()> {
         lookup.forget(topic);
-        if lookup.fresh_partition_count(topic).await?.is_none() {
+        if lookup.fresh_layout(topic).await?.is_none() {
             return Ok(());
         }
         let outcome = self

@@ -33,10 +33,14 @@ pub struct KafkaConfig {
     /// whole delivery of an append (`message.timeout.ms`). An operation that cannot finish in
     /// time fails with a retryable [`crate::changelog::ChangelogError::Unavailable`].
     pub request_timeout: Duration,
-    /// Replication factor of the topics [`super::KafkaChangelog`] creates. `acks=all` makes an
-    /// append durable on every in-sync replica, so durability is only as good as this.
-    pub replication_factor: i32,
-    /// Topic-level settings of created topics, e.g. `retention.ms`, `min.insync.replicas`.
+    /// Replication factor of the topics [`super::KafkaChangelog`] creates (a table property
+    /// may ask for another); `None`: the smaller of 3 and the cluster's broker count. `acks=all`
+    /// makes an append durable on every in-sync replica, so durability is only as good as
+    /// this.
+    pub replication_factor: Option<i32>,
+    /// Topic-level settings of created topics, e.g. `retention.ms`, `min.insync.replicas`
+    /// (table properties override them). Unless set here or by the table,
+    /// `min.insync.replicas` is 2 for 3 or more replicas and 1 below.
     pub topic_config: Vec<(String, String)>,
     /// Whether `publish_committed` also commits the offsets as the consumer-group offsets of
     /// `unitable-committer.<topic>`, so standard Kafka tools show how far the Iceberg committer
@@ -50,7 +54,7 @@ pub struct KafkaConfig {
 
 impl KafkaConfig {
     /// Settings for the brokers `brokers` with unitable's defaults: 5 ms linger, lz4, a 30 s
-    /// request timeout, replication factor 1 and committer group offsets on.
+    /// request timeout, replication factor min(3, brokers) and committer group offsets on.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
@@ -58,7 +62,7 @@ impl KafkaConfig {
             linger: Duration::from_millis(5),
             compression: "lz4".to_string(),
             request_timeout: Duration::from_secs(30),
-            replication_factor: 1,
+            replication_factor: None,
             topic_config: Vec::new(),
             publish_group_offsets: true,
             max_idle_readers: 128,

@@ -20,6 +20,16 @@ use crate::offsets::{Offset, PartitionId};
 /// changelog forgets the count at once.
 const COUNT_TTL: Duration = Duration::from_secs(60);
 
+/// A topic's shape as metadata reports it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TopicLayout {
+    pub(super) partitions: u32,
+    /// The smallest replica count of any partition.
+    pub(super) replication_factor: i32,
+    /// Brokers in the cluster.
+    pub(super) brokers: usize,
+}
+
 /// Look-ups through one client that never consumes.
 pub(super) struct Lookup {
     client: Arc<BaseConsumer<LogContext>>,
@@ -67,6 +77,15 @@ impl Lookup {
         &self,
         topic: &TopicName,
     ) -> ChangelogResult<Option<u32>> {
+        Ok(self.fresh_layout(topic).await?.map(|l| l.partitions))
+    }
+
+    /// The partitions and replication of `topic` as the cluster reports them now, with the
+    /// number of brokers; `None` when the topic is missing. Refreshes the cache.
+    pub(super) async fn fresh_layout(
+        &self,
+        topic: &TopicName,
+    ) -> ChangelogResult<Option<TopicLayout>> {
         let client = self.client.clone();
         let timeout = self.timeout;
         let name = topic.as_str().to_string();
@@ -79,7 +98,7 @@ impl Lookup {
             .topics()
             .iter()
             .find(|t| t.name() == topic.as_str());
-        let count = match found {
+        let layout = match found {
             None => None,
             Some(t) => match t.error().map(RDKafkaErrorCode::from) {
                 code @ Some(_) if is_unknown_topic(code) => None,
@@ -89,19 +108,28 @@ impl Lookup {
                     return Err(unavailable(format!("metadata of `{topic}` reports {code}")));
                 }
                 _ if t.partitions().is_empty() => None,
-                _ => Some(t.partitions().len() as u32),
+                _ => Some(TopicLayout {
+                    partitions: t.partitions().len() as u32,
+                    replication_factor: t
+                        .partitions()
+                        .iter()
+                        .map(|p| p.replicas().len() as i32)
+                        .min()
+                        .unwrap_or(0),
+                    brokers: metadata.brokers().len(),
+                }),
             },
         };
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        match count {
-            Some(n) => {
-                counts.insert(topic.clone(), (n, Instant::now()));
+        match &layout {
+            Some(l) => {
+                counts.insert(topic.clone(), (l.partitions, Instant::now()));
             }
             None => {
                 counts.remove(topic);
             }
         }
-        Ok(count)
+        Ok(layout)
     }
 
     /// The partition count of `topic`, cached for [`COUNT_TTL`].

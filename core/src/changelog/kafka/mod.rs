@@ -34,7 +34,18 @@
 //! - **No retention control**: Kafka deletes records by its own time and size retention.
 //!   [`Changelog::publish_committed`] only records the committed offsets (see `committed`), so
 //!   the topic's retention must outlast the committer's lag; set it with
-//!   [`KafkaConfig::topic_config`] (`retention.ms`).
+//!   [`KafkaConfig::topic_config`] or the table's settings (`retention.ms`). Keyed tables'
+//!   topics default to `cleanup.policy=compact`, which keeps the latest record of every key
+//!   whatever the lag.
+//!
+//! # Topic settings
+//! [`Changelog::create_topic_with`] creates a topic with the table's settings over the
+//! server's ([`KafkaConfig::topic_config`], [`KafkaConfig::replication_factor`]); the
+//! replication factor defaults to min(3, brokers) and `min.insync.replicas` to 2 from three
+//! replicas on (1 below), so one broker can be lost without losing acknowledged records or
+//! availability. An existing topic is used only if its partition count, replication and
+//! those settings match; otherwise [`ChangelogError::TopicMisconfigured`] names every
+//! difference. [`Changelog::describe_topic`] reports them for `table describe`.
 //! - **Timestamps**: librdkafka reads a timestamp of `0` as "now", and Kafka rejects negative
 //!   ones; use real times.
 //!
@@ -44,8 +55,8 @@
 //!   a topic it would have to create as unavailable once the request timeout passes (librdkafka
 //!   waits for a broker offering the API); `delete_topic` of a missing topic succeeds (it looks
 //!   first), of an existing one times out likewise; `offset_for_timestamp` is always `None`.
-//! - tansu deletes every topic on DeleteTopics: never delete an existing topic there.
-//! - Some brokers (tansu) answer an offset-for-time query that matches nothing with offset 0
+//! - Some Kafka-compatible brokers (tansu 0.6) answer an offset-for-time query that matches
+//!   nothing with offset 0
 //!   instead of -1. The answer is therefore checked: the record at the returned offset must be
 //!   at or after the time asked for, or there is no such record.
 
@@ -79,7 +90,7 @@ use self::produce::Appender;
 use self::read::Readers;
 use super::{
     AppendedRange, ChangeRecord, Changelog, ChangelogError, ChangelogResult, StoredRecord,
-    Watermarks,
+    TopicInfo, TopicSettings, Watermarks,
 };
 use crate::naming::TopicName;
 use crate::offsets::{Offset, PartitionId, PartitionOffsets};
@@ -166,8 +177,28 @@ impl Changelog for KafkaChangelog {
     }
 
     async fn create_topic(&self, topic: &TopicName, partitions: u32) -> ChangelogResult<()> {
+        self.create_topic_with(topic, partitions, &TopicSettings::default())
+            .await
+    }
+
+    async fn create_topic_with(
+        &self,
+        topic: &TopicName,
+        partitions: u32,
+        settings: &TopicSettings,
+    ) -> ChangelogResult<()> {
         self.admin
-            .create_topic(&self.lookup, topic, partitions)
+            .create_topic(&self.lookup, topic, partitions, settings)
+            .await
+    }
+
+    async fn describe_topic(
+        &self,
+        topic: &TopicName,
+        settings: &TopicSettings,
+    ) -> ChangelogResult<Option<TopicInfo>> {
+        self.admin
+            .describe_topic(&self.lookup, topic, settings)
             .await
     }
 

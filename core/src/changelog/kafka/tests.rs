@@ -4,7 +4,7 @@
 //! through its own API before the conformance checks run, and of the suite only the checks
 //! that need none of those run here: `topic_admin` (deletes topics) and
 //! `timestamps_and_watermarks` (offsets for times) are replaced by the mock-specific tests
-//! below; both run in full against tansu in `tests/tests/kafka_changelog.rs`.
+//! below; both run in full against Apache Kafka in `tests/tests/kafka_changelog.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

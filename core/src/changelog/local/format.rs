@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 
-use crate::changelog::ChangeRecord;
+use crate::changelog::{ChangeRecord, ChangelogError, ChangelogResult};
 
 /// `ULB1`.
 pub(super) const MAGIC: u32 = 0x3142_4c55;
@@ -23,23 +23,78 @@ pub(super) const HEADER_LEN: usize = 12;
 /// Largest payload accepted when reading back (guards against garbage lengths).
 pub(super) const MAX_PAYLOAD: usize = 256 * 1024 * 1024;
 
-/// Encodes one batch starting at `base_offset`.
-pub(super) fn encode_batch(base_offset: i64, records: &[ChangeRecord]) -> Vec<u8> {
-    let body: usize = records
-        .iter()
-        .map(|r| {
-            8 + 4
-                + r.key.as_ref().map_or(0, Bytes::len)
-                + 4
-                + r.value.as_ref().map_or(0, Bytes::len)
-                + 4
-                + r.headers
-                    .iter()
-                    .map(|(k, v)| 2 + k.len() + 4 + v.len())
-                    .sum::<usize>()
-        })
-        .sum();
-    let mut out = Vec::with_capacity(HEADER_LEN + 20 + body);
+/// Payload bytes before the first record: base offset, count, max timestamp.
+const PAYLOAD_PREFIX: usize = 20;
+/// The encoded size of one record.
+fn record_len(r: &ChangeRecord) -> usize {
+    8 + 4
+        + r.key.as_ref().map_or(0, Bytes::len)
+        + 4
+        + r.value.as_ref().map_or(0, Bytes::len)
+        + 4
+        + r.headers
+            .iter()
+            .map(|(k, v)| 2 + k.len().min(u16::MAX as usize) + 4 + v.len())
+            .sum::<usize>()
+}
+
+/// One encoded batch of an append.
+#[derive(Debug)]
+pub(super) struct EncodedBatch {
+    /// The batch as written to the segment.
+    pub(super) bytes: Vec<u8>,
+    /// How many of the append's records it holds (the next ones after the previous batch's).
+    pub(super) count: u32,
+    /// Its largest record timestamp.
+    pub(super) max_timestamp: i64,
+}
+
+/// Encodes `records` as consecutive batches starting at `base_offset`, each payload at most
+/// `max_payload` bytes (so every batch reads back). Refuses the whole append when one record
+/// cannot fit a batch on its own.
+pub(super) fn encode_batches(
+    base_offset: i64,
+    records: &[ChangeRecord],
+    max_payload: usize,
+) -> ChangelogResult<Vec<EncodedBatch>> {
+    let limit = max_payload.min(MAX_PAYLOAD) - PAYLOAD_PREFIX;
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, r) in records.iter().enumerate() {
+        let len = record_len(r);
+        if len > limit {
+            return Err(ChangelogError::RecordTooLarge {
+                index: i,
+                bytes: len,
+                limit,
+            });
+        }
+        if size + len > limit {
+            batches.push(encode_batch(
+                base_offset + start as i64,
+                &records[start..i],
+                size,
+            ));
+            start = i;
+            size = 0;
+        }
+        size += len;
+    }
+    if start < records.len() {
+        batches.push(encode_batch(
+            base_offset + start as i64,
+            &records[start..],
+            size,
+        ));
+    }
+    Ok(batches)
+}
+
+/// Encodes one batch starting at `base_offset`; `body` is the records' encoded size, which the
+/// caller has checked fits the payload limit.
+fn encode_batch(base_offset: i64, records: &[ChangeRecord], body: usize) -> EncodedBatch {
+    let mut out = Vec::with_capacity(HEADER_LEN + PAYLOAD_PREFIX + body);
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&[0; 8]); // payload length and checksum, filled in below
     out.extend_from_slice(&base_offset.to_le_bytes());
@@ -65,11 +120,17 @@ pub(super) fn encode_batch(base_offset: i64, records: &[ChangeRecord]) -> Vec<u8
             out.extend_from_slice(value);
         }
     }
+    debug_assert_eq!(out.len(), HEADER_LEN + PAYLOAD_PREFIX + body);
+    // Fits u32: the payload is at most MAX_PAYLOAD (256 MiB).
     let payload_len = (out.len() - HEADER_LEN) as u32;
     let crc = crc32c::crc32c(&out[HEADER_LEN..]);
     out[4..8].copy_from_slice(&payload_len.to_le_bytes());
     out[8..12].copy_from_slice(&crc.to_le_bytes());
-    out
+    EncodedBatch {
+        bytes: out,
+        count: records.len() as u32,
+        max_timestamp: max_ts,
+    }
 }
 
 fn put_optional(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
@@ -94,7 +155,7 @@ pub(super) fn parse_header(bytes: &[u8; HEADER_LEN]) -> Option<BatchHeader> {
     let magic = u32::from_le_bytes(bytes[0..4].try_into().ok()?);
     let payload_len = u32::from_le_bytes(bytes[4..8].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes[8..12].try_into().ok()?);
-    (magic == MAGIC && (20..=MAX_PAYLOAD).contains(&payload_len))
+    (magic == MAGIC && (PAYLOAD_PREFIX..=MAX_PAYLOAD).contains(&payload_len))
         .then_some(BatchHeader { payload_len, crc })
 }
 
@@ -122,7 +183,7 @@ pub(super) fn verify_payload(header: BatchHeader, payload: &[u8]) -> Option<Batc
 pub(super) fn decode_records(payload: &[u8]) -> Option<Vec<ChangeRecord>> {
     let mut cur = Cursor {
         buf: payload,
-        pos: 20,
+        pos: PAYLOAD_PREFIX,
     };
     let count = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?) as usize;
     let mut records = Vec::with_capacity(count.min(1 << 20));
@@ -202,7 +263,9 @@ mod tests {
             rec(None, Some(""), -3),
             rec(Some(""), Some("v"), 9),
         ];
-        let bytes = encode_batch(42, &records);
+        let mut batches = encode_batches(42, &records, MAX_PAYLOAD).unwrap();
+        assert_eq!(batches.len(), 1);
+        let bytes = batches.remove(0).bytes;
         let header = parse_header(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
         let payload = &bytes[HEADER_LEN..];
         let summary = verify_payload(header, payload).unwrap();
@@ -229,5 +292,35 @@ mod tests {
         let mut bad_magic = bytes.clone();
         bad_magic[0] = 0;
         assert!(parse_header(bad_magic[..HEADER_LEN].try_into().unwrap()).is_none());
+    }
+
+    #[test]
+    fn appends_split_into_batches_that_read_back() {
+        let records: Vec<_> = (0..10)
+            .map(|i| rec(Some(&format!("k{i}")), Some(&"v".repeat(100)), i))
+            .collect();
+        let one = record_len(&records[0]);
+        // Room for three records per batch.
+        let batches = encode_batches(7, &records, PAYLOAD_PREFIX + 3 * one).unwrap();
+        assert_eq!(batches.len(), 4);
+        let mut back = Vec::new();
+        let mut next = 7;
+        for batch in &batches {
+            let bytes = &batch.bytes;
+            let header = parse_header(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
+            let summary = verify_payload(header, &bytes[HEADER_LEN..]).unwrap();
+            assert_eq!(summary.base_offset, next);
+            assert_eq!(summary.count, batch.count);
+            next += i64::from(summary.count);
+            back.extend(decode_records(&bytes[HEADER_LEN..]).unwrap());
+        }
+        assert_eq!(back, records);
+
+        // A record that cannot fit a batch alone refuses the append, naming it.
+        let err = encode_batches(0, &records, PAYLOAD_PREFIX + one - 1).unwrap_err();
+        assert!(
+            matches!(err, ChangelogError::RecordTooLarge { index: 0, bytes, .. } if bytes == one),
+            "{err}"
+        );
     }
 }

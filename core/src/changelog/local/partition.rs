@@ -188,19 +188,15 @@ impl PartitionLog {
         let (first, target) = {
             let mut state = self.lock();
             if let Some(reason) = &state.poisoned {
-                return Err(ChangelogError::Unavailable {
-                    backend: "local",
-                    reason: format!(
-                        "partition {} is failed ({reason}); restart to recover",
-                        self.dir.display()
-                    ),
-                });
+                return Err(self.failed(reason));
             }
             let base = state.segments.last().map_or(0, |s| s.end);
             if records.is_empty() {
                 return Ok(base);
             }
-            let bytes = format::encode_batch(base, records);
+            // Large appends become several batches, each small enough to read back; they are
+            // written (and, on a failed write, cut off) together.
+            let batches = format::encode_batches(base, records, format::MAX_PAYLOAD)?;
             self.maybe_roll(&mut state, base)?;
             let State {
                 segments,
@@ -212,8 +208,14 @@ impl PartitionLog {
                 location: self.dir.display().to_string(),
                 reason: "no active segment".into(),
             })?;
-            if let Err(e) = active.write_all(&bytes) {
-                // Cut the partial batch off so the file stays a sequence of whole batches.
+            let write = batches.iter().try_for_each(|batch| {
+                fail::fail_point!("local-changelog-write", |_| Err(std::io::Error::other(
+                    "injected write failure"
+                )));
+                active.write_all(&batch.bytes)
+            });
+            if let Err(e) = write {
+                // Cut the partial append off so the file stays a sequence of whole batches.
                 let restored = active
                     .set_len(segment.size)
                     .and_then(|()| active.seek(SeekFrom::End(0)).map(|_| ()));
@@ -222,24 +224,29 @@ impl PartitionLog {
                 }
                 return Err(io_err(&segment.path, e));
             }
-            let max_ts = records
-                .iter()
-                .map(|r| r.timestamp_ms)
-                .max()
-                .unwrap_or(i64::MIN);
-            let position = segment.size;
-            segment.note_batch(
-                base,
-                records.len() as u32,
-                max_ts,
-                position,
-                bytes.len() as u64,
-            );
-            *written += bytes.len() as u64;
+            let mut offset = base;
+            for batch in &batches {
+                let position = segment.size;
+                let len = batch.bytes.len() as u64;
+                segment.note_batch(offset, batch.count, batch.max_timestamp, position, len);
+                offset += i64::from(batch.count);
+                *written += len;
+            }
             (base, *written)
         };
         self.sync_through(target)?;
         Ok(first)
+    }
+
+    /// The error of every append and waiter once the partition failed.
+    fn failed(&self, reason: &str) -> ChangelogError {
+        ChangelogError::Unavailable {
+            backend: "local",
+            reason: format!(
+                "partition {} is failed ({reason}); restart to recover",
+                self.dir.display()
+            ),
+        }
     }
 
     /// Starts a new segment when the active one is full. Called with the state lock held.
@@ -284,6 +291,12 @@ impl PartitionLog {
         }
         let (file, written, high, path) = {
             let mut state = self.lock();
+            // Once an fsync failed, what reached the disk is unknown: a later fsync that
+            // succeeds proves nothing about the bytes before it, so every waiter fails until
+            // the log is reopened (and recovery re-reads what is really there).
+            if let Some(reason) = &state.poisoned {
+                return Err(self.failed(reason));
+            }
             let path = state
                 .segments
                 .last()
@@ -302,7 +315,14 @@ impl PartitionLog {
                 }
             }
         };
-        if let Err(e) = file.sync_data() {
+        fail::fail_point!("local-changelog-before-fsync");
+        let sync = (|| {
+            fail::fail_point!("local-changelog-fsync", |_| Err(std::io::Error::other(
+                "injected fsync failure"
+            )));
+            file.sync_data()
+        })();
+        if let Err(e) = sync {
             // After a failed fsync the page cache state is unknown: stop taking writes.
             self.lock().poisoned = Some(format!("fsync failed: {e}"));
             return Err(io_err(&path, e));
