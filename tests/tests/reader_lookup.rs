@@ -374,7 +374,8 @@ async fn bad_keys_name_the_key_and_field() -> Result<()> {
 }
 
 /// Writes keys `0..n` (value `v{id}` padded, n = id) to `table` with a one-hour commit
-/// interval, so a lookup state holds them all in its changelog tail. Returns the model.
+/// interval after one committed row, so a lookup state holds them all in its changelog tail.
+/// Returns the model.
 async fn fill_tail(service: &Service, table: &str, n: i64) -> Result<Model> {
     support::create_kv_table_as(
         service,
@@ -385,7 +386,20 @@ async fn fill_tail(service: &Service, table: &str, n: i64) -> Result<Model> {
     )
     .await?;
     let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
-    let mut model = Model::new();
+    let write = |lines: String, wait_for: unitable_proto::v1::WaitFor| unitable_proto::v1::WriteRequest {
+        table: table.into(),
+        op: WriteOp::Upsert as i32,
+        format: RowFormat::JsonLines as i32,
+        rows: lines.into_bytes(),
+        wait_for: wait_for as i32,
+    };
+    // The committer's first cycle runs as soon as it starts: let it commit one row, so the
+    // rows below stay in the changelog tail until the hour is up.
+    let first = format!("v{:06}", -1);
+    writer
+        .write(write(kv_line(-1, &first, -1), unitable_proto::v1::WaitFor::Snapshot))
+        .await?;
+    let mut model = Model::from([(-1, (first, -1))]);
     let mut lines = String::new();
     for id in 0..n {
         let v = format!("v{id:06}-{}", "x".repeat(32));
@@ -393,13 +407,7 @@ async fn fill_tail(service: &Service, table: &str, n: i64) -> Result<Model> {
         model.insert(id, (v, id));
     }
     let r = writer
-        .write(unitable_proto::v1::WriteRequest {
-            table: table.into(),
-            op: WriteOp::Upsert as i32,
-            format: RowFormat::JsonLines as i32,
-            rows: lines.into_bytes(),
-            wait_for: unitable_proto::v1::WaitFor::Changelog as i32,
-        })
+        .write(write(lines, unitable_proto::v1::WaitFor::Changelog))
         .await?
         .into_inner();
     ensure!(r.rows_written == n as u64, "{r:?}");
@@ -480,9 +488,10 @@ async fn lookup_states_share_one_memory_limit() -> Result<()> {
         "alternating two tables that do not fit together must evict each time: {evicted}"
     );
 
-    // Three times the data in one table: over the limit on its own.
-    fill_tail(&service, "crash.big", 3 * N).await?;
-    let mut request = lookup_request(&[1], &[]);
+    // Four times the data in one table: over the limit on its own (the lookup's keys are in
+    // both partitions, so it waits until the whole tail is applied).
+    fill_tail(&service, "crash.big", 4 * N).await?;
+    let mut request = lookup_request(&keys, &[]);
     request.table = "crash.big".into();
     let e = lookup(&mut reader, request)
         .await
