@@ -386,18 +386,22 @@ async fn fill_tail(service: &Service, table: &str, n: i64) -> Result<Model> {
     )
     .await?;
     let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
-    let write = |lines: String, wait_for: unitable_proto::v1::WaitFor| unitable_proto::v1::WriteRequest {
-        table: table.into(),
-        op: WriteOp::Upsert as i32,
-        format: RowFormat::JsonLines as i32,
-        rows: lines.into_bytes(),
-        wait_for: wait_for as i32,
-    };
+    let write =
+        |lines: String, wait_for: unitable_proto::v1::WaitFor| unitable_proto::v1::WriteRequest {
+            table: table.into(),
+            op: WriteOp::Upsert as i32,
+            format: RowFormat::JsonLines as i32,
+            rows: lines.into_bytes(),
+            wait_for: wait_for as i32,
+        };
     // The committer's first cycle runs as soon as it starts: let it commit one row, so the
     // rows below stay in the changelog tail until the hour is up.
     let first = format!("v{:06}", -1);
     writer
-        .write(write(kv_line(-1, &first, -1), unitable_proto::v1::WaitFor::Snapshot))
+        .write(write(
+            kv_line(-1, &first, -1),
+            unitable_proto::v1::WaitFor::Snapshot,
+        ))
         .await?;
     let mut model = Model::from([(-1, (first, -1))]);
     let mut lines = String::new();
