@@ -69,7 +69,9 @@ struct TableHandle {
     schema_id: i32,
     /// The newest metadata location known to belong to this table (same uuid and schema):
     /// a write whose pointer still names it needs no reload.
-    verified: tokio::sync::Mutex<Option<String>>,
+    verified: Mutex<Option<String>>,
+    /// Held while the table is reloaded to check a moved pointer.
+    reload: tokio::sync::Mutex<()>,
     codec: Arc<RecordCodec>,
     dead_letter: bool,
     progress: watch::Receiver<CommitProgress>,
@@ -231,7 +233,8 @@ impl Writer {
         let handle = Arc::new(TableHandle {
             uuid: state.uuid.clone(),
             schema_id: state.schema_id,
-            verified: tokio::sync::Mutex::new(state.metadata_location.clone()),
+            verified: Mutex::new(state.metadata_location.clone()),
+            reload: tokio::sync::Mutex::new(()),
             dead_letter: state
                 .def
                 .properties
@@ -261,9 +264,15 @@ impl Writer {
     /// fits is dropped from the cache; a dropped table is an error.
     async fn check_current(&self, name: &TableName, handle: &TableHandle) -> WriteResult<Check> {
         let committer = &self.inner.shared.committer;
-        let mut verified = handle.verified.lock().await;
         let location = committer.current_metadata_location(name).await?;
-        if location.is_some() && *verified == location {
+        let known =
+            |location: &Option<String>| location.is_some() && *lock(&handle.verified) == *location;
+        if known(&location) {
+            return Ok(Check::Current);
+        }
+        // One reload at a time per handle; those that waited may find it done.
+        let _reload = handle.reload.lock().await;
+        if known(&location) {
             return Ok(Check::Current);
         }
         let state = match location {
@@ -286,7 +295,7 @@ impl Writer {
         } else if state.schema_id != handle.schema_id {
             Check::SchemaChanged
         } else {
-            *verified = state.metadata_location;
+            *lock(&handle.verified) = state.metadata_location;
             return Ok(Check::Current);
         };
         self.forget(name, handle);

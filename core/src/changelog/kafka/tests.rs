@@ -26,6 +26,8 @@ fn mock(brokers: i32) -> Mock {
 fn config(cluster: &Mock) -> KafkaConfig {
     let mut config = KafkaConfig::new(cluster.bootstrap_servers());
     config.request_timeout = Duration::from_secs(5);
+    // The mock has no CreateTopics: topics are made beforehand, with one replica (below).
+    config.replication_factor = Some(1);
     config
 }
 
