@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use unitable_core::changelog::{
-    Changelog, ChangelogError, KafkaChangelog, KafkaConfig, TopicSettings, conformance,
+    Changelog, ChangelogError, KafkaChangelog, KafkaConfig, TopicInfo, TopicSettings, conformance,
 };
 use unitable_core::naming::TopicName;
 use unitable_core::offsets::{Offset, PartitionId};
@@ -41,6 +41,24 @@ async fn connect(config: KafkaConfig) -> Result<KafkaChangelog> {
     }
 }
 
+/// `describe_topic` once the brokers describe the topic's settings (they learn them a moment
+/// after the topic is created).
+async fn described(
+    log: &KafkaChangelog,
+    t: &TopicName,
+    settings: &TopicSettings,
+) -> Result<TopicInfo> {
+    let mut info = None;
+    for _ in 0..50 {
+        info = log.describe_topic(t, settings).await?;
+        if info.as_ref().is_some_and(|i| !i.configs.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    info.context("the topic exists")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_the_conformance_suite_on_kafka() -> Result<()> {
     let kafka = start_kafka(1).await?;
@@ -64,10 +82,7 @@ async fn topics_get_their_settings_and_misconfigured_ones_are_reported() -> Resu
     };
     let t = TopicName::new("settings.keyed");
     log.create_topic_with(&t, 2, &keyed).await?;
-    let info = log
-        .describe_topic(&t, &keyed)
-        .await?
-        .context("the topic exists")?;
+    let info = described(&log, &t, &keyed).await?;
     assert_eq!(info.partitions, 2);
     assert_eq!(info.replication_factor, Some(1), "min(3, 1 broker)");
     assert_eq!(info.configs["cleanup.policy"], "compact");
@@ -98,6 +113,7 @@ async fn topics_get_their_settings_and_misconfigured_ones_are_reported() -> Resu
             ("retention.ms".into(), "3600000".into()),
         ]),
     };
+    described(&log, &other, &wanted).await?;
     match log.create_topic_with(&other, 2, &wanted).await {
         Err(ChangelogError::TopicMisconfigured { problems, .. }) => {
             assert!(
@@ -111,10 +127,7 @@ async fn topics_get_their_settings_and_misconfigured_ones_are_reported() -> Resu
         }
         other => panic!("a topic with other settings must be refused: {other:?}"),
     }
-    let info = log
-        .describe_topic(&other, &wanted)
-        .await?
-        .context("exists")?;
+    let info = described(&log, &other, &wanted).await?;
     assert_eq!(info.problems.len(), 2, "{:?}", info.problems);
 
     // More replicas than brokers: a clear error naming the cure.
@@ -227,10 +240,7 @@ async fn acknowledged_appends_survive_losing_the_partition_leader() -> Result<()
     let t = TopicName::new("failover.t");
     log.create_topic_with(&t, 2, &TopicSettings::default())
         .await?;
-    let info = log
-        .describe_topic(&t, &TopicSettings::default())
-        .await?
-        .context("exists")?;
+    let info = described(&log, &t, &TopicSettings::default()).await?;
     assert_eq!(info.replication_factor, Some(3));
     assert_eq!(info.configs["min.insync.replicas"], "2");
 
@@ -288,14 +298,26 @@ async fn acknowledged_appends_survive_losing_the_partition_leader() -> Result<()
         acked.len()
     );
 
+    // After the restarts the client's metadata may still name an old leader for a moment:
+    // such errors are retryable, and retried here as the committer and readers do.
+    async fn retry<T, F: std::future::Future<Output = Result<T, ChangelogError>>>(
+        mut call: impl FnMut() -> F,
+    ) -> Result<T> {
+        for _ in 0..60 {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(call().await?)
+    }
     for p in [PartitionId(0), PartitionId(1)] {
-        let high = log.watermarks(&t, p).await?.high;
+        let high = retry(|| log.watermarks(&t, p)).await?.high;
         let mut stored = BTreeMap::new();
         let mut from = Offset(0);
         while from < high {
-            let batch = log
-                .read(&t, p, from, 10_000, Duration::from_secs(1))
-                .await?;
+            let batch = retry(|| log.read(&t, p, from, 10_000, Duration::from_secs(1))).await?;
             for r in &batch {
                 stored.insert(r.offset, r.record.value.clone());
             }

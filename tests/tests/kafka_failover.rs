@@ -159,11 +159,23 @@ async fn acknowledged_writes_survive_broker_failures_exactly_once() -> Result<()
     })
     .await??;
     create_kv_table(&service, 3).await?;
-    let described = service
-        .cli(&["table", "describe", support::TABLE, "--format", "json"])?
-        .ok()?;
-    let described: serde_json::Value = serde_json::from_str(&described)?;
-    let topic = &described["changelog_topic"];
+    // Brokers learn a new topic's settings a moment after it is created.
+    let mut topic = serde_json::Value::Null;
+    for _ in 0..50 {
+        let described = service
+            .cli(&["table", "describe", support::TABLE, "--format", "json"])?
+            .ok()?;
+        let described: serde_json::Value = serde_json::from_str(&described)?;
+        topic = described["changelog_topic"].clone();
+        if topic["configs"].as_object().is_some_and(|c| !c.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        topic["problems"].as_array().is_some_and(Vec::is_empty),
+        "{topic}"
+    );
     ensure!(topic["replication_factor"] == 3, "replication: {topic}");
     ensure!(topic["configs"]["min.insync.replicas"] == "2", "{topic}");
     ensure!(topic["configs"]["cleanup.policy"] == "compact", "{topic}");

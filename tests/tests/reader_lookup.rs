@@ -118,11 +118,24 @@ fn rows(batches: &[RecordBatch]) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-/// Looks up `keys` and compares the answer with `model`.
+/// Looks up `keys` in the test table and compares the answer with `model`.
 async fn check(reader: &mut Reader, model: &Model, keys: &[i64], what: &str) -> Result<AsOf> {
-    let (batches, missing, as_of) = lookup(reader, lookup_request(keys, &[]))
+    check_table(reader, TABLE, model, keys, what).await
+}
+
+/// Looks up `keys` in `table` and compares the rows and the missing keys with `model`.
+async fn check_table(
+    reader: &mut Reader,
+    table: &str,
+    model: &Model,
+    keys: &[i64],
+    what: &str,
+) -> Result<AsOf> {
+    let mut request = lookup_request(keys, &[]);
+    request.table = table.into();
+    let (batches, missing, as_of) = lookup(reader, request)
         .await
-        .with_context(|| format!("{what}: lookup"))?;
+        .with_context(|| format!("{what}: lookup of {table}"))?;
     let got = rows(&batches)?;
     let mut want = Vec::new();
     let mut want_missing = Vec::new();
@@ -134,11 +147,11 @@ async fn check(reader: &mut Reader, model: &Model, keys: &[i64], what: &str) -> 
     }
     ensure!(
         got == want,
-        "{what}: rows differ\n got {got:?}\nwant {want:?}"
+        "{what}: {table} rows differ\n got {got:?}\nwant {want:?}"
     );
     ensure!(
         missing == want_missing,
-        "{what}: missing {missing:?}, want {want_missing:?}"
+        "{what}: {table} missing {missing:?}, want {want_missing:?}"
     );
     Ok(as_of)
 }
@@ -416,35 +429,6 @@ async fn fill_tail(service: &Service, table: &str, n: i64) -> Result<Model> {
         .into_inner();
     ensure!(r.rows_written == n as u64, "{r:?}");
     Ok(model)
-}
-
-/// Looks up `keys` of `table` and compares with `model`.
-async fn check_table(
-    reader: &mut Reader,
-    table: &str,
-    model: &Model,
-    keys: &[i64],
-    what: &str,
-) -> Result<()> {
-    let mut request = lookup_request(keys, &[]);
-    request.table = table.into();
-    let (batches, missing, _) = lookup(reader, request)
-        .await
-        .with_context(|| format!("{what}: lookup of {table}"))?;
-    let want: Vec<Row> = keys
-        .iter()
-        .filter_map(|k| {
-            let (v, n) = model.get(k)?;
-            Some((Some(*k), Some(v.clone()), Some(*n)))
-        })
-        .collect();
-    let got = rows(&batches)?;
-    ensure!(got == want, "{what}: {table} rows differ");
-    ensure!(
-        missing.len() == keys.len() - want.len(),
-        "{what}: {table} missing {missing:?}"
-    );
-    Ok(())
 }
 
 /// The sum of a metric's samples for `table` in /metrics.

@@ -665,11 +665,19 @@ async fn read_requests_with_bad_arguments_are_refused_clearly() -> Result<()> {
 /// filters, `--format table` aligns, and `subscribe` prints one JSON object per change.
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_scans_fresh_and_subscribes() -> Result<()> {
-    // The committer waits an hour: only the changelog has the writes.
+    // The committer waits an hour after its first cycle (which runs as soon as it starts, on
+    // the first write): the row written before is committed, the rest only in the changelog.
     let service =
         tokio::task::spawn_blocking(|| Service::start(&["--commit-interval", "3600s"])).await??;
     create_kv_table(&service, 2).await?;
     let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
+    write_lines(
+        &mut writer,
+        WriteOp::Upsert,
+        &kv_line(100, "first", -100),
+        true,
+    )
+    .await?;
     let lines: String = (0..10)
         .map(|id| kv_line(id, &format!("v{id}"), id))
         .collect();
@@ -678,8 +686,8 @@ async fn cli_scans_fresh_and_subscribes() -> Result<()> {
 
     let snapshot = service.cli(&["scan", TABLE])?.ok()?;
     ensure!(
-        snapshot.is_empty(),
-        "no snapshot yet, but scan printed {snapshot}"
+        snapshot.trim() == "{\"id\":100,\"v\":\"first\",\"n\":-100}",
+        "the snapshot holds only the first row, but scan printed {snapshot}"
     );
     let fresh = service
         .cli(&[
@@ -723,13 +731,13 @@ async fn cli_scans_fresh_and_subscribes() -> Result<()> {
     ensure!(table == expected, "table output:\n{table}");
 
     let out = service
-        .cli(&["subscribe", TABLE, "--from", "earliest", "--limit", "11"])?
+        .cli(&["subscribe", TABLE, "--from", "earliest", "--limit", "12"])?
         .ok()?;
     let changes: Vec<serde_json::Value> = out
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    ensure!(changes.len() == 11, "{} changes:\n{out}", changes.len());
+    ensure!(changes.len() == 12, "{} changes:\n{out}", changes.len());
     let delete = changes
         .iter()
         .find(|c| c["op"] == "delete")
@@ -762,7 +770,7 @@ async fn cli_scans_fresh_and_subscribes() -> Result<()> {
             "--where",
             "n >= 8",
             "--limit",
-            "11",
+            "12",
         ])?
         .ok()?;
     let upserts = out
@@ -774,7 +782,7 @@ async fn cli_scans_fresh_and_subscribes() -> Result<()> {
         .filter(|l| l.contains("\"op\":\"delete\""))
         .count();
     ensure!(
-        (upserts, deletes) == (2, 9),
+        (upserts, deletes) == (2, 10),
         "filtered subscription:\n{out}"
     );
 

@@ -17,27 +17,25 @@ use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_tests::{Kafka, Service};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_second_process_fences_the_first_committer() -> Result<()> {
-    let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
+/// A server on `kafka` with a 100 ms commit interval and its own catalog.
+async fn first_server(kafka: &Kafka) -> Result<Service> {
     let brokers = kafka.bootstrap();
-    let b1 = brokers.clone();
-    let first = tokio::task::spawn_blocking(move || {
-        Service::start(&["--kafka-brokers", &b1, "--commit-interval", "100ms"])
+    tokio::task::spawn_blocking(move || {
+        Service::start(&["--kafka-brokers", &brokers, "--commit-interval", "100ms"])
     })
-    .await??;
-    create_kv_table(&first, 3).await?;
-    let data = first.data_dir();
-    let mut a = WriteServiceClient::connect(first.grpc_url()).await?;
-    write_lines(&mut a, WriteOp::Upsert, &kv_line(1, "a1", 1), true).await?;
+    .await?
+}
 
+/// A second server on `kafka` sharing `first`'s catalog and warehouse.
+async fn second_server(kafka: &Kafka, first: &Service) -> Result<Service> {
+    let brokers = kafka.bootstrap();
+    let data = first.data_dir();
     let catalog_uri = format!("sqlite://{}/catalog.db", data.display());
     let warehouse = format!("file://{}/warehouse", data.display());
-    let b2 = brokers.clone();
-    let second = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         Service::start(&[
             "--kafka-brokers",
-            &b2,
+            &brokers,
             "--commit-interval",
             "100ms",
             "--catalog",
@@ -46,7 +44,18 @@ async fn a_second_process_fences_the_first_committer() -> Result<()> {
             &warehouse,
         ])
     })
-    .await??;
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_fences_the_first_committer() -> Result<()> {
+    let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
+    let first = first_server(&kafka).await?;
+    create_kv_table(&first, 3).await?;
+    let data = first.data_dir();
+    let mut a = WriteServiceClient::connect(first.grpc_url()).await?;
+    write_lines(&mut a, WriteOp::Upsert, &kv_line(1, "a1", 1), true).await?;
+    let second = second_server(&kafka, &first).await?;
     let mut b = WriteServiceClient::connect(second.grpc_url()).await?;
     // The second process starts a committer for the table at start-up, which claims it in the
     // background: epoch 2 becomes its (the claim may land just after the health check).
@@ -132,32 +141,12 @@ async fn a_second_process_fences_the_first_committer() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_recreated_by_another_process_gets_no_silently_lost_writes() -> Result<()> {
     let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
-    let brokers = kafka.bootstrap();
-    let b1 = brokers.clone();
-    let first = tokio::task::spawn_blocking(move || {
-        Service::start(&["--kafka-brokers", &b1, "--commit-interval", "100ms"])
-    })
-    .await??;
+    let first = first_server(&kafka).await?;
     create_kv_table(&first, 1).await?;
     let data = first.data_dir();
     let mut a = WriteServiceClient::connect(first.grpc_url()).await?;
     write_lines(&mut a, WriteOp::Upsert, &kv_line(1, "old", 1), true).await?;
-
-    let catalog_uri = format!("sqlite://{}/catalog.db", data.display());
-    let warehouse = format!("file://{}/warehouse", data.display());
-    let second = tokio::task::spawn_blocking(move || {
-        Service::start(&[
-            "--kafka-brokers",
-            &brokers,
-            "--commit-interval",
-            "100ms",
-            "--catalog",
-            &catalog_uri,
-            "--warehouse",
-            &warehouse,
-        ])
-    })
-    .await??;
+    let second = second_server(&kafka, &first).await?;
     let mut admin = TableAdminServiceClient::connect(second.grpc_url()).await?;
     let drop_table = DropTableRequest {
         table: support::TABLE.into(),

@@ -144,11 +144,14 @@ impl Admin {
                 )));
             }
         }
-        // Creation is asynchronous in Kafka: wait until metadata shows the topic, so that an
-        // append right after this returns does not see it missing.
+        // Creation is asynchronous in Kafka: wait until metadata shows the topic with a leader
+        // for every partition, so that an append or a read right after this returns does not
+        // see it missing or leaderless.
         let deadline = Instant::now() + self.timeout;
         loop {
-            if let Some(existing) = lookup.fresh_layout(topic).await? {
+            if let Some(existing) = lookup.fresh_layout(topic).await?
+                && (existing.leaders || Instant::now() >= deadline)
+            {
                 if code.is_some() {
                     return self
                         .accept_existing(topic, existing, partitions, settings)
@@ -242,6 +245,12 @@ impl Admin {
                 return Ok(info);
             }
         };
+        // A broker that has not caught up with a topic created a moment ago may describe it
+        // with no entries at all: its settings are unknown then, not different.
+        if entries.is_empty() {
+            warn!(%topic, "the brokers described no configuration for the topic (yet)");
+            return Ok(info);
+        }
         for entry in entries {
             let shown = SHOWN_CONFIGS.contains(&entry.name.as_str())
                 || wanted.configs.contains_key(&entry.name);

@@ -20,6 +20,22 @@ use crate::offsets::{Offset, PartitionId};
 /// changelog forgets the count at once.
 const COUNT_TTL: Duration = Duration::from_secs(60);
 
+/// Pause before asking again while a partition's leadership moves.
+const LEADER_RETRY: Duration = Duration::from_millis(100);
+
+/// Errors that mean a partition's leader is moving or not known yet.
+fn is_leader_change(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::FencedLeaderEpoch
+                | RDKafkaErrorCode::UnknownLeaderEpoch
+        )
+    )
+}
+
 /// A topic's shape as metadata reports it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct TopicLayout {
@@ -28,6 +44,9 @@ pub(super) struct TopicLayout {
     pub(super) replication_factor: i32,
     /// Brokers in the cluster.
     pub(super) brokers: usize,
+    /// Whether every partition has a leader (a new topic's partitions get theirs a moment
+    /// after metadata lists them).
+    pub(super) leaders: bool,
 }
 
 /// Look-ups through one client that never consumes.
@@ -117,6 +136,10 @@ impl Lookup {
                         .min()
                         .unwrap_or(0),
                     brokers: metadata.brokers().len(),
+                    leaders: t
+                        .partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none()),
                 }),
             },
         };
@@ -193,24 +216,39 @@ impl Lookup {
         topic: &TopicName,
         partition: PartitionId,
     ) -> ChangelogResult<Watermarks> {
-        let client = self.client.clone();
         let timeout = self.timeout;
+        let deadline = Instant::now() + timeout;
         let name = topic.as_str().to_string();
         let p = partition.0 as i32;
-        let (low, high) = blocking("watermark request", timeout, move || {
-            client.fetch_watermarks(&name, p, timeout)
-        })
-        .await?
-        .map_err(|err| {
-            if is_unknown_topic(err.rdkafka_error_code()) {
-                self.forget(topic);
+        loop {
+            let client = self.client.clone();
+            let name = name.clone();
+            let answer = blocking("watermark request", timeout, move || {
+                client.fetch_watermarks(&name, p, timeout)
+            })
+            .await?;
+            match answer {
+                Ok((low, high)) => {
+                    return Ok(Watermarks {
+                        low: Offset(low.max(0)),
+                        high: Offset(high.max(0)),
+                    });
+                }
+                // Leadership moves (a new topic, a broker that failed or came back): librdkafka
+                // refreshes its metadata, so asking again shortly finds the new leader.
+                Err(err)
+                    if is_leader_change(err.rdkafka_error_code()) && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(LEADER_RETRY).await;
+                }
+                Err(err) => {
+                    if is_unknown_topic(err.rdkafka_error_code()) {
+                        self.forget(topic);
+                    }
+                    return Err(self.failed(&err, topic, "watermark request"));
+                }
             }
-            self.failed(&err, topic, "watermark request")
-        })?;
-        Ok(Watermarks {
-            low: Offset(low.max(0)),
-            high: Offset(high.max(0)),
-        })
+        }
     }
 
     /// What the cluster answers for the first offset at or after `timestamp_ms`: `None` when it
