@@ -260,7 +260,7 @@ impl MetadataPointer for LosesEveryOtherAnswer {
         new: &str,
     ) -> CommitResult<SwapOutcome> {
         let outcome = self.inner.swap(table, expected, new).await?;
-        if self.swaps.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if self.swaps.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             return Err(CommitError::CatalogDatabase {
                 operation: "swap".into(),
                 reason: "connection reset after the update (injected)".into(),
