@@ -379,6 +379,16 @@ impl Compactor {
     /// compacted (at most `concurrency` at a time) until `shutdown`. A failing table waits
     /// `interval * 2^failures` (at most `max_backoff`) before its next try.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.run_where(shutdown, |_| true).await;
+    }
+
+    /// [`Compactor::run`] for the tables `owned` accepts only (serve nodes sharing a catalog
+    /// compact the tables whose commits they own, so two nodes never rewrite one table).
+    pub async fn run_where(
+        self,
+        shutdown: CancellationToken,
+        owned: impl Fn(&TableName) -> bool + Send,
+    ) {
         let config = self.inner.config.clone();
         if config.interval.is_zero() {
             info!("background compaction is off");
@@ -404,6 +414,9 @@ impl Compactor {
             };
             let mut round = tokio::task::JoinSet::new();
             for table in tables {
+                if !owned(&table) {
+                    continue;
+                }
                 let now = self.inner.clock.now_ms();
                 if self.with_entry(&table, |e| e.next_due_ms > now) {
                     continue;

@@ -53,6 +53,31 @@ pub enum SqlDialect {
     Postgres,
 }
 
+impl SqlDialect {
+    /// `text`, written with `$n` placeholders, as the dialect wants it (SQLite: `?`, in order;
+    /// every `$n` must appear once, in ascending order).
+    pub fn placeholders(self, text: &str) -> String {
+        match self {
+            SqlDialect::Postgres => text.to_string(),
+            SqlDialect::Sqlite => {
+                let mut out = String::with_capacity(text.len());
+                let mut chars = text.chars().peekable();
+                while let Some(c) = chars.next() {
+                    if c == '$' {
+                        while chars.peek().is_some_and(char::is_ascii_digit) {
+                            chars.next();
+                        }
+                        out.push('?');
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
 /// The database URL of a SQL catalog URI, with its dialect; `None` for REST catalogs.
 pub fn sql_url(uri: &str) -> Result<Option<(String, SqlDialect)>> {
     Ok(match classify(uri)? {

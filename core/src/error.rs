@@ -85,6 +85,14 @@ pub enum Error {
     /// Changelog errors (topics, partitions, offsets, broker availability).
     #[error(transparent)]
     Changelog(#[from] crate::changelog::ChangelogError),
+    /// The committer-lease tables in the catalog database failed.
+    #[error("committer leases: cannot {operation}: {reason}")]
+    LeaseDatabase {
+        /// What we were doing.
+        operation: &'static str,
+        /// The database's error.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -108,6 +116,7 @@ impl Error {
                     | object_store::Error::Unauthenticated { .. }
             ),
             Error::Changelog(e) => e.is_retryable(),
+            Error::LeaseDatabase { .. } => true,
         }
     }
 

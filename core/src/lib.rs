@@ -11,6 +11,9 @@
 //! - [`commit`]: unitable's Iceberg commit layer (row deltas with position deletes, compare-and-
 //!   swap of the metadata pointer, idempotent retries).
 //! - [`admin`]: table create/drop keeping the Iceberg table and its topic together.
+//! - [`requests`]: the log of idempotent write requests (what a request id did).
+//! - [`lease`]: committer leases and node membership in the catalog database, and which node
+//!   should commit which table.
 //! - [`bucket`], [`offsets`], [`naming`]: how keys map to partitions, changelog positions, and
 //!   every name unitable gives to things outside the process.
 //!
@@ -26,10 +29,12 @@ pub mod changelog;
 pub mod clock;
 pub mod commit;
 pub mod error;
+pub mod lease;
 pub mod naming;
 pub mod offsets;
 pub mod partition;
 pub mod record;
+pub mod requests;
 pub mod storage;
 pub mod table;
 pub mod types;

@@ -382,6 +382,18 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_COMMIT_MAX_RECORDS", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub commit_max_records: u64,
 
+    /// How long a node's lease on a table's committer lasts without renewal (renewed every
+    /// third of it). Serve nodes sharing a catalog split the tables' commits between them; a
+    /// dead node's tables are taken over by the live ones after at most this plus a third.
+    #[arg(long, env = "UNITABLE_COMMITTER_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub committer_lease: Duration,
+
+    /// This node's id among the serve nodes sharing the catalog (default: host name and gRPC
+    /// port). It must be unique among live nodes and should stay the same across restarts,
+    /// so that a restarted node takes its tables back at once.
+    #[arg(long, env = "UNITABLE_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// Memory shared by the operators of all running SQL queries (sorts, aggregations and
     /// joins), e.g. 512MiB, 2GiB. Sorts and aggregations spill to temporary files past it; a
     /// query that still does not fit fails with RESOURCE_EXHAUSTED.

@@ -24,6 +24,8 @@ use unitable_core::changelog::{
 use unitable_core::clock::SystemClock;
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::row_delta::Committer;
+use unitable_core::lease::LeaseStore;
+use unitable_core::requests::RequestLog;
 use unitable_core::storage::s3_props;
 use unitable_proto::FILE_DESCRIPTOR_SET;
 use unitable_proto::v1::access_service_server::AccessServiceServer;
@@ -32,7 +34,8 @@ use unitable_proto::v1::read_service_server::ReadServiceServer;
 use unitable_proto::v1::table_admin_service_server::TableAdminServiceServer;
 use unitable_proto::v1::write_service_server::WriteServiceServer;
 use unitable_reader::Reader;
-use unitable_writer::{Writer, WriterConfig};
+use unitable_writer::config::host_name;
+use unitable_writer::{LeaseConfig, Writer, WriterConfig};
 
 use crate::access::audit::Audit;
 use crate::access::auth::Authenticator;
@@ -93,6 +96,54 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let compaction = compaction_runtime.handle();
     let compact_api = CompactApi::new(compactor.clone(), compaction.clone(), access.clone());
+    // Bind both listeners before serving, so a taken port fails start-up with a clear error.
+    let grpc_listener = TcpListener::bind(&args.grpc_addr).await.with_context(|| {
+        format!(
+            "cannot listen on {} for gRPC; is another unitable running? choose another with --grpc-addr",
+            args.grpc_addr
+        )
+    })?;
+    let http_listener = TcpListener::bind(&args.http_addr).await.with_context(|| {
+        format!(
+            "cannot listen on {} for HTTP; choose another with --http-addr",
+            args.http_addr
+        )
+    })?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let leases = match LeaseStore::connect(catalog.config())
+        .await
+        .context("cannot open the committer lease tables in the catalog database")?
+    {
+        Some(store) => Some(LeaseConfig {
+            store,
+            node: args
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host_name(), grpc_addr.port())),
+            ttl: args.committer_lease,
+        }),
+        None => None,
+    };
+    if let Some(leases) = &leases {
+        info!(node = %leases.node, lease_ms = leases.ttl.as_millis() as u64, "sharing the tables' committers by leases in the catalog database");
+    }
+    let requests = RequestLog::connect(catalog.config())
+        .await
+        .context("cannot open the write request log in the catalog database")?;
+    if let (Some(requests), Some(leases)) = (&requests, &leases) {
+        // Claims this node made before a restart are abandoned: their retries may go on.
+        let abandoned = requests
+            .abandon_all(&leases.node)
+            .await
+            .context("cannot release this node's earlier write requests")?;
+        if abandoned > 0 {
+            info!(
+                requests = abandoned,
+                "write requests left unfinished by this node's last run can be retried"
+            );
+        }
+    }
     // Committers (record decoding, Parquet encoding) run on their own threads too.
     let commit_runtime = BackgroundRuntime::start("unitable-commit")?;
     let writer = Writer::new(
@@ -103,6 +154,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             commit_interval: args.commit_interval,
             max_batch_records: usize::try_from(args.commit_max_records).unwrap_or(usize::MAX),
             committer_runtime: Some(commit_runtime.handle()),
+            leases,
+            requests,
             ..WriterConfig::default()
         },
     );
@@ -120,24 +173,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let read_handle = read_runtime.handle();
     let admin = TableAdmin::new(catalog, changelog);
 
-    // Bind both listeners before serving, so a taken port fails start-up with a clear error.
-    let grpc_listener = TcpListener::bind(&args.grpc_addr).await.with_context(|| {
-        format!(
-            "cannot listen on {} for gRPC; is another unitable running? choose another with --grpc-addr",
-            args.grpc_addr
-        )
-    })?;
-    let http_listener = TcpListener::bind(&args.http_addr).await.with_context(|| {
-        format!(
-            "cannot listen on {} for HTTP; choose another with --http-addr",
-            args.http_addr
-        )
-    })?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
-
     let shutdown = CancellationToken::new();
-    let scheduler = compaction.spawn(compactor.run(shutdown.child_token()));
+    let scheduler = {
+        let writer = writer.clone();
+        compaction
+            .spawn(compactor.run_where(shutdown.child_token(), move |table| writer.commits(table)))
+    };
     let mut tasks = tokio::task::JoinSet::new();
     {
         let shutdown = shutdown.clone();

@@ -138,9 +138,11 @@ fn classify_write(e: &WriteError) -> (Code, Level) {
         WriteError::Table(core) => classify_core(core),
         WriteError::Changelog(c) => classify_changelog(c),
         WriteError::Commit(c) => classify_commit(c),
-        WriteError::BadRequest { .. } | WriteError::Encode(_) => {
-            (Code::InvalidArgument, Level::Debug)
-        }
+        WriteError::BadRequest { .. }
+        | WriteError::Encode(_)
+        | WriteError::InvalidRequestId { .. } => (Code::InvalidArgument, Level::Debug),
+        WriteError::RequestInProgress { .. } => (Code::Aborted, Level::Debug),
+        WriteError::NoRequestLog => (Code::FailedPrecondition, Level::Warn),
         WriteError::SnapshotWaitTimedOut { .. } => (Code::DeadlineExceeded, Level::Warn),
         WriteError::ShuttingDown => (Code::Unavailable, Level::Debug),
         WriteError::TableReplaced { .. } => (Code::Aborted, Level::Warn),
@@ -179,6 +181,7 @@ fn classify_core(e: &CoreError) -> (Code, Level) {
             }
         }
         CoreError::Changelog(c) => classify_changelog(c),
+        CoreError::LeaseDatabase { .. } => (Code::Unavailable, Level::Warn),
     }
 }
 

@@ -489,6 +489,7 @@ async fn a_failing_table_does_not_stop_compaction_of_the_others() -> Result<()> 
                 format: unitable_proto::v1::RowFormat::JsonLines as i32,
                 rows: lines.into_bytes(),
                 wait_for: unitable_proto::v1::WaitFor::Snapshot as i32,
+                request_id: String::new(),
             })
             .await?
             .into_inner();

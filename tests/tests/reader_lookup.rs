@@ -406,6 +406,7 @@ async fn fill_tail(service: &Service, table: &str, n: i64) -> Result<Model> {
             format: RowFormat::JsonLines as i32,
             rows: lines.into_bytes(),
             wait_for: wait_for as i32,
+            request_id: String::new(),
         };
     // The committer's first cycle runs as soon as it starts: let it commit one row, so the
     // rows below stay in the changelog tail until the hour is up.

@@ -225,6 +225,7 @@ fn write_request(table: &str, line: &str, wait: bool) -> WriteRequest {
         } else {
             WaitFor::Changelog as i32
         },
+        request_id: String::new(),
     }
 }
 
@@ -360,6 +361,7 @@ impl Op {
                         format: 0,
                         rows: format!("{{\"id\":{},\"v\":\"s\"}}\n", 200 + round).into_bytes(),
                         wait_for: 0,
+                        request_id: String::new(),
                     },
                 ];
                 caller

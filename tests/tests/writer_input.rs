@@ -89,6 +89,7 @@ async fn bad_rows_are_reported_and_good_rows_are_written() -> Result<()> {
         format: RowFormat::ArrowIpc as i32,
         rows,
         wait_for: WaitFor::Snapshot as i32,
+        request_id: String::new(),
     };
     let err = client
         .write(arrow(bytes[..bytes.len() - 8].to_vec()))
@@ -125,6 +126,7 @@ async fn bad_rows_are_reported_and_good_rows_are_written() -> Result<()> {
             format: RowFormat::JsonLines as i32,
             rows: kv_line(1, "x", 1).into_bytes(),
             wait_for: 0,
+            request_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -136,6 +138,7 @@ async fn bad_rows_are_reported_and_good_rows_are_written() -> Result<()> {
             format: RowFormat::JsonLines as i32,
             rows: kv_line(1, "x", 1).into_bytes(),
             wait_for: 0,
+            request_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -200,6 +203,7 @@ async fn write_stream_counts_rows_across_messages_and_waits_once() -> Result<()>
             .concat()
             .into_bytes(),
         wait_for: WaitFor::Snapshot as i32,
+        request_id: String::new(),
     };
     let second = WriteRequest {
         rows: [kv_line(3, "c", 3), "{\"id\":\"bad\"}\n".into()]
@@ -246,6 +250,7 @@ async fn write_stream_counts_rows_across_messages_and_waits_once() -> Result<()>
         format: RowFormat::JsonLines as i32,
         rows: kv_line(8, "y", 8).into_bytes(),
         wait_for: 0,
+        request_id: String::new(),
     };
     let err = client
         .write_stream(tokio_stream::iter([head, switch]))

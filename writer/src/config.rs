@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use unitable_core::lease::LeaseStore;
+use unitable_core::requests::RequestLog;
+
 /// How the writer and its committers behave.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -22,6 +25,37 @@ pub struct WriterConfig {
     /// must not run on the threads serving requests). `None`: the runtime of the caller that
     /// first touches a table, which only tests should rely on.
     pub committer_runtime: Option<tokio::runtime::Handle>,
+    /// Committer ownership by leases shared with other serve nodes (see [`LeaseConfig`]).
+    /// `None`: this process runs the committer of every table it touches, and the newest
+    /// process to start one fences the others (one node, or tests of fencing itself).
+    pub leases: Option<LeaseConfig>,
+    /// The log of idempotent write requests (the catalog database). `None`: writes with a
+    /// request id are refused.
+    pub requests: Option<RequestLog>,
+    /// How long a request id is remembered: a retry later than this writes again.
+    pub request_window: Duration,
+}
+
+/// How serve nodes share the tables' committers: each node renews its membership and the
+/// leases of the tables it commits; tables are spread evenly over the live nodes and taken
+/// over when a holder's lease runs out.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Where leases live (the catalog database).
+    pub store: LeaseStore,
+    /// This node's id, unique among live nodes and stable across restarts (so a restarted
+    /// node takes its tables back at once): by default `host:grpc-port`.
+    pub node: String,
+    /// How long a lease lasts without renewal; it is renewed every third of that. A dead
+    /// owner's tables are taken over after at most this long plus one renewal period.
+    pub ttl: Duration,
+}
+
+impl LeaseConfig {
+    /// How often leases and membership are renewed.
+    pub fn renew_every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(50))
+    }
 }
 
 impl Default for WriterConfig {
@@ -33,13 +67,21 @@ impl Default for WriterConfig {
             snapshot_wait: Duration::from_secs(60),
             instance: default_instance(),
             committer_runtime: None,
+            leases: None,
+            requests: None,
+            request_window: Duration::from_secs(24 * 3600),
         }
     }
 }
 
 /// `host:pid`.
 pub fn default_instance() -> String {
-    let host = std::env::var("HOSTNAME")
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// This machine's host name (`HOSTNAME`, else /etc/hostname, else `localhost`).
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
@@ -47,6 +89,6 @@ pub fn default_instance() -> String {
                 .ok()
                 .map(|h| h.trim().to_string())
         })
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }

@@ -66,6 +66,36 @@ pub enum WriteError {
         /// The table.
         table: TableName,
     },
+    /// The client request id is unusable.
+    #[error("request id `{request_id}` is invalid: {reason}")]
+    InvalidRequestId {
+        /// The id (its first 80 characters).
+        request_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An earlier attempt of the same request (same request id) is still being written by a
+    /// live node.
+    #[error(
+        "a write of `{table}` with request id `{request_id}` is still in progress on node \
+         {owner} (started {age_ms} ms ago); retry the same request later (it will return that \
+         write's outcome, or finish it)"
+    )]
+    RequestInProgress {
+        /// The table.
+        table: TableName,
+        /// The request id.
+        request_id: String,
+        /// The node writing it.
+        owner: String,
+        /// How long ago it started.
+        age_ms: i64,
+    },
+    /// Idempotent writes need the request log in the catalog database, which this writer has not.
+    #[error(
+        "this writer has no request log (idempotent writes need a SQL catalog); retry without a request id"
+    )]
+    NoRequestLog,
     /// The service is shutting down.
     #[error("unitable is shutting down; retry against a running instance")]
     ShuttingDown,
@@ -94,8 +124,11 @@ impl WriteError {
             WriteError::Iceberg { source, .. } => source.retryable(),
             WriteError::SnapshotWaitTimedOut { .. }
             | WriteError::ShuttingDown
+            | WriteError::RequestInProgress { .. }
             | WriteError::TableReplaced { .. } => true,
             WriteError::BadRequest { .. }
+            | WriteError::InvalidRequestId { .. }
+            | WriteError::NoRequestLog
             | WriteError::Encode(_)
             | WriteError::Decode(_)
             | WriteError::Internal { .. } => false,

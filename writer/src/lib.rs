@@ -26,17 +26,18 @@
 //!   error naming the lost range and counts it in `unitable_committer_lost_records_total`,
 //!   then resumes from the low watermark. The local changelog never removes a segment holding
 //!   uncommitted records.
-//! - *A fenced or dead committer owner.* One process owns each table's commits (a fencing
-//!   property in the table metadata). Writes acknowledged by any process stay in the
-//!   changelog, but they reach Iceberg only while the owner runs: if the owner dies and no
-//!   other process takes the table over, they wait (FRESH and STREAM reads still serve them).
-//!   A fenced process logs the takeover and stops committing; the lag is visible as
-//!   `unitable_committer_lag_records` and in `table describe`. Committer leases with
-//!   failover (issue 15) remove this exception.
+//! - *A dead committer owner.* One node at a time commits each table, by a lease in the
+//!   catalog database ([`ownership`]); writes acknowledged by any node stay in the changelog
+//!   and reach Iceberg once the table's owner commits them. When the owner dies, its leases
+//!   run out and live nodes take its tables over (within about 1.3 lease periods, plus the
+//!   new owner's index rebuild); until then FRESH and STREAM reads still serve the writes, and
+//!   the lag is visible as `unitable_committer_lag_records` and in `table describe`. A paused
+//!   owner that wakes up after losing its lease is fenced by the committer epoch.
 //! - *A request that failed.* A write answered with an error may still have reached the
 //!   changelog in part (Kafka produce timeouts, a failed fsync whose bytes did reach the disk):
-//!   a retry can duplicate rows of an append-only table. Idempotent request ids (issue 15)
-//!   remove this.
+//!   a retry without a request id can duplicate rows of an append-only table. With a request
+//!   id ([`idempotent`]) the retry finds which of the first attempt's records landed and writes
+//!   only the rest, on any node and after restarts, for 24 hours.
 //!
 //! Flow: [`Writer::write`] -> [`input`] (rows to Arrow) -> record codec -> changelog append;
 //! [`committer::TableCommitter`] -> [`files`] (data and delete files) -> the core commit layer.
@@ -46,14 +47,16 @@ pub mod config;
 mod crash;
 pub mod error;
 mod files;
+mod idempotent;
 pub mod index;
 pub mod input;
 pub mod metric_names;
+mod ownership;
 mod recovery;
 mod writer;
 
 pub use committer::CommitProgress;
-pub use config::WriterConfig;
+pub use config::{LeaseConfig, WriterConfig};
 pub use error::{WriteError, WriteResult};
 pub use input::Rows;
 pub use writer::{MAX_REPORTED_ERRORS, WriteOutcome, WriteRequest, Writer};

@@ -37,3 +37,18 @@ pub const INDEX_BYTES: &str = "unitable_writer_index_bytes";
 pub const INDEX_REBUILDS: &str = "unitable_committer_index_rebuilds_total";
 /// Compactions applied to the index without a rebuild (one per catch-up).
 pub const INDEX_REPOINTS: &str = "unitable_committer_index_repoints_total";
+/// Committer leases this node holds (gauge; no `table` label).
+pub const LEASES_HELD: &str = "unitable_committer_leases_held";
+/// Leases this node took (counter): at start, from a node that left, or after an expiry.
+pub const LEASES_ACQUIRED: &str = "unitable_committer_leases_acquired_total";
+/// Leases this node lost without giving them up (counter): it could not renew them in time.
+pub const LEASES_LOST: &str = "unitable_committer_leases_lost_total";
+/// Tables this node handed to another live node after committing its backlog (counter).
+pub const LEASE_HANDOVERS: &str = "unitable_committer_lease_handovers_total";
+/// Failed lease rounds (the catalog database did not answer; counter; no `table` label).
+pub const LEASE_ERRORS: &str = "unitable_committer_lease_errors_total";
+/// Live serve nodes sharing the committers, as this node last saw them (gauge).
+pub const LEASE_NODES: &str = "unitable_committer_nodes";
+/// Writes answered from the request log: a retry of a request id that was already written
+/// (counter).
+pub const REQUESTS_DEDUPLICATED: &str = "unitable_writer_deduplicated_requests_total";

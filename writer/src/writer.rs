@@ -2,6 +2,7 @@
 //! of per-table committers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,17 +11,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use unitable_core::bucket::bucket_of;
 use unitable_core::catalog::TableCatalog;
 use unitable_core::changelog::{ChangeRecord, Changelog};
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::naming::{TableName, props};
 use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec, RowError, json_lines};
+use unitable_core::requests::Claim;
 use unitable_core::table::TableDef;
 
 use crate::committer::{CommitProgress, Shared, TableCommitter};
 use crate::config::WriterConfig;
 use crate::error::{WriteError, WriteResult};
+use crate::idempotent;
 use crate::input::{Rows, read_rows};
 use crate::metric_names as m;
 use crate::recovery::anchored_offsets;
@@ -38,6 +42,9 @@ pub struct WriteRequest {
     pub first_row: usize,
     /// Answer only once a snapshot covering the write is committed.
     pub wait_for_snapshot: bool,
+    /// The client's id for this request: a retry with the same id (on any node, after a
+    /// restart) writes nothing twice. `None`: every attempt writes.
+    pub request_id: Option<String>,
 }
 
 /// How many row errors a stream of writes reports at most (memory stays bounded however many
@@ -78,10 +85,15 @@ struct TableHandle {
 }
 
 #[derive(Debug)]
-struct CommitterHandle {
+pub(crate) struct CommitterHandle {
     uuid: String,
     progress: watch::Receiver<CommitProgress>,
-    cancel: CancellationToken,
+    /// Asks for a graceful stop: commit what the changelog holds, then stop.
+    pub(crate) cancel: CancellationToken,
+    /// Stops at once, wherever the committer is (its lease is gone; another node commits).
+    pub(crate) abort: CancellationToken,
+    /// Cancelled once the committer task has ended.
+    pub(crate) done: CancellationToken,
 }
 
 /// Whether a cached table handle still fits the catalog's table.
@@ -97,16 +109,20 @@ enum Check {
 /// The writer role: the write path plus one committer per table.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    shared: Arc<Shared>,
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
     handles: Mutex<HashMap<TableName, Arc<TableHandle>>>,
-    committers: Mutex<HashMap<TableName, CommitterHandle>>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
+    pub(crate) committers: Mutex<HashMap<TableName, CommitterHandle>>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    /// Asks the lease coordinator for a round now (a table without a committer was written).
+    pub(crate) lease_round: tokio::sync::Notify,
+    /// When old request ids were last expired (ms since the epoch).
+    requests_expired_ms: AtomicI64,
 }
 
 impl WriteOutcome {
@@ -144,13 +160,23 @@ impl Writer {
                 committers: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                lease_round: tokio::sync::Notify::new(),
+                requests_expired_ms: AtomicI64::new(0),
             }),
         }
     }
 
     /// Starts the committer of every existing table, so that writes acknowledged before a
     /// restart reach the Iceberg table without waiting for a new write. Returns the count.
+    ///
+    /// With [`LeaseConfig`](crate::LeaseConfig)s, it instead joins the nodes sharing the
+    /// committers: one lease round at once (taking this node's share of the tables that are
+    /// free), then a round every renewal period until [`Writer::shutdown`]. Returns how many
+    /// committers the first round started.
     pub async fn start_committers(&self) -> WriteResult<usize> {
+        if let Some(leases) = self.inner.shared.config.leases.clone() {
+            return crate::ownership::start(self.clone(), leases).await;
+        }
         let tables = self.inner.shared.catalog.list(None).await?;
         let mut started = 0;
         for name in tables {
@@ -186,6 +212,15 @@ impl Writer {
         }
     }
 
+    /// Whether this process commits `table`: always without leases; with leases, while this
+    /// node runs the table's committer.
+    pub fn commits(&self, table: &TableName) -> bool {
+        self.inner.shared.config.leases.is_none()
+            || lock(&self.inner.committers)
+                .get(table)
+                .is_some_and(|c| !c.done.is_cancelled() && !c.cancel.is_cancelled())
+    }
+
     /// The committer's progress for `table`, if this process runs its committer.
     pub fn progress(&self, table: &TableName) -> Option<CommitProgress> {
         lock(&self.inner.committers)
@@ -193,10 +228,16 @@ impl Writer {
             .map(|c| c.progress.borrow().clone())
     }
 
-    fn ensure_committer(&self, name: &TableName, uuid: &str) -> watch::Receiver<CommitProgress> {
+    pub(crate) fn ensure_committer(
+        &self,
+        name: &TableName,
+        uuid: &str,
+    ) -> watch::Receiver<CommitProgress> {
         let mut committers = lock(&self.inner.committers);
         if let Some(c) = committers.get(name) {
-            let stale = c.uuid != uuid || (c.progress.borrow().stopped && c.cancel.is_cancelled());
+            let stale = c.uuid != uuid
+                || (c.progress.borrow().stopped && c.cancel.is_cancelled())
+                || c.done.is_cancelled();
             if !stale {
                 return c.progress.clone();
             }
@@ -204,7 +245,21 @@ impl Writer {
         }
         let (tx, rx) = watch::channel(CommitProgress::default());
         let cancel = self.inner.stop.child_token();
-        let run = supervise(name.clone(), self.inner.shared.clone(), tx, cancel.clone());
+        let abort = CancellationToken::new();
+        let done = CancellationToken::new();
+        let supervised = supervise(name.clone(), self.inner.shared.clone(), tx, cancel.clone());
+        let run = {
+            let (abort, done, inner) = (abort.clone(), done.clone(), self.inner.clone());
+            async move {
+                tokio::select! {
+                    () = supervised => {}
+                    () = abort.cancelled() => {}
+                }
+                done.cancel();
+                // A finished hand-over releases its lease at once.
+                inner.lease_round.notify_one();
+            }
+        };
         match &self.inner.shared.config.committer_runtime {
             Some(runtime) => self.inner.tasks.spawn_on(run, runtime),
             None => self.inner.tasks.spawn(run),
@@ -215,9 +270,34 @@ impl Writer {
                 uuid: uuid.to_string(),
                 progress: rx.clone(),
                 cancel,
+                abort,
+                done,
             },
         );
         rx
+    }
+
+    /// Where the write path learns of `name`'s commits: this process's committer of the table,
+    /// started if needed; with leases, only a committer this node already runs (otherwise a
+    /// channel that says so, and writes waiting for a snapshot watch the catalog).
+    fn progress_of(&self, name: &TableName, uuid: &str) -> watch::Receiver<CommitProgress> {
+        if self.inner.shared.config.leases.is_none() {
+            return self.ensure_committer(name, uuid);
+        }
+        if let Some(c) = lock(&self.inner.committers).get(name)
+            && c.uuid == uuid
+            && !c.done.is_cancelled()
+        {
+            return c.progress.clone();
+        }
+        // A new table (or one whose owner died) may be this node's to commit: look now rather
+        // than at the next renewal.
+        self.inner.lease_round.notify_one();
+        watch::channel(CommitProgress {
+            stopped: true,
+            ..CommitProgress::default()
+        })
+        .1
     }
 
     async fn handle(&self, name: &TableName) -> WriteResult<Arc<TableHandle>> {
@@ -229,7 +309,7 @@ impl Writer {
         }
         let state = self.inner.shared.catalog.describe(name).await?;
         let codec = Arc::new(RecordCodec::new(&state.def, &state.uuid, state.schema_id)?);
-        let progress = self.ensure_committer(name, &state.uuid);
+        let progress = self.progress_of(name, &state.uuid);
         let handle = Arc::new(TableHandle {
             uuid: state.uuid.clone(),
             schema_id: state.schema_id,
@@ -303,13 +383,118 @@ impl Writer {
     }
 
     /// Validates and appends the rows of `request`; answers once they are durable in the
-    /// changelog (or, when asked, once a snapshot covers them).
+    /// changelog (or, when asked, once a snapshot covers them). With a request id, the write
+    /// happens at most once: a retry returns the first attempt's outcome, or finishes what a
+    /// failed attempt left undone (see [`crate::idempotent`]).
     pub async fn write(&self, request: WriteRequest) -> WriteResult<WriteOutcome> {
         let mut handle = self.handle(&request.table).await?;
         // Another process may have changed, dropped or recreated the table: refresh first.
         if self.check_current(&request.table, &handle).await? != Check::Current {
             handle = self.handle(&request.table).await?;
         }
+        let Some(id) = request.request_id.as_deref() else {
+            let (outcome, _) = self.append(&request, &handle, None).await?;
+            return self.answer(&request, &handle, outcome).await;
+        };
+        idempotent::validate(id)?;
+        let log = self
+            .inner
+            .shared
+            .config
+            .requests
+            .as_ref()
+            .ok_or(WriteError::NoRequestLog)?;
+        let node = self.node_id();
+        let claim = log
+            .claim(&handle.uuid, id, node, idempotent::IN_FLIGHT)
+            .await?;
+        let recover = match claim {
+            Claim::Done(recorded) => {
+                metrics::counter!(m::REQUESTS_DEDUPLICATED, "table" => request.table.to_string())
+                    .increment(1);
+                let outcome = idempotent::decode_outcome(&recorded)?;
+                return self.answer(&request, &handle, outcome).await;
+            }
+            Claim::InProgress { owner, age_ms } => {
+                return Err(WriteError::RequestInProgress {
+                    table: request.table.clone(),
+                    request_id: id.to_string(),
+                    owner,
+                    age_ms,
+                });
+            }
+            Claim::New | Claim::Recover(None) => None,
+            Claim::Recover(Some(start)) => Some(start.parse::<PartitionOffsets>().map_err(
+                |_| WriteError::Internal {
+                    reason: format!("the request log holds unreadable offsets `{start}`"),
+                },
+            )?),
+        };
+        match self.append(&request, &handle, Some((id, recover))).await {
+            Ok((outcome, true)) => {
+                log.finish(&handle.uuid, id, &idempotent::encode_outcome(&outcome))
+                    .await?;
+                self.expire_requests();
+                self.answer(&request, &handle, outcome).await
+            }
+            Ok((outcome, false)) => {
+                // Some partition failed: what it wrote is unknown, so a retry with the same id
+                // finds out and writes the rest.
+                log.abandon(&handle.uuid, id).await?;
+                self.answer(&request, &handle, outcome).await
+            }
+            Err(e) => {
+                if let Err(abandon) = log.abandon(&handle.uuid, id).await {
+                    warn!(table = %request.table, request_id = id, error = %abandon, "cannot give up a failed write request; a retry waits for it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The id this node claims write requests under.
+    fn node_id(&self) -> &str {
+        let config = &self.inner.shared.config;
+        config
+            .leases
+            .as_ref()
+            .map_or(config.instance.as_str(), |l| l.node.as_str())
+    }
+
+    /// Forgets old request ids now and then (at most every ten minutes, in the background).
+    fn expire_requests(&self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let last = self.inner.requests_expired_ms.load(Ordering::Relaxed);
+        if now - last < 600_000
+            || self
+                .inner
+                .requests_expired_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let config = &self.inner.shared.config;
+        let (Some(log), window) = (config.requests.clone(), config.request_window) else {
+            return;
+        };
+        tokio::spawn(async move {
+            match log.expire(window).await {
+                Ok(n) => tracing::debug!(forgotten = n, "expired old write request ids"),
+                Err(e) => warn!(error = %e, "cannot expire old write request ids"),
+            }
+        });
+    }
+
+    /// Encodes and appends the rows; returns the outcome and whether every partition's append
+    /// succeeded. With a request id, records carry it; with recovery offsets, records an
+    /// earlier attempt already appended (found from those offsets on) are not appended again.
+    async fn append(
+        &self,
+        request: &WriteRequest,
+        handle: &TableHandle,
+        idempotent: Option<(&str, Option<PartitionOffsets>)>,
+    ) -> WriteResult<(WriteOutcome, bool)> {
         let codec = handle.codec.clone();
         let op = request.op;
         let rows = request.rows.clone();
@@ -339,18 +524,73 @@ impl Writer {
                 .increment(errors.len() as u64);
         }
 
+        // An append-only table puts a request's rows on one partition of its choosing; for a
+        // request id the choice must be the same on every attempt, so a retry looks for the
+        // first attempt's records where they are.
+        let sticky = match &idempotent {
+            Some((id, _)) if handle.codec.is_append_only() => Some(PartitionId(bucket_of(
+                id.as_bytes(),
+                handle.def.changelog.partitions.max(1),
+            ))),
+            _ => None,
+        };
         let mut groups: BTreeMap<PartitionId, (Vec<ChangeRecord>, Vec<usize>)> = BTreeMap::new();
         let mut bytes = 0u64;
         for (row, partition, record) in encoded {
+            let partition = sticky.unwrap_or(partition);
             bytes += record.key.as_ref().map_or(0, Bytes::len) as u64
                 + record.value.as_ref().map_or(0, Bytes::len) as u64;
             let group = groups.entry(partition).or_default();
             group.0.push(record);
             group.1.push(row);
         }
-        let started = Instant::now();
         let topic = &handle.def.changelog.topic;
         let log = &self.inner.shared.changelog;
+        let mut outcome = WriteOutcome::default();
+        if let Some((id, recover)) = idempotent {
+            for (records, _) in groups.values_mut() {
+                idempotent::tag(records, id);
+            }
+            match recover {
+                Some(start) => {
+                    // An earlier attempt may have appended a prefix of each partition's records.
+                    for (partition, (records, rows)) in &mut groups {
+                        let Some(&from) = start.0.get(partition) else {
+                            continue;
+                        };
+                        let (landed, last) =
+                            idempotent::landed(log.as_ref(), topic, *partition, from, id).await?;
+                        let landed = landed.min(records.len());
+                        if let (true, Some(last)) = (landed > 0, last) {
+                            records.drain(..landed);
+                            rows.drain(..landed);
+                            outcome.rows_written += landed as u64;
+                            outcome.last_offsets.set(*partition, last);
+                        }
+                    }
+                    groups.retain(|_, (records, _)| !records.is_empty());
+                    info!(
+                        table,
+                        request_id = id,
+                        already_written = outcome.rows_written,
+                        "retry of an unfinished write request: appending what the earlier attempt did not"
+                    );
+                }
+                None => {
+                    let mut start = PartitionOffsets::default();
+                    for partition in groups.keys() {
+                        start.set(*partition, log.watermarks(topic, *partition).await?.high);
+                    }
+                    if let Some(requests) = &self.inner.shared.config.requests {
+                        requests
+                            .record_start(&handle.uuid, id, &start.to_string())
+                            .await?;
+                    }
+                }
+            }
+        }
+
+        let started = Instant::now();
         let appends = groups
             .into_iter()
             .map(|(partition, (records, rows))| async move {
@@ -361,7 +601,6 @@ impl Writer {
         metrics::histogram!(m::APPEND_SECONDS, "table" => table.clone())
             .record(started.elapsed().as_secs_f64());
 
-        let mut outcome = WriteOutcome::default();
         let mut failures = 0usize;
         let mut first_failure = None;
         let total = results.len();
@@ -389,6 +628,7 @@ impl Writer {
         }
         if total > 0
             && failures == total
+            && outcome.rows_written == 0
             && let Some(e) = first_failure
         {
             // Nothing was written: the request as a whole failed.
@@ -398,7 +638,7 @@ impl Writer {
         // if the catalog still names that table (another process may have dropped and
         // recreated it since the check above; its committer would skip them as foreign).
         if outcome.rows_written > 0
-            && self.check_current(&request.table, &handle).await? == Check::Replaced
+            && self.check_current(&request.table, handle).await? == Check::Replaced
         {
             return Err(WriteError::TableReplaced {
                 table: request.table.clone(),
@@ -409,13 +649,23 @@ impl Writer {
         metrics::counter!(m::BYTES_WRITTEN, "table" => table).increment(bytes);
         errors.sort_by_key(|e| e.row);
         if handle.dead_letter && !errors.is_empty() {
-            self.dead_letter(&handle, &request, &errors).await;
+            self.dead_letter(handle, request, &errors).await;
         }
         outcome.rows_rejected = errors.len() as u64;
         outcome.errors = errors;
+        Ok((outcome, failures == 0))
+    }
 
+    /// Completes an outcome for the client: waits for a covering snapshot when asked, and
+    /// says which state of the table it reflects.
+    async fn answer(
+        &self,
+        request: &WriteRequest,
+        handle: &TableHandle,
+        mut outcome: WriteOutcome,
+    ) -> WriteResult<WriteOutcome> {
         let progress = if request.wait_for_snapshot && outcome.rows_written > 0 {
-            self.wait_for_snapshot(&request.table, &handle, &outcome.last_offsets)
+            self.wait_for_snapshot(&request.table, handle, &outcome.last_offsets)
                 .await?
         } else {
             handle.progress.borrow().clone()
@@ -563,7 +813,7 @@ fn as_of(progress: &CommitProgress, last: &PartitionOffsets) -> AsOf {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

@@ -64,6 +64,9 @@ pub const SCHEMA_ID_HEADER: &str = "unitable.schema-id";
 /// Header carrying the Iceberg table uuid, so records of a dropped and re-created table with
 /// the same name are never mistaken for the new table's.
 pub const TABLE_UUID_HEADER: &str = "unitable.table-uuid";
+/// Header carrying the client's request id, on records of writes that gave one (idempotent
+/// writes): a retry finds out from it which records of an earlier attempt landed.
+pub const REQUEST_ID_HEADER: &str = "unitable.request-id";
 
 /// What a change record does to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -84,24 +84,7 @@ impl AccessStore {
 
     /// `$n` placeholders as the dialect wants them.
     fn sql(&self, text: &str) -> String {
-        match self.dialect {
-            SqlDialect::Postgres => text.to_string(),
-            SqlDialect::Sqlite => {
-                let mut out = String::with_capacity(text.len());
-                let mut chars = text.chars().peekable();
-                while let Some(c) = chars.next() {
-                    if c == '$' {
-                        while chars.peek().is_some_and(char::is_ascii_digit) {
-                            chars.next();
-                        }
-                        out.push('?');
-                    } else {
-                        out.push(c);
-                    }
-                }
-                out
-            }
-        }
+        self.dialect.placeholders(text)
     }
 
     /// Reads the whole policy.

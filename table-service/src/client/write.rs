@@ -1,7 +1,9 @@
 //! `unitable write NS.TABLE --file PATH|- [--format jsonl|csv|parquet] [--op ...]`.
 //!
 //! Rows are sent in batches of `--batch-size`, one `Write` call each, so every batch is
-//! acknowledged on its own and a failure names the rows that were not written. JSON lines go
+//! acknowledged on its own and a failure names the rows that were not written. Each batch
+//! carries a request id, and a batch whose call failed in a way that may pass is sent again
+//! with it, so retries never write a batch twice. JSON lines go
 //! as they are; CSV rows become JSON objects whose values are the cells as strings (an empty
 //! cell is null), so the server validates and coerces each row; Parquet goes as Arrow IPC.
 
@@ -16,7 +18,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{RowFormat, WaitFor, WriteOp, WriteRequest, WriteResponse};
 
-use super::{ClientError, Connection};
+use super::{ClientError, Conn, Connection};
 use crate::cli::{InputFormat, WriteArgs, WriteOpArg};
 
 /// Runs `unitable write`.
@@ -60,22 +62,28 @@ async fn run_inner(conn: &Connection, args: WriteArgs) -> Result<bool, ClientErr
     let mut summary = Summary::default();
     let mut first_row = 0u64;
     let mut batches = batches.peekable();
+    let run_id = uuid::Uuid::now_v7();
+    let mut batch_index = 0u64;
     while let Some(batch) = batches.next() {
         let batch = batch?;
         let last = batches.peek().is_none();
         let wait = args.wait.is_some() && last;
-        let response = client
-            .write(WriteRequest {
-                table: args.table.clone(),
-                op: op as i32,
-                format: batch.format as i32,
-                rows: batch.rows,
-                wait_for: if wait {
-                    WaitFor::Snapshot
-                } else {
-                    WaitFor::Changelog
-                } as i32,
-            })
+        let request = WriteRequest {
+            table: args.table.clone(),
+            op: op as i32,
+            format: batch.format as i32,
+            rows: batch.rows,
+            wait_for: if wait {
+                WaitFor::Snapshot
+            } else {
+                WaitFor::Changelog
+            } as i32,
+            // One id per batch: a retry below (or a rerun of a failed batch by the server's
+            // request log) writes nothing twice.
+            request_id: format!("{run_id}:{batch_index}"),
+        };
+        batch_index += 1;
+        let response = send_with_retries(&mut client, request, first_row)
             .await
             .map_err(|s| {
                 let note = if summary.written > 0 {
@@ -88,8 +96,7 @@ async fn run_inner(conn: &Connection, args: WriteArgs) -> Result<bool, ClientErr
                 };
                 let e = ClientError::from_status(server, &s);
                 ClientError::new(format!("rows from {first_row} on: {}{note}", e.message()))
-            })?
-            .into_inner();
+            })?;
         absorb(&mut summary, &response, first_row, wait);
         first_row += batch.count as u64;
         if progress {
@@ -109,6 +116,40 @@ async fn run_inner(conn: &Connection, args: WriteArgs) -> Result<bool, ClientErr
     }
     print_summary(&args.table, &summary, started);
     Ok(summary.rejected.is_empty())
+}
+
+/// Sends one batch; a failure that may pass (the server unreachable or restarting, the
+/// request still in progress elsewhere) is retried with the same request id, so the batch is
+/// written once however often it is sent. Up to 6 attempts over about 30 s.
+async fn send_with_retries(
+    client: &mut WriteServiceClient<Conn>,
+    request: WriteRequest,
+    first_row: u64,
+) -> Result<WriteResponse, tonic::Status> {
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match client.write(request.clone()).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(s) if attempt < 6 && retryable(s.code()) => {
+                eprintln!(
+                    "rows from {first_row} on: {} ({:?}); retrying the same batch in {:.1} s (attempt {} of 6)",
+                    s.message(),
+                    s.code(),
+                    delay.as_secs_f64(),
+                    attempt + 1
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(8));
+                attempt += 1;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+fn retryable(code: tonic::Code) -> bool {
+    matches!(code, tonic::Code::Unavailable | tonic::Code::Aborted)
 }
 
 fn absorb(summary: &mut Summary, response: &WriteResponse, first_row: u64, waited: bool) {

@@ -131,6 +131,7 @@ impl WriteService for WriteApi {
                 rows,
                 first_row: 0,
                 wait_for_snapshot: t.wait,
+                request_id: request_id(&request.request_id),
             })
             .await;
         audit_write(&self.access, &who, "Write", &table, &outcome);
@@ -207,6 +208,8 @@ impl WriteApi {
         while let Some(message) = stream.next().await {
             let mut message = message?;
             let body = std::mem::take(&mut message.rows);
+            // Each message is its own request (never the first message's id).
+            let message_id = request_id(&message.request_id);
             let shape = match &first {
                 None => {
                     let t = target(&message)?;
@@ -270,6 +273,7 @@ impl WriteApi {
                     rows,
                     first_row: next_row,
                     wait_for_snapshot: false,
+                    request_id: message_id,
                 })
                 .await
                 .map_err(ApiError::from)?;
@@ -293,4 +297,9 @@ impl WriteApi {
         }
         Ok(total)
     }
+}
+
+/// The request id of a wire request (empty: none).
+fn request_id(wire: &str) -> Option<String> {
+    (!wire.is_empty()).then(|| wire.to_string())
 }

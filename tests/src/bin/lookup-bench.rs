@@ -132,6 +132,7 @@ async fn load(service: &Service, rows: u64) -> Result<Duration> {
                 format: RowFormat::JsonLines as i32,
                 rows: lines.into_bytes(),
                 wait_for: WaitFor::Changelog as i32,
+                request_id: String::new(),
             })
             .await?
             .into_inner();
@@ -154,6 +155,7 @@ async fn load(service: &Service, rows: u64) -> Result<Duration> {
                 format: RowFormat::JsonLines as i32,
                 rows: again.clone().into_bytes(),
                 wait_for: WaitFor::Snapshot as i32,
+                request_id: String::new(),
             })
             .await;
         match wait {

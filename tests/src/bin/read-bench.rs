@@ -171,6 +171,7 @@ async fn load(url: &str, from: usize, to: usize, version: i64, wait: bool) -> Re
                 } else {
                     WaitFor::Changelog
                 } as i32,
+                request_id: String::new(),
             })
             .await?
             .into_inner();
@@ -485,6 +486,7 @@ async fn latency(backend: Backend, samples: usize, interval: Duration) -> Result
                 format: RowFormat::ArrowIpc as i32,
                 rows: ipc(&b)?,
                 wait_for: WaitFor::Changelog as i32,
+                request_id: String::new(),
             })
             .await?;
         acks.push(epoch.elapsed() - sent);

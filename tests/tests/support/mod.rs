@@ -83,9 +83,20 @@ pub async fn write_lines(
     lines: &str,
     wait: bool,
 ) -> Result<WriteResponse, tonic::Status> {
+    write_lines_to(client, TABLE, op, lines, wait).await
+}
+
+/// Writes JSON lines with `op` to `table`.
+pub async fn write_lines_to(
+    client: &mut WriteServiceClient<tonic::transport::Channel>,
+    table: &str,
+    op: WriteOp,
+    lines: &str,
+    wait: bool,
+) -> Result<WriteResponse, tonic::Status> {
     client
         .write(WriteRequest {
-            table: TABLE.into(),
+            table: table.into(),
             op: op as i32,
             format: RowFormat::JsonLines as i32,
             rows: lines.as_bytes().to_vec(),
@@ -94,6 +105,7 @@ pub async fn write_lines(
             } else {
                 WaitFor::Changelog
             } as i32,
+            request_id: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -102,8 +114,13 @@ pub async fn write_lines(
 /// The rows of the test table's current snapshot read by iceberg-rust: id -> v. Fails on a
 /// duplicate id.
 pub async fn scan_kv(data_dir: &Path) -> Result<BTreeMap<i64, String>> {
+    scan_kv_table(data_dir, TABLE).await
+}
+
+/// [`scan_kv`] of another table of the same shape.
+pub async fn scan_kv_table(data_dir: &Path, name: &str) -> Result<BTreeMap<i64, String>> {
     let catalog = TableCatalog::open(CatalogConfig::embedded(data_dir)).await?;
-    let table = catalog.load(&TABLE.parse()?).await?;
+    let table = catalog.load(&name.parse()?).await?;
     let batches: Vec<RecordBatch> = table
         .scan()
         .select(["id", "v"])

@@ -1,0 +1,309 @@
+//! Committer leases: which serve node commits which table, kept in the catalog database.
+//!
+//! Two tables next to the SQL catalog's own (`unitable_nodes`, `unitable_committer_leases`):
+//! every serve node renews a row for itself (its membership) and one per table it commits
+//! (its lease), each with an expiry. Expiries are computed and compared by the database's
+//! clock, never by a node's, so clock skew between nodes cannot make two of them believe they
+//! hold the same lease. A lease is taken with a single conditional statement (free, expired,
+//! or already ours), so at most one node holds a table's lease at any database instant.
+//!
+//! The lease decides *who should* commit; it does not make commits safe by itself (a node can
+//! pause past its lease and wake up mid-commit). Safety stays with the committer epoch in the
+//! Iceberg table properties: a new owner claims a higher epoch with a compare-and-swap commit
+//! before it commits, and every row delta requires the epoch its committer claimed. See
+//! docs/rfcs/0001-committer-leases.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+use crate::bucket::murmur2;
+use crate::catalog::{CatalogConfig, SqlDialect, sql_url};
+use crate::error::{Error, Result};
+use crate::naming::TableName;
+
+/// The membership table (also read by the write request log).
+pub(crate) const NODES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS unitable_nodes (\
+       node_id VARCHAR(255) NOT NULL PRIMARY KEY, \
+       expires_ms BIGINT NOT NULL)";
+
+const SCHEMA: &[&str] = &[
+    NODES_SCHEMA,
+    "CREATE TABLE IF NOT EXISTS unitable_committer_leases (\
+       table_name VARCHAR(1024) NOT NULL PRIMARY KEY, \
+       owner VARCHAR(255) NOT NULL, \
+       expires_ms BIGINT NOT NULL, \
+       acquired BIGINT NOT NULL)",
+];
+
+/// Who holds a table's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// The node id of the holder.
+    pub owner: String,
+    /// When the lease runs out, by the database's clock (ms since the Unix epoch).
+    pub expires_ms: i64,
+    /// How many times the lease has been taken (by anyone) since the row was created.
+    pub acquired: i64,
+}
+
+/// The lease and membership tables in a SQL catalog's database.
+#[derive(Debug, Clone)]
+pub struct LeaseStore {
+    pool: AnyPool,
+    dialect: SqlDialect,
+}
+
+fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> Error {
+    move |e| Error::LeaseDatabase {
+        operation,
+        reason: e.to_string(),
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl LeaseStore {
+    /// Connects to the database of the SQL catalog in `config` and creates the lease tables if
+    /// they are missing. `None` for a REST catalog, which has no database to hold leases.
+    pub async fn connect(config: &CatalogConfig) -> Result<Option<Self>> {
+        let Some((url, dialect)) = sql_url(&config.uri)? else {
+            return Ok(None);
+        };
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .map_err(db("connect to the catalog database"))?;
+        let store = Self { pool, dialect };
+        for statement in SCHEMA {
+            sqlx::query(statement)
+                .execute(&store.pool)
+                .await
+                .map_err(db("create the lease tables"))?;
+        }
+        Ok(Some(store))
+    }
+
+    fn sql(&self, text: &str) -> String {
+        self.dialect
+            .placeholders(&text.replace("{now}", db_now(self.dialect)))
+    }
+
+    /// Renews `node`'s membership for `ttl` and returns the live nodes (this one included),
+    /// sorted.
+    pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<Vec<String>> {
+        let ttl = millis(ttl);
+        let updated = sqlx::query(
+            &self.sql("UPDATE unitable_nodes SET expires_ms = {now} + $1 WHERE node_id = $2"),
+        )
+        .bind(ttl)
+        .bind(node)
+        .execute(&self.pool)
+        .await
+        .map_err(db("renew this node's membership"))?;
+        if updated.rows_affected() == 0 {
+            sqlx::query(&self.sql(
+                "INSERT INTO unitable_nodes (node_id, expires_ms) VALUES ($1, {now} + $2) \
+                 ON CONFLICT (node_id) DO UPDATE SET expires_ms = excluded.expires_ms",
+            ))
+            .bind(node)
+            .bind(ttl)
+            .execute(&self.pool)
+            .await
+            .map_err(db("register this node"))?;
+        }
+        let rows: Vec<(String,)> =
+            sqlx::query_as(&self.sql(
+                "SELECT node_id FROM unitable_nodes WHERE expires_ms > {now} ORDER BY node_id",
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list the live nodes"))?;
+        // Expired members are gone for good; keep the table small.
+        sqlx::query(&self.sql("DELETE FROM unitable_nodes WHERE expires_ms < {now} - 3600000"))
+            .execute(&self.pool)
+            .await
+            .map_err(db("remove long-dead nodes"))?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
+    /// Ends `node`'s membership at once (a graceful stop), so the others take over its share
+    /// without waiting for the expiry.
+    pub async fn leave(&self, node: &str) -> Result<()> {
+        sqlx::query(&self.sql("DELETE FROM unitable_nodes WHERE node_id = $1"))
+            .bind(node)
+            .execute(&self.pool)
+            .await
+            .map_err(db("remove this node's membership"))?;
+        Ok(())
+    }
+
+    /// Takes the lease of `table` for `node` for `ttl` when it is free, expired or already
+    /// `node`'s. Returns whether `node` holds it now.
+    pub async fn acquire(&self, table: &TableName, node: &str, ttl: Duration) -> Result<bool> {
+        let ttl = millis(ttl);
+        let key = table.to_string();
+        let inserted = sqlx::query(&self.sql(
+            "INSERT INTO unitable_committer_leases (table_name, owner, expires_ms, acquired) \
+             VALUES ($1, $2, {now} + $3, 1) ON CONFLICT (table_name) DO NOTHING",
+        ))
+        .bind(key.as_str())
+        .bind(node)
+        .bind(ttl)
+        .execute(&self.pool)
+        .await
+        .map_err(db("create a committer lease"))?;
+        if inserted.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let taken = sqlx::query(&self.sql(
+            "UPDATE unitable_committer_leases \
+             SET owner = $1, expires_ms = {now} + $2, acquired = acquired + 1 \
+             WHERE table_name = $3 AND (expires_ms <= {now} OR owner = $4)",
+        ))
+        .bind(node)
+        .bind(ttl)
+        .bind(key.as_str())
+        .bind(node)
+        .execute(&self.pool)
+        .await
+        .map_err(db("take a committer lease"))?;
+        Ok(taken.rows_affected() == 1)
+    }
+
+    /// Extends every unexpired lease `node` holds by `ttl` and returns the tables they are
+    /// for. A lease that expired before the renewal is not renewed (another node may have it).
+    pub async fn renew_all(&self, node: &str, ttl: Duration) -> Result<BTreeSet<String>> {
+        sqlx::query(&self.sql(
+            "UPDATE unitable_committer_leases SET expires_ms = {now} + $1 \
+             WHERE owner = $2 AND expires_ms > {now}",
+        ))
+        .bind(millis(ttl))
+        .bind(node)
+        .execute(&self.pool)
+        .await
+        .map_err(db("renew the committer leases"))?;
+        let rows: Vec<(String,)> = sqlx::query_as(&self.sql(
+            "SELECT table_name FROM unitable_committer_leases \
+             WHERE owner = $1 AND expires_ms > {now}",
+        ))
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list this node's committer leases"))?;
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
+    /// Gives up `node`'s lease of `table` (after its committer stopped), so another node may
+    /// take it at once.
+    pub async fn release(&self, table: &TableName, node: &str) -> Result<()> {
+        sqlx::query(&self.sql(
+            "UPDATE unitable_committer_leases SET expires_ms = 0 \
+             WHERE table_name = $1 AND owner = $2",
+        ))
+        .bind(table.to_string())
+        .bind(node)
+        .execute(&self.pool)
+        .await
+        .map_err(db("release a committer lease"))?;
+        Ok(())
+    }
+
+    /// Removes the lease row of a dropped table.
+    pub async fn forget(&self, table: &TableName) -> Result<()> {
+        sqlx::query(&self.sql("DELETE FROM unitable_committer_leases WHERE table_name = $1"))
+            .bind(table.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db("remove a committer lease"))?;
+        Ok(())
+    }
+
+    /// Every unexpired lease, by table name.
+    pub async fn holders(&self) -> Result<BTreeMap<String, LeaseHolder>> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(&self.sql(
+            "SELECT table_name, owner, expires_ms, acquired FROM unitable_committer_leases \
+             WHERE expires_ms > {now}",
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list the committer leases"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(table, owner, expires_ms, acquired)| {
+                (
+                    table,
+                    LeaseHolder {
+                        owner,
+                        expires_ms,
+                        acquired,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// The database's clock, in ms since the Unix epoch, as an SQL expression.
+pub(crate) fn db_now(dialect: SqlDialect) -> &'static str {
+    match dialect {
+        SqlDialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)",
+        SqlDialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    }
+}
+
+/// Which node should commit each table: every node computes the same answer from the same
+/// live nodes and tables. Each table goes to the node ranking highest for it (rendezvous
+/// hashing, so a node joining or leaving moves mostly the tables it gains or loses) among those
+/// below their fair share, so loads differ by at most one table.
+pub fn assign<'a>(tables: &'a [String], nodes: &[String]) -> BTreeMap<&'a str, String> {
+    let mut out = BTreeMap::new();
+    if nodes.is_empty() {
+        return out;
+    }
+    // Every node first fills up to the floor of the mean; the tables left over (fewer than
+    // the nodes) then go one per node, so loads differ by at most one.
+    let floor = tables.len() / nodes.len();
+    let mut assigned = 0;
+    let mut load = vec![0usize; nodes.len()];
+    // Visit tables in a fixed order that does not depend on their names' sort order.
+    let mut order: Vec<&String> = tables.iter().collect();
+    order.sort_by_key(|t| (murmur2(t.as_bytes()), t.as_str()));
+    order.dedup();
+    for table in order {
+        let mut ranked: Vec<(i32, usize)> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| (rank(table, node), i))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        let limit = if assigned < floor * nodes.len() {
+            floor
+        } else {
+            floor + 1
+        };
+        if let Some(&(_, i)) = ranked.iter().find(|(_, i)| load[*i] < limit) {
+            load[i] += 1;
+            assigned += 1;
+            out.insert(table.as_str(), nodes[i].clone());
+        }
+    }
+    out
+}
+
+fn rank(table: &str, node: &str) -> i32 {
+    let mut key = Vec::with_capacity(table.len() + node.len() + 1);
+    key.extend_from_slice(table.as_bytes());
+    key.push(0);
+    key.extend_from_slice(node.as_bytes());
+    murmur2(&key)
+}
+
+#[cfg(test)]
+mod tests;
