@@ -189,7 +189,6 @@ async fn check_tables(data: &Path, model: &Model) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "slow: three serve nodes, a kill, a restart and a graceful stop (about a minute)"]
 async fn nodes_share_the_tables_and_take_over_from_a_dead_one() -> Result<()> {
     let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
     let a = node(&kafka, "node-a", None).await?;
