@@ -56,11 +56,36 @@ pub struct LeaseStore {
     dialect: SqlDialect,
 }
 
-fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> Error {
+pub(crate) fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> Error {
     move |e| Error::LeaseDatabase {
         operation,
         reason: e.to_string(),
     }
+}
+
+/// A connection pool to the database of the SQL catalog in `config`, with `schema` applied
+/// (`CREATE TABLE IF NOT EXISTS ...`); `None` for a REST catalog.
+pub(crate) async fn open_catalog_db(
+    config: &CatalogConfig,
+    max_connections: u32,
+    schema: &[&str],
+) -> Result<Option<(AnyPool, SqlDialect)>> {
+    let Some((url, dialect)) = sql_url(&config.uri)? else {
+        return Ok(None);
+    };
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .connect(&url)
+        .await
+        .map_err(db("connect to the catalog database"))?;
+    for statement in schema {
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .map_err(db("create unitable's tables in the catalog database"))?;
+    }
+    Ok(Some((pool, dialect)))
 }
 
 fn millis(d: Duration) -> i64 {
@@ -71,23 +96,9 @@ impl LeaseStore {
     /// Connects to the database of the SQL catalog in `config` and creates the lease tables if
     /// they are missing. `None` for a REST catalog, which has no database to hold leases.
     pub async fn connect(config: &CatalogConfig) -> Result<Option<Self>> {
-        let Some((url, dialect)) = sql_url(&config.uri)? else {
-            return Ok(None);
-        };
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(&url)
-            .await
-            .map_err(db("connect to the catalog database"))?;
-        let store = Self { pool, dialect };
-        for statement in SCHEMA {
-            sqlx::query(statement)
-                .execute(&store.pool)
-                .await
-                .map_err(db("create the lease tables"))?;
-        }
-        Ok(Some(store))
+        Ok(open_catalog_db(config, 2, SCHEMA)
+            .await?
+            .map(|(pool, dialect)| Self { pool, dialect }))
     }
 
     fn sql(&self, text: &str) -> String {

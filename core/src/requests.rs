@@ -12,11 +12,10 @@
 use std::time::Duration;
 
 use sqlx::AnyPool;
-use sqlx::any::AnyPoolOptions;
 
-use crate::catalog::{CatalogConfig, SqlDialect, sql_url};
-use crate::error::{Error, Result};
-use crate::lease::{NODES_SCHEMA, db_now};
+use crate::catalog::{CatalogConfig, SqlDialect};
+use crate::error::Result;
+use crate::lease::{NODES_SCHEMA, db, db_now, open_catalog_db};
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS unitable_write_requests (\
     table_uuid VARCHAR(64) NOT NULL, \
@@ -58,33 +57,13 @@ pub struct RequestLog {
     dialect: SqlDialect,
 }
 
-fn db(operation: &'static str) -> impl Fn(sqlx::Error) -> Error {
-    move |e| Error::LeaseDatabase {
-        operation,
-        reason: e.to_string(),
-    }
-}
-
 impl RequestLog {
     /// Connects to the database of the SQL catalog in `config`, creating the table if missing;
     /// `None` for a REST catalog.
     pub async fn connect(config: &CatalogConfig) -> Result<Option<Self>> {
-        let Some((url, dialect)) = sql_url(&config.uri)? else {
-            return Ok(None);
-        };
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            .connect(&url)
-            .await
-            .map_err(db("connect to the catalog database"))?;
-        for statement in [NODES_SCHEMA, SCHEMA] {
-            sqlx::query(statement)
-                .execute(&pool)
-                .await
-                .map_err(db("create the write request log"))?;
-        }
-        Ok(Some(Self { pool, dialect }))
+        Ok(open_catalog_db(config, 4, &[NODES_SCHEMA, SCHEMA])
+            .await?
+            .map(|(pool, dialect)| Self { pool, dialect }))
     }
 
     fn sql(&self, text: &str) -> String {

@@ -85,6 +85,9 @@ pub struct StreamRead {
     pub start: StreamStart,
     /// Stop after this many changes; `None` follows the tail until the client leaves.
     pub limit: Option<u64>,
+    /// Read only these changelog partitions (a worker's share of a table); empty = all. Not
+    /// with a snapshot start (a snapshot is not split by partition).
+    pub partitions: Vec<u32>,
 }
 
 /// A batch of changes and where to resume after it.
@@ -189,6 +192,7 @@ impl Reader {
             .map(|f| RowFilter::parse(f, &decoded))
             .transpose()?;
 
+        let selected = selected_partitions(request, partitions)?;
         let watermarks = freshness::watermarks(self.changelog.as_ref(), &topic, partitions).await?;
         let mut snapshot_phase = None;
         let start = match &request.start {
@@ -313,9 +317,25 @@ impl Reader {
             ),
         };
 
+        // A partition subset: only its partitions are read, and only they are in the resume
+        // offsets (another worker owns the rest).
+        let start = PartitionOffsets(
+            start
+                .0
+                .into_iter()
+                .filter(|(p, _)| selected.contains(&p.0))
+                .collect(),
+        );
+        let mut as_of = as_of;
+        if selected.len() < partitions as usize {
+            as_of.offsets = start.clone();
+        }
+        metrics::counter!("unitable_stream_partitions_read_total", "table" => request.table.to_string())
+            .increment(selected.len() as u64);
         let (tx, rx) = mpsc::channel(2 * partitions.clamp(1, 32) as usize);
-        let tasks = (0..partitions)
-            .map(|p| {
+        let tasks = selected
+            .iter()
+            .map(|&p| {
                 let partition = PartitionId(p);
                 tokio::spawn(follow(
                     self.changelog.clone(),
@@ -340,6 +360,34 @@ impl Reader {
             changes: Box::pin(futures::stream::unfold(state, State::next)),
         })
     }
+}
+
+/// The partitions a stream reads: the request's subset (checked), or all.
+fn selected_partitions(request: &StreamRead, partitions: u32) -> ReadResult<Vec<u32>> {
+    if request.partitions.is_empty() {
+        return Ok((0..partitions).collect());
+    }
+    if matches!(request.start, StreamStart::Snapshot(_)) {
+        return Err(ReadError::BadRequest {
+            reason: "a STREAM of a partition subset cannot start from a snapshot (a snapshot is \
+                     not split by partition); start from offsets, a time, earliest or latest, or \
+                     read all partitions"
+                .into(),
+        });
+    }
+    let mut selected = request.partitions.clone();
+    selected.sort_unstable();
+    selected.dedup();
+    if let Some(p) = selected.iter().find(|p| **p >= partitions) {
+        return Err(ReadError::BadRequest {
+            reason: format!(
+                "table `{}` has {partitions} changelog partitions (0 to {}); there is no partition {p}",
+                request.table,
+                partitions.saturating_sub(1)
+            ),
+        });
+    }
+    Ok(selected)
 }
 
 fn offsets_of(offsets: impl Iterator<Item = Offset>) -> PartitionOffsets {

@@ -256,6 +256,10 @@ pub struct SubscribeArgs {
     /// Stop after this many changes (default: follow until interrupted).
     #[arg(long)]
     pub limit: Option<u64>,
+    /// Read only these changelog partitions (e.g. 0,2: this worker's share; others read the
+    /// rest). Default: all. Not with --from snapshot.
+    #[arg(long, value_delimiter = ',')]
+    pub partitions: Vec<u32>,
     /// Output format: one JSON object per change, {"op", "key", "row", "partition", "offset",
     /// "timestamp"}.
     #[arg(long, value_enum, default_value_t = SubscribeFormat::Jsonl)]

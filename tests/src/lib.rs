@@ -1,8 +1,8 @@
 //! Process harness for unitable's integration tests (`tests/tests/*.rs`).
 //!
 //! Integration tests exercise the real processes the system is made of and talks to: the
-//! `unitable` binary ([`Service`]), Apache Kafka ([`Kafka`], one node or a cluster) and an S3 endpoint
-//! ([`Moto`]). Each helper starts its process in a fresh temporary directory on ports picked by
+//! `unitable` binary ([`Service`]), Apache Kafka ([`Kafka`], one node or a cluster), an S3 endpoint
+//! ([`Moto`]) and PostgreSQL for the catalog ([`Postgres`]). Each helper starts its process in a fresh temporary directory on ports picked by
 //! [`free_port`], sends the process's stdout and stderr to a log file in that directory, waits
 //! until the process is ready, and kills it (SIGKILL) when the guard is dropped. A test never
 //! assumes that something is already running.
@@ -38,12 +38,14 @@ mod http;
 pub mod iceberg_oracle;
 mod kafka;
 mod moto;
+mod postgres;
 mod process;
 mod service;
 
 pub use http::{HttpResponse, http_get, http_request};
 pub use kafka::{Kafka, kafka_home};
 pub use moto::Moto;
+pub use postgres::{Postgres, postgres_bindir};
 pub use process::ChildGuard;
 pub use service::{CliOutput, Service};
 

@@ -109,6 +109,7 @@ async fn run_inner(conn: &Connection, args: SubscribeArgs) -> Result<(), ClientE
             filter: args.filter.clone().unwrap_or_default(),
             start: Some(start),
             limit: args.limit.unwrap_or(0),
+            partitions: args.partitions.clone(),
             ..ReadRequest::default()
         })
         .await

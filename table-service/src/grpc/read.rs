@@ -257,6 +257,7 @@ impl ReadApi {
                 filter: filter_of(&request),
                 start,
                 limit: (request.limit > 0).then_some(request.limit),
+                partitions: request.partitions.clone(),
             })
             .await
             .map_err(ApiError::from)?;

@@ -1,0 +1,420 @@
+//! The scale-out deployment under node loss: three `unitable serve` nodes on a three-broker
+//! Kafka cluster, a PostgreSQL catalog and an S3 warehouse (moto), a write load through all
+//! nodes, and a random node SIGKILLed every round (kept down past its lease, then restarted),
+//! 20 rounds. Writes carry request ids and a failed one is retried with the same id on
+//! another node, so each acknowledged change happens exactly once.
+//!
+//! At the end the Iceberg tables read by iceberg-rust, and the SNAPSHOT, FRESH and LOOKUP
+//! reads of every node, equal the model; the longest gap between two commits of any table is
+//! reported.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use futures::TryStreamExt;
+use support::create_kv_table_as;
+use support::read::{ipc, read};
+use unitable_core::catalog::{CatalogConfig, TableCatalog};
+use unitable_core::commit::read::anchored_offsets;
+use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
+use unitable_core::storage::s3_props;
+use unitable_proto::v1::read_service_client::ReadServiceClient;
+use unitable_proto::v1::write_service_client::WriteServiceClient;
+use unitable_proto::v1::{
+    ReadMode, ReadRequest, RowFormat, WaitFor, WriteOp, WriteRequest, read_response,
+};
+use unitable_tests::{Kafka, Moto, Postgres, Service};
+
+const TABLES: usize = 4;
+const KEYS: i64 = 200;
+const ROUNDS: usize = 20;
+const LEASE: &str = "2s";
+
+struct Cluster {
+    _postgres: Postgres,
+    moto: Moto,
+    kafka: Kafka,
+    catalog_url: String,
+    nodes: Vec<Service>,
+    up: Vec<bool>,
+}
+
+impl Cluster {
+    fn storage_args(&self) -> Vec<String> {
+        [
+            "--warehouse",
+            "s3://lake/wh",
+            "--s3-endpoint",
+            &self.moto.endpoint(),
+            "--s3-region",
+            "us-east-1",
+            "--s3-access-key-id",
+            "testing",
+            "--s3-secret-access-key",
+            "testing",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    fn catalog(&self) -> CatalogConfig {
+        CatalogConfig {
+            uri: self.catalog_url.clone(),
+            warehouse: "s3://lake/wh".into(),
+            storage_props: HashMap::from([
+                (s3_props::ENDPOINT.to_string(), self.moto.endpoint()),
+                (s3_props::REGION.to_string(), "us-east-1".to_string()),
+                (s3_props::ACCESS_KEY_ID.to_string(), "testing".to_string()),
+                (
+                    s3_props::SECRET_ACCESS_KEY.to_string(),
+                    "testing".to_string(),
+                ),
+            ]),
+        }
+    }
+}
+
+fn start_cluster() -> Result<Cluster> {
+    let postgres = Postgres::start()?;
+    let moto = Moto::start()?;
+    moto.create_bucket("lake")?;
+    let kafka = Kafka::cluster(3)?;
+    let mut cluster = Cluster {
+        catalog_url: postgres.url(),
+        _postgres: postgres,
+        moto,
+        kafka,
+        nodes: Vec::new(),
+        up: Vec::new(),
+    };
+    for i in 0..3 {
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            format!("node-{i}"),
+            "--kafka-brokers".into(),
+            cluster.kafka.bootstrap(),
+            "--catalog".into(),
+            cluster.catalog_url.clone(),
+            "--commit-interval".into(),
+            "200ms".into(),
+            "--committer-lease".into(),
+            LEASE.into(),
+        ];
+        args.extend(cluster.storage_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.nodes.push(Service::start(&args)?);
+        cluster.up.push(true);
+    }
+    Ok(cluster)
+}
+
+type Model = BTreeMap<String, BTreeMap<i64, (String, i64)>>;
+
+/// A deterministic pseudo-random sequence (no test dependency on a seeded crate).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Writes one request to `table` through some live node, retrying with the same request id
+/// on other nodes until it is acknowledged. Returns the last offsets written.
+async fn write_once(
+    cluster: &Cluster,
+    rng: &mut Rng,
+    request: WriteRequest,
+) -> Result<Vec<(u32, i64)>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        let live: Vec<usize> = (0..cluster.nodes.len())
+            .filter(|i| cluster.up[*i])
+            .collect();
+        let node = live[rng.below(live.len() as u64) as usize];
+        let attempt = async {
+            let mut client = WriteServiceClient::connect(cluster.nodes[node].grpc_url()).await?;
+            let r = client.write(request.clone()).await?.into_inner();
+            anyhow::Ok(r)
+        };
+        match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+            Ok(Ok(r)) => {
+                ensure!(r.errors.is_empty(), "row errors: {:?}", r.errors);
+                return Ok(r
+                    .last_offsets
+                    .iter()
+                    .map(|o| (o.partition, o.offset))
+                    .collect());
+            }
+            Ok(Err(e)) => last_error = Some(format!("node {node}: {e:#}")),
+            Err(_) => last_error = Some(format!("node {node}: timed out")),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!(
+        "request {} was never acknowledged: {last_error:?}",
+        request.request_id
+    )
+}
+
+/// One batch of upserts and deletes for `table`; applied to the model once acknowledged.
+async fn write_batch(
+    cluster: &Cluster,
+    rng: &mut Rng,
+    model: &mut Model,
+    written: &mut BTreeMap<String, PartitionOffsets>,
+    table: &str,
+    seq: u64,
+) -> Result<()> {
+    let delete = rng.below(5) == 0;
+    let keys: Vec<i64> = (0..10).map(|_| rng.below(KEYS as u64) as i64).collect();
+    let mut lines = String::new();
+    let mut changes = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for k in keys {
+        if !seen.insert(k) {
+            continue;
+        }
+        if delete {
+            lines.push_str(&format!("{{\"id\":{k}}}\n"));
+            changes.push((k, None));
+        } else {
+            let v = format!("{table}-{seq}-{k}");
+            lines.push_str(&format!("{{\"id\":{k},\"v\":\"{v}\",\"n\":{seq}}}\n"));
+            changes.push((k, Some((v, seq as i64))));
+        }
+    }
+    let request = WriteRequest {
+        table: table.into(),
+        op: if delete {
+            WriteOp::Delete
+        } else {
+            WriteOp::Upsert
+        } as i32,
+        format: RowFormat::JsonLines as i32,
+        rows: lines.into_bytes(),
+        wait_for: WaitFor::Changelog as i32,
+        request_id: format!("soak-{table}-{seq}"),
+    };
+    let offsets = write_once(cluster, rng, request).await?;
+    let rows = model.entry(table.to_string()).or_default();
+    for (k, change) in changes {
+        match change {
+            Some(row) => rows.insert(k, row),
+            None => rows.remove(&k),
+        };
+    }
+    let w = written.entry(table.to_string()).or_default();
+    for (p, o) in offsets {
+        if o >= w.get(PartitionId(p)).0 {
+            w.set(PartitionId(p), Offset(o));
+        }
+    }
+    Ok(())
+}
+
+fn kv(batches: &[RecordBatch]) -> Result<BTreeMap<i64, (String, i64)>> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .with_context(|| format!("column {name}"))
+        };
+        let ids = col("id")?
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .context("id")?;
+        let vs = col("v")?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .context("v")?;
+        let ns = col("n")?
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .context("n")?;
+        for i in 0..b.num_rows() {
+            ensure!(
+                out.insert(ids.value(i), (vs.value(i).to_string(), ns.value(i)))
+                    .is_none(),
+                "id {} twice",
+                ids.value(i)
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn lookup(
+    client: &mut ReadServiceClient<tonic::transport::Channel>,
+    table: &str,
+) -> Result<BTreeMap<i64, (String, i64)>> {
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("{{\"id\":{k}}}")).collect();
+    let request = ReadRequest {
+        table: table.into(),
+        mode: ReadMode::Lookup as i32,
+        keys: keys.join("\n").into_bytes(),
+        keys_format: RowFormat::JsonLines as i32,
+        ..ReadRequest::default()
+    };
+    let mut stream = client.read(request).await?.into_inner();
+    let mut batches = Vec::new();
+    while let Some(message) = stream.message().await? {
+        let Some(read_response::Body::Lookup(result)) = message.body else {
+            bail!("not a lookup body");
+        };
+        batches.extend(ipc(result.arrow_ipc)?);
+    }
+    kv(&batches)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "slow: 3 serve nodes, 3 brokers, Postgres and S3, 20 node kills (a few minutes)"]
+async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
+    let mut cluster = tokio::task::spawn_blocking(start_cluster).await??;
+    let tables: Vec<String> = (0..TABLES).map(|i| format!("soak.t{i}")).collect();
+    for t in &tables {
+        create_kv_table_as(&cluster.nodes[0], t, 3, &[], Vec::new()).await?;
+    }
+    let mut rng = Rng(0x5eed_cafe_f00d);
+    let mut model = Model::new();
+    let mut written = BTreeMap::new();
+    let mut seq = 0u64;
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        // Writes with every node up, then with one down past its lease, then it comes back.
+        let victim = rng.below(3) as usize;
+        for _ in 0..3 {
+            for t in &tables {
+                seq += 1;
+                write_batch(&cluster, &mut rng, &mut model, &mut written, t, seq).await?;
+            }
+        }
+        cluster.nodes[victim].kill()?;
+        cluster.up[victim] = false;
+        let down = Instant::now();
+        while down.elapsed() < Duration::from_secs(3) {
+            for t in &tables {
+                seq += 1;
+                write_batch(&cluster, &mut rng, &mut model, &mut written, t, seq).await?;
+            }
+        }
+        tokio::task::block_in_place(|| cluster.nodes[victim].restart())?;
+        cluster.up[victim] = true;
+        eprintln!(
+            "round {round}: killed node-{victim}; {seq} batches acknowledged so far ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    // Everything acknowledged reaches the tables.
+    let catalog = TableCatalog::open(cluster.catalog()).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut behind = Vec::new();
+        for t in &tables {
+            let table = catalog.load(&t.parse()?).await?;
+            let anchored = table
+                .metadata()
+                .current_snapshot_id()
+                .map(|id| anchored_offsets(table.metadata(), id))
+                .unwrap_or_default();
+            if written[t].0.iter().any(|(p, o)| anchored.get(*p).0 <= o.0) {
+                behind.push(t.clone());
+            }
+        }
+        if behind.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not committed within 60 s: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut longest_gap = (0i64, String::new());
+    for t in &tables {
+        let table = catalog.load(&t.parse()?).await?;
+        // iceberg-rust's scan of the current snapshot (position deletes applied).
+        let batches: Vec<RecordBatch> = table
+            .scan()
+            .select(["id", "v", "n"])
+            .build()?
+            .to_arrow()
+            .await?
+            .try_collect()
+            .await?;
+        let rows = kv(&batches)?;
+        ensure!(
+            rows == model[t],
+            "{t}: Iceberg has {} rows, the model {}",
+            rows.len(),
+            model[t].len()
+        );
+        // The longest gap between two commits while the load ran.
+        let mut times: Vec<i64> = table
+            .metadata()
+            .snapshots()
+            .filter(|s| {
+                s.summary()
+                    .additional_properties
+                    .contains_key("unitable.changelog-offsets")
+            })
+            .map(|s| s.timestamp_ms())
+            .collect();
+        times.sort_unstable();
+        for pair in times.windows(2) {
+            if pair[1] - pair[0] > longest_gap.0 {
+                longest_gap = (pair[1] - pair[0], t.clone());
+            }
+        }
+        // Every node's reads agree.
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let mut client = ReadServiceClient::connect(node.grpc_url()).await?;
+            for mode in [ReadMode::Snapshot, ReadMode::Fresh] {
+                let request = ReadRequest {
+                    table: t.clone(),
+                    mode: mode as i32,
+                    ..ReadRequest::default()
+                };
+                let (batches, _) = read(&mut client, request).await?;
+                let rows = kv(&batches)?;
+                ensure!(
+                    rows == model[t],
+                    "{t} {mode:?} on node-{i}: {} rows, model {}",
+                    rows.len(),
+                    model[t].len()
+                );
+            }
+            let rows = lookup(&mut client, t).await?;
+            ensure!(
+                rows == model[t],
+                "{t} LOOKUP on node-{i}: {} rows, model {}",
+                rows.len(),
+                model[t].len()
+            );
+        }
+    }
+    eprintln!(
+        "soak: {ROUNDS} node kills, {seq} batches acknowledged, 0 lost, 0 duplicated; the longest gap between commits was {:.1} s ({}, lease {LEASE})",
+        longest_gap.0 as f64 / 1000.0,
+        longest_gap.1
+    );
+    drop(cluster);
+    Ok(())
+}
