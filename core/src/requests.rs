@@ -28,6 +28,18 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS unitable_write_requests (\
     outcome TEXT, \
     PRIMARY KEY (table_uuid, request_id))";
 
+/// A request's row as `claim` reads it: state, owner, claimed_ms, start offsets, outcome, the
+/// database's time, and whether the owner is a live member (a count).
+type RequestRow = (
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+
 /// The longest a request id may be.
 pub const MAX_REQUEST_ID_LEN: usize = 255;
 
@@ -95,15 +107,7 @@ impl RequestLog {
         if inserted.rows_affected() == 1 {
             return Ok(Claim::New);
         }
-        let row: Option<(
-            String,
-            String,
-            i64,
-            Option<String>,
-            Option<String>,
-            i64,
-            i64,
-        )> = sqlx::query_as(&self.sql(
+        let row: Option<RequestRow> = sqlx::query_as(&self.sql(
             "SELECT r.state, r.owner, r.claimed_ms, r.start_offsets, r.outcome, {now}, \
                  (SELECT COUNT(*) FROM unitable_nodes n \
                   WHERE n.node_id = r.owner AND n.expires_ms > {now}) \
