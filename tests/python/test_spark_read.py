@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import os
 import random
@@ -137,15 +136,19 @@ def ts_literal(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def catalog_digest(data_dir: Path) -> dict[str, str]:
-    """catalog.db and, if SQLite keeps one, its write-ahead log (the shared-memory index is not
-    content and readers may touch it)."""
-    return {p.name: sha256(p) for p in (data_dir / "catalog.db", data_dir / "catalog.db-wal")
-            if p.exists()}
+def catalog_digest(data_dir: Path) -> dict[str, list]:
+    """The Iceberg catalog's rows in catalog.db: every table's metadata pointer and every
+    namespace property. (Not the file's bytes: the serve node renews its committer leases in
+    the same database every few seconds.)"""
+    import sqlite3
+    db = sqlite3.connect(f"file:{data_dir / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        return {
+            table: sorted(db.execute(f"SELECT * FROM {table}").fetchall())
+            for table in ("iceberg_tables", "iceberg_namespace_properties")
+        }
+    finally:
+        db.close()
 
 
 # --- the tables -----------------------------------------------------------------------------------
