@@ -14,11 +14,12 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use anyhow::{Result, bail, ensure};
+use arrow::array::RecordBatch;
 use futures::TryStreamExt;
+use support::Rng;
 use support::create_kv_table_as;
-use support::read::{ipc, read};
+use support::read::{ipc, kv_rows, read};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::commit::read::anchored_offsets;
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
@@ -120,21 +121,6 @@ fn start_cluster() -> Result<Cluster> {
 
 type Model = BTreeMap<String, BTreeMap<i64, (String, i64)>>;
 
-/// A deterministic pseudo-random sequence (no test dependency on a seeded crate).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Writes one request to `table` through some live node, retrying with the same request id
 /// on other nodes until it is acknowledged. Returns the last offsets written.
 async fn write_once(
@@ -230,40 +216,6 @@ async fn write_batch(
     Ok(())
 }
 
-fn kv(batches: &[RecordBatch]) -> Result<BTreeMap<i64, (String, i64)>> {
-    let mut out = BTreeMap::new();
-    for b in batches {
-        if b.num_rows() == 0 {
-            continue;
-        }
-        let col = |name: &str| {
-            b.column_by_name(name)
-                .with_context(|| format!("column {name}"))
-        };
-        let ids = col("id")?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .context("id")?;
-        let vs = col("v")?
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .context("v")?;
-        let ns = col("n")?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .context("n")?;
-        for i in 0..b.num_rows() {
-            ensure!(
-                out.insert(ids.value(i), (vs.value(i).to_string(), ns.value(i)))
-                    .is_none(),
-                "id {} twice",
-                ids.value(i)
-            );
-        }
-    }
-    Ok(out)
-}
-
 async fn lookup(
     client: &mut ReadServiceClient<tonic::transport::Channel>,
     table: &str,
@@ -284,7 +236,7 @@ async fn lookup(
         };
         batches.extend(ipc(result.arrow_ipc)?);
     }
-    kv(&batches)
+    kv_rows(&batches)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -396,7 +348,7 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
             .await?
             .try_collect()
             .await?;
-        let rows = kv(&batches)?;
+        let rows = kv_rows(&batches)?;
         ensure!(
             rows == model[t],
             "{t}: Iceberg has {} rows, the model {}",
@@ -413,7 +365,7 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
                     ..ReadRequest::default()
                 };
                 let (batches, _) = read(&mut client, request).await?;
-                let rows = kv(&batches)?;
+                let rows = kv_rows(&batches)?;
                 ensure!(
                     rows == model[t],
                     "{t} {mode:?} on node-{i}: {} rows, model {}",

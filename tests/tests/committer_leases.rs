@@ -298,6 +298,18 @@ async fn nodes_share_the_tables_and_take_over_from_a_dead_one() -> Result<()> {
     Ok(())
 }
 
+/// The committer epoch `table`'s properties name now.
+async fn claimed_epoch(catalog: &TableCatalog, table: &str) -> Result<String> {
+    catalog
+        .load(&table.parse()?)
+        .await?
+        .metadata()
+        .properties()
+        .get(props::COMMITTER_EPOCH)
+        .cloned()
+        .context("claimed epoch")
+}
+
 /// The epoch each snapshot of `table` was committed under, oldest first.
 async fn epochs(catalog: &TableCatalog, table: &str) -> Result<Vec<(i64, String)>> {
     let t = catalog.load(&table.parse()?).await?;
@@ -346,14 +358,7 @@ async fn a_paused_owner_commits_nothing_after_losing_its_lease() -> Result<()> {
     } else {
         (&mut b, &mut a, "node-a")
     };
-    let epoch_before = catalog
-        .load(&table.parse()?)
-        .await?
-        .metadata()
-        .properties()
-        .get(props::COMMITTER_EPOCH)
-        .cloned()
-        .context("claimed epoch")?;
+    let epoch_before = claimed_epoch(&catalog, table).await?;
     let pid = paused.process().id().context("pid")?;
     signal(pid, "STOP")?;
     // The live node takes the lease once it runs out and claims a higher epoch.
@@ -375,14 +380,7 @@ async fn a_paused_owner_commits_nothing_after_losing_its_lease() -> Result<()> {
     .await;
     signal(pid, "CONT")?;
     result?;
-    let epoch_after = catalog
-        .load(&table.parse()?)
-        .await?
-        .metadata()
-        .properties()
-        .get(props::COMMITTER_EPOCH)
-        .cloned()
-        .context("claimed epoch")?;
+    let epoch_after = claimed_epoch(&catalog, table).await?;
     ensure!(
         epoch_after.parse::<u64>()? > epoch_before.parse::<u64>()?,
         "epoch {epoch_before} -> {epoch_after}"

@@ -11,7 +11,7 @@ use std::io::Cursor;
 use anyhow::{Context, Result, bail, ensure};
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow::ipc::reader::StreamReader;
-use support::{TABLE, create_kv_table, kv_line, write_lines};
+use support::{Rng, TABLE, create_kv_table, kv_line, write_lines};
 use tonic::Code;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
@@ -27,21 +27,6 @@ type Model = BTreeMap<i64, (String, i64)>;
 
 /// Key space: lookups also ask for keys beyond it, which never exist.
 const KEYS: i64 = 300;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn lookup_request(keys: &[i64], columns: &[&str]) -> ReadRequest {
     let lines: Vec<String> = keys.iter().map(|k| format!("{{\"id\":{k}}}")).collect();

@@ -184,3 +184,19 @@ print(json.dumps([[r["id"], r["v"] or ""] for r in rows]))
     }
     Ok(rows)
 }
+
+/// A deterministic pseudo-random sequence (xorshift; no test dependency on a seeded crate).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
