@@ -208,6 +208,19 @@ impl<S: BuildHasher> KeyIndex<S> {
         })
     }
 
+    /// Calls `f` with every live key and its location, in no particular order.
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], RowLocation)) {
+        for slot in self.table.iter() {
+            f(
+                self.key_of(slot),
+                RowLocation {
+                    file: slot.file,
+                    pos: slot.pos,
+                },
+            );
+        }
+    }
+
     fn add_live(&mut self, file: FileId, delta: i64) {
         let Some(Some(f)) = self.files.get_mut(file as usize) else {
             return;
