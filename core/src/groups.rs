@@ -583,19 +583,23 @@ impl GroupStore {
     /// The groups of a table (`Some(uuid)`), or of every table.
     pub async fn groups(&self, table_uuid: Option<&str>) -> Result<Vec<GroupRow>> {
         let rows: Vec<(String, String, String, i64)> = match table_uuid {
-            Some(uuid) => sqlx::query_as(&self.sql(
-                "SELECT table_uuid, table_name, group_name, generation \
+            Some(uuid) => {
+                sqlx::query_as(&self.sql(
+                    "SELECT table_uuid, table_name, group_name, generation \
                  FROM unitable_consumer_groups WHERE table_uuid = $1 ORDER BY group_name",
-            ))
-            .bind(uuid)
-            .fetch_all(&self.pool)
-            .await,
-            None => sqlx::query_as(&self.sql(
-                "SELECT table_uuid, table_name, group_name, generation \
+                ))
+                .bind(uuid)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query_as(&self.sql(
+                    "SELECT table_uuid, table_name, group_name, generation \
                  FROM unitable_consumer_groups ORDER BY table_name, group_name",
-            ))
-            .fetch_all(&self.pool)
-            .await,
+                ))
+                .fetch_all(&self.pool)
+                .await
+            }
         }
         .map_err(db("list consumer groups"))?;
         Ok(rows

@@ -180,9 +180,10 @@ impl Reader {
             check_name("member id", member)?;
         }
         let (key, def) = self.group_key(&read.table, &group.group).await?;
-        let member = group.member.clone().unwrap_or_else(|| {
-            format!("{}-{}", settings.node, uuid::Uuid::new_v4().simple())
-        });
+        let member = group
+            .member
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", settings.node, uuid::Uuid::new_v4().simple()));
         let session = uuid::Uuid::new_v4().simple().to_string();
         let partitions = def.changelog.partitions;
         let store = &settings.store;
@@ -209,13 +210,7 @@ impl Reader {
                 debug!(group = %key.group, %member, ?contended, "waiting for partitions to be released");
                 tokio::time::sleep(settings.tick()).await;
                 match store
-                    .heartbeat(
-                        &key,
-                        &member,
-                        &session,
-                        joined.generation,
-                        settings.session,
-                    )
+                    .heartbeat(&key, &member, &session, joined.generation, settings.session)
                     .await?
                 {
                     Heartbeat::Steady => {}
@@ -229,9 +224,7 @@ impl Reader {
                 }
             }
         };
-        let started = self
-            .start_assigned(read, &key, &joined.partitions)
-            .await;
+        let started = self.start_assigned(read, &key, &joined.partitions).await;
         let stream = match started {
             Ok(s) => s,
             Err(e) => {

@@ -53,7 +53,8 @@ struct Log {
 type Shared = Arc<Mutex<Log>>;
 
 fn lock(log: &Shared) -> std::sync::MutexGuard<'_, Log> {
-    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A group member: reads its partitions, records every change it processes, commits after
@@ -310,8 +311,14 @@ async fn scenario(nodes: &mut [Service]) -> Result<()> {
                 *counts.entry(*id).or_default() += 1;
             }
             let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-            let missing: Vec<_> = expected.iter().filter(|i| !counts.contains_key(i)).collect();
-            bail!("delivered {} records; twice: {twice:?}; missing: {missing:?}", ids.len());
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|i| !counts.contains_key(i))
+                .collect();
+            bail!(
+                "delivered {} records; twice: {twice:?}; missing: {missing:?}",
+                ids.len()
+            );
         }
         for d in &log.deliveries {
             let assigned = &log.assignments[&(d.member.clone(), d.generation)];
@@ -366,7 +373,10 @@ async fn scenario(nodes: &mut [Service]) -> Result<()> {
             .map(|p| (p.partition, p.committed_offset))
             .collect::<Vec<_>>()
     };
-    ensure!(positions(&before) == positions(&after), "a fenced commit moved a position");
+    ensure!(
+        positions(&before) == positions(&after),
+        "a fenced commit moved a position"
+    );
 
     // Everyone leaves; 50 more records are written: the lag is exactly those 50.
     a.leave().await?;
@@ -410,7 +420,14 @@ async fn scenario(nodes: &mut [Service]) -> Result<()> {
     // The command line: a group member that stops after 450 changes commits them all.
     let out = nodes[0]
         .cli(&[
-            "subscribe", TABLE, "--group", "cli", "--from", "earliest", "--limit", "450",
+            "subscribe",
+            TABLE,
+            "--group",
+            "cli",
+            "--from",
+            "earliest",
+            "--limit",
+            "450",
         ])?
         .ok()?;
     ensure!(out.lines().count() == 450, "{out}");

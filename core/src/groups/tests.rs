@@ -84,7 +84,12 @@ async fn generations_fence_commits_and_partitions_wait_for_their_previous_owner(
         .unwrap();
     assert_eq!(a1.partitions, vec![0, 1, 2, 3]);
     assert_eq!(a1.members, ["a"]);
-    assert!(s.commit(&key, "a", a1.generation, 0, 10).await.unwrap().is_ok());
+    assert!(
+        s.commit(&key, "a", a1.generation, 0, 10)
+            .await
+            .unwrap()
+            .is_ok()
+    );
 
     // b joins on another node: a new generation; b's share is the model's, and what a still
     // lists (a has not synced yet) is contended.
@@ -138,7 +143,10 @@ async fn generations_fence_commits_and_partitions_wait_for_their_previous_owner(
         .join(&key, "ns.t", "a", "sa1", "node-1", ttl, 4)
         .await
         .unwrap();
-    assert_eq!(a2.generation, b2.generation, "a re-join is not a new member");
+    assert_eq!(
+        a2.generation, b2.generation,
+        "a re-join is not a new member"
+    );
     assert_eq!(a2.partitions, model["a"]);
     assert!(
         other
@@ -149,7 +157,9 @@ async fn generations_fence_commits_and_partitions_wait_for_their_previous_owner(
     );
     // The old generation is over for a: its late commit is fenced, the position stays.
     assert_eq!(
-        s.commit(&key, "a", a1.generation, moving, 99).await.unwrap(),
+        s.commit(&key, "a", a1.generation, moving, 99)
+            .await
+            .unwrap(),
         Err(Fenced::Generation {
             member: a2.generation,
             group: a2.generation
@@ -157,7 +167,9 @@ async fn generations_fence_commits_and_partitions_wait_for_their_previous_owner(
     );
     // A partition of b's is not a's to commit.
     assert_eq!(
-        s.commit(&key, "a", a2.generation, moving, 99).await.unwrap(),
+        s.commit(&key, "a", a2.generation, moving, 99)
+            .await
+            .unwrap(),
         Err(Fenced::NotAssigned {
             assigned: a2.partitions.clone()
         })
@@ -170,10 +182,8 @@ async fn generations_fence_commits_and_partitions_wait_for_their_previous_owner(
             .is_ok()
     );
     let committed = s.committed(&key).await.unwrap();
-    let positions: BTreeMap<u32, i64> = committed
-        .iter()
-        .map(|(p, c)| (*p, c.next_offset))
-        .collect();
+    let positions: BTreeMap<u32, i64> =
+        committed.iter().map(|(p, c)| (*p, c.next_offset)).collect();
     let mut expected = BTreeMap::from([(0, 10), (moving, 30)]);
     if moving == 0 {
         expected = BTreeMap::from([(0, 30)]);
@@ -205,7 +215,15 @@ async fn generations_fence_commits_and_partitions_wait_for_their_previous_owner(
     // A member whose node stops renewing it expires; the next heartbeat starts a new
     // generation without it.
     let c = other
-        .join(&key, "ns.t", "c", "sc1", "node-2", Duration::from_millis(300), 4)
+        .join(
+            &key,
+            "ns.t",
+            "c",
+            "sc1",
+            "node-2",
+            Duration::from_millis(300),
+            4,
+        )
         .await
         .unwrap();
     assert_eq!(c.members, ["a", "c"]);

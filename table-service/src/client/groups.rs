@@ -54,7 +54,10 @@ async fn run_inner(conn: &Connection, command: ConsumerGroupCommand) -> Result<(
             if groups.is_empty() {
                 println!("{table} has no consumer groups");
             }
-            println!("{:<32} {:>10} {:>8} {:>12}", "GROUP", "GENERATION", "MEMBERS", "LAG");
+            println!(
+                "{:<32} {:>10} {:>8} {:>12}",
+                "GROUP", "GENERATION", "MEMBERS", "LAG"
+            );
             for g in &groups {
                 println!(
                     "{:<32} {:>10} {:>8} {:>12}",
@@ -77,7 +80,10 @@ fn print_group(table: &str, g: &ConsumerGroup) {
         g.members.len(),
         g.lag_records
     );
-    println!("{:<40} {:<24} {:>10}  PARTITIONS", "MEMBER", "NODE", "GENERATION");
+    println!(
+        "{:<40} {:<24} {:>10}  PARTITIONS",
+        "MEMBER", "NODE", "GENERATION"
+    );
     for m in &g.members {
         println!(
             "{:<40} {:<24} {:>10}  {:?}",

@@ -97,7 +97,9 @@ async fn run_inner(conn: &Connection, args: SubscribeArgs) -> Result<(), ClientE
     let server = conn.server.as_str();
     let start = parse_start(&args.from)?;
     if args.group.is_none() && (args.member.is_some() || args.auto_commit) {
-        return Err(ClientError::new("--member and --auto-commit need --group NAME"));
+        return Err(ClientError::new(
+            "--member and --auto-commit need --group NAME",
+        ));
     }
     if args.group.is_some() && !args.partitions.is_empty() {
         return Err(ClientError::new(
@@ -168,7 +170,10 @@ async fn run_inner(conn: &Connection, args: SubscribeArgs) -> Result<(), ClientE
                 if args.group.is_some() && s.code() == Code::Unavailable && failures < 30 =>
             {
                 failures += 1;
-                eprintln!("{} (attempt {failures} of 30); reconnecting in 1 s", s.message());
+                eprintln!(
+                    "{} (attempt {failures} of 30); reconnecting in 1 s",
+                    s.message()
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(Ended::Status(s)) => return Err(ClientError::from_status(server, &s)),
@@ -207,7 +212,11 @@ impl<W: Write> Session<'_, W> {
         request: ReadRequest,
     ) -> Result<(), Ended> {
         let table = self.args.table.clone();
-        let mut stream = client.read(request).await.map_err(Ended::Status)?.into_inner();
+        let mut stream = client
+            .read(request)
+            .await
+            .map_err(Ended::Status)?
+            .into_inner();
         while let Some(message) = stream.message().await.map_err(Ended::Status)? {
             if let Some(group) = message.group {
                 eprintln!(

@@ -382,7 +382,9 @@ impl ReadService for ReadApi {
         self.access
             .check(&who, Privilege::Read, &table, "DescribeConsumerGroups")?;
         let groups = super::groups::describe(&self.reader, &table, &request.group).await?;
-        Ok(Response::new(wire::DescribeConsumerGroupsResponse { groups }))
+        Ok(Response::new(wire::DescribeConsumerGroupsResponse {
+            groups,
+        }))
     }
 
     async fn query(
