@@ -5,10 +5,10 @@
 //! Three tables next to the SQL catalog's own:
 //! - `unitable_consumer_groups`: one row per (table uuid, group) with its **generation**, which
 //!   goes up by one whenever the set of members changes (a member joins, leaves or expires).
-//! - `unitable_group_members`: one row per member, renewed by the node serving its stream
+//! - `unitable_consumer_group_members`: one row per member, renewed by the node serving its stream
 //!   (`expires_ms`, by the database's clock), with the generation it last synced at, the
 //!   partitions it was given then, and the session (connection) that owns the row.
-//! - `unitable_group_offsets`: the committed position (next offset to read) per (table uuid,
+//! - `unitable_consumer_group_offsets`: the committed position (next offset to read) per (table uuid,
 //!   group, partition).
 //!
 //! Assignment is a pure function of the member ids and the partition count
@@ -36,7 +36,7 @@ const SCHEMA: &[&str] = &[
        table_name VARCHAR(1024) NOT NULL, \
        generation BIGINT NOT NULL, \
        PRIMARY KEY (table_uuid, group_name))",
-    "CREATE TABLE IF NOT EXISTS unitable_group_members (\
+    "CREATE TABLE IF NOT EXISTS unitable_consumer_group_members (\
        table_uuid VARCHAR(64) NOT NULL, \
        group_name VARCHAR(255) NOT NULL, \
        member_id VARCHAR(255) NOT NULL, \
@@ -46,7 +46,7 @@ const SCHEMA: &[&str] = &[
        partitions TEXT NOT NULL, \
        expires_ms BIGINT NOT NULL, \
        PRIMARY KEY (table_uuid, group_name, member_id))",
-    "CREATE TABLE IF NOT EXISTS unitable_group_offsets (\
+    "CREATE TABLE IF NOT EXISTS unitable_consumer_group_offsets (\
        table_uuid VARCHAR(64) NOT NULL, \
        group_name VARCHAR(255) NOT NULL, \
        partition_id BIGINT NOT NULL, \
@@ -232,7 +232,7 @@ impl GroupStore {
     /// Removes the group's expired members; a removal starts a new generation.
     async fn sweep(&self, key: &GroupKey) -> Result<()> {
         let gone = sqlx::query(&self.sql(
-            "DELETE FROM unitable_group_members \
+            "DELETE FROM unitable_consumer_group_members \
              WHERE table_uuid = $1 AND group_name = $2 AND expires_ms <= {now}",
         ))
         .bind(key.table_uuid.as_str())
@@ -288,7 +288,7 @@ impl GroupStore {
         .map_err(db("create a consumer group"))?;
         self.sweep(key).await?;
         let inserted = sqlx::query(&self.sql(
-            "INSERT INTO unitable_group_members (table_uuid, group_name, member_id, session_id, \
+            "INSERT INTO unitable_consumer_group_members (table_uuid, group_name, member_id, session_id, \
              node_id, generation, partitions, expires_ms) \
              VALUES ($1, $2, $3, $4, $5, -1, ',', {now} + $6) \
              ON CONFLICT (table_uuid, group_name, member_id) DO NOTHING",
@@ -306,7 +306,7 @@ impl GroupStore {
             self.bump(key).await?;
         } else {
             sqlx::query(&self.sql(
-                "UPDATE unitable_group_members SET session_id = $1, node_id = $2, \
+                "UPDATE unitable_consumer_group_members SET session_id = $1, node_id = $2, \
                  expires_ms = {now} + $3 \
                  WHERE table_uuid = $4 AND group_name = $5 AND member_id = $6",
             ))
@@ -334,7 +334,7 @@ impl GroupStore {
                 .remove(member)
                 .unwrap_or_default();
             let synced = sqlx::query(&self.sql(
-                "UPDATE unitable_group_members SET generation = $1, partitions = $2 \
+                "UPDATE unitable_consumer_group_members SET generation = $1, partitions = $2 \
                  WHERE table_uuid = $3 AND group_name = $4 AND member_id = $5 AND session_id = $6 \
                  AND $7 = (SELECT g.generation FROM unitable_consumer_groups g \
                            WHERE g.table_uuid = $8 AND g.group_name = $9)",
@@ -370,7 +370,7 @@ impl GroupStore {
 
     async fn owns(&self, key: &GroupKey, member: &str, session: &str) -> Result<bool> {
         let row: Option<(i64,)> = sqlx::query_as(&self.sql(
-            "SELECT generation FROM unitable_group_members \
+            "SELECT generation FROM unitable_consumer_group_members \
              WHERE table_uuid = $1 AND group_name = $2 AND member_id = $3 AND session_id = $4",
         ))
         .bind(key.table_uuid.as_str())
@@ -394,7 +394,7 @@ impl GroupStore {
         ttl: Duration,
     ) -> Result<Heartbeat> {
         let renewed = sqlx::query(&self.sql(
-            "UPDATE unitable_group_members SET expires_ms = {now} + $1 \
+            "UPDATE unitable_consumer_group_members SET expires_ms = {now} + $1 \
              WHERE table_uuid = $2 AND group_name = $3 AND member_id = $4 AND session_id = $5 \
              AND expires_ms > {now}",
         ))
@@ -421,7 +421,7 @@ impl GroupStore {
     /// generation so the others take its partitions at once.
     pub async fn leave(&self, key: &GroupKey, member: &str, session: &str) -> Result<()> {
         let gone = sqlx::query(&self.sql(
-            "DELETE FROM unitable_group_members \
+            "DELETE FROM unitable_consumer_group_members \
              WHERE table_uuid = $1 AND group_name = $2 AND member_id = $3 AND session_id = $4",
         ))
         .bind(key.table_uuid.as_str())
@@ -441,7 +441,7 @@ impl GroupStore {
     pub async fn members(&self, key: &GroupKey) -> Result<Vec<MemberRow>> {
         let rows: Vec<(String, String, i64, String, i64)> = sqlx::query_as(&self.sql(
             "SELECT member_id, node_id, generation, partitions, expires_ms \
-             FROM unitable_group_members WHERE table_uuid = $1 AND group_name = $2 \
+             FROM unitable_consumer_group_members WHERE table_uuid = $1 AND group_name = $2 \
              ORDER BY member_id",
         ))
         .bind(key.table_uuid.as_str())
@@ -472,7 +472,7 @@ impl GroupStore {
         mine: &[u32],
     ) -> Result<Vec<(u32, String)>> {
         let rows: Vec<(String, String)> = sqlx::query_as(&self.sql(
-            "SELECT member_id, partitions FROM unitable_group_members \
+            "SELECT member_id, partitions FROM unitable_consumer_group_members \
              WHERE table_uuid = $1 AND group_name = $2 AND member_id <> $3 \
              AND expires_ms > {now}",
         ))
@@ -506,10 +506,10 @@ impl GroupStore {
         next_offset: i64,
     ) -> Result<Result<(), Fenced>> {
         let done = sqlx::query(&self.sql(
-            "INSERT INTO unitable_group_offsets (table_uuid, group_name, partition_id, \
+            "INSERT INTO unitable_consumer_group_offsets (table_uuid, group_name, partition_id, \
              next_offset, member_id, generation, committed_ms) \
              SELECT $1, $2, $3, $4, $5, $6, {now} WHERE EXISTS (\
-               SELECT 1 FROM unitable_group_members m WHERE m.table_uuid = $7 \
+               SELECT 1 FROM unitable_consumer_group_members m WHERE m.table_uuid = $7 \
                AND m.group_name = $8 AND m.member_id = $9 AND m.generation = $10 \
                AND m.expires_ms > {now} AND m.partitions LIKE $11) \
              ON CONFLICT (table_uuid, group_name, partition_id) DO UPDATE SET \
@@ -557,7 +557,7 @@ impl GroupStore {
     pub async fn committed(&self, key: &GroupKey) -> Result<BTreeMap<u32, Committed>> {
         let rows: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(&self.sql(
             "SELECT partition_id, next_offset, member_id, generation, committed_ms \
-             FROM unitable_group_offsets WHERE table_uuid = $1 AND group_name = $2",
+             FROM unitable_consumer_group_offsets WHERE table_uuid = $1 AND group_name = $2",
         ))
         .bind(key.table_uuid.as_str())
         .bind(key.group.as_str())

@@ -570,7 +570,13 @@ fn watch(changes: ChangeBatches, session: Session) -> ChangeBatches {
                             Some((Ok(batch), Some((changes, session, ticker))))
                         }
                         Some(Err(e)) => Some((Err(e), None)),
-                        None => None,
+                        // The limit was reached: batches may still be on their way to the
+                        // client, which commits them after processing; the member stays until
+                        // its session runs out instead of leaving at once.
+                        None => {
+                            session.keep = true;
+                            None
+                        }
                     };
                 }
                 _ = ticker.tick() => {

@@ -177,15 +177,30 @@ impl Member {
 }
 
 async fn describe(client: &mut ReadClient) -> Result<ConsumerGroup> {
-    let groups = client
-        .describe_consumer_groups(DescribeConsumerGroupsRequest {
-            table: TABLE.into(),
-            group: GROUP.into(),
-        })
-        .await?
-        .into_inner()
-        .groups;
-    groups.into_iter().next().context("the group is described")
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let described = client
+            .describe_consumer_groups(DescribeConsumerGroupsRequest {
+                table: TABLE.into(),
+                group: GROUP.into(),
+            })
+            .await;
+        match described {
+            Ok(r) => {
+                return r
+                    .into_inner()
+                    .groups
+                    .into_iter()
+                    .next()
+                    .context("the group is described");
+            }
+            // No member has joined yet.
+            Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
 }
 
 /// Waits until the group has exactly `members`, all synced to the group's generation, and
