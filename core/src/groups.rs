@@ -217,13 +217,22 @@ impl GroupStore {
     }
 
     async fn bump(&self, key: &GroupKey) -> Result<()> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db("start a new generation of a consumer group"))?;
+        self.bump_on(&mut conn, key).await
+    }
+
+    async fn bump_on(&self, conn: &mut sqlx::AnyConnection, key: &GroupKey) -> Result<()> {
         sqlx::query(&self.sql(
             "UPDATE unitable_consumer_groups SET generation = generation + 1 \
              WHERE table_uuid = $1 AND group_name = $2",
         ))
         .bind(key.table_uuid.as_str())
         .bind(key.group.as_str())
-        .execute(&self.pool)
+        .execute(conn)
         .await
         .map_err(db("start a new generation of a consumer group"))?;
         Ok(())
@@ -231,18 +240,28 @@ impl GroupStore {
 
     /// Removes the group's expired members; a removal starts a new generation.
     async fn sweep(&self, key: &GroupKey) -> Result<()> {
+        // Removal and the new generation in one transaction: no reader sees the group without
+        // the member but still at the generation whose assignment included it.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("remove expired consumer group members"))?;
         let gone = sqlx::query(&self.sql(
             "DELETE FROM unitable_consumer_group_members \
              WHERE table_uuid = $1 AND group_name = $2 AND expires_ms <= {now}",
         ))
         .bind(key.table_uuid.as_str())
         .bind(key.group.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db("remove expired consumer group members"))?;
         if gone.rows_affected() > 0 {
-            self.bump(key).await?;
+            self.bump_on(&mut tx, key).await?;
         }
+        tx.commit()
+            .await
+            .map_err(db("remove expired consumer group members"))?;
         Ok(())
     }
 
@@ -420,6 +439,12 @@ impl GroupStore {
     /// Removes `member` (when `session` still owns it): its stream ended. Starts a new
     /// generation so the others take its partitions at once.
     pub async fn leave(&self, key: &GroupKey, member: &str, session: &str) -> Result<()> {
+        // As in `sweep`: the removal and the new generation land together.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("remove a consumer group member"))?;
         let gone = sqlx::query(&self.sql(
             "DELETE FROM unitable_consumer_group_members \
              WHERE table_uuid = $1 AND group_name = $2 AND member_id = $3 AND session_id = $4",
@@ -428,12 +453,15 @@ impl GroupStore {
         .bind(key.group.as_str())
         .bind(member)
         .bind(session)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db("remove a consumer group member"))?;
         if gone.rows_affected() > 0 {
-            self.bump(key).await?;
+            self.bump_on(&mut tx, key).await?;
         }
+        tx.commit()
+            .await
+            .map_err(db("remove a consumer group member"))?;
         Ok(())
     }
 
