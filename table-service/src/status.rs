@@ -146,7 +146,9 @@ fn classify_write(e: &WriteError) -> (Code, Level) {
         WriteError::SnapshotWaitTimedOut { .. } => (Code::DeadlineExceeded, Level::Warn),
         WriteError::ShuttingDown => (Code::Unavailable, Level::Debug),
         WriteError::TableReplaced { .. } => (Code::Aborted, Level::Warn),
-        WriteError::Decode(_) | WriteError::Internal { .. } => (Code::Internal, Level::Error),
+        WriteError::Decode(_)
+        | WriteError::IndexCheckpoint { .. }
+        | WriteError::Internal { .. } => (Code::Internal, Level::Error),
         WriteError::Iceberg { .. } => {
             if e.is_retryable() {
                 (Code::Unavailable, Level::Warn)

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use crate::checkpoint::CheckpointPolicy;
 use unitable_core::lease::LeaseStore;
 use unitable_core::requests::RequestLog;
 
@@ -34,6 +35,8 @@ pub struct WriterConfig {
     pub requests: Option<RequestLog>,
     /// How long a request id is remembered: a retry later than this writes again.
     pub request_window: Duration,
+    /// When committers checkpoint their primary-key index (see [`CheckpointPolicy`]).
+    pub index_checkpoints: CheckpointPolicy,
 }
 
 /// How serve nodes share the tables' committers: each node renews its membership and the
@@ -70,6 +73,7 @@ impl Default for WriterConfig {
             leases: None,
             requests: None,
             request_window: Duration::from_secs(24 * 3600),
+            index_checkpoints: CheckpointPolicy::default(),
         }
     }
 }

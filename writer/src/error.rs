@@ -99,6 +99,15 @@ pub enum WriteError {
     /// The service is shutting down.
     #[error("unitable is shutting down; retry against a running instance")]
     ShuttingDown,
+    /// A key-index checkpoint could not be written or read (the committer logs it and goes on:
+    /// without a checkpoint the next start rebuilds the index from the table).
+    #[error("key-index checkpoint {path}: {reason}")]
+    IndexCheckpoint {
+        /// The checkpoint file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
     /// A bug: an invariant of the writer does not hold.
     #[error("internal writer error: {reason}")]
     Internal {
@@ -131,6 +140,7 @@ impl WriteError {
             | WriteError::NoRequestLog
             | WriteError::Encode(_)
             | WriteError::Decode(_)
+            | WriteError::IndexCheckpoint { .. }
             | WriteError::Internal { .. } => false,
         }
     }

@@ -21,7 +21,7 @@ use unitable_core::record::{ChangeOp, RecordCodec, RowError, json_lines};
 use unitable_core::requests::Claim;
 use unitable_core::table::TableDef;
 
-use crate::committer::{CommitProgress, Shared, TableCommitter};
+use crate::committer::{CommitProgress, IndexSource, Shared, TableCommitter};
 use crate::config::WriterConfig;
 use crate::error::{WriteError, WriteResult};
 use crate::idempotent;
@@ -730,6 +730,7 @@ impl Writer {
                     offsets,
                     commit_time_ms: metadata.current_snapshot().map_or(0, |s| s.timestamp_ms()),
                     stopped: false,
+                    index_source: IndexSource::None,
                 });
             }
         }
