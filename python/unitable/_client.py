@@ -38,6 +38,7 @@ StartName = Literal["earliest", "latest", "snapshot"]
 #: A lookup takes at most this many keys per request; longer lists are split.
 MAX_LOOKUP_KEYS = 10_000
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _OPS = {"insert": pb.WRITE_OP_INSERT, "upsert": pb.WRITE_OP_UPSERT, "delete": pb.WRITE_OP_DELETE}
 _MODES = {"snapshot": pb.READ_MODE_SNAPSHOT, "fresh": pb.READ_MODE_FRESH}
 
@@ -89,7 +90,8 @@ def _millis(as_of: dt.datetime | int | None) -> int | None:
         return as_of
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=dt.timezone.utc)
-    return int(as_of.timestamp() * 1000)
+    # Exact integer arithmetic: a float timestamp can land a millisecond early.
+    return (as_of - _EPOCH) // dt.timedelta(milliseconds=1)
 
 
 def _is_rows_of_dicts(data: object) -> bool:
@@ -206,7 +208,7 @@ class Client:
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         if is_dataframe(data):
-            has_floats = any(str(t).startswith("float") for t in data.dtypes)
+            has_floats = any(str(t).lower().startswith("float") for t in data.dtypes)
             info = self.tables.describe(table) if has_floats else None
             data = from_pandas(table, data, info)
         if isinstance(data, pa.Table):
@@ -399,8 +401,10 @@ class Client:
             try:
                 messages = self._t.call(run, table=table, action="lookup in")
             except UnitableError as e:
-                if e.row is not None and e.details.startswith("key "):
+                if e.row is not None and e.details.startswith("key ") and start:
                     e.row += start
+                    e.message = f"{e.message} (key {e.row} of the keys passed)"
+                    e.args = (e.message,)
                 raise
             for message in messages:
                 if message.HasField("as_of"):

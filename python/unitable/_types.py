@@ -19,7 +19,9 @@ Privilege = Literal["read", "write", "admin"]
 
 
 def _ms_to_datetime(ms: int) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc) if ms else None
+    """Milliseconds since the epoch as an aware UTC datetime (exact); None for 0."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return epoch + dt.timedelta(milliseconds=ms) if ms else None
 
 
 def offsets_of(offsets: Any) -> dict[int, int]:
