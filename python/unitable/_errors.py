@@ -147,8 +147,18 @@ _HINTS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNIMPLEMENTED: " (this server does not support the call)",
 }
 
-_FIELD = re.compile(r"(?:field|column) `([^`]+)`")
+# The server's ``field `x` `` / ``column `x` ``, and DataFusion's "No field named x".
+_FIELD = re.compile(r"(?:field|column) `([^`]+)`|No field named \"?([\w.]+)")
 _ROW = re.compile(r"\b(?:row|key) (\d+)\b")
+
+
+def _field_name(match: re.Match[str] | None) -> str | None:
+    if match is None:
+        return None
+    if match.group(1):
+        return match.group(1)
+    # DataFusion may qualify the name (`ns.table.col`) and ends the sentence with a period.
+    return match.group(2).rstrip(".").rsplit(".", 1)[-1]
 
 
 def from_rpc_error(
@@ -171,7 +181,7 @@ def from_rpc_error(
     return cls(
         f"{where}: {details}{hint}",
         table=table,
-        field=field.group(1) if field else None,
+        field=_field_name(field),
         row=int(row.group(1)) if row else None,
         code=code,
         details=details,

@@ -464,7 +464,10 @@ def test_errors_name_the_table(client):
     assert TABLE in str(bad_column.value) and "nope" in str(bad_column.value)
     with pytest.raises(unitable.InvalidArgument) as bad_filter:
         client.scan(TABLE, filter="nope > 1")
-    assert TABLE in str(bad_filter.value)
+    assert TABLE in str(bad_filter.value) and bad_filter.value.field == "nope"
+    with pytest.raises(unitable.InvalidArgument) as bad_sql_column:
+        client.sql(f"SELECT nope FROM {TABLE}")
+    assert bad_sql_column.value.table == TABLE and bad_sql_column.value.field == "nope"
     with pytest.raises(unitable.InvalidArgument) as bad_sql:
         client.sql(f"SELEKT * FROM {TABLE}")
     assert TABLE in str(bad_sql.value)
