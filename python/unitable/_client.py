@@ -15,7 +15,17 @@ import pyarrow as pa
 
 from ._admin import Access, Tables
 from ._errors import InvalidArgument, UnitableError, WriteRejected
-from ._rows import concat, from_pandas, ipc_bytes, is_dataframe, json_lines, read_ipc, slices
+from ._rows import (
+    Keys,
+    Rows,
+    concat,
+    from_pandas,
+    ipc_bytes,
+    is_dataframe,
+    json_lines,
+    read_ipc,
+    slices,
+)
 from ._subscribe import Subscription
 from ._transport import RETRY_WRITE, PathOrBytes, Transport
 from ._types import (
@@ -122,7 +132,7 @@ class Client:
     def write(
         self,
         table: str,
-        data: Any,
+        data: Rows,
         *,
         op: Op = "insert",
         request_id: str | None = None,
@@ -196,21 +206,22 @@ class Client:
                     row=first.row if first else None)
         return result
 
-    def delete(self, table: str, keys: Any, **kwargs: Any) -> WriteResult:
+    def delete(self, table: str, keys: Rows, **kwargs: Any) -> WriteResult:
         """Deletes rows by key: ``write(table, keys, op="delete")`` (keys as dicts or Arrow)."""
         return self.write(table, keys, op="delete", **kwargs)
 
     def _write_batches(
-        self, table: str, data: Any, batch_rows: int, batch_bytes: int
+        self, table: str, data: Rows, batch_rows: int, batch_bytes: int
     ) -> Iterator[tuple[int, int, bytes, int]]:
         """(first row, format, payload, row count) per request."""
         batch_rows = max(1, batch_rows)
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         if is_dataframe(data):
-            has_floats = any(str(t).lower().startswith("float") for t in data.dtypes)
+            frame: Any = data
+            has_floats = any(str(t).lower().startswith("float") for t in frame.dtypes)
             info = self.tables.describe(table) if has_floats else None
-            data = from_pandas(table, data, info)
+            data = from_pandas(table, frame, info)
         if isinstance(data, pa.Table):
             for first, piece in slices(data, batch_rows, batch_bytes):
                 yield first, pb.ROW_FORMAT_ARROW_IPC, ipc_bytes(piece), piece.num_rows
@@ -336,7 +347,7 @@ class Client:
     def lookup(
         self,
         table: str,
-        keys: Any,
+        keys: Keys,
         *,
         columns: Sequence[str] | None = None,
         snapshot_id: int | None = None,
@@ -358,11 +369,14 @@ class Client:
         """
         millis = _millis(as_of)
         key_list: list[Any] | None = None
+        arrow_keys: pa.Table | None = None
         if isinstance(keys, pa.RecordBatch):
-            keys = pa.Table.from_batches([keys])
-        if is_dataframe(keys):
-            keys = from_pandas(table, keys, None)
-        if not isinstance(keys, pa.Table):
+            arrow_keys = pa.Table.from_batches([keys])
+        elif isinstance(keys, pa.Table):
+            arrow_keys = keys
+        elif is_dataframe(keys):
+            arrow_keys = from_pandas(table, keys, None)
+        else:
             if not _is_rows_of_dicts(keys):
                 raise InvalidArgument(
                     f"lookup in {table}: keys must be dicts, values of a one-column key, or a "
@@ -375,20 +389,24 @@ class Client:
                         f"lookup in {table}: its primary key is ({', '.join(pk)}); give each key "
                         "as a dict of those columns", table=table)
                 key_list = [k if isinstance(k, Mapping) else {pk[0]: k} for k in key_list]
-        total = len(key_list) if key_list is not None else keys.num_rows
+        # (first key, payload, format) per request.
+        pieces: list[tuple[int, bytes, int]] = []
+        if key_list is not None:
+            for start in range(0, max(len(key_list), 1), MAX_LOOKUP_KEYS):
+                chunk = key_list[start:start + MAX_LOOKUP_KEYS]
+                pieces.append((start, json_lines(table, chunk, start), pb.ROW_FORMAT_JSON_LINES))
+        elif arrow_keys is not None:
+            for start in range(0, max(arrow_keys.num_rows, 1), MAX_LOOKUP_KEYS):
+                chunk = arrow_keys.slice(start, MAX_LOOKUP_KEYS)
+                pieces.append((start, ipc_bytes(chunk), pb.ROW_FORMAT_ARROW_IPC))
         found: list[pa.Table] = []
         schema: pa.Schema | None = None
         missing: list[int] = []
         result_as_of: AsOf | None = None
-        for start in range(0, max(total, 1), MAX_LOOKUP_KEYS):
-            request = pb.ReadRequest(table=table, mode=pb.READ_MODE_LOOKUP,
-                                     columns=list(columns or []))
-            if key_list is not None:
-                request.keys = json_lines(table, key_list[start:start + MAX_LOOKUP_KEYS], start)
-                request.keys_format = pb.ROW_FORMAT_JSON_LINES
-            else:
-                request.keys = ipc_bytes(keys.slice(start, MAX_LOOKUP_KEYS))
-                request.keys_format = pb.ROW_FORMAT_ARROW_IPC
+        for start, payload, keys_format in pieces:
+            request = pb.ReadRequest(
+                table=table, mode=pb.READ_MODE_LOOKUP, columns=list(columns or []),
+                keys=payload, keys_format=keys_format)  # type: ignore[arg-type]
             if snapshot_id is not None:
                 request.snapshot_id = snapshot_id
             if millis is not None:
@@ -416,10 +434,11 @@ class Client:
                 if piece.num_rows:
                     found.append(piece)
                 missing.extend(start + i for i in message.lookup.missing)
+        missing_keys: list[Any] = []
         if key_list is not None:
             missing_keys = [key_list[i] for i in missing]
-        else:
-            missing_keys = [keys.slice(i, 1).to_pylist()[0] for i in missing]
+        elif arrow_keys is not None:
+            missing_keys = [arrow_keys.slice(i, 1).to_pylist()[0] for i in missing]
         return LookupResult(concat(schema, found), missing, missing_keys, result_as_of)
 
     def subscribe(

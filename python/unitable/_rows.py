@@ -13,7 +13,7 @@ import datetime as dt
 import decimal
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 import pyarrow as pa
@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
     from ._types import TableInfo
 
-#: What ``write`` and ``lookup`` accept: a pyarrow Table or RecordBatch, a pandas DataFrame or
-#: a sequence of dicts (column name -> value).
-Rows = Union[pa.Table, pa.RecordBatch, "pandas.DataFrame", Sequence[Mapping[str, Any]]]
+#: What ``write`` accepts: a pyarrow Table or RecordBatch, a pandas DataFrame or dicts (column
+#: name -> value).
+Rows = Union[pa.Table, pa.RecordBatch, "pandas.DataFrame", Iterable[Mapping[str, Any]]]
+#: What ``lookup`` accepts: as ``Rows`` (key columns), or plain values of a one-column key.
+Keys = Union[pa.Table, pa.RecordBatch, "pandas.DataFrame", Iterable[Any]]
 
 
 def is_dataframe(data: object) -> bool:
