@@ -170,7 +170,7 @@ def from_rpc_error(
     details = err.details() if callable(getattr(err, "details", None)) else None
     details = details or str(err)
     cls = _BY_CODE.get(code, ServerError) if code is not None else ServerError
-    if cls is NotFound and table is not None and re.search(r"table `[^`]+` does not exist", details):
+    if cls is NotFound and table and re.search(r"table `[^`]+` does not exist", details):
         cls = TableNotFound
     where = f"{action} {table}" if table else action
     hint = _HINTS.get(code, "") if code is not None else ""

@@ -10,6 +10,7 @@ one, the row and field.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from decimal import Decimal
 from typing import Any
@@ -57,11 +58,13 @@ def random_row(rng: random.Random, key: int) -> dict[str, Any]:
         "id": key,
         "region": maybe(rng.choice(["eu", "us", "apac", "näh \"q\""])),
         "amount": maybe(Decimal(rng.randint(-10**6, 10**6)) / 100),
-        "score": maybe(rng.choice([rng.uniform(-1e6, 1e6), 0.1, -0.0, 1e300])),
+        "score": maybe(rng.choice(
+            [rng.uniform(-1e6, 1e6), 0.1, -0.0, 1e300, math.inf, -math.inf])),
         "qty": maybe(rng.randint(-2**31, 2**31 - 1)),
         "paid": maybe(rng.random() < 0.5),
         "day": maybe(dt.date(2024, 1, 1) + dt.timedelta(days=rng.randint(0, 900))),
-        "at": maybe(dt.datetime(2024, 5, 1, 9, 30) + dt.timedelta(microseconds=rng.randint(0, 10**12))),
+        "at": maybe(dt.datetime(2024, 5, 1, 9, 30)
+                    + dt.timedelta(microseconds=rng.randint(0, 10**12))),
         "at_tz": maybe(dt.datetime(2024, 5, 1, tzinfo=UTC)
                        + dt.timedelta(microseconds=rng.randint(0, 10**12))),
         "blob": maybe(bytes(rng.randrange(256) for _ in range(rng.randint(0, 6)))),
@@ -76,8 +79,8 @@ def by_id(table: pa.Table) -> list[dict[str, Any]]:
     return sorted(table.to_pylist(), key=lambda r: r["id"])
 
 
-def model_rows(model: dict[int, dict[str, Any]], columns: list[str] = NAMES) -> list[dict[str, Any]]:
-    return [{c: model[k][c] for c in columns} for k in sorted(model)]
+def model_rows(model: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{c: model[k][c] for c in NAMES} for k in sorted(model)]
 
 
 def test_tables_admin(client):
@@ -258,6 +261,11 @@ def test_write_dicts_arrow_pandas_and_read_back(client):
     assert client.sql(f"SELECT * FROM {TABLE} ORDER BY id", mode="snapshot").to_pylist() == \
         model_rows(model)
 
+    # NaN goes as the string "NaN" in JSON and comes back as NaN.
+    client.write(TABLE, [{"id": 300, "score": math.nan}])
+    assert math.isnan(client.lookup(TABLE, [300]).to_pylist()[0]["score"])
+    client.delete(TABLE, [{"id": 300}])
+
     # pandas out.
     frame = client.scan(TABLE, columns=["id", "qty"]).to_pandas()
     assert sorted(frame["id"].tolist()) == sorted(model)
@@ -375,6 +383,12 @@ def test_subscribe_reads_every_change_and_resumes(client):
     assert replay == history
     assert sub.next_offsets == {p: len(o) for p, o in per_partition.items()}
     assert batches[-1].next_offsets == sub.next_offsets
+
+    # Starting at a time: everything since 2000, nothing from an hour ahead.
+    since = changes_of(client.subscribe(TABLE, start=dt.datetime(2000, 1, 1), follow=False))
+    assert len(since) == total
+    ahead = dt.datetime.now(UTC) + dt.timedelta(hours=1)
+    assert changes_of(client.subscribe(TABLE, start=ahead, follow=False)) == []
 
     # Stop after some changes (limit), resume from next_offsets: exactly the rest.
     with client.subscribe(TABLE, limit=37) as head:

@@ -102,7 +102,8 @@ def _pki(dir: Path) -> None:
             serialization.NoEncryption()))
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("sdk test ca")).issuer_name(name("sdk test ca"))
+    ca = (x509.CertificateBuilder()
+          .subject_name(name("sdk test ca")).issuer_name(name("sdk test ca"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
