@@ -62,6 +62,8 @@ def generate() -> None:
 class BuildPy(build_py):
     def run(self) -> None:
         generate()
+        # pip builds in place: drop what an earlier build left, so no stale module is packed.
+        shutil.rmtree(Path(self.build_lib) / "unitable", ignore_errors=True)
         super().run()
 
 
