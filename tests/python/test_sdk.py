@@ -504,3 +504,35 @@ def test_unreachable_server_is_unavailable():
         client.scan("sdk.t")
     assert "sdk.t" in str(err.value) and err.value.table == "sdk.t"
     client.close()
+
+
+def test_writes_retry_through_a_server_restart(service):
+    """A write sent while the server is down is retried (same request id) until it is back,
+    and its rows are written once."""
+    import threading
+    import time
+
+    client = unitable.connect(service.grpc_url, retries=8)
+    client.tables.create("sdk.log", ["seq:int64!", "msg:string"])
+    client.write("sdk.log", [{"seq": 0, "msg": "before"}])
+    service.kill()
+    outcome: dict[str, Any] = {}
+
+    def write() -> None:
+        try:
+            outcome["result"] = client.write(
+                "sdk.log", [{"seq": i, "msg": "during"} for i in range(1, 4)], request_id="r1")
+        except Exception as e:  # reported below
+            outcome["error"] = e
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(1.0)  # the first attempt meets the dead server
+    assert writer.is_alive(), outcome
+    service.restart()
+    writer.join(timeout=120)
+    assert not writer.is_alive() and "error" not in outcome, outcome
+    assert outcome["result"].rows_written == 3 and outcome["result"].request_ids == ["r1:0"]
+    got = sorted((r["seq"], r["msg"]) for r in client.scan("sdk.log").to_pylist())
+    assert got == [(0, "before"), (1, "during"), (2, "during"), (3, "during")]
+    client.close()
