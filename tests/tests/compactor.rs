@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use iceberg::spec::Operation;
-use support::{TABLE, metric, random_writes, scan_kv, scan_kv_pyiceberg, settle};
+use support::{
+    TABLE, kv_line, metric, random_writes, scan_kv, scan_kv_pyiceberg, settle, write_lines,
+};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::commit::files::read_data_file;
 use unitable_core::commit::plan::plan_files;

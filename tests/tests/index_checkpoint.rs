@@ -132,35 +132,57 @@ async fn a_committer_catches_a_checkpoint_up_over_commits_and_a_compaction() -> 
         service.log()
     );
 
-    // Commits and a compaction the checkpoint does not know, then a crash.
+    // Commits the checkpoint does not know (upserts and deletes of its keys), then a crash.
     random_writes(&mut client, &mut rng, &mut model, KEYS, 20, true, "b").await?;
+    crash_and_check_restart(&mut service, &model, &first).await?;
+
+    // Then a compaction too (the checkpoint's files are replaced), more commits, a crash.
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
     let out = service.cli(&["compact", TABLE])?.ok()?;
     ensure!(out.contains("compacted"), "{out}");
     random_writes(&mut client, &mut rng, &mut model, KEYS, 20, true, "c").await?;
+    crash_and_check_restart(&mut service, &model, &first).await?;
+
+    // Every key's row must now be found through the caught-up index.
+    touch_every_key(&service, &mut model).await?;
+    check_against_model(&service, &model).await?;
+    Ok(())
+}
+
+/// SIGKILLs the server (no checkpoint is written: the only one is still `checkpoints`), starts
+/// it, and checks that its committer loaded the checkpoint, caught up to exactly the table's
+/// live keys, and that the table equals the model.
+async fn crash_and_check_restart(
+    service: &mut Service,
+    model: &BTreeMap<i64, String>,
+    checkpoints_before: &[PathBuf],
+) -> Result<()> {
     ensure!(
-        checkpoints(&service.data_dir())? == first,
+        checkpoints(&service.data_dir())? == checkpoints_before,
         "a checkpoint was written before the crash"
     );
     tokio::task::block_in_place(|| service.restart())?; // SIGKILL, then start
-
     let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
     settle(&mut client).await?;
     let loaded = metric(
-        &service,
+        service,
         "unitable_committer_index_checkpoint_loads_total",
         &["result=\"loaded\""],
     )?;
-    let rebuilds = metric(&service, "unitable_committer_index_rebuilds_total", &[])?;
+    let rebuilds = metric(service, "unitable_committer_index_rebuilds_total", &[])?;
     ensure!(
         loaded == 1.0 && rebuilds == 0.0,
         "expected a checkpoint load and no rebuild, found {loaded} loads and {rebuilds} rebuilds:\n{}",
         service.log()
     );
-    check_against_model(&service, &model).await?;
-    // Every key's row must now be found through the caught-up index.
-    touch_every_key(&service, &mut model).await?;
-    check_against_model(&service, &model).await?;
-    Ok(())
+    // The caught-up index holds exactly the live keys (no entry for a row deleted since).
+    let keys = metric(service, "unitable_writer_index_keys", &[])?;
+    ensure!(
+        keys == model.len() as f64,
+        "the index holds {keys} keys, the table {}",
+        model.len()
+    );
+    check_against_model(service, model).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
