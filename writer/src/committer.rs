@@ -656,7 +656,6 @@ impl TableCommitter {
             .add(written.len() as u64, folded.write.len() as u64);
         let now = chrono::Utc::now().timestamp_millis();
         self.publish(state, Some(now));
-        self.checkpoint(state, false).await;
         self.report_index(state);
         let name = self.name.to_string();
         metrics::histogram!(m::COMMIT_SECONDS, "table" => name.clone())
@@ -682,6 +681,7 @@ impl TableCommitter {
         {
             warn!(table = %self.name, error = %e, "could not publish committed offsets to the changelog");
         }
+        self.checkpoint(state, false).await;
         Ok(backlog)
     }
 

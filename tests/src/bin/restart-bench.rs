@@ -114,8 +114,16 @@ async fn main() -> Result<()> {
     bench::create_kv_table(&service, TABLE, args.buckets).await?;
     let loaded = bench::load_kv(&service, TABLE, args.rows).await?;
     eprintln!("loaded and committed {} rows in {loaded:.1?}", args.rows);
+    // The committer reports its index right after it publishes the commit the load waited for.
+    let mut keys = 0.0;
+    for _ in 0..100 {
+        keys = metric(&service, "unitable_writer_index_keys")?;
+        if keys >= args.rows as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let index_bytes = metric(&service, "unitable_writer_index_bytes")?;
-    let keys = metric(&service, "unitable_writer_index_keys")?;
     let pid = service.process().id().context("server pid")?;
     let rss_loaded = bench::rss_mib(pid);
 
