@@ -52,3 +52,8 @@ pub const LEASE_NODES: &str = "unitable_committer_nodes";
 /// Writes answered from the request log: a retry of a request id that was already written
 /// (counter).
 pub const REQUESTS_DEDUPLICATED: &str = "unitable_writer_deduplicated_requests_total";
+/// Bytes of the primary-key index's spill file on disk (gauge; 0 when nothing spilled).
+pub const INDEX_SPILLED_BYTES: &str = "unitable_writer_index_spilled_bytes";
+/// Shards of the primary-key index written to its spill file: first spills and merges of
+/// their in-memory changes into new runs (counter).
+pub const INDEX_SPILLS: &str = "unitable_writer_index_spills_total";

@@ -42,19 +42,19 @@ pub(crate) struct Rebuilt {
     pub(crate) files: usize,
 }
 
-/// Reads the key columns of every live row of the current snapshot into a new index.
+/// Reads the key columns of every live row of the current snapshot into `index` (empty).
 pub(crate) async fn rebuild_index(
     file_io: &FileIO,
     metadata: &TableMetadata,
     codec: &RecordCodec,
     key_field_ids: &[i32],
+    mut index: KeyIndex,
 ) -> WriteResult<Rebuilt> {
     let mut planned = plan_files(file_io, metadata, None).await?;
     planned.sort_by_key(|f| f.data_sequence_number);
     // Each delete file is read once, however many data files it touches.
     let deleted = read_position_deletes(file_io, &delete_files_of(&planned)).await?;
     let none = BTreeSet::new();
-    let mut index = KeyIndex::new();
     let mut duplicates = Vec::new();
     for file in &planned {
         let path = file.data_file.file_path().to_string();
@@ -80,7 +80,7 @@ pub(crate) async fn rebuild_index(
                     pos: row_pos,
                 };
                 // Look before inserting: replacing the last live key of a file unregisters it.
-                if let Some(older) = index.get(&key.key)
+                if let Some(older) = index.get(&key.key)?
                     && let Some(older_file) = index.file(older.file)
                 {
                     tracing::error!(
@@ -96,7 +96,7 @@ pub(crate) async fn rebuild_index(
                         older_file.spec_id,
                     ));
                 }
-                index.insert(&key.key, location);
+                index.insert(&key.key, location)?;
             }
             pos += batch.num_rows() as u64;
         }
@@ -177,7 +177,7 @@ pub(crate) async fn repoint_index(
                             file: id,
                             pos: row_pos,
                         },
-                    );
+                    )?;
                     repointed += 1;
                 }
             }
