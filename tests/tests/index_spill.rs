@@ -54,7 +54,10 @@ async fn round(writer: &mut Writer, model: &mut Model, rng: &mut Rng, round: u64
 async fn check(service: &Service, reader: &mut Client, model: &Model, when: &str) -> Result<()> {
     let (batches, _) = read(reader, request(ReadMode::Snapshot, "")).await?;
     let snapshot = kv_rows(&batches)?;
-    ensure!(&snapshot == model, "{when}: SNAPSHOT differs from the model");
+    ensure!(
+        &snapshot == model,
+        "{when}: SNAPSHOT differs from the model"
+    );
     let ids: Vec<i64> = (0..KEYS + 100).collect();
     let (batches, missing) = lookup_ids(reader, &ids).await?;
     let found = kv_rows(&batches)?;
@@ -68,7 +71,10 @@ async fn check(service: &Service, reader: &mut Client, model: &Model, when: &str
     ensure!(missing == want_missing, "{when}: LOOKUP's missing keys");
     let table = scan_kv(&service.data_dir()).await?;
     let want: BTreeMap<i64, String> = model.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
-    ensure!(table == want, "{when}: the Iceberg table differs from the model");
+    ensure!(
+        table == want,
+        "{when}: the Iceberg table differs from the model"
+    );
     Ok(())
 }
 
@@ -123,7 +129,10 @@ async fn a_spilling_index_keeps_snapshot_and_lookup_equal_to_the_model() -> Resu
     // The spill file is unlinked once created: nothing shows in the spill directory.
     let spill_dir = service.data_dir().join("index-spill");
     let leftovers: Vec<_> = walk(&spill_dir);
-    ensure!(leftovers.is_empty(), "files in the spill directory: {leftovers:?}");
+    ensure!(
+        leftovers.is_empty(),
+        "files in the spill directory: {leftovers:?}"
+    );
     Ok(())
 }
 

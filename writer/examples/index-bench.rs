@@ -30,7 +30,11 @@ fn rss_bytes() -> u64 {
 fn key_of(i: u64, key: &mut String) {
     use std::fmt::Write;
     key.clear();
-    let _ = write!(key, "{{\"id\":{}}}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20);
+    let _ = write!(
+        key,
+        "{{\"id\":{}}}",
+        i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20
+    );
 }
 
 /// Fills `index` with `keys` keys and measures it.
@@ -83,7 +87,10 @@ fn run(mut index: KeyIndex, keys: u64) {
     println!("lookups found      {found}");
     if let Some(limit) = index.memory_limit() {
         println!("memory limit       {limit}");
-        println!("spilled bytes/key  {:.1}", index.spilled_bytes() as f64 / live);
+        println!(
+            "spilled bytes/key  {:.1}",
+            index.spilled_bytes() as f64 / live
+        );
         println!("shards written     {}", index.spills());
     }
     println!(

@@ -161,7 +161,13 @@ impl Shard {
     }
 
     /// Sets `key`'s slot if the table has one; returns what it held.
-    fn update(&mut self, hash: u64, key: &[u8], file: FileId, pos: u64) -> Option<Option<RowLocation>> {
+    fn update(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        file: FileId,
+        pos: u64,
+    ) -> Option<Option<RowLocation>> {
         let arena = &self.arena;
         let slot = self.table.find_mut(hash, |s| key_in(arena, s) == key)?;
         let previous = slot.location();
@@ -188,7 +194,10 @@ impl Shard {
     /// Removes `key`'s slot; returns its location.
     fn take(&mut self, hash: u64, key: &[u8]) -> Option<RowLocation> {
         let arena = &self.arena;
-        let entry = self.table.find_entry(hash, |s| key_in(arena, s) == key).ok()?;
+        let entry = self
+            .table
+            .find_entry(hash, |s| key_in(arena, s) == key)
+            .ok()?;
         let (slot, _) = entry.remove();
         self.dead_bytes += slot.key_len as usize;
         self.maybe_compact();
@@ -523,7 +532,11 @@ impl<S: BuildHasher> KeyIndex<S> {
         if let Some(spill) = &mut self.spill
             && spill.wants_compaction()
         {
-            let runs = self.shards.iter_mut().filter_map(|s| s.run.as_mut()).collect();
+            let runs = self
+                .shards
+                .iter_mut()
+                .filter_map(|s| s.run.as_mut())
+                .collect();
             spill.compact(&config.dir, runs)?;
             self.resident = self.shards.iter().map(Shard::resident_bytes).sum();
         }

@@ -373,9 +373,27 @@ impl metrics::GaugeFn for MaxGauge {
 }
 
 impl metrics::Recorder for MaxGauges {
-    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
-    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
-    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
     fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
         metrics::Counter::noop()
     }
@@ -387,7 +405,11 @@ impl metrics::Recorder for MaxGauges {
             .unwrap_or_default();
         metrics::Gauge::from_arc(Arc::new(MaxGauge((key.name().to_string(), table))))
     }
-    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
         metrics::Histogram::noop()
     }
 }
@@ -408,7 +430,9 @@ async fn a_spilling_index_commits_what_the_model_holds() {
         for id in 0..KEYS {
             let key = format!("{{\"id\":{id}}}");
             let pos = id as u64;
-            index.insert(key.as_bytes(), RowLocation { file, pos }).unwrap();
+            index
+                .insert(key.as_bytes(), RowLocation { file, pos })
+                .unwrap();
         }
         index.memory_bytes() as u64 / 10
     };
@@ -434,7 +458,9 @@ async fn a_spilling_index_commits_what_the_model_holds() {
             .filter(|_| cycle == 0 || next() % 3 == 0)
             .map(|id| (id, format!("c{cycle}-{id}")))
             .collect();
-        let deletes: Vec<i64> = (0..KEYS / 20).map(|_| (next() % KEYS as u64) as i64).collect();
+        let deletes: Vec<i64> = (0..KEYS / 20)
+            .map(|_| (next() % KEYS as u64) as i64)
+            .collect();
         f.append(f.records(&rows)).await;
         f.append(f.delete_records(&deletes)).await;
         model.extend(rows);
@@ -447,9 +473,16 @@ async fn a_spilling_index_commits_what_the_model_holds() {
         assert_eq!(f.rows().await, model, "cycle {cycle}");
     }
     let maxima = gauge_maxima().lock().unwrap().clone();
-    let of = |name: &str| maxima.get(&(name.to_string(), "mem.spill".to_string())).copied();
+    let of = |name: &str| {
+        maxima
+            .get(&(name.to_string(), "mem.spill".to_string()))
+            .copied()
+    };
     let resident = of("unitable_writer_index_bytes").expect("index bytes reported");
-    assert!(resident <= limit as f64, "{resident} bytes resident, limit {limit}");
+    assert!(
+        resident <= limit as f64,
+        "{resident} bytes resident, limit {limit}"
+    );
     let spilled = of("unitable_writer_index_spilled_bytes").expect("spilled bytes reported");
     assert!(spilled > 0.0, "the index never spilled");
     // Every committer removed its spill directory when it stopped.

@@ -52,7 +52,10 @@ impl Run {
     /// Blocks that may hold keys hashing to `hash`: the last block starting below it and the
     /// blocks starting at it (a run of equal hashes may span several).
     pub(super) fn blocks_for(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
-        let first = self.fences.partition_point(|f| f.hash < hash).saturating_sub(1);
+        let first = self
+            .fences
+            .partition_point(|f| f.hash < hash)
+            .saturating_sub(1);
         (first..self.fences.len()).take_while(move |&i| i == first || self.fences[i].hash <= hash)
     }
 
@@ -78,7 +81,8 @@ pub(super) struct SpillFile {
 impl SpillFile {
     /// Creates a new spill file in `dir` (and `dir` itself), unlinked at once.
     pub(super) fn create(dir: &Path) -> Result<Self, IndexError> {
-        std::fs::create_dir_all(dir).map_err(|e| IndexError::io("create the directory of", dir, e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| IndexError::io("create the directory of", dir, e))?;
         let path = dir.join(format!("index-{}.spill", uuid::Uuid::now_v7()));
         let file = OpenOptions::new()
             .read(true)
@@ -160,7 +164,11 @@ impl SpillFile {
     }
 
     /// Copies `runs` into a new file in `dir` and moves them there (on error, nothing moved).
-    pub(super) fn compact(&mut self, dir: &Path, mut runs: Vec<&mut Run>) -> Result<(), IndexError> {
+    pub(super) fn compact(
+        &mut self,
+        dir: &Path,
+        mut runs: Vec<&mut Run>,
+    ) -> Result<(), IndexError> {
         let fresh = SpillFile::create(dir)?;
         let mut buf = vec![0u8; WRITE_CHUNK];
         let mut at = 0u64;
