@@ -59,7 +59,13 @@ async fn check(service: &Service, reader: &mut Client, model: &Model, when: &str
         "{when}: SNAPSHOT differs from the model"
     );
     let ids: Vec<i64> = (0..KEYS + 100).collect();
-    let (batches, missing) = lookup_ids(reader, &ids).await?;
+    // A lookup takes at most 10,000 keys.
+    let (mut batches, mut missing) = (Vec::new(), Vec::new());
+    for (n, chunk) in ids.chunks(5_000).enumerate() {
+        let (b, m) = lookup_ids(reader, chunk).await?;
+        batches.extend(b);
+        missing.extend(m.into_iter().map(|i| i + (n * 5_000) as u32));
+    }
     let found = kv_rows(&batches)?;
     ensure!(&found == model, "{when}: LOOKUP differs from the model");
     let want_missing: Vec<u32> = ids
