@@ -413,7 +413,7 @@ pub struct ServeArgs {
 
     /// Memory the committer's primary-key index of each table may keep (a limit per table),
     /// e.g. 512MiB, 2GiB. Past it the index spills sorted runs to --index-spill-dir and reads
-    /// them back one 4 KiB block per lookup. Default: no limit (about 42 bytes per key in
+    /// them back one 4 KiB block per lookup. Default: no limit (about 60-70 bytes per key in
     /// memory).
     #[arg(long, env = "UNITABLE_INDEX_MEMORY_LIMIT", value_parser = parse_bytes)]
     pub index_memory_limit: Option<usize>,
