@@ -424,6 +424,19 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_LOOKUP_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_bytes)]
     pub lookup_memory_limit: usize,
 
+    /// Memory the committer's primary-key index of each table may keep (a limit per table),
+    /// e.g. 512MiB, 2GiB. Past it the index spills sorted runs to --index-spill-dir and reads
+    /// them back one 4 KiB block per lookup. Default: no limit (about 60-70 bytes per key in
+    /// memory).
+    #[arg(long, env = "UNITABLE_INDEX_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub index_memory_limit: Option<usize>,
+
+    /// Local directory the primary-key indexes spill to, one subdirectory per table (default:
+    /// <data-dir>/index-spill). Spill files are unlinked once created, so their space is freed
+    /// when a committer stops or the process dies.
+    #[arg(long, env = "UNITABLE_INDEX_SPILL_DIR")]
+    pub index_spill_dir: Option<PathBuf>,
+
     /// Largest gRPC request accepted, in bytes; bigger writes fail with OUT_OF_RANGE
     /// (split them, or use WriteStream).
     #[arg(long, env = "UNITABLE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]

@@ -161,6 +161,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 min_interval: args.index_checkpoint_interval,
                 ..CheckpointPolicy::default()
             },
+            index_memory_limit: args.index_memory_limit.map(|bytes| bytes as u64),
+            index_spill_dir: match &args.index_spill_dir {
+                Some(dir) => absolute(dir)?,
+                None => data_dir.join("index-spill"),
+            },
             ..WriterConfig::default()
         },
     );

@@ -284,7 +284,8 @@ fn encode(path: &str, header: &Header, index: &KeyIndex) -> WriteResult<Bytes> {
     let mut numbers: HashMap<FileId, u32> = HashMap::new();
     let mut builders = Builders::default();
     let mut error: Option<WriteError> = None;
-    index.for_each(|key, location| {
+    index
+        .for_each(|key, location| {
         if error.is_some() {
             return;
         }
@@ -313,7 +314,7 @@ fn encode(path: &str, header: &Header, index: &KeyIndex) -> WriteResult<Bytes> {
         {
             error = Some(failed(path, e));
         }
-    });
+    })?;
     if let Some(e) = error {
         return Err(e);
     }
@@ -436,6 +437,7 @@ pub(crate) async fn restore(
     metadata: &TableMetadata,
     codec: &RecordCodec,
     key_field_ids: &[i32],
+    empty: impl Fn() -> KeyIndex,
 ) -> Result<Restored, Unusable> {
     let candidates = listed(storage_props, metadata.location()).await;
     if candidates.is_empty() {
@@ -443,7 +445,7 @@ pub(crate) async fn restore(
     }
     let mut reasons = Vec::new();
     for path in candidates.iter().take(KEEP) {
-        match restore_from(file_io, path, metadata, codec, key_field_ids).await {
+        match restore_from(file_io, path, metadata, codec, key_field_ids, empty()).await {
             Ok(restored) => return Ok(restored),
             Err(reason) => {
                 tracing::info!(%path, %reason, "key-index checkpoint not usable");
@@ -460,6 +462,7 @@ async fn restore_from(
     metadata: &TableMetadata,
     codec: &RecordCodec,
     key_field_ids: &[i32],
+    index: KeyIndex,
 ) -> Result<Restored, String> {
     let bytes = read_bytes(file_io, path).await.map_err(|e| e.to_string())?;
     let task_path = path.to_string();
@@ -483,6 +486,7 @@ async fn restore_from(
         &live,
         codec,
         key_field_ids,
+        index,
     )
     .await
     .map_err(|e| e.to_string())
@@ -568,7 +572,8 @@ fn check_header(
     Ok(())
 }
 
-/// The checkpoint's entries brought up to `live` (the head's live files); see the module docs.
+/// The checkpoint's entries brought up to `live` (the head's live files) in `index` (empty);
+/// see the module docs.
 #[allow(clippy::too_many_arguments)]
 async fn catch_up(
     file_io: &FileIO,
@@ -579,6 +584,7 @@ async fn catch_up(
     live: &[TrackedFile],
     codec: &RecordCodec,
     key_field_ids: &[i32],
+    mut index: KeyIndex,
 ) -> WriteResult<Restored> {
     if live
         .iter()
@@ -613,7 +619,6 @@ async fn catch_up(
     let none = BTreeSet::new();
 
     // The checkpoint's entries whose rows are still live.
-    let mut index = KeyIndex::new();
     let live_data: HashMap<&str, &PlannedFile> = planned
         .iter()
         .map(|f| (f.data_file.file_path(), f))
@@ -647,7 +652,7 @@ async fn catch_up(
             if gone.contains(&(pos as i64)) {
                 continue;
             }
-            index.insert(keys.value(row), RowLocation { file: *id, pos });
+            index.insert(keys.value(row), RowLocation { file: *id, pos })?;
         }
     }
 

@@ -179,6 +179,10 @@ impl TableCommitter {
                 Err(e) => {
                     metrics::counter!(m::COMMITTER_ERRORS, "table" => table.clone()).increment(1);
                     error!(%table, error = %e, retry_in_ms = backoff.as_millis() as u64, "commit cycle failed");
+                    if matches!(e, WriteError::Index(_)) {
+                        // The index's spill file failed: start over (claim, rebuild the index).
+                        self.state = None;
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     if final_cycle {
                         return;
@@ -303,6 +307,7 @@ impl TableCommitter {
             table.metadata(),
             &state.codec,
             &state.key_field_ids,
+            || KeyIndex::with_spill(self.shared.config.index_spill(&self.name, &state.uuid)),
         )
         .await
         {
@@ -431,6 +436,7 @@ impl TableCommitter {
             table.metadata(),
             &state.codec,
             &state.key_field_ids,
+            KeyIndex::with_spill(self.shared.config.index_spill(&self.name, &state.uuid)),
         )
         .await?;
         state.heal = rebuilt.duplicates;
@@ -510,7 +516,10 @@ impl TableCommitter {
     fn report_index(&self, state: &State) {
         let table = self.name.to_string();
         metrics::gauge!(m::INDEX_KEYS, "table" => table.clone()).set(state.index.len() as f64);
-        metrics::gauge!(m::INDEX_BYTES, "table" => table).set(state.index.memory_bytes() as f64);
+        metrics::gauge!(m::INDEX_BYTES, "table" => table.clone())
+            .set(state.index.memory_bytes() as f64);
+        metrics::gauge!(m::INDEX_SPILLED_BYTES, "table" => table)
+            .set(state.index.spilled_bytes() as f64);
     }
 
     fn publish(&self, state: &State, commit_time_ms: Option<i64>) {
@@ -626,7 +635,7 @@ impl TableCommitter {
         // Committed: now the index may move on.
         for (key, op) in &folded.changed {
             if *op == ChangeOp::Delete {
-                state.index.remove(key);
+                state.index.remove(key)?;
             }
         }
         if !state.def.is_append_only() {
@@ -644,7 +653,7 @@ impl TableCommitter {
                             file: id,
                             pos: pos as u64,
                         },
-                    );
+                    )?;
                 }
             }
         }
@@ -932,7 +941,7 @@ impl TableCommitter {
         let mut groups: HashMap<(i32, Struct), Vec<PositionDelete>> = HashMap::new();
         let mut targets = BTreeSet::new();
         for (key, _) in &folded.changed {
-            let Some(location) = state.index.get(key) else {
+            let Some(location) = state.index.get(key)? else {
                 continue;
             };
             let file = state

@@ -29,6 +29,9 @@ pub enum WriteError {
     /// The batch does not fit the table (a column missing, unknown or of the wrong type).
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The primary-key index's spill file failed.
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
     /// Changelog records could not be read back as rows.
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -132,6 +135,7 @@ impl WriteError {
             WriteError::Commit(e) => e.is_retryable(),
             WriteError::Iceberg { source, .. } => source.retryable(),
             WriteError::SnapshotWaitTimedOut { .. }
+            | WriteError::Index(_)
             | WriteError::ShuttingDown
             | WriteError::RequestInProgress { .. }
             | WriteError::TableReplaced { .. } => true,

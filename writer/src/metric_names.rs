@@ -63,3 +63,8 @@ pub const INDEX_CHECKPOINT_BYTES: &str = "unitable_committer_index_checkpoint_by
 /// Committer starts by how the index was found (counter, per table; `result` = `loaded`,
 /// `missing`, `stale`).
 pub const INDEX_CHECKPOINT_LOADS: &str = "unitable_committer_index_checkpoint_loads_total";
+/// Bytes of the primary-key index's spill file on disk (gauge; 0 when nothing spilled).
+pub const INDEX_SPILLED_BYTES: &str = "unitable_writer_index_spilled_bytes";
+/// Shards of the primary-key index written to its spill file: first spills and merges of
+/// their in-memory changes into new runs (counter).
+pub const INDEX_SPILLS: &str = "unitable_writer_index_spills_total";

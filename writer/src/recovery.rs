@@ -44,12 +44,13 @@ pub(crate) struct Rebuilt {
     pub(crate) files: usize,
 }
 
-/// Reads the key columns of every live row of the current snapshot into a new index.
+/// Reads the key columns of every live row of the current snapshot into `index` (empty).
 pub(crate) async fn rebuild_index(
     file_io: &FileIO,
     metadata: &TableMetadata,
     codec: &RecordCodec,
     key_field_ids: &[i32],
+    index: KeyIndex,
 ) -> WriteResult<Rebuilt> {
     let mut planned = plan_files(file_io, metadata, None).await?;
     planned.sort_by_key(|f| f.data_sequence_number);
@@ -57,7 +58,7 @@ pub(crate) async fn rebuild_index(
     let deleted = read_position_deletes(file_io, &delete_files_of(&planned)).await?;
     let none = BTreeSet::new();
     let mut rebuilt = Rebuilt {
-        index: KeyIndex::new(),
+        index,
         duplicates: Vec::new(),
         files: planned.len(),
     };
@@ -87,7 +88,7 @@ pub(crate) async fn index_file_rows(
     let indexed = keys.len() as u64;
     for (key, pos) in keys {
         // Look before inserting: replacing the last live key of a file unregisters it.
-        if let Some(older) = index.get(&key)
+        if let Some(older) = index.get(&key)?
             && let Some(older_file) = index.file(older.file)
         {
             tracing::error!(
@@ -103,7 +104,7 @@ pub(crate) async fn index_file_rows(
                 older_file.spec_id,
             ));
         }
-        index.insert(&key, RowLocation { file: id, pos });
+        index.insert(&key, RowLocation { file: id, pos })?;
     }
     Ok(indexed)
 }
@@ -192,7 +193,7 @@ pub(crate) async fn repoint_index(
         let id = index.file_id(path, file.data_file.partition(), file.spec_id);
         repointed += keys.len();
         for (key, pos) in keys {
-            index.insert(&key, RowLocation { file: id, pos });
+            index.insert(&key, RowLocation { file: id, pos })?;
         }
     }
     if let Some(stale) = index
