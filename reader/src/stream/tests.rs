@@ -184,6 +184,7 @@ fn read_of(f: &Fixture, start: StreamStart) -> StreamRead {
         start,
         limit: None,
         partitions: Vec::new(),
+        resume: PartitionOffsets::default(),
     }
 }
 
