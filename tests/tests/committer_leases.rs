@@ -29,35 +29,15 @@ const LEASE: &str = "2s";
 /// A serve node named `id` with a 2 s lease and a 100 ms commit interval; with `first`, on
 /// `first`'s catalog and warehouse.
 async fn node(kafka: &Kafka, id: &str, first: Option<&Service>) -> Result<Service> {
-    let mut args: Vec<String> = [
-        "--node-id",
-        id,
-        "--kafka-brokers",
-        &kafka.bootstrap(),
+    let args = [
         "--commit-interval",
         "100ms",
         "--committer-lease",
         LEASE,
         "--compaction-interval",
         "0s",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    if let Some(first) = first {
-        let data = first.data_dir();
-        args.extend([
-            "--catalog".into(),
-            format!("sqlite://{}/catalog.db", data.display()),
-            "--warehouse".into(),
-            format!("file://{}/warehouse", data.display()),
-        ]);
-    }
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Service::start(&args)
-    })
-    .await?
+    ];
+    Service::start_node(&kafka.bootstrap(), id, first, &args).await
 }
 
 async fn leases(data: &Path) -> Result<LeaseStore> {

@@ -4,8 +4,8 @@
 //! resurrects no row.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -66,8 +66,18 @@ async fn scan_table(
     Ok(rows)
 }
 
+/// The tests of this file run one at a time. Run concurrently in one process, the expiration
+/// test hung (2 of 2 runs on 2026-12-04: every task parked, nothing pending but timers) while
+/// each passes alone and all pass in sequence. Not yet diagnosed (see the issue notes); until
+/// then they are serialized so the suite cannot hang on it.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_snapshot_of_random_row_deltas_reads_as_the_model() -> Result<()> {
+    let _serial = one_at_a_time();
     for seed in [3, 17, 99] {
         let dir = tempfile::tempdir()?;
         let steps = run_random_deltas(dir.path(), seed, 25).await?;
@@ -87,6 +97,7 @@ async fn every_snapshot_of_random_row_deltas_reads_as_the_model() -> Result<()> 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_retained_snapshot_reads_as_the_model_through_rewrites_and_expirations() -> Result<()>
 {
+    let _serial = one_at_a_time();
     let (mut rewrites, mut expirations) = (0, 0);
     for seed in [7, 23, 61] {
         let dir = tempfile::tempdir()?;
@@ -283,6 +294,7 @@ async fn race_rewriter(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow: 500 racing commits take about 95 s in a debug build"]
 async fn row_deltas_racing_rewrites_lose_and_resurrect_nothing() -> Result<()> {
+    let _serial = one_at_a_time();
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     let name: TableName = RACE_TABLE.parse()?;
