@@ -93,25 +93,6 @@ pub enum Error {
         /// The database's error.
         reason: String,
     },
-    /// The consumer-group tables in the catalog database failed.
-    #[error("consumer groups: cannot {operation}: {reason}")]
-    GroupDatabase {
-        /// What we were doing.
-        operation: &'static str,
-        /// The database's error.
-        reason: String,
-    },
-    /// A newer connection of the same consumer-group member took its place.
-    #[error(
-        "member `{member}` of consumer group `{group}` was taken over by a newer connection \
-         with the same member id; give each consumer its own member id"
-    )]
-    GroupMemberReplaced {
-        /// The group.
-        group: String,
-        /// The member id.
-        member: String,
-    },
 }
 
 impl Error {
@@ -135,8 +116,7 @@ impl Error {
                     | object_store::Error::Unauthenticated { .. }
             ),
             Error::Changelog(e) => e.is_retryable(),
-            Error::LeaseDatabase { .. } | Error::GroupDatabase { .. } => true,
-            Error::GroupMemberReplaced { .. } => false,
+            Error::LeaseDatabase { .. } => true,
         }
     }
 

@@ -14,8 +14,6 @@
 //! - [`requests`]: the log of idempotent write requests (what a request id did).
 //! - [`lease`]: committer leases and node membership in the catalog database, and which node
 //!   should commit which table.
-//! - [`groups`]: consumer groups in the catalog database (members, generations, partition
-//!   assignment, committed positions, fencing).
 //! - [`bucket`], [`offsets`], [`naming`]: how keys map to partitions, changelog positions, and
 //!   every name unitable gives to things outside the process.
 //!
@@ -31,7 +29,6 @@ pub mod changelog;
 pub mod clock;
 pub mod commit;
 pub mod error;
-pub mod groups;
 pub mod lease;
 pub mod naming;
 pub mod offsets;

@@ -145,64 +145,6 @@ pub enum ReadError {
         /// How long the lookup waited.
         waited_ms: u64,
     },
-    /// The server keeps consumer groups in the catalog database, which a REST catalog lacks.
-    #[error(
-        "this server has no consumer groups: they live in the catalog database, and a REST \
-         catalog has none; read with explicit partitions and keep positions yourself"
-    )]
-    NoGroupStore,
-    /// The consumer group moved to a new generation: the member's stream ends (after every
-    /// batch already sent) and the member reconnects to get its new partitions.
-    #[error(
-        "consumer group `{group}` rebalanced (generation {generation}): member `{member}` must \
-         reconnect with the same member id to get its new partitions; commit what was \
-         processed first"
-    )]
-    GroupRebalanced {
-        /// The group.
-        group: String,
-        /// The member.
-        member: String,
-        /// The group's new generation.
-        generation: i64,
-    },
-    /// The member's row is gone (expired while its node could not renew it, or a newer
-    /// connection with the same member id took it over).
-    #[error(
-        "member `{member}` of consumer group `{group}` is no longer in the group (expired, or \
-         taken over by a newer connection with the same member id); reconnect"
-    )]
-    GroupMemberGone {
-        /// The group.
-        group: String,
-        /// The member.
-        member: String,
-    },
-    /// A commit by a member that no longer owns the partition at that generation.
-    #[error(
-        "commit refused: member `{member}` of consumer group `{group}` is fenced for partition \
-         {partition} at generation {generation}: {reason}"
-    )]
-    GroupFenced {
-        /// The group.
-        group: String,
-        /// The member.
-        member: String,
-        /// The generation the commit named.
-        generation: i64,
-        /// The partition refused.
-        partition: u32,
-        /// Why.
-        reason: String,
-    },
-    /// No such consumer group of the table.
-    #[error("table `{table}` has no consumer group `{group}`")]
-    GroupNotFound {
-        /// The table.
-        table: TableName,
-        /// The group.
-        group: String,
-    },
     /// Planning a snapshot's files or reading its delete files failed.
     #[error(transparent)]
     Commit(#[from] unitable_core::commit::CommitError),
@@ -240,11 +182,7 @@ impl ReadError {
             | ReadError::OffsetsRemoved { .. }
             | ReadError::Sql { .. }
             | ReadError::Internal { .. }
-            | ReadError::InvalidKey { .. }
-            | ReadError::NoGroupStore
-            | ReadError::GroupFenced { .. }
-            | ReadError::GroupNotFound { .. } => false,
-            ReadError::GroupRebalanced { .. } | ReadError::GroupMemberGone { .. } => true,
+            | ReadError::InvalidKey { .. } => false,
             ReadError::Commit(e) => e.is_retryable(),
             ReadError::DataFile { .. } | ReadError::LookupState { .. } => true,
         }

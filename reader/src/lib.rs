@@ -7,8 +7,7 @@
 //!   changelog from the snapshot's anchored offsets up to the heads at the time of the request,
 //!   so every write acknowledged before the request is reflected.
 //! - STREAM ([`stream`]): the changelog as changes from earliest, latest, offsets, a time, or a
-//!   snapshot (its rows as inserts, then the changelog from its anchored offsets). Named
-//!   consumer groups ([`group`]) split the partitions among members and keep their positions.
+//!   snapshot (its rows as inserts, then the changelog from its anchored offsets).
 //! - LOOKUP ([`lookup`]): the latest rows of given keys, fresh, from an in-memory key index of
 //!   a base snapshot, the changelog tail and single Parquet pages.
 //! - SQL ([`sql`]): DataFusion over the tables a statement names, each pinned like a SNAPSHOT
@@ -22,7 +21,6 @@
 pub mod error;
 pub mod filter;
 pub mod freshness;
-pub mod group;
 pub mod lookup;
 pub mod pinned;
 pub mod snapshot;
@@ -31,7 +29,6 @@ pub mod stream;
 mod tail;
 
 pub use error::{ReadError, ReadResult};
-pub use group::{GroupRead, GroupSettings, GroupStream};
 pub use lookup::{LookupKeys, LookupRequest, LookupResponse};
 pub use pinned::{BatchStream, Pinned};
 pub use snapshot::{FreshRead, ReadStream, SnapshotRead, SnapshotSelector};
@@ -52,8 +49,6 @@ pub struct Reader {
     lookups: Arc<lookup::LookupCache>,
     /// Memory pool and spill space shared by every SQL query of this reader.
     sql_runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-    /// Consumer groups, when the catalog has a database to keep them in.
-    groups: Option<Arc<group::GroupSettings>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -72,7 +67,6 @@ impl Reader {
             changelog,
             lookups: Arc::default(),
             sql_runtime: sql::runtime(sql::DEFAULT_MEMORY_LIMIT),
-            groups: None,
         }
     }
 

@@ -88,9 +88,6 @@ pub struct StreamRead {
     /// Read only these changelog partitions (a worker's share of a table); empty = all. Not
     /// with a snapshot start (a snapshot is not split by partition).
     pub partitions: Vec<u32>,
-    /// Partitions listed here start at these offsets whatever `start` says (a consumer
-    /// group's committed positions); the others start at `start`.
-    pub resume: PartitionOffsets,
 }
 
 /// A batch of changes and where to resume after it.
@@ -246,12 +243,6 @@ impl Reader {
                 start
             }
         };
-        let mut start = start;
-        for (p, o) in &request.resume.0 {
-            if p.0 < partitions {
-                start.set(*p, *o);
-            }
-        }
         for (p, w) in watermarks.iter().enumerate() {
             let offset = start.get(PartitionId(p as u32));
             if offset < w.low {

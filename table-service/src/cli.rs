@@ -96,33 +96,6 @@ pub enum Command {
     Group(GroupCommand),
     /// Show who the server thinks you are.
     Whoami,
-    /// Show a table's consumer groups: members, partitions, positions and lag.
-    #[command(subcommand)]
-    ConsumerGroup(ConsumerGroupCommand),
-}
-
-/// `unitable consumer-group ...`
-#[derive(Debug, Subcommand)]
-pub enum ConsumerGroupCommand {
-    /// List a table's consumer groups with their generation, member count and lag.
-    List {
-        /// NAMESPACE.TABLE
-        table: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
-    },
-    /// Show one consumer group: members and their partitions, and per partition the committed
-    /// position, the high watermark, the lag and the owner.
-    Describe {
-        /// NAMESPACE.TABLE
-        table: String,
-        /// The group.
-        group: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
-    },
 }
 
 /// `unitable grant|revoke` words: PRIVILEGE ON TABLE|NAMESPACE NAME|ALL TO USER|GROUP NAME.
@@ -291,19 +264,6 @@ pub struct SubscribeArgs {
     /// "timestamp"}.
     #[arg(long, value_enum, default_value_t = SubscribeFormat::Jsonl)]
     pub format: SubscribeFormat,
-    /// Read as a member of this consumer group: the server assigns the partitions and keeps
-    /// the positions; each printed batch is committed; a rebalance reconnects. --from applies
-    /// to partitions the group has no position for.
-    #[arg(long, env = "UNITABLE_CONSUMER_GROUP")]
-    pub group: Option<String>,
-    /// With --group: this member's id, stable across restarts (default: made up by the
-    /// server, kept across reconnects of this command).
-    #[arg(long, env = "UNITABLE_CONSUMER_MEMBER", requires = "group")]
-    pub member: Option<String>,
-    /// With --group: the server commits each batch as it sends it (at-most-once) instead of
-    /// this command committing after printing it (at-least-once).
-    #[arg(long, requires = "group")]
-    pub auto_commit: bool,
 }
 
 /// Output formats of `unitable subscribe`.
@@ -450,13 +410,6 @@ pub struct ServeArgs {
     /// so that a restarted node takes its tables back at once.
     #[arg(long, env = "UNITABLE_NODE_ID")]
     pub node_id: Option<String>,
-
-    /// How long a consumer group member outlives the last renewal by the node serving its
-    /// stream (renewed every tenth of it, at most every second): a member whose node died
-    /// leaves its group after this, and a member cut off by a rebalance keeps its place this
-    /// long for its reconnect. Lag metrics are refreshed every third of it.
-    #[arg(long, env = "UNITABLE_CONSUMER_GROUP_SESSION", default_value = "10s", value_parser = parse_duration)]
-    pub consumer_group_session: Duration,
 
     /// Memory shared by the operators of all running SQL queries (sorts, aggregations and
     /// joins), e.g. 512MiB, 2GiB. Sorts and aggregations spill to temporary files past it; a
@@ -819,7 +772,6 @@ async fn run_client(conn: &client::Connection, command: Command) -> ExitCode {
         Command::Token(cmd) => client::access::run(conn, AccessCommand::Token(cmd)).await,
         Command::Group(cmd) => client::access::run(conn, AccessCommand::Group(cmd)).await,
         Command::Whoami => client::access::run(conn, AccessCommand::WhoAmI).await,
-        Command::ConsumerGroup(cmd) => client::groups::run(conn, cmd).await,
     }
 }
 

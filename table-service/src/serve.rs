@@ -24,7 +24,6 @@ use unitable_core::changelog::{
 use unitable_core::clock::SystemClock;
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::row_delta::Committer;
-use unitable_core::groups::GroupStore;
 use unitable_core::lease::LeaseStore;
 use unitable_core::requests::RequestLog;
 use unitable_core::storage::s3_props;
@@ -34,7 +33,7 @@ use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
 use unitable_proto::v1::read_service_server::ReadServiceServer;
 use unitable_proto::v1::table_admin_service_server::TableAdminServiceServer;
 use unitable_proto::v1::write_service_server::WriteServiceServer;
-use unitable_reader::{GroupSettings, Reader};
+use unitable_reader::Reader;
 use unitable_writer::config::host_name;
 use unitable_writer::{CheckpointPolicy, LeaseConfig, Writer, WriterConfig};
 
@@ -175,22 +174,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot list the tables to start their committers")?;
     info!(tables = committers, "committers started");
-    let mut reader = Reader::new(catalog.clone(), changelog.clone())
+    let reader = Reader::new(catalog.clone(), changelog.clone())
         .with_sql_memory_limit(args.sql_memory_limit)
         .with_lookup_memory_limit(args.lookup_memory_limit);
-    if let Some(store) = GroupStore::connect(catalog.config())
-        .await
-        .context("cannot open the consumer group tables in the catalog database")?
-    {
-        reader = reader.with_groups(GroupSettings {
-            store,
-            node: args
-                .node_id
-                .clone()
-                .unwrap_or_else(|| format!("{}:{}", host_name(), grpc_addr.port())),
-            session: args.consumer_group_session,
-        });
-    }
     // Reads (scans, SQL) run off the gRPC runtime, so a heavy query cannot starve writes and
     // admin calls.
     let read_runtime = BackgroundRuntime::start("unitable-read")?;
@@ -198,17 +184,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin = TableAdmin::new(catalog, changelog);
 
     let shutdown = CancellationToken::new();
-    // Consumer group lag and members, refreshed every third of a member session.
-    read_handle.spawn({
-        let reader = reader.clone();
-        let shutdown = shutdown.child_token();
-        let interval = (args.consumer_group_session / 3).max(std::time::Duration::from_millis(100));
-        async move {
-            reader
-                .report_group_metrics(interval, shutdown.cancelled_owned())
-                .await;
-        }
-    });
     let scheduler = {
         let writer = writer.clone();
         compaction

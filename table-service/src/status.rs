@@ -82,13 +82,6 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
         | ReadError::LookupMemory { .. } => (Code::ResourceExhausted, Level::Warn),
         ReadError::LookupBehind { .. } => (Code::Unavailable, Level::Warn),
         ReadError::Internal { .. } => (Code::Internal, Level::Error),
-        ReadError::NoGroupStore => (Code::FailedPrecondition, Level::Debug),
-        // A rebalance ends member streams on purpose; the client reconnects.
-        ReadError::GroupRebalanced { .. } | ReadError::GroupMemberGone { .. } => {
-            (Code::Aborted, Level::Debug)
-        }
-        ReadError::GroupFenced { .. } => (Code::FailedPrecondition, Level::Debug),
-        ReadError::GroupNotFound { .. } => (Code::NotFound, Level::Debug),
         ReadError::Commit(c) => classify_commit(c),
         ReadError::DataFile { .. } | ReadError::LookupState { .. } => {
             (Code::Unavailable, Level::Warn)
@@ -192,10 +185,7 @@ fn classify_core(e: &CoreError) -> (Code, Level) {
             }
         }
         CoreError::Changelog(c) => classify_changelog(c),
-        CoreError::LeaseDatabase { .. } | CoreError::GroupDatabase { .. } => {
-            (Code::Unavailable, Level::Warn)
-        }
-        CoreError::GroupMemberReplaced { .. } => (Code::Aborted, Level::Debug),
+        CoreError::LeaseDatabase { .. } => (Code::Unavailable, Level::Warn),
     }
 }
 

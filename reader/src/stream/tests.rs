@@ -184,7 +184,6 @@ fn read_of(f: &Fixture, start: StreamStart) -> StreamRead {
         start,
         limit: None,
         partitions: Vec::new(),
-        resume: PartitionOffsets::default(),
     }
 }
 

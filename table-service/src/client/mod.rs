@@ -3,7 +3,6 @@
 
 pub(crate) mod access;
 pub(crate) mod compact;
-pub(crate) mod groups;
 pub(crate) mod lookup;
 pub(crate) mod rows;
 pub(crate) mod scan;

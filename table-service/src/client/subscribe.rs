@@ -1,29 +1,20 @@
 //! `unitable subscribe NS.TABLE [--from earliest|latest|snapshot[:ID]|time:RFC3339|offsets:P=O,...]
-//! [--columns a,b] [--where PREDICATE] [--limit N] [--format jsonl]
-//! [--group NAME [--member ID] [--auto-commit]]`: follows a table's changes, one JSON line per
-//! change:
+//! [--columns a,b] [--where PREDICATE] [--limit N] [--format jsonl]`: follows a table's changes,
+//! one JSON line per change:
 //! `{"op":..., "key":{...}, "row":{...}|null, "partition":P, "offset":O, "timestamp":"..."}`.
-//!
-//! With `--group`, the command is one member of a consumer group: the server assigns its
-//! partitions and starts them from the group's positions; after printing each batch the command
-//! commits the batch's positions (at-least-once), and when the group rebalances it reconnects
-//! with the same member id.
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use arrow::array::{
     Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use serde_json::{Map, Value, json};
-use tonic::{Code, Status};
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::stream_start::Kind;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::{
-    CommitGroupOffsetsRequest, GetTableRequest, GroupAssignment, PartitionOffset, ReadMode,
-    ReadRequest, StreamStart, read_response,
+    GetTableRequest, PartitionOffset, ReadMode, ReadRequest, StreamStart, read_response,
 };
 
 use super::rows::decode_ipc;
@@ -96,16 +87,6 @@ fn parse_start(text: &str) -> Result<StreamStart, ClientError> {
 async fn run_inner(conn: &Connection, args: SubscribeArgs) -> Result<(), ClientError> {
     let server = conn.server.as_str();
     let start = parse_start(&args.from)?;
-    if args.group.is_none() && (args.member.is_some() || args.auto_commit) {
-        return Err(ClientError::new(
-            "--member and --auto-commit need --group NAME",
-        ));
-    }
-    if args.group.is_some() && !args.partitions.is_empty() {
-        return Err(ClientError::new(
-            "--partitions and --group do not mix: the group assigns the partitions",
-        ));
-    }
     let table = TableAdminServiceClient::new(conn.channel()?)
         .get_table(GetTableRequest {
             table: args.table.clone(),
@@ -120,165 +101,63 @@ async fn run_inner(conn: &Connection, args: SubscribeArgs) -> Result<(), ClientE
         .unwrap_or_default();
     let mut client =
         ReadServiceClient::new(conn.channel()?).max_decoding_message_size(256 * 1024 * 1024);
-    let mut out = std::io::stdout().lock();
-    let mut changes = 0u64;
-    let mut member = args.member.clone().unwrap_or_default();
-    let mut failures = 0u32;
-    // A group member reconnects when the group rebalances (and when the server is briefly
-    // away); a plain subscription runs once.
-    loop {
-        let request = ReadRequest {
+    let mut stream = client
+        .read(ReadRequest {
             table: args.table.clone(),
             mode: ReadMode::Stream as i32,
             columns: args.columns.clone(),
             filter: args.filter.clone().unwrap_or_default(),
-            start: Some(start.clone()),
-            limit: args.limit.map_or(0, |l| l - changes.min(l)),
+            start: Some(start),
+            limit: args.limit.unwrap_or(0),
             partitions: args.partitions.clone(),
-            consumer_group: args.group.clone().unwrap_or_default(),
-            consumer_member: member.clone(),
-            group_auto_commit: args.auto_commit,
             ..ReadRequest::default()
+        })
+        .await
+        .map_err(|s| ClientError::from_status(server, &s))?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    let mut changes = 0u64;
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| ClientError::from_status(server, &s))?
+    {
+        if let Some(as_of) = &message.as_of {
+            let offsets: Vec<String> = as_of
+                .offsets
+                .iter()
+                .map(|o| format!("{}:{}", o.partition, o.offset))
+                .collect();
+            match as_of.snapshot_id {
+                Some(id) => eprintln!(
+                    "following {} from snapshot {id}, then the changelog from offsets {}",
+                    args.table,
+                    offsets.join(",")
+                ),
+                None => eprintln!(
+                    "following {} from offsets {}",
+                    args.table,
+                    offsets.join(",")
+                ),
+            }
+        }
+        let Some(read_response::Body::Changes(batch)) = message.body else {
+            continue;
         };
-        if args.limit.is_some() && request.limit == 0 {
-            break;
-        }
-        let mut session = Session {
-            args: &args,
-            key: &key,
-            out: &mut out,
-            changes: &mut changes,
-            assignment: None,
-        };
-        let ended = session.follow(&mut client, request).await;
-        if let Some(a) = &session.assignment {
-            member = a.member.clone();
-        }
-        match ended {
-            Ok(()) => break,
-            Err(Ended::Status(s)) if args.group.is_some() && s.code() == Code::Aborted => {
-                eprintln!("{}; reconnecting", s.message());
-                failures = 0;
+        let (_, batches) = decode_ipc(batch.arrow_ipc)?;
+        for batch in batches {
+            for line in change_lines(&batch, &key)? {
+                writeln!(out, "{line}").map_err(|e| {
+                    ClientError::new(format!("cannot write to standard output: {e}"))
+                })?;
+                changes += 1;
             }
-            Err(Ended::Status(s))
-                if args.group.is_some() && s.code() == Code::FailedPrecondition =>
-            {
-                // A commit was fenced: the partition moved; its records go to the new owner.
-                eprintln!("{}; reconnecting", s.message());
-            }
-            Err(Ended::Status(s))
-                if args.group.is_some() && s.code() == Code::Unavailable && failures < 30 =>
-            {
-                failures += 1;
-                eprintln!(
-                    "{} (attempt {failures} of 30); reconnecting in 1 s",
-                    s.message()
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(Ended::Status(s)) => return Err(ClientError::from_status(server, &s)),
-            Err(Ended::Client(e)) => return Err(e),
         }
+        out.flush()
+            .map_err(|e| ClientError::new(format!("cannot write to standard output: {e}")))?;
     }
     eprintln!("{changes} changes");
     Ok(())
-}
-
-/// Why a stream ended early.
-enum Ended {
-    Status(Status),
-    Client(ClientError),
-}
-
-impl From<ClientError> for Ended {
-    fn from(e: ClientError) -> Self {
-        Ended::Client(e)
-    }
-}
-
-/// One connection of `unitable subscribe`: prints changes, commits group positions.
-struct Session<'a, W: Write> {
-    args: &'a SubscribeArgs,
-    key: &'a [String],
-    out: &'a mut W,
-    changes: &'a mut u64,
-    assignment: Option<GroupAssignment>,
-}
-
-impl<W: Write> Session<'_, W> {
-    async fn follow(
-        &mut self,
-        client: &mut ReadServiceClient<super::Conn>,
-        request: ReadRequest,
-    ) -> Result<(), Ended> {
-        let table = self.args.table.clone();
-        let mut stream = client
-            .read(request)
-            .await
-            .map_err(Ended::Status)?
-            .into_inner();
-        while let Some(message) = stream.message().await.map_err(Ended::Status)? {
-            if let Some(group) = message.group {
-                eprintln!(
-                    "member {} of consumer group {} (generation {}, members {}): partitions {:?}",
-                    group.member,
-                    group.group,
-                    group.generation,
-                    group.members.join(","),
-                    group.partitions
-                );
-                self.assignment = Some(group);
-            }
-            if let Some(as_of) = &message.as_of {
-                let offsets: Vec<String> = as_of
-                    .offsets
-                    .iter()
-                    .map(|o| format!("{}:{}", o.partition, o.offset))
-                    .collect();
-                match as_of.snapshot_id {
-                    Some(id) => eprintln!(
-                        "following {table} from snapshot {id}, then the changelog from offsets {}",
-                        offsets.join(",")
-                    ),
-                    None => eprintln!("following {table} from offsets {}", offsets.join(",")),
-                }
-            }
-            let Some(read_response::Body::Changes(batch)) = message.body else {
-                continue;
-            };
-            let (_, batches) = decode_ipc(batch.arrow_ipc)?;
-            let mut printed = 0;
-            for batch in batches {
-                for line in change_lines(&batch, self.key)? {
-                    writeln!(self.out, "{line}").map_err(|e| {
-                        ClientError::new(format!("cannot write to standard output: {e}"))
-                    })?;
-                    printed += 1;
-                }
-            }
-            *self.changes += printed;
-            self.out
-                .flush()
-                .map_err(|e| ClientError::new(format!("cannot write to standard output: {e}")))?;
-            // At-least-once: the position moves only after the batch is out.
-            if let Some(group) = &self.assignment
-                && !self.args.auto_commit
-                && printed > 0
-            {
-                client
-                    .commit_group_offsets(CommitGroupOffsetsRequest {
-                        table: table.clone(),
-                        group: group.group.clone(),
-                        member: group.member.clone(),
-                        generation: group.generation,
-                        offsets: batch.next_offsets,
-                    })
-                    .await
-                    .map_err(Ended::Status)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// One JSON line per change of a change batch (`_op`, `_partition`, `_offset`, `_timestamp`,

@@ -79,6 +79,5 @@ pub(crate) async fn lookup(
             missing: answer.missing,
         })),
         as_of: Some(as_of_to_wire(&answer.as_of)),
-        group: None,
     })
 }

@@ -3,7 +3,6 @@
 pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod compact;
-pub(crate) mod groups;
 pub(crate) mod lookup;
 pub(crate) mod read;
 pub(crate) mod write;

@@ -101,8 +101,6 @@ where
             let item = tokio::select! {
                 // `next` is cancel-safe: an item is never lost to the other branch.
                 item = items.next() => item,
-                // The client went away while nothing was coming: stop (and drop the read).
-                () = tx.closed() => return,
                 _ = recheck.tick() => match guard.check() {
                     Ok(()) => continue,
                     Err(e) => {
@@ -226,7 +224,6 @@ impl ReadApi {
                 &schema, None,
             )?)),
             as_of: Some(as_of),
-            group: None,
         };
         Ok(pump(
             &self.runtime,
@@ -240,7 +237,6 @@ impl ReadApi {
                         Some(&batch),
                     )?)),
                     as_of: None,
-                    group: None,
                 })
             },
         ))
@@ -253,27 +249,18 @@ impl ReadApi {
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
         let table = table_name(&request.table)?;
         let start = stream_start(request.start.as_ref())?;
-        let read = StreamRead {
-            table,
-            columns: request.columns.clone(),
-            filter: filter_of(&request),
-            start,
-            limit: (request.limit > 0).then_some(request.limit),
-            partitions: request.partitions.clone(),
-            resume: PartitionOffsets::default(),
-        };
-        let (stream, group) = if request.consumer_group.is_empty() {
-            if !request.consumer_member.is_empty() || request.group_auto_commit {
-                return Err(bad(
-                    "consumer_member",
-                    "consumer_member and group_auto_commit need a consumer_group",
-                ));
-            }
-            let stream = self.reader.stream(&read).await.map_err(ApiError::from)?;
-            (stream, None)
-        } else {
-            super::groups::stream(&self.reader, &read, &request).await?
-        };
+        let stream = self
+            .reader
+            .stream(&StreamRead {
+                table,
+                columns: request.columns.clone(),
+                filter: filter_of(&request),
+                start,
+                limit: (request.limit > 0).then_some(request.limit),
+                partitions: request.partitions.clone(),
+            })
+            .await
+            .map_err(ApiError::from)?;
         let schema = stream.schema.clone();
         let first = wire::ReadResponse {
             body: Some(wire::read_response::Body::Changes(wire::ChangeBatch {
@@ -281,7 +268,6 @@ impl ReadApi {
                 next_offsets: offsets_to_wire(&stream.as_of.offsets),
             })),
             as_of: Some(as_of_to_wire(&stream.as_of)),
-            group,
         };
         Ok(pump(
             &self.runtime,
@@ -295,7 +281,6 @@ impl ReadApi {
                         next_offsets: offsets_to_wire(&change.next_offsets),
                     })),
                     as_of: None,
-                    group: None,
                 })
             },
         ))
@@ -353,38 +338,6 @@ impl ReadService for ReadApi {
             }
         };
         Ok(Response::new(stream))
-    }
-
-    async fn commit_group_offsets(
-        &self,
-        request: Request<wire::CommitGroupOffsetsRequest>,
-    ) -> Result<Response<wire::CommitGroupOffsetsResponse>, Status> {
-        metrics::counter!("unitable_grpc_requests_total", "method" => "CommitGroupOffsets")
-            .increment(1);
-        let who = Principal::of(&request)?;
-        let request = request.into_inner();
-        let table = table_name(&request.table)?;
-        self.access
-            .check(&who, Privilege::Read, &table, "CommitGroupOffsets")?;
-        super::groups::commit(&self.reader, table, request).await?;
-        Ok(Response::new(wire::CommitGroupOffsetsResponse {}))
-    }
-
-    async fn describe_consumer_groups(
-        &self,
-        request: Request<wire::DescribeConsumerGroupsRequest>,
-    ) -> Result<Response<wire::DescribeConsumerGroupsResponse>, Status> {
-        metrics::counter!("unitable_grpc_requests_total", "method" => "DescribeConsumerGroups")
-            .increment(1);
-        let who = Principal::of(&request)?;
-        let request = request.into_inner();
-        let table = table_name(&request.table)?;
-        self.access
-            .check(&who, Privilege::Read, &table, "DescribeConsumerGroups")?;
-        let groups = super::groups::describe(&self.reader, &table, &request.group).await?;
-        Ok(Response::new(wire::DescribeConsumerGroupsResponse {
-            groups,
-        }))
     }
 
     async fn query(
