@@ -66,10 +66,10 @@ async fn scan_table(
     Ok(rows)
 }
 
-/// The tests of this file run one at a time. Run concurrently in one process, the expiration
-/// test hung (2 of 2 runs on 2026-12-04: every task parked, nothing pending but timers) while
-/// each passes alone and all pass in sequence. Not yet diagnosed (see the issue notes); until
-/// then they are serialized so the suite cannot hang on it.
+/// The tests of this file run one at a time. The expiration test hung on 2026-12-04 (every
+/// task parked, nothing pending but timers) when run concurrently with the others, and once
+/// more when serialized by this lock; it passed alone and with `--test-threads=1`. Not yet
+/// diagnosed (see the issue notes): scripts/test runs it on its own under a timeout.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
