@@ -8,7 +8,7 @@ use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
     Column, CreateTableRequest, DataType, PartitionField, RowFormat, TableDefinition, WaitFor,
-    WriteOp, WriteRequest, data_type,
+    WriteOp, WriteRequest, WriteResponse, data_type,
 };
 
 use crate::Service;
@@ -91,17 +91,7 @@ pub async fn load_kv(service: &Service, table: &str, rows: u64) -> Result<Durati
             lines.push_str(&kv_row(id));
             lines.push('\n');
         }
-        let response = writer
-            .write(WriteRequest {
-                table: table.into(),
-                op: WriteOp::Upsert as i32,
-                format: RowFormat::JsonLines as i32,
-                rows: lines.into_bytes(),
-                wait_for: WaitFor::Changelog as i32,
-                request_id: String::new(),
-            })
-            .await?
-            .into_inner();
+        let response = upsert_lines(&mut writer, table, lines, WaitFor::Changelog).await?;
         ensure!(
             response.rows_rejected == 0,
             "rows rejected: {:?}",
@@ -114,16 +104,7 @@ pub async fn load_kv(service: &Service, table: &str, rows: u64) -> Result<Durati
     // (each wait gives up after 60 s).
     let again: String = (0..64.min(rows)).map(|id| kv_row(id) + "\n").collect();
     for attempt in 0.. {
-        let wait = writer
-            .write(WriteRequest {
-                table: table.into(),
-                op: WriteOp::Upsert as i32,
-                format: RowFormat::JsonLines as i32,
-                rows: again.clone().into_bytes(),
-                wait_for: WaitFor::Snapshot as i32,
-                request_id: String::new(),
-            })
-            .await;
+        let wait = upsert_lines(&mut writer, table, again.clone(), WaitFor::Snapshot).await;
         match wait {
             Ok(_) => break,
             Err(s) if s.code() == tonic::Code::DeadlineExceeded && attempt < 20 => {}
@@ -131,4 +112,24 @@ pub async fn load_kv(service: &Service, table: &str, rows: u64) -> Result<Durati
         }
     }
     Ok(started.elapsed())
+}
+
+/// Upserts JSON `lines` into `table`, answered once `wait_for` holds.
+pub async fn upsert_lines(
+    writer: &mut WriteServiceClient<tonic::transport::Channel>,
+    table: &str,
+    lines: String,
+    wait_for: WaitFor,
+) -> Result<WriteResponse, tonic::Status> {
+    writer
+        .write(WriteRequest {
+            table: table.into(),
+            op: WriteOp::Upsert as i32,
+            format: RowFormat::JsonLines as i32,
+            rows: lines.into_bytes(),
+            wait_for: wait_for as i32,
+            request_id: String::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }

@@ -80,31 +80,22 @@ impl Fixture {
             .iter()
             .map(|(id, v)| format!("{{\"id\":{id},\"v\":\"{v}\"}}\n"))
             .collect();
-        let (parsed, errors) = self
-            .codec
-            .parse_json_rows(ChangeOp::Upsert, lines.as_bytes(), 0);
-        assert!(errors.is_empty(), "{errors:?}");
-        let (encoded, bad) = self
-            .codec
-            .encode(ChangeOp::Upsert, &parsed.batch, 1_700_000_000_000)
-            .unwrap();
-        assert!(bad.is_empty(), "{bad:?}");
-        encoded
-            .into_iter()
-            .map(|e| (e.partition, e.record))
-            .collect()
+        self.encoded(ChangeOp::Upsert, &lines)
     }
 
     /// Encoded deletes of `ids` with their partitions.
     fn delete_records(&self, ids: &[i64]) -> Vec<(PartitionId, ChangeRecord)> {
         let lines: String = ids.iter().map(|id| format!("{{\"id\":{id}}}\n")).collect();
-        let (parsed, errors) = self
-            .codec
-            .parse_json_rows(ChangeOp::Delete, lines.as_bytes(), 0);
+        self.encoded(ChangeOp::Delete, &lines)
+    }
+
+    /// JSON lines encoded as `op` records, with their partitions.
+    fn encoded(&self, op: ChangeOp, lines: &str) -> Vec<(PartitionId, ChangeRecord)> {
+        let (parsed, errors) = self.codec.parse_json_rows(op, lines.as_bytes(), 0);
         assert!(errors.is_empty(), "{errors:?}");
         let (encoded, bad) = self
             .codec
-            .encode(ChangeOp::Delete, &parsed.batch, 1_700_000_000_000)
+            .encode(op, &parsed.batch, 1_700_000_000_000)
             .unwrap();
         assert!(bad.is_empty(), "{bad:?}");
         encoded

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
+use unitable_proto::v1::WaitFor;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_proto::v1::{RowFormat, WaitFor, WriteOp, WriteRequest};
 use unitable_tests::{Service, bench};
 
 #[derive(Debug, Parser)]
@@ -68,16 +68,7 @@ async fn timed_start(service: &mut Service, rows: u64) -> Result<(Duration, Opti
     tokio::task::block_in_place(|| service.restart())?;
     let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
     let line = bench::kv_row(rows) + "\n";
-    writer
-        .write(WriteRequest {
-            table: TABLE.into(),
-            op: WriteOp::Upsert as i32,
-            format: RowFormat::JsonLines as i32,
-            rows: line.into_bytes(),
-            wait_for: WaitFor::Snapshot as i32,
-            request_id: String::new(),
-        })
-        .await?;
+    bench::upsert_lines(&mut writer, TABLE, line, WaitFor::Snapshot).await?;
     let took = started.elapsed();
     let pid = service.process().id().context("server pid")?;
     Ok((took, bench::rss_mib(pid)))
