@@ -21,6 +21,7 @@ use unitable_core::commit::{CommitError, CommitResult};
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_core::table::{Column, TableDef, TableSpec};
 use unitable_core::types::ColumnType;
 use unitable_writer::index::{KeyIndex, RowLocation};
@@ -170,11 +171,8 @@ impl Fixture {
     /// The current snapshot's rows, id -> v; panics on a duplicate id.
     async fn rows(&self) -> BTreeMap<i64, String> {
         let table = self.catalog.load(&self.name).await.unwrap();
-        let batches: Vec<_> = table
-            .scan()
-            .build()
-            .unwrap()
-            .to_arrow()
+        let scan = table.scan().build().unwrap();
+        let batches: Vec<_> = read_scan(&table, &scan, ScanOptions::default())
             .await
             .unwrap()
             .try_collect()

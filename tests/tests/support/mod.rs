@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use futures::TryStreamExt;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{RowFormat, WaitFor, WriteOp, WriteRequest, WriteResponse};
 use unitable_tests::Service;
@@ -76,11 +77,8 @@ pub async fn scan_kv(data_dir: &Path) -> Result<BTreeMap<i64, String>> {
 pub async fn scan_kv_table(data_dir: &Path, name: &str) -> Result<BTreeMap<i64, String>> {
     let catalog = TableCatalog::open(CatalogConfig::embedded(data_dir)).await?;
     let table = catalog.load(&name.parse()?).await?;
-    let batches: Vec<RecordBatch> = table
-        .scan()
-        .select(["id", "v"])
-        .build()?
-        .to_arrow()
+    let scan = table.scan().select(["id", "v"]).build()?;
+    let batches: Vec<RecordBatch> = read_scan(&table, &scan, ScanOptions::default())
         .await?
         .try_collect()
         .await?;
