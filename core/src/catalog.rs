@@ -91,6 +91,46 @@ fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
+/// Puts the database of a SQLite catalog URI in WAL mode, which the file keeps. In the default
+/// rollback-journal mode a reader waits for a writer and a writer for its readers, and a wait
+/// longer than the busy timeout (5 s) fails with "database is locked": the committers, lease
+/// rounds and request log of several nodes sharing one catalog file on a loaded machine got
+/// there. With WAL, readers and the writer do not block each other; writers still take turns.
+/// Other processes (PyIceberg, Spark's JDBC catalog) read a WAL database as before. Does
+/// nothing for other catalogs. Failing to switch (another process holds the file) only logs a
+/// warning: the catalog works in either mode.
+pub(crate) async fn prepare_sqlite(uri: &str) -> Result<()> {
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    let CatalogKind::Sqlite(path) = classify(uri)? else {
+        return Ok(());
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::InvalidUri {
+            what: "catalog",
+            uri: uri.to_string(),
+            reason: format!("cannot create {}: {e}", dir.display()),
+        })?;
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let mut last = String::new();
+    for attempt in 0..10u64 {
+        match options.connect().await {
+            Ok(conn) => {
+                let _ = sqlx::Connection::close(conn).await;
+                return Ok(());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50 * (attempt + 1))).await;
+    }
+    tracing::warn!(catalog = %uri, error = %last, "cannot switch the SQLite catalog to WAL mode; going on in its current mode");
+    Ok(())
+}
+
 enum CatalogKind {
     Sqlite(PathBuf),
     Postgres,
@@ -159,13 +199,7 @@ impl TableCatalog {
         let factory = Arc::new(ObjectStoreStorageFactory);
         let catalog: Arc<dyn Catalog> = match classify(&config.uri)? {
             CatalogKind::Sqlite(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| Error::InvalidUri {
-                        what: "catalog",
-                        uri: config.uri.clone(),
-                        reason: format!("cannot create {}: {e}", dir.display()),
-                    })?;
-                }
+                prepare_sqlite(&config.uri).await?;
                 props.insert(
                     "uri".into(),
                     format!("sqlite://{}?mode=rwc", path.display()),

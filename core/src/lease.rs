@@ -74,6 +74,7 @@ pub(crate) async fn open_catalog_db(
         return Ok(None);
     };
     sqlx::any::install_default_drivers();
+    crate::catalog::prepare_sqlite(&config.uri).await?;
     let pool = AnyPoolOptions::new()
         .max_connections(max_connections)
         .connect(&url)

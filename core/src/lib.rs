@@ -12,6 +12,8 @@
 //!   swap of the metadata pointer, idempotent retries).
 //! - [`admin`]: table create/drop keeping the Iceberg table and its topic together.
 //! - [`requests`]: the log of idempotent write requests (what a request id did).
+//! - [`scan`]: reading an iceberg-rust table scan to Arrow (one reader per data file, which
+//!   avoids a hang in iceberg-rust 0.10.1's shared delete-file cache).
 //! - [`lease`]: committer leases and node membership in the catalog database, and which node
 //!   should commit which table.
 //! - [`groups`]: consumer groups in the catalog database (members, generations, partition
@@ -38,6 +40,7 @@ pub mod offsets;
 pub mod partition;
 pub mod record;
 pub mod requests;
+pub mod scan;
 pub mod storage;
 pub mod table;
 pub mod types;

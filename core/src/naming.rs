@@ -237,6 +237,28 @@ pub mod paths {
             format!("{location}/data/{partition_path}/{id}-deletes.parquet")
         }
     }
+
+    /// Files unitable keeps under a table's location that are not part of the Iceberg table
+    /// (no metadata references them; orphan removal leaves this directory alone).
+    pub fn service_dir(location: &str) -> String {
+        format!("{location}/unitable")
+    }
+
+    /// The directory of the table's key-index checkpoints.
+    pub fn index_checkpoint_dir(location: &str) -> String {
+        format!("{}/key-index", service_dir(location))
+    }
+
+    /// A new key-index checkpoint of the snapshot with sequence number `sequence_number`:
+    /// `unitable/key-index/<sequence number, 20 digits>-<uuid v7>.parquet`, so names sort by
+    /// snapshot, then by time.
+    pub fn index_checkpoint(location: &str, sequence_number: i64) -> String {
+        let id = uuid::Uuid::now_v7();
+        format!(
+            "{}/{sequence_number:020}-{id}.parquet",
+            index_checkpoint_dir(location)
+        )
+    }
 }
 
 /// Snapshot-summary property keys written by unitable's committer.

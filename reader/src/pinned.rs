@@ -25,6 +25,7 @@ use unitable_core::commit::read::anchored_offsets;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{AsOf, PartitionOffsets};
 use unitable_core::record::RecordCodec;
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_core::table::TableDef;
 
 use crate::error::{ReadError, ReadResult};
@@ -236,8 +237,7 @@ impl Pinned {
                     .table
                     .scan()
                     .snapshot_id(snapshot.snapshot_id())
-                    .select(in_snapshot)
-                    .with_batch_size(Some(SCAN_BATCH_ROWS));
+                    .select(in_snapshot);
                 if let Some(predicate) = predicate {
                     scan = scan.with_filter(predicate);
                 }
@@ -245,8 +245,12 @@ impl Pinned {
                     .build()
                     .map_err(|e| ReadError::iceberg("plan the scan", e))?;
                 let step = step.clone();
+                let options = ScanOptions {
+                    batch_size: Some(SCAN_BATCH_ROWS),
+                    ..ScanOptions::default()
+                };
                 Box::pin(
-                    scan.to_arrow()
+                    read_scan(&self.table, &scan, options)
                         .await
                         .map_err(|e| ReadError::iceberg("start the scan", e))?
                         .map_err(|e| ReadError::iceberg("read data files", e))

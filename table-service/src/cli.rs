@@ -426,6 +426,19 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_COMMIT_MAX_RECORDS", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub commit_max_records: u64,
 
+    /// Shortest time between two key-index checkpoints of a table (0s writes one whenever it
+    /// is due). A committer saves its primary-key index in the table's location when catching
+    /// up from the last checkpoint would cost more than writing a new one, and after its final
+    /// commit on a stop or hand-over; the next owner loads it instead of reading every data
+    /// file (docs/writer.md).
+    #[arg(long, env = "UNITABLE_INDEX_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub index_checkpoint_interval: Duration,
+
+    /// Neither write nor load key-index checkpoints: every committer start rebuilds the index
+    /// from the table's data files.
+    #[arg(long, env = "UNITABLE_NO_INDEX_CHECKPOINTS")]
+    pub no_index_checkpoints: bool,
+
     /// How long a node's lease on a table's committer lasts without renewal (renewed every
     /// third of it). Serve nodes sharing a catalog split the tables' commits between them; a
     /// dead node's tables are taken over by the live ones after at most this plus a third.
@@ -457,6 +470,19 @@ pub struct ServeArgs {
     /// is larger fails its lookups with RESOURCE_EXHAUSTED.
     #[arg(long, env = "UNITABLE_LOOKUP_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_bytes)]
     pub lookup_memory_limit: usize,
+
+    /// Memory the committer's primary-key index of each table may keep (a limit per table),
+    /// e.g. 512MiB, 2GiB. Past it the index spills sorted runs to --index-spill-dir and reads
+    /// them back one 4 KiB block per lookup. Default: no limit (about 60-70 bytes per key in
+    /// memory).
+    #[arg(long, env = "UNITABLE_INDEX_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub index_memory_limit: Option<usize>,
+
+    /// Local directory the primary-key indexes spill to, one subdirectory per table (default:
+    /// <data-dir>/index-spill). Spill files are unlinked once created, so their space is freed
+    /// when a committer stops or the process dies.
+    #[arg(long, env = "UNITABLE_INDEX_SPILL_DIR")]
+    pub index_spill_dir: Option<PathBuf>,
 
     /// Largest gRPC request accepted, in bytes; bigger writes fail with OUT_OF_RANGE
     /// (split them, or use WriteStream).

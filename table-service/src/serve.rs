@@ -36,7 +36,7 @@ use unitable_proto::v1::table_admin_service_server::TableAdminServiceServer;
 use unitable_proto::v1::write_service_server::WriteServiceServer;
 use unitable_reader::{GroupSettings, Reader};
 use unitable_writer::config::host_name;
-use unitable_writer::{LeaseConfig, Writer, WriterConfig};
+use unitable_writer::{CheckpointPolicy, LeaseConfig, Writer, WriterConfig};
 
 use crate::access::audit::Audit;
 use crate::access::auth::Authenticator;
@@ -157,6 +157,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             committer_runtime: Some(commit_runtime.handle()),
             leases,
             requests,
+            index_checkpoints: CheckpointPolicy {
+                enabled: !args.no_index_checkpoints,
+                min_interval: args.index_checkpoint_interval,
+                ..CheckpointPolicy::default()
+            },
+            index_memory_limit: args.index_memory_limit.map(|bytes| bytes as u64),
+            index_spill_dir: match &args.index_spill_dir {
+                Some(dir) => absolute(dir)?,
+                None => data_dir.join("index-spill"),
+            },
             ..WriterConfig::default()
         },
     );

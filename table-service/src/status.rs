@@ -152,8 +152,12 @@ fn classify_write(e: &WriteError) -> (Code, Level) {
         WriteError::NoRequestLog => (Code::FailedPrecondition, Level::Warn),
         WriteError::SnapshotWaitTimedOut { .. } => (Code::DeadlineExceeded, Level::Warn),
         WriteError::ShuttingDown => (Code::Unavailable, Level::Debug),
+        // The committer's index spill file failed (only committers see it; they retry).
+        WriteError::Index(_) => (Code::Unavailable, Level::Error),
         WriteError::TableReplaced { .. } => (Code::Aborted, Level::Warn),
-        WriteError::Decode(_) | WriteError::Internal { .. } => (Code::Internal, Level::Error),
+        WriteError::Decode(_)
+        | WriteError::IndexCheckpoint { .. }
+        | WriteError::Internal { .. } => (Code::Internal, Level::Error),
         WriteError::Iceberg { .. } => {
             if e.is_retryable() {
                 (Code::Unavailable, Level::Warn)

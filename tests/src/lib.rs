@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod bench;
 pub mod crash;
 mod http;
 pub mod iceberg_oracle;

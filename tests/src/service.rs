@@ -70,6 +70,36 @@ impl CliOutput {
 }
 
 impl Service {
+    /// Starts serve node `id` of a deployment on the Kafka cluster `brokers`, with `args` after
+    /// the node's own flags; with `first`, on `first`'s catalog database and warehouse (so
+    /// several nodes share tables, as in a scaled-out deployment).
+    pub async fn start_node(
+        brokers: &str,
+        id: &str,
+        first: Option<&Service>,
+        args: &[&str],
+    ) -> Result<Self> {
+        let mut all: Vec<String> = ["--node-id", id, "--kafka-brokers", brokers]
+            .iter()
+            .chain(args)
+            .map(ToString::to_string)
+            .collect();
+        if let Some(first) = first {
+            let data = first.data_dir();
+            all.extend([
+                "--catalog".into(),
+                format!("sqlite://{}/catalog.db", data.display()),
+                "--warehouse".into(),
+                format!("file://{}/warehouse", data.display()),
+            ]);
+        }
+        tokio::task::spawn_blocking(move || {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            Self::start(&all)
+        })
+        .await?
+    }
+
     /// Starts `unitable serve` with `args` after the harness's own flags and waits until it is
     /// healthy.
     pub fn start(args: &[&str]) -> Result<Self> {

@@ -23,6 +23,7 @@ use support::read::{ipc, kv_rows, read};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::commit::read::anchored_offsets;
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_core::storage::s3_props;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
@@ -340,11 +341,8 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
     for t in &tables {
         let table = catalog.load(&t.parse()?).await?;
         // iceberg-rust's scan of the current snapshot (position deletes applied).
-        let batches: Vec<RecordBatch> = table
-            .scan()
-            .select(["id", "v", "n"])
-            .build()?
-            .to_arrow()
+        let scan = table.scan().select(["id", "v", "n"]).build()?;
+        let batches: Vec<RecordBatch> = read_scan(&table, &scan, ScanOptions::default())
             .await?
             .try_collect()
             .await?;

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use iceberg::spec::Operation;
-use support::{TABLE, kv_line, scan_kv, scan_kv_pyiceberg, write_lines};
+use support::{
+    TABLE, kv_line, metric, random_writes, scan_kv, scan_kv_pyiceberg, settle, write_lines,
+};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::commit::files::read_data_file;
 use unitable_core::commit::plan::plan_files;
@@ -36,22 +38,6 @@ async fn create_table_partitioned(
     partition_by: Vec<PartitionField>,
 ) -> Result<()> {
     support::create_kv_table_as(service, name, 2, properties, partition_by).await
-}
-
-/// The sum of the samples of metric `name` whose labels contain every one of `labels`.
-fn metric(service: &Service, name: &str, labels: &[&str]) -> Result<f64> {
-    let body = String::from_utf8(service.http_get("/metrics")?.body)?;
-    let mut sum = 0.0;
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let base = series.split('{').next().unwrap_or(series);
-        if base == name && labels.iter().all(|l| series.contains(l)) {
-            sum += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    Ok(sum)
 }
 
 /// Every `replace` snapshot of table `name` records the changelog offsets of its parent (the
@@ -107,66 +93,6 @@ const SMALL_FILES: &[(&str, &str)] = &[
     ("unitable.compaction.min-input-files", "2"),
     ("unitable.compaction.delete-ratio", "0.05"),
 ];
-
-/// Random upserts and deletes of `keys` keys; every acknowledged change goes into `model`.
-async fn random_writes(
-    client: &mut WriteServiceClient<tonic::transport::Channel>,
-    rng: &mut Rng,
-    model: &mut BTreeMap<i64, String>,
-    keys: u64,
-    requests: usize,
-    wait: bool,
-    tag: &str,
-) -> Result<()> {
-    for r in 0..requests {
-        let mut upserts = String::new();
-        let mut deletes = String::new();
-        let mut changes: BTreeMap<i64, Option<String>> = BTreeMap::new();
-        for i in 0..(1 + rng.below(20)) {
-            let id = rng.below(keys) as i64;
-            if changes.contains_key(&id) {
-                continue;
-            }
-            if rng.below(5) == 0 {
-                deletes.push_str(&format!("{{\"id\":{id}}}\n"));
-                changes.insert(id, None);
-            } else {
-                let v = format!("{tag}-{r}-{i}");
-                upserts.push_str(&kv_line(id, &v, i as i64));
-                changes.insert(id, Some(v));
-            }
-        }
-        let last = r + 1 == requests;
-        if !upserts.is_empty() {
-            let resp = write_lines(
-                client,
-                WriteOp::Upsert,
-                &upserts,
-                wait && last && deletes.is_empty(),
-            )
-            .await?;
-            ensure!(resp.errors.is_empty(), "rejected: {:?}", resp.errors);
-        }
-        if !deletes.is_empty() {
-            let resp = write_lines(client, WriteOp::Delete, &deletes, wait && last).await?;
-            ensure!(resp.errors.is_empty(), "rejected: {:?}", resp.errors);
-        }
-        for (id, change) in changes {
-            match change {
-                Some(v) => model.insert(id, v),
-                None => model.remove(&id),
-            };
-        }
-    }
-    Ok(())
-}
-
-/// Waits until the table's snapshot covers everything written (a no-op write that waits).
-async fn settle(client: &mut WriteServiceClient<tonic::transport::Channel>) -> Result<()> {
-    let resp = write_lines(client, WriteOp::Delete, "{\"id\":-1}\n", true).await?;
-    ensure!(resp.errors.is_empty(), "rejected: {:?}", resp.errors);
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compactions_at_random_points_keep_every_read_equal_to_the_model() -> Result<()> {

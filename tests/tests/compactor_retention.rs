@@ -18,14 +18,12 @@ use unitable_core::commit::files::{PositionDelete, write_position_deletes};
 use unitable_core::commit::plan::{manifests_of, snapshot_entries};
 use unitable_core::commit::row_delta::{Committer, RowDelta};
 use unitable_core::naming::TableName;
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_tests::iceberg_oracle::{create_items_table, write_rows};
 
 async fn scan(table: &Table, snapshot_id: i64) -> Result<BTreeMap<i64, String>> {
-    let batches: Vec<RecordBatch> = table
-        .scan()
-        .snapshot_id(snapshot_id)
-        .build()?
-        .to_arrow()
+    let scan = table.scan().snapshot_id(snapshot_id).build()?;
+    let batches: Vec<RecordBatch> = read_scan(table, &scan, ScanOptions::default())
         .await?
         .try_collect()
         .await?;

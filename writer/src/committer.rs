@@ -40,6 +40,7 @@ use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, DecodedBatch, RecordCodec};
 use unitable_core::table::TableDef;
 
+use crate::checkpoint::{self, CheckpointDue, Unusable};
 use crate::config::WriterConfig;
 use crate::error::{WriteError, WriteResult};
 use crate::files::{Layout, take_rows};
@@ -58,6 +59,20 @@ pub struct CommitProgress {
     pub commit_time_ms: i64,
     /// The committer stopped: another process took the table over, or it was dropped.
     pub stopped: bool,
+    /// Where the committer's primary-key index came from when it started.
+    pub index_source: IndexSource,
+}
+
+/// How a committer got its primary-key index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexSource {
+    /// Not built yet (or the table is append-only and has none).
+    #[default]
+    None,
+    /// Read from every live data file of the table.
+    Rebuilt,
+    /// Loaded from a key-index checkpoint and caught up to the table.
+    Checkpoint,
 }
 
 /// Everything committers share.
@@ -86,6 +101,8 @@ struct State {
     next: PartitionOffsets,
     snapshot_id: Option<i64>,
     interval: Duration,
+    /// What changed since the index was last checkpointed (or loaded, or rebuilt).
+    checkpoint_due: CheckpointDue,
 }
 
 /// One table's committer task.
@@ -162,6 +179,10 @@ impl TableCommitter {
                 Err(e) => {
                     metrics::counter!(m::COMMITTER_ERRORS, "table" => table.clone()).increment(1);
                     error!(%table, error = %e, retry_in_ms = backoff.as_millis() as u64, "commit cycle failed");
+                    if matches!(e, WriteError::Index(_)) {
+                        // The index's spill file failed: start over (claim, rebuild the index).
+                        self.state = None;
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     if final_cycle {
                         return;
@@ -180,6 +201,7 @@ impl TableCommitter {
             }
             if final_cycle {
                 info!(%table, "committer: final commit done");
+                self.final_checkpoint().await;
                 return;
             }
             let interval = self
@@ -261,9 +283,140 @@ impl TableCommitter {
             snapshot_id: metadata.current_snapshot_id(),
             interval,
             def,
+            checkpoint_due: CheckpointDue::fresh(),
         };
-        self.rebuild(&mut state, table, "start").await?;
+        self.restore_or_rebuild(&mut state, table).await?;
         Ok(state)
+    }
+
+    /// Loads the index from the newest usable checkpoint, caught up to the table's current
+    /// snapshot; rebuilds it from the table when there is none (see [`crate::checkpoint`]).
+    async fn restore_or_rebuild(&self, state: &mut State, table: &Table) -> WriteResult<()> {
+        if state.def.is_append_only() {
+            return Ok(());
+        }
+        let policy = &self.shared.config.index_checkpoints;
+        if !policy.enabled || table.metadata().current_snapshot_id().is_none() {
+            return self.rebuild(state, table, "start").await;
+        }
+        let started = Instant::now();
+        let name = self.name.to_string();
+        match checkpoint::restore(
+            table.file_io(),
+            &self.shared.catalog.config().storage_props,
+            table.metadata(),
+            &state.codec,
+            &state.key_field_ids,
+            || KeyIndex::with_spill(self.shared.config.index_spill(&self.name, &state.uuid)),
+        )
+        .await
+        {
+            Ok(restored) => {
+                metrics::counter!(m::INDEX_CHECKPOINT_LOADS, "table" => name, "result" => "loaded")
+                    .increment(1);
+                info!(
+                    table = %self.name, checkpoint = %restored.path,
+                    checkpoint_snapshot = restored.snapshot_id,
+                    checkpoint_keys = restored.checkpoint_keys, new_files = restored.new_files,
+                    new_rows = restored.new_rows, keys = restored.rebuilt.index.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "loaded the primary-key index from a checkpoint"
+                );
+                state.heal = restored.rebuilt.duplicates;
+                state.index = restored.rebuilt.index;
+                state.checkpoint_due = if restored.new_files == 0 {
+                    CheckpointDue::fresh()
+                } else {
+                    CheckpointDue::after(restored.new_files, restored.new_rows)
+                };
+                self.report_index(state);
+                self.progress
+                    .send_modify(|p| p.index_source = IndexSource::Checkpoint);
+                Ok(())
+            }
+            Err(unusable) => {
+                metrics::counter!(m::INDEX_CHECKPOINT_LOADS, "table" => name, "result" => unusable.label())
+                    .increment(1);
+                match &unusable {
+                    Unusable::Missing => {
+                        info!(table = %self.name, "no key-index checkpoint; rebuilding the index")
+                    }
+                    Unusable::Stale(reason) => {
+                        warn!(table = %self.name, %reason, "no usable key-index checkpoint; rebuilding the index")
+                    }
+                }
+                self.rebuild(state, table, "start").await
+            }
+        }
+    }
+
+    /// Writes a checkpoint of the index (in step with `state.snapshot_id`) when one is due, or
+    /// whenever the index changed since the last one if `force`. Failures are logged and
+    /// counted: the next start then catches up from an older checkpoint or rebuilds.
+    async fn checkpoint(&self, state: &mut State, force: bool) {
+        let policy = &self.shared.config.index_checkpoints;
+        // Pending heals are duplicates only a rebuild finds: never checkpoint before they land.
+        if state.def.is_append_only() || !policy.enabled || !state.heal.is_empty() {
+            return;
+        }
+        let due = if force {
+            state.checkpoint_due.changed
+        } else {
+            state.checkpoint_due.is_due(policy, state.index.len())
+        };
+        let Some(snapshot_id) = state.snapshot_id.filter(|_| due) else {
+            return;
+        };
+        let started = Instant::now();
+        let name = self.name.to_string();
+        let table = match self.shared.catalog.load(&self.name).await {
+            Ok(table) => table,
+            Err(e) => {
+                warn!(table = %self.name, error = %e, "cannot load the table to checkpoint its key index");
+                return;
+            }
+        };
+        match checkpoint::write(
+            table.file_io(),
+            &self.shared.catalog.config().storage_props,
+            table.metadata(),
+            snapshot_id,
+            &state.key_field_ids,
+            &state.index,
+        )
+        .await
+        {
+            Ok(written) => {
+                let took = started.elapsed();
+                metrics::counter!(m::INDEX_CHECKPOINTS, "table" => name.clone()).increment(1);
+                metrics::histogram!(m::INDEX_CHECKPOINT_SECONDS, "table" => name.clone())
+                    .record(took.as_secs_f64());
+                metrics::gauge!(m::INDEX_CHECKPOINT_BYTES, "table" => name)
+                    .set(written.bytes as f64);
+                info!(
+                    table = %self.name, path = %written.path, snapshot_id, keys = written.keys,
+                    bytes = written.bytes, took_ms = took.as_millis() as u64,
+                    "wrote a key-index checkpoint"
+                );
+                state.checkpoint_due = CheckpointDue::fresh();
+            }
+            Err(e) => {
+                metrics::counter!(m::INDEX_CHECKPOINT_ERRORS, "table" => name).increment(1);
+                warn!(table = %self.name, error = %e, "could not write a key-index checkpoint");
+                // Try again after the interval, not after every commit.
+                state.checkpoint_due.since = Instant::now();
+            }
+        }
+    }
+
+    /// After the final commit of a stop or a hand-over: checkpoint what changed since the last
+    /// one, so the next owner loads it instead of rebuilding.
+    async fn final_checkpoint(&mut self) {
+        let Some(mut state) = self.state.take() else {
+            return;
+        };
+        self.checkpoint(&mut state, true).await;
+        self.state = Some(state);
     }
 
     async fn rebuild(
@@ -283,10 +436,14 @@ impl TableCommitter {
             table.metadata(),
             &state.codec,
             &state.key_field_ids,
+            KeyIndex::with_spill(self.shared.config.index_spill(&self.name, &state.uuid)),
         )
         .await?;
         state.heal = rebuilt.duplicates;
         state.index = rebuilt.index;
+        state.checkpoint_due = CheckpointDue::after(rebuilt.files as u64, state.index.len() as u64);
+        self.progress
+            .send_modify(|p| p.index_source = IndexSource::Rebuilt);
         info!(
             table = %self.name, keys = state.index.len(), files = rebuilt.files,
             bytes = state.index.memory_bytes(), took_ms = started.elapsed().as_millis() as u64,
@@ -333,6 +490,7 @@ impl TableCommitter {
                     Ok(keys) => {
                         metrics::counter!(m::INDEX_REPOINTS, "table" => self.name.to_string())
                             .increment(1);
+                        state.checkpoint_due.add(0, keys as u64);
                         info!(
                             table = %self.name, snapshots = rewrites.len(), keys,
                             took_ms = started.elapsed().as_millis() as u64,
@@ -358,7 +516,10 @@ impl TableCommitter {
     fn report_index(&self, state: &State) {
         let table = self.name.to_string();
         metrics::gauge!(m::INDEX_KEYS, "table" => table.clone()).set(state.index.len() as f64);
-        metrics::gauge!(m::INDEX_BYTES, "table" => table).set(state.index.memory_bytes() as f64);
+        metrics::gauge!(m::INDEX_BYTES, "table" => table.clone())
+            .set(state.index.memory_bytes() as f64);
+        metrics::gauge!(m::INDEX_SPILLED_BYTES, "table" => table)
+            .set(state.index.spilled_bytes() as f64);
     }
 
     fn publish(&self, state: &State, commit_time_ms: Option<i64>) {
@@ -474,7 +635,7 @@ impl TableCommitter {
         // Committed: now the index may move on.
         for (key, op) in &folded.changed {
             if *op == ChangeOp::Delete {
-                state.index.remove(key);
+                state.index.remove(key)?;
             }
         }
         if !state.def.is_append_only() {
@@ -492,13 +653,16 @@ impl TableCommitter {
                             file: id,
                             pos: pos as u64,
                         },
-                    );
+                    )?;
                 }
             }
         }
         state.heal.clear();
         state.next = until;
         state.snapshot_id = Some(committed.snapshot_id);
+        state
+            .checkpoint_due
+            .add(written.len() as u64, folded.write.len() as u64);
         let now = chrono::Utc::now().timestamp_millis();
         self.publish(state, Some(now));
         self.report_index(state);
@@ -526,6 +690,7 @@ impl TableCommitter {
         {
             warn!(table = %self.name, error = %e, "could not publish committed offsets to the changelog");
         }
+        self.checkpoint(state, false).await;
         Ok(backlog)
     }
 
@@ -776,7 +941,7 @@ impl TableCommitter {
         let mut groups: HashMap<(i32, Struct), Vec<PositionDelete>> = HashMap::new();
         let mut targets = BTreeSet::new();
         for (key, _) in &folded.changed {
-            let Some(location) = state.index.get(key) else {
+            let Some(location) = state.index.get(key)? else {
                 continue;
             };
             let file = state

@@ -1,9 +1,14 @@
 //! Writer settings (from `unitable serve` flags; tables may override some by property).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::checkpoint::CheckpointPolicy;
 use unitable_core::lease::LeaseStore;
+use unitable_core::naming::TableName;
 use unitable_core::requests::RequestLog;
+
+use crate::index::SpillConfig;
 
 /// How the writer and its committers behave.
 #[derive(Debug, Clone)]
@@ -34,6 +39,15 @@ pub struct WriterConfig {
     pub requests: Option<RequestLog>,
     /// How long a request id is remembered: a retry later than this writes again.
     pub request_window: Duration,
+    /// When committers checkpoint their primary-key index (see [`CheckpointPolicy`]).
+    pub index_checkpoints: CheckpointPolicy,
+    /// Most memory each table's primary-key index keeps, in bytes (a limit per table, not
+    /// shared by the tables). Past it the index spills to [`Self::index_spill_dir`] (see
+    /// [`crate::index`]). `None`: the index stays in memory whole.
+    pub index_memory_limit: Option<u64>,
+    /// Where indexes spill: a directory per table (by table uuid) under it, emptied when the
+    /// table's committer starts and removed when it stops.
+    pub index_spill_dir: PathBuf,
 }
 
 /// How serve nodes share the tables' committers: each node renews its membership and the
@@ -70,7 +84,26 @@ impl Default for WriterConfig {
             leases: None,
             requests: None,
             request_window: Duration::from_secs(24 * 3600),
+            index_checkpoints: CheckpointPolicy::default(),
+            index_memory_limit: None,
+            index_spill_dir: std::env::temp_dir().join("unitable-index-spill"),
         }
+    }
+}
+
+impl WriterConfig {
+    /// The spill directory of the table with uuid `uuid`.
+    pub(crate) fn index_spill_dir_of(&self, uuid: &str) -> PathBuf {
+        self.index_spill_dir.join(uuid)
+    }
+
+    /// How the index of `table` (uuid `uuid`) spills; `None` without a memory limit.
+    pub(crate) fn index_spill(&self, table: &TableName, uuid: &str) -> Option<SpillConfig> {
+        self.index_memory_limit.map(|memory_limit| SpillConfig {
+            memory_limit,
+            dir: self.index_spill_dir_of(uuid),
+            table: table.to_string(),
+        })
     }
 }
 

@@ -29,6 +29,9 @@ pub enum WriteError {
     /// The batch does not fit the table (a column missing, unknown or of the wrong type).
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The primary-key index's spill file failed.
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
     /// Changelog records could not be read back as rows.
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -99,6 +102,15 @@ pub enum WriteError {
     /// The service is shutting down.
     #[error("unitable is shutting down; retry against a running instance")]
     ShuttingDown,
+    /// A key-index checkpoint could not be written or read (the committer logs it and goes on:
+    /// without a checkpoint the next start rebuilds the index from the table).
+    #[error("key-index checkpoint {path}: {reason}")]
+    IndexCheckpoint {
+        /// The checkpoint file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
     /// A bug: an invariant of the writer does not hold.
     #[error("internal writer error: {reason}")]
     Internal {
@@ -123,6 +135,7 @@ impl WriteError {
             WriteError::Commit(e) => e.is_retryable(),
             WriteError::Iceberg { source, .. } => source.retryable(),
             WriteError::SnapshotWaitTimedOut { .. }
+            | WriteError::Index(_)
             | WriteError::ShuttingDown
             | WriteError::RequestInProgress { .. }
             | WriteError::TableReplaced { .. } => true,
@@ -131,6 +144,7 @@ impl WriteError {
             | WriteError::NoRequestLog
             | WriteError::Encode(_)
             | WriteError::Decode(_)
+            | WriteError::IndexCheckpoint { .. }
             | WriteError::Internal { .. } => false,
         }
     }

@@ -2,20 +2,43 @@
 //! its current row.
 //!
 //! The committer uses it to turn an upsert or delete of a key into a position delete of the
-//! key's previous row. Keys are the canonical key bytes of the changelog records, stored whole
-//! in one arena, so a lookup compares full keys: two keys whose hashes collide are two entries,
-//! and a collision can never delete the wrong row. Per key the index costs the key bytes plus a
-//! 20-byte slot and the hash table's control byte (see `bytes_per_key` in the writer bench).
-//! Removed keys leave dead bytes in the arena; it is compacted when they are the majority.
+//! key's previous row. Keys are the canonical key bytes of the changelog records, stored whole,
+//! so a lookup compares full keys: two keys whose hashes collide are two entries, and a
+//! collision can never delete the wrong row.
+//!
+//! Entries are split by key hash into [`SHARDS`] shards. A shard is resident (a hash table of
+//! slots over one key arena: the key bytes plus a 24-byte slot and a control byte per key) until
+//! the index holds more than its memory limit ([`SpillConfig`]); then the shards with the most
+//! resident bytes are spilled: written as a sorted run to the index's spill file ([`run`]) with
+//! an in-memory fence per 4 KiB block, and their tables emptied. A spilled shard keeps
+//! mutations in its table as an overlay (upserts, and tombstones for removed keys) that is
+//! merged into a new run when it is the largest resident shard again. A lookup of a spilled
+//! shard asks the overlay, then reads one block of the run (`pread` on the calling thread). The
+//! data-file registry and every file's count of live keys stay in memory, so
+//! [`KeyIndex::files_in_use`] never reads the disk.
 
+mod run;
+
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
 use iceberg::spec::Struct;
 
+use self::run::{Entries, Run, SpillFile};
+use crate::metric_names as m;
+
+/// Shards of an index (by bits 32..40 of the key hash; the hash table uses the low bits and the
+/// top seven, so sharding takes nothing from it).
+pub const SHARDS: usize = 256;
+
 /// A data file the index points into, by a small id.
 pub type FileId = u32;
+
+/// The file id of an overlay slot that marks a key removed from a spilled shard.
+const TOMBSTONE: FileId = FileId::MAX;
 
 /// Where a key's current row lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +49,66 @@ pub struct RowLocation {
     pub pos: u64,
 }
 
+/// Failures of the index's spill file. The index stays consistent after any of them: a failed
+/// read changes nothing, and a failed spill leaves the change made in memory (the index is
+/// then over its limit until a later spill succeeds).
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// Reading or writing the spill file failed.
+    #[error(
+        "the primary-key index could not {operation} its spill file {path}: {source}; make sure \
+         the spill directory (--index-spill-dir) is on a writable local disk with free space, or \
+         raise --index-memory-limit so that less of the index spills"
+    )]
+    SpillIo {
+        /// What was being done.
+        operation: &'static str,
+        /// The spill file (unlinked once created) or its directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spill file does not hold what the index wrote to it.
+    #[error(
+        "the primary-key index's spill file {path} is corrupt in the block at offset {offset}: \
+         {reason}; the committer rebuilds the index from the table (if this repeats, check the \
+         disk of --index-spill-dir)"
+    )]
+    SpillCorrupt {
+        /// The spill file.
+        path: PathBuf,
+        /// Where the bad block starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl IndexError {
+    fn io(operation: &'static str, path: &Path, source: std::io::Error) -> Self {
+        IndexError::SpillIo {
+            operation,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// How much of an index stays in memory, and where the rest goes.
+#[derive(Debug, Clone)]
+pub struct SpillConfig {
+    /// Most bytes the index keeps resident ([`KeyIndex::memory_bytes`]). Past it, shards spill
+    /// until it holds 7/8 of this. What never spills (the fences, about 0.4% of the spilled
+    /// bytes, and the data-file registry) counts too; a limit below that spills everything
+    /// and stays exceeded.
+    pub memory_limit: u64,
+    /// Directory of the spill file (created at the first spill).
+    pub dir: PathBuf,
+    /// The table, the label of the spill counter.
+    pub table: String,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     key_start: u64,
@@ -34,17 +117,125 @@ struct Slot {
     pos: u64,
 }
 
+impl Slot {
+    /// The location, `None` for a tombstone.
+    fn location(&self) -> Option<RowLocation> {
+        (self.file != TOMBSTONE).then_some(RowLocation {
+            file: self.file,
+            pos: self.pos,
+        })
+    }
+}
+
+/// The entries of one hash range: all of them while resident; the changes since its run was
+/// written while spilled.
+#[derive(Debug)]
+struct Shard {
+    table: HashTable<Slot>,
+    arena: Vec<u8>,
+    dead_bytes: usize,
+    run: Option<Run>,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Self {
+            table: HashTable::new(),
+            arena: Vec::new(),
+            dead_bytes: 0,
+            run: None,
+        }
+    }
+
+    /// Bytes a spill would free.
+    fn spillable_bytes(&self) -> usize {
+        self.table.capacity() * (std::mem::size_of::<Slot>() + 1) + self.arena.capacity()
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.spillable_bytes() + self.run.as_ref().map_or(0, Run::resident_bytes)
+    }
+
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
+        self.table.find(hash, |s| key_in(&self.arena, s) == key)
+    }
+
+    /// Sets `key`'s slot if the table has one; returns what it held.
+    fn update(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        file: FileId,
+        pos: u64,
+    ) -> Option<Option<RowLocation>> {
+        let arena = &self.arena;
+        let slot = self.table.find_mut(hash, |s| key_in(arena, s) == key)?;
+        let previous = slot.location();
+        slot.file = file;
+        slot.pos = pos;
+        Some(previous)
+    }
+
+    /// Adds a slot for `key`, which the table does not have.
+    fn add<S: BuildHasher>(&mut self, hasher: &S, hash: u64, key: &[u8], file: FileId, pos: u64) {
+        let key_start = self.arena.len() as u64;
+        self.arena.extend_from_slice(key);
+        let slot = Slot {
+            key_start,
+            key_len: key.len() as u32,
+            file,
+            pos,
+        };
+        let arena = &self.arena;
+        self.table
+            .insert_unique(hash, slot, |s| hash_of(hasher, key_in(arena, s)));
+    }
+
+    /// Removes `key`'s slot; returns its location.
+    fn take(&mut self, hash: u64, key: &[u8]) -> Option<RowLocation> {
+        let arena = &self.arena;
+        let entry = self
+            .table
+            .find_entry(hash, |s| key_in(arena, s) == key)
+            .ok()?;
+        let (slot, _) = entry.remove();
+        self.dead_bytes += slot.key_len as usize;
+        self.maybe_compact();
+        slot.location()
+    }
+
+    /// Rewrites the arena without dead keys once they are more than half of it.
+    fn maybe_compact(&mut self) {
+        if self.dead_bytes < 4096 || self.dead_bytes * 2 < self.arena.len() {
+            return;
+        }
+        let mut arena = Vec::with_capacity(self.arena.len() - self.dead_bytes);
+        for slot in self.table.iter_mut() {
+            let start = arena.len() as u64;
+            arena.extend_from_slice(key_in(&self.arena, slot));
+            slot.key_start = start;
+        }
+        self.arena = arena;
+        self.dead_bytes = 0;
+    }
+}
+
 /// Key bytes -> row location. `S` hashes keys (tests use a degenerate one to force
 /// collisions).
 #[derive(Debug)]
 pub struct KeyIndex<S = foldhash::fast::RandomState> {
-    table: HashTable<Slot>,
-    arena: Vec<u8>,
-    dead_bytes: usize,
+    shards: Vec<Shard>,
+    len: usize,
+    /// Sum of the shards' resident bytes.
+    resident: usize,
     files: Vec<Option<IndexedFile>>,
-    file_ids: std::collections::HashMap<Arc<str>, FileId>,
+    file_ids: HashMap<Arc<str>, FileId>,
     free_files: Vec<FileId>,
+    files_bytes: usize,
     hasher: S,
+    spill_config: Option<SpillConfig>,
+    spill: Option<SpillFile>,
+    spills: u64,
 }
 
 impl Default for KeyIndex {
@@ -71,47 +262,80 @@ fn hash_of<S: BuildHasher>(hasher: &S, key: &[u8]) -> u64 {
     h.finish()
 }
 
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize % SHARDS
+}
+
+fn key_in<'a>(arena: &'a [u8], slot: &Slot) -> &'a [u8] {
+    let start = slot.key_start as usize;
+    &arena[start..start + slot.key_len as usize]
+}
+
 impl KeyIndex {
-    /// An empty index.
+    /// An empty index, all in memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty index that spills past `spill`'s memory limit (`None`: all in memory).
+    pub fn with_spill(spill: Option<SpillConfig>) -> Self {
+        Self::with_hasher_and_spill(foldhash::fast::RandomState::default(), spill)
     }
 }
 
 impl<S: BuildHasher> KeyIndex<S> {
-    /// An empty index hashing with `hasher`.
+    /// An empty in-memory index hashing with `hasher`.
     pub fn with_hasher(hasher: S) -> Self {
+        Self::with_hasher_and_spill(hasher, None)
+    }
+
+    /// An empty index hashing with `hasher` that spills past `spill`'s memory limit.
+    pub fn with_hasher_and_spill(hasher: S, spill: Option<SpillConfig>) -> Self {
+        let shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::new()).collect();
         Self {
-            table: HashTable::new(),
-            arena: Vec::new(),
-            dead_bytes: 0,
+            resident: shards.iter().map(Shard::resident_bytes).sum(),
+            shards,
+            len: 0,
             files: Vec::new(),
-            file_ids: std::collections::HashMap::new(),
+            file_ids: HashMap::new(),
             free_files: Vec::new(),
+            files_bytes: 0,
             hasher,
+            spill_config: spill,
+            spill: None,
+            spills: 0,
         }
     }
 
     /// Live keys.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.len
     }
 
     /// Whether no key is live.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len == 0
     }
 
-    /// Bytes held: arena, slots (with the table's spare capacity) and file paths.
+    /// Bytes held in memory: the shards' tables (with their spare capacity) and key arenas, the
+    /// fences of spilled runs, and the file registry. The memory limit applies to this.
     pub fn memory_bytes(&self) -> usize {
-        let slots = self.table.capacity() * (std::mem::size_of::<Slot>() + 1);
-        let files: usize = self
-            .files
-            .iter()
-            .flatten()
-            .map(|f| f.path.len() + std::mem::size_of::<IndexedFile>())
-            .sum();
-        self.arena.capacity() + slots + files
+        self.resident + self.files_bytes + SHARDS * std::mem::size_of::<Shard>()
+    }
+
+    /// The memory limit, if the index spills.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.spill_config.as_ref().map(|c| c.memory_limit)
+    }
+
+    /// Bytes of the spill file on disk (live runs plus replaced ones not yet reclaimed).
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spill.as_ref().map_or(0, SpillFile::disk_bytes)
+    }
+
+    /// Shards written to disk so far (first spills and overlay merges).
+    pub fn spills(&self) -> u64 {
+        self.spills
     }
 
     /// The files that hold at least one live key.
@@ -125,6 +349,7 @@ impl<S: BuildHasher> KeyIndex<S> {
             return id;
         }
         let path: Arc<str> = path.into();
+        self.files_bytes += file_bytes(&path);
         let entry = IndexedFile {
             path: path.clone(),
             partition: partition.clone(),
@@ -150,75 +375,115 @@ impl<S: BuildHasher> KeyIndex<S> {
         self.files.get(file as usize).and_then(|f| f.as_ref())
     }
 
-    /// Where `key`'s row is.
-    pub fn get(&self, key: &[u8]) -> Option<RowLocation> {
+    /// Where `key`'s row is (reads one block of the spill file if `key`'s shard spilled).
+    pub fn get(&self, key: &[u8]) -> Result<Option<RowLocation>, IndexError> {
         let hash = hash_of(&self.hasher, key);
-        self.table
-            .find(hash, |s| self.key_of(s) == key)
-            .map(|s| RowLocation {
-                file: s.file,
-                pos: s.pos,
-            })
+        let shard = &self.shards[shard_of(hash)];
+        if let Some(slot) = shard.find(hash, key) {
+            return Ok(slot.location());
+        }
+        match &shard.run {
+            Some(run) => self.spill_file()?.find(run, hash, key),
+            None => Ok(None),
+        }
     }
 
     /// Sets `key`'s row location; returns the previous one.
-    pub fn insert(&mut self, key: &[u8], location: RowLocation) -> Option<RowLocation> {
+    pub fn insert(
+        &mut self,
+        key: &[u8],
+        location: RowLocation,
+    ) -> Result<Option<RowLocation>, IndexError> {
         let hash = hash_of(&self.hasher, key);
-        self.add_live(location.file, 1);
-        let (arena, hasher) = (&self.arena, &self.hasher);
-        if let Some(slot) = self.table.find_mut(hash, |s| key_in(arena, s) == key) {
-            let previous = RowLocation {
-                file: slot.file,
-                pos: slot.pos,
-            };
-            slot.file = location.file;
-            slot.pos = location.pos;
-            self.add_live(previous.file, -1);
-            return Some(previous);
-        }
-        let key_start = self.arena.len() as u64;
-        self.arena.extend_from_slice(key);
-        let slot = Slot {
-            key_start,
-            key_len: key.len() as u32,
-            file: location.file,
-            pos: location.pos,
+        let s = shard_of(hash);
+        let before = self.shards[s].resident_bytes();
+        let shard = &mut self.shards[s];
+        let previous = match shard.update(hash, key, location.file, location.pos) {
+            Some(previous) => previous,
+            None => {
+                let previous = match &shard.run {
+                    Some(run) => spill_of(&self.spill, &self.spill_config)?.find(run, hash, key)?,
+                    None => None,
+                };
+                shard.add(&self.hasher, hash, key, location.file, location.pos);
+                previous
+            }
         };
-        let arena = &self.arena;
-        self.table
-            .insert_unique(hash, slot, |s| hash_of(hasher, key_in(arena, s)));
-        None
+        // The new file first: replacing a file's last key by another of its rows must not
+        // unregister it.
+        self.add_live(location.file, 1);
+        match previous {
+            Some(p) => self.add_live(p.file, -1),
+            None => self.len += 1,
+        }
+        self.resident = self.resident - before + self.shards[s].resident_bytes();
+        self.enforce_limit()?;
+        Ok(previous)
     }
 
     /// Removes `key`; returns where its row was.
-    pub fn remove(&mut self, key: &[u8]) -> Option<RowLocation> {
+    pub fn remove(&mut self, key: &[u8]) -> Result<Option<RowLocation>, IndexError> {
         let hash = hash_of(&self.hasher, key);
-        let arena = &self.arena;
-        let entry = self
-            .table
-            .find_entry(hash, |s| key_in(arena, s) == key)
-            .ok()?;
-        let (slot, _) = entry.remove();
-        self.dead_bytes += slot.key_len as usize;
-        self.add_live(slot.file, -1);
-        self.maybe_compact();
-        Some(RowLocation {
-            file: slot.file,
-            pos: slot.pos,
-        })
+        let s = shard_of(hash);
+        let before = self.shards[s].resident_bytes();
+        let shard = &mut self.shards[s];
+        let previous = if shard.run.is_none() {
+            shard.take(hash, key)
+        } else {
+            match shard.update(hash, key, TOMBSTONE, 0) {
+                Some(previous) => previous,
+                None => {
+                    let previous = match &shard.run {
+                        Some(run) => {
+                            spill_of(&self.spill, &self.spill_config)?.find(run, hash, key)?
+                        }
+                        None => None,
+                    };
+                    if previous.is_some() {
+                        shard.add(&self.hasher, hash, key, TOMBSTONE, 0);
+                    }
+                    previous
+                }
+            }
+        };
+        if let Some(p) = previous {
+            self.add_live(p.file, -1);
+            self.len -= 1;
+        }
+        self.resident = self.resident - before + self.shards[s].resident_bytes();
+        self.enforce_limit()?;
+        Ok(previous)
     }
 
-    /// Calls `f` with every live key and its location, in no particular order.
-    pub fn for_each(&self, mut f: impl FnMut(&[u8], RowLocation)) {
-        for slot in self.table.iter() {
-            f(
-                self.key_of(slot),
-                RowLocation {
-                    file: slot.file,
-                    pos: slot.pos,
-                },
-            );
+    /// Calls `f` with every live key and its location, in no particular order (reads the
+    /// spilled runs whole, block by block).
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], RowLocation)) -> Result<(), IndexError> {
+        let mut buf = Vec::new();
+        for shard in &self.shards {
+            if let Some(run) = &shard.run {
+                let spill = self.spill_file()?;
+                for block in 0..run.blocks() {
+                    spill.read_block(run, block, &mut buf)?;
+                    let mut entries = Entries::new(&buf);
+                    while let Some((key, location)) = entries.next_entry(spill, run, block)? {
+                        // The overlay holds the newer state of the keys it has.
+                        if shard.find(hash_of(&self.hasher, key), key).is_none() {
+                            f(key, location);
+                        }
+                    }
+                }
+            }
+            for slot in shard.table.iter() {
+                if let Some(location) = slot.location() {
+                    f(key_in(&shard.arena, slot), location);
+                }
+            }
         }
+        Ok(())
+    }
+
+    fn spill_file(&self) -> Result<&SpillFile, IndexError> {
+        spill_of(&self.spill, &self.spill_config)
     }
 
     fn add_live(&mut self, file: FileId, delta: i64) {
@@ -228,112 +493,139 @@ impl<S: BuildHasher> KeyIndex<S> {
         f.live = f.live.saturating_add_signed(delta);
         if f.live == 0 {
             if let Some(gone) = self.files[file as usize].take() {
+                self.files_bytes -= file_bytes(&gone.path);
                 self.file_ids.remove(&gone.path);
             }
             self.free_files.push(file);
         }
     }
 
-    fn key_of(&self, slot: &Slot) -> &[u8] {
-        key_in(&self.arena, slot)
+    /// Spills the shards with the most resident bytes until the index holds 7/8 of its limit
+    /// (or nothing is left to spill).
+    fn enforce_limit(&mut self) -> Result<(), IndexError> {
+        let Some(limit) = self.memory_limit() else {
+            return Ok(());
+        };
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if self.memory_bytes() <= limit {
+            return Ok(());
+        }
+        let target = limit - limit / 8;
+        while self.memory_bytes() > target {
+            let Some((s, bytes)) = self
+                .shards
+                .iter()
+                .map(Shard::spillable_bytes)
+                .enumerate()
+                .max_by_key(|&(_, bytes)| bytes)
+            else {
+                break;
+            };
+            if bytes == 0 {
+                break;
+            }
+            self.spill_shard(s)?;
+        }
+        let Some(config) = &self.spill_config else {
+            return Ok(());
+        };
+        if let Some(spill) = &mut self.spill
+            && spill.wants_compaction()
+        {
+            let runs = self
+                .shards
+                .iter_mut()
+                .filter_map(|s| s.run.as_mut())
+                .collect();
+            spill.compact(&config.dir, runs)?;
+            self.resident = self.shards.iter().map(Shard::resident_bytes).sum();
+        }
+        Ok(())
     }
 
-    /// Rewrites the arena without dead keys once they are more than half of it.
-    fn maybe_compact(&mut self) {
-        if self.dead_bytes < 1 << 16 || self.dead_bytes * 2 < self.arena.len() {
-            return;
+    /// Writes shard `s` (its run merged with its table) as a new run and empties its table.
+    fn spill_shard(&mut self, s: usize) -> Result<(), IndexError> {
+        let Some(config) = &self.spill_config else {
+            return Ok(());
+        };
+        let spill = match &mut self.spill {
+            Some(spill) => spill,
+            None => self.spill.insert(SpillFile::create(&config.dir)?),
+        };
+        let shard = &self.shards[s];
+        let hasher = &self.hasher;
+        let mut changes: Vec<(u64, &[u8], Option<RowLocation>)> = shard
+            .table
+            .iter()
+            .map(|slot| {
+                let key = key_in(&shard.arena, slot);
+                (hash_of(hasher, key), key, slot.location())
+            })
+            .collect();
+        changes.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut changes = changes.into_iter().peekable();
+        let mut writer = spill.writer();
+        if let Some(run) = &shard.run {
+            let mut buf = Vec::new();
+            for block in 0..run.blocks() {
+                spill.read_block(run, block, &mut buf)?;
+                let mut entries = Entries::new(&buf);
+                while let Some((key, location)) = entries.next_entry(spill, run, block)? {
+                    let hash = hash_of(hasher, key);
+                    // Changes of keys before this one go first; a change of this key replaces it.
+                    let mut replaced = false;
+                    while let Some(&(h, k, change)) = changes.peek() {
+                        if (h, k) > (hash, key) {
+                            break;
+                        }
+                        replaced = (h, k) == (hash, key);
+                        if let Some(change) = change {
+                            writer.push(h, k, change)?;
+                        }
+                        changes.next();
+                    }
+                    if !replaced {
+                        writer.push(hash, key, location)?;
+                    }
+                }
+            }
         }
-        let mut arena = Vec::with_capacity(self.arena.len() - self.dead_bytes);
-        for slot in self.table.iter_mut() {
-            let start = arena.len() as u64;
-            arena.extend_from_slice(key_in(&self.arena, slot));
-            slot.key_start = start;
+        for (h, k, change) in changes {
+            if let Some(change) = change {
+                writer.push(h, k, change)?;
+            }
         }
-        self.arena = arena;
-        self.dead_bytes = 0;
+        let run = writer.finish()?;
+        let before = self.shards[s].resident_bytes();
+        let shard = &mut self.shards[s];
+        let old = shard.run.take();
+        spill.replaced(&run, old.as_ref());
+        shard.run = (run.blocks() > 0).then_some(run);
+        shard.table = HashTable::new();
+        shard.arena = Vec::new();
+        shard.dead_bytes = 0;
+        self.resident = self.resident - before + self.shards[s].resident_bytes();
+        self.spills += 1;
+        metrics::counter!(m::INDEX_SPILLS, "table" => config.table.clone()).increment(1);
+        Ok(())
     }
 }
 
-fn key_in<'a>(arena: &'a [u8], slot: &Slot) -> &'a [u8] {
-    let start = slot.key_start as usize;
-    &arena[start..start + slot.key_len as usize]
+/// The spill file, which exists whenever a shard has a run.
+fn spill_of<'a>(
+    spill: &'a Option<SpillFile>,
+    config: &Option<SpillConfig>,
+) -> Result<&'a SpillFile, IndexError> {
+    spill.as_ref().ok_or_else(|| IndexError::SpillCorrupt {
+        path: config.as_ref().map(|c| c.dir.clone()).unwrap_or_default(),
+        offset: 0,
+        reason: "a shard has a run but the index has no spill file".into(),
+    })
+}
+
+fn file_bytes(path: &str) -> usize {
+    path.len() + std::mem::size_of::<IndexedFile>()
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    /// Hashes every key to the same value: every lookup is a collision.
-    #[derive(Default)]
-    struct Collide;
-    struct CollideHasher;
-    impl Hasher for CollideHasher {
-        fn finish(&self) -> u64 {
-            42
-        }
-        fn write(&mut self, _: &[u8]) {}
-    }
-    impl BuildHasher for Collide {
-        type Hasher = CollideHasher;
-        fn build_hasher(&self) -> CollideHasher {
-            CollideHasher
-        }
-    }
-
-    #[test]
-    fn colliding_hashes_never_confuse_keys() {
-        let mut index = KeyIndex::with_hasher(Collide);
-        let f = index.file_id("a.parquet", &Struct::empty(), 0);
-        for i in 0..2_000u64 {
-            let key = format!("{{\"id\":{i:08}}}");
-            assert_eq!(
-                index.insert(key.as_bytes(), RowLocation { file: f, pos: i }),
-                None
-            );
-        }
-        for i in 0..2_000u64 {
-            let key = format!("{{\"id\":{i:08}}}");
-            assert_eq!(
-                index.get(key.as_bytes()),
-                Some(RowLocation { file: f, pos: i })
-            );
-        }
-        // Removing one colliding key leaves its neighbours alone.
-        assert_eq!(
-            index.remove(b"{\"id\":00000007}"),
-            Some(RowLocation { file: f, pos: 7 })
-        );
-        assert_eq!(index.get(b"{\"id\":00000007}"), None);
-        assert_eq!(
-            index.get(b"{\"id\":00000008}"),
-            Some(RowLocation { file: f, pos: 8 })
-        );
-        assert_eq!(index.get(b"{\"id\":99999999}"), None);
-    }
-
-    #[test]
-    fn matches_a_map_model_through_inserts_removes_and_compaction() {
-        let mut index = KeyIndex::new();
-        let mut model: HashMap<Vec<u8>, RowLocation> = HashMap::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for step in 0..200_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let key = format!("key-{}", x % 5_000).into_bytes();
-            if x.is_multiple_of(3) {
-                assert_eq!(index.remove(&key), model.remove(&key), "step {step}");
-            } else {
-                let file = index.file_id(&format!("f{}.parquet", x % 5), &Struct::empty(), 0);
-                let loc = RowLocation { file, pos: step };
-                assert_eq!(index.insert(&key, loc), model.insert(key.clone(), loc));
-            }
-        }
-        assert_eq!(index.len(), model.len());
-        for (k, v) in &model {
-            assert_eq!(index.get(k), Some(*v));
-        }
-    }
-}
+mod tests;

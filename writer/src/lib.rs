@@ -16,7 +16,11 @@
 //! (absent, or present if the append completed), a crash after it loses nothing (the
 //! committer picks the records up), and a crash during or after a commit is resolved by the
 //! anchored offsets, which say exactly which records the table holds, so nothing is committed
-//! twice. The index is rebuilt from the table on start, never trusted across a crash.
+//! twice. On start the index is loaded from the newest key-index checkpoint ([`checkpoint`], a
+//! file in the table's location that names the snapshot it describes) and caught up to the
+//! table's current snapshot by reading only the data and delete files added since; without a
+//! usable checkpoint it is rebuilt from the table. Either way it describes the committed table,
+//! never state held only in a crashed process's memory.
 //!
 //! **What can still lose or strand an acknowledged write**, and how each is seen:
 //! - *Retention before commit.* Kafka deletes records by its own retention whether or not the
@@ -30,7 +34,8 @@
 //!   catalog database ([`ownership`]); writes acknowledged by any node stay in the changelog
 //!   and reach Iceberg once the table's owner commits them. When the owner dies, its leases
 //!   run out and live nodes take its tables over (within about 1.3 lease periods, plus the
-//!   new owner's index rebuild); until then FRESH and STREAM reads still serve the writes, and
+//!   new owner's index load: a checkpoint caught up, or a rebuild); until then FRESH and
+//!   STREAM reads still serve the writes, and
 //!   the lag is visible as `unitable_committer_lag_records` and in `table describe`. A paused
 //!   owner that wakes up after losing its lease is fenced by the committer epoch.
 //! - *A request that failed.* A write answered with an error may still have reached the
@@ -42,6 +47,7 @@
 //! Flow: [`Writer::write`] -> [`input`] (rows to Arrow) -> record codec -> changelog append;
 //! [`committer::TableCommitter`] -> [`files`] (data and delete files) -> the core commit layer.
 
+mod checkpoint;
 mod committer;
 pub mod config;
 mod crash;
@@ -55,8 +61,8 @@ mod ownership;
 mod recovery;
 mod writer;
 
-pub use committer::CommitProgress;
-pub use config::{LeaseConfig, WriterConfig};
+pub use committer::{CommitProgress, IndexSource};
+pub use config::{CheckpointPolicy, LeaseConfig, WriterConfig};
 pub use error::{WriteError, WriteResult};
 pub use input::Rows;
 pub use writer::{MAX_REPORTED_ERRORS, WriteOutcome, WriteRequest, Writer};

@@ -52,3 +52,19 @@ pub const LEASE_NODES: &str = "unitable_committer_nodes";
 /// Writes answered from the request log: a retry of a request id that was already written
 /// (counter).
 pub const REQUESTS_DEDUPLICATED: &str = "unitable_writer_deduplicated_requests_total";
+/// Key-index checkpoints written (counter, per table).
+pub const INDEX_CHECKPOINTS: &str = "unitable_committer_index_checkpoints_total";
+/// Key-index checkpoints that could not be written (counter, per table).
+pub const INDEX_CHECKPOINT_ERRORS: &str = "unitable_committer_index_checkpoint_errors_total";
+/// Time to write a key-index checkpoint (histogram, seconds, per table).
+pub const INDEX_CHECKPOINT_SECONDS: &str = "unitable_committer_index_checkpoint_seconds";
+/// Size of the newest key-index checkpoint (gauge, bytes, per table).
+pub const INDEX_CHECKPOINT_BYTES: &str = "unitable_committer_index_checkpoint_bytes";
+/// Committer starts by how the index was found (counter, per table; `result` = `loaded`,
+/// `missing`, `stale`).
+pub const INDEX_CHECKPOINT_LOADS: &str = "unitable_committer_index_checkpoint_loads_total";
+/// Bytes of the primary-key index's spill file on disk (gauge; 0 when nothing spilled).
+pub const INDEX_SPILLED_BYTES: &str = "unitable_writer_index_spilled_bytes";
+/// Shards of the primary-key index written to its spill file: first spills and merges of
+/// their in-memory changes into new runs (counter).
+pub const INDEX_SPILLS: &str = "unitable_writer_index_spills_total";

@@ -16,7 +16,9 @@ use iceberg::spec::{Struct, TableMetadata};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use unitable_core::commit::files::{PositionDelete, read_bytes};
-use unitable_core::commit::plan::{delete_files_of, plan_files, read_position_deletes};
+use unitable_core::commit::plan::{
+    PlannedFile, delete_files_of, plan_files, read_position_deletes,
+};
 use unitable_core::commit::read;
 use unitable_core::offsets::PartitionOffsets;
 use unitable_core::record::RecordCodec;
@@ -42,70 +44,99 @@ pub(crate) struct Rebuilt {
     pub(crate) files: usize,
 }
 
-/// Reads the key columns of every live row of the current snapshot into a new index.
+/// Reads the key columns of every live row of the current snapshot into `index` (empty).
 pub(crate) async fn rebuild_index(
     file_io: &FileIO,
     metadata: &TableMetadata,
     codec: &RecordCodec,
     key_field_ids: &[i32],
+    index: KeyIndex,
 ) -> WriteResult<Rebuilt> {
     let mut planned = plan_files(file_io, metadata, None).await?;
     planned.sort_by_key(|f| f.data_sequence_number);
     // Each delete file is read once, however many data files it touches.
     let deleted = read_position_deletes(file_io, &delete_files_of(&planned)).await?;
     let none = BTreeSet::new();
-    let mut index = KeyIndex::new();
-    let mut duplicates = Vec::new();
-    for file in &planned {
-        let path = file.data_file.file_path().to_string();
-        // Paths are never reused, so every delete naming this file applies to it.
-        let gone = deleted.get(&path).unwrap_or(&none);
-        let batches = key_batches(file_io, &path, key_field_ids).await?;
-        let id = index.file_id(&path, file.data_file.partition(), file.spec_id);
-        let mut pos: u64 = 0;
-        for batch in batches {
-            let (keys, errors) = codec.encode_keys(&batch)?;
-            if let Some(e) = errors.first() {
-                return Err(WriteError::Internal {
-                    reason: format!("{path}: a live row has an invalid key: {e}"),
-                });
-            }
-            for key in keys {
-                let row_pos = pos + key.row as u64;
-                if gone.contains(&(row_pos as i64)) {
-                    continue;
-                }
-                let location = RowLocation {
-                    file: id,
-                    pos: row_pos,
-                };
-                // Look before inserting: replacing the last live key of a file unregisters it.
-                if let Some(older) = index.get(&key.key)
-                    && let Some(older_file) = index.file(older.file)
-                {
-                    tracing::error!(
-                        file = %path, pos = row_pos, older = %older_file.path, older_pos = older.pos,
-                        "a key is live twice in the table; the older copy will be deleted"
-                    );
-                    duplicates.push((
-                        PositionDelete {
-                            file_path: older_file.path.to_string(),
-                            pos: older.pos as i64,
-                        },
-                        older_file.partition.clone(),
-                        older_file.spec_id,
-                    ));
-                }
-                index.insert(&key.key, location);
-            }
-            pos += batch.num_rows() as u64;
-        }
-    }
-    Ok(Rebuilt {
+    let mut rebuilt = Rebuilt {
         index,
-        duplicates,
+        duplicates: Vec::new(),
         files: planned.len(),
-    })
+    };
+    for file in &planned {
+        // Paths are never reused, so every delete naming this file applies to it.
+        let gone = deleted.get(file.data_file.file_path()).unwrap_or(&none);
+        index_file_rows(file_io, codec, key_field_ids, file, gone, &mut rebuilt).await?;
+    }
+    Ok(rebuilt)
+}
+
+/// Points the keys of every row of `file` not in `gone` at their rows, later files (callers go
+/// in data sequence order) replacing earlier ones; a key already live elsewhere is recorded as
+/// a duplicate whose older copy the next commit deletes. Returns the rows indexed.
+pub(crate) async fn index_file_rows(
+    file_io: &FileIO,
+    codec: &RecordCodec,
+    key_field_ids: &[i32],
+    file: &PlannedFile,
+    gone: &BTreeSet<i64>,
+    rebuilt: &mut Rebuilt,
+) -> WriteResult<u64> {
+    let path = file.data_file.file_path();
+    let keys = live_keys(file_io, codec, key_field_ids, path, gone).await?;
+    let index = &mut rebuilt.index;
+    let id = index.file_id(path, file.data_file.partition(), file.spec_id);
+    let indexed = keys.len() as u64;
+    for (key, pos) in keys {
+        // Look before inserting: replacing the last live key of a file unregisters it.
+        if let Some(older) = index.get(&key)?
+            && let Some(older_file) = index.file(older.file)
+        {
+            tracing::error!(
+                file = %path, pos, older = %older_file.path, older_pos = older.pos,
+                "a key is live twice in the table; the older copy will be deleted"
+            );
+            rebuilt.duplicates.push((
+                PositionDelete {
+                    file_path: older_file.path.to_string(),
+                    pos: older.pos as i64,
+                },
+                older_file.partition.clone(),
+                older_file.spec_id,
+            ));
+        }
+        index.insert(&key, RowLocation { file: id, pos })?;
+    }
+    Ok(indexed)
+}
+
+/// The canonical key and row position of every row of the data file at `path` whose position
+/// is not in `gone`, in row order.
+async fn live_keys(
+    file_io: &FileIO,
+    codec: &RecordCodec,
+    key_field_ids: &[i32],
+    path: &str,
+    gone: &BTreeSet<i64>,
+) -> WriteResult<Vec<(Bytes, u64)>> {
+    let batches = key_batches(file_io, path, key_field_ids).await?;
+    let mut out = Vec::new();
+    let mut pos: u64 = 0;
+    for batch in batches {
+        let (keys, errors) = codec.encode_keys(&batch)?;
+        if let Some(e) = errors.first() {
+            return Err(WriteError::Internal {
+                reason: format!("{path}: a live row has an invalid key: {e}"),
+            });
+        }
+        for key in keys {
+            let row_pos = pos + key.row as u64;
+            if !gone.contains(&(row_pos as i64)) {
+                out.push((key.key, row_pos));
+            }
+        }
+        pos += batch.num_rows() as u64;
+    }
+    Ok(out)
 }
 
 /// Reads the key columns of the data file at `path` (decoding off the async threads).
@@ -158,30 +189,11 @@ pub(crate) async fn repoint_index(
     for file in targets {
         let path = file.data_file.file_path();
         let gone = deleted.get(path).unwrap_or(&none);
-        let batches = key_batches(file_io, path, key_field_ids).await?;
+        let keys = live_keys(file_io, codec, key_field_ids, path, gone).await?;
         let id = index.file_id(path, file.data_file.partition(), file.spec_id);
-        let mut pos: u64 = 0;
-        for batch in batches {
-            let (keys, errors) = codec.encode_keys(&batch)?;
-            if let Some(e) = errors.first() {
-                return Err(WriteError::Internal {
-                    reason: format!("{path}: a live row has an invalid key: {e}"),
-                });
-            }
-            for key in keys {
-                let row_pos = pos + key.row as u64;
-                if !gone.contains(&(row_pos as i64)) {
-                    index.insert(
-                        &key.key,
-                        RowLocation {
-                            file: id,
-                            pos: row_pos,
-                        },
-                    );
-                    repointed += 1;
-                }
-            }
-            pos += batch.num_rows() as u64;
+        repointed += keys.len();
+        for (key, pos) in keys {
+            index.insert(&key, RowLocation { file: id, pos })?;
         }
     }
     if let Some(stale) = index

@@ -21,7 +21,7 @@ use unitable_core::record::{ChangeOp, RecordCodec, RowError, json_lines};
 use unitable_core::requests::Claim;
 use unitable_core::table::TableDef;
 
-use crate::committer::{CommitProgress, Shared, TableCommitter};
+use crate::committer::{CommitProgress, IndexSource, Shared, TableCommitter};
 use crate::config::WriterConfig;
 use crate::error::{WriteError, WriteResult};
 use crate::idempotent;
@@ -247,7 +247,13 @@ impl Writer {
         let cancel = self.inner.stop.child_token();
         let abort = CancellationToken::new();
         let done = CancellationToken::new();
-        let supervised = supervise(name.clone(), self.inner.shared.clone(), tx, cancel.clone());
+        let supervised = supervise(
+            name.clone(),
+            uuid.to_string(),
+            self.inner.shared.clone(),
+            tx,
+            cancel.clone(),
+        );
         let run = {
             let (abort, done, inner) = (abort.clone(), done.clone(), self.inner.clone());
             async move {
@@ -730,6 +736,7 @@ impl Writer {
                     offsets,
                     commit_time_ms: metadata.current_snapshot().map_or(0, |s| s.timestamp_ms()),
                     stopped: false,
+                    index_source: IndexSource::None,
                 });
             }
         }
@@ -820,12 +827,38 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs the committer of `name` until it returns, restarting it after a panic (a bug must not
 /// silently stop a table's commits while its writes keep being acknowledged). The restarted
 /// committer claims the table again and resumes from the anchored offsets, so nothing is
-/// committed twice. Restarts back off from 1 s to 1 min.
+/// committed twice. Restarts back off from 1 s to 1 min. The table's index spill directory is
+/// emptied before the first start and removed at the end.
 async fn supervise(
     name: TableName,
+    uuid: String,
     shared: Arc<Shared>,
     progress: watch::Sender<CommitProgress>,
     cancel: CancellationToken,
+) {
+    let spill_dir = shared.config.index_spill_dir_of(&uuid);
+    remove_spill_dir(&name, &spill_dir);
+    supervise_runs(&name, &shared, &progress, &cancel).await;
+    remove_spill_dir(&name, &spill_dir);
+}
+
+/// Removes what a committer of `name` left in its spill directory (the index unlinks its spill
+/// file once created, so only a crash at that moment leaves one behind).
+fn remove_spill_dir(name: &TableName, dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(table = %name, dir = %dir.display(), error = %e, "cannot remove the index spill directory");
+        }
+    }
+}
+
+async fn supervise_runs(
+    name: &TableName,
+    shared: &Arc<Shared>,
+    progress: &watch::Sender<CommitProgress>,
+    cancel: &CancellationToken,
 ) {
     use futures::FutureExt;
     let mut backoff = Duration::from_secs(1);

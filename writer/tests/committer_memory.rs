@@ -1,10 +1,11 @@
 //! The committer alone, on the in-memory changelog and a SQLite catalog: the per-commit record
 //! limit shared fairly among partitions, records removed by retention before they were
-//! committed, and commit answers lost after the swap happened.
+//! committed, commit answers lost after the swap happened, and a primary-key index that spills
+//! to disk.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, StringArray};
@@ -20,8 +21,10 @@ use unitable_core::commit::{CommitError, CommitResult};
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_core::table::{Column, TableDef, TableSpec};
 use unitable_core::types::ColumnType;
+use unitable_writer::index::{KeyIndex, RowLocation};
 use unitable_writer::{Writer, WriterConfig};
 
 struct Fixture {
@@ -34,12 +37,16 @@ struct Fixture {
 }
 
 async fn fixture(buckets: u32) -> Fixture {
+    fixture_named("mem.kv", buckets).await
+}
+
+async fn fixture_named(table: &str, buckets: u32) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let catalog = TableCatalog::open(CatalogConfig::embedded(dir.path()))
         .await
         .unwrap();
     let changelog = Arc::new(MemoryChangelog::new());
-    let name: TableName = "mem.kv".parse().unwrap();
+    let name: TableName = table.parse().unwrap();
     let def = TableDef::new(
         name.clone(),
         TableSpec {
@@ -74,13 +81,22 @@ impl Fixture {
             .iter()
             .map(|(id, v)| format!("{{\"id\":{id},\"v\":\"{v}\"}}\n"))
             .collect();
-        let (parsed, errors) = self
-            .codec
-            .parse_json_rows(ChangeOp::Upsert, lines.as_bytes(), 0);
+        self.encoded(ChangeOp::Upsert, &lines)
+    }
+
+    /// Encoded deletes of `ids` with their partitions.
+    fn delete_records(&self, ids: &[i64]) -> Vec<(PartitionId, ChangeRecord)> {
+        let lines: String = ids.iter().map(|id| format!("{{\"id\":{id}}}\n")).collect();
+        self.encoded(ChangeOp::Delete, &lines)
+    }
+
+    /// JSON lines encoded as `op` records, with their partitions.
+    fn encoded(&self, op: ChangeOp, lines: &str) -> Vec<(PartitionId, ChangeRecord)> {
+        let (parsed, errors) = self.codec.parse_json_rows(op, lines.as_bytes(), 0);
         assert!(errors.is_empty(), "{errors:?}");
         let (encoded, bad) = self
             .codec
-            .encode(ChangeOp::Upsert, &parsed.batch, 1_700_000_000_000)
+            .encode(op, &parsed.batch, 1_700_000_000_000)
             .unwrap();
         assert!(bad.is_empty(), "{bad:?}");
         encoded
@@ -102,14 +118,25 @@ impl Fixture {
     /// Runs a writer's committers until they have committed everything (a graceful stop
     /// commits until caught up).
     async fn commit_all(&self, pointer: Arc<dyn MetadataPointer>, max_batch_records: usize) {
+        self.commit_all_with(
+            pointer,
+            WriterConfig {
+                max_batch_records,
+                ..WriterConfig::default()
+            },
+        )
+        .await;
+    }
+
+    /// [`Fixture::commit_all`] with `config` (its commit interval set to an hour).
+    async fn commit_all_with(&self, pointer: Arc<dyn MetadataPointer>, config: WriterConfig) {
         let writer = Writer::new(
             self.catalog.clone(),
             self.changelog.clone(),
             Committer::new(self.catalog.clone(), pointer),
             WriterConfig {
                 commit_interval: Duration::from_secs(3600),
-                max_batch_records,
-                ..WriterConfig::default()
+                ..config
             },
         );
         assert_eq!(writer.start_committers().await.unwrap(), 1);
@@ -144,11 +171,8 @@ impl Fixture {
     /// The current snapshot's rows, id -> v; panics on a duplicate id.
     async fn rows(&self) -> BTreeMap<i64, String> {
         let table = self.catalog.load(&self.name).await.unwrap();
-        let batches: Vec<_> = table
-            .scan()
-            .build()
-            .unwrap()
-            .to_arrow()
+        let scan = table.scan().build().unwrap();
+        let batches: Vec<_> = read_scan(&table, &scan, ScanOptions::default())
             .await
             .unwrap()
             .try_collect()
@@ -311,4 +335,145 @@ async fn commits_whose_answers_were_lost_are_not_applied_twice() {
     let (last, _) = commits.last().unwrap();
     let end: i64 = last.0.values().map(|o| o.0).sum();
     assert_eq!(end, records as i64);
+}
+
+/// The largest value each gauge was set to, by metric name and `table` label (this test
+/// binary's global metrics recorder).
+fn gauge_maxima() -> &'static Mutex<HashMap<(String, String), f64>> {
+    static MAXIMA: OnceLock<Mutex<HashMap<(String, String), f64>>> = OnceLock::new();
+    MAXIMA.get_or_init(|| {
+        let _ = metrics::set_global_recorder(MaxGauges);
+        Mutex::new(HashMap::new())
+    })
+}
+
+struct MaxGauges;
+
+struct MaxGauge((String, String));
+
+impl metrics::GaugeFn for MaxGauge {
+    fn increment(&self, _: f64) {}
+    fn decrement(&self, _: f64) {}
+    fn set(&self, value: f64) {
+        let mut maxima = gauge_maxima().lock().unwrap();
+        let max = maxima.entry(self.0.clone()).or_insert(value);
+        *max = max.max(value);
+    }
+}
+
+impl metrics::Recorder for MaxGauges {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        let table = key
+            .labels()
+            .find(|l| l.key() == "table")
+            .map(|l| l.value().to_string())
+            .unwrap_or_default();
+        metrics::Gauge::from_arc(Arc::new(MaxGauge((key.name().to_string(), table))))
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spilling_index_commits_what_the_model_holds() {
+    gauge_maxima();
+    const KEYS: i64 = 20_000;
+    let f = fixture_named("mem.spill", 2).await;
+    // A tenth of what the index of these keys takes unlimited (keys shaped like the codec's).
+    let limit = {
+        let mut index = KeyIndex::new();
+        let file = index.file_id(
+            "file:///warehouse/mem/spill/data/00000-0-0198c1a2-7d4e-7000-8000-000000000000.parquet",
+            &iceberg::spec::Struct::empty(),
+            0,
+        );
+        for id in 0..KEYS {
+            let key = format!("{{\"id\":{id}}}");
+            let pos = id as u64;
+            index
+                .insert(key.as_bytes(), RowLocation { file, pos })
+                .unwrap();
+        }
+        index.memory_bytes() as u64 / 10
+    };
+    let spill_dir = tempfile::tempdir().unwrap();
+    let config = || WriterConfig {
+        max_batch_records: 7_000,
+        index_memory_limit: Some(limit),
+        index_spill_dir: spill_dir.path().to_path_buf(),
+        ..WriterConfig::default()
+    };
+    let pointer = Arc::new(f.pointer().await);
+    let mut model = BTreeMap::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for cycle in 0..4 {
+        // Upserts of every key first, then of a random third; deletes of a random twentieth.
+        let rows: Vec<(i64, String)> = (0..KEYS)
+            .filter(|_| cycle == 0 || next() % 3 == 0)
+            .map(|id| (id, format!("c{cycle}-{id}")))
+            .collect();
+        let deletes: Vec<i64> = (0..KEYS / 20)
+            .map(|_| (next() % KEYS as u64) as i64)
+            .collect();
+        f.append(f.records(&rows)).await;
+        f.append(f.delete_records(&deletes)).await;
+        model.extend(rows);
+        for id in &deletes {
+            model.remove(id);
+        }
+        // Each round starts a writer: its committer rebuilds the index (spilling), then
+        // commits the round in several snapshots.
+        f.commit_all_with(pointer.clone(), config()).await;
+        assert_eq!(f.rows().await, model, "cycle {cycle}");
+    }
+    let maxima = gauge_maxima().lock().unwrap().clone();
+    let of = |name: &str| {
+        maxima
+            .get(&(name.to_string(), "mem.spill".to_string()))
+            .copied()
+    };
+    let resident = of("unitable_writer_index_bytes").expect("index bytes reported");
+    assert!(
+        resident <= limit as f64,
+        "{resident} bytes resident, limit {limit}"
+    );
+    let spilled = of("unitable_writer_index_spilled_bytes").expect("spilled bytes reported");
+    assert!(spilled > 0.0, "the index never spilled");
+    // Every committer removed its spill directory when it stopped.
+    assert_eq!(std::fs::read_dir(spill_dir.path()).unwrap().count(), 0);
 }

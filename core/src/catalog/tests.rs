@@ -130,3 +130,38 @@ async fn memory_warehouse_and_bad_uris() {
         );
     }
 }
+
+/// The embedded catalog's file is in WAL mode: a reader does not wait for a writer. Checked
+/// through a plain SQLite connection that asks the file, and by reading while another
+/// connection holds an open write transaction (in rollback-journal mode that read would wait
+/// for the busy timeout and fail with "database is locked").
+#[tokio::test]
+async fn the_sqlite_catalog_reads_while_a_write_is_open() {
+    use sqlx::{ConnectOptions, Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = open(dir.path()).await;
+    catalog.create(&def("shop.orders")).await.unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("catalog.db"))
+        .busy_timeout(std::time::Duration::from_millis(200));
+    let mut probe = options.connect().await.unwrap();
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(&mut probe)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "wal");
+    let mut writer = options.connect().await.unwrap();
+    // The strongest lock a writer takes: in rollback-journal mode it shuts out every reader.
+    for statement in [
+        "BEGIN EXCLUSIVE",
+        "UPDATE iceberg_tables SET metadata_location = metadata_location",
+    ] {
+        sqlx::query(statement).execute(&mut writer).await.unwrap();
+    }
+    let names = catalog.list(None).await.unwrap();
+    assert_eq!(names.len(), 1);
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    writer.close().await.unwrap();
+    probe.close().await.unwrap();
+}

@@ -4,7 +4,9 @@
 //!
 //! Referenced (never removed): the current metadata file and every file of the metadata log;
 //! statistics files; for every snapshot in the metadata, its manifest list, its manifests and
-//! every file any of their entries names (including `DELETED` entries); `version-hint.text`.
+//! every file any of their entries names (including `DELETED` entries); `version-hint.text`;
+//! and everything under `<location>/unitable/`, where unitable keeps files of its own that are
+//! not part of the Iceberg table (key-index checkpoints, which the writer prunes itself).
 //!
 //! **Safety age.** A commit writes its files (data, deletes, manifests, manifest list, metadata)
 //! before the pointer swap makes them referenced, and a compaction writes its files long before
@@ -23,7 +25,7 @@ use super::plan::{manifest_entries, manifests_of};
 use super::{CommitError, CommitResult};
 use crate::catalog::TableCatalog;
 use crate::clock::Clock;
-use crate::naming::TableName;
+use crate::naming::{TableName, paths};
 use crate::storage::list_files;
 
 /// The default safety age of orphan removal.
@@ -94,9 +96,13 @@ pub async fn remove_orphan_files(
             ),
         });
     }
+    let service_dir = format!("{}/", canonical(&paths::service_dir(&location)));
     for file in listed {
         let canonical = canonical(&file.location);
-        if referenced.contains(&canonical) || canonical.ends_with("/metadata/version-hint.text") {
+        if referenced.contains(&canonical)
+            || canonical.ends_with("/metadata/version-hint.text")
+            || canonical.starts_with(&service_dir)
+        {
             continue;
         }
         if file.last_modified_ms >= cutoff {

@@ -53,6 +53,7 @@ impl SqlMetadataPointer {
             ),
         })?;
         sqlx::any::install_default_drivers();
+        crate::catalog::prepare_sqlite(&config.uri).await?;
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .connect(&url)

@@ -94,18 +94,16 @@ pub(crate) async fn delete_file(f: &Fixture, deletes: &[(&DataFile, i64)]) -> Da
         .unwrap()
 }
 
-/// All rows of a snapshot (the current one for `None`) as read by iceberg-rust's scan, deletes
-/// applied.
+/// All rows of a snapshot (the current one for `None`) as read by iceberg-rust's planner and
+/// Arrow reader (through [`crate::scan::read_scan`]), deletes applied.
 pub(crate) async fn scan_at(f: &Fixture, snapshot: Option<i64>) -> BTreeMap<i64, String> {
     let table = f.catalog.load(&f.name).await.unwrap();
     let mut scan = table.scan();
     if let Some(id) = snapshot {
         scan = scan.snapshot_id(id);
     }
-    let batches: Vec<RecordBatch> = scan
-        .build()
-        .unwrap()
-        .to_arrow()
+    let scan = scan.build().unwrap();
+    let batches: Vec<RecordBatch> = crate::scan::read_scan(&table, &scan, Default::default())
         .await
         .unwrap()
         .try_collect()

@@ -43,6 +43,7 @@ use unitable_core::commit::read::snapshot_as_of;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
 use unitable_core::record::RecordCodec;
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_core::table::TableDef;
 
 use crate::Reader;
@@ -299,13 +300,13 @@ impl Reader {
         }
         let wanted: HashMap<&Bytes, ()> = keys.iter().map(|k| (k, ())).collect();
         let mut found: HashMap<Bytes, RecordBatch> = HashMap::new();
-        let mut stream = table
+        let scan = table
             .scan()
             .snapshot_id(snapshot.snapshot_id())
             .select(select.iter().map(String::as_str))
             .build()
-            .map_err(|e| ReadError::iceberg("plan the scan", e))?
-            .to_arrow()
+            .map_err(|e| ReadError::iceberg("plan the scan", e))?;
+        let mut stream = read_scan(&table, &scan, ScanOptions::default())
             .await
             .map_err(|e| ReadError::iceberg("start the scan", e))?;
         while let Some(batch) = stream

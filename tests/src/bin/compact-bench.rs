@@ -33,6 +33,7 @@ use unitable_core::commit::files::{
 use unitable_core::commit::plan::plan_files;
 use unitable_core::commit::row_delta::{Committer, RowDelta};
 use unitable_core::naming::TableName;
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_tests::iceberg_oracle::{Rng, create_items_table};
 
 const TARGET: u64 = 32 * 1024 * 1024;
@@ -74,10 +75,8 @@ async fn scan(catalog: &TableCatalog, name: &TableName, expect: usize) -> anyhow
     for _ in 0..7 {
         let table = catalog.load(name).await?;
         let started = Instant::now();
-        let batches: Vec<RecordBatch> = table
-            .scan()
-            .build()?
-            .to_arrow()
+        let scan = table.scan().build()?;
+        let batches: Vec<RecordBatch> = read_scan(&table, &scan, ScanOptions::default())
             .await?
             .try_collect()
             .await?;

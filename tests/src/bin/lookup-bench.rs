@@ -22,13 +22,8 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
-use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
-use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_proto::v1::{
-    Column, CreateTableRequest, DataType, ReadMode, ReadRequest, RowFormat, TableDefinition,
-    WaitFor, WriteOp, WriteRequest, data_type, read_response,
-};
-use unitable_tests::Service;
+use unitable_proto::v1::{ReadMode, ReadRequest, RowFormat, read_response};
+use unitable_tests::{Service, bench};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -50,7 +45,6 @@ struct Args {
 }
 
 const TABLE: &str = "bench.lookup";
-const CHUNK: u64 = 200_000;
 
 struct Rng(u64);
 
@@ -63,10 +57,6 @@ impl Rng {
     }
 }
 
-fn row(id: u64) -> String {
-    format!("{{\"id\":{id},\"v\":\"value-{id}\",\"n\":{}}}", id * 7)
-}
-
 fn quantiles(mut times: Vec<Duration>) -> (f64, f64, f64) {
     times.sort();
     let at = |q: f64| {
@@ -74,97 +64,6 @@ fn quantiles(mut times: Vec<Duration>) -> (f64, f64, f64) {
         times[i].as_secs_f64() * 1e3
     };
     (at(0.5), at(0.99), at(0.999))
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-async fn create_table(service: &Service, buckets: u32) -> Result<()> {
-    let mut admin = TableAdminServiceClient::connect(service.grpc_url()).await?;
-    let column = |name: &str, kind: data_type::Kind, required: bool| Column {
-        name: name.into(),
-        r#type: Some(DataType {
-            kind: kind as i32,
-            ..DataType::default()
-        }),
-        required,
-        ..Column::default()
-    };
-    admin
-        .create_table(CreateTableRequest {
-            definition: Some(TableDefinition {
-                table: TABLE.into(),
-                columns: vec![
-                    column("id", data_type::Kind::Int64, true),
-                    column("v", data_type::Kind::String, false),
-                    column("n", data_type::Kind::Int64, false),
-                ],
-                primary_key: vec!["id".into()],
-                buckets,
-                ..TableDefinition::default()
-            }),
-        })
-        .await?;
-    Ok(())
-}
-
-async fn load(service: &Service, rows: u64) -> Result<Duration> {
-    let mut writer = WriteServiceClient::connect(service.grpc_url())
-        .await?
-        .max_decoding_message_size(64 << 20);
-    let started = Instant::now();
-    let mut from = 0;
-    while from < rows {
-        let to = (from + CHUNK).min(rows);
-        let mut lines = String::with_capacity(((to - from) * 48) as usize);
-        for id in from..to {
-            lines.push_str(&row(id));
-            lines.push('\n');
-        }
-        let response = writer
-            .write(WriteRequest {
-                table: TABLE.into(),
-                op: WriteOp::Upsert as i32,
-                format: RowFormat::JsonLines as i32,
-                rows: lines.into_bytes(),
-                wait_for: WaitFor::Changelog as i32,
-                request_id: String::new(),
-            })
-            .await?
-            .into_inner();
-        ensure!(
-            response.rows_rejected == 0,
-            "rows rejected: {:?}",
-            response.errors
-        );
-        from = to;
-    }
-    // Wait until the committer has committed everything: rewrite 64 rows (every partition,
-    // for any bucket count up to a few dozen) and wait for a snapshot covering all of them
-    // (each wait gives up after 60 s).
-    let again: String = (0..64.min(rows)).map(|id| row(id) + "\n").collect();
-    for attempt in 0.. {
-        let wait = writer
-            .write(WriteRequest {
-                table: TABLE.into(),
-                op: WriteOp::Upsert as i32,
-                format: RowFormat::JsonLines as i32,
-                rows: again.clone().into_bytes(),
-                wait_for: WaitFor::Snapshot as i32,
-                request_id: String::new(),
-            })
-            .await;
-        match wait {
-            Ok(_) => break,
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded && attempt < 20 => {}
-            Err(s) => return Err(s.into()),
-        }
-    }
-    Ok(started.elapsed())
 }
 
 type Reader = ReadServiceClient<tonic::transport::Channel>;
@@ -302,7 +201,11 @@ async fn bench_redis(args: &Args, keys1: &[u64], keys100: &[Vec<u64>]) -> Result
         for id in from..to {
             Redis::command(
                 &mut out,
-                &[b"SET", format!("row:{id}").as_bytes(), row(id).as_bytes()],
+                &[
+                    b"SET",
+                    format!("row:{id}").as_bytes(),
+                    bench::kv_row(id).as_bytes(),
+                ],
             );
         }
         redis.send(&out).await?;
@@ -361,20 +264,20 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let service =
         tokio::task::spawn_blocking(|| Service::start(&["--commit-interval", "1s"])).await??;
-    create_table(&service, args.buckets).await?;
-    let loaded = load(&service, args.rows).await?;
+    bench::create_kv_table(&service, TABLE, args.buckets).await?;
+    let loaded = bench::load_kv(&service, TABLE, args.rows).await?;
     eprintln!(
         "unitable: loaded and committed {} rows in {loaded:.1?}",
         args.rows
     );
     let mut service = service;
     let pid = service.process().id().context("server pid")?;
-    let rss_before = rss_mib(pid);
+    let rss_before = bench::rss_mib(pid);
     let mut reader = ReadServiceClient::connect(service.grpc_url()).await?;
     let t = Instant::now();
     ensure!(lookup(&mut reader, &[1]).await? == 1, "row 1 is missing");
     let build = t.elapsed();
-    let rss_after = rss_mib(pid);
+    let rss_after = bench::rss_mib(pid);
     let index_line = service
         .log()
         .lines()

@@ -13,13 +13,11 @@ use anyhow::{Context, Result, bail, ensure};
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use futures::TryStreamExt;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_proto::v1::{
-    Column, CreateTableRequest, DataType, PartitionField, RowFormat, TableDefinition, WaitFor,
-    WriteOp, WriteRequest, WriteResponse, data_type,
-};
+use unitable_proto::v1::{RowFormat, WaitFor, WriteOp, WriteRequest, WriteResponse};
 use unitable_tests::Service;
+pub use unitable_tests::bench::create_kv_table_as;
 
 /// The test table: `id int64` primary key, `v string`, `n int64`.
 pub const TABLE: &str = "crash.kv";
@@ -27,48 +25,6 @@ pub const TABLE: &str = "crash.kv";
 /// Creates [`TABLE`] with `buckets` buckets through the admin API.
 pub async fn create_kv_table(service: &Service, buckets: u32) -> Result<()> {
     create_kv_table_as(service, TABLE, buckets, &[], Vec::new()).await
-}
-
-/// Creates a table of the test table's shape (`id int64` key, `v string`, `n int64`) named
-/// `name`, with `buckets` buckets, table properties and a partition spec.
-pub async fn create_kv_table_as(
-    service: &Service,
-    name: &str,
-    buckets: u32,
-    properties: &[(&str, &str)],
-    partition_by: Vec<PartitionField>,
-) -> Result<()> {
-    let mut admin = TableAdminServiceClient::connect(service.grpc_url()).await?;
-    let column = |name: &str, kind: data_type::Kind, required: bool| Column {
-        name: name.into(),
-        r#type: Some(DataType {
-            kind: kind as i32,
-            ..DataType::default()
-        }),
-        required,
-        ..Column::default()
-    };
-    admin
-        .create_table(CreateTableRequest {
-            definition: Some(TableDefinition {
-                table: name.into(),
-                columns: vec![
-                    column("id", data_type::Kind::Int64, true),
-                    column("v", data_type::Kind::String, false),
-                    column("n", data_type::Kind::Int64, false),
-                ],
-                primary_key: vec!["id".into()],
-                buckets,
-                partition_by,
-                properties: properties
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                ..TableDefinition::default()
-            }),
-        })
-        .await?;
-    Ok(())
 }
 
 /// One JSON line of the test table.
@@ -121,11 +77,8 @@ pub async fn scan_kv(data_dir: &Path) -> Result<BTreeMap<i64, String>> {
 pub async fn scan_kv_table(data_dir: &Path, name: &str) -> Result<BTreeMap<i64, String>> {
     let catalog = TableCatalog::open(CatalogConfig::embedded(data_dir)).await?;
     let table = catalog.load(&name.parse()?).await?;
-    let batches: Vec<RecordBatch> = table
-        .scan()
-        .select(["id", "v"])
-        .build()?
-        .to_arrow()
+    let scan = table.scan().select(["id", "v"]).build()?;
+    let batches: Vec<RecordBatch> = read_scan(&table, &scan, ScanOptions::default())
         .await?
         .try_collect()
         .await?;
@@ -183,6 +136,82 @@ print(json.dumps([[r["id"], r["v"] or ""] for r in rows]))
         ensure!(rows.insert(id, v).is_none(), "PyIceberg read id {id} twice");
     }
     Ok(rows)
+}
+
+/// The sum of the samples of metric `name` whose labels contain every one of `labels`.
+pub fn metric(service: &Service, name: &str, labels: &[&str]) -> Result<f64> {
+    let body = String::from_utf8(service.http_get("/metrics")?.body)?;
+    let mut sum = 0.0;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let base = series.split('{').next().unwrap_or(series);
+        if base == name && labels.iter().all(|l| series.contains(l)) {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Ok(sum)
+}
+
+/// Random upserts and deletes of `keys` keys; every acknowledged change goes into `model`.
+pub async fn random_writes(
+    client: &mut WriteServiceClient<tonic::transport::Channel>,
+    rng: &mut unitable_tests::iceberg_oracle::Rng,
+    model: &mut BTreeMap<i64, String>,
+    keys: u64,
+    requests: usize,
+    wait: bool,
+    tag: &str,
+) -> Result<()> {
+    for r in 0..requests {
+        let mut upserts = String::new();
+        let mut deletes = String::new();
+        let mut changes: BTreeMap<i64, Option<String>> = BTreeMap::new();
+        for i in 0..(1 + rng.below(20)) {
+            let id = rng.below(keys) as i64;
+            if changes.contains_key(&id) {
+                continue;
+            }
+            if rng.below(5) == 0 {
+                deletes.push_str(&format!("{{\"id\":{id}}}\n"));
+                changes.insert(id, None);
+            } else {
+                let v = format!("{tag}-{r}-{i}");
+                upserts.push_str(&kv_line(id, &v, i as i64));
+                changes.insert(id, Some(v));
+            }
+        }
+        let last = r + 1 == requests;
+        if !upserts.is_empty() {
+            let resp = write_lines(
+                client,
+                WriteOp::Upsert,
+                &upserts,
+                wait && last && deletes.is_empty(),
+            )
+            .await?;
+            ensure!(resp.errors.is_empty(), "rejected: {:?}", resp.errors);
+        }
+        if !deletes.is_empty() {
+            let resp = write_lines(client, WriteOp::Delete, &deletes, wait && last).await?;
+            ensure!(resp.errors.is_empty(), "rejected: {:?}", resp.errors);
+        }
+        for (id, change) in changes {
+            match change {
+                Some(v) => model.insert(id, v),
+                None => model.remove(&id),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the table's snapshot covers everything written (a no-op write that waits).
+pub async fn settle(client: &mut WriteServiceClient<tonic::transport::Channel>) -> Result<()> {
+    let resp = write_lines(client, WriteOp::Delete, "{\"id\":-1}\n", true).await?;
+    ensure!(resp.errors.is_empty(), "rejected: {:?}", resp.errors);
+    Ok(())
 }
 
 /// A deterministic pseudo-random sequence (xorshift; no test dependency on a seeded crate).

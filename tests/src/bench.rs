@@ -1,0 +1,135 @@
+//! Shared by the bench binaries: a key-value table (`id int64` key, `v string`, `n int64`)
+//! loaded through the Write API, and the resident memory of a process.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
+use unitable_proto::v1::write_service_client::WriteServiceClient;
+use unitable_proto::v1::{
+    Column, CreateTableRequest, DataType, PartitionField, RowFormat, TableDefinition, WaitFor,
+    WriteOp, WriteRequest, WriteResponse, data_type,
+};
+
+use crate::Service;
+
+/// Rows per write request while loading.
+const CHUNK: u64 = 200_000;
+
+/// Row `id` of the bench table as a JSON line (without the newline).
+pub fn kv_row(id: u64) -> String {
+    format!("{{\"id\":{id},\"v\":\"value-{id}\",\"n\":{}}}", id * 7)
+}
+
+/// The resident set size of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Creates the bench table `name` with `buckets` buckets.
+pub async fn create_kv_table(service: &Service, name: &str, buckets: u32) -> Result<()> {
+    create_kv_table_as(service, name, buckets, &[], Vec::new()).await
+}
+
+/// Creates a table of the key-value shape (`id int64` key, `v string`, `n int64`) named
+/// `name`, with `buckets` buckets, table properties and a partition spec.
+pub async fn create_kv_table_as(
+    service: &Service,
+    name: &str,
+    buckets: u32,
+    properties: &[(&str, &str)],
+    partition_by: Vec<PartitionField>,
+) -> Result<()> {
+    let mut admin = TableAdminServiceClient::connect(service.grpc_url()).await?;
+    let column = |name: &str, kind: data_type::Kind, required: bool| Column {
+        name: name.into(),
+        r#type: Some(DataType {
+            kind: kind as i32,
+            ..DataType::default()
+        }),
+        required,
+        ..Column::default()
+    };
+    admin
+        .create_table(CreateTableRequest {
+            definition: Some(TableDefinition {
+                table: name.into(),
+                columns: vec![
+                    column("id", data_type::Kind::Int64, true),
+                    column("v", data_type::Kind::String, false),
+                    column("n", data_type::Kind::Int64, false),
+                ],
+                primary_key: vec!["id".into()],
+                buckets,
+                partition_by,
+                properties: properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..TableDefinition::default()
+            }),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Upserts rows `0..rows` of [`kv_row`] into `table`, then waits until a snapshot holds them;
+/// returns how long that took.
+pub async fn load_kv(service: &Service, table: &str, rows: u64) -> Result<Duration> {
+    let mut writer = WriteServiceClient::connect(service.grpc_url())
+        .await?
+        .max_decoding_message_size(64 << 20);
+    let started = Instant::now();
+    let mut from = 0;
+    while from < rows {
+        let to = (from + CHUNK).min(rows);
+        let mut lines = String::with_capacity(((to - from) * 48) as usize);
+        for id in from..to {
+            lines.push_str(&kv_row(id));
+            lines.push('\n');
+        }
+        let response = upsert_lines(&mut writer, table, lines, WaitFor::Changelog).await?;
+        ensure!(
+            response.rows_rejected == 0,
+            "rows rejected: {:?}",
+            response.errors
+        );
+        from = to;
+    }
+    // Wait until the committer has committed everything: rewrite 64 rows (every partition,
+    // for any bucket count up to a few dozen) and wait for a snapshot covering all of them
+    // (each wait gives up after 60 s).
+    let again: String = (0..64.min(rows)).map(|id| kv_row(id) + "\n").collect();
+    for attempt in 0.. {
+        let wait = upsert_lines(&mut writer, table, again.clone(), WaitFor::Snapshot).await;
+        match wait {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded && attempt < 20 => {}
+            Err(s) => return Err(s.into()),
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Upserts JSON `lines` into `table`, answered once `wait_for` holds.
+pub async fn upsert_lines(
+    writer: &mut WriteServiceClient<tonic::transport::Channel>,
+    table: &str,
+    lines: String,
+    wait_for: WaitFor,
+) -> Result<WriteResponse, tonic::Status> {
+    writer
+        .write(WriteRequest {
+            table: table.into(),
+            op: WriteOp::Upsert as i32,
+            format: RowFormat::JsonLines as i32,
+            rows: lines.into_bytes(),
+            wait_for: wait_for as i32,
+            request_id: String::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
