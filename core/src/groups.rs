@@ -125,6 +125,15 @@ pub struct MemberRow {
     pub expires_ms: i64,
 }
 
+/// A group's generation with its members, as one consistent view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    /// The group's generation.
+    pub generation: i64,
+    /// Its member rows at that generation, sorted by id.
+    pub members: Vec<MemberRow>,
+}
+
 /// A committed position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -489,6 +498,24 @@ impl GroupStore {
                 },
             )
             .collect())
+    }
+
+    /// The group's generation and members for a description (old way, to reproduce the race).
+    pub async fn state(&self, key: &GroupKey) -> Result<Option<GroupState>> {
+        let Some(generation) = self.generation(key).await? else {
+            return Ok(None);
+        };
+        let now = self.now_ms().await?;
+        let members = self
+            .members(key)
+            .await?
+            .into_iter()
+            .filter(|m| m.expires_ms > now)
+            .collect();
+        Ok(Some(GroupState {
+            generation,
+            members,
+        }))
     }
 
     /// The partitions of `mine` that another live member's row still lists (its owner has not

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{Fenced, GroupKey, GroupStore, Heartbeat, assign_partitions};
+use super::{Fenced, GroupKey, GroupState, GroupStore, Heartbeat, assign_partitions};
 use crate::catalog::CatalogConfig;
 
 async fn store(dir: &std::path::Path) -> GroupStore {
@@ -262,4 +262,106 @@ async fn generations_fence_commits_and_partitions_wait_for_their_previous_owner(
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].table_name, "ns.t");
     assert!(s.groups(Some("uuid-2")).await.unwrap().is_empty());
+}
+
+/// The model's check of a group view: when every listed member has synced to the view's
+/// generation (the group looks settled), their partitions are every partition, each once.
+fn check_settled_view(partitions: u32, state: &GroupState) {
+    if state.members.is_empty()
+        || state
+            .members
+            .iter()
+            .any(|m| m.generation != state.generation)
+    {
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for m in &state.members {
+        for p in &m.partitions {
+            assert!(seen.insert(*p), "partition {p} listed twice: {state:?}");
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..partitions).collect(),
+        "a settled view leaves partitions to nobody: {state:?}"
+    );
+}
+
+/// The race of the two-node test: a member joined and synced, then its stream was cancelled
+/// before it started (no leave) and its node stopped renewing it. Once its row expires, and
+/// before any heartbeat sweeps it, a description must not show the others settled at the
+/// generation whose assignment still gave the expired member its partitions.
+#[tokio::test]
+async fn an_expired_member_is_not_hidden_at_the_generation_that_counts_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(dir.path()).await;
+    let key = GroupKey {
+        table_uuid: "uuid-1".into(),
+        group: "billing".into(),
+    };
+    let long = Duration::from_secs(60);
+    let short = Duration::from_millis(300);
+    s.join(&key, "ns.t", "a", "sa", "node-1", long, 6)
+        .await
+        .unwrap();
+    s.join(&key, "ns.t", "b", "sb", "node-2", short, 6)
+        .await
+        .unwrap();
+    s.join(&key, "ns.t", "c", "sc", "node-1", long, 6)
+        .await
+        .unwrap();
+    // a and b reconnect after the rebalances: everyone is at the group's generation.
+    s.join(&key, "ns.t", "a", "sa", "node-1", long, 6)
+        .await
+        .unwrap();
+    s.join(&key, "ns.t", "b", "sb", "node-2", short, 6)
+        .await
+        .unwrap();
+    let settled = s.state(&key).await.unwrap().expect("the group exists");
+    assert_eq!(
+        settled
+            .members
+            .iter()
+            .map(|m| (m.member.as_str(), m.generation))
+            .collect::<Vec<_>>(),
+        [
+            ("a", settled.generation),
+            ("b", settled.generation),
+            ("c", settled.generation)
+        ]
+    );
+    check_settled_view(6, &settled);
+
+    // b's node stops renewing it; nobody heartbeats before the description.
+    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    let view = s.state(&key).await.unwrap().expect("the group exists");
+    check_settled_view(6, &view);
+    let listed: Vec<&str> = view.members.iter().map(|m| m.member.as_str()).collect();
+    if listed.contains(&"b") {
+        assert_eq!(view.generation, settled.generation, "{view:?}");
+    } else {
+        assert!(
+            view.generation > settled.generation,
+            "b is gone but the generation that counted it is shown: {view:?}"
+        );
+    }
+
+    // a and c sync to the generation without b: settled on all six partitions.
+    s.join(&key, "ns.t", "a", "sa", "node-1", long, 6)
+        .await
+        .unwrap();
+    s.join(&key, "ns.t", "c", "sc", "node-1", long, 6)
+        .await
+        .unwrap();
+    let after = s.state(&key).await.unwrap().expect("the group exists");
+    assert_eq!(
+        after
+            .members
+            .iter()
+            .map(|m| (m.member.as_str(), m.generation))
+            .collect::<Vec<_>>(),
+        [("a", after.generation), ("c", after.generation)]
+    );
+    check_settled_view(6, &after);
 }
