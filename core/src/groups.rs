@@ -225,15 +225,6 @@ impl GroupStore {
             .placeholders(&text.replace("{now}", db_now(self.dialect)))
     }
 
-    async fn bump(&self, key: &GroupKey) -> Result<()> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db("start a new generation of a consumer group"))?;
-        self.bump_on(&mut conn, key).await
-    }
-
     async fn bump_on(&self, conn: &mut sqlx::AnyConnection, key: &GroupKey) -> Result<()> {
         sqlx::query(&self.sql(
             "UPDATE unitable_consumer_groups SET generation = generation + 1 \
@@ -315,6 +306,13 @@ impl GroupStore {
         .await
         .map_err(db("create a consumer group"))?;
         self.sweep(key).await?;
+        // A new member and the generation it starts land together: no one reads the group
+        // with the member but at the generation before it (whose assignment left it out).
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("add a consumer group member"))?;
         let inserted = sqlx::query(&self.sql(
             "INSERT INTO unitable_consumer_group_members (table_uuid, group_name, member_id, session_id, \
              node_id, generation, partitions, expires_ms) \
@@ -327,11 +325,11 @@ impl GroupStore {
         .bind(session)
         .bind(node)
         .bind(ttl)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db("add a consumer group member"))?;
         if inserted.rows_affected() == 1 {
-            self.bump(key).await?;
+            self.bump_on(&mut tx, key).await?;
         } else {
             sqlx::query(&self.sql(
                 "UPDATE unitable_consumer_group_members SET session_id = $1, node_id = $2, \
@@ -344,20 +342,26 @@ impl GroupStore {
             .bind(key.table_uuid.as_str())
             .bind(key.group.as_str())
             .bind(member)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db("renew a consumer group member"))?;
         }
+        tx.commit()
+            .await
+            .map_err(db("add a consumer group member"))?;
         // Sync: the assignment at the current generation, written only if the generation did
         // not move meanwhile (then compute it again).
         loop {
-            let generation = self.generation(key).await?.unwrap_or(0);
-            let members: Vec<String> = self
-                .members(key)
+            // The generation and the members it counts, from one statement.
+            let state = self
+                .snapshot(key)
                 .await?
-                .into_iter()
-                .map(|m| m.member)
-                .collect();
+                .ok_or_else(|| Error::GroupDatabase {
+                    operation: "sync a consumer group member",
+                    reason: format!("the group `{}` vanished while joining it", key.group),
+                })?;
+            let generation = state.generation;
+            let members: Vec<String> = state.members.into_iter().map(|m| m.member).collect();
             let mine = assign_partitions(partitions, &members)
                 .remove(member)
                 .unwrap_or_default();
@@ -500,22 +504,58 @@ impl GroupStore {
             .collect())
     }
 
-    /// The group's generation and members for a description (old way, to reproduce the race).
-    pub async fn state(&self, key: &GroupKey) -> Result<Option<GroupState>> {
-        let Some(generation) = self.generation(key).await? else {
+    /// The group's generation and its member rows, read in one statement so both belong to
+    /// the same state of the group (every change of the members moves the generation in the
+    /// same transaction). Expired members not swept yet are listed: they count in the
+    /// generation until a sweep removes them and starts the next. `None` for no such group.
+    async fn snapshot(&self, key: &GroupKey) -> Result<Option<GroupState>> {
+        type Row = (
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(&self.sql(
+            "SELECT g.generation, m.member_id, m.node_id, m.generation, m.partitions, \
+             m.expires_ms FROM unitable_consumer_groups g \
+             LEFT JOIN unitable_consumer_group_members m \
+             ON m.table_uuid = g.table_uuid AND m.group_name = g.group_name \
+             WHERE g.table_uuid = $1 AND g.group_name = $2 ORDER BY m.member_id",
+        ))
+        .bind(key.table_uuid.as_str())
+        .bind(key.group.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read a consumer group's generation and members"))?;
+        let Some(generation) = rows.first().map(|r| r.0) else {
             return Ok(None);
         };
-        let now = self.now_ms().await?;
-        let members = self
-            .members(key)
-            .await?
+        let members = rows
             .into_iter()
-            .filter(|m| m.expires_ms > now)
+            .filter_map(|(_, member, node, generation, partitions, expires_ms)| {
+                Some(MemberRow {
+                    member: member?,
+                    node: node?,
+                    generation: generation?,
+                    partitions: decode_partitions(&partitions?),
+                    expires_ms: expires_ms?,
+                })
+            })
             .collect();
         Ok(Some(GroupState {
             generation,
             members,
         }))
+    }
+
+    /// The group's generation and members as one consistent view, after removing expired
+    /// members (which starts a new generation, as a member's heartbeat would): what a
+    /// description shows. `None` for no such group.
+    pub async fn state(&self, key: &GroupKey) -> Result<Option<GroupState>> {
+        self.sweep(key).await?;
+        self.snapshot(key).await
     }
 
     /// The partitions of `mine` that another live member's row still lists (its owner has not
@@ -666,15 +706,6 @@ impl GroupStore {
                 generation,
             })
             .collect())
-    }
-
-    /// The database's clock now (ms since the Unix epoch), to compare expiries against.
-    pub async fn now_ms(&self) -> Result<i64> {
-        let (now,): (i64,) = sqlx::query_as(&self.sql("SELECT {now}"))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("read the database clock"))?;
-        Ok(now)
     }
 }
 

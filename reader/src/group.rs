@@ -83,7 +83,8 @@ pub struct GroupDescription {
     pub group: String,
     /// Its generation.
     pub generation: i64,
-    /// Its live members (id, node, generation synced at, partitions).
+    /// Its members at `generation` (id, node, generation synced at, partitions); expired
+    /// members are removed, starting a new generation, before the group is read.
     pub members: Vec<MemberDescription>,
     /// Per partition of the table.
     pub partitions: Vec<PartitionDescription>,
@@ -115,7 +116,7 @@ pub struct PartitionDescription {
     pub high: i64,
     /// `high` minus the committed position (or minus the earliest kept offset without one).
     pub lag: i64,
-    /// The live member whose current row lists the partition.
+    /// The member whose row lists the partition (the most recently synced one if two do).
     pub owner: Option<String>,
 }
 
@@ -188,6 +189,20 @@ impl Reader {
         let partitions = def.changelog.partitions;
         let store = &settings.store;
         let table = read.table.to_string();
+        // The member's session from before it joins: if this call ends before the stream is
+        // handed out (an error, or the client gives up while we wait for partitions and the
+        // call is dropped), dropping the session leaves the group at once, instead of keeping
+        // the member's row and its partitions until it expires.
+        let mut member_session = Session {
+            settings: settings.clone(),
+            key: key.clone(),
+            member: member.clone(),
+            session,
+            generation: -1,
+            partitions: Vec::new(),
+            auto_commit: group.auto_commit,
+            keep: false,
+        };
         // Join, then wait until no other live member lists our partitions; a new generation
         // meanwhile means joining again.
         let joined = 'join: loop {
@@ -196,12 +211,13 @@ impl Reader {
                     &key,
                     &table,
                     &member,
-                    &session,
+                    &member_session.session,
                     &settings.node,
                     settings.session,
                     partitions,
                 )
                 .await?;
+            debug!(group = %key.group, %member, generation = joined.generation, partitions = ?joined.partitions, "joined the consumer group");
             loop {
                 let contended = store.contended(&key, &member, &joined.partitions).await?;
                 if contended.is_empty() {
@@ -210,7 +226,13 @@ impl Reader {
                 debug!(group = %key.group, %member, ?contended, "waiting for partitions to be released");
                 tokio::time::sleep(settings.tick()).await;
                 match store
-                    .heartbeat(&key, &member, &session, joined.generation, settings.session)
+                    .heartbeat(
+                        &key,
+                        &member,
+                        &member_session.session,
+                        joined.generation,
+                        settings.session,
+                    )
                     .await?
                 {
                     Heartbeat::Steady => {}
@@ -224,27 +246,11 @@ impl Reader {
                 }
             }
         };
-        let started = self.start_assigned(read, &key, &joined.partitions).await;
-        let stream = match started {
-            Ok(s) => s,
-            Err(e) => {
-                // Give the partitions back at once rather than after the session.
-                let _ = store.leave(&key, &member, &session).await;
-                return Err(e);
-            }
-        };
+        let stream = self.start_assigned(read, &key, &joined.partitions).await?;
         metrics::counter!("unitable_consumer_group_joins_total", "table" => table.clone(), "group" => key.group.clone())
             .increment(1);
-        let member_session = Session {
-            settings: settings.clone(),
-            key,
-            member: member.clone(),
-            session,
-            generation: joined.generation,
-            partitions: joined.partitions.clone(),
-            auto_commit: group.auto_commit,
-            keep: false,
-        };
+        member_session.generation = joined.generation;
+        member_session.partitions = joined.partitions.clone();
         let changes = watch(stream.changes, member_session);
         Ok(GroupStream {
             member,
@@ -366,7 +372,6 @@ impl Reader {
             def.changelog.partitions,
         )
         .await?;
-        let now = settings.store.now_ms().await?;
         let mut out = Vec::new();
         for row in rows {
             if group.is_some_and(|g| g != row.group) {
@@ -376,12 +381,14 @@ impl Reader {
                 table_uuid: uuid.clone(),
                 group: row.group.clone(),
             };
-            let members: Vec<MemberDescription> = settings
-                .store
-                .members(&key)
-                .await?
+            // The generation and the members it counts, as one view (expired members removed
+            // first): never members of one state of the group beside the generation of another.
+            let Some(state) = settings.store.state(&key).await? else {
+                continue;
+            };
+            let members: Vec<MemberDescription> = state
+                .members
                 .into_iter()
-                .filter(|m| m.expires_ms > now)
                 .map(|m| MemberDescription {
                     member: m.member,
                     node: m.node,
@@ -412,7 +419,7 @@ impl Reader {
             }
             out.push(GroupDescription {
                 group: row.group,
-                generation: row.generation,
+                generation: state.generation,
                 members,
                 partitions,
                 lag_records,
@@ -516,8 +523,9 @@ impl Drop for Session {
         let session = std::mem::take(&mut self.session);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = store.leave(&key, &member, &session).await {
-                    warn!(group = %key.group, %member, "cannot leave the consumer group (the member expires instead): {e}");
+                match store.leave(&key, &member, &session).await {
+                    Ok(()) => debug!(group = %key.group, %member, "left the consumer group"),
+                    Err(e) => warn!(group = %key.group, %member, "cannot leave the consumer group (the member expires instead): {e}"),
                 }
             });
         }
@@ -625,3 +633,6 @@ fn watch(changes: ChangeBatches, session: Session) -> ChangeBatches {
         }
     }))
 }
+
+#[cfg(test)]
+mod tests;
