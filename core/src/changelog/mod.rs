@@ -50,7 +50,9 @@ pub struct StoredRecord {
     pub record: ChangeRecord,
 }
 
-/// The offsets an append was given: `first..=last`.
+/// The offsets an append was given: its records are in `first..=last`, in order. With one
+/// writing process they are exactly that range; with several (Kafka, several serve nodes)
+/// other processes' records may lie in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendedRange {
     /// Offset of the first appended record.

@@ -13,11 +13,13 @@
 //! - **Order and no duplicates from retries**: one idempotent producer
 //!   (`enable.idempotence=true`) per changelog; the broker drops a retried batch it already
 //!   has, and a partition's records keep their enqueue order through retries.
-//! - **Contiguous batches**: a batch's records are enqueued back to back under a per-partition
-//!   lock, so concurrent appends to one partition do not interleave, and the offsets of every
-//!   delivered batch are checked to be consecutive. If they are not (some other producer wrote
-//!   into the partition in between), the append fails with [`ChangelogError::Corrupt`] instead
-//!   of returning a false range: each partition must have one writing process.
+//! - **Batches in order**: a batch's records are enqueued back to back under a per-partition
+//!   lock, so concurrent appends to one partition through one changelog do not interleave and
+//!   land at consecutive offsets. Other processes (every serve node accepts writes for every
+//!   table) produce into the same partitions, so their records may land between a batch's;
+//!   the returned range is then the first and last offset of the batch, spanning them. The
+//!   delivery reports are checked to be in the batch's partition at increasing offsets; if not,
+//!   the append fails with [`ChangelogError::Corrupt`] instead of returning a false range.
 //! - **Bounded waits**: every network operation is bounded by
 //!   [`KafkaConfig::request_timeout`]; an unreachable cluster yields a retryable
 //!   [`ChangelogError::Unavailable`], never a hang. Blocking librdkafka calls run on tokio's

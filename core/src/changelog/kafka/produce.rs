@@ -97,7 +97,8 @@ impl Appender {
         {
             // librdkafka keeps a partition's records in enqueue order, and the idempotent
             // producer keeps that order through retries. So a batch enqueued without another
-            // batch's records in between lands at contiguous offsets.
+            // batch of this process in between lands in order, and at consecutive offsets
+            // unless another process produced into the partition meanwhile.
             let _batch = lock.lock().await;
             'records: for record in records {
                 let mut message = to_message(topic.as_str(), p, record);
@@ -149,7 +150,7 @@ impl Appender {
             self.recover_if_fatal(generation, &producer);
             return Err(self.describe(failure, topic, partition, records.len(), offsets.len()));
         }
-        contiguous(topic, partition, &offsets)
+        in_order(topic, partition, &offsets)
     }
 
     fn describe(
@@ -247,32 +248,42 @@ fn to_message<'a>(
     message
 }
 
-/// The batch's range, if its records landed in `partition` at consecutive offsets. Otherwise
-/// something else wrote into the partition between them (another producer: each partition must
-/// have one writer), and the batch is reported as damaged rather than given a false range.
-fn contiguous(
+/// The batch's range: the offsets of its first and last record. Records of other producers
+/// (other serve nodes writing the same table) may lie between them: every node accepts writes
+/// for every table, so a partition has as many producers as nodes. What must hold is what one
+/// idempotent producer guarantees: every record in `partition`, at increasing offsets, in the
+/// order sent. Anything else is reported as damage rather than given a false range.
+fn in_order(
     topic: &TopicName,
     partition: PartitionId,
     delivered: &[(i32, i64)],
 ) -> ChangelogResult<AppendedRange> {
-    let Some(&(_, first)) = delivered.first() else {
+    let (Some(&(_, first)), Some(&(_, last))) = (delivered.first(), delivered.last()) else {
         return Err(unavailable(format!(
             "append to `{topic}` partition {partition}: no delivery reports"
         )));
     };
-    let expected = (first..).map(|o| (partition.0 as i32, o));
-    if delivered.iter().copied().ne(expected.take(delivered.len())) {
+    let wrong_partition = delivered.iter().any(|(p, _)| *p != partition.0 as i32);
+    let out_of_order = delivered.windows(2).any(|w| w[1].1 <= w[0].1);
+    if wrong_partition || out_of_order {
         return Err(ChangelogError::Corrupt {
             location: format!("{topic}/{partition}"),
             reason: format!(
-                "a batch of {} records was written at non-contiguous offsets {:?}; is another \
-                 producer writing to this partition?",
+                "a batch of {} records was delivered {}: {:?}",
                 delivered.len(),
+                if wrong_partition {
+                    "to another partition"
+                } else {
+                    "out of order"
+                },
                 delivered
             ),
         });
     }
-    Ok(AppendedRange::of_batch(Offset(first), delivered.len()))
+    Ok(AppendedRange {
+        first: Offset(first),
+        last: Offset(last),
+    })
 }
 
 #[cfg(test)]
@@ -286,17 +297,24 @@ mod tests {
     use crate::changelog::conformance::record;
 
     #[test]
-    fn contiguity_is_checked() {
+    fn delivery_order_is_checked() {
         let t = TopicName::new("t");
         let p = PartitionId(2);
-        let r = contiguous(&t, p, &[(2, 7), (2, 8), (2, 9)]).expect("contiguous");
+        let r = in_order(&t, p, &[(2, 7), (2, 8), (2, 9)]).expect("in order");
         assert_eq!((r.first, r.last), (Offset(7), Offset(9)));
+        // Another node's records between ours: the range spans them.
+        let r = in_order(&t, p, &[(2, 7), (2, 11), (2, 12)]).expect("interleaved");
+        assert_eq!((r.first, r.last), (Offset(7), Offset(12)));
+        for bad in [
+            &[(2, 7), (2, 7)][..],
+            &[(2, 9), (2, 8)],
+            &[(2, 7), (1, 8)],
+            &[],
+        ] {
+            assert!(in_order(&t, p, bad).is_err(), "{bad:?}");
+        }
         assert!(matches!(
-            contiguous(&t, p, &[(2, 7), (2, 9)]),
-            Err(ChangelogError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            contiguous(&t, p, &[(2, 7), (1, 8)]),
+            in_order(&t, p, &[(2, 9), (2, 8)]),
             Err(ChangelogError::Corrupt { .. })
         ));
     }
