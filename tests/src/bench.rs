@@ -1,9 +1,14 @@
 //! Shared by the bench binaries: a key-value table (`id int64` key, `v string`, `n int64`)
 //! loaded through the Write API, and the resident memory of a process.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
+use unitable_core::catalog::{CatalogConfig, TableCatalog};
+use unitable_core::commit::read::anchored_offsets;
+use unitable_core::offsets::PartitionOffsets;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
@@ -132,4 +137,47 @@ pub async fn upsert_lines(
         })
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// The tables of `written` (the last acknowledged offset per partition, inclusive) whose newest
+/// snapshot in the embedded catalog under `data` does not yet cover it.
+pub async fn uncommitted(
+    data: &Path,
+    written: &BTreeMap<String, PartitionOffsets>,
+) -> Result<Vec<String>> {
+    let catalog = TableCatalog::open(CatalogConfig::embedded(data)).await?;
+    let mut behind = Vec::new();
+    for (table, offsets) in written {
+        let t = catalog.load(&table.parse()?).await?;
+        let anchored = t
+            .metadata()
+            .current_snapshot_id()
+            .map(|id| anchored_offsets(t.metadata(), id))
+            .unwrap_or_default();
+        // Anchored offsets are exclusive ends.
+        if offsets.0.iter().any(|(p, o)| anchored.get(*p).0 <= o.0) {
+            behind.push(table.clone());
+        }
+    }
+    Ok(behind)
+}
+
+/// Waits until every table of `written` is covered by its newest snapshot (see
+/// [`uncommitted`]); returns how long that took.
+pub async fn wait_committed(
+    data: &Path,
+    written: &BTreeMap<String, PartitionOffsets>,
+    timeout: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let behind = uncommitted(data, written).await?;
+        if behind.is_empty() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() >= timeout {
+            bail!("not committed within {timeout:?}: {behind:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use support::{create_kv_table_as, kv_line, scan_kv_table, write_lines_to};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_core::commit::read::anchored_offsets;
 use unitable_core::lease::{LeaseHolder, LeaseStore};
 use unitable_core::naming::{props, summary};
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_proto::v1::WriteOp;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
-use unitable_tests::{Kafka, Service};
+use unitable_tests::{Kafka, Service, bench};
 
 type Client = WriteServiceClient<tonic::transport::Channel>;
 
@@ -124,40 +123,8 @@ impl Model {
     }
 }
 
-/// The tables whose newest snapshot does not yet cover what was written to them.
-async fn uncommitted(data: &Path, model: &Model) -> Result<Vec<String>> {
-    let catalog = TableCatalog::open(CatalogConfig::embedded(data)).await?;
-    let mut behind = Vec::new();
-    for table in &model.tables {
-        let t = catalog.load(&table.parse()?).await?;
-        let anchored = t
-            .metadata()
-            .current_snapshot_id()
-            .map(|id| anchored_offsets(t.metadata(), id))
-            .unwrap_or_default();
-        let Some(written) = model.written.get(table) else {
-            continue;
-        };
-        // Anchored offsets are exclusive ends.
-        if written.0.iter().any(|(p, o)| anchored.get(*p).0 <= o.0) {
-            behind.push(table.clone());
-        }
-    }
-    Ok(behind)
-}
-
 async fn wait_committed(data: &Path, model: &Model, timeout: Duration) -> Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let behind = uncommitted(data, model).await?;
-        if behind.is_empty() {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() >= timeout {
-            bail!("not committed within {timeout:?}: {behind:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bench::wait_committed(data, &model.written, timeout).await
 }
 
 async fn check_tables(data: &Path, model: &Model) -> Result<()> {

@@ -23,15 +23,13 @@
 //! but no CPU.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_core::commit::read::anchored_offsets;
 use unitable_core::lease::LeaseStore;
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_proto::v1::WaitFor;
@@ -154,34 +152,6 @@ fn merge(into: &mut Written, from: Written) {
     }
 }
 
-/// Waits until every table's newest snapshot covers `written`.
-async fn wait_committed(data: &Path, written: &Written, timeout: Duration) -> Result<Duration> {
-    let started = Instant::now();
-    let catalog = TableCatalog::open(CatalogConfig::embedded(data)).await?;
-    loop {
-        let mut behind = Vec::new();
-        for (table, offsets) in written {
-            let t = catalog.load(&table.parse()?).await?;
-            let anchored = t
-                .metadata()
-                .current_snapshot_id()
-                .map(|id| anchored_offsets(t.metadata(), id))
-                .unwrap_or_default();
-            // Anchored offsets are exclusive ends.
-            if offsets.0.iter().any(|(p, o)| anchored.get(*p).0 <= o.0) {
-                behind.push(table.clone());
-            }
-        }
-        if behind.is_empty() {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() >= timeout {
-            bail!("not committed within {timeout:?}: {behind:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Starts `writers` clients per node; they run until the returned flag is set.
 fn start_load(
     nodes: &[Service],
@@ -245,7 +215,8 @@ async fn throughput(kafka: &Kafka, count: usize, args: &Args) -> Result<Throughp
     let (acked, written) = stop_load(&stop, tasks).await?;
     let load = started.elapsed();
     eprintln!("{count} node(s): {acked} rows acknowledged; waiting for the commits");
-    let drain = wait_committed(&nodes[0].data_dir(), &written, Duration::from_secs(300)).await?;
+    let drain =
+        bench::wait_committed(&nodes[0].data_dir(), &written, Duration::from_secs(300)).await?;
     Ok(Throughput {
         nodes: count,
         acked,
