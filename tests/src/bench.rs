@@ -140,12 +140,11 @@ pub async fn upsert_lines(
 }
 
 /// The tables of `written` (the last acknowledged offset per partition, inclusive) whose newest
-/// snapshot in the embedded catalog under `data` does not yet cover it.
+/// snapshot in `catalog` does not yet cover it.
 pub async fn uncommitted(
-    data: &Path,
+    catalog: &TableCatalog,
     written: &BTreeMap<String, PartitionOffsets>,
 ) -> Result<Vec<String>> {
-    let catalog = TableCatalog::open(CatalogConfig::embedded(data)).await?;
     let mut behind = Vec::new();
     for (table, offsets) in written {
         let t = catalog.load(&table.parse()?).await?;
@@ -170,8 +169,9 @@ pub async fn wait_committed(
     timeout: Duration,
 ) -> Result<Duration> {
     let started = Instant::now();
+    let catalog = TableCatalog::open(CatalogConfig::embedded(data)).await?;
     loop {
-        let behind = uncommitted(data, written).await?;
+        let behind = uncommitted(&catalog, written).await?;
         if behind.is_empty() {
             return Ok(started.elapsed());
         }
