@@ -71,6 +71,18 @@ pub fn file_io(props: HashMap<String, String>) -> FileIO {
         .build()
 }
 
+/// The local file a `file:` or bare absolute location names; `None` for any other scheme
+/// (and for relative local paths, which no warehouse uses).
+pub fn local_path(location: &str) -> Option<std::path::PathBuf> {
+    if !(location.starts_with('/') || location.starts_with("file:")) {
+        return None;
+    }
+    let raw = location.strip_prefix("file://").unwrap_or(location);
+    let raw = raw.strip_prefix("file:").unwrap_or(raw);
+    let path = std::path::PathBuf::from(raw);
+    path.is_absolute().then_some(path)
+}
+
 /// iceberg `Storage` over object_store (see the module docs for the schemes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectStoreStorage {
@@ -143,12 +155,9 @@ impl ObjectStoreStorage {
             )
         };
         if location.starts_with('/') || location.starts_with("file:") {
-            let raw = location.strip_prefix("file://").unwrap_or(location);
-            let raw = raw.strip_prefix("file:").unwrap_or(raw);
-            let fs_path = std::path::PathBuf::from(raw);
-            if !fs_path.is_absolute() {
+            let Some(fs_path) = local_path(location) else {
                 return Err(bad("local paths must be absolute"));
-            }
+            };
             let path =
                 ObjectPath::from_absolute_path(&fs_path).map_err(|e| io_error(location, e))?;
             let store = self.client("file", || Ok(Arc::new(LocalFileSystem::new())))?;

@@ -89,7 +89,16 @@ impl Reader {
     /// least recently used tables' states are dropped (rebuilt on their next lookup), and a
     /// table whose state alone is larger fails with [`ReadError::LookupMemory`].
     pub fn with_lookup_memory_limit(mut self, bytes: usize) -> Self {
-        self.lookups = Arc::new(lookup::LookupCache::with_limit(bytes));
+        self.lookups = Arc::new(lookup::LookupCache::new(bytes, self.lookups.blocks_bytes()));
+        self
+    }
+
+    /// The same reader with LOOKUP keeping at most `bytes` of decoded data-file rows (blocks
+    /// of rows around those looked up, every table together;
+    /// [`lookup::DEFAULT_BLOCK_CACHE_BYTES`] by default), least recently useful first out.
+    /// 0 decodes every lookup's rows from the files.
+    pub fn with_lookup_cache(mut self, bytes: u64) -> Self {
+        self.lookups = Arc::new(lookup::LookupCache::new(self.lookups.limit(), bytes));
         self
     }
 }

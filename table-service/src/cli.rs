@@ -471,6 +471,14 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_LOOKUP_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_bytes)]
     pub lookup_memory_limit: usize,
 
+    /// Memory LOOKUP may keep of decoded data-file rows, all tables together, e.g. 256MiB,
+    /// 4GiB; 0 turns the cache off. A lookup decodes the block of rows around each key it reads
+    /// from a data file (one Parquet page per column) and keeps it here, so later lookups of
+    /// keys in the same block are served from memory. Hits and misses are in /metrics
+    /// (unitable_lookup_cache_hits_total, unitable_lookup_cache_misses_total).
+    #[arg(long, env = "UNITABLE_LOOKUP_CACHE_MEMORY", default_value = "512MiB", value_parser = parse_bytes)]
+    pub lookup_cache_memory: usize,
+
     /// Memory the committer's primary-key index of each table may keep (a limit per table),
     /// e.g. 512MiB, 2GiB. Past it the index spills sorted runs to --index-spill-dir and reads
     /// them back one 4 KiB block per lookup. Default: no limit (about 60-70 bytes per key in

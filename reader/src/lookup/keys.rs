@@ -19,6 +19,19 @@ pub enum LookupKeys {
     Arrow(Vec<RecordBatch>),
 }
 
+impl LookupKeys {
+    /// How many keys the request holds (lines with content, or rows).
+    pub fn count(&self) -> usize {
+        match self {
+            LookupKeys::JsonLines(lines) => lines
+                .split(|b| *b == b'\n')
+                .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+                .count(),
+            LookupKeys::Arrow(batches) => batches.iter().map(RecordBatch::num_rows).sum(),
+        }
+    }
+}
+
 fn too_many(n: usize) -> ReadError {
     ReadError::BadRequest {
         reason: format!("{n} keys asked for; a lookup takes at most {MAX_KEYS}: split the request"),

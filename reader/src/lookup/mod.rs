@@ -27,6 +27,7 @@ mod state;
 mod tail;
 
 pub use keys::{LookupKeys, MAX_KEYS};
+pub use rows::DEFAULT_BLOCK_CACHE_BYTES;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -83,6 +84,10 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 2 << 30;
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
 /// Counter of lookup states dropped to stay within the memory limit, by table.
 const LOOKUP_EVICTIONS: &str = "unitable_lookup_evictions_total";
+/// Histogram of LOOKUP latency in seconds, by table.
+const LOOKUP_SECONDS: &str = "unitable_lookup_seconds";
+/// Histogram of keys per LOOKUP request, by table.
+const LOOKUP_KEYS: &str = "unitable_lookup_keys";
 /// Gauge of the memory a table's lookup state holds (key index plus changelog tail).
 const LOOKUP_STATE_BYTES: &str = "unitable_lookup_state_bytes";
 
@@ -94,6 +99,9 @@ const LOOKUP_STATE_BYTES: &str = "unitable_lookup_state_bytes";
 pub(crate) struct LookupCache {
     tables: std::sync::Mutex<HashMap<TableName, Arc<Slot>>>,
     limit: usize,
+    /// Decoded row blocks of every table's data files.
+    blocks: Arc<rows::BlockCache>,
+    blocks_bytes: u64,
     /// The clock of [`Slot::used_ms`].
     epoch: std::time::Instant,
 }
@@ -110,17 +118,28 @@ struct Slot {
 
 impl Default for LookupCache {
     fn default() -> Self {
-        Self::with_limit(DEFAULT_MEMORY_LIMIT)
+        Self::new(DEFAULT_MEMORY_LIMIT, DEFAULT_BLOCK_CACHE_BYTES)
     }
 }
 
 impl LookupCache {
-    pub(crate) fn with_limit(limit: usize) -> Self {
+    /// States within `limit` bytes; decoded rows within `blocks_bytes` more.
+    pub(crate) fn new(limit: usize, blocks_bytes: u64) -> Self {
         Self {
             tables: std::sync::Mutex::default(),
             limit: limit.max(1),
+            blocks: Arc::new(rows::BlockCache::new(blocks_bytes)),
+            blocks_bytes,
             epoch: std::time::Instant::now(),
         }
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub(crate) fn blocks_bytes(&self) -> u64 {
+        self.blocks_bytes
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, Arc<Slot>>> {
@@ -194,9 +213,21 @@ impl LookupCache {
 impl Reader {
     /// Answers a LOOKUP.
     pub async fn lookup(&self, request: &LookupRequest) -> ReadResult<LookupResponse> {
-        if let Some(selector) = request.snapshot {
-            return self.lookup_in_snapshot(request, selector).await;
-        }
+        let started = std::time::Instant::now();
+        let answer = if let Some(selector) = request.snapshot {
+            self.lookup_in_snapshot(request, selector).await
+        } else {
+            self.lookup_fresh(request).await
+        };
+        let table = request.table.to_string();
+        metrics::histogram!(LOOKUP_SECONDS, "table" => table.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(LOOKUP_KEYS, "table" => table).record(request.keys.count() as f64);
+        answer
+    }
+
+    /// A FRESH lookup, from the table's lookup state.
+    async fn lookup_fresh(&self, request: &LookupRequest) -> ReadResult<LookupResponse> {
         let (slot, state) = self.lookup_state(&request.table).await?;
         let answer = match fresh_lookup(&state, request).await {
             // A data file may have been expired under the base: start over from the table's
@@ -231,6 +262,7 @@ impl Reader {
                     &loaded,
                     self.catalog.clone(),
                     self.changelog.clone(),
+                    self.lookups.blocks.clone(),
                 )
                 .await?;
                 *held = Some(state.clone());

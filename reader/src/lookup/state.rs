@@ -25,7 +25,7 @@ use unitable_core::record::RecordCodec;
 use unitable_core::table::TableDef;
 
 use super::index::{FileId, KeyIndex, RowLocation};
-use super::rows::DataFiles;
+use super::rows::{BlockCache, DataFiles};
 use super::tail::{PartitionTail, follow};
 use crate::error::{ReadError, ReadResult};
 
@@ -145,6 +145,7 @@ impl TableLookup {
         table: &iceberg::table::Table,
         catalog: TableCatalog,
         changelog: Arc<dyn Changelog>,
+        blocks: Arc<BlockCache>,
     ) -> ReadResult<Arc<Self>> {
         let metadata = table.metadata();
         let def = TableDef::from_iceberg(name.clone(), metadata)?;
@@ -176,7 +177,7 @@ impl TableLookup {
             codec: codec.clone(),
             changelog: changelog.clone(),
             key_field_ids,
-            files: DataFiles::new(table.file_io().clone()),
+            files: DataFiles::new(table.file_io().clone(), blocks, name.to_string()),
             base: RwLock::new(base),
             tails: tails.clone(),
             tasks: Mutex::new(Vec::new()),

@@ -42,6 +42,20 @@ struct Args {
     /// Skip the Redis half.
     #[arg(long)]
     no_redis: bool,
+    /// Exponent of the hot-key workload (single-key requests, key ranks drawn from a Zipf
+    /// distribution); 0 skips it.
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
+    /// Passed to the server as --lookup-cache-memory (e.g. 0 to time lookups without the
+    /// decoded-row cache).
+    #[arg(long)]
+    cache: Option<String>,
+}
+
+/// One timed sequence of requests, run the same way against unitable and Redis.
+struct Workload {
+    name: &'static str,
+    requests: Vec<Vec<u64>>,
 }
 
 const TABLE: &str = "bench.lookup";
@@ -49,11 +63,32 @@ const TABLE: &str = "bench.lookup";
 struct Rng(u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        self.0 % n
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A uniform draw from (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A key of `n` whose rank follows Zipf's law with exponent `s` (> 0, != 1), by inverting
+    /// the continuous approximation of its CDF; ranks are spread over the key space by a
+    /// multiplication with a large odd number (a bijection when `n` is odd or a power of two
+    /// times an odd number not sharing its factors; collisions only merge ranks).
+    fn zipf(&mut self, n: u64, s: f64) -> u64 {
+        let u = self.unit();
+        let top = (n as f64).powf(1.0 - s);
+        let rank = ((top - 1.0) * u + 1.0).powf(1.0 / (1.0 - s)) as u64;
+        let rank = rank.clamp(1, n) - 1;
+        rank.wrapping_mul(0x9e37_79b9_7f4a_7c15 | 1) % n
     }
 }
 
@@ -162,7 +197,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-async fn bench_redis(args: &Args, keys1: &[u64], keys100: &[Vec<u64>]) -> Result<Vec<String>> {
+async fn bench_redis(args: &Args, workloads: &[Workload]) -> Result<Vec<String>> {
     let port = unitable_tests::free_port();
     let dir = tempfile::tempdir()?;
     let child = Command::new(&args.redis_server)
@@ -215,55 +250,62 @@ async fn bench_redis(args: &Args, keys1: &[u64], keys100: &[Vec<u64>]) -> Result
         from = to;
     }
     let loaded = started.elapsed();
-    let mut times = Vec::with_capacity(keys1.len());
-    for k in keys1 {
-        let mut out = Vec::new();
-        Redis::command(&mut out, &[b"GET", format!("row:{k}").as_bytes()]);
-        let t = Instant::now();
-        redis.send(&out).await?;
-        let found = redis.reply().await?;
-        times.push(t.elapsed());
-        ensure!(found == 1, "redis lost row:{k}");
-    }
-    let get = quantiles(times);
-    let mut times = Vec::with_capacity(keys100.len());
-    for keys in keys100 {
-        let names: Vec<String> = keys.iter().map(|k| format!("row:{k}")).collect();
-        let mut parts: Vec<&[u8]> = vec![b"MGET"];
-        parts.extend(names.iter().map(|n| n.as_bytes()));
-        let mut out = Vec::new();
-        Redis::command(&mut out, &parts);
-        let t = Instant::now();
-        redis.send(&out).await?;
-        let found = redis.reply().await?;
-        times.push(t.elapsed());
-        ensure!(found == keys.len(), "redis MGET found {found}");
-    }
-    let mget = quantiles(times);
     eprintln!("redis: loaded {} rows in {loaded:.1?}", args.rows);
-    Ok(vec![
-        format!(
-            "| Redis GET | 1 | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
-            keys1.len(),
-            get.0,
-            get.1,
-            get.2
-        ),
-        format!(
-            "| Redis MGET | 100 | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
-            keys100.len(),
-            mget.0,
-            mget.1,
-            mget.2
-        ),
-    ])
+    let mut lines = Vec::new();
+    for workload in workloads {
+        let mut times = Vec::with_capacity(workload.requests.len());
+        for keys in &workload.requests {
+            let names: Vec<String> = keys.iter().map(|k| format!("row:{k}")).collect();
+            let mut parts: Vec<&[u8]> = vec![if keys.len() == 1 { b"GET" } else { b"MGET" }];
+            parts.extend(names.iter().map(|n| n.as_bytes()));
+            let mut out = Vec::new();
+            Redis::command(&mut out, &parts);
+            let t = Instant::now();
+            redis.send(&out).await?;
+            let found = redis.reply().await?;
+            times.push(t.elapsed());
+            ensure!(found == keys.len(), "redis found {found} of {}", keys.len());
+        }
+        let verb = if workload.requests[0].len() == 1 { "GET" } else { "MGET" };
+        lines.push(row(&format!("Redis {verb}"), workload, times));
+    }
+    Ok(lines)
+}
+
+/// A Markdown row of the results table.
+fn row(who: &str, workload: &Workload, times: Vec<Duration>) -> String {
+    let (p50, p99, p999) = quantiles(times);
+    format!(
+        "| {who} | {} | {} | {} | {p50:.3} ms | {p99:.3} ms | {p999:.3} ms |",
+        workload.name,
+        workload.requests[0].len(),
+        workload.requests.len(),
+    )
+}
+
+/// The server's counter `name` summed over its labels, from /metrics.
+fn counter(service: &Service, name: &str) -> f64 {
+    let Ok(page) = service.http_get("/metrics") else {
+        return 0.0;
+    };
+    page.text()
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let service =
-        tokio::task::spawn_blocking(|| Service::start(&["--commit-interval", "1s"])).await??;
+    let mut flags = vec!["--commit-interval".to_string(), "1s".to_string()];
+    if let Some(cache) = &args.cache {
+        flags.extend(["--lookup-cache-memory".to_string(), cache.clone()]);
+    }
+    let service = tokio::task::spawn_blocking(move || {
+        Service::start(&flags.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await??;
     bench::create_kv_table(&service, TABLE, args.buckets).await?;
     let loaded = bench::load_kv(&service, TABLE, args.rows).await?;
     eprintln!(
@@ -289,49 +331,63 @@ async fn main() -> Result<()> {
     );
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let keys1: Vec<u64> = (0..args.samples).map(|_| rng.below(args.rows)).collect();
-    let keys100: Vec<Vec<u64>> = (0..args.samples / 10)
-        .map(|_| (0..100).map(|_| rng.below(args.rows)).collect())
-        .collect();
+    let mut workloads = vec![
+        Workload {
+            name: "uniform",
+            requests: (0..args.samples)
+                .map(|_| vec![rng.below(args.rows)])
+                .collect(),
+        },
+        Workload {
+            name: "uniform",
+            requests: (0..args.samples / 10)
+                .map(|_| (0..100).map(|_| rng.below(args.rows)).collect())
+                .collect(),
+        },
+    ];
+    if args.zipf > 0.0 {
+        workloads.push(Workload {
+            name: "zipf",
+            requests: (0..args.samples)
+                .map(|_| vec![rng.zipf(args.rows, args.zipf)])
+                .collect(),
+        });
+    }
     // Warm-up: footers and page indexes of every file get cached.
-    for k in keys1.iter().take(200) {
-        lookup(&mut reader, &[*k]).await?;
+    for keys in workloads[0].requests.iter().take(200) {
+        lookup(&mut reader, keys).await?;
     }
-    let mut times = Vec::with_capacity(keys1.len());
-    for k in &keys1 {
-        let t = Instant::now();
-        let found = lookup(&mut reader, &[*k]).await?;
-        times.push(t.elapsed());
-        ensure!(found == 1, "row {k} is missing");
+    println!("| Read | Keys | Keys/request | Requests | p50 | p99 | p99.9 |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut cache_lines = Vec::new();
+    for workload in &workloads {
+        let hits = counter(&service, "unitable_lookup_cache_hits_total");
+        let misses = counter(&service, "unitable_lookup_cache_misses_total");
+        let mut times = Vec::with_capacity(workload.requests.len());
+        for keys in &workload.requests {
+            let t = Instant::now();
+            let found = lookup(&mut reader, keys).await?;
+            times.push(t.elapsed());
+            ensure!(found == keys.len(), "found {found} of {}", keys.len());
+        }
+        println!("{}", row("unitable LOOKUP", workload, times));
+        let hits = counter(&service, "unitable_lookup_cache_hits_total") - hits;
+        let misses = counter(&service, "unitable_lookup_cache_misses_total") - misses;
+        cache_lines.push(format!(
+            "{} x{}: block cache {hits} hits, {misses} misses ({:.1}% hits)",
+            workload.name,
+            workload.requests[0].len(),
+            100.0 * hits / (hits + misses).max(1.0)
+        ));
     }
-    let one = quantiles(times);
-    let mut times = Vec::with_capacity(keys100.len());
-    for keys in &keys100 {
-        let t = Instant::now();
-        let found = lookup(&mut reader, keys).await?;
-        times.push(t.elapsed());
-        ensure!(found == 100, "found {found} of 100");
-    }
-    let hundred = quantiles(times);
-    println!("| Read | Keys/request | Requests | p50 | p99 | p99.9 |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| unitable LOOKUP | 1 | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
-        keys1.len(),
-        one.0,
-        one.1,
-        one.2
-    );
-    println!(
-        "| unitable LOOKUP | 100 | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
-        keys100.len(),
-        hundred.0,
-        hundred.1,
-        hundred.2
+    eprintln!(
+        "unitable: {}; server RSS {:?} MiB",
+        cache_lines.join("; "),
+        bench::rss_mib(pid)
     );
     drop(service);
     if !args.no_redis {
-        for line in bench_redis(&args, &keys1, &keys100).await? {
+        for line in bench_redis(&args, &workloads).await? {
             println!("{line}");
         }
     }

@@ -1,0 +1,173 @@
+//! Rows read through the block cache equal the rows written, for local and object-store
+//! files, with and without a cache, across row-group and block boundaries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use parquet::arrow::{ArrowWriter, PARQUET_FIELD_ID_META_KEY};
+use parquet::file::properties::WriterProperties;
+use unitable_core::storage::file_io;
+
+use super::{BlockCache, DataFiles};
+
+const ROWS: usize = 10_000;
+
+/// Row `i` of the test file: (id, text, n), `n` null for every seventh row.
+fn expected(i: usize) -> (i64, String, Option<i64>) {
+    let text = format!("{i}-{}", "x".repeat(i % 500));
+    (i as i64 * 3, text, (i % 7 != 0).then_some(i as i64 * 7))
+}
+
+fn field(name: &str, data_type: DataType, id: i32, nullable: bool) -> Field {
+    Field::new(name, data_type, nullable).with_metadata(HashMap::from([(
+        PARQUET_FIELD_ID_META_KEY.to_string(),
+        id.to_string(),
+    )]))
+}
+
+/// A Parquet file of [`ROWS`] rows with 3,000-row row groups and 1,000-row pages, so the
+/// ~1,024-row blocks of its ~250-byte rows straddle pages and row groups.
+fn parquet_file() -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        field("id", DataType::Int64, 1, false),
+        field("text", DataType::Utf8, 2, false),
+        field("n", DataType::Int64, 3, true),
+    ]));
+    let rows: Vec<_> = (0..ROWS).map(expected).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+            Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_size(3_000)
+        .set_data_page_row_count_limit(1_000)
+        .set_write_batch_size(1_000)
+        .set_dictionary_enabled(false)
+        .build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    out
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// Checks `batch` (columns by field id as asked) against [`expected`] at `positions`.
+fn check(batch: &RecordBatch, positions: &[u32], field_ids: &[i32]) {
+    assert_eq!(batch.num_rows(), positions.len());
+    let column = |id: i32| {
+        let at = batch
+            .schema()
+            .fields()
+            .iter()
+            .position(|f| f.metadata()[PARQUET_FIELD_ID_META_KEY] == id.to_string())
+            .unwrap_or_else(|| panic!("field {id} missing"));
+        batch.column(at).clone()
+    };
+    assert_eq!(batch.num_columns(), field_ids.len());
+    for (row, &pos) in positions.iter().enumerate() {
+        let (id, text, n) = expected(pos as usize);
+        if field_ids.contains(&1) {
+            let c = column(1);
+            let c = c.as_any().downcast_ref::<Int64Array>().unwrap();
+            assert_eq!(c.value(row), id, "id at position {pos}");
+        }
+        if field_ids.contains(&2) {
+            let c = column(2);
+            let c = c.as_any().downcast_ref::<StringArray>().unwrap();
+            assert_eq!(c.value(row), text, "text at position {pos}");
+        }
+        if field_ids.contains(&3) {
+            let c = column(3);
+            let c = c.as_any().downcast_ref::<Int64Array>().unwrap();
+            assert_eq!((!c.is_null(row)).then(|| c.value(row)), n, "n at position {pos}");
+        }
+    }
+}
+
+async fn random_reads(files: &DataFiles, path: &Arc<str>, seed: u64) {
+    let mut rng = Rng(seed);
+    let projections: [&[i32]; 3] = [&[1, 2, 3], &[3, 1], &[2]];
+    for round in 0..300 {
+        let count = 1 + rng.below(if round % 10 == 0 { 200 } else { 4 });
+        let mut positions: Vec<u32> = (0..count).map(|_| rng.below(ROWS) as u32).collect();
+        positions.sort_unstable();
+        positions.dedup();
+        let field_ids = projections[round % projections.len()];
+        let batch = files.read_rows(path, &positions, field_ids).await.unwrap();
+        check(&batch, &positions, field_ids);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_read_through_blocks_equal_the_rows_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = parquet_file();
+    let local = dir.path().join("data.parquet");
+    std::fs::write(&local, &bytes).unwrap();
+    let io = file_io(HashMap::new());
+    let remote = "memory://rows-tests/data.parquet";
+    io.new_output(remote)
+        .unwrap()
+        .write(bytes.into())
+        .await
+        .unwrap();
+    let paths: [Arc<str>; 3] = [
+        Arc::from(format!("file://{}", local.display())),
+        Arc::from(local.display().to_string()),
+        Arc::from(remote),
+    ];
+    for cache_bytes in [0, 64 << 20] {
+        for (i, path) in paths.iter().enumerate() {
+            let cache = Arc::new(BlockCache::new(cache_bytes));
+            let files = DataFiles::new(io.clone(), cache.clone(), "t.rows".into());
+            random_reads(&files, path, 7 + i as u64).await;
+            let decoded = cache.decoded.load(Ordering::Relaxed);
+            // 10 blocks of ~1,024 rows; a cache keeps each after its first read.
+            if cache_bytes > 0 {
+                assert!(decoded <= 10, "{path}: {decoded} blocks decoded with a cache");
+            } else {
+                assert!(decoded > 100, "{path}: {decoded} blocks decoded without a cache");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_position_outside_the_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("data.parquet");
+    std::fs::write(&local, parquet_file()).unwrap();
+    let files = DataFiles::new(
+        file_io(HashMap::new()),
+        Arc::new(BlockCache::new(1 << 20)),
+        "t.rows".into(),
+    );
+    let path: Arc<str> = Arc::from(local.display().to_string());
+    let e = files
+        .read_rows(&path, &[5, ROWS as u32], &[1])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("row position 10000") && e.contains("data.parquet"), "{e}");
+    let e = files.read_rows(&path, &[9, 5], &[1]).await.unwrap_err();
+    assert!(e.to_string().contains("out of order"), "{e}");
+}
