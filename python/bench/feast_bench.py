@@ -343,7 +343,7 @@ def versions(unitable_bin: str | None) -> dict[str, str]:
     redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
     out["redis-server"] = subprocess.run([redis_bin, "--version"], capture_output=True,
                                          text=True).stdout.split()[2].removeprefix("v=")
-    out["unitable commit"] = subprocess.run(
+    out["repo commit (bench script)"] = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
         text=True).stdout.strip()
     if unitable_bin:
