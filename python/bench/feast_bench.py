@@ -242,22 +242,36 @@ def check_same_values(data: pa.Table, keys: list[int], feast: FeastSide | None,
             raise AssertionError(f"Feast served {got[:2]}..., expected {expected[:2]}...")
 
 
-def measure_online(read: Callable[[list[int]], Any], single: list[int], warmup: int,
-                   batches: list[list[int]]) -> dict[str, Any]:
-    first = Timings()
-    first.time(lambda: read([single[0]]))
-    for key in single[:warmup]:
-        read([key])
-    one = Timings()
-    for key in single[warmup:]:
-        one.time(lambda k=key: read([k]))
-    hundred = Timings()
-    for batch in batches[:max(1, len(batches) // 10)]:
-        read(batch)
-    for batch in batches:
-        hundred.time(lambda b=batch: read(b))
-    return {"first_call_ms": first.samples[0] * 1000.0, "one": one.summary(),
-            "hundred": hundred.summary()}
+def measure_online(readers: dict[str, Callable[[list[int]], Any]], single: list[int],
+                   warmup: int, batch_warmup: list[list[int]],
+                   batches: list[list[int]]) -> dict[str, dict[str, Any]]:
+    """Times each reader on single[warmup:] after single[:warmup], and on `batches` after
+    `batch_warmup`. The readers take turns on every key (the order alternating), so load from
+    other work on the machine falls on both alike."""
+    names = list(readers)
+    first = {name: Timings() for name in names}
+    one = {name: Timings() for name in names}
+    hundred = {name: Timings() for name in names}
+
+    def each(i: int, timings: dict[str, Timings] | None, keys: list[int]) -> None:
+        for name in names if i % 2 == 0 else names[::-1]:
+            if timings is None:
+                readers[name](keys)
+            else:
+                timings[name].time(lambda n=name: readers[n](keys))
+
+    each(0, first, [single[0]])
+    for i, key in enumerate(single[:warmup]):
+        each(i, None, [key])
+    for i, key in enumerate(single[warmup:]):
+        each(i, one, [key])
+    for i, batch in enumerate(batch_warmup):
+        each(i, None, batch)
+    for i, batch in enumerate(batches):
+        each(i, hundred, batch)
+    return {name: {"first_call_ms": first[name].samples[0] * 1000.0,
+                   "one": one[name].summary(), "hundred": hundred[name].summary()}
+            for name in names}
 
 
 def measure_unitable_freshness(uni: UnitableSide, keys: list[int]) -> dict[str, Any]:
@@ -436,7 +450,9 @@ def main() -> int:
     now = datetime.now(timezone.utc).replace(microsecond=0)
     rng = np.random.default_rng(args.seed + 1)
     single = rng.integers(0, args.entities, args.warmup + args.lookups).tolist()
-    batches = [rng.integers(0, args.entities, 100).tolist() for _ in range(args.batches)]
+    batches = [rng.integers(0, args.entities, 100).tolist()
+               for _ in range(max(1, args.batches // 10) + args.batches)]
+    batch_warmup, batches = batches[:-args.batches], batches[-args.batches:]
     probe_keys = rng.integers(0, args.entities, args.freshness).tolist()
     mat_keys = rng.integers(0, args.entities, args.materialize_probes).tolist()
     check_keys = rng.integers(0, args.entities, 50).tolist()
@@ -484,15 +500,20 @@ def main() -> int:
                   flush=True)
         check_same_values(data, check_keys, feast, uni)
 
+        readers: dict[str, Callable[[list[int]], Any]] = {}
         if uni is not None:
-            out = results["unitable"]
-            out["online"] = measure_online(uni.online, single, args.warmup, batches)
-            out["server_rss_mib"] = rss_mib(service.process.popen.pid)  # type: ignore[union-attr]
-            print(f"unitable online: {json.dumps(out['online'])}", flush=True)
+            readers["unitable"] = uni.online
+        if feast is not None:
+            readers["feast"] = feast.online
+        for name, online in measure_online(readers, single, args.warmup, batch_warmup,
+                                           batches).items():
+            results[name]["online"] = online
+            print(f"{name} online: {json.dumps(online)}", flush=True)
+        if uni is not None:
+            results["unitable"]["server_rss_mib"] = rss_mib(
+                service.process.popen.pid)  # type: ignore[union-attr]
         if feast is not None:
             out = results["feast"]
-            out["online"] = measure_online(feast.online, single, args.warmup, batches)
-            print(f"feast online: {json.dumps(out['online'])}", flush=True)
             if args.hist_rows > 0:
                 import pandas as pd
                 hist_rng = np.random.default_rng(args.seed + 2)
