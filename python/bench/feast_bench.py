@@ -243,32 +243,34 @@ def check_same_values(data: pa.Table, keys: list[int], feast: FeastSide | None,
 
 
 def measure_online(readers: dict[str, Callable[[list[int]], Any]], single: list[int],
-                   warmup: int, batch_warmup: list[list[int]],
-                   batches: list[list[int]]) -> dict[str, dict[str, Any]]:
+                   warmup: int, batch_warmup: list[list[int]], batches: list[list[int]],
+                   block: int = 100) -> dict[str, dict[str, Any]]:
     """Times each reader on single[warmup:] after single[:warmup], and on `batches` after
-    `batch_warmup`. The readers take turns on every key (the order alternating), so load from
-    other work on the machine falls on both alike."""
+    `batch_warmup`, every reader on the same keys.
+
+    The readers take turns by blocks of `block` calls (the order alternating), so slow drifts
+    of other load on the machine fall on both alike, while each call still follows a call of
+    the same SDK, as in a process that uses one of them."""
     names = list(readers)
     first = {name: Timings() for name in names}
     one = {name: Timings() for name in names}
     hundred = {name: Timings() for name in names}
 
-    def each(i: int, timings: dict[str, Timings] | None, keys: list[int]) -> None:
-        for name in names if i % 2 == 0 else names[::-1]:
-            if timings is None:
-                readers[name](keys)
-            else:
-                timings[name].time(lambda n=name: readers[n](keys))
+    def in_turns(timings: dict[str, Timings] | None, calls: list[list[int]]) -> None:
+        for b, start in enumerate(range(0, len(calls), block)):
+            for name in names if b % 2 == 0 else names[::-1]:
+                read = readers[name]
+                for keys in calls[start:start + block]:
+                    if timings is None:
+                        read(keys)
+                    else:
+                        timings[name].time(lambda r=read, k=keys: r(k))
 
-    each(0, first, [single[0]])
-    for i, key in enumerate(single[:warmup]):
-        each(i, None, [key])
-    for i, key in enumerate(single[warmup:]):
-        each(i, one, [key])
-    for i, batch in enumerate(batch_warmup):
-        each(i, None, batch)
-    for i, batch in enumerate(batches):
-        each(i, hundred, batch)
+    in_turns(first, [[single[0]]])
+    in_turns(None, [[key] for key in single[:warmup]])
+    in_turns(one, [[key] for key in single[warmup:]])
+    in_turns(None, batch_warmup)
+    in_turns(hundred, batches)
     return {name: {"first_call_ms": first[name].samples[0] * 1000.0,
                    "one": one[name].summary(), "hundred": hundred[name].summary()}
             for name in names}
