@@ -56,7 +56,8 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "python"))
-from harness import Process, Service, free_port, retry_if_port_taken, tcp_accepts  # noqa: E402
+from harness import (  # noqa: E402
+    Process, Service, free_port, http_request, retry_if_port_taken, tcp_accepts)
 
 TABLE = "bench.features"
 FEATURE_VIEW = "features"
@@ -345,6 +346,19 @@ def start_redis(workdir: Path) -> tuple[Process, int]:
     return holder["process"], holder["port"]
 
 
+def lookup_cache_counters(service: Service) -> dict[str, float]:
+    """The server's LOOKUP block-cache counters from /metrics (empty if it has none)."""
+    status, body = http_request("GET", f"http://{service.http_addr}/metrics")
+    counters: dict[str, float] = {}
+    if status != 200:
+        return counters
+    for line in body.decode(errors="replace").splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("unitable_lookup_cache_"):
+            counters[name] = counters.get(name, 0.0) + float(value.split()[0])
+    return counters
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -514,6 +528,8 @@ def main() -> int:
         if uni is not None:
             results["unitable"]["server_rss_mib"] = rss_mib(
                 service.process.popen.pid)  # type: ignore[union-attr]
+            results["unitable"]["lookup_cache"] = lookup_cache_counters(service)
+            print(f"unitable lookup cache: {results['unitable']['lookup_cache']}", flush=True)
         if feast is not None:
             out = results["feast"]
             if args.hist_rows > 0:
