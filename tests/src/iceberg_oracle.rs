@@ -4,7 +4,8 @@
 //! A row-delta step commits new rows (inserts of fresh ids and updates of live ids) in a new data
 //! file, plus position deletes for the old copies of updated ids and for deleted ids. A rewrite
 //! step merges a few live data files into one, applying their deletes (the model does not
-//! change; the rows move). An expire step drops old snapshots and their files. After each step
+//! change; the rows move). A merge step merges the current snapshot's manifests (no data
+//! change). An expire step drops old snapshots and their files. After each step
 //! the model (id -> value) is what every reader must see in that step's snapshot, for as long
 //! as the snapshot is retained.
 
@@ -18,6 +19,7 @@ use iceberg::spec::{DataFile, Struct};
 use iceberg::table::Table;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::commit::expire::ExpireSnapshots;
+use unitable_core::commit::merge::MergeManifests;
 use unitable_core::commit::files::{
     PositionDelete, read_data_file, write_data_file, write_position_deletes,
 };
@@ -226,12 +228,45 @@ impl Oracle {
         &self.catalog
     }
 
-    /// One random step: mostly row deltas, some rewrites, a few expirations.
+    /// One random step: mostly row deltas, some rewrites, a few expirations and manifest
+    /// merges.
     pub async fn random_step(&mut self) -> Result<()> {
         match self.rng.below(10) {
             0..=1 if self.rewrite().await? => Ok(()),
             2 if self.steps.len() > 3 => self.expire().await,
+            3 if self.steps.len() > 5 && self.merge_manifests().await? => Ok(()),
             _ => self.row_delta().await,
+        }
+    }
+
+    /// Re-reads where every key lives from the current snapshot, after another process (a
+    /// compactor) moved rows; fails unless the table holds exactly the model.
+    pub async fn reindex(&mut self) -> Result<()> {
+        let table = self.catalog.load(&self.name).await?;
+        let (location, rows) = key_index(&table).await?;
+        anyhow::ensure!(rows == self.model, "the table differs from the model");
+        self.location = location;
+        Ok(())
+    }
+
+    /// Merges the current snapshot's manifests; false when there was nothing to merge.
+    pub async fn merge_manifests(&mut self) -> Result<bool> {
+        let n = self.steps.len();
+        let merge = MergeManifests {
+            commit_id: format!("oracle-{}-{n}-merge", self.seed),
+            ..MergeManifests::default()
+        };
+        let merged = self
+            .committer
+            .merge_manifests(&self.name, &merge)
+            .await
+            .with_context(|| format!("merge at step {n}"))?;
+        match merged {
+            Some(m) => {
+                self.record(m.committed.snapshot_id, "merge");
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
