@@ -138,7 +138,8 @@ impl TableSettings {
                 })?;
         }
         if let Some(v) = get(props::COMPACTION_MERGE_MANIFESTS) {
-            s.merge_manifests = parse(table, props::COMPACTION_MERGE_MANIFESTS, v, |_: &bool| true)?;
+            s.merge_manifests =
+                parse(table, props::COMPACTION_MERGE_MANIFESTS, v, |_: &bool| true)?;
         }
         if let Some(v) = get(props::COMPACTION_MAX_MANIFESTS) {
             s.max_manifests = parse(table, props::COMPACTION_MAX_MANIFESTS, v, |n: &usize| {

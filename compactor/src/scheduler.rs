@@ -328,12 +328,13 @@ impl Compactor {
                     table = %name, before = merged.manifests_before, after = merged.manifests_after,
                     snapshot_id = merged.committed.snapshot_id, "manifests merged"
                 );
-                let fewer = merged.manifests_before.saturating_sub(merged.manifests_after) as u64;
+                let fewer = merged
+                    .manifests_before
+                    .saturating_sub(merged.manifests_after) as u64;
                 report.manifests_removed += fewer;
                 report.manifests_after_merge = merged.manifests_after as u64;
                 report.snapshot_id = Some(merged.committed.snapshot_id);
-                metrics::counter!(m::MANIFESTS_MERGED, "table" => label.clone())
-                    .increment(fewer);
+                metrics::counter!(m::MANIFESTS_MERGED, "table" => label.clone()).increment(fewer);
             }
             self.advance(name, 0);
         }

@@ -19,10 +19,10 @@ use iceberg::spec::{DataFile, Struct};
 use iceberg::table::Table;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::commit::expire::ExpireSnapshots;
-use unitable_core::commit::merge::MergeManifests;
 use unitable_core::commit::files::{
     PositionDelete, read_data_file, write_data_file, write_position_deletes,
 };
+use unitable_core::commit::merge::MergeManifests;
 use unitable_core::commit::plan::{PlannedFile, plan_files, read_position_deletes};
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::rewrite::{PositionMap, RewriteFiles};
@@ -402,6 +402,18 @@ impl Oracle {
         Ok(())
     }
 
+    /// Records the current snapshot as a step holding the model, after another process (a
+    /// compactor) committed it.
+    pub async fn record_head(&mut self, op: &'static str) -> Result<()> {
+        let table = self.catalog.load(&self.name).await?;
+        let head = table
+            .metadata()
+            .current_snapshot_id()
+            .context("the table has no snapshot")?;
+        self.record(head, op);
+        Ok(())
+    }
+
     fn record(&mut self, snapshot_id: i64, op: &'static str) {
         self.steps.push(Step {
             snapshot_id,
@@ -428,6 +440,52 @@ pub async fn run_random_mixed(data_dir: &Path, seed: u64, steps: usize) -> Resul
     let mut oracle = Oracle::create(data_dir, seed).await?;
     while oracle.steps().len() < steps {
         oracle.random_step().await?;
+    }
+    Ok(oracle.steps().to_vec())
+}
+
+/// `rounds` rounds of 8 random row deltas, each followed by a compaction run of the table's
+/// compactor (bin-packing from 2 small files, then a manifest merge; nothing expires), recorded
+/// as a step `compact` holding the model; then 4 more row deltas on the compacted table.
+pub async fn run_compacted(data_dir: &Path, seed: u64, rounds: usize) -> Result<Vec<Step>> {
+    use unitable_compactor::{CompactOptions, Compactor, SchedulerConfig};
+    let mut oracle = Oracle::create(data_dir, seed).await?;
+    let name: TableName = ORACLE_TABLE.parse()?;
+    let committer = oracle.committer.clone();
+    committer
+        .commit_properties(
+            &name,
+            Some("oracle-compaction-props"),
+            BTreeMap::from([
+                ("unitable.compaction.min-input-files".into(), "2".into()),
+                (
+                    "unitable.compaction.min-snapshots-to-keep".into(),
+                    "100000".into(),
+                ),
+            ]),
+            BTreeMap::new(),
+        )
+        .await?;
+    let compactor = Compactor::new(
+        oracle.catalog.clone(),
+        committer,
+        Arc::new(unitable_core::clock::SystemClock),
+        SchedulerConfig::default(),
+    );
+    let options = CompactOptions {
+        dry_run: false,
+        orphans: false,
+    };
+    for _ in 0..rounds {
+        for _ in 0..8 {
+            oracle.row_delta().await?;
+        }
+        compactor.compact(&name, options).await?;
+        oracle.reindex().await?;
+        oracle.record_head("compact").await?;
+    }
+    for _ in 0..4 {
+        oracle.row_delta().await?;
     }
     Ok(oracle.steps().to_vec())
 }

@@ -130,7 +130,10 @@ async fn compaction_merges_manifests_and_every_retained_snapshot_reads_as_its_mo
             .plan
             .iter()
             .any(|t| t.kind == TaskKind::MergeManifests);
-        ensure!(merged, "round {round}: {before} manifests and no merge planned");
+        ensure!(
+            merged,
+            "round {round}: {before} manifests and no merge planned"
+        );
         merges += usize::from(report.manifests_removed > 0);
 
         let table = catalog.load(&name).await?;
@@ -157,7 +160,10 @@ async fn compaction_merges_manifests_and_every_retained_snapshot_reads_as_its_mo
                 step.op
             );
         }
-        ensure!(retained >= 4, "round {round}: {retained} oracle snapshots retained");
+        ensure!(
+            retained >= 4,
+            "round {round}: {retained} oracle snapshots retained"
+        );
         for snapshot in table.metadata().snapshots() {
             for file in reachable(&table, snapshot.snapshot_id()).await? {
                 ensure!(
@@ -168,7 +174,11 @@ async fn compaction_merges_manifests_and_every_retained_snapshot_reads_as_its_mo
             }
         }
         // The replace snapshots (rewrites, the merge) keep the parent's changelog offsets.
-        let summary = table.metadata().current_snapshot().context("head")?.summary();
+        let summary = table
+            .metadata()
+            .current_snapshot()
+            .context("head")?
+            .summary();
         ensure!(
             summary
                 .additional_properties

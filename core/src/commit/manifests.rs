@@ -8,8 +8,8 @@
 //! (over live entries) and its partition summaries from the entries; the manifest list assigns
 //! the new snapshot's sequence number to the manifest.
 
-use iceberg::spec::{ManifestContentType, ManifestFile, ManifestWriterBuilder, TableMetadata};
 use iceberg::io::FileIO;
+use iceberg::spec::{ManifestContentType, ManifestFile, ManifestWriterBuilder, TableMetadata};
 
 use super::plan::TrackedFile;
 use super::{CommitError, CommitResult};
@@ -55,7 +55,10 @@ pub(crate) async fn write_carried_manifest<'a>(
     let spec = metadata
         .partition_spec_by_id(group.spec_id)
         .ok_or_else(|| CommitError::Invalid {
-            reason: format!("manifest entries use unknown partition spec {}", group.spec_id),
+            reason: format!(
+                "manifest entries use unknown partition spec {}",
+                group.spec_id
+            ),
         })?;
     let path = format!(
         "{}/metadata/{}-{tag}{}.avro",

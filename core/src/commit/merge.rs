@@ -145,7 +145,10 @@ pub(crate) fn plan_merge(manifests: &[ManifestFile], target: u64) -> MergePlan {
         bin.0 += length;
         bin.1.push(i);
     }
-    bins.extend(open.into_iter().map(|(group, (_, members))| (group, members)));
+    bins.extend(
+        open.into_iter()
+            .map(|(group, (_, members))| (group, members)),
+    );
     for (group, members) in bins {
         match members.as_slice() {
             [] => {}

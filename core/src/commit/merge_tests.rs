@@ -111,7 +111,11 @@ async fn a_merge_lists_one_manifest_per_content_and_keeps_entries_and_history() 
     let f = fixture(dir.path()).await;
     let history = many_commits(&f, 24).await;
     let before = head_manifests(&f).await;
-    assert_eq!(before.len(), 24 + 23, "one data manifest per commit, one delete manifest per update");
+    assert_eq!(
+        before.len(),
+        24 + 23,
+        "one data manifest per commit, one delete manifest per update"
+    );
     let entries_before = live_entries(&f, None).await;
     let (head_before, model) = history.last().unwrap().clone();
 
@@ -163,7 +167,11 @@ async fn a_merge_lists_one_manifest_per_content_and_keeps_entries_and_history() 
         let old = &entries_before[path];
         assert_eq!(e.status, ManifestStatus::Existing, "{path}");
         assert_eq!(
-            (e.snapshot_id, e.data_sequence_number, e.file_sequence_number),
+            (
+                e.snapshot_id,
+                e.data_sequence_number,
+                e.file_sequence_number
+            ),
             (
                 old.snapshot_id,
                 old.data_sequence_number,
@@ -179,7 +187,11 @@ async fn a_merge_lists_one_manifest_per_content_and_keeps_entries_and_history() 
     assert_eq!(snapshot.parent_snapshot_id(), Some(head_before));
     let summary = snapshot.summary();
     assert_eq!(summary.operation, Operation::Replace);
-    let parent = table.metadata().snapshot_by_id(head_before).unwrap().summary();
+    let parent = table
+        .metadata()
+        .snapshot_by_id(head_before)
+        .unwrap()
+        .summary();
     for key in [
         "total-records",
         "total-data-files",
@@ -290,7 +302,11 @@ async fn a_rewrite_merges_the_manifests_it_touches_and_deleted_entries_stay_in_i
     for m in &deleted_only {
         assert_eq!(m.added_snapshot_id, r.snapshot_id);
     }
-    assert!(after.len() < before, "{} manifests, {before} before", after.len());
+    assert!(
+        after.len() < before,
+        "{} manifests, {before} before",
+        after.len()
+    );
     assert_eq!(scan_at(&f, None).await, model);
     // The DELETED entries are in the rewrite's snapshot only: the next commit drops them.
     let table = f.catalog.load(&f.name).await.unwrap();
@@ -301,7 +317,11 @@ async fn a_rewrite_merges_the_manifests_it_touches_and_deleted_entries_stay_in_i
             .into_iter()
             .filter(|e| e.status == ManifestStatus::Deleted)
             .collect();
-    assert!(deleted_in_rewrite.iter().any(|e| paths.contains(&e.data_file.file_path())));
+    assert!(
+        deleted_in_rewrite
+            .iter()
+            .any(|e| paths.contains(&e.data_file.file_path()))
+    );
     for e in &deleted_in_rewrite {
         assert_eq!(e.snapshot_id, r.snapshot_id);
     }
@@ -345,17 +365,15 @@ async fn expiration_and_orphan_removal_after_a_merge_keep_what_snapshots_need() 
 
     // Orphan removal four days later: the merged manifests are referenced, so they stay.
     let clock = ManualClock::new(chrono::Utc::now().timestamp_millis() + 4 * 24 * 3_600_000);
-    let report = remove_orphan_files(
-        &f.catalog,
-        &f.name,
-        &RemoveOrphanFiles::default(),
-        &clock,
-    )
-    .await
-    .unwrap();
+    let report = remove_orphan_files(&f.catalog, &f.name, &RemoveOrphanFiles::default(), &clock)
+        .await
+        .unwrap();
     let removed: BTreeSet<String> = report.removed.iter().map(|p| canonical(p)).collect();
     assert!(removed.is_disjoint(&merged), "removed a merged manifest");
-    assert!(removed.is_disjoint(&old_manifests), "removed a manifest older snapshots list");
+    assert!(
+        removed.is_disjoint(&old_manifests),
+        "removed a manifest older snapshots list"
+    );
     for p in &merged {
         assert!(std::path::Path::new(p).exists(), "{p}");
     }
@@ -378,7 +396,10 @@ async fn expiration_and_orphan_removal_after_a_merge_keep_what_snapshots_need() 
     assert_eq!(report.expired_snapshot_ids.len(), 17);
     let deleted: BTreeSet<String> = report.deleted_files.iter().map(|p| canonical(p)).collect();
     assert!(deleted.is_disjoint(&merged));
-    assert!(old_manifests.is_subset(&deleted), "replaced manifests were deleted");
+    assert!(
+        old_manifests.is_subset(&deleted),
+        "replaced manifests were deleted"
+    );
     for p in &merged {
         assert!(std::path::Path::new(p).exists(), "{p}");
     }
@@ -407,7 +428,13 @@ async fn a_small_target_packs_manifests_into_several_and_a_threshold_skips_the_m
         max_manifests: 19,
         ..merge("m0")
     };
-    assert!(f.committer.merge_manifests(&f.name, &skip).await.unwrap().is_none());
+    assert!(
+        f.committer
+            .merge_manifests(&f.name, &skip)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // A target of about three manifests: bins of three (data: 10 -> 4, deletes: 9 -> 3).
     let largest = manifests.iter().map(|m| m.manifest_length).max().unwrap() as u64;

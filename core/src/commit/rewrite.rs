@@ -497,10 +497,17 @@ impl Attempt for RewriteOp<'_> {
             }
         }
         for (group, manifests) in touched {
-            let live = || manifests.iter().flat_map(|m| m.iter()).filter(|f| f.is_live());
+            let live = || {
+                manifests
+                    .iter()
+                    .flat_map(|m| m.iter())
+                    .filter(|f| f.is_live())
+            };
             let is_removed = |f: &&TrackedFile| removing.contains(f.data_file.file_path());
             if live().any(|f| !is_removed(&f)) {
-                let kept = live().filter(|f| !is_removed(f)).map(|f| (f, Carry::Existing));
+                let kept = live()
+                    .filter(|f| !is_removed(f))
+                    .map(|f| (f, Carry::Existing));
                 new_manifests.push(
                     write_carried_manifest(
                         base.file_io,
