@@ -441,7 +441,7 @@ async fn a_small_target_packs_manifests_into_several_and_a_threshold_skips_the_m
     let target = 3 * largest;
     let plan = plan_merge(&manifests, target);
     let packed = plan.manifests_after();
-    assert!(packed < 19 && packed >= 4, "{packed}");
+    assert!((4..19).contains(&packed), "{packed}");
     let small = MergeManifests {
         max_manifests: 2,
         target_manifest_bytes: target,
