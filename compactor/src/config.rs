@@ -25,6 +25,8 @@ pub const DEFAULT_MIN_SNAPSHOTS: usize = 10;
 pub const DEFAULT_ORPHAN_AGE_MS: i64 = 3 * 24 * 3_600_000;
 /// Default interval between orphan scans of one table by the scheduler: one day.
 pub const DEFAULT_ORPHAN_INTERVAL_MS: i64 = 24 * 3_600_000;
+/// Default number of manifests the current snapshot may list before a run merges them.
+pub const DEFAULT_MAX_MANIFESTS: usize = 16;
 
 /// One table's compaction settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +49,11 @@ pub struct TableSettings {
     pub orphan_age_ms: i64,
     /// How often the scheduler looks for orphans in the table (ms).
     pub orphan_interval_ms: i64,
+    /// Runs merge the current snapshot's manifests (after rewriting files, or when it lists
+    /// more than `max_manifests`).
+    pub merge_manifests: bool,
+    /// Manifests the current snapshot may list before a run merges them (at least 1).
+    pub max_manifests: usize,
 }
 
 impl Default for TableSettings {
@@ -61,6 +68,8 @@ impl Default for TableSettings {
             min_snapshots: DEFAULT_MIN_SNAPSHOTS,
             orphan_age_ms: DEFAULT_ORPHAN_AGE_MS,
             orphan_interval_ms: DEFAULT_ORPHAN_INTERVAL_MS,
+            merge_manifests: true,
+            max_manifests: DEFAULT_MAX_MANIFESTS,
         }
     }
 }
@@ -127,6 +136,15 @@ impl TableSettings {
                 parse(table, props::COMPACTION_ORPHAN_INTERVAL_MS, v, |n: &i64| {
                     *n >= 0
                 })?;
+        }
+        if let Some(v) = get(props::COMPACTION_MERGE_MANIFESTS) {
+            s.merge_manifests =
+                parse(table, props::COMPACTION_MERGE_MANIFESTS, v, |_: &bool| true)?;
+        }
+        if let Some(v) = get(props::COMPACTION_MAX_MANIFESTS) {
+            s.max_manifests = parse(table, props::COMPACTION_MAX_MANIFESTS, v, |n: &usize| {
+                *n >= 1
+            })?;
         }
         Ok(s)
     }

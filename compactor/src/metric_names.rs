@@ -22,3 +22,5 @@ pub(crate) const BACKLOG_SMALL_FILES: &str = "unitable_compactor_backlog_small_f
 pub(crate) const BACKLOG_DELETE_RATIO: &str = "unitable_compactor_backlog_delete_ratio";
 /// Live data files at the last plan.
 pub(crate) const BACKLOG_DATA_FILES: &str = "unitable_compactor_backlog_data_files";
+/// Manifests removed from the current snapshot's list by merges (counter).
+pub(crate) const MANIFESTS_MERGED: &str = "unitable_compactor_manifests_merged_total";

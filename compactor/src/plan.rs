@@ -10,6 +10,10 @@
 //! `replace` commit. Files with equality deletes (unitable writes none) are left alone.
 //! Expiration expires snapshots older than the retention, keeping at least `min_snapshots` (and
 //! what the commit layer always keeps); orphan removal runs when asked.
+//! - **merge-manifests**: when the current snapshot lists more than `max_manifests` manifests,
+//!   or after rewrites (which leave the manifests of the replaced files behind as manifests of
+//!   `DELETED` entries), the run ends by merging the current snapshot's manifests into one per
+//!   content type and partition spec (of at most the commit layer's target size).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +21,7 @@ use iceberg::spec::{DataContentType, Struct};
 use iceberg::table::Table;
 use unitable_core::commit::expire::{ExpireSnapshots, expired_ids};
 use unitable_core::commit::plan::{
-    PlannedFile, delete_files_of, plan_files, read_position_deletes,
+    PlannedFile, delete_files_of, manifests_of, plan_files, read_position_deletes,
 };
 
 use crate::config::TableSettings;
@@ -34,6 +38,8 @@ pub enum TaskKind {
     ExpireSnapshots,
     /// Remove unreferenced files older than the safety age.
     RemoveOrphans,
+    /// Merge the current snapshot's manifests into few (no data change).
+    MergeManifests,
 }
 
 impl TaskKind {
@@ -44,6 +50,7 @@ impl TaskKind {
             TaskKind::BinPack => "bin-pack",
             TaskKind::ExpireSnapshots => "expire-snapshots",
             TaskKind::RemoveOrphans => "remove-orphans",
+            TaskKind::MergeManifests => "merge-manifests",
         }
     }
 }
@@ -134,6 +141,10 @@ pub struct TablePlan {
     pub expire: Vec<i64>,
     /// Whether orphan removal runs.
     pub orphans: bool,
+    /// Whether the run ends with a manifest merge.
+    pub merge_manifests: bool,
+    /// Manifests the starting snapshot lists.
+    pub manifests: usize,
     /// The table's backlog at the starting snapshot.
     pub backlog: Backlog,
 }
@@ -270,11 +281,19 @@ pub async fn plan_table(
             dry_run: true,
         },
     )?;
+    let snapshot = metadata
+        .snapshot_by_id(start)
+        .ok_or(unitable_core::commit::CommitError::SnapshotNotFound { snapshot_id: start })?;
+    let manifests = manifests_of(file_io, metadata, snapshot).await?.len();
+    let merge_manifests = settings.merge_manifests
+        && (manifests > settings.max_manifests || (!rewrites.is_empty() && manifests > 1));
     Ok(TablePlan {
         starting_snapshot_id: Some(start),
         rewrites,
         expire,
         orphans,
+        merge_manifests,
+        manifests,
         backlog,
     })
 }

@@ -10,6 +10,7 @@ use tracing::{debug, error, info, warn};
 use unitable_core::catalog::TableCatalog;
 use unitable_core::clock::Clock;
 use unitable_core::commit::expire::ExpireSnapshots;
+use unitable_core::commit::merge::{DEFAULT_TARGET_MANIFEST_BYTES, MergeManifests};
 use unitable_core::commit::orphans::{RemoveOrphanFiles, remove_orphan_files};
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::naming::TableName;
@@ -63,6 +64,10 @@ pub struct CompactionReport {
     pub snapshots_expired: u64,
     /// Files deleted (expired snapshots' files and orphans).
     pub files_removed: u64,
+    /// How many fewer manifests the current snapshot lists after the run's merge.
+    pub manifests_removed: u64,
+    /// Manifests the current snapshot lists after the run's merge.
+    pub manifests_after_merge: u64,
     /// How long the run took.
     pub duration: Duration,
     /// The newest `replace` snapshot committed.
@@ -300,6 +305,39 @@ impl Compactor {
                     .increment(done.deletes_applied);
             }
         }
+        // Merge manifests after the rewrites: they leave the manifests of the replaced files
+        // behind (as manifests of DELETED entries) and untouched files' manifests as many as
+        // there were commits. Before expiration, so the replaced manifests go with the
+        // snapshots that list them.
+        if plan.merge_manifests {
+            let merged = self
+                .inner
+                .committer
+                .merge_manifests(
+                    name,
+                    &MergeManifests {
+                        max_manifests: 0,
+                        target_manifest_bytes: DEFAULT_TARGET_MANIFEST_BYTES,
+                        properties: Default::default(),
+                        commit_id: format!("compact-merge-{}", uuid::Uuid::now_v7()),
+                    },
+                )
+                .await?;
+            if let Some(merged) = merged {
+                info!(
+                    table = %name, before = merged.manifests_before, after = merged.manifests_after,
+                    snapshot_id = merged.committed.snapshot_id, "manifests merged"
+                );
+                let fewer = merged
+                    .manifests_before
+                    .saturating_sub(merged.manifests_after) as u64;
+                report.manifests_removed += fewer;
+                report.manifests_after_merge = merged.manifests_after as u64;
+                report.snapshot_id = Some(merged.committed.snapshot_id);
+                metrics::counter!(m::MANIFESTS_MERGED, "table" => label.clone()).increment(fewer);
+            }
+            self.advance(name, 0);
+        }
         // Expire after the rewrites, against the table as it is now (the rewrites added
         // snapshots; the retention counts from the clock, so the plan's list still holds).
         if !plan.expire.is_empty() {
@@ -366,7 +404,9 @@ impl Compactor {
             (e.last_run.clone(), e.failures, e.running.clone())
         });
         Ok(TableStatus {
-            pending_tasks: plan.rewrites.len() as u64 + u64::from(!plan.expire.is_empty()),
+            pending_tasks: plan.rewrites.len() as u64
+                + u64::from(!plan.expire.is_empty())
+                + u64::from(plan.merge_manifests),
             settings,
             backlog: plan.backlog,
             last_run,
@@ -537,6 +577,17 @@ fn summarize(plan: &TablePlan, settings: &TableSettings) -> Vec<TaskSummary> {
             }
         })
         .collect();
+    if plan.merge_manifests {
+        out.push(TaskSummary {
+            kind: TaskKind::MergeManifests,
+            description: format!(
+                "merge the manifests of the current snapshot ({} now; more than {} or rewrites planned)",
+                plan.manifests, settings.max_manifests
+            ),
+            input_files: plan.manifests as u64,
+            input_bytes: 0,
+        });
+    }
     if !plan.expire.is_empty() {
         out.push(TaskSummary {
             kind: TaskKind::ExpireSnapshots,

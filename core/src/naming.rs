@@ -200,6 +200,10 @@ pub mod props {
     pub const COMPACTION_ORPHAN_AGE_MS: &str = "unitable.compaction.orphan-age-ms";
     /// User-settable: how often (ms) background compaction looks for orphan files.
     pub const COMPACTION_ORPHAN_INTERVAL_MS: &str = "unitable.compaction.orphan-interval-ms";
+    /// User-settable: `false` stops compaction from merging manifests (default `true`).
+    pub const COMPACTION_MERGE_MANIFESTS: &str = "unitable.compaction.merge-manifests";
+    /// User-settable: manifests the current snapshot may list before compaction merges them.
+    pub const COMPACTION_MAX_MANIFESTS: &str = "unitable.compaction.max-manifests";
     /// User-settable at creation: replicas per changelog partition (Kafka; default: the
     /// server's `--kafka-replication-factor`, else min(3, brokers)).
     pub const CHANGELOG_REPLICATION_FACTOR: &str = "unitable.changelog.replication-factor";

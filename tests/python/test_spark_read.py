@@ -382,6 +382,13 @@ def spark_snapshots(spark: Any, ident: str) -> list[Snap]:
     return out
 
 
+def spark_manifests(spark: Any, ident: str) -> list[Any]:
+    """The current snapshot's manifests as Spark's `manifests` metadata table lists them."""
+    return spark.sql(
+        f"SELECT content, partition_spec_id, deleted_data_files_count, deleted_delete_files_count "
+        f"FROM {ident}.manifests").collect()
+
+
 def describe(snaps: list[Snap], marked: set[int] = frozenset()) -> str:
     """The snapshots one a line, `>` before those in `marked`, for failure messages."""
     return "\n" + "\n".join(f"  {'>' if s.id in marked else ' '} {s.id} parent {s.parent} at {s.ms} "
@@ -537,6 +544,7 @@ def test_spark_reads_every_snapshot_before_and_after_compaction(
     log(f"{table.name}: {len(history)} snapshots ({len(extra)} holding part of a write), {reads} "
         f"reads equal the model; {len(deletes)} position-delete files "
         f"({sum(d.record_count for d in deletes)} deletes) in {len(partitions)} partitions")
+    manifests_before = spark_manifests(spark, ident)
     assert catalog_digest(data_dir) == digest, "catalog.db changed while only Spark read it"
 
     # --- compaction, then one more round against the compacted files --------------------------
@@ -546,6 +554,18 @@ def test_spark_reads_every_snapshot_before_and_after_compaction(
     replaces = [s for s in compacted if s.id not in models]
     assert replaces and all(s.op == "replace" for s in replaces), (
         f"`unitable compact` should add replace snapshots:\n{out}{describe(compacted)}")
+    # The run ended with a manifest merge: fewer manifests, at most one per content type and
+    # partition spec, no DELETED entries, and the same rows.
+    merged = spark_manifests(spark, ident)
+    groups = [(m.content, m.partition_spec_id) for m in merged]
+    assert len(merged) < len(manifests_before), (
+        f"{len(merged)} manifests after compaction, {len(manifests_before)} before:\n{out}")
+    assert len(groups) == len(set(groups)), f"more than one manifest per content and spec: {groups}"
+    assert all(m.deleted_data_files_count == 0 and m.deleted_delete_files_count == 0
+               for m in merged), merged
+    expect_rows(spark_rows(spark.table(ident), table.names), writer.rows,
+                "current snapshot after compaction and the manifest merge")
+    log(f"{table.name}: manifests {len(manifests_before)} -> {len(merged)} after compaction")
     remaining = check_delete_files(spark, table)
     log(f"{table.name}: {out.strip().splitlines()[-1]}; delete files left: {len(remaining)}")
     writer.random_round("after")

@@ -4,7 +4,8 @@
 //! A row-delta step commits new rows (inserts of fresh ids and updates of live ids) in a new data
 //! file, plus position deletes for the old copies of updated ids and for deleted ids. A rewrite
 //! step merges a few live data files into one, applying their deletes (the model does not
-//! change; the rows move). An expire step drops old snapshots and their files. After each step
+//! change; the rows move). A merge step merges the current snapshot's manifests (no data
+//! change). An expire step drops old snapshots and their files. After each step
 //! the model (id -> value) is what every reader must see in that step's snapshot, for as long
 //! as the snapshot is retained.
 
@@ -21,6 +22,7 @@ use unitable_core::commit::expire::ExpireSnapshots;
 use unitable_core::commit::files::{
     PositionDelete, read_data_file, write_data_file, write_position_deletes,
 };
+use unitable_core::commit::merge::MergeManifests;
 use unitable_core::commit::plan::{PlannedFile, plan_files, read_position_deletes};
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::rewrite::{PositionMap, RewriteFiles};
@@ -226,12 +228,45 @@ impl Oracle {
         &self.catalog
     }
 
-    /// One random step: mostly row deltas, some rewrites, a few expirations.
+    /// One random step: mostly row deltas, some rewrites, a few expirations and manifest
+    /// merges.
     pub async fn random_step(&mut self) -> Result<()> {
         match self.rng.below(10) {
             0..=1 if self.rewrite().await? => Ok(()),
             2 if self.steps.len() > 3 => self.expire().await,
+            3 if self.steps.len() > 5 && self.merge_manifests().await? => Ok(()),
             _ => self.row_delta().await,
+        }
+    }
+
+    /// Re-reads where every key lives from the current snapshot, after another process (a
+    /// compactor) moved rows; fails unless the table holds exactly the model.
+    pub async fn reindex(&mut self) -> Result<()> {
+        let table = self.catalog.load(&self.name).await?;
+        let (location, rows) = key_index(&table).await?;
+        anyhow::ensure!(rows == self.model, "the table differs from the model");
+        self.location = location;
+        Ok(())
+    }
+
+    /// Merges the current snapshot's manifests; false when there was nothing to merge.
+    pub async fn merge_manifests(&mut self) -> Result<bool> {
+        let n = self.steps.len();
+        let merge = MergeManifests {
+            commit_id: format!("oracle-{}-{n}-merge", self.seed),
+            ..MergeManifests::default()
+        };
+        let merged = self
+            .committer
+            .merge_manifests(&self.name, &merge)
+            .await
+            .with_context(|| format!("merge at step {n}"))?;
+        match merged {
+            Some(m) => {
+                self.record(m.committed.snapshot_id, "merge");
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
@@ -367,6 +402,18 @@ impl Oracle {
         Ok(())
     }
 
+    /// Records the current snapshot as a step holding the model, after another process (a
+    /// compactor) committed it.
+    pub async fn record_head(&mut self, op: &'static str) -> Result<()> {
+        let table = self.catalog.load(&self.name).await?;
+        let head = table
+            .metadata()
+            .current_snapshot_id()
+            .context("the table has no snapshot")?;
+        self.record(head, op);
+        Ok(())
+    }
+
     fn record(&mut self, snapshot_id: i64, op: &'static str) {
         self.steps.push(Step {
             snapshot_id,
@@ -393,6 +440,52 @@ pub async fn run_random_mixed(data_dir: &Path, seed: u64, steps: usize) -> Resul
     let mut oracle = Oracle::create(data_dir, seed).await?;
     while oracle.steps().len() < steps {
         oracle.random_step().await?;
+    }
+    Ok(oracle.steps().to_vec())
+}
+
+/// `rounds` rounds of 8 random row deltas, each followed by a compaction run of the table's
+/// compactor (bin-packing from 2 small files, then a manifest merge; nothing expires), recorded
+/// as a step `compact` holding the model; then 4 more row deltas on the compacted table.
+pub async fn run_compacted(data_dir: &Path, seed: u64, rounds: usize) -> Result<Vec<Step>> {
+    use unitable_compactor::{CompactOptions, Compactor, SchedulerConfig};
+    let mut oracle = Oracle::create(data_dir, seed).await?;
+    let name: TableName = ORACLE_TABLE.parse()?;
+    let committer = oracle.committer.clone();
+    committer
+        .commit_properties(
+            &name,
+            Some("oracle-compaction-props"),
+            BTreeMap::from([
+                ("unitable.compaction.min-input-files".into(), "2".into()),
+                (
+                    "unitable.compaction.min-snapshots-to-keep".into(),
+                    "100000".into(),
+                ),
+            ]),
+            BTreeMap::new(),
+        )
+        .await?;
+    let compactor = Compactor::new(
+        oracle.catalog.clone(),
+        committer,
+        Arc::new(unitable_core::clock::SystemClock),
+        SchedulerConfig::default(),
+    );
+    let options = CompactOptions {
+        dry_run: false,
+        orphans: false,
+    };
+    for _ in 0..rounds {
+        for _ in 0..8 {
+            oracle.row_delta().await?;
+        }
+        compactor.compact(&name, options).await?;
+        oracle.reindex().await?;
+        oracle.record_head("compact").await?;
+    }
+    for _ in 0..4 {
+        oracle.row_delta().await?;
     }
     Ok(oracle.steps().to_vec())
 }

@@ -365,7 +365,14 @@ async fn compactor_racing_the_committer_loses_no_update() -> Result<()> {
             "unitable_committer_index_rebuilds_total",
             &["reason=\"fallback\""]
         )? == 0.0,
-        "the index fell back to a rebuild"
+        "the index fell back to a rebuild:\n{}",
+        service
+            .log()
+            .lines()
+            .filter(|l| l.contains("rebuilding") || l.contains("could not apply"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     eprintln!(
         "{} commits, {runs} compaction runs, {rewrites} files rewritten, {} failed runs, {} index re-points, {} rebuilds",

@@ -212,8 +212,21 @@ async fn expiration_and_orphan_removal_keep_everything_live_and_in_flight() -> R
     ensure!(table.file_io().exists(&in_flight_path).await?);
     ensure!(table.file_io().exists(&stray).await?);
 
-    // The in-flight commit lands; hours later orphan removal takes only the stray.
+    // The in-flight commit lands; hours later orphan removal takes only the stray. (That run
+    // bin-packs the file with the compacted one and merges manifests: two new snapshots. Four
+    // kept keep the snapshot that added the file, so the file must still be there.)
     commit(&committer, &name, vec![in_flight], Vec::new(), 100).await?;
+    committer
+        .commit_properties(
+            &name,
+            Some("props-2"),
+            BTreeMap::from([(
+                "unitable.compaction.min-snapshots-to-keep".to_string(),
+                "4".to_string(),
+            )]),
+            BTreeMap::new(),
+        )
+        .await?;
     model.extend(in_flight_rows);
     clock.advance(2 * 3_600_000);
     let report = compactor.compact(&name, options).await?;

@@ -48,6 +48,11 @@ async fn scan_table(
         .await?
         .try_collect()
         .await?;
+    rows_of(batches)
+}
+
+/// id -> v of `batches` (duplicate ids are an error).
+fn rows_of(batches: Vec<RecordBatch>) -> Result<BTreeMap<i64, String>> {
     let mut rows = BTreeMap::new();
     for b in batches {
         let ids = b
@@ -90,9 +95,9 @@ async fn every_snapshot_of_random_row_deltas_reads_as_the_model() -> Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_retained_snapshot_reads_as_the_model_through_rewrites_and_expirations() -> Result<()>
-{
-    let (mut rewrites, mut expirations) = (0, 0);
+async fn every_retained_snapshot_reads_as_the_model_through_rewrites_merges_and_expirations()
+-> Result<()> {
+    let (mut rewrites, mut expirations, mut merges) = (0, 0, 0);
     for seed in [7, 23, 61] {
         let dir = tempfile::tempdir()?;
         let mut oracle = Oracle::create(dir.path(), seed).await?;
@@ -124,8 +129,10 @@ async fn every_retained_snapshot_reads_as_the_model_through_rewrites_and_expirat
             }
         }
         rewrites += oracle.steps().iter().filter(|s| s.op == "rewrite").count();
+        merges += oracle.steps().iter().filter(|s| s.op == "merge").count();
     }
     anyhow::ensure!(rewrites >= 5, "only {rewrites} rewrites ran");
+    anyhow::ensure!(merges >= 3, "only {merges} manifest merges ran");
     anyhow::ensure!(expirations >= 3, "only {expirations} expirations ran");
     Ok(())
 }
@@ -370,5 +377,111 @@ async fn row_deltas_racing_rewrites_lose_and_resurrect_nothing() -> Result<()> {
         rebuilds > 0,
         "the race never made a row delta meet a rewrite"
     );
+    Ok(())
+}
+
+/// How iceberg-rust 0.10.1's own `TableScan::to_arrow` fares on the tables of the test above
+/// (rewrites merging the manifests they touch, manifest merges, expirations): after every step,
+/// every retained snapshot is planned, then read with `to_arrow` `TO_ARROW_SCANS` times at once
+/// (default 8), each read under a timeout. Planning and reading are timed apart, so a hang shows
+/// where it is. Reports how many reads hung; `read_scan` (lanes of one file each) must read
+/// every snapshot as the model, and so must every `to_arrow` read that ended.
+///
+/// This is the diagnosis of the hang that made the first manifest merge look unsafe: see
+/// docs/compactor.md ("The scan hang of the first attempt").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "diagnostic: reads every snapshot many times with iceberg-rust's own to_arrow"]
+async fn to_arrow_on_merged_manifests_hangs_where_read_scan_does_not() -> Result<()> {
+    use std::time::Duration;
+    let scans: usize = std::env::var("TO_ARROW_SCANS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let limit = Duration::from_secs(10);
+    let name: TableName = ORACLE_TABLE.parse()?;
+    let mut c = Counts::default();
+    for seed in [7, 23, 61] {
+        let dir = tempfile::tempdir()?;
+        let mut oracle = Oracle::create(dir.path(), seed).await?;
+        while oracle.steps().len() < 40 {
+            oracle.random_step().await?;
+            let table = oracle.catalog().load(&name).await?;
+            for step in oracle.steps().iter().filter(|s| !s.expired) {
+                read_with_to_arrow(&table, step, scans, limit, &mut c).await?;
+                let got = scan_table(oracle.catalog(), &name, step.snapshot_id).await?;
+                anyhow::ensure!(got == step.rows, "read_scan differs from the model");
+            }
+        }
+    }
+    println!(
+        "to_arrow: {} of {} reads hung (timeout {limit:?}), {} of them of snapshots where a delete file applies to several data files ({} of {} snapshot reads); planning: {} of {} ended; read_scan: all ended and equal the model",
+        c.hung, c.reads, c.hung_shared, c.shared, c.plans, c.plans, c.plans
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Counts {
+    reads: usize,
+    hung: usize,
+    hung_shared: usize,
+    plans: usize,
+    shared: usize,
+}
+
+/// Plans `step`'s snapshot (must end), then reads it with `to_arrow` `scans` times at once.
+async fn read_with_to_arrow(
+    table: &iceberg::table::Table,
+    step: &unitable_tests::iceberg_oracle::Step,
+    scans: usize,
+    limit: std::time::Duration,
+    c: &mut Counts,
+) -> Result<()> {
+    let scan = table.scan().snapshot_id(step.snapshot_id).build()?;
+    // Planning alone ends (iceberg-rust's planner, manifests included).
+    let planned: Vec<_> = tokio::time::timeout(limit, async {
+        scan.plan_files().await?.try_collect::<Vec<_>>().await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("planning snapshot {} hung", step.snapshot_id))??;
+    c.plans += 1;
+    // Whether a delete file applies to two or more of the planned files (what the reader's
+    // shared delete cache then loads once and makes the others wait for).
+    let mut users: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &planned {
+        for d in &t.deletes {
+            *users.entry(d.file_path.clone()).or_default() += 1;
+        }
+    }
+    let shares = users.values().any(|n| *n > 1);
+    c.shared += usize::from(shares);
+    let tasks = (0..scans).map(|_| {
+        let table = table.clone();
+        let id = step.snapshot_id;
+        tokio::spawn(async move {
+            let read = async {
+                let batches: Vec<RecordBatch> = table
+                    .scan()
+                    .snapshot_id(id)
+                    .build()?
+                    .to_arrow()
+                    .await?
+                    .try_collect()
+                    .await?;
+                rows_of(batches)
+            };
+            tokio::time::timeout(limit, read).await
+        })
+    });
+    for outcome in futures::future::join_all(tasks).await {
+        c.reads += 1;
+        match outcome? {
+            Err(_) => {
+                c.hung += 1;
+                c.hung_shared += usize::from(shares);
+            }
+            Ok(rows) => anyhow::ensure!(rows? == step.rows, "to_arrow read wrong rows"),
+        }
+    }
     Ok(())
 }

@@ -513,6 +513,68 @@ impl TableCommitter {
         Ok(())
     }
 
+    /// The commit loop rebases a row delta on snapshots that landed after the cycle loaded the
+    /// table (its deletes are checked against them). When those were compactions (`replace`:
+    /// rewrites, manifest merges), the index, which reflected `reflected`, must follow the rows
+    /// they moved, as [`Self::catch_up`] does before a cycle; the committed delta's own rows and
+    /// deletes are already in the index and touch no file a rewrite replaced (the commit layer
+    /// refuses deletes against replaced files).
+    async fn apply_absorbed(
+        &self,
+        state: &mut State,
+        reflected: Option<i64>,
+        committed: i64,
+    ) -> WriteResult<()> {
+        if state.def.is_append_only() {
+            return Ok(());
+        }
+        let table = self.shared.catalog.load(&self.name).await?;
+        let metadata = table.metadata();
+        let parent = metadata
+            .snapshot_by_id(committed)
+            .and_then(|s| s.parent_snapshot_id());
+        if parent == reflected {
+            return Ok(());
+        }
+        let absorbed: Option<HashSet<i64>> = parent
+            .and_then(|p| ancestors_between(metadata, p, reflected))
+            .filter(|chain| {
+                chain
+                    .iter()
+                    .all(|s| s.summary().operation == Operation::Replace)
+            })
+            .map(|chain| chain.iter().map(|s| s.snapshot_id()).collect());
+        let Some(absorbed) = absorbed else {
+            info!(table = %self.name, "the commit landed on snapshots of another writer; rebuilding the index");
+            self.rebuild(state, &table, "foreign-snapshot").await?;
+            state.snapshot_id = metadata.current_snapshot_id();
+            return Ok(());
+        };
+        match repoint_index(
+            table.file_io(),
+            metadata,
+            &state.codec,
+            &state.key_field_ids,
+            &mut state.index,
+            &absorbed,
+        )
+        .await
+        {
+            Ok(keys) => {
+                metrics::counter!(m::INDEX_REPOINTS, "table" => self.name.to_string()).increment(1);
+                state.checkpoint_due.add(0, keys as u64);
+                debug!(table = %self.name, snapshots = absorbed.len(), keys, "applied compactions the commit landed on");
+                Ok(())
+            }
+            Err(e) => {
+                warn!(table = %self.name, error = %e, "could not apply compactions the commit landed on; rebuilding the index");
+                self.rebuild(state, &table, "fallback").await?;
+                state.snapshot_id = metadata.current_snapshot_id();
+                Ok(())
+            }
+        }
+    }
+
     fn report_index(&self, state: &State) {
         let table = self.name.to_string();
         metrics::gauge!(m::INDEX_KEYS, "table" => table.clone()).set(state.index.len() as f64);
@@ -633,6 +695,10 @@ impl TableCommitter {
         };
 
         // Committed: now the index may move on.
+        let reflected = state.snapshot_id;
+        // Snapshots landed between the table the index reflects and this commit (the commit
+        // loop rebased on them) when the sequence numbers are not consecutive.
+        let landed_on_others = committed.sequence_number != table.metadata().next_sequence_number();
         for (key, op) in &folded.changed {
             if *op == ChangeOp::Delete {
                 state.index.remove(key)?;
@@ -660,6 +726,10 @@ impl TableCommitter {
         state.heal.clear();
         state.next = until;
         state.snapshot_id = Some(committed.snapshot_id);
+        if landed_on_others {
+            self.apply_absorbed(state, reflected, committed.snapshot_id)
+                .await?;
+        }
         state
             .checkpoint_due
             .add(written.len() as u64, folded.write.len() as u64);

@@ -13,6 +13,7 @@
 //! - [`plan`]: the live files of a snapshot with the deletes that apply, and reading deletes.
 //! - [`pointer`]: the compare-and-swap of the metadata pointer (SQL catalogs).
 //! - [`rewrite`]: rewrite files (`replace`), carrying concurrent position deletes over.
+//! - [`merge`]: merge manifests (`replace`, no data change) so a snapshot lists few of them.
 //! - [`expire`]: expire snapshots, then delete the files only they reached.
 //! - [`orphans`]: remove files no metadata references, older than a safety age.
 //! - [`read`]: a snapshot's changelog offsets, ancestry, and the snapshot current at a time.
@@ -25,6 +26,10 @@ pub mod expire;
 #[cfg(test)]
 mod expire_tests;
 pub mod files;
+mod manifests;
+pub mod merge;
+#[cfg(test)]
+mod merge_tests;
 pub mod orphans;
 pub mod plan;
 pub mod pointer;

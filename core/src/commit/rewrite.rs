@@ -2,10 +2,12 @@
 //! ones holding the same live rows (compaction), removes the delete files that only targeted the
 //! replaced files, and carries position deletes committed meanwhile over onto the new files.
 //!
-//! **Snapshot layout.** Every parent manifest holding a removed file is rewritten: removed files
-//! become `DELETED` entries that keep their original data and file sequence numbers; the other
-//! live entries become `EXISTING` with theirs; earlier `DELETED` entries are dropped. Manifests
-//! without removed files are carried over unchanged. The new data files are `ADDED` in a new
+//! **Snapshot layout.** The parent manifests holding a removed file are merged, per content type
+//! and partition spec, into one manifest of the live entries they keep (`EXISTING`, with their
+//! snapshot ids and sequence numbers) and one manifest of the removed files (`DELETED`, keeping
+//! their original data and file sequence numbers; it holds no live entry, so the next commit
+//! drops it and deleted entries appear only in the snapshot that deleted the files). Earlier
+//! `DELETED` entries are dropped. Manifests without removed files are carried over unchanged. The new data files are `ADDED` in a new
 //! manifest with an explicit data sequence number; carried deletes are `ADDED` in a new delete
 //! manifest and inherit the snapshot's sequence number.
 //!
@@ -30,14 +32,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iceberg::spec::{
-    DataContentType, DataFile, ManifestContentType, ManifestFile, ManifestWriterBuilder, Operation,
-    TableMetadata,
-};
+use iceberg::spec::{DataContentType, DataFile, ManifestFile, Operation, TableMetadata};
 
 use super::committer::{Attempt, Base, Committed, Staged, TurnRole, find_commit, new_snapshot_id};
 use super::committer::{Committer, stage_snapshot};
 use super::files::{PositionDelete, write_position_deletes};
+use super::manifests::{Carry, ManifestGroup, write_carried_manifest};
 use super::plan::{DeleteIndex, TrackedFile, has_live_entries, live_files, read_position_deletes};
 use super::read::ancestors_between;
 use super::row_delta::write_added_manifest;
@@ -478,18 +478,53 @@ impl Attempt for RewriteOp<'_> {
             );
         }
         let removing: HashSet<String> = self.removed.union(&to_remove).cloned().collect();
+        // The manifests holding a removed file, per content type and partition spec, become
+        // one manifest of the entries they keep (`EXISTING`) and one of the entries this
+        // snapshot removes (`DELETED`, not carried into later snapshots); the other manifests
+        // are carried over unchanged.
+        let mut touched: BTreeMap<ManifestGroup, Vec<Arc<Vec<TrackedFile>>>> = BTreeMap::new();
         for (manifest, entries) in manifests {
             let affected = entries
                 .iter()
                 .any(|f| f.is_live() && removing.contains(f.data_file.file_path()));
             if affected {
-                new_manifests.push(
-                    rewrite_manifest(base, self.snapshot_id, &manifest, &entries, &removing)
-                        .await?,
-                );
+                touched
+                    .entry(ManifestGroup::of(&manifest))
+                    .or_default()
+                    .push(entries);
             } else if has_live_entries(&manifest) {
                 new_manifests.push(manifest);
             }
+        }
+        for (group, manifests) in touched {
+            let live = || {
+                manifests
+                    .iter()
+                    .flat_map(|m| m.iter())
+                    .filter(|f| f.is_live())
+            };
+            let is_removed = |f: &&TrackedFile| removing.contains(f.data_file.file_path());
+            if live().any(|f| !is_removed(&f)) {
+                let kept = live()
+                    .filter(|f| !is_removed(f))
+                    .map(|f| (f, Carry::Existing));
+                new_manifests.push(
+                    write_carried_manifest(
+                        base.file_io,
+                        metadata,
+                        self.snapshot_id,
+                        group,
+                        kept,
+                        "k",
+                    )
+                    .await?,
+                );
+            }
+            let gone = live().filter(is_removed).map(|f| (f, Carry::Deleted));
+            new_manifests.push(
+                write_carried_manifest(base.file_io, metadata, self.snapshot_id, group, gone, "d")
+                    .await?,
+            );
         }
 
         let mut props: HashMap<String, String> = self
@@ -527,70 +562,4 @@ impl Attempt for RewriteOp<'_> {
             output: committed,
         })
     }
-}
-
-/// Rewrites `manifest` for snapshot `snapshot_id`: entries whose path is in `removing` become `DELETED`,
-/// other live entries `EXISTING`, earlier `DELETED` entries are dropped. Sequence numbers and
-/// the adding snapshot ids of the kept entries are preserved.
-async fn rewrite_manifest(
-    base: &Base<'_>,
-    snapshot_id: i64,
-    manifest: &ManifestFile,
-    entries: &[TrackedFile],
-    removing: &HashSet<String>,
-) -> CommitResult<ManifestFile> {
-    let metadata = base.metadata;
-    let spec = metadata
-        .partition_spec_by_id(manifest.partition_spec_id)
-        .ok_or_else(|| CommitError::Invalid {
-            reason: format!(
-                "manifest {} uses unknown partition spec {}",
-                manifest.manifest_path, manifest.partition_spec_id
-            ),
-        })?;
-    let path = format!(
-        "{}/metadata/{}-r{}.avro",
-        metadata.location(),
-        uuid::Uuid::now_v7(),
-        u8::from(manifest.content == ManifestContentType::Deletes)
-    );
-    let output = base
-        .file_io
-        .new_output(&path)
-        .map_err(|e| CommitError::iceberg(format!("open {path}"), e))?;
-    let builder = ManifestWriterBuilder::new(
-        output,
-        Some(snapshot_id),
-        metadata.current_schema().clone(),
-        spec.as_ref().clone(),
-    );
-    let mut writer = match manifest.content {
-        ManifestContentType::Data => builder.build_v2_data(),
-        ManifestContentType::Deletes => builder.build_v2_deletes(),
-    };
-    let err = |e| CommitError::iceberg("add a manifest entry", e);
-    for f in entries.iter().filter(|f| f.is_live()) {
-        if removing.contains(f.data_file.file_path()) {
-            writer
-                .add_delete_file(
-                    f.data_file.clone(),
-                    f.data_sequence_number,
-                    Some(f.file_sequence_number),
-                )
-                .map_err(err)?;
-        } else {
-            writer
-                .add_existing_file(
-                    f.data_file.clone(),
-                    f.snapshot_id,
-                    f.data_sequence_number,
-                    Some(f.file_sequence_number),
-                )
-                .map_err(err)?;
-        }
-    }
-    writer
-        .write_manifest_file()
-        .await
-        .map_err(|e| CommitError::iceberg(format!("write manifest {path}"), e))
 }

@@ -1,7 +1,7 @@
 //! Compaction throughput and the read speed it buys back.
 //!
 //! ```sh
-//! cargo run --release -p unitable-tests --bin compact-bench -- [ROWS] [UPDATE_ROUNDS]
+//! cargo run --release -p unitable-tests --bin compact-bench -- [ROWS] [UPDATE_ROUNDS] [merge|no-merge]
 //! ```
 //! Builds a keyed table (`id int64`, `v string` of 80 characters) of ROWS rows (default
 //! 1,000,000) in 20 files, then UPDATE_ROUNDS (default 10) row deltas that each update a random
@@ -12,7 +12,9 @@
 //! - SNAPSHOT scan after compaction, and of the same rows freshly written to a new table (in
 //!   arrival order: by the round of each row's last update, then id; same number of files).
 //!
-//! Scans are best of seven.
+//! Scans are best of seven. `no-merge` turns the compactor's manifest merge off
+//! (`unitable.compaction.merge-manifests=false`) for comparison; the manifests the compacted
+//! and the fresh snapshot list are printed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use unitable_core::clock::SystemClock;
 use unitable_core::commit::files::{
     PositionDelete, read_bytes, write_data_file, write_position_deletes,
 };
-use unitable_core::commit::plan::plan_files;
+use unitable_core::commit::plan::{manifests_of, plan_files};
 use unitable_core::commit::row_delta::{Committer, RowDelta};
 use unitable_core::naming::TableName;
 use unitable_core::scan::{ScanOptions, read_scan};
@@ -91,6 +93,17 @@ async fn scan(catalog: &TableCatalog, name: &TableName, expect: usize) -> anyhow
     Ok(best)
 }
 
+async fn head_manifests(catalog: &TableCatalog, name: &TableName) -> anyhow::Result<usize> {
+    let table = catalog.load(name).await?;
+    let snapshot = table
+        .metadata()
+        .current_snapshot()
+        .ok_or_else(|| anyhow::anyhow!("{name} has no snapshot"))?;
+    Ok(manifests_of(table.file_io(), table.metadata(), snapshot)
+        .await?
+        .len())
+}
+
 async fn commit(committer: &Committer, name: &TableName, delta: RowDelta) -> anyhow::Result<()> {
     committer.commit_row_delta(name, &delta).await?;
     Ok(())
@@ -102,6 +115,11 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .map_or(Ok(1_000_000), |s| s.parse())?;
     let rounds: u64 = std::env::args().nth(2).map_or(Ok(10), |s| s.parse())?;
+    let merge = match std::env::args().nth(3).as_deref() {
+        None | Some("merge") => true,
+        Some("no-merge") => false,
+        Some(other) => anyhow::bail!("unknown mode {other}; expected merge or no-merge"),
+    };
     let dir = tempfile::tempdir()?;
     let name: TableName = "bench.updated".parse()?;
     let (catalog, committer) = create_items_table(dir.path(), &name).await?;
@@ -117,6 +135,10 @@ async fn main() -> anyhow::Result<()> {
                 (
                     "unitable.compaction.min-input-files".to_string(),
                     "2".to_string(),
+                ),
+                (
+                    "unitable.compaction.merge-manifests".to_string(),
+                    merge.to_string(),
                 ),
             ]),
             BTreeMap::new(),
@@ -274,6 +296,8 @@ async fn main() -> anyhow::Result<()> {
     }
     commit(&fresh_committer, &fresh_name, fresh).await?;
     let fresh_scan = scan(&catalog, &fresh_name, expect).await?;
+    let manifests_after = head_manifests(&catalog, &name).await?;
+    let manifests_fresh = head_manifests(&catalog, &fresh_name).await?;
 
     let mb = |b: u64| b as f64 / 1e6;
     let compact_secs = report.duration.as_secs_f64();
@@ -310,6 +334,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "| SNAPSHOT scan of the same rows freshly written | {:.3} s |",
         fresh_scan.as_secs_f64()
+    );
+    println!(
+        "| manifests listed: compacted / fresh | {manifests_after} / {manifests_fresh} (merge {}) |",
+        if merge { "on" } else { "off" }
     );
     println!(
         "| speed after / fresh | {:.2}x |",

@@ -2,11 +2,13 @@
 //! expected rows, operation and whether it was expired:
 //! `[{"snapshot_id": 1, "rows": {"1": "v"}, "op": "delta", "expired": false}, ...]`.
 //!
-//! Usage: `iceberg-oracle DATA_DIR SEED STEPS [deltas|mixed]` (used by
-//! tests/python/test_iceberg_commits.py); `mixed` adds rewrites and expirations.
+//! Usage: `iceberg-oracle DATA_DIR SEED STEPS [deltas|mixed|compacted]` (used by
+//! tests/python/test_iceberg_commits.py); `mixed` adds rewrites, manifest merges and
+//! expirations; `compacted` runs STEPS rounds of 8 row deltas and a compaction (with its
+//! manifest merge), then 4 row deltas.
 
 use anyhow::Context;
-use unitable_tests::iceberg_oracle::{run_random_deltas, run_random_mixed};
+use unitable_tests::iceberg_oracle::{run_compacted, run_random_deltas, run_random_mixed};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,7 +22,8 @@ async fn main() -> anyhow::Result<()> {
     let steps = match args.next().as_deref() {
         None | Some("deltas") => run_random_deltas(dir, seed, steps).await?,
         Some("mixed") => run_random_mixed(dir, seed, steps).await?,
-        Some(other) => anyhow::bail!("unknown mode {other}; expected deltas or mixed"),
+        Some("compacted") => run_compacted(dir, seed, steps).await?,
+        Some(other) => anyhow::bail!("unknown mode {other}; expected deltas, mixed or compacted"),
     };
     let json: Vec<serde_json::Value> = steps
         .iter()
