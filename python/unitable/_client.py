@@ -121,6 +121,9 @@ class Client:
         self._t = transport
         self.tables = Tables(transport)
         self.access = Access(transport)
+        # Primary-key columns by table, for lookups by plain values (a describe per lookup
+        # would double its cost); refreshed when the server rejects keys built from them.
+        self._primary_keys: dict[str, list[str]] = {}
 
     @property
     def server(self) -> str:
@@ -368,6 +371,7 @@ class Client:
         Without `snapshot_id`/`as_of` the lookup reflects every write acknowledged before it.
         """
         millis = _millis(as_of)
+        cached_pk: list[str] | None = None
         key_list: list[Any] | None = None
         arrow_keys: pa.Table | None = None
         if isinstance(keys, pa.RecordBatch):
@@ -383,7 +387,13 @@ class Client:
                     f"pyarrow Table/DataFrame, not {type(keys).__name__}", table=table)
             key_list = list(keys)
             if any(not isinstance(k, Mapping) for k in key_list):
-                pk = self.tables.describe(table).primary_key
+                pk = self._primary_keys.get(table)
+                if pk is None:
+                    pk = list(self.tables.describe(table).primary_key)
+                    self._primary_keys[table] = pk
+                    cached_pk = None
+                else:
+                    cached_pk = pk
                 if len(pk) != 1:
                     raise InvalidArgument(
                         f"lookup in {table}: its primary key is ({', '.join(pk)}); give each key "
@@ -413,12 +423,19 @@ class Client:
                 request.as_of_timestamp_ms = millis
 
             def run(request: pb.ReadRequest = request) -> list[Any]:
-                return list(self._t.reads.Read(request, metadata=self._t.metadata,
-                                               timeout=self._t.timeout))
+                return [self._t.reads.Lookup(request, metadata=self._t.metadata,
+                                             timeout=self._t.timeout)]
 
             try:
                 messages = self._t.call(run, table=table, action="lookup in")
             except UnitableError as e:
+                # Keys built from a remembered primary key the table no longer has (it was
+                # dropped and created again): forget it and try once more.
+                if isinstance(e, InvalidArgument) and cached_pk is not None:
+                    self._primary_keys.pop(table, None)
+                    if list(self.tables.describe(table).primary_key) != cached_pk:
+                        return self.lookup(table, keys, columns=columns,
+                                           snapshot_id=snapshot_id, as_of=as_of)
                 if e.row is not None and e.details.startswith("key ") and start:
                     e.row += start
                     e.message = f"{e.message} (key {e.row} of the keys passed)"

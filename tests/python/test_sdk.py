@@ -277,6 +277,22 @@ def test_write_dicts_arrow_pandas_and_read_back(client):
     assert by_id(client.scan(TABLE)) == model_rows(model)
 
 
+def test_lookup_by_plain_values_follows_a_recreated_table(client):
+    """Plain-value lookups remember the table's key column; a table dropped and created
+    again with another key is looked up by the new one, not refused."""
+    name = "sdk.rekeyed"
+    client.tables.create(name, ["id:int64!", "code:string!", "v:string"], primary_key=["id"])
+    client.write(name, [{"id": 1, "code": "a", "v": "by id"}])
+    assert client.lookup(name, [1]).to_pylist() == [{"id": 1, "code": "a", "v": "by id"}]
+    client.tables.drop(name)
+    client.tables.create(name, ["id:int64!", "code:string!", "v:string"], primary_key=["code"])
+    client.write(name, [{"id": 2, "code": "b", "v": "by code"}])
+    found = client.lookup(name, ["b", "zz"])
+    assert found.to_pylist() == [{"id": 2, "code": "b", "v": "by code"}]
+    assert found.missing_keys == [{"code": "zz"}]
+    client.tables.drop(name)
+
+
 def test_rejected_rows_name_row_and_field(client):
     client.tables.create(TABLE, COLUMNS, primary_key=["id"])
     rows: list[dict[str, Any]] = [

@@ -308,6 +308,8 @@ enum Op {
     Snapshot,
     Fresh,
     Lookup,
+    /// The unary `Lookup` RPC.
+    UnaryLookup,
     Query,
     Compact,
     DropTable,
@@ -316,7 +318,7 @@ enum Op {
 impl Op {
     fn needs(self) -> u8 {
         match self {
-            Op::GetTable | Op::Stream | Op::Snapshot | Op::Fresh | Op::Lookup | Op::Query => 1,
+            Op::GetTable | Op::Stream | Op::Snapshot | Op::Fresh | Op::Lookup | Op::UnaryLookup | Op::Query => 1,
             Op::Write | Op::WriteStream => 2,
             Op::CreateTable | Op::AddColumn | Op::Compact | Op::DropTable => 3,
         }
@@ -374,6 +376,11 @@ impl Op {
             Op::Snapshot => read(caller, table, ReadMode::Snapshot).await,
             Op::Fresh => read(caller, table, ReadMode::Fresh).await,
             Op::Lookup => read(caller, table, ReadMode::Lookup).await,
+            Op::UnaryLookup => caller
+                .reader()
+                .lookup(read_request(table, ReadMode::Lookup))
+                .await
+                .map(|_| ()),
             Op::Query => sql(caller, &format!("SELECT count(*) FROM {table}"))
                 .await
                 .map(|_| ()),
@@ -436,6 +443,7 @@ async fn every_rpc_and_read_mode_needs_its_grant() -> Result<()> {
         Op::Snapshot,
         Op::Fresh,
         Op::Lookup,
+        Op::UnaryLookup,
         Op::Query,
         Op::Compact,
         Op::DropTable,
@@ -506,6 +514,7 @@ async fn calls_without_valid_credentials_are_unauthenticated() -> Result<()> {
             Op::GetTable,
             Op::Write,
             Op::Snapshot,
+            Op::UnaryLookup,
             Op::Query,
             Op::Compact,
         ] {

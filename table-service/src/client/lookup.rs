@@ -73,8 +73,8 @@ async fn run_inner(conn: &Connection, args: LookupArgs) -> Result<(), ClientErro
     let lines = key_lines(&args)?;
     let mut client =
         ReadServiceClient::new(conn.channel()?).max_decoding_message_size(256 * 1024 * 1024);
-    let mut stream = client
-        .read(ReadRequest {
+    let response = client
+        .lookup(ReadRequest {
             table: args.table.clone(),
             mode: ReadMode::Lookup as i32,
             columns: args.columns.clone(),
@@ -92,14 +92,7 @@ async fn run_inner(conn: &Connection, args: LookupArgs) -> Result<(), ClientErro
     let unreadable = |e: &dyn std::fmt::Display| {
         ClientError::new(format!("the server sent unreadable rows: {e}"))
     };
-    while let Some(message) = stream
-        .message()
-        .await
-        .map_err(|s| lookup_error(server, &s, &lines))?
-    {
-        let Some(read_response::Body::Lookup(result)) = message.body else {
-            continue;
-        };
+    if let Some(read_response::Body::Lookup(result)) = response.body {
         let reader = StreamReader::try_new(Cursor::new(result.arrow_ipc), None)
             .map_err(|e| unreadable(&e))?;
         for batch in reader {

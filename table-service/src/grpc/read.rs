@@ -355,6 +355,32 @@ impl ReadService for ReadApi {
         Ok(Response::new(stream))
     }
 
+    async fn lookup(
+        &self,
+        request: Request<wire::ReadRequest>,
+    ) -> Result<Response<wire::ReadResponse>, Status> {
+        let who = Principal::of(&request)?;
+        let request = request.into_inner();
+        let table = table_name(&request.table)?;
+        match wire::ReadMode::try_from(request.mode) {
+            Ok(wire::ReadMode::Lookup | wire::ReadMode::Unspecified) => {}
+            Ok(wire::ReadMode::Stream | wire::ReadMode::Snapshot | wire::ReadMode::Fresh)
+            | Err(_) => {
+                return Err(bad(
+                    "mode",
+                    "Lookup serves READ_MODE_LOOKUP only (or leave mode unset); use Read for \
+                     the other modes",
+                ));
+            }
+        }
+        metrics::counter!("unitable_grpc_requests_total", "method" => "Lookup", "mode" => "LOOKUP")
+            .increment(1);
+        self.access
+            .check(&who, Privilege::Read, &table, "Lookup")?;
+        let response = super::lookup::lookup(&self.reader, table, request).await?;
+        Ok(Response::new(response))
+    }
+
     async fn commit_group_offsets(
         &self,
         request: Request<wire::CommitGroupOffsetsRequest>,
