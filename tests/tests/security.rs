@@ -318,7 +318,13 @@ enum Op {
 impl Op {
     fn needs(self) -> u8 {
         match self {
-            Op::GetTable | Op::Stream | Op::Snapshot | Op::Fresh | Op::Lookup | Op::UnaryLookup | Op::Query => 1,
+            Op::GetTable
+            | Op::Stream
+            | Op::Snapshot
+            | Op::Fresh
+            | Op::Lookup
+            | Op::UnaryLookup
+            | Op::Query => 1,
             Op::Write | Op::WriteStream => 2,
             Op::CreateTable | Op::AddColumn | Op::Compact | Op::DropTable => 3,
         }

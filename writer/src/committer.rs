@@ -685,10 +685,19 @@ impl TableCommitter {
                     break c;
                 }
                 Err(CommitError::DataFileRemoved { path, .. }) if attempts < 4 => {
-                    info!(table = %self.name, %path, "a delete target was compacted away; applying the compaction to the index");
                     table = self.shared.catalog.load(&self.name).await?;
                     self.check_claim(state, table.metadata().properties())?;
-                    self.catch_up(state, &table).await?;
+                    if attempts == 1 {
+                        info!(table = %self.name, %path, "a delete target was compacted away; applying the compaction to the index");
+                        self.catch_up(state, &table).await?;
+                    } else {
+                        // Applying compactions did not help: the index points into a file
+                        // that is gone although it claims to reflect the head. Never let that
+                        // stop the table's commits: rebuild the index from the head.
+                        warn!(table = %self.name, %path, "a delete target is still a removed file after applying compactions; rebuilding the index");
+                        self.rebuild(state, &table, "fallback").await?;
+                        state.snapshot_id = table.metadata().current_snapshot_id();
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

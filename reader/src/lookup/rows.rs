@@ -188,12 +188,13 @@ impl OpenFile {
             metadata: Some(self.metadata.metadata().clone()),
         };
         let (groups, selection) = self.selection(block);
-        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(fetch, self.metadata.clone())
-            .with_row_groups(groups)
-            .with_row_selection(selection)
-            .with_batch_size(self.block_rows)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let stream =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(fetch, self.metadata.clone())
+                .with_row_groups(groups)
+                .with_row_selection(selection)
+                .with_batch_size(self.block_rows)
+                .build()
+                .map_err(|e| e.to_string())?;
         let schema = stream.schema().clone();
         let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| e.to_string())?;
         arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.to_string())

@@ -375,8 +375,7 @@ impl ReadService for ReadApi {
         }
         metrics::counter!("unitable_grpc_requests_total", "method" => "Lookup", "mode" => "LOOKUP")
             .increment(1);
-        self.access
-            .check(&who, Privilege::Read, &table, "Lookup")?;
+        self.access.check(&who, Privilege::Read, &table, "Lookup")?;
         let response = super::lookup::lookup(&self.reader, table, request).await?;
         Ok(Response::new(response))
     }

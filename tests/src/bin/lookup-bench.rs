@@ -268,7 +268,11 @@ async fn bench_redis(args: &Args, workloads: &[Workload]) -> Result<Vec<String>>
             let want = if workload.present { keys.len() } else { 0 };
             ensure!(found == want, "redis found {found} of {want}");
         }
-        let verb = if workload.requests[0].len() == 1 { "GET" } else { "MGET" };
+        let verb = if workload.requests[0].len() == 1 {
+            "GET"
+        } else {
+            "MGET"
+        };
         lines.push(row(&format!("Redis {verb}"), workload, times));
     }
     Ok(lines)

@@ -41,7 +41,9 @@ fn parquet_file() -> Vec<u8> {
         schema.clone(),
         vec![
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
             Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2))),
         ],
     )
@@ -98,7 +100,11 @@ fn check(batch: &RecordBatch, positions: &[u32], field_ids: &[i32]) {
         if field_ids.contains(&3) {
             let c = column(3);
             let c = c.as_any().downcast_ref::<Int64Array>().unwrap();
-            assert_eq!((!c.is_null(row)).then(|| c.value(row)), n, "n at position {pos}");
+            assert_eq!(
+                (!c.is_null(row)).then(|| c.value(row)),
+                n,
+                "n at position {pos}"
+            );
         }
     }
 }
@@ -143,9 +149,15 @@ async fn rows_read_through_blocks_equal_the_rows_written() {
             let decoded = cache.decoded.load(Ordering::Relaxed);
             // 10 blocks of ~1,024 rows; a cache keeps each after its first read.
             if cache_bytes > 0 {
-                assert!(decoded <= 10, "{path}: {decoded} blocks decoded with a cache");
+                assert!(
+                    decoded <= 10,
+                    "{path}: {decoded} blocks decoded with a cache"
+                );
             } else {
-                assert!(decoded > 100, "{path}: {decoded} blocks decoded without a cache");
+                assert!(
+                    decoded > 100,
+                    "{path}: {decoded} blocks decoded without a cache"
+                );
             }
         }
     }
@@ -167,7 +179,10 @@ async fn a_position_outside_the_file_is_an_error_naming_it() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("row position 10000") && e.contains("data.parquet"), "{e}");
+    assert!(
+        e.contains("row position 10000") && e.contains("data.parquet"),
+        "{e}"
+    );
     let e = files.read_rows(&path, &[9, 5], &[1]).await.unwrap_err();
     assert!(e.to_string().contains("out of order"), "{e}");
 }
