@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use arrow::array::{Int64Array, RecordBatch, StringArray};
+use futures::TryStreamExt;
 use iceberg::spec::{DataFile, Struct};
 use iceberg::table::Table;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
@@ -23,15 +24,65 @@ use unitable_core::commit::files::{
     PositionDelete, read_data_file, write_data_file, write_position_deletes,
 };
 use unitable_core::commit::merge::MergeManifests;
-use unitable_core::commit::plan::{PlannedFile, plan_files, read_position_deletes};
+use unitable_core::commit::plan::{
+    PlannedFile, manifests_of, plan_files, read_position_deletes, snapshot_entries,
+};
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::rewrite::{PositionMap, RewriteFiles};
 use unitable_core::commit::row_delta::{Committer, RowDelta};
 use unitable_core::naming::TableName;
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_core::table::{Column, TableDef, TableSpec};
 
 /// The table the oracle writes.
 pub const ORACLE_TABLE: &str = "oracle.items";
+
+/// The rows (id -> v) snapshot `snapshot_id` of an oracle-shaped table reads as, through
+/// [`read_scan`]; a duplicate id is an error.
+pub async fn scan_id_values(table: &Table, snapshot_id: i64) -> Result<BTreeMap<i64, String>> {
+    let scan = table.scan().snapshot_id(snapshot_id).build()?;
+    let batches: Vec<RecordBatch> = read_scan(table, &scan, ScanOptions::default())
+        .await?
+        .try_collect()
+        .await?;
+    let mut rows = BTreeMap::new();
+    for b in batches {
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .context("id")?;
+        let vs = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .context("v")?;
+        for i in 0..b.num_rows() {
+            ensure!(
+                rows.insert(ids.value(i), vs.value(i).to_string()).is_none(),
+                "duplicate id {}",
+                ids.value(i)
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// Every file snapshot `id` reaches: manifest list, manifests, live data and delete files.
+pub async fn reachable(table: &Table, id: i64) -> Result<BTreeSet<String>> {
+    let metadata = table.metadata();
+    let snapshot = metadata.snapshot_by_id(id).context("snapshot")?;
+    let mut out = BTreeSet::from([snapshot.manifest_list().to_string()]);
+    for m in manifests_of(table.file_io(), metadata, snapshot).await? {
+        out.insert(m.manifest_path.clone());
+    }
+    for f in snapshot_entries(table.file_io(), metadata, Some(id)).await? {
+        if f.is_live() {
+            out.insert(f.data_file.file_path().to_string());
+        }
+    }
+    Ok(out)
+}
 
 /// Where a row lives: (data file path, row position).
 pub type Location = (String, i64);

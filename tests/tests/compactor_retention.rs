@@ -7,63 +7,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
-use arrow::array::{Int64Array, RecordBatch, StringArray};
-use futures::TryStreamExt;
 use iceberg::spec::Struct;
-use iceberg::table::Table;
 use unitable_compactor::{CompactOptions, Compactor, SchedulerConfig};
 use unitable_core::catalog::TableCatalog;
 use unitable_core::clock::ManualClock;
 use unitable_core::commit::files::{PositionDelete, write_position_deletes};
-use unitable_core::commit::plan::{manifests_of, snapshot_entries};
 use unitable_core::commit::row_delta::{Committer, RowDelta};
 use unitable_core::naming::TableName;
-use unitable_core::scan::{ScanOptions, read_scan};
-use unitable_tests::iceberg_oracle::{create_items_table, write_rows};
-
-async fn scan(table: &Table, snapshot_id: i64) -> Result<BTreeMap<i64, String>> {
-    let scan = table.scan().snapshot_id(snapshot_id).build()?;
-    let batches: Vec<RecordBatch> = read_scan(table, &scan, ScanOptions::default())
-        .await?
-        .try_collect()
-        .await?;
-    let mut rows = BTreeMap::new();
-    for b in batches {
-        let ids = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .context("id")?;
-        let vs = b
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .context("v")?;
-        for i in 0..b.num_rows() {
-            ensure!(
-                rows.insert(ids.value(i), vs.value(i).to_string()).is_none(),
-                "duplicate id"
-            );
-        }
-    }
-    Ok(rows)
-}
-
-/// Every file snapshot `id` reaches: manifest list, manifests, data and delete files.
-async fn reachable(table: &Table, id: i64) -> Result<BTreeSet<String>> {
-    let metadata = table.metadata();
-    let snapshot = metadata.snapshot_by_id(id).context("snapshot")?;
-    let mut out = BTreeSet::from([snapshot.manifest_list().to_string()]);
-    for m in manifests_of(table.file_io(), metadata, snapshot).await? {
-        out.insert(m.manifest_path.clone());
-    }
-    for f in snapshot_entries(table.file_io(), metadata, Some(id)).await? {
-        if f.is_live() {
-            out.insert(f.data_file.file_path().to_string());
-        }
-    }
-    Ok(out)
-}
+use unitable_tests::iceberg_oracle::{
+    create_items_table, reachable, scan_id_values as scan, write_rows,
+};
 
 async fn commit(
     committer: &Committer,

@@ -25,15 +25,16 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use iceberg::io::{FileIO, FileRead};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
 };
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::reader::{ChunkReader, Length};
+use unitable_core::commit::files::roots_with_field_ids;
 use unitable_core::storage::local_path;
 
 use crate::error::{ReadError, ReadResult};
@@ -500,20 +501,7 @@ impl DataFiles {
         }
         let blocks = self.blocks(path, &file, &wanted).await?;
         // The asked-for columns of each block, then the rows picked out of them.
-        let columns: Vec<usize> = file
-            .metadata
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| {
-                f.metadata()
-                    .get(PARQUET_FIELD_ID_META_KEY)
-                    .and_then(|id| id.parse::<i32>().ok())
-                    .is_some_and(|id| field_ids.contains(&id))
-            })
-            .map(|(i, _)| i)
-            .collect();
+        let columns = roots_with_field_ids(file.metadata.schema(), field_ids);
         let mut sources = Vec::with_capacity(wanted.len());
         let mut slot = HashMap::with_capacity(wanted.len());
         for block in &wanted {
