@@ -21,6 +21,7 @@
 
 pub mod error;
 pub mod filter;
+pub mod followed;
 pub mod freshness;
 pub mod group;
 pub mod lookup;
@@ -50,6 +51,8 @@ pub struct Reader {
     catalog: TableCatalog,
     changelog: Arc<dyn Changelog>,
     lookups: Arc<lookup::LookupCache>,
+    /// Changelog tails kept in memory for FRESH reads of keyed tables.
+    followed: Arc<followed::FollowedTails>,
     /// Memory pool and spill space shared by every SQL query of this reader.
     sql_runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
     /// Consumer groups, when the catalog has a database to keep them in.
@@ -71,6 +74,7 @@ impl Reader {
             catalog,
             changelog,
             lookups: Arc::default(),
+            followed: Arc::default(),
             sql_runtime: sql::runtime(sql::DEFAULT_MEMORY_LIMIT),
             groups: None,
         }

@@ -8,14 +8,12 @@
 //! dropped while scanning; the tail's live rows follow the snapshot's. Deletes in the tail thus
 //! remove rows, and upserts replace them, exactly as the committer will when it catches up.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::expr::Predicate;
@@ -30,7 +28,7 @@ use unitable_core::table::TableDef;
 
 use crate::error::{ReadError, ReadResult};
 use crate::filter::{BoundFilter, RowFilter, project_schema};
-use crate::tail::read_tail;
+use crate::tail::{Tail, read_tail};
 use crate::{Reader, freshness};
 
 /// Rows per scanned batch (and so per streamed message): DataFusion's default, large enough
@@ -49,6 +47,12 @@ pub(crate) enum Tip {
     Fresh {
         /// Exclusive end per partition.
         to: PartitionOffsets,
+    },
+    /// The snapshot plus its changelog tail as a follower keeps it (`crate::followed`).
+    Followed {
+        /// Exclusive end per partition of what the tail covers.
+        to: PartitionOffsets,
+        tail: Arc<Tail>,
     },
 }
 
@@ -101,7 +105,7 @@ impl Reader {
                 .map_or_else(PartitionOffsets::default, |s| {
                     anchored_offsets(metadata, s.snapshot_id())
                 }),
-            Tip::Fresh { to } => to.clone(),
+            Tip::Fresh { to } | Tip::Followed { to, .. } => to.clone(),
         };
         let as_of = freshness::as_of(
             self.changelog.as_ref(),
@@ -173,8 +177,9 @@ impl Pinned {
         predicate: Option<Predicate>,
     ) -> ReadResult<BatchStream> {
         let out_schema = self.output_schema(columns)?;
-        let tail = match &self.tip {
+        let tail: Option<Arc<Tail>> = match &self.tip {
             Tip::Snapshot => None,
+            Tip::Followed { tail, .. } => Some(tail.clone()),
             Tip::Fresh { to } => {
                 let from = self
                     .snapshot
@@ -182,7 +187,7 @@ impl Pinned {
                     .map_or_else(PartitionOffsets::default, |s| {
                         anchored_offsets(self.table.metadata(), s.snapshot_id())
                     });
-                Some(
+                Some(Arc::new(
                     read_tail(
                         self.reader.changelog.as_ref(),
                         &self.codec,
@@ -191,7 +196,7 @@ impl Pinned {
                         to,
                     )
                     .await?,
-                )
+                ))
             }
         };
         // Columns to read: the output, what the filter reads, and the key for the tail merge.
@@ -210,10 +215,7 @@ impl Pinned {
             scan_schema: scan_schema.clone(),
             out_schema: out_schema.clone(),
             filter: filter.map(|f| f.bind(&scan_schema)).transpose()?,
-            keys: tail
-                .as_ref()
-                .map(|t| t.keys.clone())
-                .filter(|k| !k.is_empty()),
+            keys: tail.clone().filter(|t| !t.keys.is_empty()),
             key_columns: self
                 .def
                 .primary_key
@@ -261,7 +263,10 @@ impl Pinned {
                 )
             }
         };
-        let tail_rows = tail.and_then(|t| t.live).map(|live| step.tail_batch(&live));
+        let tail_rows = tail
+            .as_ref()
+            .and_then(|t| t.live.as_ref())
+            .map(|live| step.tail_batch(live));
         Ok(Box::pin(
             snapshot_rows
                 .chain(futures::stream::iter(tail_rows))
@@ -275,8 +280,8 @@ struct Step {
     scan_schema: SchemaRef,
     out_schema: SchemaRef,
     filter: Option<BoundFilter>,
-    /// Keys the tail changed: their snapshot rows are superseded.
-    keys: Option<HashSet<Bytes>>,
+    /// The tail, when it changed keys: their snapshot rows are superseded.
+    keys: Option<Arc<Tail>>,
     /// Indexes of the key columns in `scan_schema`.
     key_columns: Vec<usize>,
     codec: Arc<RecordCodec>,
@@ -285,7 +290,7 @@ struct Step {
 impl Step {
     fn snapshot_batch(&self, batch: &RecordBatch) -> ReadResult<RecordBatch> {
         let mut batch = conform(batch, &self.scan_schema)?;
-        if let Some(keys) = &self.keys {
+        if let Some(keys) = self.keys.as_ref().map(|t| &t.keys) {
             let key_batch = batch
                 .project(&self.key_columns)
                 .map_err(|e| internal("project the key columns", e))?;

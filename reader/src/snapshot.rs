@@ -1,6 +1,7 @@
 //! SNAPSHOT and FRESH reads: one Iceberg snapshot (deletes applied), and for FRESH the
 //! changelog tail merged by key, streamed batch by batch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -8,6 +9,7 @@ use iceberg::spec::SnapshotRef;
 use unitable_core::commit::read::snapshot_as_of;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::AsOf;
+use unitable_core::record::RecordCodec;
 use unitable_core::table::TableDef;
 
 use crate::Reader;
@@ -113,6 +115,23 @@ impl Reader {
             if u128::from(pinned.as_of.lag_ms.max(0) as u64) <= max.as_millis() {
                 return Ok(pinned);
             }
+        }
+        // Keyed tables: the tail a follower keeps in memory, when it can serve.
+        let codec = Arc::new(RecordCodec::new(
+            &def,
+            &loaded.metadata().uuid().to_string(),
+            loaded.metadata().current_schema_id(),
+        )?);
+        let followed = self
+            .followed
+            .read(&loaded, &def, &codec, &to, &self.catalog, &self.changelog)
+            .await?;
+        if let Some(f) = followed {
+            let tip = Tip::Followed {
+                to: f.to,
+                tail: f.tail,
+            };
+            return self.pin(table, loaded, f.snapshot, tip).await;
         }
         self.pin(table, loaded, snapshot, Tip::Fresh { to }).await
     }

@@ -24,7 +24,7 @@ mod index;
 mod keys;
 mod rows;
 mod state;
-mod tail;
+pub(crate) mod tail;
 
 pub use keys::{LookupKeys, MAX_KEYS};
 pub use rows::DEFAULT_BLOCK_CACHE_BYTES;

@@ -2,7 +2,7 @@
 //! after the base snapshot's anchored offsets, kept current by one follower task per
 //! partition.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -133,22 +133,39 @@ impl PartitionTail {
         let mut changes = Vec::with_capacity(records.len());
         decode_into(codec, records, table, &mut changes);
         let next = records.last().map(|r| r.offset.next());
-        {
-            let mut entries = self.lock();
-            let (mut added, mut freed) = (0, 0);
-            for (key, entry) in changes {
-                added += entry.bytes(&key);
-                if let Some(old) = entries.get(&key) {
-                    freed += old.bytes(&key);
-                }
-                entries.insert(key, entry);
+        let mut entries = self.lock();
+        let (mut added, mut freed) = (0, 0);
+        for (key, entry) in changes {
+            added += entry.bytes(&key);
+            if let Some(old) = entries.get(&key) {
+                freed += old.bytes(&key);
             }
-            self.bytes.fetch_add(added, Ordering::Relaxed);
-            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            entries.insert(key, entry);
         }
+        self.bytes.fetch_add(added, Ordering::Relaxed);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        // Under the lock, so a copy of the entries knows exactly which offsets it covers.
         if let Some(next) = next {
             self.consumed.send_replace(next);
         }
+    }
+
+    /// Adds every key of the tail to `keys` and every live row to `rows`; returns the offset
+    /// the copy covers (every record below it, none at or above it).
+    pub(crate) fn copy_into(
+        &self,
+        keys: &mut HashSet<Bytes>,
+        rows: &mut Vec<RecordBatch>,
+    ) -> Offset {
+        let entries = self.lock();
+        keys.reserve(entries.len());
+        for (key, entry) in entries.iter() {
+            keys.insert(key.clone());
+            if let Some(row) = &entry.row {
+                rows.push(row.clone());
+            }
+        }
+        *self.consumed.borrow()
     }
 }
 

@@ -49,7 +49,7 @@ fn parquet_file() -> Vec<u8> {
     )
     .unwrap();
     let props = WriterProperties::builder()
-        .set_max_row_group_size(3_000)
+        .set_max_row_group_row_count(Some(3_000))
         .set_data_page_row_count_limit(1_000)
         .set_write_batch_size(1_000)
         .set_dictionary_enabled(false)
@@ -147,15 +147,25 @@ async fn rows_read_through_blocks_equal_the_rows_written() {
             let files = DataFiles::new(io.clone(), cache.clone(), "t.rows".into());
             random_reads(&files, path, 7 + i as u64).await;
             let decoded = cache.decoded.load(Ordering::Relaxed);
-            // 10 blocks of ~1,024 rows; a cache keeps each after its first read.
+            let block_rows = files.open(path).await.unwrap().block_rows;
+            let blocks = ROWS.div_ceil(block_rows) as u64;
+            assert!(
+                (64..=1024).contains(&block_rows) && blocks > 1,
+                "{path}: ~250-byte rows make blocks of 64-1,024 rows, not {block_rows}"
+            );
             if cache_bytes > 0 {
-                assert!(
-                    decoded <= 10,
-                    "{path}: {decoded} blocks decoded with a cache"
+                // Every block was read (30 rounds of up to 200 positions), each decoded once;
+                // a second pass over other positions decodes nothing.
+                assert_eq!(decoded, blocks, "{path}: blocks decoded with a cache");
+                random_reads(&files, path, 99 + i as u64).await;
+                assert_eq!(
+                    cache.decoded.load(Ordering::Relaxed),
+                    blocks,
+                    "{path}: second pass"
                 );
             } else {
                 assert!(
-                    decoded > 100,
+                    decoded > 3 * blocks,
                     "{path}: {decoded} blocks decoded without a cache"
                 );
             }

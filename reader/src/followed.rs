@@ -1,0 +1,336 @@
+//! FRESH reads without re-reading the changelog: per keyed table, the changelog tail after a
+//! recent snapshot, kept in memory by one follower per partition.
+//!
+//! A [`FollowedTail`] holds a *base* snapshot, its anchored offsets, and per partition the
+//! latest record of every key at or after them (the same [`PartitionTail`]s LOOKUP uses,
+//! without a key index). A task moves the base to each newer snapshot: it waits until the
+//! followers have passed the new snapshot's offsets, then, under the base's write lock, drops
+//! tail entries below them and swaps the base. A FRESH read waits until the followers have
+//! applied everything below the heads it read, then copies the tail under the base's read lock:
+//! the base snapshot's rows minus the tail's keys, plus the tail's live rows, is every
+//! acknowledged write (the argument of docs/reader.md "Why the answer is fresh").
+//!
+//! The first FRESH read of a table starts its followers at the current snapshot's offsets and
+//! waits for them like any read. A tail over [`MAX_FOLLOWED_BYTES`], a table dropped or changed
+//! in schema, a follower that cannot go on, or [`IDLE`] without a read ends the state; reads
+//! then use [`crate::tail::read_tail`] (the changelog range, read and folded per request) until
+//! a new state serves.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use iceberg::spec::SnapshotRef;
+use tokio::task::JoinHandle;
+use unitable_core::catalog::TableCatalog;
+use unitable_core::changelog::Changelog;
+use unitable_core::commit::read::anchored_offsets;
+use unitable_core::naming::TableName;
+use unitable_core::offsets::{PartitionId, PartitionOffsets};
+use unitable_core::record::RecordCodec;
+use unitable_core::table::TableDef;
+
+use crate::error::{ReadError, ReadResult};
+use crate::lookup::tail::{PartitionTail, follow};
+use crate::tail::Tail;
+
+/// A table's followed tail may hold this much before it is dropped (reads fall back to reading
+/// the changelog range).
+pub const MAX_FOLLOWED_BYTES: usize = 512 << 20;
+/// A state no FRESH read used for this long stops its followers.
+const IDLE: Duration = Duration::from_secs(300);
+/// How often the base moves to the newest snapshot.
+const REBASE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a read waits for the followers to reach the heads (then it reads the range
+/// itself), and a re-base for them to reach a new snapshot (then it tries again later).
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The states by table.
+#[derive(Debug, Default)]
+pub(crate) struct FollowedTails {
+    tables: Mutex<HashMap<TableName, Arc<FollowedTail>>>,
+}
+
+/// What a FRESH read serves from a followed tail.
+#[derive(Debug)]
+pub(crate) struct Followed {
+    /// The base snapshot (`None`: the table had none when the state started).
+    pub(crate) snapshot: Option<SnapshotRef>,
+    /// The changelog after it: keys changed and live rows.
+    pub(crate) tail: Arc<Tail>,
+    /// Exclusive end per partition of what the tail covers (at or past the heads asked for).
+    pub(crate) to: PartitionOffsets,
+}
+
+/// One table's followed tail.
+#[derive(Debug)]
+pub(crate) struct FollowedTail {
+    name: TableName,
+    uuid: String,
+    schema_id: i32,
+    base: RwLock<(Option<SnapshotRef>, PartitionOffsets)>,
+    tails: Vec<Arc<PartitionTail>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    invalid: AtomicBool,
+    /// When a read last used the state, in ms since `epoch`.
+    used_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Drop for FollowedTail {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+impl FollowedTails {
+    /// What a FRESH read of `table` (loaded, current schema `codec`) serves from the followed
+    /// tail: `None` when the table has no primary key or the state cannot serve (the caller
+    /// reads the changelog range instead).
+    pub(crate) async fn read(
+        &self,
+        table: &iceberg::table::Table,
+        def: &TableDef,
+        codec: &Arc<RecordCodec>,
+        heads: &PartitionOffsets,
+        catalog: &TableCatalog,
+        changelog: &Arc<dyn Changelog>,
+    ) -> ReadResult<Option<Followed>> {
+        if def.is_append_only() {
+            return Ok(None);
+        }
+        let metadata = table.metadata();
+        let state = {
+            let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+            tables.retain(|_, s| s.is_valid());
+            match tables.get(&def.name) {
+                Some(s)
+                    if s.uuid == metadata.uuid().to_string()
+                        && s.schema_id == metadata.current_schema_id() =>
+                {
+                    s.clone()
+                }
+                _ => {
+                    let s = FollowedTail::start(table, def, codec, catalog, changelog);
+                    tables.insert(def.name.clone(), s.clone());
+                    s
+                }
+            }
+        };
+        state
+            .used_ms
+            .store(state.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        for (&p, &high) in &heads.0 {
+            let Some(tail) = state.tails.get(p.0 as usize) else {
+                return Ok(None);
+            };
+            let left = FOLLOW_TIMEOUT.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, tail.wait_for(high)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    state.invalidate(&reason);
+                    return Ok(None);
+                }
+                // Far behind (a state just started on a long tail): this read folds the range
+                // itself; the followers go on for later reads.
+                Err(_) => {
+                    tracing::info!(table = %def.name, partition = p.0, needed = high.0,
+                        applied = tail.consumed().0, "followed FRESH tail is behind; reading the changelog range");
+                    return Ok(None);
+                }
+            }
+        }
+        let followed = state.copy(codec)?;
+        if state.bytes() > MAX_FOLLOWED_BYTES {
+            state.invalidate("its changelog tail is over the followed-tail memory limit");
+        }
+        // A base expired from the table's metadata cannot be scanned: read the range instead.
+        if let Some(s) = &followed.snapshot
+            && metadata.snapshot_by_id(s.snapshot_id()).is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(followed))
+    }
+}
+
+impl FollowedTail {
+    fn start(
+        table: &iceberg::table::Table,
+        def: &TableDef,
+        codec: &Arc<RecordCodec>,
+        catalog: &TableCatalog,
+        changelog: &Arc<dyn Changelog>,
+    ) -> Arc<Self> {
+        let metadata = table.metadata();
+        let snapshot = metadata.current_snapshot().cloned();
+        let offsets = snapshot
+            .as_ref()
+            .map_or_else(PartitionOffsets::default, |s| {
+                anchored_offsets(metadata, s.snapshot_id())
+            });
+        let tails: Vec<Arc<PartitionTail>> = (0..def.changelog.partitions)
+            .map(|p| Arc::new(PartitionTail::new(offsets.get(PartitionId(p)))))
+            .collect();
+        let state = Arc::new(Self {
+            name: def.name.clone(),
+            uuid: metadata.uuid().to_string(),
+            schema_id: metadata.current_schema_id(),
+            base: RwLock::new((snapshot, offsets)),
+            tails: tails.clone(),
+            tasks: Mutex::new(Vec::new()),
+            invalid: AtomicBool::new(false),
+            used_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let mut tasks = Vec::with_capacity(tails.len() + 1);
+        for (p, tail) in tails.into_iter().enumerate() {
+            tasks.push(tokio::spawn(follow(
+                changelog.clone(),
+                def.changelog.topic.clone(),
+                PartitionId(p as u32),
+                codec.clone(),
+                tail,
+                def.name.to_string(),
+            )));
+        }
+        tasks.push(tokio::spawn(maintain(
+            Arc::downgrade(&state),
+            catalog.clone(),
+        )));
+        *state.tasks.lock().unwrap_or_else(PoisonError::into_inner) = tasks;
+        tracing::info!(table = %def.name, "FRESH reads follow the changelog tail in memory");
+        state
+    }
+
+    fn is_valid(&self) -> bool {
+        !self.invalid.load(Ordering::Acquire) && self.tails.iter().all(|t| t.broken().is_none())
+    }
+
+    fn invalidate(&self, reason: &str) {
+        if !self.invalid.swap(true, Ordering::AcqRel) {
+            tracing::info!(table = %self.name, "followed FRESH tail dropped: {reason}");
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.tails.iter().map(|t| t.bytes()).sum()
+    }
+
+    /// The base and a copy of the tail, consistent with each other (the base cannot move
+    /// meanwhile).
+    fn copy(&self, codec: &RecordCodec) -> ReadResult<Followed> {
+        let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = HashSet::new();
+        let mut rows = Vec::new();
+        let mut to = PartitionOffsets::default();
+        for (p, tail) in self.tails.iter().enumerate() {
+            to.set(PartitionId(p as u32), tail.copy_into(&mut keys, &mut rows));
+        }
+        let snapshot = base.0.clone();
+        drop(base);
+        let live = if rows.is_empty() {
+            None
+        } else {
+            Some(
+                arrow::compute::concat_batches(&codec.decoded_schema(), &rows).map_err(|e| {
+                    ReadError::Internal {
+                        reason: format!("combine followed tail rows: {e}"),
+                    }
+                })?,
+            )
+        };
+        Ok(Followed {
+            snapshot,
+            tail: Arc::new(Tail { keys, live }),
+            to,
+        })
+    }
+
+    /// Moves the base to the table's newest snapshot.
+    async fn refresh(&self, catalog: &TableCatalog) -> ReadResult<()> {
+        let table = catalog.load(&self.name).await?;
+        let metadata = table.metadata();
+        if metadata.uuid().to_string() != self.uuid {
+            self.invalidate("the table was dropped and created again");
+            return Ok(());
+        }
+        if metadata.current_schema_id() != self.schema_id {
+            self.invalidate("the table's schema changed");
+            return Ok(());
+        }
+        let Some(newest) = metadata.current_snapshot().cloned() else {
+            return Ok(());
+        };
+        let (old, old_offsets) = {
+            let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+            (base.0.as_ref().map(|s| s.snapshot_id()), base.1.clone())
+        };
+        if old == Some(newest.snapshot_id()) {
+            return Ok(());
+        }
+        let offsets = anchored_offsets(metadata, newest.snapshot_id());
+        if old_offsets.0.iter().any(|(p, o)| offsets.get(*p) < *o) {
+            self.invalidate("the table's anchored offsets moved backwards (a rollback?)");
+            return Ok(());
+        }
+        for (p, tail) in self.tails.iter().enumerate() {
+            let want = offsets.get(PartitionId(p as u32));
+            match tokio::time::timeout(FOLLOW_TIMEOUT, tail.wait_for(want)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    self.invalidate(&reason);
+                    return Ok(());
+                }
+                // Behind: try again at the next interval.
+                Err(_) => return Ok(()),
+            }
+        }
+        let mut base = self.base.write().unwrap_or_else(PoisonError::into_inner);
+        for (p, tail) in self.tails.iter().enumerate() {
+            tail.prune_below(offsets.get(PartitionId(p as u32)), |_| {});
+        }
+        *base = (Some(newest), offsets);
+        Ok(())
+    }
+}
+
+/// Re-bases the state every [`REBASE_INTERVAL`] until it is dropped, invalid or idle.
+async fn maintain(state: Weak<FollowedTail>, catalog: TableCatalog) {
+    loop {
+        tokio::time::sleep(REBASE_INTERVAL).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if !state.is_valid() {
+            return;
+        }
+        let idle_ms = (state.epoch.elapsed().as_millis() as u64)
+            .saturating_sub(state.used_ms.load(Ordering::Relaxed));
+        if idle_ms > IDLE.as_millis() as u64 {
+            state.invalidate("no FRESH read used it for 5 minutes");
+            return;
+        }
+        if state.bytes() > MAX_FOLLOWED_BYTES {
+            state.invalidate("its changelog tail is over the followed-tail memory limit");
+            return;
+        }
+        if let Err(e) = state.refresh(&catalog).await {
+            if e.is_retryable() {
+                tracing::warn!(table = %state.name, "followed FRESH tail re-base failed, retrying: {e}");
+            } else {
+                state.invalidate(&e.to_string());
+                return;
+            }
+        }
+    }
+}
