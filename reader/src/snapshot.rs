@@ -78,6 +78,10 @@ impl std::fmt::Debug for ReadStream {
     }
 }
 
+/// Counter of FRESH reads by where their changelog tail came from: `followed` (kept in memory
+/// by a follower) or `changelog` (read and folded for the request).
+const FRESH_TAILS: &str = "unitable_fresh_tails_total";
+
 impl Reader {
     /// Pins a SNAPSHOT read of `table`.
     pub async fn pin_snapshot(
@@ -126,6 +130,13 @@ impl Reader {
             .followed
             .read(&loaded, &def, &codec, &to, &self.catalog, &self.changelog)
             .await?;
+        let source = if followed.is_some() {
+            "followed"
+        } else {
+            "changelog"
+        };
+        metrics::counter!(FRESH_TAILS, "table" => table.to_string(), "source" => source)
+            .increment(1);
         if let Some(f) = followed {
             let tip = Tip::Followed {
                 to: f.to,

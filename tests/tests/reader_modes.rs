@@ -316,6 +316,18 @@ async fn every_mode_matches_the_model_across_commits_and_a_restart() -> Result<(
         "only {} snapshots were checked",
         snapshots.len()
     );
+    // The FRESH reads after the first of each server run were served from the followed tail
+    // (the model checks above hold for both paths).
+    let metrics = service.http_get("/metrics")?.text();
+    let followed: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("unitable_fresh_tails_total") && l.contains("followed"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    ensure!(
+        followed >= 4.0,
+        "only {followed} FRESH reads used the followed tail:\n{metrics}"
+    );
     Ok(())
 }
 

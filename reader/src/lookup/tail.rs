@@ -150,22 +150,28 @@ impl PartitionTail {
         }
     }
 
-    /// Adds every key of the tail to `keys` and every live row to `rows`; returns the offset
-    /// the copy covers (every record below it, none at or above it).
+    /// Adds every key of the tail to `keys` and every live row to `rows` (in changelog order);
+    /// returns the offset the copy covers (every record below it, none at or above it).
     pub(crate) fn copy_into(
         &self,
         keys: &mut HashSet<Bytes>,
         rows: &mut Vec<RecordBatch>,
     ) -> Offset {
-        let entries = self.lock();
-        keys.reserve(entries.len());
-        for (key, entry) in entries.iter() {
-            keys.insert(key.clone());
-            if let Some(row) = &entry.row {
-                rows.push(row.clone());
+        let mut live = Vec::new();
+        let covered = {
+            let entries = self.lock();
+            keys.reserve(entries.len());
+            for (key, entry) in entries.iter() {
+                keys.insert(key.clone());
+                if let Some(row) = &entry.row {
+                    live.push((entry.offset, row.clone()));
+                }
             }
-        }
-        *self.consumed.borrow()
+            *self.consumed.borrow()
+        };
+        live.sort_unstable_by_key(|(offset, _)| *offset);
+        rows.extend(live.into_iter().map(|(_, row)| row));
+        covered
     }
 }
 
