@@ -46,10 +46,17 @@ const REBASE_INTERVAL: Duration = Duration::from_millis(500);
 /// itself), and a re-base for them to reach a new snapshot (then it tries again later).
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// After a table's state is dropped for memory, no new one starts for this long (the tail is
+/// long; reads fold the changelog range instead of paying a follower that would be dropped
+/// again).
+const COOLDOWN: Duration = Duration::from_secs(60);
+
 /// The states by table.
 #[derive(Debug, Default)]
 pub(crate) struct FollowedTails {
     tables: Mutex<HashMap<TableName, Arc<FollowedTail>>>,
+    /// Tables whose state was dropped for memory, and until when none starts again.
+    cooling: Mutex<HashMap<TableName, Instant>>,
 }
 
 /// What a FRESH read serves from a followed tail.
@@ -73,6 +80,8 @@ pub(crate) struct FollowedTail {
     tails: Vec<Arc<PartitionTail>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     invalid: AtomicBool,
+    /// Set when the state ended for memory.
+    too_big: AtomicBool,
     /// When a read last used the state, in ms since `epoch`.
     used_ms: AtomicU64,
     epoch: Instant,
@@ -110,7 +119,19 @@ impl FollowedTails {
         let metadata = table.metadata();
         let state = {
             let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-            tables.retain(|_, s| s.is_valid());
+            let mut cooling = self.cooling.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            cooling.retain(|_, until| *until > now);
+            tables.retain(|name, s| {
+                if s.too_big.load(Ordering::Relaxed) {
+                    cooling.insert(name.clone(), now + COOLDOWN);
+                }
+                s.is_valid()
+            });
+            if cooling.contains_key(&def.name) {
+                return Ok(None);
+            }
+            drop(cooling);
             match tables.get(&def.name) {
                 Some(s)
                     if s.uuid == metadata.uuid().to_string()
@@ -151,7 +172,7 @@ impl FollowedTails {
         }
         let followed = state.copy(codec)?;
         if state.bytes() > MAX_FOLLOWED_BYTES {
-            state.invalidate("its changelog tail is over the followed-tail memory limit");
+            state.drop_for_memory();
         }
         // A base expired from the table's metadata cannot be scanned: read the range instead.
         if let Some(s) = &followed.snapshot
@@ -189,6 +210,7 @@ impl FollowedTail {
             tails: tails.clone(),
             tasks: Mutex::new(Vec::new()),
             invalid: AtomicBool::new(false),
+            too_big: AtomicBool::new(false),
             used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
@@ -220,6 +242,12 @@ impl FollowedTail {
         if !self.invalid.swap(true, Ordering::AcqRel) {
             tracing::info!(table = %self.name, "followed FRESH tail dropped: {reason}");
         }
+    }
+
+    /// Ends the state because its tail is too big (no new state starts for [`COOLDOWN`]).
+    fn drop_for_memory(&self) {
+        self.too_big.store(true, Ordering::Relaxed);
+        self.invalidate("its changelog tail is over the followed-tail memory limit");
     }
 
     fn bytes(&self) -> usize {
@@ -321,7 +349,7 @@ async fn maintain(state: Weak<FollowedTail>, catalog: TableCatalog) {
             return;
         }
         if state.bytes() > MAX_FOLLOWED_BYTES {
-            state.invalidate("its changelog tail is over the followed-tail memory limit");
+            state.drop_for_memory();
             return;
         }
         if let Err(e) = state.refresh(&catalog).await {

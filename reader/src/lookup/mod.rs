@@ -239,6 +239,23 @@ impl Reader {
                 self.lookups.account(&request.table, &slot, &state)?;
                 return answer;
             }
+            // Keys that do not fit the state's table may fit the table as it is now (dropped and
+            // created again, or its schema changed, since the state was built and before its
+            // re-base noticed): check the catalog on this error path only, and retry once.
+            Err(e @ ReadError::BadRequest { .. }) => {
+                let loaded = self.catalog.load(&request.table).await?;
+                let metadata = loaded.metadata();
+                if metadata.uuid().to_string() == state.uuid
+                    && metadata.current_schema_id() == state.schema_id
+                {
+                    return Err(e);
+                }
+                state.invalidate("the table changed (dropped and created again, or a new schema)");
+                let (slot, state) = self.lookup_state(&request.table).await?;
+                let answer = fresh_lookup(&state, request).await;
+                self.lookups.account(&request.table, &slot, &state)?;
+                return answer;
+            }
             other => other,
         };
         // After the lookup: its followers have applied the tail it needed, so the state's
