@@ -242,7 +242,7 @@ impl Reader {
             // Keys that do not fit the state's table may fit the table as it is now (dropped and
             // created again, or its schema changed, since the state was built and before its
             // re-base noticed): check the catalog on this error path only, and retry once.
-            Err(e @ ReadError::BadRequest { .. }) => {
+            Err(e @ (ReadError::BadRequest { .. } | ReadError::InvalidKey { .. })) => {
                 let loaded = self.catalog.load(&request.table).await?;
                 let metadata = loaded.metadata();
                 if metadata.uuid().to_string() == state.uuid

@@ -7,10 +7,12 @@
 //! ```
 //! Starts `unitable serve` (embedded catalog, local changelog) on a temporary directory, loads
 //! ROWS rows `{"id":N,"v":"value-N","n":N*7}` (int64 key) through the Write API, waits for the
-//! commit, then times sequential LOOKUPs of random keys (1 key and 100 keys per request) over
-//! gRPC on loopback. Then starts `redis-server` (no persistence) on a free port, loads the same
-//! rows as `SET row:N <json>`, and times GET and MGET of 100 with the same key sequence over
-//! one TCP connection. Prints a Markdown table.
+//! commit, then times sequential LOOKUPs (the unary `Lookup` RPC) over gRPC on loopback:
+//! uniform random keys (1 and 100 keys per request), keys not in the table (`absent`: the
+//! request path without any row read) and hot keys (`zipf`, ranks from a Zipf law, `--zipf`),
+//! printing the server's block-cache hits and misses per workload. Then starts `redis-server`
+//! (no persistence) on a free port, loads the same rows as `SET row:N <json>`, and times GET and
+//! MGET with the same key sequences over one TCP connection. Prints a Markdown table.
 
 use std::io::Cursor;
 use std::process::{Child, Command, Stdio};
