@@ -90,6 +90,11 @@ impl RowFilter {
         &self.columns
     }
 
+    /// The parsed, coerced and simplified expression (what pruning reasons about).
+    pub(crate) fn expr(&self) -> &Expr {
+        &self.expr
+    }
+
     /// The filter for batches of `schema`, which must have every column the filter reads.
     pub fn bind(&self, schema: &SchemaRef) -> ReadResult<BoundFilter> {
         let df_schema =

@@ -261,6 +261,7 @@ impl Reader {
                 as_of: stream.as_of,
                 schema: stream.schema,
                 changes,
+                stats: stream.stats,
             },
         })
     }
@@ -290,6 +291,7 @@ impl Reader {
                 mine.to_vec()
             },
             resume,
+            subscriber: key.group.clone(),
             start: if idle {
                 StreamStart::Latest
             } else {

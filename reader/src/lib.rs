@@ -37,7 +37,7 @@ pub use lookup::{LookupKeys, LookupRequest, LookupResponse};
 pub use pinned::{BatchStream, Pinned};
 pub use snapshot::{FreshRead, ReadStream, SnapshotRead, SnapshotSelector};
 pub use sql::{Query, QueryMode, QueryStream};
-pub use stream::{ChangeBatch, ChangeStream, StreamRead, StreamStart};
+pub use stream::{ChangeBatch, ChangeStream, StreamRead, StreamStart, StreamStats};
 pub use tail::MAX_TAIL_RECORDS;
 
 use std::sync::Arc;

@@ -12,7 +12,16 @@
 //! Filters and deletes: a delete carries only its key and always passes. An upsert whose new
 //! row fails the filter is delivered as a delete of its key, so a consumer that keeps the
 //! filtered rows by key stays exact when a row stops matching (a delete of a key it never held
-//! is a no-op). On append-only tables rows that fail are dropped.
+//! is a no-op). On append-only tables rows that fail are dropped. A filter that reads only key
+//! columns is exact on deletes too: a change whose key fails it is dropped, whatever its
+//! operation (no row of that key ever passed, so the consumer never held it).
+//!
+//! Pruning (`prune`): a filter that pins every key column to finitely many values (`id = 5`,
+//! `id IN (1, 2)`, `a = 1 AND b IN ('x', 'y')`, ORs of such) can only match rows in the
+//! partitions of those keys, so only they are read. Skipped partitions stay in the resume
+//! offsets at their start offsets: nothing of them was delivered, and a client resuming with the
+//! same filter skips them again. Each stream counts what it read, decoded and delivered
+//! (`stats`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,6 +50,11 @@ use crate::filter::{BoundFilter, RowFilter};
 use crate::pinned::conform;
 use crate::snapshot::SnapshotSelector;
 use crate::{Reader, freshness};
+
+mod prune;
+mod stats;
+
+pub use stats::StreamStats;
 
 /// Changes read per changelog request.
 const CHUNK: usize = 2_000;
@@ -91,6 +105,9 @@ pub struct StreamRead {
     /// Partitions listed here start at these offsets whatever `start` says (a consumer
     /// group's committed positions); the others start at `start`.
     pub resume: PartitionOffsets,
+    /// Who reads, for the metrics' `subscriber` label: the consumer group of a group member,
+    /// else the caller's name (keep it to a bounded set of names).
+    pub subscriber: String,
 }
 
 /// A batch of changes and where to resume after it.
@@ -113,6 +130,8 @@ pub struct ChangeStream {
     pub schema: SchemaRef,
     /// The changes.
     pub changes: ChangeBatches,
+    /// What the stream read, decoded and delivered so far.
+    pub stats: Arc<StreamStats>,
 }
 
 impl std::fmt::Debug for ChangeStream {
@@ -120,6 +139,7 @@ impl std::fmt::Debug for ChangeStream {
         f.debug_struct("ChangeStream")
             .field("as_of", &self.as_of)
             .field("schema", &self.schema)
+            .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +151,12 @@ struct Shape {
     codec: Arc<RecordCodec>,
     schema: SchemaRef,
     filter: Option<BoundFilter>,
+    /// The filter reads only key columns, so it is exact on deletes too.
+    key_only_filter: bool,
+    /// Per decoded column, whether the stream needs it (returned, filtered on, or key);
+    /// `None`: every column.
+    wanted: Option<Vec<bool>>,
+    stats: Arc<StreamStats>,
     /// Table columns (decoded-schema indexes) that are not key columns: nulled when an upsert
     /// turns into a delete.
     non_key: Vec<usize>,
@@ -195,7 +221,19 @@ impl Reader {
             .map(|f| RowFilter::parse(f, &decoded))
             .transpose()?;
 
-        let selected = selected_partitions(request, partitions)?;
+        let listed = selected_partitions(request, partitions)?;
+        let can_match = filter
+            .as_ref()
+            .and_then(|f| prune::partitions_for(f, &codec, &def.primary_key, &decoded));
+        let (selected, pruned): (Vec<u32>, Vec<u32>) = listed
+            .iter()
+            .partition(|p| can_match.as_ref().is_none_or(|m| m.contains(p)));
+        let stats = Arc::new(StreamStats::new(
+            &request.table.to_string(),
+            &request.subscriber,
+            selected.clone(),
+            pruned,
+        ));
         let watermarks = freshness::watermarks(self.changelog.as_ref(), &topic, partitions).await?;
         let mut snapshot_phase = None;
         let start = match &request.start {
@@ -278,6 +316,24 @@ impl Reader {
             codec: codec.clone(),
             schema: schema.clone(),
             filter: filter.as_ref().map(|f| f.bind(&decoded)).transpose()?,
+            key_only_filter: !def.primary_key.is_empty()
+                && filter
+                    .as_ref()
+                    .is_some_and(|f| f.columns().iter().all(|c| def.primary_key.contains(c))),
+            wanted: {
+                let wanted: Vec<bool> = decoded
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        columns.contains(f.name())
+                            || filter
+                                .as_ref()
+                                .is_some_and(|x| x.columns().contains(f.name()))
+                    })
+                    .collect();
+                (!wanted.iter().all(|w| *w)).then_some(wanted)
+            },
+            stats: stats.clone(),
             non_key: decoded
                 .fields()
                 .iter()
@@ -327,20 +383,18 @@ impl Reader {
         };
 
         // A partition subset: only its partitions are read, and only they are in the resume
-        // offsets (another worker owns the rest).
+        // offsets (another worker owns the rest). Pruned partitions are listed at their start.
         let start = PartitionOffsets(
             start
                 .0
                 .into_iter()
-                .filter(|(p, _)| selected.contains(&p.0))
+                .filter(|(p, _)| listed.contains(&p.0))
                 .collect(),
         );
         let mut as_of = as_of;
-        if selected.len() < partitions as usize {
+        if listed.len() < partitions as usize {
             as_of.offsets = start.clone();
         }
-        metrics::counter!("unitable_stream_partitions_read_total", "table" => request.table.to_string())
-            .increment(selected.len() as u64);
         let (tx, rx) = mpsc::channel(2 * partitions.clamp(1, 32) as usize);
         let tasks = selected
             .iter()
@@ -355,18 +409,23 @@ impl Reader {
                 ))
             })
             .collect();
-        drop(tx);
+        // With no partition to read the stream still follows the tail (nothing will ever
+        // match) until the client leaves, like a stream whose partitions never match.
+        let idle = selected.is_empty().then_some(tx);
         let state = State {
             snapshot_rows,
             rx,
+            _idle: idle,
             tasks: Tasks(tasks),
             next: start,
             left: request.limit,
+            stats: stats.clone(),
         };
         Ok(ChangeStream {
             as_of,
             schema,
             changes: Box::pin(futures::stream::unfold(state, State::next)),
+            stats,
         })
     }
 }
@@ -429,9 +488,12 @@ impl Drop for Tasks {
 struct State {
     snapshot_rows: Option<ChangeBatches>,
     rx: mpsc::Receiver<ReadResult<Piece>>,
+    /// Keeps the channel open when no partition is read.
+    _idle: Option<mpsc::Sender<ReadResult<Piece>>>,
     tasks: Tasks,
     next: PartitionOffsets,
     left: Option<u64>,
+    stats: Arc<StreamStats>,
 }
 
 impl State {
@@ -482,6 +544,7 @@ impl State {
                 self.left = Some(left - rows);
             }
         }
+        self.stats.delivered(change.batch.num_rows() as u64);
         (Ok(change), self)
     }
 }
@@ -537,6 +600,10 @@ async fn follow(
         let Some(last) = records.last() else {
             continue;
         };
+        shape.stats.read(
+            records.len() as u64,
+            records.iter().map(|r| record_bytes(&r.record)).sum(),
+        );
         position = Offset(last.offset.0 + 1);
         let batch = match shape.changes(partition, &records) {
             Ok(b) => b,
@@ -559,6 +626,14 @@ async fn follow(
     }
 }
 
+/// The bytes of a record as stored: key, value, header names and values.
+fn record_bytes(record: &unitable_core::changelog::ChangeRecord) -> u64 {
+    let key = record.key.as_ref().map_or(0, |k| k.len());
+    let value = record.value.as_ref().map_or(0, |v| v.len());
+    let headers: usize = record.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    (key + value + headers) as u64
+}
+
 impl Shape {
     /// Changelog records of one partition as a change batch (filtered, projected).
     fn changes(
@@ -566,28 +641,30 @@ impl Shape {
         partition: PartitionId,
         records: &[unitable_core::changelog::StoredRecord],
     ) -> ReadResult<RecordBatch> {
-        let (decoded, skipped) =
-            self.codec
-                .decode_skipping(records)
-                .map_err(|e| ReadError::Internal {
-                    reason: format!("decode changelog records: {e}"),
-                })?;
+        let decoded = match &self.wanted {
+            Some(wanted) => self.codec.decode_skipping_projected(records, wanted),
+            None => self.codec.decode_skipping(records),
+        };
+        let (decoded, skipped) = decoded.map_err(|e| ReadError::Internal {
+            reason: format!("decode changelog records: {e}"),
+        })?;
         for e in skipped {
             warn!(table = %self.table, %partition, error = %e, "skipping a changelog record that is not a row of this table");
         }
         let rows = decoded.batch.num_rows();
+        self.stats.decoded(rows as u64);
         let mut ops: Vec<ChangeOp> = decoded.ops;
         let mut keep = vec![true; rows];
         let mut turned = vec![false; rows];
         if let Some(filter) = &self.filter {
             let mask = filter.mask(&decoded.batch)?;
             for (i, op) in ops.iter_mut().enumerate() {
-                if *op == ChangeOp::Delete || mask.value(i) {
+                if mask.value(i) {
                     continue;
                 }
-                if self.codec.is_append_only() {
+                if self.key_only_filter || self.codec.is_append_only() {
                     keep[i] = false;
-                } else {
+                } else if *op != ChangeOp::Delete {
                     *op = ChangeOp::Delete;
                     turned[i] = true;
                 }

@@ -5,6 +5,7 @@
 //! key against the value, then append the row to the column builders. Any failure stops the
 //! batch with an error naming the record's offset and the field.
 
+use arrow::array::new_null_array;
 use arrow::record_batch::RecordBatch;
 
 use super::json_read::{ObjectReader, Raw};
@@ -50,6 +51,34 @@ impl RecordCodec {
     /// not have are ignored (records of a newer schema); columns missing from a value are
     /// null (records of an older schema), unless the column is required.
     pub fn decode(&self, records: &[StoredRecord]) -> Result<DecodedBatch, DecodeError> {
+        self.decode_with(records, None)
+    }
+
+    /// Like [`RecordCodec::decode`], but only the columns marked in `wanted` (one flag per
+    /// column of [`RecordCodec::decoded_schema`]) and the key columns are converted; the others
+    /// come back all null and their values are neither converted nor checked (a malformed value
+    /// in a column nobody reads does not fail the record). The JSON is still scanned whole:
+    /// what is saved is the conversion and the Arrow building of the skipped columns.
+    pub fn decode_projected(
+        &self,
+        records: &[StoredRecord],
+        wanted: &[bool],
+    ) -> Result<DecodedBatch, DecodeError> {
+        self.decode_with(records, Some(wanted))
+    }
+
+    fn decode_with(
+        &self,
+        records: &[StoredRecord],
+        wanted: Option<&[bool]>,
+    ) -> Result<DecodedBatch, DecodeError> {
+        // Key columns are always decoded: deletes and the key check need them.
+        let wanted: Option<Vec<bool>> = wanted.map(|w| {
+            (0..self.columns.len())
+                .map(|i| w.get(i).copied().unwrap_or(false) || self.key.contains(&i))
+                .collect()
+        });
+        let wanted = wanted.as_deref();
         let n = records.len();
         let mut builders: Vec<ColumnBuilder> = self
             .columns
@@ -63,11 +92,17 @@ impl RecordCodec {
         let mut timestamps_ms = Vec::with_capacity(n);
         for stored in records {
             let op = self
-                .decode_record(&stored.record, &mut raw, &mut values)
+                .decode_record(&stored.record, wanted, &mut raw, &mut values)
                 .and_then(|op| {
-                    for ((builder, value), info) in
-                        builders.iter_mut().zip(&values).zip(&self.columns)
+                    for (i, ((builder, value), info)) in builders
+                        .iter_mut()
+                        .zip(&values)
+                        .zip(&self.columns)
+                        .enumerate()
                     {
+                        if wanted.is_some_and(|w| !w[i]) {
+                            continue;
+                        }
                         builder
                             .append(value.as_ref())
                             .map_err(|e| fail(Some(&info.name), e))?;
@@ -84,7 +119,14 @@ impl RecordCodec {
             offsets.push(stored.offset);
             timestamps_ms.push(stored.record.timestamp_ms);
         }
-        let arrays = builders.iter_mut().map(ColumnBuilder::finish).collect();
+        let arrays = builders
+            .iter_mut()
+            .enumerate()
+            .map(|(i, builder)| match wanted {
+                Some(w) if !w[i] => new_null_array(self.decoded_schema.field(i).data_type(), n),
+                _ => builder.finish(),
+            })
+            .collect();
         let batch =
             RecordBatch::try_new(self.decoded_schema.clone(), arrays).map_err(|source| {
                 DecodeError::Batch {
@@ -107,7 +149,25 @@ impl RecordCodec {
         &self,
         records: &[StoredRecord],
     ) -> Result<(DecodedBatch, Vec<DecodeError>), DecodeError> {
-        let first = match self.decode(records) {
+        self.decode_skipping_with(records, None)
+    }
+
+    /// [`RecordCodec::decode_skipping`] of the columns in `wanted` (see
+    /// [`RecordCodec::decode_projected`]).
+    pub fn decode_skipping_projected(
+        &self,
+        records: &[StoredRecord],
+        wanted: &[bool],
+    ) -> Result<(DecodedBatch, Vec<DecodeError>), DecodeError> {
+        self.decode_skipping_with(records, Some(wanted))
+    }
+
+    fn decode_skipping_with(
+        &self,
+        records: &[StoredRecord],
+        wanted: Option<&[bool]>,
+    ) -> Result<(DecodedBatch, Vec<DecodeError>), DecodeError> {
+        let first = match self.decode_with(records, wanted) {
             Ok(decoded) => return Ok((decoded, Vec::new())),
             Err(e) => e,
         };
@@ -117,12 +177,12 @@ impl RecordCodec {
         let mut good = Vec::with_capacity(records.len());
         let mut skipped = Vec::new();
         for record in records {
-            match self.decode(std::slice::from_ref(record)) {
+            match self.decode_with(std::slice::from_ref(record), wanted) {
                 Ok(_) => good.push(record.clone()),
                 Err(e) => skipped.push(e),
             }
         }
-        Ok((self.decode(&good)?, skipped))
+        Ok((self.decode_with(&good, wanted)?, skipped))
     }
 
     /// The operation named by the headers, checking the table uuid on the way.
@@ -216,6 +276,7 @@ impl RecordCodec {
     fn decode_record<'a>(
         &self,
         record: &'a ChangeRecord,
+        wanted: Option<&[bool]>,
         raw: &mut [Option<Raw<'a>>],
         values: &mut [Option<Scalar<'a>>],
     ) -> Result<ChangeOp, Failure> {
@@ -267,6 +328,9 @@ impl RecordCodec {
 
         self.read_object(value, Part::Value, None, raw)?;
         for (i, info) in self.columns.iter().enumerate() {
+            if wanted.is_some_and(|w| !w[i]) {
+                continue;
+            }
             values[i] = self.column_value(i, raw, Part::Value)?;
             if values[i].is_none() && info.required {
                 return Err(fail(

@@ -565,3 +565,42 @@ fn the_format_doc_shows_real_records() {
         }
     }
 }
+
+#[test]
+fn a_projected_decode_converts_only_the_wanted_columns_and_the_key() {
+    let codec = codec(&every_type_table());
+    let upsert = record(
+        Some(r#"{"region":"eu","id":42}"#),
+        Some(r#"{"region":"eu","id":42,"qty":7,"price":"1.00","note":"n","score":"not a number"}"#),
+        &[],
+    );
+    let delete = record(Some(r#"{"region":"eu","id":43}"#), None, &[]);
+    // `score` is malformed: the full decode refuses the record, the projection never looks.
+    assert!(codec.decode(&[upsert.clone(), delete.clone()]).is_err());
+    let mut wanted = vec![false; 12];
+    wanted[3] = true; // qty
+    wanted[7] = true; // note
+    let decoded = codec.decode_projected(&[upsert, delete], &wanted).unwrap();
+    assert_eq!(decoded.ops, vec![ChangeOp::Upsert, ChangeOp::Delete]);
+    let b = &decoded.batch;
+    assert_eq!(b.schema(), codec.decoded_schema());
+    assert_eq!(b.column(0).as_string::<i32>().value(1), "eu");
+    assert_eq!(
+        b.column(1)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(1),
+        43
+    );
+    assert_eq!(
+        b.column(3)
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .value(0),
+        7
+    );
+    assert_eq!(b.column(7).as_string::<i32>().value(0), "n");
+    for (i, column) in b.columns().iter().enumerate() {
+        if !matches!(i, 0 | 1 | 3 | 7) {
+            assert_eq!(column.null_count(), 2, "column {i} is not all null");
+        }
+    }
+}

@@ -81,6 +81,7 @@ fn read_of(f: &Fixture) -> StreamRead {
         limit: None,
         partitions: Vec::new(),
         resume: PartitionOffsets::default(),
+        subscriber: "test".into(),
     }
 }
 

@@ -23,10 +23,13 @@ use super::*;
 /// A memory changelog that counts the records it hands out and can pretend retention removed
 /// everything below `low`.
 #[derive(Debug, Default)]
-struct Watched {
+pub(super) struct Watched {
     inner: MemoryChangelog,
     records_read: AtomicU64,
     low: AtomicI64,
+    /// Per partition, how many reads of more than one record were made (the partition tasks'
+    /// reads; the lag report reads one record).
+    pub(super) chunk_reads: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 #[async_trait]
@@ -75,6 +78,14 @@ impl Changelog for Watched {
             .await?;
         self.records_read
             .fetch_add(records.len() as u64, Ordering::SeqCst);
+        if max_records > 1 {
+            *self
+                .chunk_reads
+                .lock()
+                .unwrap()
+                .entry(partition.0)
+                .or_default() += 1;
+        }
         Ok(records)
     }
     async fn offset_for_timestamp(
@@ -185,6 +196,7 @@ fn read_of(f: &Fixture, start: StreamStart) -> StreamRead {
         limit: None,
         partitions: Vec::new(),
         resume: PartitionOffsets::default(),
+        subscriber: "test".into(),
     }
 }
 

@@ -249,6 +249,7 @@ impl ReadApi {
     async fn changes(
         &self,
         request: wire::ReadRequest,
+        caller: &str,
         guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
         let table = table_name(&request.table)?;
@@ -261,6 +262,12 @@ impl ReadApi {
             limit: (request.limit > 0).then_some(request.limit),
             partitions: request.partitions.clone(),
             resume: PartitionOffsets::default(),
+            // Metrics name a group member's stream by its group, others by the caller.
+            subscriber: if request.consumer_group.is_empty() {
+                caller.to_string()
+            } else {
+                request.consumer_group.clone()
+            },
         };
         let (stream, group) = if request.consumer_group.is_empty() {
             if !request.consumer_member.is_empty() || request.group_auto_commit {
@@ -339,7 +346,7 @@ impl ReadService for ReadApi {
         let stream = match mode {
             Ok(wire::ReadMode::Snapshot) => self.rows(request, false, guard).await?,
             Ok(wire::ReadMode::Fresh) => self.rows(request, true, guard).await?,
-            Ok(wire::ReadMode::Stream) => self.changes(request, guard).await?,
+            Ok(wire::ReadMode::Stream) => self.changes(request, who.name(), guard).await?,
             Ok(wire::ReadMode::Lookup) => {
                 let response = super::lookup::lookup(&self.reader, table, request).await?;
                 Box::pin(futures::stream::once(async { Ok(response) }))
