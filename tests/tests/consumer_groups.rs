@@ -358,7 +358,7 @@ async fn scenario(nodes: &mut [Service]) -> Result<()> {
         .iter()
         .filter(|((m, _), _)| m == "b")
         .map(|((_, g), p)| (*g, p.clone()))
-        .last()
+        .next_back()
         .context("b was assigned")?;
     for (who, (generation, partitions)) in [("a", a_first), ("b", b_last)] {
         let partition = *partitions.first().context("a member with partitions")?;

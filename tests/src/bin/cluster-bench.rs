@@ -152,15 +152,11 @@ fn merge(into: &mut Written, from: Written) {
     }
 }
 
+/// A writer client's task: rows acknowledged and what it wrote.
+type Client = tokio::task::JoinHandle<Result<(u64, Written)>>;
+
 /// Starts `writers` clients per node; they run until the returned flag is set.
-fn start_load(
-    nodes: &[Service],
-    args: &Args,
-    batch: u64,
-) -> (
-    Arc<AtomicBool>,
-    Vec<tokio::task::JoinHandle<Result<(u64, Written)>>>,
-) {
+fn start_load(nodes: &[Service], args: &Args, batch: u64) -> (Arc<AtomicBool>, Vec<Client>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (n, node) in nodes.iter().enumerate() {

@@ -41,6 +41,9 @@ struct Args {
 
 const REGIONS: [&str; 4] = ["eu-west-1", "us-east-2", "ap-south-1", "sa-east-1"];
 
+/// A benchmark case: its name, the filter, the columns, and the rows it must deliver.
+type Case = (&'static str, Option<String>, Vec<String>, Option<usize>);
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -135,7 +138,7 @@ async fn main() -> Result<()> {
 
     let reader = Reader::new(catalog, changelog.clone());
     let eight: Vec<String> = (0..8).map(|i| i.to_string()).collect();
-    let cases: Vec<(&str, Option<String>, Vec<String>, Option<usize>)> = vec![
+    let cases: Vec<Case> = vec![
         ("unfiltered, all columns", None, vec![], Some(args.records)),
         (
             "unfiltered, key + qty",

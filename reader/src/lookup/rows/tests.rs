@@ -18,7 +18,11 @@ const ROWS: usize = 10_000;
 /// Row `i` of the test file: (id, text, n), `n` null for every seventh row.
 fn expected(i: usize) -> (i64, String, Option<i64>) {
     let text = format!("{i}-{}", "x".repeat(i % 500));
-    (i as i64 * 3, text, (i % 7 != 0).then_some(i as i64 * 7))
+    (
+        i as i64 * 3,
+        text,
+        (!i.is_multiple_of(7)).then_some(i as i64 * 7),
+    )
 }
 
 fn field(name: &str, data_type: DataType, id: i32, nullable: bool) -> Field {
@@ -112,8 +116,8 @@ fn check(batch: &RecordBatch, positions: &[u32], field_ids: &[i32]) {
 async fn random_reads(files: &DataFiles, path: &Arc<str>, seed: u64) {
     let mut rng = Rng(seed);
     let projections: [&[i32]; 3] = [&[1, 2, 3], &[3, 1], &[2]];
-    for round in 0..300 {
-        let count = 1 + rng.below(if round % 10 == 0 { 200 } else { 4 });
+    for round in 0..300usize {
+        let count = 1 + rng.below(if round.is_multiple_of(10) { 200 } else { 4 });
         let mut positions: Vec<u32> = (0..count).map(|_| rng.below(ROWS) as u32).collect();
         positions.sort_unstable();
         positions.dedup();
