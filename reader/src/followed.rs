@@ -32,7 +32,7 @@ use unitable_core::record::RecordCodec;
 use unitable_core::table::TableDef;
 
 use crate::error::{ReadError, ReadResult};
-use crate::lookup::tail::{PartitionTail, follow};
+use crate::lookup::tail::{PartitionTail, Rebase, follow, next_base, wait_all};
 use crate::tail::Tail;
 
 /// A table's followed tail may hold this much before it is dropped (reads fall back to reading
@@ -287,40 +287,31 @@ impl FollowedTail {
     /// Moves the base to the table's newest snapshot.
     async fn refresh(&self, catalog: &TableCatalog) -> ReadResult<()> {
         let table = catalog.load(&self.name).await?;
-        let metadata = table.metadata();
-        if metadata.uuid().to_string() != self.uuid {
-            self.invalidate("the table was dropped and created again");
-            return Ok(());
-        }
-        if metadata.current_schema_id() != self.schema_id {
-            self.invalidate("the table's schema changed");
-            return Ok(());
-        }
-        let Some(newest) = metadata.current_snapshot().cloned() else {
-            return Ok(());
-        };
         let (old, old_offsets) = {
             let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
             (base.0.as_ref().map(|s| s.snapshot_id()), base.1.clone())
         };
-        if old == Some(newest.snapshot_id()) {
-            return Ok(());
-        }
-        let offsets = anchored_offsets(metadata, newest.snapshot_id());
-        if old_offsets.0.iter().any(|(p, o)| offsets.get(*p) < *o) {
-            self.invalidate("the table's anchored offsets moved backwards (a rollback?)");
-            return Ok(());
-        }
-        for (p, tail) in self.tails.iter().enumerate() {
-            let want = offsets.get(PartitionId(p as u32));
-            match tokio::time::timeout(FOLLOW_TIMEOUT, tail.wait_for(want)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => {
-                    self.invalidate(&reason);
-                    return Ok(());
-                }
-                // Behind: try again at the next interval.
-                Err(_) => return Ok(()),
+        let (newest, offsets) = match next_base(
+            table.metadata(),
+            &self.uuid,
+            self.schema_id,
+            old,
+            &old_offsets,
+        ) {
+            Rebase::Stay => return Ok(()),
+            Rebase::Invalid(reason) => {
+                self.invalidate(reason);
+                return Ok(());
+            }
+            Rebase::To(newest, offsets) => (newest, offsets),
+        };
+        match wait_all(&self.tails, &offsets, FOLLOW_TIMEOUT).await {
+            Ok(true) => {}
+            // Behind: try again at the next interval.
+            Ok(false) => return Ok(()),
+            Err(reason) => {
+                self.invalidate(&reason);
+                return Ok(());
             }
         }
         let mut base = self.base.write().unwrap_or_else(PoisonError::into_inner);

@@ -26,7 +26,7 @@ use unitable_core::table::TableDef;
 
 use super::index::{FileId, KeyIndex, RowLocation};
 use super::rows::{BlockCache, DataFiles};
-use super::tail::{PartitionTail, follow};
+use super::tail::{PartitionTail, Rebase, follow, next_base, wait_all};
 use crate::error::{ReadError, ReadResult};
 
 /// How often the state checks the catalog for a newer snapshot.
@@ -274,28 +274,17 @@ impl TableLookup {
     async fn refresh(&self, catalog: &TableCatalog) -> ReadResult<()> {
         let table = catalog.load(&self.name).await?;
         let metadata = table.metadata();
-        if metadata.uuid().to_string() != self.uuid {
-            self.invalidate("the table was dropped and created again");
-            return Ok(());
-        }
-        if metadata.current_schema_id() != self.schema_id {
-            self.invalidate("the table's schema changed");
-            return Ok(());
-        }
-        let Some(newest) = metadata.current_snapshot().cloned() else {
-            return Ok(());
-        };
         let (old, old_offsets) = self.base_snapshot();
         let old_id = old.as_ref().map(|s| s.snapshot_id());
-        if old_id == Some(newest.snapshot_id()) {
-            return Ok(());
-        }
-        let offsets = anchored_offsets(metadata, newest.snapshot_id());
-        let backwards = old_offsets.0.iter().any(|(p, o)| offsets.get(*p) < *o);
-        if backwards {
-            self.invalidate("the table's anchored offsets moved backwards (a rollback?)");
-            return Ok(());
-        }
+        let (newest, offsets) =
+            match next_base(metadata, &self.uuid, self.schema_id, old_id, &old_offsets) {
+                Rebase::Stay => return Ok(()),
+                Rebase::Invalid(reason) => {
+                    self.invalidate(reason);
+                    return Ok(());
+                }
+                Rebase::To(newest, offsets) => (newest, offsets),
+            };
         // Incremental only over a chain of unitable snapshots (row deltas and rewrites that
         // carry the offsets over); anything else rebuilds the index from the new snapshot.
         let incremental = ancestors_between(metadata, newest.snapshot_id(), old_id)
@@ -333,18 +322,15 @@ impl TableLookup {
             .await?;
             Update::Full(base)
         };
-        for (p, tail) in self.tails.iter().enumerate() {
-            let want = offsets.get(PartitionId(p as u32));
-            match tokio::time::timeout(FOLLOW_WAIT, tail.wait_for(want)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => {
-                    self.invalidate(&reason);
-                    return Ok(());
-                }
-                Err(_) => {
-                    tracing::warn!(table = %self.name, partition = p, "lookup follower is behind the newest snapshot; re-basing later");
-                    return Ok(());
-                }
+        match wait_all(&self.tails, &offsets, FOLLOW_WAIT).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(table = %self.name, "lookup follower is behind the newest snapshot; re-basing later");
+                return Ok(());
+            }
+            Err(reason) => {
+                self.invalidate(&reason);
+                return Ok(());
             }
         }
         let mut base = self.base.write().unwrap_or_else(PoisonError::into_inner);

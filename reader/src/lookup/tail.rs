@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
+use iceberg::spec::{SnapshotRef, TableMetadata};
 use tokio::sync::watch;
 use unitable_core::changelog::{Changelog, ChangelogError, StoredRecord};
+use unitable_core::commit::read::anchored_offsets;
 use unitable_core::naming::TopicName;
-use unitable_core::offsets::{Offset, PartitionId};
+use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
 
 /// Records a follower asks for per read.
@@ -269,4 +271,64 @@ pub(crate) async fn follow(
             }
         }
     }
+}
+
+/// What a state following a table's changelog tail should do at a re-base.
+#[derive(Debug)]
+pub(crate) enum Rebase {
+    /// Nothing: the table has no snapshot, or the base is its newest.
+    Stay,
+    /// The state cannot go on (the table was recreated, its schema changed, or its offsets
+    /// went backwards): drop it.
+    Invalid(&'static str),
+    /// Move the base to this snapshot, whose anchored offsets are these.
+    To(SnapshotRef, PartitionOffsets),
+}
+
+/// Where a state built on `uuid`/`schema_id` whose base is `old` (with `old_offsets`) goes
+/// next, given the table's metadata now.
+pub(crate) fn next_base(
+    metadata: &TableMetadata,
+    uuid: &str,
+    schema_id: i32,
+    old: Option<i64>,
+    old_offsets: &PartitionOffsets,
+) -> Rebase {
+    if metadata.uuid().to_string() != uuid {
+        return Rebase::Invalid("the table was dropped and created again");
+    }
+    if metadata.current_schema_id() != schema_id {
+        return Rebase::Invalid("the table's schema changed");
+    }
+    let Some(newest) = metadata.current_snapshot().cloned() else {
+        return Rebase::Stay;
+    };
+    if old == Some(newest.snapshot_id()) {
+        return Rebase::Stay;
+    }
+    let offsets = anchored_offsets(metadata, newest.snapshot_id());
+    if old_offsets.0.iter().any(|(p, o)| offsets.get(*p) < *o) {
+        return Rebase::Invalid("the table's anchored offsets moved backwards (a rollback?)");
+    }
+    Rebase::To(newest, offsets)
+}
+
+/// Waits up to `timeout` for every tail to apply everything below `offsets`: `Ok(true)` when
+/// they did, `Ok(false)` when one is still behind, `Err` with the reason when a follower stopped.
+pub(crate) async fn wait_all(
+    tails: &[Arc<PartitionTail>],
+    offsets: &PartitionOffsets,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let started = tokio::time::Instant::now();
+    for (p, tail) in tails.iter().enumerate() {
+        let want = offsets.get(PartitionId(p as u32));
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, tail.wait_for(want)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(reason),
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(true)
 }
