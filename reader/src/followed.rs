@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use iceberg::spec::SnapshotRef;
-use tokio::task::JoinHandle;
 use unitable_core::catalog::TableCatalog;
 use unitable_core::changelog::Changelog;
 use unitable_core::commit::read::anchored_offsets;
@@ -32,7 +31,7 @@ use unitable_core::record::RecordCodec;
 use unitable_core::table::TableDef;
 
 use crate::error::{ReadError, ReadResult};
-use crate::lookup::tail::{PartitionTail, Rebase, follow, next_base, wait_all};
+use crate::lookup::tail::{PartitionTail, Rebase, Tasks, next_base, spawn_followers, wait_all};
 use crate::tail::Tail;
 
 /// A table's followed tail may hold this much before it is dropped (reads fall back to reading
@@ -78,26 +77,13 @@ pub(crate) struct FollowedTail {
     schema_id: i32,
     base: RwLock<(Option<SnapshotRef>, PartitionOffsets)>,
     tails: Vec<Arc<PartitionTail>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Tasks,
     invalid: AtomicBool,
     /// Set when the state ended for memory.
     too_big: AtomicBool,
     /// When a read last used the state, in ms since `epoch`.
     used_ms: AtomicU64,
     epoch: Instant,
-}
-
-impl Drop for FollowedTail {
-    fn drop(&mut self) {
-        for task in self
-            .tasks
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            task.abort();
-        }
-    }
 }
 
 impl FollowedTails {
@@ -208,28 +194,24 @@ impl FollowedTail {
             schema_id: metadata.current_schema_id(),
             base: RwLock::new((snapshot, offsets)),
             tails: tails.clone(),
-            tasks: Mutex::new(Vec::new()),
+            tasks: Tasks::default(),
             invalid: AtomicBool::new(false),
             too_big: AtomicBool::new(false),
             used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         });
-        let mut tasks = Vec::with_capacity(tails.len() + 1);
-        for (p, tail) in tails.into_iter().enumerate() {
-            tasks.push(tokio::spawn(follow(
-                changelog.clone(),
-                def.changelog.topic.clone(),
-                PartitionId(p as u32),
-                codec.clone(),
-                tail,
-                def.name.to_string(),
-            )));
-        }
+        let mut tasks = spawn_followers(
+            changelog,
+            &def.changelog.topic,
+            codec,
+            &tails,
+            &def.name.to_string(),
+        );
         tasks.push(tokio::spawn(maintain(
             Arc::downgrade(&state),
             catalog.clone(),
         )));
-        *state.tasks.lock().unwrap_or_else(PoisonError::into_inner) = tasks;
+        state.tasks.set(tasks);
         tracing::info!(table = %def.name, "FRESH reads follow the changelog tail in memory");
         state
     }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 use unitable_core::commit::files::roots_with_field_ids;
 
@@ -13,7 +13,6 @@ use iceberg::io::FileIO;
 use iceberg::spec::{SnapshotRef, TableMetadata};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use tokio::task::JoinHandle;
 use unitable_core::catalog::TableCatalog;
 use unitable_core::changelog::Changelog;
 use unitable_core::commit::files::read_bytes;
@@ -26,7 +25,7 @@ use unitable_core::table::TableDef;
 
 use super::index::{FileId, KeyIndex, RowLocation};
 use super::rows::{BlockCache, DataFiles};
-use super::tail::{PartitionTail, Rebase, follow, next_base, wait_all};
+use super::tail::{PartitionTail, Rebase, Tasks, next_base, spawn_followers, wait_all};
 use crate::error::{ReadError, ReadResult};
 
 /// How often the state checks the catalog for a newer snapshot.
@@ -99,21 +98,8 @@ pub(crate) struct TableLookup {
     pub(crate) files: DataFiles,
     base: RwLock<Base>,
     pub(crate) tails: Vec<Arc<PartitionTail>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Tasks,
     invalid: AtomicBool,
-}
-
-impl Drop for TableLookup {
-    fn drop(&mut self) {
-        for task in self
-            .tasks
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            task.abort();
-        }
-    }
 }
 
 /// The Iceberg field ids of the key columns.
@@ -180,23 +166,19 @@ impl TableLookup {
             files: DataFiles::new(table.file_io().clone(), blocks, name.to_string()),
             base: RwLock::new(base),
             tails: tails.clone(),
-            tasks: Mutex::new(Vec::new()),
+            tasks: Tasks::default(),
             def: def.clone(),
             invalid: AtomicBool::new(false),
         });
-        let mut tasks = Vec::with_capacity(tails.len() + 1);
-        for (p, tail) in tails.into_iter().enumerate() {
-            tasks.push(tokio::spawn(follow(
-                changelog.clone(),
-                def.changelog.topic.clone(),
-                PartitionId(p as u32),
-                codec.clone(),
-                tail,
-                name.to_string(),
-            )));
-        }
+        let mut tasks = spawn_followers(
+            &changelog,
+            &def.changelog.topic,
+            &codec,
+            &tails,
+            &name.to_string(),
+        );
         tasks.push(tokio::spawn(maintain(Arc::downgrade(&state), catalog)));
-        *state.tasks.lock().unwrap_or_else(PoisonError::into_inner) = tasks;
+        state.tasks.set(tasks);
         Ok(state)
     }
 

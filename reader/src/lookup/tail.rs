@@ -332,3 +332,50 @@ pub(crate) async fn wait_all(
     }
     Ok(true)
 }
+
+/// Background tasks of a state, aborted when the state is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Tasks(Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl Tasks {
+    pub(crate) fn set(&self, tasks: Vec<tokio::task::JoinHandle<()>>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = tasks;
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in self
+            .0
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Starts one follower per partition of `topic`, each applying its records to its tail.
+pub(crate) fn spawn_followers(
+    changelog: &Arc<dyn Changelog>,
+    topic: &TopicName,
+    codec: &Arc<RecordCodec>,
+    tails: &[Arc<PartitionTail>],
+    table: &str,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    tails
+        .iter()
+        .enumerate()
+        .map(|(p, tail)| {
+            tokio::spawn(follow(
+                changelog.clone(),
+                topic.clone(),
+                PartitionId(p as u32),
+                codec.clone(),
+                tail.clone(),
+                table.to_string(),
+            ))
+        })
+        .collect()
+}
