@@ -168,7 +168,7 @@ pub fn assign_partitions(partitions: u32, members: &[String]) -> BTreeMap<String
     let names: Vec<String> = (0..partitions).map(|p| p.to_string()).collect();
     let mut out: BTreeMap<String, Vec<u32>> =
         members.iter().map(|m| (m.clone(), Vec::new())).collect();
-    for (partition, member) in assign(&names, members) {
+    for (partition, member) in assign(&names, members, &BTreeMap::new()) {
         if let (Ok(p), Some(list)) = (partition.parse::<u32>(), out.get_mut(&member)) {
             list.push(p);
         }

@@ -271,38 +271,64 @@ pub(crate) fn db_now(dialect: SqlDialect) -> &'static str {
 }
 
 /// Which node should commit each table: every node computes the same answer from the same
-/// live nodes and tables. Each table goes to the node ranking highest for it (rendezvous
-/// hashing, so a node joining or leaving moves mostly the tables it gains or loses) among those
-/// below their fair share, so loads differ by at most one table.
-pub fn assign<'a>(tables: &'a [String], nodes: &[String]) -> BTreeMap<&'a str, String> {
+/// live nodes, tables and current lease holders (`holders`: table -> the node holding its
+/// lease now; holders that are not live nodes are ignored).
+///
+/// Loads differ by at most one table: each node's quota is the floor of the mean, plus one for
+/// as many nodes as there are tables left over, given first to the nodes holding the most (so
+/// as few tables as possible move). A table stays with its holder while the holder is within
+/// its quota (moving a table costs a hand-over or a failover: seconds without commits), so a
+/// node that joins takes only its share, from the nodes above theirs, and a node that leaves
+/// moves only its own tables. The tables without a holder within quota go to the node ranking
+/// highest for them among those below their quota (rendezvous hashing, so without holders the
+/// answer still changes little when nodes come and go).
+pub fn assign<'a>(
+    tables: &'a [String],
+    nodes: &[String],
+    holders: &BTreeMap<String, String>,
+) -> BTreeMap<&'a str, String> {
     let mut out = BTreeMap::new();
     if nodes.is_empty() {
         return out;
     }
-    // Every node first fills up to the floor of the mean; the tables left over (fewer than
-    // the nodes) then go one per node, so loads differ by at most one.
-    let floor = tables.len() / nodes.len();
-    let mut assigned = 0;
-    let mut load = vec![0usize; nodes.len()];
+    let mut nodes: Vec<&String> = nodes.iter().collect();
+    nodes.sort();
+    nodes.dedup();
     // Visit tables in a fixed order that does not depend on their names' sort order.
     let mut order: Vec<&String> = tables.iter().collect();
     order.sort_by_key(|t| (murmur2(t.as_bytes()), t.as_str()));
     order.dedup();
+    let slot = |node: &str| nodes.binary_search_by(|n| n.as_str().cmp(node)).ok();
+    let mut held = vec![0usize; nodes.len()];
+    for table in &order {
+        if let Some(i) = holders.get(table.as_str()).and_then(|h| slot(h)) {
+            held[i] += 1;
+        }
+    }
+    let floor = order.len() / nodes.len();
+    let mut by_held: Vec<usize> = (0..nodes.len()).collect();
+    by_held.sort_by_key(|&i| (std::cmp::Reverse(held[i]), nodes[i]));
+    let mut quota = vec![floor; nodes.len()];
+    for &i in by_held.iter().take(order.len() % nodes.len()) {
+        quota[i] += 1;
+    }
+    let mut load = vec![0usize; nodes.len()];
+    let mut unplaced = Vec::new();
     for table in order {
-        let mut ranked: Vec<(i32, usize)> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, node)| (rank(table, node), i))
-            .collect();
-        ranked.sort_unstable_by(|a, b| b.cmp(a));
-        let limit = if assigned < floor * nodes.len() {
-            floor
-        } else {
-            floor + 1
-        };
-        if let Some(&(_, i)) = ranked.iter().find(|(_, i)| load[*i] < limit) {
+        match holders.get(table.as_str()).and_then(|h| slot(h)) {
+            Some(i) if load[i] < quota[i] => {
+                load[i] += 1;
+                out.insert(table.as_str(), nodes[i].clone());
+            }
+            _ => unplaced.push(table),
+        }
+    }
+    for table in unplaced {
+        let best = (0..nodes.len())
+            .filter(|&i| load[i] < quota[i])
+            .max_by_key(|&i| (rank(table, nodes[i]), std::cmp::Reverse(i)));
+        if let Some(i) = best {
             load[i] += 1;
-            assigned += 1;
             out.insert(table.as_str(), nodes[i].clone());
         }
     }

@@ -11,8 +11,8 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, bail, ensure};
 use arrow::array::RecordBatch;
@@ -82,6 +82,13 @@ impl Cluster {
     }
 }
 
+fn epoch_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
 fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
 }
@@ -121,6 +128,29 @@ fn start_cluster() -> Result<Cluster> {
 }
 
 type Model = BTreeMap<String, BTreeMap<i64, (String, i64)>>;
+
+/// Per table, the acknowledged writes no snapshot covered yet when last looked at: their last
+/// offsets, and when they were acknowledged (monotonic and wall clock).
+type Acks = std::sync::Arc<
+    std::sync::Mutex<HashMap<String, VecDeque<(Vec<(u32, i64)>, Instant, SystemTime)>>>,
+>;
+
+/// The longest stretches the watcher saw.
+struct Gaps {
+    /// A table kept the same current snapshot.
+    same_snapshot: (Duration, String),
+    /// An acknowledged write of a table waited for a snapshot covering it.
+    uncommitted: (Duration, String, SystemTime),
+}
+
+impl Default for Gaps {
+    fn default() -> Self {
+        Self {
+            same_snapshot: (Duration::ZERO, String::new()),
+            uncommitted: (Duration::ZERO, String::new(), SystemTime::UNIX_EPOCH),
+        }
+    }
+}
 
 /// Writes one request to `table` through some live node, retrying with the same request id
 /// on other nodes until it is acknowledged. Returns the last offsets written.
@@ -167,6 +197,7 @@ async fn write_batch(
     rng: &mut Rng,
     model: &mut Model,
     written: &mut BTreeMap<String, PartitionOffsets>,
+    acks: &Acks,
     table: &str,
     seq: u64,
 ) -> Result<()> {
@@ -201,6 +232,11 @@ async fn write_batch(
         request_id: format!("soak-{table}-{seq}"),
     };
     let offsets = write_once(cluster, rng, request).await?;
+    acks.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(table.to_string())
+        .or_default()
+        .push_back((offsets.clone(), Instant::now(), SystemTime::now()));
     let rows = model.entry(table.to_string()).or_default();
     for (k, change) in changes {
         match change {
@@ -248,16 +284,20 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
     for t in &tables {
         create_kv_table_as(&cluster.nodes[0], t, 3, &[], Vec::new()).await?;
     }
-    // Watches every table's current snapshot while the load runs: the longest time one kept
-    // the same snapshot is the longest stretch without a commit.
+    // Watches every table while the load runs: the longest time one kept the same snapshot,
+    // and the longest time an acknowledged write waited for a snapshot that covers it (the
+    // first can also grow while no write reaches the table; the second only while a table has
+    // acknowledged changes that no commit covers).
     let watching = stop_flag();
+    let acks: Acks = Default::default();
     let watcher = {
         let catalog = TableCatalog::open(cluster.catalog()).await?;
         let tables = tables.clone();
         let stop = watching.clone();
+        let acks = acks.clone();
         tokio::spawn(async move {
             let mut last: HashMap<String, (Option<i64>, Instant)> = HashMap::new();
-            let mut longest = (Duration::ZERO, String::new());
+            let mut gaps = Gaps::default();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 for t in &tables {
                     let Ok(name) = t.parse() else { continue };
@@ -269,13 +309,30 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
                     let entry = last.entry(t.clone()).or_insert((current, now));
                     if entry.0 != current {
                         *entry = (current, now);
-                    } else if now - entry.1 > longest.0 {
-                        longest = (now - entry.1, t.clone());
+                    } else if now - entry.1 > gaps.same_snapshot.0 {
+                        gaps.same_snapshot = (now - entry.1, t.clone());
+                    }
+                    let anchored = current
+                        .map(|id| anchored_offsets(table.metadata(), id))
+                        .unwrap_or_default();
+                    let mut acks = acks.lock().unwrap_or_else(|e| e.into_inner());
+                    let queue = acks.entry(t.clone()).or_default();
+                    while queue.front().is_some_and(|(offsets, _, _)| {
+                        offsets
+                            .iter()
+                            .all(|(p, o)| anchored.get(PartitionId(*p)).0 > *o)
+                    }) {
+                        queue.pop_front();
+                    }
+                    if let Some((_, at, wall)) = queue.front()
+                        && now - *at > gaps.uncommitted.0
+                    {
+                        gaps.uncommitted = (now - *at, t.clone(), *wall);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            longest
+            gaps
         })
     };
     let mut rng = Rng(0x5eed_cafe_f00d);
@@ -289,20 +346,22 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
         for _ in 0..3 {
             for t in &tables {
                 seq += 1;
-                write_batch(&cluster, &mut rng, &mut model, &mut written, t, seq).await?;
+                write_batch(&cluster, &mut rng, &mut model, &mut written, &acks, t, seq).await?;
             }
         }
         cluster.nodes[victim].kill()?;
         cluster.up[victim] = false;
+        eprintln!("round {round}: killed node-{victim} at {} ms", epoch_ms());
         let down = Instant::now();
         while down.elapsed() < Duration::from_secs(3) {
             for t in &tables {
                 seq += 1;
-                write_batch(&cluster, &mut rng, &mut model, &mut written, t, seq).await?;
+                write_batch(&cluster, &mut rng, &mut model, &mut written, &acks, t, seq).await?;
             }
         }
         tokio::task::block_in_place(|| cluster.nodes[victim].restart())?;
         cluster.up[victim] = true;
+        eprintln!("round {round}: node-{victim} back at {} ms", epoch_ms());
         eprintln!(
             "round {round}: killed node-{victim}; {seq} batches acknowledged so far ({:.0} s)",
             started.elapsed().as_secs_f64()
@@ -310,7 +369,7 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
     }
 
     watching.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (longest_gap, gap_table) = watcher.await?;
+    let gaps = watcher.await?;
 
     // Everything acknowledged reaches the tables.
     let catalog = TableCatalog::open(cluster.catalog()).await?;
@@ -380,10 +439,23 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
             );
         }
     }
+    let (wait, wait_table, wait_since) = &gaps.uncommitted;
     eprintln!(
-        "soak: {ROUNDS} node kills, {seq} batches acknowledged, 0 lost, 0 duplicated; the longest stretch without a commit was {:.1} s ({gap_table}, lease {LEASE}, commit interval 200ms)",
-        longest_gap.as_secs_f64(),
+        "soak: {ROUNDS} node kills, {seq} batches acknowledged, 0 lost, 0 duplicated; lease {LEASE}, commit interval 200ms; the longest wait of an acknowledged write for its commit was {:.1} s ({wait_table}, acknowledged at {} ms since the epoch); the longest stretch with the same snapshot was {:.1} s ({})",
+        wait.as_secs_f64(),
+        wait_since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+        gaps.same_snapshot.0.as_secs_f64(),
+        gaps.same_snapshot.1,
     );
+    // For diagnosing a long wait: the nodes' logs, kept where UNITABLE_SOAK_LOGS says.
+    if let Ok(dir) = std::env::var("UNITABLE_SOAK_LOGS") {
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            std::fs::write(format!("{dir}/node-{i}.log"), node.log())?;
+        }
+    }
     drop(cluster);
     Ok(())
 }

@@ -59,7 +59,7 @@ use unitable_core::storage::list_files;
 
 use crate::error::{WriteError, WriteResult};
 use crate::index::{FileId, KeyIndex, RowLocation};
-use crate::recovery::{Rebuilt, index_file_rows};
+use crate::recovery::{Rebuilt, index_files_rows};
 
 /// Footer key of the checkpoint header.
 const HEADER_KEY: &str = "unitable.index-checkpoint";
@@ -662,12 +662,15 @@ async fn catch_up(
         duplicates: Vec::new(),
         files: new_data.len(),
     };
-    let mut new_rows = 0;
-    for file in &new_data {
-        let gone = deleted.get(file.data_file.file_path()).unwrap_or(&none);
-        new_rows +=
-            index_file_rows(file_io, codec, key_field_ids, file, gone, &mut rebuilt).await?;
-    }
+    let new_rows = index_files_rows(
+        file_io,
+        codec,
+        key_field_ids,
+        &new_data,
+        &deleted,
+        &mut rebuilt,
+    )
+    .await?;
     Ok(Restored {
         rebuilt,
         path: path.to_string(),

@@ -5,7 +5,8 @@
 //! node should commit each table from the live nodes ([`assign`]: even shares, few moves);
 //! take the leases of its own tables that are free (never held, released, or expired because
 //! their holder died) and start their committers; hand the tables it holds but should not to
-//! their live owners: the committer commits what the changelog holds, stops, and only then is
+//! their live owners (tables stay with a live holder unless loads would differ by more
+//! than one): the committer commits what the changelog holds, stops, and only then is
 //! the lease released. On shutdown the node keeps renewing until its committers have made
 //! their final commits, then releases every lease and leaves, so the others take over within
 //! one round rather than one lease.
@@ -15,7 +16,7 @@
 //! row delta requires its epoch, so an owner that lost its lease while paused can never
 //! commit after the new owner started (see docs/rfcs/0001-committer-leases.md).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -95,7 +96,15 @@ impl Coordinator {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let desired = assign(&tables, &nodes);
+        // Tables stay with their live holders while loads allow it: a move costs seconds
+        // without commits (a hand-over, or a failover's lease expiry).
+        let holders: BTreeMap<String, String> = store
+            .holders()
+            .await?
+            .into_iter()
+            .map(|(table, holder)| (table, holder.owner))
+            .collect();
+        let desired = assign(&tables, &nodes, &holders);
         let mut started = 0;
         for table in &tables {
             let Ok(name) = table.parse::<TableName>() else {

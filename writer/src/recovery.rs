@@ -3,7 +3,7 @@
 //! index is not rebuilt: [`repoint_index`] reads only the key columns of the files the `replace`
 //! snapshots added and points their keys there.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use unitable_core::commit::files::roots_with_field_ids;
 
 use iceberg::spec::DataContentType;
@@ -56,33 +56,88 @@ pub(crate) async fn rebuild_index(
     planned.sort_by_key(|f| f.data_sequence_number);
     // Each delete file is read once, however many data files it touches.
     let deleted = read_position_deletes(file_io, &delete_files_of(&planned)).await?;
-    let none = BTreeSet::new();
     let mut rebuilt = Rebuilt {
         index,
         duplicates: Vec::new(),
         files: planned.len(),
     };
-    for file in &planned {
-        // Paths are never reused, so every delete naming this file applies to it.
-        let gone = deleted.get(file.data_file.file_path()).unwrap_or(&none);
-        index_file_rows(file_io, codec, key_field_ids, file, gone, &mut rebuilt).await?;
-    }
+    let planned: Vec<&PlannedFile> = planned.iter().collect();
+    index_files_rows(
+        file_io,
+        codec,
+        key_field_ids,
+        &planned,
+        &deleted,
+        &mut rebuilt,
+    )
+    .await?;
     Ok(rebuilt)
 }
 
-/// Points the keys of every row of `file` not in `gone` at their rows, later files (callers go
-/// in data sequence order) replacing earlier ones; a key already live elsewhere is recorded as
-/// a duplicate whose older copy the next commit deletes. Returns the rows indexed.
-pub(crate) async fn index_file_rows(
+/// Data files whose key columns are read at once by [`index_files_rows`]: each read is an
+/// object fetch, so on an object store latency dominates; the keys of at most this many files
+/// wait in memory for their turn.
+const KEY_READ_CONCURRENCY: usize = 8;
+
+/// [`index_keys`] for each of `files` in order (callers pass them in data sequence
+/// order), their key columns read concurrently. `deleted` holds the deleted positions per data
+/// file path (paths are never reused, so every delete naming a file applies to it). Returns the
+/// rows indexed.
+pub(crate) async fn index_files_rows(
     file_io: &FileIO,
     codec: &RecordCodec,
     key_field_ids: &[i32],
-    file: &PlannedFile,
+    files: &[&PlannedFile],
+    deleted: &HashMap<String, BTreeSet<i64>>,
+    rebuilt: &mut Rebuilt,
+) -> WriteResult<u64> {
+    use futures::{StreamExt, TryStreamExt, stream};
+    let none = BTreeSet::new();
+    // The futures are collected first: a stream mapping with a closure is not `Send` for
+    // every lifetime, which the committer's task needs.
+    let reads: Vec<_> = files
+        .iter()
+        .map(|file| {
+            let gone = deleted.get(file.data_file.file_path()).unwrap_or(&none);
+            file_keys(file_io, codec, key_field_ids, file, gone)
+        })
+        .collect();
+    let mut read = stream::iter(reads).buffered(KEY_READ_CONCURRENCY);
+    let mut indexed = 0;
+    while let Some((file, keys)) = read.try_next().await? {
+        indexed += index_keys(file, keys, rebuilt)?;
+    }
+    Ok(indexed)
+}
+
+/// [`live_keys`] of `file`, with the file.
+async fn file_keys<'a>(
+    file_io: &FileIO,
+    codec: &RecordCodec,
+    key_field_ids: &[i32],
+    file: &'a PlannedFile,
     gone: &BTreeSet<i64>,
+) -> WriteResult<(&'a PlannedFile, Vec<(Bytes, u64)>)> {
+    let keys = live_keys(
+        file_io,
+        codec,
+        key_field_ids,
+        file.data_file.file_path(),
+        gone,
+    )
+    .await?;
+    Ok((file, keys))
+}
+
+/// Points the keys of `keys` (every live row of `file`) at their rows, later files (callers go
+/// in data sequence order) replacing earlier ones; a key already live elsewhere is recorded as
+/// a duplicate whose older copy the next commit deletes. Returns the rows indexed.
+fn index_keys(
+    file: &PlannedFile,
+    keys: Vec<(Bytes, u64)>,
     rebuilt: &mut Rebuilt,
 ) -> WriteResult<u64> {
     let path = file.data_file.file_path();
-    let keys = live_keys(file_io, codec, key_field_ids, path, gone).await?;
     let index = &mut rebuilt.index;
     let id = index.file_id(path, file.data_file.partition(), file.spec_id);
     let indexed = keys.len() as u64;

@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use arrow::array::{Array, Int64Array, StringArray};
 use arrow::datatypes::DataType;
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
 use iceberg::io::FileIO;
 use iceberg::spec::{
     DataContentType, DataFile, ManifestContentType, ManifestFile, ManifestList, ManifestStatus,
@@ -26,6 +27,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::files::{DELETE_FILE_PATH_FIELD_ID, DELETE_POS_FIELD_ID, read_bytes};
 use super::{CommitError, CommitResult};
+
+/// How many manifests or delete files are read from storage at once. Each read is one small
+/// object fetch, so on an object store the latency, not the bytes, is the cost: reading them
+/// one after the other made a committer's start-up (which reads every manifest of the head)
+/// take seconds on S3.
+pub const READ_CONCURRENCY: usize = 16;
 
 /// One manifest entry of a snapshot, with everything inherited from the manifest list resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,11 +146,17 @@ pub async fn snapshot_entries(
     let Some(snapshot) = resolve_snapshot(metadata, snapshot_id)? else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
-    for manifest in manifests_of(file_io, metadata, &snapshot).await? {
-        out.extend(manifest_entries(file_io, &manifest).await?);
-    }
-    Ok(out)
+    let manifests = manifests_of(file_io, metadata, &snapshot).await?;
+    // (Collected first: see read_position_deletes.)
+    let reads: Vec<_> = manifests
+        .iter()
+        .map(|m| manifest_entries(file_io, m))
+        .collect();
+    let read: Vec<Vec<TrackedFile>> = stream::iter(reads)
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(read.into_iter().flatten().collect())
 }
 
 /// The live (`ADDED` or `EXISTING`) data and delete files of a snapshot.
@@ -165,19 +178,22 @@ pub async fn live_data_paths(
     let Some(snapshot) = metadata.current_snapshot() else {
         return Ok(HashSet::new());
     };
-    let mut out = HashSet::new();
-    for manifest in manifests_of(file_io, metadata, snapshot).await? {
-        if manifest.content == ManifestContentType::Data {
-            out.extend(
-                manifest_entries(file_io, &manifest)
-                    .await?
-                    .into_iter()
-                    .filter(TrackedFile::is_live)
-                    .map(|f| f.data_file.file_path().to_string()),
-            );
-        }
-    }
-    Ok(out)
+    let manifests = manifests_of(file_io, metadata, snapshot).await?;
+    let reads: Vec<_> = manifests
+        .iter()
+        .filter(|m| m.content == ManifestContentType::Data)
+        .map(|m| manifest_entries(file_io, m))
+        .collect();
+    let read: Vec<Vec<TrackedFile>> = stream::iter(reads)
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(read
+        .into_iter()
+        .flatten()
+        .filter(TrackedFile::is_live)
+        .map(|f| f.data_file.file_path().to_string())
+        .collect())
 }
 
 /// Every live data file of a snapshot (the current one for `None`) with the delete files that
@@ -309,22 +325,36 @@ pub async fn read_position_deletes(
     file_io: &FileIO,
     delete_files: &[DataFile],
 ) -> CommitResult<HashMap<String, BTreeSet<i64>>> {
+    if let Some(file) = delete_files
+        .iter()
+        .find(|f| f.content_type() != DataContentType::PositionDeletes)
+    {
+        return Err(CommitError::Invalid {
+            reason: format!(
+                "{} is not a position-delete file ({:?}); equality deletes are not supported here",
+                file.file_path(),
+                file.content_type()
+            ),
+        });
+    }
+    // Fetched concurrently, decoded one at a time as they arrive (in order).
+    // (Collected first: a stream over a closure's futures is not `Send` for every lifetime,
+    // which callers holding this future across awaits need.)
+    let reads: Vec<_> = delete_files
+        .iter()
+        .map(|f| read_named(file_io, f.file_path()))
+        .collect();
+    let mut fetched = stream::iter(reads).buffered(READ_CONCURRENCY);
     let mut out: HashMap<String, BTreeSet<i64>> = HashMap::new();
-    for file in delete_files {
-        if file.content_type() != DataContentType::PositionDeletes {
-            return Err(CommitError::Invalid {
-                reason: format!(
-                    "{} is not a position-delete file ({:?}); equality deletes are not supported here",
-                    file.file_path(),
-                    file.content_type()
-                ),
-            });
-        }
-        let path = file.file_path();
-        let bytes = read_bytes(file_io, path).await?;
+    while let Some((path, bytes)) = fetched.try_next().await? {
         decode_position_deletes(path, bytes, &mut out)?;
     }
     Ok(out)
+}
+
+/// The bytes of the file at `path`, with the path.
+async fn read_named<'a>(file_io: &FileIO, path: &'a str) -> CommitResult<(&'a str, Bytes)> {
+    read_bytes(file_io, path).await.map(|bytes| (path, bytes))
 }
 
 fn decode_position_deletes(

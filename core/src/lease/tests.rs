@@ -98,6 +98,25 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
+fn none() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+/// An assignment as the lease holders it leads to.
+fn held(assignment: &BTreeMap<&str, String>) -> BTreeMap<String, String> {
+    assignment
+        .iter()
+        .map(|(t, n)| (t.to_string(), n.clone()))
+        .collect()
+}
+
+fn moved(before: &BTreeMap<String, String>, after: &BTreeMap<&str, String>) -> usize {
+    after
+        .iter()
+        .filter(|(t, n)| before.get(**t) != Some(*n))
+        .count()
+}
+
 fn loads(assignment: &BTreeMap<&str, String>) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for node in assignment.values() {
@@ -110,7 +129,7 @@ fn loads(assignment: &BTreeMap<&str, String>) -> BTreeMap<String, usize> {
 fn assignment_is_even_and_moves_little_when_a_node_joins() {
     let tables = names("ns.table_", 30);
     let three = names("node-", 3);
-    let before = assign(&tables, &three);
+    let before = assign(&tables, &three, &none());
     assert_eq!(before.len(), 30, "every table has an owner");
     assert!(
         loads(&before).values().all(|&n| n == 10),
@@ -122,10 +141,10 @@ fn assignment_is_even_and_moves_little_when_a_node_joins() {
     shuffled.reverse();
     let mut tables_rev = tables.clone();
     tables_rev.reverse();
-    assert_eq!(assign(&tables_rev, &shuffled), before);
+    assert_eq!(assign(&tables_rev, &shuffled, &none()), before);
 
     let four = names("node-", 4);
-    let after = assign(&tables, &four);
+    let after = assign(&tables, &four, &none());
     assert!(
         loads(&after).values().all(|&n| (7..=8).contains(&n)),
         "{:?}",
@@ -140,8 +159,114 @@ fn assignment_is_even_and_moves_little_when_a_node_joins() {
 
     // A node leaving: only its tables and a few for balance move.
     let two: Vec<String> = three.iter().take(2).cloned().collect();
-    let shrunk = assign(&tables, &two);
+    let shrunk = assign(&tables, &two, &none());
     assert!(loads(&shrunk).values().all(|&n| n == 15));
-    assert!(assign(&tables, &[]).is_empty());
-    assert_eq!(assign(&[], &three).len(), 0);
+    assert!(assign(&tables, &[], &none()).is_empty());
+    assert_eq!(assign(&[], &three, &none()).len(), 0);
+}
+
+#[test]
+fn with_holders_a_join_takes_only_its_share_and_a_leave_moves_only_its_tables() {
+    let tables = names("ns.table_", 30);
+    let three = names("node-", 3);
+    let holders = held(&assign(&tables, &three, &none()));
+
+    // node-3 joins: quotas 8, 8, 7, 7, so exactly 2 + 2 + 3 tables move, all to node-3.
+    let four = names("node-", 4);
+    let after = assign(&tables, &four, &holders);
+    assert!(loads(&after).values().all(|&n| (7..=8).contains(&n)));
+    assert_eq!(moved(&holders, &after), 7);
+    assert!(
+        after
+            .iter()
+            .filter(|(t, n)| holders[**t] != **n)
+            .all(|(_, n)| n == "node-3")
+    );
+
+    // node-1 leaves: only its 10 tables move.
+    let two = vec!["node-0".to_string(), "node-2".to_string()];
+    let shrunk = assign(&tables, &two, &holders);
+    assert!(loads(&shrunk).values().all(|&n| n == 15));
+    assert_eq!(moved(&holders, &shrunk), 10);
+    assert!(
+        shrunk
+            .iter()
+            .filter(|(t, n)| holders[**t] != **n)
+            .all(|(t, _)| holders[*t] == "node-1")
+    );
+}
+
+#[test]
+fn with_holders_the_assignment_is_even_and_moves_the_fewest_tables() {
+    // Random holder maps, some holders dead, some tables free: loads differ by at most one,
+    // every table has an owner, the answer does not depend on input order, and the number of
+    // tables taken from a live holder is the least that evens the loads out.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for _ in 0..500 {
+        let tables = names("ns.t", 1 + next(40) as usize);
+        let nodes = names("node-", 1 + next(6) as usize);
+        let mut holders = BTreeMap::new();
+        for t in &tables {
+            match next(4) {
+                0 => {}
+                1 => {
+                    holders.insert(t.clone(), "node-dead".to_string());
+                }
+                _ => {
+                    holders.insert(t.clone(), format!("node-{}", next(nodes.len() as u64)));
+                }
+            }
+        }
+        let got = assign(&tables, &nodes, &holders);
+        assert_eq!(got.len(), tables.len());
+        let l = loads(&got);
+        let (min, max) = (
+            nodes
+                .iter()
+                .map(|n| l.get(n).copied().unwrap_or(0))
+                .min()
+                .unwrap(),
+            nodes
+                .iter()
+                .map(|n| l.get(n).copied().unwrap_or(0))
+                .max()
+                .unwrap(),
+        );
+        assert!(max - min <= 1, "{l:?}");
+        let mut reversed = tables.clone();
+        reversed.reverse();
+        let mut nodes_reversed = nodes.clone();
+        nodes_reversed.reverse();
+        assert_eq!(assign(&reversed, &nodes_reversed, &holders), got);
+
+        // The fewest moves: every live holder keeps min(held, its quota) tables, and quotas
+        // of floor + 1 go to the nodes holding the most.
+        let floor = tables.len() / nodes.len();
+        let mut counts: Vec<usize> = nodes
+            .iter()
+            .map(|n| holders.values().filter(|h| *h == n).count())
+            .collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let extra = tables.len() % nodes.len();
+        let least: usize = counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| c.saturating_sub(floor + usize::from(i < extra)))
+            .sum();
+        let taken = got
+            .iter()
+            .filter(|(t, n)| {
+                holders
+                    .get(**t)
+                    .is_some_and(|h| nodes.contains(h) && h != *n)
+            })
+            .count();
+        assert_eq!(taken, least, "holders {holders:?} -> {got:?}");
+    }
 }
