@@ -287,6 +287,21 @@ pub fn assign<'a>(
     nodes: &[String],
     holders: &BTreeMap<String, String>,
 ) -> BTreeMap<&'a str, String> {
+    assign_settling(tables, nodes, holders, &BTreeSet::new())
+}
+
+/// [`assign`], where the `young` nodes (live for less than a lease, in the caller's view) take
+/// no table from a live holder yet: a table above its holder's quota stays there until a node
+/// that is not young has room for it. Young nodes do get free tables. This damps flapping: a
+/// node that restarts and dies again within seconds causes no hand-overs (each costs the
+/// table seconds without commits), and one that stays takes its share a lease later, when the
+/// failover that its restart may have followed has settled.
+pub fn assign_settling<'a>(
+    tables: &'a [String],
+    nodes: &[String],
+    holders: &BTreeMap<String, String>,
+    young: &BTreeSet<String>,
+) -> BTreeMap<&'a str, String> {
     let mut out = BTreeMap::new();
     if nodes.is_empty() {
         return out;
@@ -324,10 +339,13 @@ pub fn assign<'a>(
         }
     }
     for table in unplaced {
+        let holder = holders.get(table.as_str()).and_then(|h| slot(h));
         let best = (0..nodes.len())
-            .filter(|&i| load[i] < quota[i])
+            .filter(|&i| load[i] < quota[i] && (holder.is_none() || !young.contains(nodes[i])))
             .max_by_key(|&i| (rank(table, nodes[i]), std::cmp::Reverse(i)));
-        if let Some(i) = best {
+        // A held table with no room outside young nodes stays with its holder, over quota
+        // (quota left unused elsewhere keeps room for every free table).
+        if let Some(i) = best.or(holder) {
             load[i] += 1;
             out.insert(table.as_str(), nodes[i].clone());
         }

@@ -61,6 +61,9 @@ pub struct CommitProgress {
     pub stopped: bool,
     /// Where the committer's primary-key index came from when it started.
     pub index_source: IndexSource,
+    /// The committer made its final commit (of a graceful stop or a hand-over) and commits no
+    /// more; it may still be writing its key-index checkpoint.
+    pub final_commit_done: bool,
 }
 
 /// How a committer got its primary-key index.
@@ -201,6 +204,9 @@ impl TableCommitter {
             }
             if final_cycle {
                 info!(%table, "committer: final commit done");
+                // A hand-over can release the lease now: the checkpoint below only speeds up
+                // later starts, and the next owner must not wait for it.
+                self.progress.send_modify(|p| p.final_commit_done = true);
                 self.final_checkpoint().await;
                 return;
             }

@@ -16,12 +16,12 @@
 //! row delta requires its epoch, so an owner that lost its lease while paused can never
 //! commit after the new owner started (see docs/rfcs/0001-committer-leases.md).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
-use unitable_core::lease::assign;
+use unitable_core::lease::assign_settling;
 use unitable_core::naming::TableName;
 
 use crate::config::LeaseConfig;
@@ -37,6 +37,7 @@ pub(crate) async fn start(writer: Writer, config: LeaseConfig) -> WriteResult<us
         config,
         handing_over: HashSet::new(),
         valid_until: None,
+        first_seen: HashMap::new(),
     };
     let started = coordinator.round().await?;
     let tasks = coordinator.writer.inner.tasks.clone();
@@ -52,6 +53,9 @@ struct Coordinator {
     handing_over: HashSet<TableName>,
     /// Until when the leases renewed last are surely still ours (renewal sent + lease).
     valid_until: Option<Instant>,
+    /// When this node first saw each live node (the nodes live at its own start count as
+    /// settled); a node seen for less than a lease is young and takes no held table yet.
+    first_seen: HashMap<String, Instant>,
 }
 
 impl Coordinator {
@@ -104,7 +108,8 @@ impl Coordinator {
             .into_iter()
             .map(|(table, holder)| (table, holder.owner))
             .collect();
-        let desired = assign(&tables, &nodes, &holders);
+        let young = self.young(&nodes, sent);
+        let desired = assign_settling(&tables, &nodes, &holders, &young);
         let mut started = 0;
         for table in &tables {
             let Ok(name) = table.parse::<TableName>() else {
@@ -149,6 +154,28 @@ impl Coordinator {
             .count();
         metrics::gauge!(m::LEASES_HELD).set(count as f64);
         Ok(started)
+    }
+
+    /// The live nodes first seen less than a lease ago (this node itself after its start);
+    /// forgets nodes no longer live, so one that comes back is young again.
+    fn young(&mut self, nodes: &[String], now: Instant) -> BTreeSet<String> {
+        let ttl = self.config.ttl;
+        let settled = now.checked_sub(ttl).unwrap_or(now);
+        let first_round = self.first_seen.is_empty();
+        self.first_seen.retain(|n, _| nodes.contains(n));
+        for node in nodes {
+            let seen = if first_round && *node != self.config.node {
+                settled
+            } else {
+                now
+            };
+            self.first_seen.entry(node.clone()).or_insert(seen);
+        }
+        self.first_seen
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) < ttl)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn running(&self, name: &TableName) -> bool {
@@ -196,7 +223,11 @@ impl Coordinator {
             let committers = lock(&self.writer.inner.committers);
             self.handing_over
                 .iter()
-                .filter(|name| committers.get(*name).is_none_or(|c| c.done.is_cancelled()))
+                .filter(|name| {
+                    committers.get(*name).is_none_or(|c| {
+                        c.done.is_cancelled() || c.progress.borrow().final_commit_done
+                    })
+                })
                 .cloned()
                 .collect()
         };

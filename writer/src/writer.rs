@@ -87,7 +87,7 @@ struct TableHandle {
 #[derive(Debug)]
 pub(crate) struct CommitterHandle {
     uuid: String,
-    progress: watch::Receiver<CommitProgress>,
+    pub(crate) progress: watch::Receiver<CommitProgress>,
     /// Asks for a graceful stop: commit what the changelog holds, then stop.
     pub(crate) cancel: CancellationToken,
     /// Stops at once, wherever the committer is (its lease is gone; another node commits).
@@ -256,10 +256,23 @@ impl Writer {
         );
         let run = {
             let (abort, done, inner) = (abort.clone(), done.clone(), self.inner.clone());
+            let mut final_commit = rx.clone();
             async move {
+                // Wakes the lease round as soon as a hand-over's final commit is made, so the
+                // lease is released without waiting for the checkpoint or the next round.
+                let woken = async {
+                    while final_commit.changed().await.is_ok() {
+                        if final_commit.borrow().final_commit_done {
+                            inner.lease_round.notify_one();
+                            break;
+                        }
+                    }
+                    std::future::pending::<()>().await
+                };
                 tokio::select! {
                     () = supervised => {}
                     () = abort.cancelled() => {}
+                    () = woken => {}
                 }
                 done.cancel();
                 // A finished hand-over releases its lease at once.
@@ -737,6 +750,7 @@ impl Writer {
                     commit_time_ms: metadata.current_snapshot().map_or(0, |s| s.timestamp_ms()),
                     stopped: false,
                     index_source: IndexSource::None,
+                    final_commit_done: false,
                 });
             }
         }

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{LeaseStore, assign};
+use super::{LeaseStore, assign, assign_settling};
 use crate::catalog::CatalogConfig;
 use crate::naming::TableName;
 
@@ -269,4 +269,46 @@ fn with_holders_the_assignment_is_even_and_moves_the_fewest_tables() {
             .count();
         assert_eq!(taken, least, "holders {holders:?} -> {got:?}");
     }
+}
+
+#[test]
+fn a_young_node_takes_free_tables_but_no_held_ones_until_it_settles() {
+    let tables = names("ns.table_", 30);
+    let three = names("node-", 3);
+    let holders = held(&assign(&tables, &three, &none()));
+    let four = names("node-", 4);
+    let young = BTreeSet::from(["node-3".to_string()]);
+
+    // node-3 just joined: nothing moves.
+    let joined = assign_settling(&tables, &four, &holders, &young);
+    assert_eq!(moved(&holders, &joined), 0);
+    assert!(!joined.values().any(|n| n == "node-3"));
+
+    // node-1 died at the same time: its 10 tables are free; the young node-3 takes its
+    // quota of them (7 or 8) and the rest go to the other two.
+    let without_1: BTreeMap<String, String> = holders
+        .iter()
+        .filter(|(_, n)| *n != "node-1")
+        .map(|(t, n)| (t.clone(), n.clone()))
+        .collect();
+    let live = vec![
+        "node-0".to_string(),
+        "node-2".to_string(),
+        "node-3".to_string(),
+    ];
+    let failed_over = assign_settling(&tables, &live, &without_1, &young);
+    assert_eq!(failed_over.len(), 30);
+    assert!(loads(&failed_over).values().all(|&n| n == 10));
+    assert!(
+        failed_over
+            .iter()
+            .filter(|(t, _)| without_1.contains_key(**t))
+            .all(|(t, n)| without_1[*t] == *n),
+        "held tables stay put"
+    );
+
+    // Once settled, node-3 takes its share: the fewest moves (7).
+    let settled = assign_settling(&tables, &four, &holders, &BTreeSet::new());
+    assert_eq!(settled, assign(&tables, &four, &holders));
+    assert_eq!(moved(&holders, &settled), 7);
 }
