@@ -24,7 +24,7 @@ use unitable_proto::v1::{
     CommitGroupOffsetsRequest, ConsumerGroup, DescribeConsumerGroupsRequest, PartitionOffset,
     ReadMode, ReadRequest, StreamStart, WriteOp, read_response, stream_start,
 };
-use unitable_tests::{Kafka, Service};
+use unitable_tests::{Kafka, Postgres, Service};
 
 type ReadClient = ReadServiceClient<tonic::transport::Channel>;
 
@@ -481,17 +481,22 @@ async fn one_node_members_split_rebalance_commit_and_resume() -> Result<()> {
     scenario(&mut [service]).await
 }
 
+/// Two nodes sharing a PostgreSQL catalog database (so the group SQL runs on Postgres; the
+/// one-node test runs it on SQLite) and a Kafka changelog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_nodes_on_kafka_share_the_group() -> Result<()> {
+async fn two_nodes_on_kafka_and_postgres_share_the_group() -> Result<()> {
     let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
-    let first = node(&kafka, "node-1", None).await?;
-    let second = node(&kafka, "node-2", Some(&first)).await?;
+    let postgres = tokio::task::spawn_blocking(Postgres::start).await??;
+    let lake = tempfile::tempdir()?;
+    let warehouse = format!("file://{}", lake.path().display());
+    let first = node(&kafka, "node-1", &postgres.url(), &warehouse).await?;
+    let second = node(&kafka, "node-2", &postgres.url(), &warehouse).await?;
     scenario(&mut [first, second]).await
 }
 
-/// A serve node on `kafka`; with `first`, on `first`'s catalog and warehouse.
-async fn node(kafka: &Kafka, id: &str, first: Option<&Service>) -> Result<Service> {
-    let mut args: Vec<String> = [
+/// A serve node on `kafka`, with the catalog database and warehouse given.
+async fn node(kafka: &Kafka, id: &str, catalog: &str, warehouse: &str) -> Result<Service> {
+    let args: Vec<String> = [
         "--node-id",
         id,
         "--kafka-brokers",
@@ -500,19 +505,14 @@ async fn node(kafka: &Kafka, id: &str, first: Option<&Service>) -> Result<Servic
         SESSION,
         "--compaction-interval",
         "0s",
+        "--catalog",
+        catalog,
+        "--warehouse",
+        warehouse,
     ]
     .iter()
     .map(ToString::to_string)
     .collect();
-    if let Some(first) = first {
-        let data = first.data_dir();
-        args.extend([
-            "--catalog".into(),
-            format!("sqlite://{}/catalog.db", data.display()),
-            "--warehouse".into(),
-            format!("file://{}/warehouse", data.display()),
-        ]);
-    }
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Service::start(&args)
