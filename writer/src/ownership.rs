@@ -6,8 +6,9 @@
 //! take the leases of its own tables that are free (never held, released, or expired because
 //! their holder died) and start their committers; hand the tables it holds but should not to
 //! their live owners (tables stay with a live holder unless loads would differ by more
-//! than one): the committer commits what the changelog holds, stops, and only then is
-//! the lease released. On shutdown the node keeps renewing until its committers have made
+//! than one, and a node live for less than a lease takes no held table): the committer
+//! commits what the changelog holds, and only then is the lease released (its key-index
+//! checkpoint is written after that, so the next owner does not wait for it). On shutdown the node keeps renewing until its committers have made
 //! their final commits, then releases every lease and leaves, so the others take over within
 //! one round rather than one lease.
 //!
