@@ -172,6 +172,10 @@ impl TableCommitter {
                     backlog
                 }
                 Err(e) if is_terminal(&e) => {
+                    if matches!(e, WriteError::Commit(CommitError::Fenced { .. })) {
+                        metrics::counter!(m::COMMITTER_FENCED, "table" => table.clone())
+                            .increment(1);
+                    }
                     warn!(%table, error = %e, "committer stopped");
                     self.progress.send_modify(|p| p.stopped = true);
                     return;
@@ -253,7 +257,16 @@ impl TableCommitter {
                 .map(|s| s.timestamp_ms()),
         );
         self.state = Some(state);
+        self.mark_commit_time();
         Ok(())
+    }
+
+    /// Sets the commit-age gauge to now (a commit, or the committer's start).
+    fn mark_commit_time(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(m::LAST_COMMIT_TIMESTAMP, "table" => self.name.to_string()).set(now);
     }
 
     async fn load_state(&self, table: &Table, owner: String, epoch: String) -> WriteResult<State> {
@@ -749,6 +762,7 @@ impl TableCommitter {
         metrics::histogram!(m::COMMIT_SECONDS, "table" => name.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(m::COMMITS, "table" => name.clone()).increment(1);
+        self.mark_commit_time();
         for (kind, n) in ["insert", "upsert", "delete"].iter().zip(folded.counts) {
             metrics::counter!(m::COMMITTED_CHANGES, "table" => name.clone(), "op" => *kind)
                 .increment(n);

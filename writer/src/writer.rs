@@ -774,6 +774,9 @@ impl Writer {
             log.append(&topic, PartitionId(0), records).await
         }
         .await;
+        let outcome = if result.is_ok() { "sent" } else { "failed" };
+        metrics::counter!(m::DEAD_LETTER_ROWS, "table" => request.table.to_string(), "outcome" => outcome)
+            .increment(errors.len() as u64);
         if let Err(e) = result {
             warn!(%topic, error = %e, "could not write rejected rows to the dead-letter topic");
         } else {

@@ -5,6 +5,7 @@ pub(crate) mod access;
 pub(crate) mod compact;
 pub(crate) mod groups;
 pub(crate) mod lookup;
+pub(crate) mod ops;
 pub(crate) mod rows;
 pub(crate) mod scan;
 pub(crate) mod sql;

@@ -5,6 +5,7 @@ pub(crate) mod admin;
 pub(crate) mod compact;
 pub(crate) mod groups;
 pub(crate) mod lookup;
+pub(crate) mod ops;
 pub(crate) mod read;
 pub(crate) mod write;
 
