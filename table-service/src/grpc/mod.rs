@@ -7,6 +7,7 @@ pub(crate) mod groups;
 pub(crate) mod lookup;
 pub(crate) mod ops;
 pub(crate) mod read;
+pub(crate) mod read_metrics;
 pub(crate) mod write;
 
 use unitable_core::naming::TableName;

@@ -19,6 +19,7 @@ use unitable_reader::{
     StreamStart,
 };
 
+use super::read_metrics::ReadMeter;
 use super::table_name;
 use super::write::{as_of_to_wire, offsets_to_wire};
 use crate::access::{Access, Guard, Principal, Privilege};
@@ -189,6 +190,7 @@ impl ReadApi {
         guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
         let table = table_name(&request.table)?;
+        let meter = ReadMeter::start(if fresh { "FRESH" } else { "SNAPSHOT" }, table.to_string());
         let limit = (request.limit > 0).then_some(request.limit);
         let read = if fresh {
             if request.snapshot_id.is_some() || request.as_of_timestamp_ms.is_some() {
@@ -228,17 +230,17 @@ impl ReadApi {
             as_of: Some(as_of),
             group: None,
         };
+        meter.opened();
         Ok(pump(
             &self.runtime,
             Some(first),
             read.batches,
             guard,
             move |batch| {
+                let bytes = ipc_bytes(&schema, Some(&batch))?;
+                meter.sent(batch.num_rows(), bytes.len());
                 Ok(wire::ReadResponse {
-                    body: Some(wire::read_response::Body::ArrowIpc(ipc_bytes(
-                        &schema,
-                        Some(&batch),
-                    )?)),
+                    body: Some(wire::read_response::Body::ArrowIpc(bytes)),
                     as_of: None,
                     group: None,
                 })
@@ -253,6 +255,7 @@ impl ReadApi {
         guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
         let table = table_name(&request.table)?;
+        let meter = ReadMeter::start("STREAM", table.to_string());
         let start = stream_start(request.start.as_ref())?;
         let read = StreamRead {
             table,
@@ -290,15 +293,18 @@ impl ReadApi {
             as_of: Some(as_of_to_wire(&stream.as_of)),
             group,
         };
+        meter.opened();
         Ok(pump(
             &self.runtime,
             Some(first),
             stream.changes,
             guard,
             move |change| {
+                let arrow_ipc = ipc_bytes(&schema, Some(&change.batch))?;
+                meter.sent(change.batch.num_rows(), arrow_ipc.len());
                 Ok(wire::ReadResponse {
                     body: Some(wire::read_response::Body::Changes(wire::ChangeBatch {
-                        arrow_ipc: ipc_bytes(&schema, Some(&change.batch))?,
+                        arrow_ipc,
                         next_offsets: offsets_to_wire(&change.next_offsets),
                     })),
                     as_of: None,
@@ -348,7 +354,7 @@ impl ReadService for ReadApi {
             Ok(wire::ReadMode::Fresh) => self.rows(request, true, guard).await?,
             Ok(wire::ReadMode::Stream) => self.changes(request, who.name(), guard).await?,
             Ok(wire::ReadMode::Lookup) => {
-                let response = super::lookup::lookup(&self.reader, table, request).await?;
+                let response = metered_lookup(&self.reader, table, request).await?;
                 Box::pin(futures::stream::once(async { Ok(response) }))
             }
             Ok(wire::ReadMode::Unspecified) | Err(_) => {
@@ -383,7 +389,7 @@ impl ReadService for ReadApi {
         metrics::counter!("unitable_grpc_requests_total", "method" => "Lookup", "mode" => "LOOKUP")
             .increment(1);
         self.access.check(&who, Privilege::Read, &table, "Lookup")?;
-        let response = super::lookup::lookup(&self.reader, table, request).await?;
+        let response = metered_lookup(&self.reader, table, request).await?;
         Ok(Response::new(response))
     }
 
@@ -449,6 +455,9 @@ impl ReadService for ReadApi {
         for table in &tables {
             self.access.check(&who, Privilege::Read, table, "Query")?;
         }
+        let mut names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        names.sort();
+        let meter = ReadMeter::start("SQL", names.join(","));
         let guard = self.access.guard(&who, Privilege::Read, tables, "Query");
         let query = self
             .reader
@@ -467,17 +476,42 @@ impl ReadService for ReadApi {
                 .map(|(name, as_of)| (name.clone(), as_of_to_wire(as_of)))
                 .collect(),
         };
+        meter.opened();
         Ok(Response::new(pump(
             &self.runtime,
             Some(first),
             query.batches,
             guard,
             move |batch| {
+                let arrow_ipc = ipc_bytes(&schema, Some(&batch))?;
+                meter.sent(batch.num_rows(), arrow_ipc.len());
                 Ok(wire::QueryResponse {
-                    arrow_ipc: ipc_bytes(&schema, Some(&batch))?,
+                    arrow_ipc,
                     as_of: Default::default(),
                 })
             },
         )))
     }
+}
+
+/// A LOOKUP answered and metered: its latency to the answer, and the rows found and their
+/// bytes.
+async fn metered_lookup(
+    reader: &Reader,
+    table: unitable_core::naming::TableName,
+    request: wire::ReadRequest,
+) -> Result<wire::ReadResponse, Status> {
+    let meter = ReadMeter::start("LOOKUP", table.to_string());
+    let response = super::lookup::lookup(reader, table, request).await?;
+    meter.opened();
+    if let Some(wire::read_response::Body::Lookup(result)) = &response.body {
+        let rows = arrow::ipc::reader::StreamReader::try_new(
+            std::io::Cursor::new(result.arrow_ipc.as_slice()),
+            None,
+        )
+        .map(|batches| batches.flatten().map(|b| b.num_rows()).sum::<usize>())
+        .unwrap_or(0);
+        meter.sent(rows, result.arrow_ipc.len());
+    }
+    Ok(response)
 }
