@@ -258,7 +258,22 @@ impl TableCommitter {
         );
         self.state = Some(state);
         self.mark_commit_time();
+        self.register_failure_counters();
         Ok(())
+    }
+
+    /// The table's committer failure counters at 0 (from the committer's start on), so alerts
+    /// on their increase see the first failure.
+    fn register_failure_counters(&self) {
+        let table = self.name.to_string();
+        for name in [
+            m::COMMITTER_ERRORS,
+            m::COMMITTER_PANICS,
+            m::COMMITTER_FENCED,
+            m::RECORDS_LOST,
+        ] {
+            metrics::counter!(name, "table" => table.clone()).increment(0);
+        }
     }
 
     /// Sets the commit-age gauge to now (a commit, or the committer's start).

@@ -330,6 +330,19 @@ impl Writer {
             codec,
             progress,
         });
+        // The table's error counters exist from the first write on (at 0), so alerts on their
+        // increase see the first rejected row.
+        let table = name.to_string();
+        for reason in ["invalid", "changelog"] {
+            metrics::counter!(m::ROWS_REJECTED, "table" => table.clone(), "reason" => reason)
+                .increment(0);
+        }
+        if handle.dead_letter {
+            for outcome in ["sent", "failed"] {
+                metrics::counter!(m::DEAD_LETTER_ROWS, "table" => table.clone(), "outcome" => outcome)
+                    .increment(0);
+            }
+        }
         lock(&self.inner.handles).insert(name.clone(), handle.clone());
         Ok(handle)
     }
