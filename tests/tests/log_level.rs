@@ -34,7 +34,7 @@ async fn log_level_override_changes_the_log_then_reverts() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let token_file = tmp.path().join("admin.token");
     let audit = tmp.path().join("audit.log");
-    let args = vec![
+    let args = [
         "--bootstrap-admin-token-file".to_string(),
         token_file.display().to_string(),
         "--audit-log".to_string(),
