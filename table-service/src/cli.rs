@@ -102,6 +102,9 @@ pub enum Command {
     /// Operate a running server: `admin log-level [DIRECTIVES --for 10m | --reset]`.
     #[command(subcommand)]
     Admin(client::ops::AdminCommand),
+    /// Check a snapshot against its changelog: replay the changelog up to the snapshot's
+    /// offsets and compare the rows by key (missing, extra, wrong); exit 1 on a difference.
+    Verify(client::verify::VerifyArgs),
 }
 
 /// `unitable consumer-group ...`
@@ -832,6 +835,7 @@ async fn run_client(conn: &client::Connection, command: Command) -> ExitCode {
         Command::Whoami => client::access::run(conn, AccessCommand::WhoAmI).await,
         Command::ConsumerGroup(cmd) => client::groups::run(conn, cmd).await,
         Command::Admin(cmd) => client::ops::run(conn, cmd).await,
+        Command::Verify(args) => client::verify::run(conn, args).await,
     }
 }
 
