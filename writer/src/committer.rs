@@ -157,6 +157,9 @@ impl TableCommitter {
     /// it has caught up with the changelog as it was, then stops.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let table = self.name.to_string();
+        // Whichever way this committer stops, this node no longer commits the table: its lag
+        // gauge must not keep a stale backlog (another node's committer reports its own).
+        let _lag = ClearLagOnExit(table.clone());
         let mut backoff = Duration::from_millis(200);
         let mut final_cycle = false;
         loop {
@@ -1076,6 +1079,15 @@ impl TableCommitter {
         }
         let files = state.layout.write_deletes(table.file_io(), groups).await?;
         Ok((files, targets))
+    }
+}
+
+/// Sets the table's `unitable_committer_lag_records` to 0 when its committer stops.
+struct ClearLagOnExit(String);
+
+impl Drop for ClearLagOnExit {
+    fn drop(&mut self) {
+        metrics::gauge!(m::COMMITTER_LAG_RECORDS, "table" => self.0.clone()).set(0.0);
     }
 }
 

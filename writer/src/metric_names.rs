@@ -19,7 +19,8 @@ pub const COMMITTED_CHANGES: &str = "unitable_committer_changes_total";
 pub const COMMITTER_ERRORS: &str = "unitable_committer_errors_total";
 /// Committer panics, each followed by a restart of that table's committer (counter).
 pub const COMMITTER_PANICS: &str = "unitable_committer_panics_total";
-/// Changelog records not yet committed (gauge).
+/// Changelog records not yet committed (gauge; set to 0 when this node's committer of the
+/// table stops: a hand-over, a fenced or dropped table, shutdown).
 pub const COMMITTER_LAG_RECORDS: &str = "unitable_committer_lag_records";
 /// Age of the oldest record in the last commit when it committed, in seconds (gauge; 0 when
 /// the committer is caught up).

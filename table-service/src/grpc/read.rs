@@ -2,7 +2,7 @@
 //! bounded channel, so a slow client holds the read back instead of growing server memory.
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
@@ -19,7 +19,7 @@ use unitable_reader::{
     StreamStart,
 };
 
-use super::read_metrics::ReadMeter;
+use super::read_metrics::{ReadMeter, ipc_rows};
 use super::table_name;
 use super::write::{as_of_to_wire, offsets_to_wire};
 use crate::access::{Access, Guard, Principal, Privilege};
@@ -189,8 +189,9 @@ impl ReadApi {
         fresh: bool,
         guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
+        let started = Instant::now();
         let table = table_name(&request.table)?;
-        let meter = ReadMeter::start(if fresh { "FRESH" } else { "SNAPSHOT" }, table.to_string());
+        let label = table.to_string();
         let limit = (request.limit > 0).then_some(request.limit);
         let read = if fresh {
             if request.snapshot_id.is_some() || request.as_of_timestamp_ms.is_some() {
@@ -230,7 +231,10 @@ impl ReadApi {
             as_of: Some(as_of),
             group: None,
         };
-        meter.opened();
+        let meter = ReadMeter::opened(if fresh { "FRESH" } else { "SNAPSHOT" }, label, started);
+        if let Some(wire::read_response::Body::ArrowIpc(bytes)) = &first.body {
+            meter.sent(0, bytes.len());
+        }
         Ok(pump(
             &self.runtime,
             Some(first),
@@ -254,8 +258,9 @@ impl ReadApi {
         caller: &str,
         guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
+        let started = Instant::now();
         let table = table_name(&request.table)?;
-        let meter = ReadMeter::start("STREAM", table.to_string());
+        let label = table.to_string();
         let start = stream_start(request.start.as_ref())?;
         let read = StreamRead {
             table,
@@ -293,7 +298,10 @@ impl ReadApi {
             as_of: Some(as_of_to_wire(&stream.as_of)),
             group,
         };
-        meter.opened();
+        let meter = ReadMeter::opened("STREAM", label, started);
+        if let Some(wire::read_response::Body::Changes(changes)) = &first.body {
+            meter.sent(0, changes.arrow_ipc.len());
+        }
         Ok(pump(
             &self.runtime,
             Some(first),
@@ -430,6 +438,7 @@ impl ReadService for ReadApi {
         request: Request<wire::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         metrics::counter!("unitable_grpc_requests_total", "method" => "Query").increment(1);
+        let started = Instant::now();
         let who = Principal::of(&request)?;
         let request = request.into_inner();
         let mode = match wire::ReadMode::try_from(request.mode) {
@@ -457,7 +466,6 @@ impl ReadService for ReadApi {
         }
         let mut names: Vec<String> = tables.iter().map(ToString::to_string).collect();
         names.sort();
-        let meter = ReadMeter::start("SQL", names.join(","));
         let guard = self.access.guard(&who, Privilege::Read, tables, "Query");
         let query = self
             .reader
@@ -476,7 +484,8 @@ impl ReadService for ReadApi {
                 .map(|(name, as_of)| (name.clone(), as_of_to_wire(as_of)))
                 .collect(),
         };
-        meter.opened();
+        let meter = ReadMeter::opened("SQL", names.join(","), started);
+        meter.sent(0, first.arrow_ipc.len());
         Ok(Response::new(pump(
             &self.runtime,
             Some(first),
@@ -501,17 +510,12 @@ async fn metered_lookup(
     table: unitable_core::naming::TableName,
     request: wire::ReadRequest,
 ) -> Result<wire::ReadResponse, Status> {
-    let meter = ReadMeter::start("LOOKUP", table.to_string());
+    let started = Instant::now();
+    let label = table.to_string();
     let response = super::lookup::lookup(reader, table, request).await?;
-    meter.opened();
+    let meter = ReadMeter::opened("LOOKUP", label, started);
     if let Some(wire::read_response::Body::Lookup(result)) = &response.body {
-        let rows = arrow::ipc::reader::StreamReader::try_new(
-            std::io::Cursor::new(result.arrow_ipc.as_slice()),
-            None,
-        )
-        .map(|batches| batches.flatten().map(|b| b.num_rows()).sum::<usize>())
-        .unwrap_or(0);
-        meter.sent(rows, result.arrow_ipc.len());
+        meter.sent(ipc_rows(&result.arrow_ipc), result.arrow_ipc.len());
     }
     Ok(response)
 }
