@@ -245,6 +245,11 @@ async fn metrics_count_a_known_workload_exactly() -> Result<()> {
         &[("code", "NotFound")],
         1.0,
     )?;
+    // A read that failed before it opened adds no read series.
+    ensure!(
+        s.get("unitable_read_active", &[("table", "ops.nothing")])
+            .is_none()
+    );
     // The bounded modes' full latency; a STREAM has none.
     for m in ["SNAPSHOT", "FRESH", "LOOKUP", "SQL"] {
         expect(&s, "unitable_read_seconds_count", &[table, mode(m)], 1.0)?;

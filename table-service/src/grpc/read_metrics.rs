@@ -89,6 +89,16 @@ pub(crate) fn ipc_rows(bytes: &[u8]) -> usize {
     rows
 }
 
+impl Drop for ReadMeter {
+    fn drop(&mut self) {
+        self.active.decrement(1.0);
+        if self.bounded {
+            metrics::histogram!("unitable_read_seconds", &self.labels)
+                .record(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -113,15 +123,5 @@ mod tests {
         assert_eq!(ipc_rows(&ipc_bytes(&schema, Some(&empty)).unwrap()), 0);
         assert_eq!(ipc_rows(b"not arrow"), 0);
         assert_eq!(ipc_rows(&[]), 0);
-    }
-}
-
-impl Drop for ReadMeter {
-    fn drop(&mut self) {
-        self.active.decrement(1.0);
-        if self.bounded {
-            metrics::histogram!("unitable_read_seconds", &self.labels)
-                .record(self.started.elapsed().as_secs_f64());
-        }
     }
 }
