@@ -592,3 +592,69 @@ fn rule_expressions_and_names_are_extracted() {
     assert_eq!(scrape.get("unitable_q", &[("mode", "FRESH")]), None);
     assert_eq!(scrape.get("unitable_r", &[]), Some(1.5));
 }
+
+/// A committer fenced by another claim on its table (here the test claims a higher committer
+/// epoch in the catalog, as a node that took the lease over would) is counted once in
+/// `unitable_committer_fenced_total`, the metric the `UnitableCommitterFenced` alert watches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_committer_is_counted() -> Result<()> {
+    use std::sync::Arc;
+
+    use unitable_core::catalog::{CatalogConfig, TableCatalog};
+    use unitable_core::commit::pointer::SqlMetadataPointer;
+    use unitable_core::commit::row_delta::Committer;
+    use unitable_core::naming::{TableName, props};
+
+    let service = tokio::task::spawn_blocking(|| {
+        Service::start(&["--commit-interval", "100ms", "--compaction-interval", "0"])
+    })
+    .await??;
+    create_kv_table_as(&service, TABLE, 2, &[], Vec::new()).await?;
+    let table = ("table", TABLE);
+    let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
+    let resp = write_lines(&mut writer, WriteOp::Upsert, &lines(0..3, "a"), true).await?;
+    ensure!(resp.errors.is_empty(), "{:?}", resp.errors);
+    let s = Scrape::of(&service)?;
+    expect(&s, "unitable_committer_fenced_total", &[table], 0.0)?;
+
+    // Another owner claims the table under a higher epoch.
+    let config = CatalogConfig::embedded(&service.data_dir());
+    let catalog = TableCatalog::open(config.clone()).await?;
+    let name: TableName = TABLE.parse()?;
+    let current = catalog.load(&name).await?;
+    let epoch: u64 = current
+        .metadata()
+        .properties()
+        .get(props::COMMITTER_EPOCH)
+        .context("no committer epoch")?
+        .parse()?;
+    let committer = Committer::new(
+        catalog,
+        Arc::new(SqlMetadataPointer::connect(&config).await?),
+    );
+    committer
+        .commit_properties(
+            &name,
+            Some("observability-test-claim"),
+            BTreeMap::from([
+                (props::COMMITTER_EPOCH.to_string(), (epoch + 1).to_string()),
+                (
+                    props::COMMITTER_OWNER.to_string(),
+                    "another-node/test".to_string(),
+                ),
+            ]),
+            BTreeMap::new(),
+        )
+        .await?;
+    let s = scrape_until(&service, "the fenced committer counted", |s| {
+        s.get("unitable_committer_fenced_total", &[table]) == Some(1.0)
+    })
+    .await?;
+    expect(&s, "unitable_committer_fenced_total", &[table], 1.0)?;
+    ensure!(
+        service.log().contains("committer stopped"),
+        "{}",
+        service.log()
+    );
+    Ok(())
+}
