@@ -56,9 +56,10 @@ async fn metrics_count_a_known_workload_exactly() -> Result<()> {
     let table = ("table", TABLE);
     let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
 
-    // Writes: 5 good rows and one that fails validation, then 2 more, waiting for a snapshot.
+    // Writes: 5 good rows and one that fails validation, then 2 more, each waiting for its
+    // snapshot (so the first 5 rows are one data file).
     let first = lines(0..5, "a") + "{\"id\":\"not a number\"}\n";
-    let resp = write_lines(&mut writer, WriteOp::Upsert, &first, false).await?;
+    let resp = write_lines(&mut writer, WriteOp::Upsert, &first, true).await?;
     ensure!(resp.errors.len() == 1, "{:?}", resp.errors);
     let resp = write_lines(&mut writer, WriteOp::Upsert, &lines(5..7, "b"), true).await?;
     ensure!(resp.errors.is_empty(), "{:?}", resp.errors);
@@ -182,6 +183,30 @@ async fn metrics_count_a_known_workload_exactly() -> Result<()> {
         1.0,
     )?;
     expect(&s, "unitable_lookup_seconds_count", &[table], 1.0)?;
+    // The rows of ids 1 and 2 are in one row block of the first commit's data file: the first
+    // LOOKUP misses it, the same LOOKUP again hits it.
+    expect(&s, "unitable_lookup_cache_misses_total", &[table], 1.0)?;
+    expect(&s, "unitable_lookup_cache_hits_total", &[table], 0.0)?;
+    cli(&[
+        "lookup",
+        TABLE,
+        "--key",
+        "{\"id\":1}",
+        "--key",
+        "{\"id\":2}",
+        "--key",
+        "{\"id\":99}",
+    ])?;
+    let s = Scrape::of(&service)?;
+    expect(&s, "unitable_lookup_cache_misses_total", &[table], 1.0)?;
+    expect(&s, "unitable_lookup_cache_hits_total", &[table], 1.0)?;
+    expect(
+        &s,
+        "unitable_read_rows_total",
+        &[table, mode("LOOKUP")],
+        4.0,
+    )?;
+    expect(&s, "unitable_lookup_keys_sum", &[table], 6.0)?;
     // STREAM: 7 records read and decoded, none skipped, by subscriber `anonymous`.
     let sub = ("subscriber", "anonymous");
     expect(&s, "unitable_stream_records_read_total", &[table, sub], 7.0)?;
