@@ -315,6 +315,7 @@ async fn metrics_count_a_known_workload_exactly() -> Result<()> {
     })
     .await?
     .names();
+    deploy::check_documented(&live)?;
     deploy::check_deploy_files(&live)
 }
 

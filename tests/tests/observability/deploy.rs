@@ -77,6 +77,29 @@ pub(crate) fn check_deploy_files(live: &BTreeSet<String>) -> Result<()> {
     Ok(())
 }
 
+/// Every metric in `live` (histograms by their base name) is named in docs/operations.md.
+pub(crate) fn check_documented(live: &BTreeSet<String>) -> Result<()> {
+    let path = unitable_tests::workspace_root().join("docs/operations.md");
+    let doc = std::fs::read_to_string(&path)?;
+    let undocumented: Vec<&String> = live
+        .iter()
+        .filter(|name| name.starts_with("unitable_"))
+        .filter(|name| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| live.contains(&format!("{base}_bucket")))
+                .unwrap_or(name);
+            !doc.contains(&format!("`{base}`"))
+        })
+        .collect();
+    ensure!(
+        undocumented.is_empty(),
+        "metrics missing from docs/operations.md: {undocumented:#?}"
+    );
+    Ok(())
+}
+
 /// Runs `promtool ARGS FILE` (Debian's `prometheus` package; scripts/test installs it).
 fn promtool(args: &[&str], file: &Path) -> Result<()> {
     let out = Command::new("promtool")
