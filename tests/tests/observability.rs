@@ -1,6 +1,7 @@
 //! Observability against a running server: `/metrics` after a known workload has exact counts
 //! (writes, rejections and dead letters, reads by mode, rows out, LOOKUP keys, STREAM decoding,
-//! active streams, subscriber lag), and the Grafana dashboard and the Prometheus alert rules in
+//! active streams, subscriber and consumer-group lag, LOOKUP cache hits, a fenced committer),
+//! every exported metric is documented, and the Grafana dashboard and the Prometheus alert rules in
 //! `deploy/` reference only metric names that server exports (their PromQL checked by
 //! `promtool`). The runtime log filter override is in `log_level.rs`.
 
@@ -30,8 +31,8 @@ fn lines(ids: std::ops::Range<i64>, tag: &str) -> String {
 }
 
 /// A known workload, then exact counts: 5 rows and a bad one (dead-lettered), 2 more rows,
-/// then one read of each mode, a STREAM of all 7 changes, and an open stream that follows 3
-/// more.
+/// then one read of each mode, a STREAM of all 7 changes, an open stream that follows 3 more,
+/// and a consumer group that reads all 10 and then lags by 3.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_a_known_workload_exactly() -> Result<()> {
     let service = tokio::task::spawn_blocking(|| {
@@ -304,14 +305,22 @@ async fn metrics_count_a_known_workload_exactly() -> Result<()> {
         "billing",
         "--auto-commit",
     ])?;
-    let live = scrape_until(&service, "consumer group and compaction gauges", |s| {
-        s.get(
-            "unitable_consumer_group_lag_records",
-            &[table, ("group", "billing")],
-        )
-        .is_some()
-            && s.get("unitable_compactor_backlog_small_files", &[table])
-                .is_some()
+    // The group consumed (and, with auto-commit, committed) all 10 changes: lag 0; 3 more
+    // rows: lag 3.
+    let group = ("group", "billing");
+    scrape_until(&service, "group lag 0", |s| {
+        s.get("unitable_consumer_group_lag_records", &[table, group]) == Some(0.0)
+    })
+    .await?;
+    let resp = write_lines(&mut writer, WriteOp::Upsert, &lines(10..13, "d"), false).await?;
+    ensure!(resp.errors.is_empty(), "{:?}", resp.errors);
+    scrape_until(&service, "group lag 3", |s| {
+        s.get("unitable_consumer_group_lag_records", &[table, group]) == Some(3.0)
+    })
+    .await?;
+    let live = scrape_until(&service, "compaction gauges", |s| {
+        s.get("unitable_compactor_backlog_small_files", &[table])
+            .is_some()
     })
     .await?
     .names();
