@@ -6,6 +6,8 @@
 //! generation number: an expiry only reverts the override that armed it, so a later override
 //! (or a reset) is never undone by an earlier one's timer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -48,8 +50,12 @@ pub(crate) struct LogLevel {
     inner: Arc<Inner>,
 }
 
+/// Waits out an override's duration: a Tokio sleep (tests pass a clock of their own).
+type Sleep = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 struct Inner {
     handle: reload::Handle<EnvFilter, Registry>,
+    sleep: Sleep,
     startup: String,
     current: Mutex<Current>,
 }
@@ -58,6 +64,9 @@ struct Current {
     directives: String,
     expires_at_ms: Option<i64>,
     generation: u64,
+    /// The expiry task of the override in force: aborted when another override or a reset
+    /// replaces it.
+    timer: Option<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for LogLevel {
@@ -86,20 +95,40 @@ pub(crate) fn init(startup: &str) -> LogLevel {
                 .with_writer(std::io::stderr),
         )
         .init();
-    LogLevel {
-        inner: Arc::new(Inner {
-            handle,
-            current: Mutex::new(Current {
-                directives: startup.clone(),
-                expires_at_ms: None,
-                generation: 0,
-            }),
-            startup,
-        }),
-    }
+    LogLevel::new(handle, startup)
 }
 
 impl LogLevel {
+    /// Controls the filter behind `handle`; `startup` is what it holds now.
+    fn new(handle: reload::Handle<EnvFilter, Registry>, startup: String) -> Self {
+        Self::with_sleep(
+            handle,
+            startup,
+            Arc::new(|duration| Box::pin(tokio::time::sleep(duration))),
+        )
+    }
+
+    /// Like [`LogLevel::new`], with overrides expiring after `sleep`.
+    fn with_sleep(
+        handle: reload::Handle<EnvFilter, Registry>,
+        startup: String,
+        sleep: Sleep,
+    ) -> Self {
+        LogLevel {
+            inner: Arc::new(Inner {
+                handle,
+                sleep,
+                current: Mutex::new(Current {
+                    directives: startup.clone(),
+                    expires_at_ms: None,
+                    generation: 0,
+                    timer: None,
+                }),
+                startup,
+            }),
+        }
+    }
+
     fn current(&self) -> MutexGuard<'_, Current> {
         match self.inner.current.lock() {
             Ok(c) => c,
@@ -152,10 +181,23 @@ impl LogLevel {
             current.generation
         };
         let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(duration).await;
+        let expired = (self.inner.sleep)(duration);
+        let timer = tokio::spawn(async move {
+            expired.await;
             this.expire(generation);
-        });
+        })
+        .abort_handle();
+        {
+            let mut current = self.current();
+            if current.generation == generation {
+                if let Some(old) = current.timer.replace(timer) {
+                    old.abort();
+                }
+            } else {
+                // Replaced already (a concurrent call): this expiry has nothing to do.
+                timer.abort();
+            }
+        }
         Ok(self.state())
     }
 
@@ -177,6 +219,8 @@ impl LogLevel {
             if current.generation != generation {
                 return;
             }
+            // This task is the timer: nothing to abort.
+            current.timer = None;
             self.restore(&mut current)
         };
         match restored {
@@ -196,6 +240,9 @@ impl LogLevel {
         current.generation += 1;
         current.directives = self.inner.startup.clone();
         current.expires_at_ms = None;
+        if let Some(timer) = current.timer.take() {
+            timer.abort();
+        }
         Ok(())
     }
 
@@ -206,5 +253,111 @@ impl LogLevel {
             .map_err(|e| LogLevelError::Reload {
                 reason: e.to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+    use tracing_subscriber::{EnvFilter, Registry, reload};
+
+    use super::{LogLevel, LogLevelError};
+
+    /// A controller of a filter layer that is not installed (the layer is kept alive), whose
+    /// overrides expire on a clock the test moves.
+    struct Fixture {
+        level: LogLevel,
+        clock: watch::Sender<Duration>,
+        _layer: reload::Layer<EnvFilter, Registry>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let (layer, handle) = reload::Layer::new(EnvFilter::new("info"));
+            let (clock, now) = watch::channel(Duration::ZERO);
+            let sleep: super::Sleep = Arc::new(move |duration| {
+                // The deadline is taken when the override is set, as a Tokio sleep's is.
+                let mut now = now.clone();
+                let until = *now.borrow() + duration;
+                Box::pin(async move {
+                    let _ = now.wait_for(|t| *t >= until).await;
+                })
+            });
+            Self {
+                level: LogLevel::with_sleep(handle, "info".into(), sleep),
+                clock,
+                _layer: layer,
+            }
+        }
+
+        /// Moves the clock, then lets the expiry tasks that are due run.
+        async fn advance(&self, by: Duration) {
+            self.clock.send_modify(|t| *t += by);
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+        }
+
+        fn directives(&self) -> String {
+            self.level.state().directives
+        }
+    }
+
+    #[tokio::test]
+    async fn an_override_expires_back_to_the_startup_filter() {
+        let f = Fixture::new();
+        let state = f.level.set_for("debug", Duration::from_secs(60)).unwrap();
+        assert_eq!(state.directives, "debug");
+        assert_eq!(state.startup, "info");
+        assert!(state.expires_at_ms.is_some());
+        f.advance(Duration::from_secs(59)).await;
+        assert_eq!(f.directives(), "debug");
+        f.advance(Duration::from_secs(1)).await;
+        let state = f.level.state();
+        assert_eq!(state.directives, "info");
+        assert_eq!(state.expires_at_ms, None);
+    }
+
+    #[tokio::test]
+    async fn a_later_override_outlives_the_earlier_expiry_and_a_reset_ends_it() {
+        let f = Fixture::new();
+        f.level.set_for("debug", Duration::from_secs(10)).unwrap();
+        f.level
+            .set_for("warn,unitable_writer=trace", Duration::from_secs(3600))
+            .unwrap();
+        f.advance(Duration::from_secs(20)).await;
+        assert_eq!(f.directives(), "warn,unitable_writer=trace");
+        let state = f.level.reset().unwrap();
+        assert_eq!(state.directives, "info");
+        assert_eq!(state.expires_at_ms, None);
+        // A reset override's expiry does nothing later either.
+        f.level.set_for("trace", Duration::from_secs(5)).unwrap();
+        f.level.reset().unwrap();
+        f.level.set_for("debug", Duration::from_secs(100)).unwrap();
+        f.advance(Duration::from_secs(50)).await;
+        assert_eq!(f.directives(), "debug");
+        f.advance(Duration::from_secs(50)).await;
+        assert_eq!(f.directives(), "info");
+    }
+
+    #[tokio::test]
+    async fn bad_directives_and_durations_change_nothing() {
+        let f = Fixture::new();
+        assert!(matches!(
+            f.level.set_for("debug=x=y", Duration::from_secs(60)),
+            Err(LogLevelError::InvalidDirectives { .. })
+        ));
+        assert!(matches!(
+            f.level.set_for("debug", Duration::from_millis(999)),
+            Err(LogLevelError::InvalidDuration { given_ms: 999 })
+        ));
+        assert!(matches!(
+            f.level.set_for("debug", Duration::from_secs(24 * 3600 + 1)),
+            Err(LogLevelError::InvalidDuration { .. })
+        ));
+        assert_eq!(f.directives(), "info");
     }
 }
