@@ -1,5 +1,5 @@
 //! Observability against a running server: `/metrics` after a known workload has exact counts
-//! (writes, rejections and dead letters, reads by mode, rows out, LOOKUP keys, STREAM decoding,
+//! (writes, rejections and dead letters, reads by mode, rows out, LOOKUP keys, STREAM and FRESH decoding,
 //! active streams, subscriber and consumer-group lag, LOOKUP cache hits, a fenced committer),
 //! every exported metric is documented, and the Grafana dashboard and the Prometheus alert rules in
 //! `deploy/` reference only metric names that server exports (their PromQL checked by
