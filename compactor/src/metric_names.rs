@@ -14,7 +14,7 @@ pub(crate) const DELETES_APPLIED: &str = "unitable_compactor_deletes_applied_tot
 pub(crate) const SNAPSHOTS_EXPIRED: &str = "unitable_compactor_snapshots_expired_total";
 /// Files deleted by expiration and orphan removal.
 pub(crate) const FILES_REMOVED: &str = "unitable_compactor_files_removed_total";
-/// Duration of a run (summary).
+/// Duration of a run (histogram).
 pub(crate) const RUN_SECONDS: &str = "unitable_compactor_run_seconds";
 /// Small data files at the last plan.
 pub(crate) const BACKLOG_SMALL_FILES: &str = "unitable_compactor_backlog_small_files";

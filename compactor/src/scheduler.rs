@@ -189,6 +189,9 @@ impl Compactor {
         if !options.dry_run {
             let outcome = if result.is_ok() { "ok" } else { "failed" };
             metrics::counter!(m::RUNS, "table" => name.clone(), "outcome" => outcome).increment(1);
+            // Both outcomes exist from the first run on, so an alert on the increase of failed
+            // runs sees the first failure.
+            metrics::counter!(m::RUNS, "table" => name.clone(), "outcome" => "failed").increment(0);
             metrics::histogram!(m::RUN_SECONDS, "table" => name.clone())
                 .record(started.elapsed().as_secs_f64());
             self.with_entry(table, |e| {

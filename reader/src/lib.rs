@@ -19,6 +19,7 @@
 //! they are produced, so large results are never held in memory, and a slow client holds the
 //! read back instead of growing buffers.
 
+mod decode_metrics;
 pub mod error;
 pub mod filter;
 pub mod followed;

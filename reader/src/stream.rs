@@ -61,6 +61,9 @@ const CHUNK: usize = 2_000;
 /// How long a partition task waits for an append before checking whether the client left.
 const POLL: Duration = Duration::from_millis(500);
 
+/// How often a STREAM partition task measures its lag while records come.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 /// Metadata columns that lead every change batch.
 pub const OP_COLUMN: &str = "_op";
 /// The changelog partition of the change (null for snapshot rows of append-only tables).
@@ -572,6 +575,9 @@ async fn follow(
     mut position: Offset,
     tx: mpsc::Sender<ReadResult<Piece>>,
 ) {
+    // The lag is measured against the partition's head at most once per LAG_EVERY while
+    // records come, and is 0 whenever a read finds nothing new.
+    let mut lag_measured: Option<std::time::Instant> = None;
     loop {
         if tx.is_closed() {
             return;
@@ -598,6 +604,7 @@ async fn follow(
             }
         };
         let Some(last) = records.last() else {
+            shape.stats.set_lag(partition.0, 0);
             continue;
         };
         shape.stats.read(
@@ -605,6 +612,14 @@ async fn follow(
             records.iter().map(|r| record_bytes(&r.record)).sum(),
         );
         position = Offset(last.offset.0 + 1);
+        if lag_measured.is_none_or(|at| at.elapsed() >= LAG_EVERY)
+            && let Ok(w) = changelog.watermarks(&shape.topic, partition).await
+        {
+            shape
+                .stats
+                .set_lag(partition.0, (w.high.0 - position.0).max(0));
+            lag_measured = Some(std::time::Instant::now());
+        }
         let batch = match shape.changes(partition, &records) {
             Ok(b) => b,
             Err(e) => {
@@ -641,6 +656,7 @@ impl Shape {
         partition: PartitionId,
         records: &[unitable_core::changelog::StoredRecord],
     ) -> ReadResult<RecordBatch> {
+        let started = std::time::Instant::now();
         let decoded = match &self.wanted {
             Some(wanted) => self.codec.decode_skipping_projected(records, wanted),
             None => self.codec.decode_skipping(records),
@@ -648,6 +664,13 @@ impl Shape {
         let (decoded, skipped) = decoded.map_err(|e| ReadError::Internal {
             reason: format!("decode changelog records: {e}"),
         })?;
+        crate::decode_metrics::observe(
+            self.codec.table(),
+            "stream",
+            started,
+            decoded.batch.num_rows(),
+            skipped.len(),
+        );
         for e in skipped {
             warn!(table = %self.table, %partition, error = %e, "skipping a changelog record that is not a row of this table");
         }

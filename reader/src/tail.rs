@@ -72,12 +72,20 @@ pub(crate) async fn read_tail(
                     max: MAX_TAIL_RECORDS,
                 });
             }
+            let started = std::time::Instant::now();
             let (decoded, skipped) =
                 codec
                     .decode_skipping(&chunk)
                     .map_err(|e| ReadError::Internal {
                         reason: format!("decode changelog records: {e}"),
                     })?;
+            crate::decode_metrics::observe(
+                codec.table(),
+                "fresh",
+                started,
+                decoded.batch.num_rows(),
+                skipped.len(),
+            );
             for e in skipped {
                 warn!(%topic, %partition, error = %e, "skipping a changelog record that is not a row of this table");
             }

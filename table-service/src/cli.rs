@@ -99,6 +99,12 @@ pub enum Command {
     /// Show a table's consumer groups: members, partitions, positions and lag.
     #[command(subcommand)]
     ConsumerGroup(ConsumerGroupCommand),
+    /// Operate a running server: `admin log-level [DIRECTIVES --for 10m | --reset]`.
+    #[command(subcommand)]
+    Admin(client::ops::AdminCommand),
+    /// Check a snapshot against its changelog: replay the changelog up to the snapshot's
+    /// offsets and compare the rows by key (missing, extra, wrong); exit 1 on a difference.
+    Verify(client::verify::VerifyArgs),
 }
 
 /// `unitable consumer-group ...`
@@ -784,8 +790,8 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            init_tracing();
-            match runtime.block_on(serve::run(*args)) {
+            let log_level = init_tracing();
+            match runtime.block_on(serve::run(*args, log_level)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -828,17 +834,16 @@ async fn run_client(conn: &client::Connection, command: Command) -> ExitCode {
         Command::Group(cmd) => client::access::run(conn, AccessCommand::Group(cmd)).await,
         Command::Whoami => client::access::run(conn, AccessCommand::WhoAmI).await,
         Command::ConsumerGroup(cmd) => client::groups::run(conn, cmd).await,
+        Command::Admin(cmd) => client::ops::run(conn, cmd).await,
+        Command::Verify(args) => client::verify::run(conn, args).await,
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("UNITABLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+/// The server's log filter: `UNITABLE_LOG` (default `info`; an invalid one falls back to
+/// `info`), changeable at run time through `unitable admin log-level`.
+fn init_tracing() -> crate::telemetry::log_level::LogLevel {
+    let startup = std::env::var("UNITABLE_LOG").unwrap_or_else(|_| "info".to_string());
+    crate::telemetry::log_level::init(&startup)
 }
 
 #[cfg(test)]

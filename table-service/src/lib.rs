@@ -14,3 +14,4 @@ mod client;
 mod grpc;
 mod serve;
 mod status;
+mod telemetry;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -31,6 +31,7 @@ use unitable_core::storage::s3_props;
 use unitable_proto::FILE_DESCRIPTOR_SET;
 use unitable_proto::v1::access_service_server::AccessServiceServer;
 use unitable_proto::v1::compaction_service_server::CompactionServiceServer;
+use unitable_proto::v1::ops_service_server::OpsServiceServer;
 use unitable_proto::v1::read_service_server::ReadServiceServer;
 use unitable_proto::v1::table_admin_service_server::TableAdminServiceServer;
 use unitable_proto::v1::write_service_server::WriteServiceServer;
@@ -46,11 +47,13 @@ use crate::cli::{SecurityArgs, ServeArgs};
 use crate::grpc::access::AccessApi;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::compact::CompactApi;
+use crate::grpc::ops::OpsApi;
 use crate::grpc::read::ReadApi;
 use crate::grpc::write::WriteApi;
+use crate::telemetry::log_level::LogLevel;
 
 /// Runs the server until SIGINT/SIGTERM.
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<()> {
     let data_dir = absolute(&args.data_dir)?;
     std::fs::create_dir_all(&data_dir).with_context(|| {
         format!(
@@ -58,9 +61,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             data_dir.display()
         )
     })?;
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
+    let metrics = crate::telemetry::install_recorder()?;
     metrics::gauge!("unitable_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 
     let config = catalog_config(&args, &data_dir);
@@ -228,6 +229,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 reader,
                 read_handle,
                 compact: compact_api,
+                ops: OpsApi::new(log_level, access.clone()),
                 access,
             };
             let result = serve_grpc(
@@ -415,6 +417,7 @@ struct Roles {
     /// Where reads run (scans, SQL): off the gRPC runtime.
     read_handle: tokio::runtime::Handle,
     compact: CompactApi,
+    ops: OpsApi,
     access: Access,
 }
 
@@ -592,6 +595,7 @@ async fn serve_grpc(
         reader,
         read_handle,
         compact,
+        ops,
         access,
     } = roles;
     let auth = Authenticator::new(access.clone());
@@ -646,6 +650,10 @@ async fn serve_grpc(
         ))
         .add_service(InterceptedService::new(
             CompactionServiceServer::new(compact),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            OpsServiceServer::new(ops),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(

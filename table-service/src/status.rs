@@ -48,6 +48,8 @@ pub(crate) enum ApiError {
         operation: &'static str,
         reason: String,
     },
+    #[error(transparent)]
+    LogLevel(#[from] crate::telemetry::log_level::LogLevelError),
 }
 
 impl From<CompactError> for ApiError {
@@ -199,6 +201,16 @@ fn classify_core(e: &CoreError) -> (Code, Level) {
     }
 }
 
+fn classify_log_level(e: &crate::telemetry::log_level::LogLevelError) -> (Code, Level) {
+    use crate::telemetry::log_level::LogLevelError;
+    match e {
+        LogLevelError::InvalidDirectives { .. } | LogLevelError::InvalidDuration { .. } => {
+            (Code::InvalidArgument, Level::Debug)
+        }
+        LogLevelError::Reload { .. } => (Code::Internal, Level::Error),
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let (code, level) = match &e {
@@ -216,6 +228,7 @@ impl From<ApiError> for Status {
             ApiError::PermissionDenied { .. } => (Code::PermissionDenied, Level::Debug),
             ApiError::AccessNotFound { .. } => (Code::NotFound, Level::Debug),
             ApiError::AccessStore { .. } => (Code::Unavailable, Level::Error),
+            ApiError::LogLevel(l) => classify_log_level(l),
         };
         let message = e.to_string();
         match level {

@@ -160,6 +160,9 @@ impl TableCommitter {
     /// it has caught up with the changelog as it was, then stops.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let table = self.name.to_string();
+        // Whichever way this committer stops, this node no longer commits the table: its lag
+        // gauge must not keep a stale backlog (another node's committer reports its own).
+        let _lag = ClearLagOnExit(table.clone());
         let mut backoff = Duration::from_millis(200);
         let mut final_cycle = false;
         loop {
@@ -175,6 +178,10 @@ impl TableCommitter {
                     backlog
                 }
                 Err(e) if is_terminal(&e) => {
+                    if matches!(e, WriteError::Commit(CommitError::Fenced { .. })) {
+                        metrics::counter!(m::COMMITTER_FENCED, "table" => table.clone())
+                            .increment(1);
+                    }
                     warn!(%table, error = %e, "committer stopped");
                     self.progress.send_modify(|p| p.stopped = true);
                     return;
@@ -259,7 +266,31 @@ impl TableCommitter {
                 .map(|s| s.timestamp_ms()),
         );
         self.state = Some(state);
+        self.mark_commit_time();
+        self.register_failure_counters();
         Ok(())
+    }
+
+    /// The table's committer failure counters at 0 (from the committer's start on), so alerts
+    /// on their increase see the first failure.
+    fn register_failure_counters(&self) {
+        let table = self.name.to_string();
+        for name in [
+            m::COMMITTER_ERRORS,
+            m::COMMITTER_PANICS,
+            m::COMMITTER_FENCED,
+            m::RECORDS_LOST,
+        ] {
+            metrics::counter!(name, "table" => table.clone()).increment(0);
+        }
+    }
+
+    /// Sets the commit-age gauge to now (a commit, or the committer's start).
+    fn mark_commit_time(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(m::LAST_COMMIT_TIMESTAMP, "table" => self.name.to_string()).set(now);
     }
 
     async fn load_state(&self, table: &Table, owner: String, epoch: String) -> WriteResult<State> {
@@ -755,6 +786,7 @@ impl TableCommitter {
         metrics::histogram!(m::COMMIT_SECONDS, "table" => name.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(m::COMMITS, "table" => name.clone()).increment(1);
+        self.mark_commit_time();
         for (kind, n) in ["insert", "upsert", "delete"].iter().zip(folded.counts) {
             metrics::counter!(m::COMMITTED_CHANGES, "table" => name.clone(), "op" => *kind)
                 .increment(n);
@@ -1053,6 +1085,15 @@ impl TableCommitter {
         }
         let files = state.layout.write_deletes(table.file_io(), groups).await?;
         Ok((files, targets))
+    }
+}
+
+/// Sets the table's `unitable_committer_lag_records` to 0 when its committer stops.
+struct ClearLagOnExit(String);
+
+impl Drop for ClearLagOnExit {
+    fn drop(&mut self) {
+        metrics::gauge!(m::COMMITTER_LAG_RECORDS, "table" => self.0.clone()).set(0.0);
     }
 }
 

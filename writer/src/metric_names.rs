@@ -19,7 +19,8 @@ pub const COMMITTED_CHANGES: &str = "unitable_committer_changes_total";
 pub const COMMITTER_ERRORS: &str = "unitable_committer_errors_total";
 /// Committer panics, each followed by a restart of that table's committer (counter).
 pub const COMMITTER_PANICS: &str = "unitable_committer_panics_total";
-/// Changelog records not yet committed (gauge).
+/// Changelog records not yet committed (gauge; set to 0 when this node's committer of the
+/// table stops: a hand-over, a fenced or dropped table, shutdown).
 pub const COMMITTER_LAG_RECORDS: &str = "unitable_committer_lag_records";
 /// Age of the oldest record in the last commit when it committed, in seconds (gauge; 0 when
 /// the committer is caught up).
@@ -68,3 +69,13 @@ pub const INDEX_SPILLED_BYTES: &str = "unitable_writer_index_spilled_bytes";
 /// Shards of the primary-key index written to its spill file: first spills and merges of
 /// their in-memory changes into new runs (counter).
 pub const INDEX_SPILLS: &str = "unitable_writer_index_spills_total";
+/// When this node's committer of the table last committed a snapshot, or started (it claims
+/// the table then), as Unix seconds (gauge). `time() - this` is the commit age; with
+/// `unitable_committer_lag_records > 0` a growing age means the commits have stalled.
+pub const LAST_COMMIT_TIMESTAMP: &str = "unitable_committer_last_commit_timestamp_seconds";
+/// Committers stopped because another claimed the table (its committer epoch moved on while
+/// this one still committed): a node that paused past its lease (counter).
+pub const COMMITTER_FENCED: &str = "unitable_committer_fenced_total";
+/// Rejected rows sent to the table's dead-letter topic, by `outcome` (`sent`, `failed`: the
+/// dead-letter append failed and only the response lists them) (counter).
+pub const DEAD_LETTER_ROWS: &str = "unitable_writer_dead_letter_rows_total";

@@ -343,6 +343,19 @@ impl Writer {
             codec,
             progress,
         });
+        // The table's error counters exist from the first write on (at 0), so alerts on their
+        // increase see the first rejected row.
+        let table = name.to_string();
+        for reason in ["invalid", "changelog"] {
+            metrics::counter!(m::ROWS_REJECTED, "table" => table.clone(), "reason" => reason)
+                .increment(0);
+        }
+        if handle.dead_letter {
+            for outcome in ["sent", "failed"] {
+                metrics::counter!(m::DEAD_LETTER_ROWS, "table" => table.clone(), "outcome" => outcome)
+                    .increment(0);
+            }
+        }
         lock(&self.inner.handles).insert(name.clone(), handle.clone());
         Ok(handle)
     }
@@ -788,6 +801,9 @@ impl Writer {
             log.append(&topic, PartitionId(0), records).await
         }
         .await;
+        let outcome = if result.is_ok() { "sent" } else { "failed" };
+        metrics::counter!(m::DEAD_LETTER_ROWS, "table" => request.table.to_string(), "outcome" => outcome)
+            .increment(errors.len() as u64);
         if let Err(e) = result {
             warn!(%topic, error = %e, "could not write rejected rows to the dead-letter topic");
         } else {

@@ -316,6 +316,11 @@ impl RecordCodec {
         self.schema.clone()
     }
 
+    /// The table (`namespace.table`) whose records this codec encodes and decodes.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     /// The schema of [`DecodedBatch::batch`]: [`RecordCodec::arrow_schema`] with every
     /// non-key column nullable, since a delete row carries only its key.
     pub fn decoded_schema(&self) -> SchemaRef {

@@ -2,9 +2,9 @@
 //! partitions read and pruned. Kept per stream (for the caller and tests) and added to the
 //! Prometheus counters labelled by table and subscriber.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 
 /// Counters of one stream, updated as it runs.
 #[derive(Debug)]
@@ -15,6 +15,8 @@ pub struct StreamStats {
     bytes_read: AtomicU64,
     rows_decoded: AtomicU64,
     rows_delivered: AtomicU64,
+    /// Records behind the head, per entry of `partitions` (as last measured).
+    lag: Vec<AtomicI64>,
     meters: Meters,
 }
 
@@ -25,6 +27,9 @@ struct Meters {
     bytes_read: Counter,
     rows_decoded: Counter,
     rows_delivered: Counter,
+    /// `unitable_stream_lag_records`: the sum over the subscriber's open streams, each adding
+    /// its own partitions' lag and taking it back when it ends.
+    lag: Gauge,
 }
 
 impl StreamStats {
@@ -45,6 +50,7 @@ impl StreamStats {
         metrics::counter!("unitable_stream_partitions_pruned_total", &labels)
             .increment(pruned.len() as u64);
         Self {
+            lag: partitions.iter().map(|_| AtomicI64::new(0)).collect(),
             partitions,
             pruned,
             records_read: AtomicU64::new(0),
@@ -56,6 +62,7 @@ impl StreamStats {
                 bytes_read: metrics::counter!("unitable_stream_bytes_read_total", &labels),
                 rows_decoded: metrics::counter!("unitable_stream_rows_decoded_total", &labels),
                 rows_delivered: metrics::counter!("unitable_stream_rows_delivered_total", &labels),
+                lag: metrics::gauge!("unitable_stream_lag_records", &labels),
             },
         }
     }
@@ -102,8 +109,29 @@ impl StreamStats {
         self.meters.rows_decoded.increment(rows);
     }
 
+    /// Records the stream's partitions are behind their heads, as last measured.
+    pub fn lag_records(&self) -> i64 {
+        self.lag.iter().map(|l| l.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Sets how many records `partition` is behind its head.
+    pub(super) fn set_lag(&self, partition: u32, records: i64) {
+        let Some(i) = self.partitions.iter().position(|p| *p == partition) else {
+            return;
+        };
+        let old = self.lag[i].swap(records, Ordering::Relaxed);
+        self.meters.lag.increment((records - old) as f64);
+    }
+
     pub(super) fn delivered(&self, rows: u64) {
         self.rows_delivered.fetch_add(rows, Ordering::Relaxed);
         self.meters.rows_delivered.increment(rows);
+    }
+}
+
+impl Drop for StreamStats {
+    /// A stream that ends takes its lag out of the subscriber's gauge.
+    fn drop(&mut self) {
+        self.meters.lag.decrement(self.lag_records() as f64);
     }
 }

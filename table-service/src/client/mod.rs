@@ -5,11 +5,13 @@ pub(crate) mod access;
 pub(crate) mod compact;
 pub(crate) mod groups;
 pub(crate) mod lookup;
+pub(crate) mod ops;
 pub(crate) mod rows;
 pub(crate) mod scan;
 pub(crate) mod sql;
 pub(crate) mod subscribe;
 pub(crate) mod table;
+pub(crate) mod verify;
 pub(crate) mod write;
 
 use std::process::ExitCode;

@@ -5,7 +5,9 @@ pub(crate) mod admin;
 pub(crate) mod compact;
 pub(crate) mod groups;
 pub(crate) mod lookup;
+pub(crate) mod ops;
 pub(crate) mod read;
+pub(crate) mod read_metrics;
 pub(crate) mod write;
 
 use unitable_core::naming::TableName;

@@ -2,7 +2,7 @@
 //! bounded channel, so a slow client holds the read back instead of growing server memory.
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
@@ -19,6 +19,7 @@ use unitable_reader::{
     StreamStart,
 };
 
+use super::read_metrics::{ReadMeter, ipc_rows};
 use super::table_name;
 use super::write::{as_of_to_wire, offsets_to_wire};
 use crate::access::{Access, Guard, Principal, Privilege};
@@ -188,7 +189,9 @@ impl ReadApi {
         fresh: bool,
         guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
+        let started = Instant::now();
         let table = table_name(&request.table)?;
+        let label = table.to_string();
         let limit = (request.limit > 0).then_some(request.limit);
         let read = if fresh {
             if request.snapshot_id.is_some() || request.as_of_timestamp_ms.is_some() {
@@ -228,17 +231,20 @@ impl ReadApi {
             as_of: Some(as_of),
             group: None,
         };
+        let meter = ReadMeter::opened(if fresh { "FRESH" } else { "SNAPSHOT" }, label, started);
+        if let Some(wire::read_response::Body::ArrowIpc(bytes)) = &first.body {
+            meter.sent(0, bytes.len());
+        }
         Ok(pump(
             &self.runtime,
             Some(first),
             read.batches,
             guard,
             move |batch| {
+                let bytes = ipc_bytes(&schema, Some(&batch))?;
+                meter.sent(batch.num_rows(), bytes.len());
                 Ok(wire::ReadResponse {
-                    body: Some(wire::read_response::Body::ArrowIpc(ipc_bytes(
-                        &schema,
-                        Some(&batch),
-                    )?)),
+                    body: Some(wire::read_response::Body::ArrowIpc(bytes)),
                     as_of: None,
                     group: None,
                 })
@@ -252,7 +258,9 @@ impl ReadApi {
         caller: &str,
         guard: Guard,
     ) -> Result<BoxStream<wire::ReadResponse>, Status> {
+        let started = Instant::now();
         let table = table_name(&request.table)?;
+        let label = table.to_string();
         let start = stream_start(request.start.as_ref())?;
         let read = StreamRead {
             table,
@@ -290,15 +298,21 @@ impl ReadApi {
             as_of: Some(as_of_to_wire(&stream.as_of)),
             group,
         };
+        let meter = ReadMeter::opened("STREAM", label, started);
+        if let Some(wire::read_response::Body::Changes(changes)) = &first.body {
+            meter.sent(0, changes.arrow_ipc.len());
+        }
         Ok(pump(
             &self.runtime,
             Some(first),
             stream.changes,
             guard,
             move |change| {
+                let arrow_ipc = ipc_bytes(&schema, Some(&change.batch))?;
+                meter.sent(change.batch.num_rows(), arrow_ipc.len());
                 Ok(wire::ReadResponse {
                     body: Some(wire::read_response::Body::Changes(wire::ChangeBatch {
-                        arrow_ipc: ipc_bytes(&schema, Some(&change.batch))?,
+                        arrow_ipc,
                         next_offsets: offsets_to_wire(&change.next_offsets),
                     })),
                     as_of: None,
@@ -348,7 +362,7 @@ impl ReadService for ReadApi {
             Ok(wire::ReadMode::Fresh) => self.rows(request, true, guard).await?,
             Ok(wire::ReadMode::Stream) => self.changes(request, who.name(), guard).await?,
             Ok(wire::ReadMode::Lookup) => {
-                let response = super::lookup::lookup(&self.reader, table, request).await?;
+                let response = metered_lookup(&self.reader, table, request).await?;
                 Box::pin(futures::stream::once(async { Ok(response) }))
             }
             Ok(wire::ReadMode::Unspecified) | Err(_) => {
@@ -383,7 +397,7 @@ impl ReadService for ReadApi {
         metrics::counter!("unitable_grpc_requests_total", "method" => "Lookup", "mode" => "LOOKUP")
             .increment(1);
         self.access.check(&who, Privilege::Read, &table, "Lookup")?;
-        let response = super::lookup::lookup(&self.reader, table, request).await?;
+        let response = metered_lookup(&self.reader, table, request).await?;
         Ok(Response::new(response))
     }
 
@@ -424,6 +438,7 @@ impl ReadService for ReadApi {
         request: Request<wire::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         metrics::counter!("unitable_grpc_requests_total", "method" => "Query").increment(1);
+        let started = Instant::now();
         let who = Principal::of(&request)?;
         let request = request.into_inner();
         let mode = match wire::ReadMode::try_from(request.mode) {
@@ -449,6 +464,8 @@ impl ReadService for ReadApi {
         for table in &tables {
             self.access.check(&who, Privilege::Read, table, "Query")?;
         }
+        let mut names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        names.sort();
         let guard = self.access.guard(&who, Privilege::Read, tables, "Query");
         let query = self
             .reader
@@ -467,17 +484,38 @@ impl ReadService for ReadApi {
                 .map(|(name, as_of)| (name.clone(), as_of_to_wire(as_of)))
                 .collect(),
         };
+        let meter = ReadMeter::opened("SQL", names.join(","), started);
+        meter.sent(0, first.arrow_ipc.len());
         Ok(Response::new(pump(
             &self.runtime,
             Some(first),
             query.batches,
             guard,
             move |batch| {
+                let arrow_ipc = ipc_bytes(&schema, Some(&batch))?;
+                meter.sent(batch.num_rows(), arrow_ipc.len());
                 Ok(wire::QueryResponse {
-                    arrow_ipc: ipc_bytes(&schema, Some(&batch))?,
+                    arrow_ipc,
                     as_of: Default::default(),
                 })
             },
         )))
     }
+}
+
+/// A LOOKUP answered and metered: its latency to the answer, and the rows found and their
+/// bytes.
+async fn metered_lookup(
+    reader: &Reader,
+    table: unitable_core::naming::TableName,
+    request: wire::ReadRequest,
+) -> Result<wire::ReadResponse, Status> {
+    let started = Instant::now();
+    let label = table.to_string();
+    let response = super::lookup::lookup(reader, table, request).await?;
+    let meter = ReadMeter::opened("LOOKUP", label, started);
+    if let Some(wire::read_response::Body::Lookup(result)) = &response.body {
+        meter.sent(ipc_rows(&result.arrow_ipc), result.arrow_ipc.len());
+    }
+    Ok(response)
 }
