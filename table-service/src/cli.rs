@@ -201,12 +201,17 @@ pub struct LookupArgs {
     /// Columns to return, in order (default: all).
     #[arg(long, value_delimiter = ',')]
     pub columns: Vec<String>,
-    /// Look up in this snapshot id instead of the latest data.
+    /// Look up in this snapshot id alone instead of the latest data.
     #[arg(long)]
     pub snapshot: Option<i64>,
-    /// Look up in the snapshot current at this time (RFC 3339, e.g. 2024-05-01T09:30:00Z).
+    /// Look up the rows as they were at this time, exact to the changelog record (RFC 3339,
+    /// e.g. 2024-05-01T09:30:00.250Z, or milliseconds since the epoch).
     #[arg(long)]
     pub as_of: Option<String>,
+    /// Look up the rows as they were at these changelog positions (exclusive end offsets,
+    /// `PARTITION:OFFSET,...` such as `0:120,1:98`; every partition a key lives in).
+    #[arg(long)]
+    pub as_of_offsets: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = LookupFormat::Jsonl)]
     pub format: LookupFormat,

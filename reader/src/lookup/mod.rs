@@ -16,16 +16,19 @@
 //! A lookup reads the high watermark of each partition its keys live in, waits until the
 //! followers have applied everything below it, then answers each key from the tail (a delete
 //! is missing) or else from the index, reading the row from Parquet with a row selection (the
-//! file's footer and page index are cached). A lookup `as_of` a time reads the snapshot current
-//! then with a scan filtered by key (snapshot granularity; a full scan of that snapshot).
+//! file's footer and page index are cached). A lookup as of an instant (a time or changelog
+//! offsets) is exact to the record: the newest snapshot at or before the instant, read with the
+//! keys pushed down, plus the keys' changelog records between it and the instant ([`asof`]).
 //! The design and its freshness argument are in docs/reader.md.
 
+mod asof;
 mod index;
 mod keys;
 mod rows;
 mod state;
 pub(crate) mod tail;
 
+pub use asof::LookupAsOf;
 pub use keys::{LookupKeys, MAX_KEYS};
 pub use rows::DEFAULT_BLOCK_CACHE_BYTES;
 
@@ -36,21 +39,14 @@ use std::time::Duration;
 
 use arrow::array::{RecordBatch, new_null_array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use bytes::Bytes;
-use futures::TryStreamExt;
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use tokio::sync::Mutex;
-use unitable_core::commit::read::snapshot_as_of;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
 use unitable_core::record::RecordCodec;
-use unitable_core::scan::{ScanOptions, read_scan};
-use unitable_core::table::TableDef;
 
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
-use crate::freshness::as_of;
-use crate::snapshot::SnapshotSelector;
 use state::{Found, TableLookup};
 
 /// A LOOKUP read.
@@ -62,9 +58,9 @@ pub struct LookupRequest {
     pub keys: LookupKeys,
     /// Columns to return, in this order; empty = all.
     pub columns: Vec<String>,
-    /// `None`: fresh (every acknowledged write). Otherwise look the keys up in this snapshot
-    /// alone (snapshot granularity).
-    pub snapshot: Option<SnapshotSelector>,
+    /// `None`: fresh (every acknowledged write). Otherwise the instant to answer as of: a
+    /// time or changelog offsets (exact to the record), or one snapshot alone.
+    pub as_of: Option<LookupAsOf>,
 }
 
 /// The answer to a LOOKUP.
@@ -214,8 +210,8 @@ impl Reader {
     /// Answers a LOOKUP.
     pub async fn lookup(&self, request: &LookupRequest) -> ReadResult<LookupResponse> {
         let started = std::time::Instant::now();
-        let answer = if let Some(selector) = request.snapshot {
-            self.lookup_in_snapshot(request, selector).await
+        let answer = if let Some(at) = &request.as_of {
+            self.lookup_as_of(request, at).await
         } else {
             self.lookup_fresh(request).await
         };
@@ -296,108 +292,6 @@ impl Reader {
         let slot = self.lookups.slots().get(table).cloned()?;
         let held = slot.state.lock().await;
         held.as_ref().map(|s| s.index_size())
-    }
-
-    /// A lookup in one snapshot: a scan of that snapshot keeping the asked-for keys.
-    async fn lookup_in_snapshot(
-        &self,
-        request: &LookupRequest,
-        selector: SnapshotSelector,
-    ) -> ReadResult<LookupResponse> {
-        let table = self.catalog.load(&request.table).await?;
-        let metadata = table.metadata();
-        let def = TableDef::from_iceberg(request.table.clone(), metadata)?;
-        if def.is_append_only() {
-            return Err(ReadError::BadRequest {
-                reason: format!(
-                    "table `{}` has no primary key, so it has no rows by key",
-                    request.table
-                ),
-            });
-        }
-        let codec = RecordCodec::new(
-            &def,
-            &metadata.uuid().to_string(),
-            metadata.current_schema_id(),
-        )?;
-        let keys = keys::canonical_keys(&codec, &request.keys)?;
-        let not_found = |what: String| ReadError::SnapshotNotFound {
-            table: request.table.clone(),
-            what,
-        };
-        let snapshot = match selector {
-            SnapshotSelector::Latest => metadata
-                .current_snapshot()
-                .cloned()
-                .ok_or_else(|| not_found("yet (nothing committed)".into()))?,
-            SnapshotSelector::Id(id) => metadata
-                .snapshot_by_id(id)
-                .cloned()
-                .ok_or_else(|| not_found(format!("with id {id} (expired or never committed)")))?,
-            SnapshotSelector::AsOf(ms) => snapshot_as_of(metadata, ms).ok_or_else(|| {
-                let at = chrono::DateTime::from_timestamp_millis(ms)
-                    .map_or_else(|| ms.to_string(), |t| t.to_rfc3339());
-                not_found(format!("as of {at} (before its first commit, or expired)"))
-            })?,
-        };
-        let out_schema = output_schema(&request.table, &codec, &request.columns)?;
-        let mut select: Vec<String> = def.primary_key.clone();
-        for f in out_schema.fields() {
-            if !select.contains(f.name()) {
-                select.push(f.name().clone());
-            }
-        }
-        let wanted: HashMap<&Bytes, ()> = keys.iter().map(|k| (k, ())).collect();
-        let mut found: HashMap<Bytes, RecordBatch> = HashMap::new();
-        let scan = table
-            .scan()
-            .snapshot_id(snapshot.snapshot_id())
-            .select(select.iter().map(String::as_str))
-            .build()
-            .map_err(|e| ReadError::iceberg("plan the scan", e))?;
-        let mut stream = read_scan(&table, &scan, ScanOptions::default())
-            .await
-            .map_err(|e| ReadError::iceberg("start the scan", e))?;
-        while let Some(batch) = stream
-            .try_next()
-            .await
-            .map_err(|e| ReadError::iceberg("read data files", e))?
-        {
-            let key_batch = batch
-                .project(&(0..def.primary_key.len()).collect::<Vec<_>>())
-                .map_err(|e| ReadError::LookupState {
-                    table: request.table.clone(),
-                    reason: format!("project the key columns: {e}"),
-                })?;
-            let (encoded, _) =
-                codec
-                    .encode_keys(&key_batch)
-                    .map_err(|e| ReadError::LookupState {
-                        table: request.table.clone(),
-                        reason: format!("key columns of the snapshot: {e}"),
-                    })?;
-            for key in encoded {
-                if wanted.contains_key(&key.key) {
-                    found.insert(key.key, batch.slice(key.row, 1));
-                }
-            }
-        }
-        let answers: Vec<Option<RecordBatch>> =
-            keys.iter().map(|k| found.get(k).cloned()).collect();
-        let rows = assemble(&request.table, &out_schema, answers)?;
-        let as_of = as_of(
-            self.changelog.as_ref(),
-            &def.changelog.topic,
-            def.changelog.partitions,
-            unitable_core::commit::read::anchored_offsets(metadata, snapshot.snapshot_id()),
-            Some(&snapshot),
-        )
-        .await;
-        Ok(LookupResponse {
-            as_of,
-            rows: rows.0,
-            missing: rows.1,
-        })
     }
 }
 

@@ -343,6 +343,12 @@ impl ReadService for ReadApi {
         let guard = self
             .access
             .guard(&who, Privilege::Read, vec![table.clone()], action);
+        if !request.as_of_offsets.is_empty() && mode_name != "LOOKUP" {
+            return Err(bad(
+                "as_of_offsets",
+                "only LOOKUP reads as of changelog offsets; STREAM from offsets with start",
+            ));
+        }
         let stream = match mode {
             Ok(wire::ReadMode::Snapshot) => self.rows(request, false, guard).await?,
             Ok(wire::ReadMode::Fresh) => self.rows(request, true, guard).await?,

@@ -1,0 +1,593 @@
+//! LOOKUP as of an instant, exact to the changelog record, without scanning a snapshot.
+//!
+//! An instant is a position in every changelog partition the keys live in (an exclusive end
+//! offset per partition): given as offsets, or derived from a time `T` as the first offset of
+//! the partition whose record timestamp is after `T` (so every record before it, and only
+//! those, counts; see docs/reader.md for the rule under timestamp disorder). A key's value at
+//! that position is its last record in `[S, end)` of its partition, where `S` is the anchored
+//! offsets of the newest snapshot at or before the position in every asked-for partition;
+//! keys without such a record are read from that snapshot with a scan filtered by key (the key
+//! values pushed down as an Iceberg `IN` predicate per key column, which prunes files and row
+//! groups by their bounds, then an exact comparison of the canonical key bytes). A snapshot
+//! as-of (`snapshot_id`) reads only that snapshot, the same way.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use bytes::Bytes;
+use datafusion::common::ScalarValue;
+use futures::TryStreamExt;
+use iceberg::expr::{Predicate, Reference};
+use iceberg::spec::{SnapshotRef, TableMetadata};
+use iceberg::table::Table;
+use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+use tracing::warn;
+use unitable_core::changelog::{ChangeRecord, Changelog, StoredRecord};
+use unitable_core::commit::read::{ancestors, anchored_offsets, changelog_offsets};
+use unitable_core::naming::{TableName, TopicName};
+use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
+use unitable_core::record::{ChangeOp, RecordCodec};
+use unitable_core::scan::{ScanOptions, read_scan};
+use unitable_core::table::TableDef;
+
+use super::{LookupRequest, LookupResponse, assemble, keys, output_schema};
+use crate::Reader;
+use crate::error::{ReadError, ReadResult};
+use crate::filter::datum;
+use crate::freshness::{as_of, as_of_in};
+use crate::snapshot::SnapshotSelector;
+
+/// Changelog records fetched per read while replaying a range.
+const CHUNK: usize = 5_000;
+
+/// The instant a LOOKUP answers as of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupAsOf {
+    /// One snapshot alone (by id, the latest, or the one current at a time): exact to the
+    /// snapshot, not to the record.
+    Snapshot(SnapshotSelector),
+    /// Exact to the record: every changelog record with a timestamp at or before this time
+    /// (ms since the epoch) that precedes, in its partition, the first record after it.
+    Timestamp(i64),
+    /// Exact to the record: every changelog record below these offsets (exclusive ends). Every
+    /// partition the keys live in must be listed.
+    Offsets(PartitionOffsets),
+}
+
+impl LookupAsOf {
+    fn describe(&self) -> String {
+        match self {
+            LookupAsOf::Snapshot(SnapshotSelector::Latest) => "the latest snapshot".into(),
+            LookupAsOf::Snapshot(SnapshotSelector::Id(id)) => format!("snapshot {id}"),
+            LookupAsOf::Snapshot(SnapshotSelector::AsOf(ms)) | LookupAsOf::Timestamp(ms) => {
+                chrono::DateTime::from_timestamp_millis(*ms)
+                    .map_or_else(|| format!("{ms} ms"), |t| t.to_rfc3339())
+            }
+            LookupAsOf::Offsets(o) => format!("offsets {o}"),
+        }
+    }
+}
+
+/// One table as loaded for an as-of lookup.
+struct Loaded<'a> {
+    name: &'a TableName,
+    table: Table,
+    def: TableDef,
+    codec: RecordCodec,
+}
+
+impl Loaded<'_> {
+    fn metadata(&self) -> &TableMetadata {
+        self.table.metadata()
+    }
+
+    fn topic(&self) -> &TopicName {
+        &self.def.changelog.topic
+    }
+}
+
+impl Reader {
+    /// A LOOKUP as of `at`.
+    pub(super) async fn lookup_as_of(
+        &self,
+        request: &LookupRequest,
+        at: &LookupAsOf,
+    ) -> ReadResult<LookupResponse> {
+        let table = self.catalog.load(&request.table).await?;
+        let metadata = table.metadata();
+        let def = TableDef::from_iceberg(request.table.clone(), metadata)?;
+        if def.is_append_only() {
+            return Err(ReadError::BadRequest {
+                reason: format!(
+                    "table `{}` has no primary key, so it has no rows by key",
+                    request.table
+                ),
+            });
+        }
+        let codec = RecordCodec::new(
+            &def,
+            &metadata.uuid().to_string(),
+            metadata.current_schema_id(),
+        )?;
+        let loaded = Loaded {
+            name: &request.table,
+            table,
+            def,
+            codec,
+        };
+        let keys = keys::canonical_keys(&loaded.codec, &request.keys)?;
+        let schema = output_schema(&request.table, &loaded.codec, &request.columns)?;
+        let partitions: BTreeSet<PartitionId> =
+            keys.iter().map(|k| loaded.codec.partition_of(k)).collect();
+        let distinct: Vec<Bytes> = {
+            let mut seen = HashSet::new();
+            keys.iter().filter(|k| seen.insert(*k)).cloned().collect()
+        };
+
+        let (snapshot, served, replayed) = match at {
+            LookupAsOf::Snapshot(selector) => {
+                let snapshot = select_snapshot(&loaded, *selector)?;
+                (Some(snapshot), None, HashMap::new())
+            }
+            LookupAsOf::Timestamp(_) | LookupAsOf::Offsets(_) => {
+                let end = self.resolve_ends(&loaded, at, &partitions).await?;
+                let base = newest_covered_by(loaded.metadata(), &end);
+                let from = base.as_ref().map(|(_, o)| o.clone()).unwrap_or_default();
+                let replayed = self
+                    .replay_keys(&loaded, at, &from, &end, &distinct)
+                    .await?;
+                (base.map(|(s, _)| s), Some(end), replayed)
+            }
+        };
+
+        // Keys the changelog range did not settle come from the snapshot.
+        let rest: Vec<Bytes> = distinct
+            .iter()
+            .filter(|k| !replayed.contains_key(*k))
+            .cloned()
+            .collect();
+        let from_snapshot = match &snapshot {
+            Some(s) if !rest.is_empty() => snapshot_rows(&loaded, s, &rest, &schema).await?,
+            _ => HashMap::new(),
+        };
+        let answers: Vec<Option<RecordBatch>> = keys
+            .iter()
+            .map(|k| match replayed.get(k) {
+                Some(change) => change.clone(),
+                None => from_snapshot.get(k).cloned(),
+            })
+            .collect();
+        let (rows, missing) = assemble(&request.table, &schema, answers)?;
+        let as_of = match served {
+            // A snapshot alone: it reflects its anchored offsets in every partition.
+            None => {
+                let offsets = snapshot
+                    .as_ref()
+                    .map(|s| anchored_offsets(loaded.metadata(), s.snapshot_id()))
+                    .unwrap_or_default();
+                as_of(
+                    self.changelog.as_ref(),
+                    loaded.topic(),
+                    loaded.def.changelog.partitions,
+                    offsets,
+                    snapshot.as_ref(),
+                )
+                .await
+            }
+            // Record-exact: the position read in each of the keys' partitions.
+            Some(end) => {
+                as_of_in(
+                    self.changelog.as_ref(),
+                    loaded.topic(),
+                    partitions.iter().copied(),
+                    end,
+                    snapshot.as_ref(),
+                )
+                .await
+            }
+        };
+        Ok(LookupResponse {
+            as_of,
+            rows,
+            missing,
+        })
+    }
+
+    /// The exclusive end offset of the instant `at` in each of `partitions`.
+    async fn resolve_ends(
+        &self,
+        loaded: &Loaded<'_>,
+        at: &LookupAsOf,
+        partitions: &BTreeSet<PartitionId>,
+    ) -> ReadResult<PartitionOffsets> {
+        let topic = loaded.topic();
+        let changelog = self.changelog.as_ref();
+        let ends = futures::future::try_join_all(partitions.iter().map(|&p| async move {
+            // The watermarks first: a time no record is after yet ends at the head read here,
+            // before any record after the time could have been appended.
+            let w = changelog.watermarks(topic, p).await?;
+            let end = match at {
+                LookupAsOf::Offsets(offsets) => {
+                    let Some(&end) = offsets.0.get(&p) else {
+                        return Err(ReadError::BadRequest {
+                            reason: format!(
+                                "as-of offsets of `{}` must list partition {p}, which a key lives in (given: {offsets})",
+                                loaded.name
+                            ),
+                        });
+                    };
+                    if end > w.high {
+                        return Err(ReadError::BadRequest {
+                            reason: format!(
+                                "as-of offset {end} of partition {p} of `{}` is past its high watermark {}",
+                                loaded.name, w.high
+                            ),
+                        });
+                    }
+                    end
+                }
+                LookupAsOf::Timestamp(ms) => {
+                    let after = changelog
+                        .offset_for_timestamp(topic, p, ms.saturating_add(1))
+                        .await?;
+                    match after {
+                        // The first retained record is already after the time, and older
+                        // ones were removed: where the instant falls among them is unknown.
+                        Some(first) if first <= w.low && w.low.0 > 0 => {
+                            return Err(ReadError::AsOfUnavailable {
+                                table: loaded.name.clone(),
+                                at: at.describe(),
+                                partition: p.0,
+                                reason: format!(
+                                    "keeps only records from offset {} on, all after that time",
+                                    w.low
+                                ),
+                            });
+                        }
+                        Some(first) => first,
+                        None => w.high,
+                    }
+                }
+                LookupAsOf::Snapshot(_) => w.high,
+            };
+            Ok::<_, ReadError>((p, end))
+        }))
+        .await?;
+        Ok(PartitionOffsets(ends.into_iter().collect()))
+    }
+
+    /// Replays `[from, end)` of each partition in `end`, keeping the last change of each of
+    /// `keys`: `Some(row)` for an insert or upsert, `None` for a delete. Keys without a record
+    /// in the range are absent.
+    async fn replay_keys(
+        &self,
+        loaded: &Loaded<'_>,
+        at: &LookupAsOf,
+        from: &PartitionOffsets,
+        end: &PartitionOffsets,
+        keys: &[Bytes],
+    ) -> ReadResult<HashMap<Bytes, Option<RecordBatch>>> {
+        let wanted: HashSet<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let wanted = &wanted;
+        let changelog = self.changelog.as_ref();
+        let parts = futures::future::try_join_all(end.0.iter().map(|(&p, &end)| async move {
+            let start = from.get(p);
+            if start >= end {
+                return Ok(HashMap::new());
+            }
+            let w = changelog.watermarks(loaded.topic(), p).await?;
+            if start < w.low {
+                return Err(ReadError::AsOfUnavailable {
+                    table: loaded.name.clone(),
+                    at: at.describe(),
+                    partition: p.0,
+                    reason: format!(
+                        "no longer holds offsets {start}..{} (retention kept {} on), and no \
+                         retained snapshot covers them",
+                        w.low, w.low
+                    ),
+                });
+            }
+            replay_partition(
+                changelog,
+                &loaded.codec,
+                loaded.topic(),
+                p,
+                start,
+                end,
+                wanted,
+            )
+            .await
+        }))
+        .await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+}
+
+/// The last change of each wanted key in `[from, end)` of one partition.
+async fn replay_partition(
+    changelog: &dyn Changelog,
+    codec: &RecordCodec,
+    topic: &TopicName,
+    partition: PartitionId,
+    from: Offset,
+    end: Offset,
+    wanted: &HashSet<&[u8]>,
+) -> ReadResult<HashMap<Bytes, Option<RecordBatch>>> {
+    let mut out = HashMap::new();
+    let mut position = from;
+    while position < end {
+        let want = usize::try_from(end.0 - position.0)
+            .unwrap_or(CHUNK)
+            .min(CHUNK);
+        let chunk = changelog
+            .read(topic, partition, position, want, Duration::ZERO)
+            .await?;
+        let Some(last) = chunk.last() else {
+            break;
+        };
+        position = last.offset.next();
+        // Only records of asked-for keys are decoded.
+        let mine: Vec<StoredRecord> = chunk
+            .into_iter()
+            .filter(|r| {
+                r.offset < end
+                    && r.record
+                        .key
+                        .as_ref()
+                        .is_some_and(|k| wanted.contains(k.as_ref()))
+            })
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let (decoded, skipped) = codec
+            .decode_skipping(&mine)
+            .map_err(|e| ReadError::Internal {
+                reason: format!("decode changelog records: {e}"),
+            })?;
+        for e in skipped {
+            warn!(%topic, %partition, error = %e, "skipping a changelog record that is not a row of this table");
+        }
+        let (encoded, errors) =
+            codec
+                .encode_keys(&decoded.batch)
+                .map_err(|e| ReadError::Internal {
+                    reason: format!("encode changelog keys: {e}"),
+                })?;
+        if let Some(e) = errors.first() {
+            return Err(ReadError::Internal {
+                reason: format!("a decoded changelog row has no valid key: {}", e.reason),
+            });
+        }
+        // Rows are in offset order: the last one of a key wins.
+        for key in encoded {
+            let change = match decoded.ops[key.row] {
+                ChangeOp::Delete => None,
+                ChangeOp::Insert | ChangeOp::Upsert => Some(decoded.batch.slice(key.row, 1)),
+            };
+            out.insert(key.key, change);
+        }
+    }
+    Ok(out)
+}
+
+/// The snapshot `selector` picks, which must exist.
+fn select_snapshot(loaded: &Loaded<'_>, selector: SnapshotSelector) -> ReadResult<SnapshotRef> {
+    let metadata = loaded.metadata();
+    let not_found = |what: String| ReadError::SnapshotNotFound {
+        table: loaded.name.clone(),
+        what,
+    };
+    match selector {
+        SnapshotSelector::Latest => metadata
+            .current_snapshot()
+            .cloned()
+            .ok_or_else(|| not_found("yet (nothing committed)".into())),
+        SnapshotSelector::Id(id) => metadata
+            .snapshot_by_id(id)
+            .cloned()
+            .ok_or_else(|| not_found(format!("with id {id} (expired or never committed)"))),
+        SnapshotSelector::AsOf(ms) => unitable_core::commit::read::snapshot_as_of(metadata, ms)
+            .ok_or_else(|| {
+                let at = chrono::DateTime::from_timestamp_millis(ms)
+                    .map_or_else(|| ms.to_string(), |t| t.to_rfc3339());
+                not_found(format!("as of {at} (before its first commit, or expired)"))
+            }),
+    }
+}
+
+/// The newest snapshot of the current snapshot's ancestry whose anchored offsets are at or
+/// below `end` in every partition `end` lists, with those offsets. Snapshots without anchored
+/// offsets (none of their retained ancestors was written by unitable) are never chosen.
+pub(crate) fn newest_covered_by(
+    metadata: &TableMetadata,
+    end: &PartitionOffsets,
+) -> Option<(SnapshotRef, PartitionOffsets)> {
+    let chain = ancestors(metadata, metadata.current_snapshot_id()?);
+    // Anchored offsets, oldest first: a snapshot's own, or its newest ancestor's.
+    let mut anchored: Vec<Option<PartitionOffsets>> = Vec::with_capacity(chain.len());
+    let mut carried = None;
+    for snapshot in chain.iter().rev() {
+        if let Some(own) = changelog_offsets(snapshot) {
+            carried = Some(own);
+        }
+        anchored.push(carried.clone());
+    }
+    chain
+        .into_iter()
+        .zip(anchored.into_iter().rev())
+        .find_map(|(snapshot, offsets)| {
+            let offsets = offsets?;
+            end.0
+                .iter()
+                .all(|(&p, &e)| offsets.get(p) <= e)
+                .then_some((snapshot, offsets))
+        })
+}
+
+/// The rows of `keys` in `snapshot`, by canonical key bytes, read with the key values pushed
+/// into the scan (files and row groups whose key bounds exclude every key are skipped, and
+/// iceberg-rust filters rows by the predicate), then matched exactly by key bytes.
+async fn snapshot_rows(
+    loaded: &Loaded<'_>,
+    snapshot: &SnapshotRef,
+    keys: &[Bytes],
+    schema: &SchemaRef,
+) -> ReadResult<HashMap<Bytes, RecordBatch>> {
+    let metadata = loaded.metadata();
+    let snapshot_schema = snapshot
+        .schema(metadata)
+        .map_err(|e| ReadError::iceberg("the snapshot's schema", e))?;
+    let current = metadata.current_schema();
+    let fail = |reason: String| ReadError::LookupState {
+        table: loaded.name.clone(),
+        reason,
+    };
+    // Columns by field id, named as the snapshot names them: the key first, then the rest of
+    // the output that the snapshot has (a newer column is null in its rows).
+    let mut select: Vec<String> = Vec::new();
+    let mut key_types = Vec::new();
+    for column in &loaded.def.primary_key {
+        let field = current
+            .field_by_name(column)
+            .and_then(|f| snapshot_schema.field_by_id(f.id))
+            .ok_or_else(|| fail(format!("key column `{column}` is not in the snapshot")))?;
+        select.push(field.name.clone());
+        key_types.push(field.field_type.as_primitive_type().cloned());
+    }
+    for field in schema.fields() {
+        let in_snapshot = field
+            .metadata()
+            .get(PARQUET_FIELD_ID_META_KEY)
+            .and_then(|id| id.parse::<i32>().ok())
+            .and_then(|id| snapshot_schema.field_by_id(id));
+        if let Some(f) = in_snapshot
+            && !select.contains(&f.name)
+        {
+            select.push(f.name.clone());
+        }
+    }
+    let mut scan = loaded
+        .table
+        .scan()
+        .snapshot_id(snapshot.snapshot_id())
+        .select(select.iter().map(String::as_str));
+    let key_columns = &loaded.def.primary_key;
+    if let Some(predicate) = key_predicate(&loaded.codec, keys, key_columns, &select, &key_types)? {
+        scan = scan.with_filter(predicate);
+    }
+    let scan = scan
+        .build()
+        .map_err(|e| ReadError::iceberg("plan the scan", e))?;
+    let mut stream = read_scan(&loaded.table, &scan, ScanOptions::default())
+        .await
+        .map_err(|e| ReadError::iceberg("start the scan", e))?;
+    let wanted: HashSet<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+    let key_count = loaded.def.primary_key.len();
+    let key_schema = Arc::new(Schema::new(
+        loaded
+            .def
+            .primary_key
+            .iter()
+            .map(|name| {
+                loaded
+                    .codec
+                    .arrow_schema()
+                    .field_with_name(name)
+                    .cloned()
+                    .unwrap_or_else(|_| Field::new(name, arrow::datatypes::DataType::Null, true))
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let mut found = HashMap::new();
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(|e| ReadError::iceberg("read data files", e))?
+    {
+        // The key columns under the table's current names, for the codec.
+        let key_batch =
+            RecordBatch::try_new(key_schema.clone(), batch.columns()[..key_count].to_vec())
+                .map_err(|e| fail(format!("key columns of the snapshot: {e}")))?;
+        let (encoded, _) = loaded
+            .codec
+            .encode_keys(&key_batch)
+            .map_err(|e| fail(format!("key columns of the snapshot: {e}")))?;
+        for key in encoded {
+            if wanted.contains(key.key.as_ref()) {
+                found.insert(key.key, batch.slice(key.row, 1));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `key_column IN (values)` for each key column whose values translate to Iceberg literals,
+/// ANDed (for a composite key a superset of the keys; the caller matches exactly). `None` when
+/// no column translates.
+fn key_predicate(
+    codec: &RecordCodec,
+    keys: &[Bytes],
+    key_columns: &[String],
+    names: &[String],
+    types: &[Option<iceberg::spec::PrimitiveType>],
+) -> ReadResult<Option<Predicate>> {
+    // The key values, typed as the table's columns: decode each key as a delete record.
+    let records: Vec<StoredRecord> = keys
+        .iter()
+        .map(|k| StoredRecord {
+            offset: Offset(0),
+            record: ChangeRecord {
+                key: Some(k.clone()),
+                value: None,
+                headers: Vec::new(),
+                timestamp_ms: 0,
+            },
+        })
+        .collect();
+    let decoded = codec.decode(&records).map_err(|e| ReadError::Internal {
+        reason: format!("decode lookup keys: {e}"),
+    })?;
+    let schema = codec.decoded_schema();
+    let mut predicate: Option<Predicate> = None;
+    for (i, (name, ty)) in names.iter().zip(types).enumerate() {
+        let Some(ty) = ty else { continue };
+        let Some(column) = key_columns
+            .get(i)
+            .and_then(|c| schema.index_of(c).ok())
+            .map(|at| decoded.batch.column(at).clone())
+        else {
+            continue;
+        };
+        let mut values = Vec::with_capacity(column.len());
+        let mut seen = HashSet::new();
+        let mut complete = true;
+        for row in 0..column.len() {
+            let Ok(scalar) = ScalarValue::try_from_array(&column, row) else {
+                complete = false;
+                break;
+            };
+            match datum(&scalar, ty) {
+                Some(d) if seen.insert(d.to_string()) => values.push(d),
+                Some(_) => {}
+                None => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        if !complete || values.is_empty() {
+            continue;
+        }
+        let term = Reference::new(name.as_str()).is_in(values);
+        predicate = Some(match predicate {
+            None => term,
+            Some(p) => p.and(term),
+        });
+    }
+    Ok(predicate)
+}
