@@ -354,7 +354,7 @@ class Client:
         *,
         columns: Sequence[str] | None = None,
         snapshot_id: int | None = None,
-        as_of: dt.datetime | int | None = None,
+        as_of: dt.datetime | int | Mapping[int, int] | AsOf | None = None,
     ) -> LookupResult:
         """The current rows of the given primary keys, in key order.
 
@@ -364,13 +364,34 @@ class Client:
                 (``[1, 2]``), or a pyarrow Table/RecordBatch or pandas DataFrame with the key
                 columns. More than 10,000 keys are sent in several requests.
             columns: the columns to return (default all).
-            snapshot_id, as_of: look the keys up in that snapshot (or the one current at that
-                time) instead of the latest data. This scans the snapshot: it costs a full
-                read of the table.
+            snapshot_id: look the keys up in that snapshot alone.
+            as_of: the rows as they were at an instant, exact to the changelog record: a time
+                (a datetime, naive = UTC, or milliseconds since the epoch: every change
+                stamped at or before it, up to the first later-stamped change of its
+                partition), changelog offsets ``{partition: offset}`` (exclusive ends; every
+                partition a key lives in), or the ``AsOf`` of an earlier response (its
+                offsets). The result's ``as_of`` names the snapshot and the offsets served.
 
         Without `snapshot_id`/`as_of` the lookup reflects every write acknowledged before it.
         """
-        millis = _millis(as_of)
+        if snapshot_id is not None and as_of is not None:
+            raise InvalidArgument(
+                f"lookup in {table}: give snapshot_id or as_of, not both", table=table,
+                field="as_of")
+        millis: int | None = None
+        as_of_offsets: dict[int, int] | None = None
+        if isinstance(as_of, AsOf):
+            as_of_offsets = dict(as_of.offsets)
+        elif isinstance(as_of, Mapping):
+            as_of_offsets = {int(p): int(o) for p, o in as_of.items()}
+        elif as_of is not None and not isinstance(as_of, (dt.datetime, int)) \
+                or isinstance(as_of, bool):
+            raise InvalidArgument(
+                f"lookup in {table}: as_of must be a datetime, milliseconds, "
+                f"{{partition: offset}} or an AsOf, not {type(as_of).__name__}", table=table,
+                field="as_of")
+        else:
+            millis = _millis(as_of)
         cached_pk: list[str] | None = None
         key_list: list[Any] | None = None
         arrow_keys: pa.Table | None = None
@@ -421,6 +442,10 @@ class Client:
                 request.snapshot_id = snapshot_id
             if millis is not None:
                 request.as_of_timestamp_ms = millis
+            if as_of_offsets is not None:
+                request.as_of_offsets.extend(
+                    pb.PartitionOffset(partition=p, offset=o)
+                    for p, o in sorted(as_of_offsets.items()))
 
             def run(request: pb.ReadRequest = request) -> list[Any]:
                 return [self._t.reads.Lookup(request, metadata=self._t.metadata,

@@ -461,6 +461,80 @@ def test_subscribe_reads_every_change_and_resumes(client):
     assert TABLE in str(bad_partition.value)
 
 
+def test_lookup_as_of_an_instant_matches_a_changelog_replay(client):
+    """lookup(as_of=...) with a time, offsets and an earlier AsOf equals a replay of the
+    changelog (read with subscribe) up to that instant; bad instants raise InvalidArgument
+    naming the table and the field."""
+    name = "sdk.asof"
+    client.tables.create(name, ["id:int64!", "v:string"], primary_key=["id"], buckets=3)
+    rng = random.Random(5)
+    for step in range(8):
+        rows = [{"id": rng.randint(0, 40), "v": f"a{step}-{i}"} for i in range(12)]
+        client.write(name, rows, wait="snapshot" if step % 3 == 1 else "changelog")
+        client.delete(name, [{"id": rng.randint(0, 40)} for _ in range(3)])
+    with client.subscribe(name, follow=False) as sub:
+        changes = changes_of(sub)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
+    log: dict[int, list[tuple[int, int, str, Any]]] = {}
+    for c in sorted(changes, key=lambda c: (c["_partition"], c["_offset"])):
+        ms = (c["_timestamp"] - epoch) // dt.timedelta(milliseconds=1)
+        log.setdefault(c["_partition"], []).append((c["_offset"], ms, c["_op"], c))
+
+    def replay(ends: dict[int, int]) -> dict[int, dict[str, Any]]:
+        state: dict[int, dict[str, Any]] = {}
+        for p, records in log.items():
+            for offset, _, op, c in records:
+                if offset >= ends.get(p, 0):
+                    break
+                if op == "delete":
+                    state.pop(c["id"], None)
+                else:
+                    state[c["id"]] = {"id": c["id"], "v": c["v"]}
+        return state
+
+    def ends_at(ms: int) -> dict[int, int]:
+        # Each partition up to its first change stamped after the time.
+        return {p: next((o for o, t, _, _ in records if t > ms), len(records))
+                for p, records in log.items()}
+
+    def check(found, ends: dict[int, int], keys: list[int]) -> None:
+        state = replay(ends)
+        assert found.to_pylist() == [state[k] for k in keys if k in state]
+        assert found.missing == [i for i, k in enumerate(keys) if k not in state]
+        partitions = {p for p in found.as_of.offsets}
+        assert found.as_of.offsets == {p: ends[p] for p in partitions}
+
+    keys = list(range(45))
+    times = sorted(t for records in log.values() for _, t, _, _ in records)
+    for t in [times[0] - 1, times[len(times) // 3], times[-1] - 1, times[-1]]:
+        when = epoch + dt.timedelta(milliseconds=t)
+        check(client.lookup(name, keys, as_of=when), ends_at(t), keys)
+        check(client.lookup(name, keys, as_of=t), ends_at(t), keys)
+    heads = {p: len(records) for p, records in log.items()}
+    for _ in range(6):
+        ends = {p: rng.randint(0, h) for p, h in heads.items()}
+        found = client.lookup(name, keys, as_of=ends)
+        check(found, ends, keys)
+        # The AsOf of an answer names its instant: asking again gives the same rows.
+        again = client.lookup(name, keys, as_of=found.as_of)
+        assert again.to_pylist() == found.to_pylist() and again.missing == found.missing
+
+    with pytest.raises(unitable.InvalidArgument) as missing_partition:
+        client.lookup(name, keys, as_of={0: 0})
+    assert (missing_partition.value.table, missing_partition.value.field) == \
+        (name, "as_of_offsets")
+    assert name in str(missing_partition.value)
+    with pytest.raises(unitable.InvalidArgument) as past:
+        client.lookup(name, [1], as_of={p: h + 10 for p, h in heads.items()})
+    assert (past.value.table, past.value.field) == (name, "as_of_offsets")
+    with pytest.raises(unitable.InvalidArgument) as both:
+        client.lookup(name, [1], snapshot_id=1, as_of=0)
+    assert (both.value.table, both.value.field) == (name, "as_of")
+    with pytest.raises(unitable.InvalidArgument) as wrong_type:
+        client.lookup(name, [1], as_of="yesterday")  # type: ignore[arg-type]
+    assert (wrong_type.value.table, wrong_type.value.field) == (name, "as_of")
+
+
 def test_errors_name_the_table(client):
     missing = "sdk.nope"
     calls = {

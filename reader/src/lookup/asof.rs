@@ -214,7 +214,7 @@ impl Reader {
                     let Some(&end) = offsets.0.get(&p) else {
                         return Err(ReadError::BadRequest {
                             reason: format!(
-                                "as-of offsets of `{}` must list partition {p}, which a key lives in (given: {offsets})",
+                                "field `as_of_offsets`: must list partition {p} of `{}`, which a key lives in (given: {offsets})",
                                 loaded.name
                             ),
                         });
@@ -222,7 +222,7 @@ impl Reader {
                     if end > w.high {
                         return Err(ReadError::BadRequest {
                             reason: format!(
-                                "as-of offset {end} of partition {p} of `{}` is past its high watermark {}",
+                                "field `as_of_offsets`: offset {end} of partition {p} of `{}` is past its high watermark {}",
                                 loaded.name, w.high
                             ),
                         });
