@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import os
@@ -468,7 +469,14 @@ class Client:
                 raise
             for message in messages:
                 if message.HasField("as_of"):
-                    result_as_of = AsOf.from_pb(message.as_of)
+                    piece_as_of = AsOf.from_pb(message.as_of)
+                    if result_as_of is not None and as_of is not None:
+                        # As of an instant each piece reports its keys' partitions: the
+                        # instant is their union.
+                        piece_as_of = dataclasses.replace(
+                            piece_as_of,
+                            offsets={**result_as_of.offsets, **piece_as_of.offsets})
+                    result_as_of = piece_as_of
                 if message.WhichOneof("body") != "lookup":
                     continue
                 piece = read_ipc(message.lookup.arrow_ipc)

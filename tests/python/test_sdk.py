@@ -519,6 +519,13 @@ def test_lookup_as_of_an_instant_matches_a_changelog_replay(client):
         again = client.lookup(name, keys, as_of=found.as_of)
         assert again.to_pylist() == found.to_pylist() and again.missing == found.missing
 
+    # More keys than one request takes: every piece at the same instant, offsets united.
+    many = list(range(-10_500, 45))
+    ends = {p: rng.randint(0, h) for p, h in heads.items()}
+    split = client.lookup(name, many, as_of=ends)
+    check(split, ends, many)
+    assert split.as_of.offsets == ends
+
     with pytest.raises(unitable.InvalidArgument) as missing_partition:
         client.lookup(name, keys, as_of={0: 0})
     assert (missing_partition.value.table, missing_partition.value.field) == \

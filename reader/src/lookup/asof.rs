@@ -25,7 +25,7 @@ use iceberg::spec::{SnapshotRef, TableMetadata};
 use iceberg::table::Table;
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use tracing::warn;
-use unitable_core::changelog::{ChangeRecord, Changelog, StoredRecord};
+use unitable_core::changelog::{ChangeRecord, Changelog, ChangelogError, StoredRecord};
 use unitable_core::commit::read::{ancestors, anchored_offsets, changelog_offsets};
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
@@ -327,7 +327,16 @@ async fn replay_partition(
             .read(topic, partition, position, want, Duration::ZERO)
             .await?;
         let Some(last) = chunk.last() else {
-            break;
+            // Below the high watermark a read returns records; an empty one would silently
+            // drop the rest of the range.
+            return Err(ChangelogError::Unavailable {
+                backend: changelog.backend(),
+                reason: format!(
+                    "partition {partition} of `{topic}` returned no records at offset {position}, \
+                     below the as-of end {end}"
+                ),
+            }
+            .into());
         };
         position = last.offset.next();
         // Only records of asked-for keys are decoded.
