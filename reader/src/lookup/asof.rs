@@ -33,7 +33,8 @@ use unitable_core::record::{ChangeOp, RecordCodec};
 use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_core::table::TableDef;
 
-use super::{LookupRequest, LookupResponse, assemble, keys, output_schema};
+use super::state::TableLookup;
+use super::{LookupRequest, LookupResponse, assemble, keys, output_schema, read_located};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use crate::filter::datum;
@@ -42,6 +43,10 @@ use crate::snapshot::SnapshotSelector;
 
 /// Changelog records fetched per read while replaying a range.
 const CHUNK: usize = 5_000;
+/// Counter of as-of lookups by where the rows not changed after the base came from: `index`
+/// (the lookup state's key index of its base), `scan` (a key-filtered snapshot scan), or
+/// `changelog` (no snapshot read was needed).
+const LOOKUP_AS_OF: &str = "unitable_lookup_as_of_total";
 
 /// The instant a LOOKUP answers as of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +132,7 @@ impl Reader {
             keys.iter().filter(|k| seen.insert(*k)).cloned().collect()
         };
 
+        let mut indexed = None;
         let (snapshot, served, replayed) = match at {
             LookupAsOf::Snapshot(selector) => {
                 let snapshot = select_snapshot(&loaded, *selector)?;
@@ -134,7 +140,13 @@ impl Reader {
             }
             LookupAsOf::Timestamp(_) | LookupAsOf::Offsets(_) => {
                 let end = self.resolve_ends(&loaded, at, &partitions).await?;
-                let base = newest_covered_by(loaded.metadata(), &end);
+                // The lookup state's base, when it is at or before the instant, has a key index;
+                // otherwise the newest snapshot at or before it.
+                indexed = self.indexed_base(&loaded, &end);
+                let base = match &indexed {
+                    Some((_, snapshot, offsets)) => Some((snapshot.clone(), offsets.clone())),
+                    None => newest_covered_by(loaded.metadata(), &end),
+                };
                 let from = base.as_ref().map(|(_, o)| o.clone()).unwrap_or_default();
                 let replayed = self
                     .replay_keys(&loaded, at, &from, &end, &distinct)
@@ -149,10 +161,32 @@ impl Reader {
             .filter(|k| !replayed.contains_key(*k))
             .cloned()
             .collect();
-        let from_snapshot = match &snapshot {
-            Some(s) if !rest.is_empty() => snapshot_rows(&loaded, s, &rest, &schema).await?,
+        let via_index = match (&snapshot, &indexed) {
+            (Some(s), Some((state, _, _))) if !rest.is_empty() => {
+                index_rows(state, loaded.name, s.snapshot_id(), &rest, &schema).await?
+            }
+            _ => None,
+        };
+        let source = match (&snapshot, &via_index) {
+            (_, Some(_)) => "index",
+            (Some(_), None) if !rest.is_empty() => "scan",
+            _ => "changelog",
+        };
+        let from_snapshot = match (via_index, &snapshot) {
+            (Some(rows), _) => rows,
+            (None, Some(s)) if !rest.is_empty() => {
+                // The state's base may be newer than the metadata loaded here.
+                let table = if loaded.metadata().snapshot_by_id(s.snapshot_id()).is_some() {
+                    loaded.table.clone()
+                } else {
+                    self.catalog.load(loaded.name).await?
+                };
+                snapshot_rows(&loaded, &table, s, &rest, &schema).await?
+            }
             _ => HashMap::new(),
         };
+        metrics::counter!(LOOKUP_AS_OF, "table" => loaded.name.to_string(), "base" => source)
+            .increment(1);
         let answers: Vec<Option<RecordBatch>> = keys
             .iter()
             .map(|k| match replayed.get(k) {
@@ -194,6 +228,29 @@ impl Reader {
             rows,
             missing,
         })
+    }
+
+    /// The table's lookup state with its base snapshot and offsets, when one is built for this
+    /// very table (same uuid and schema) and its base is at or before `end` in every partition
+    /// `end` lists.
+    fn indexed_base(
+        &self,
+        loaded: &Loaded<'_>,
+        end: &PartitionOffsets,
+    ) -> Option<(Arc<TableLookup>, SnapshotRef, PartitionOffsets)> {
+        let state = self.existing_lookup_state(loaded.name)?;
+        let metadata = loaded.metadata();
+        if state.uuid != metadata.uuid().to_string()
+            || state.schema_id != metadata.current_schema_id()
+        {
+            return None;
+        }
+        let (snapshot, offsets) = state.base_snapshot();
+        let snapshot = snapshot?;
+        end.0
+            .iter()
+            .all(|(&p, &e)| offsets.get(p) <= e)
+            .then_some((state, snapshot, offsets))
     }
 
     /// The exclusive end offset of the instant `at` in each of `partitions`.
@@ -384,6 +441,38 @@ async fn replay_partition(
     Ok(out)
 }
 
+/// The rows of `keys` in the lookup state's base snapshot `snapshot_id`, from its key index
+/// and the row-block cache; `None` when the base moved on or a data file it points into is
+/// gone (the caller then reads the snapshot instead).
+async fn index_rows(
+    state: &TableLookup,
+    table: &TableName,
+    snapshot_id: i64,
+    keys: &[Bytes],
+    schema: &SchemaRef,
+) -> ReadResult<Option<HashMap<Bytes, RecordBatch>>> {
+    let Some(locations) = state.base_rows(snapshot_id, keys) else {
+        return Ok(None);
+    };
+    let located = locations.iter().flatten().cloned();
+    let (sources, at) = match read_located(state, table, schema, located).await {
+        Ok(read) => read,
+        Err(e @ (ReadError::DataFile { .. } | ReadError::LookupState { .. })) => {
+            warn!(%table, "as-of lookup reads the snapshot instead of the key index: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut out = HashMap::with_capacity(keys.len());
+    for (key, location) in keys.iter().zip(locations) {
+        if let Some(location) = location {
+            let (batch, row) = at[&location];
+            out.insert(key.clone(), sources[batch].slice(row, 1));
+        }
+    }
+    Ok(Some(out))
+}
+
 /// The snapshot `selector` picks, which must exist.
 fn select_snapshot(loaded: &Loaded<'_>, selector: SnapshotSelector) -> ReadResult<SnapshotRef> {
     let metadata = loaded.metadata();
@@ -443,11 +532,12 @@ pub(crate) fn newest_covered_by(
 /// iceberg-rust filters rows by the predicate), then matched exactly by key bytes.
 async fn snapshot_rows(
     loaded: &Loaded<'_>,
+    table: &Table,
     snapshot: &SnapshotRef,
     keys: &[Bytes],
     schema: &SchemaRef,
 ) -> ReadResult<HashMap<Bytes, RecordBatch>> {
-    let metadata = loaded.metadata();
+    let metadata = table.metadata();
     let snapshot_schema = snapshot
         .schema(metadata)
         .map_err(|e| ReadError::iceberg("the snapshot's schema", e))?;
@@ -480,8 +570,7 @@ async fn snapshot_rows(
             select.push(f.name.clone());
         }
     }
-    let mut scan = loaded
-        .table
+    let mut scan = table
         .scan()
         .snapshot_id(snapshot.snapshot_id())
         .select(select.iter().map(String::as_str));
@@ -492,7 +581,7 @@ async fn snapshot_rows(
     let scan = scan
         .build()
         .map_err(|e| ReadError::iceberg("plan the scan", e))?;
-    let mut stream = read_scan(&loaded.table, &scan, ScanOptions::default())
+    let mut stream = read_scan(table, &scan, ScanOptions::default())
         .await
         .map_err(|e| ReadError::iceberg("start the scan", e))?;
     let wanted: HashSet<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();

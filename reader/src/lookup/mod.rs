@@ -286,6 +286,14 @@ impl Reader {
         Ok((slot, state))
     }
 
+    /// The lookup state of `table` if one is built, usable and not being built right now (none
+    /// is built for the caller).
+    fn existing_lookup_state(&self, table: &TableName) -> Option<Arc<TableLookup>> {
+        let slot = self.lookups.slots().get(table).cloned()?;
+        let held = slot.state.try_lock().ok()?;
+        held.as_ref().filter(|s| s.is_valid()).cloned()
+    }
+
     /// Keys and bytes of the lookup index of `table`, if one is built (for metrics and
     /// benchmarks).
     pub async fn lookup_index_size(&self, table: &TableName) -> Option<(usize, usize)> {
@@ -407,6 +415,44 @@ fn finish(
     })
 }
 
+/// Rows of the base's data files at `locations` (file, position), conformed to `schema`, with
+/// one read per file: the batches read, and where each location's row is in them.
+async fn read_located(
+    state: &TableLookup,
+    table: &TableName,
+    schema: &SchemaRef,
+    locations: impl Iterator<Item = (Arc<str>, u32)>,
+) -> ReadResult<(Vec<RecordBatch>, HashMap<(Arc<str>, u32), (usize, usize)>)> {
+    let mut by_file: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
+    for (path, pos) in locations {
+        by_file.entry(path).or_default().push(pos);
+    }
+    let field_ids: Vec<i32> = schema
+        .fields()
+        .iter()
+        .filter_map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
+        .collect();
+    let reads = by_file.into_iter().map(|(path, mut positions)| {
+        let field_ids = &field_ids;
+        async move {
+            positions.sort_unstable();
+            positions.dedup();
+            let batch = state.files.read_rows(&path, &positions, field_ids).await?;
+            Ok::<_, ReadError>((path, positions, batch))
+        }
+    });
+    let read = futures::future::try_join_all(reads).await?;
+    let mut sources: Vec<RecordBatch> = Vec::with_capacity(read.len());
+    let mut at: HashMap<(Arc<str>, u32), (usize, usize)> = HashMap::new();
+    for (path, positions, batch) in read {
+        sources.push(conform(table, schema, &batch)?);
+        for (row, pos) in positions.into_iter().enumerate() {
+            at.insert((path.clone(), pos), (sources.len() - 1, row));
+        }
+    }
+    Ok((sources, at))
+}
+
 /// A FRESH lookup on `state`.
 async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResult<LookupResponse> {
     let keys = keys::canonical_keys(&state.codec, &request.keys)?;
@@ -455,35 +501,11 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
     }
 
     // Rows from the base: one read per file, positions ascending and distinct.
-    let mut by_file: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
-    for f in &found {
-        if let Found::Row(path, pos) = f {
-            by_file.entry(path.clone()).or_default().push(*pos);
-        }
-    }
-    let field_ids: Vec<i32> = schema
-        .fields()
-        .iter()
-        .filter_map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
-        .collect();
-    let reads = by_file.into_iter().map(|(path, mut positions)| {
-        let field_ids = &field_ids;
-        async move {
-            positions.sort_unstable();
-            positions.dedup();
-            let batch = state.files.read_rows(&path, &positions, field_ids).await?;
-            Ok::<_, ReadError>((path, positions, batch))
-        }
+    let located = found.iter().filter_map(|f| match f {
+        Found::Row(path, pos) => Some((path.clone(), *pos)),
+        Found::Tail(_) | Found::Missing => None,
     });
-    let read = futures::future::try_join_all(reads).await?;
-    let mut sources: Vec<RecordBatch> = Vec::with_capacity(read.len() + keys.len());
-    let mut at: HashMap<(Arc<str>, u32), (usize, usize)> = HashMap::new();
-    for (path, positions, batch) in read {
-        sources.push(conform(&request.table, &schema, &batch)?);
-        for (row, pos) in positions.into_iter().enumerate() {
-            at.insert((path.clone(), pos), (sources.len() - 1, row));
-        }
-    }
+    let (mut sources, at) = read_located(state, &request.table, &schema, located).await?;
     let mut picks = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
     for (i, f) in found.into_iter().enumerate() {
