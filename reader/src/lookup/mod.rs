@@ -421,8 +421,8 @@ async fn read_located(
     state: &TableLookup,
     table: &TableName,
     schema: &SchemaRef,
-    locations: impl Iterator<Item = (Arc<str>, u32)>,
-) -> ReadResult<(Vec<RecordBatch>, HashMap<(Arc<str>, u32), (usize, usize)>)> {
+    locations: impl Iterator<Item = state::RowAt>,
+) -> ReadResult<(Vec<RecordBatch>, HashMap<state::RowAt, (usize, usize)>)> {
     let mut by_file: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
     for (path, pos) in locations {
         by_file.entry(path).or_default().push(pos);
@@ -443,7 +443,7 @@ async fn read_located(
     });
     let read = futures::future::try_join_all(reads).await?;
     let mut sources: Vec<RecordBatch> = Vec::with_capacity(read.len());
-    let mut at: HashMap<(Arc<str>, u32), (usize, usize)> = HashMap::new();
+    let mut at: HashMap<state::RowAt, (usize, usize)> = HashMap::new();
     for (path, positions, batch) in read {
         sources.push(conform(table, schema, &batch)?);
         for (row, pos) in positions.into_iter().enumerate() {
