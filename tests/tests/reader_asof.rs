@@ -4,7 +4,8 @@
 //! a partition), a compaction and a server restart, then many random instants between and
 //! inside commits. Also: the snapshot the server chose is the newest one at or before the
 //! instant in the keys' partitions, snapshot_id lookups equal the model at the snapshot's
-//! offsets, bad instants are refused, and the CLI.
+//! offsets, bad instants are refused, and the CLI. Run on the local changelog and on Apache
+//! Kafka.
 
 mod support;
 
@@ -26,7 +27,7 @@ use unitable_proto::v1::{
     AsOf, CompactRequest, PartitionOffset, ReadMode, ReadRequest, RowFormat, StreamStart, WriteOp,
     read_response,
 };
-use unitable_tests::Service;
+use unitable_tests::{Kafka, Service};
 
 type Writer = WriteServiceClient<tonic::transport::Channel>;
 /// (v, n)
@@ -511,8 +512,27 @@ async fn random_round(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lookups_as_of_instants_match_a_changelog_replay() -> Result<()> {
-    let mut service =
-        tokio::task::spawn_blocking(|| Service::start(&["--commit-interval", "150ms"])).await??;
+    scenario(Vec::new()).await
+}
+
+/// The same on Apache Kafka: instants by time resolve through the broker's ListOffsets.
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_as_of_instants_match_a_changelog_replay_on_kafka() -> Result<()> {
+    let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
+    let result = scenario(vec!["--kafka-brokers".into(), kafka.bootstrap()]).await;
+    drop(kafka);
+    result
+}
+
+/// Writes, a compaction, a restart and checks of many instants on a server started with
+/// `extra` arguments.
+async fn scenario(extra: Vec<String>) -> Result<()> {
+    let mut service = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["--commit-interval", "150ms"];
+        args.extend(extra.iter().map(String::as_str));
+        Service::start(&args)
+    })
+    .await??;
     create_kv_table(&service, BUCKETS).await?;
     let catalog = TableCatalog::open(CatalogConfig::embedded(&service.data_dir())).await?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
