@@ -689,3 +689,6 @@ fn key_predicate(
     }
     Ok(predicate)
 }
+
+#[cfg(test)]
+mod tests;
