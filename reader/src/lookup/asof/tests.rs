@@ -285,3 +285,31 @@ async fn random_disordered_timestamps_match_the_prefix_model() {
         }
     }
 }
+
+#[tokio::test]
+async fn instants_whose_records_retention_removed_are_out_of_range() {
+    let mut f = Fixture::new().await;
+    for (i, ts) in [10, 20, 30, 40, 50].into_iter().enumerate() {
+        f.write(1, Some(&format!("v{i}")), ts).await;
+    }
+    let p = PartitionId(f.partition_of(1));
+    let topic = def().changelog.topic;
+    f.changelog.remove_before(&topic, p, Offset(2)).unwrap();
+    let unavailable = |r: Result<LookupResponse, ReadError>| match r {
+        Err(ReadError::AsOfUnavailable { partition, .. }) => partition == p.0,
+        other => panic!("expected AsOfUnavailable, got {other:?}"),
+    };
+    // Offset 1 and the time 15 lie in the removed records: no snapshot covers them.
+    let one = PartitionOffsets([(p, Offset(1))].into_iter().collect());
+    assert!(unavailable(f.lookup(&[1], LookupAsOf::Offsets(one)).await));
+    assert!(unavailable(f.lookup(&[1], LookupAsOf::Timestamp(15)).await));
+    // Before the first retained record (stamped 30), where the instant fell is unknown.
+    assert!(unavailable(f.lookup(&[1], LookupAsOf::Timestamp(25)).await));
+    // The retained range alone cannot answer either: the key's value before it is gone.
+    let four = PartitionOffsets([(p, Offset(4))].into_iter().collect());
+    assert!(unavailable(f.lookup(&[1], LookupAsOf::Offsets(four)).await));
+    // An instant at the low watermark with nothing needed before it: offset 0 is "before
+    // everything" only while offset 0 is kept, so offsets 2 (the low watermark) fail too.
+    let two = PartitionOffsets([(p, Offset(2))].into_iter().collect());
+    assert!(unavailable(f.lookup(&[1], LookupAsOf::Offsets(two)).await));
+}
