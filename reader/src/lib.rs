@@ -33,7 +33,9 @@ mod tail;
 
 pub use error::{ReadError, ReadResult};
 pub use group::{GroupRead, GroupSettings, GroupStream};
-pub use lookup::{LookupAsOf, LookupKeys, LookupRequest, LookupResponse};
+pub use lookup::{
+    LookupAsOf, LookupKeys, LookupRequest, LookupResponse, TrainingSet, TrainingSetRequest,
+};
 pub use pinned::{BatchStream, Pinned};
 pub use snapshot::{FreshRead, ReadStream, SnapshotRead, SnapshotSelector};
 pub use sql::{Query, QueryMode, QueryStream};

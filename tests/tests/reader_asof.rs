@@ -613,6 +613,7 @@ async fn scenario(extra: Vec<String>) -> Result<()> {
     eprintln!("as-of lookups since the restart: {index} from the key index, {scan} from scans");
     ensure!(index > 0.0 && scan > 0.0, "index {index}, scan {scan}");
 
+    training_sets(&mut reader, &mut rng).await?;
     refusals(&mut reader).await?;
     cli(&service, &mut reader).await?;
     Ok(())
@@ -729,4 +730,130 @@ async fn cli(service: &Service, reader: &mut Client) -> Result<()> {
     ensure!(!out.status.success(), "{out:?}");
     ensure!(out.stderr.contains("--as-of"), "{}", out.stderr);
     Ok(())
+}
+
+/// The value of `id` at the instant `ends` by replay, when the change that set it is stamped
+/// after `not_before` (`None`: any age).
+fn value_at(log: &Log, id: i64, ends: &BTreeMap<u32, i64>, not_before: Option<i64>) -> Option<Row> {
+    let p = partition_of(id);
+    let last = log.0[&p]
+        .iter()
+        .take(ends[&p] as usize)
+        .rfind(|r| r.id == id)?;
+    let row = last.row.clone()?;
+    not_before.is_none_or(|t| last.timestamp_ms > t).then_some(row)
+}
+
+/// TrainingSet: entity rows at random times (record times, 1 ms either side, before
+/// everything, far ahead) joined with `v` and `n` equal the replay at each row's time, with
+/// and without a TTL, times as int64 ms and as a timestamp column; extra entity columns pass
+/// through; each row names its partition and instant.
+async fn training_sets(reader: &mut Client, rng: &mut Rng) -> Result<()> {
+    use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray as Ts};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    use unitable_proto::v1::TrainingSetRequest;
+
+    let log = Log::read(reader).await?;
+    let times: Vec<i64> = log.0.values().flatten().map(|r| r.timestamp_ms).collect();
+    let rows = 700;
+    let ids: Vec<i64> = (0..rows).map(|_| rng.below(KEYS as u64 + 10) as i64).collect();
+    let at: Vec<i64> = (0..rows)
+        .map(|_| match rng.below(12) {
+            0 => 0,
+            1 => i64::MAX / 4,
+            _ => times[rng.below(times.len() as u64) as usize] + rng.below(3) as i64 - 1,
+        })
+        .collect();
+    let labels: Vec<i64> = (0..rows as i64).collect();
+    for (ttl, as_timestamp) in [(None, false), (Some(40u64), true), (Some(400), false)] {
+        let time: ArrayRef = if as_timestamp {
+            Arc::new(Ts::from(at.clone()).with_timezone("+00:00"))
+        } else {
+            Arc::new(Int64Array::from(at.clone()))
+        };
+        let time_type = if as_timestamp {
+            DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()))
+        } else {
+            DataType::Int64
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("label", DataType::Int64, false),
+            Field::new("id", DataType::Int64, false),
+            Field::new("at", time_type, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(labels.clone())),
+                Arc::new(Int64Array::from(ids.clone())),
+                time,
+            ],
+        )?;
+        let mut ipc = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema)?;
+            w.write(&batch)?;
+            w.finish()?;
+        }
+        let mut stream = reader
+            .training_set(TrainingSetRequest {
+                entities: ipc,
+                timestamp_column: "at".into(),
+                features: vec![format!("{TABLE}.v"), format!("{TABLE}.n")],
+                ttl_ms: ttl,
+            })
+            .await?
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(message) = stream.message().await? {
+            got.extend(ipc_batches(message.arrow_ipc)?);
+        }
+        let mut i = 0usize;
+        for b in &got {
+            let col = |name: &str| -> Result<ArrayRef> {
+                b.column_by_name(name)
+                    .cloned()
+                    .with_context(|| format!("no column {name}"))
+            };
+            let label = col("label")?;
+            let label = label.as_any().downcast_ref::<Int64Array>().context("label")?;
+            let v = col(&format!("{TABLE}.v"))?;
+            let v = v.as_any().downcast_ref::<StringArray>().context("v")?;
+            let n = col(&format!("{TABLE}.n"))?;
+            let n = n.as_any().downcast_ref::<Int64Array>().context("n")?;
+            let part = col(&format!("{TABLE}._partition"))?;
+            let part = part.as_any().downcast_ref::<Int32Array>().context("_partition")?;
+            let off = col(&format!("{TABLE}._offset"))?;
+            let off = off.as_any().downcast_ref::<Int64Array>().context("_offset")?;
+            for r in 0..b.num_rows() {
+                ensure!(label.value(r) == i as i64, "row {i}: rows out of order");
+                let (id, t) = (ids[i], at[i]);
+                let ends = log.ends_at(t);
+                let not_before = ttl.map(|ttl| t - ttl as i64);
+                let want = value_at(&log, id, &ends, not_before);
+                let got_row =
+                    (!v.is_null(r)).then(|| (v.value(r).to_string(), n.value(r)));
+                ensure!(
+                    got_row == want,
+                    "ttl {ttl:?}: row {i} (id {id} at {t}): {got_row:?}, want {want:?}"
+                );
+                let p = partition_of(id);
+                ensure!(
+                    part.value(r) as u32 == p && off.value(r) == ends[&p],
+                    "row {i}: instant {}:{}, want {p}:{}",
+                    part.value(r),
+                    off.value(r),
+                    ends[&p]
+                );
+                i += 1;
+            }
+        }
+        ensure!(i == rows, "{i} of {rows} rows came back");
+    }
+    Ok(())
+}
+
+fn ipc_batches(bytes: Vec<u8>) -> Result<Vec<arrow::array::RecordBatch>> {
+    Ok(ipc(bytes)?)
 }

@@ -77,19 +77,19 @@ impl LookupAsOf {
 }
 
 /// One table as loaded for an as-of lookup.
-struct Loaded<'a> {
-    name: &'a TableName,
-    table: Table,
-    def: TableDef,
-    codec: RecordCodec,
+pub(super) struct Loaded<'a> {
+    pub(super) name: &'a TableName,
+    pub(super) table: Table,
+    pub(super) def: TableDef,
+    pub(super) codec: RecordCodec,
 }
 
 impl Loaded<'_> {
-    fn metadata(&self) -> &TableMetadata {
+    pub(super) fn metadata(&self) -> &TableMetadata {
         self.table.metadata()
     }
 
-    fn topic(&self) -> &TopicName {
+    pub(super) fn topic(&self) -> &TopicName {
         &self.def.changelog.topic
     }
 }
@@ -254,7 +254,7 @@ impl Reader {
     }
 
     /// The exclusive end offset of the instant `at` in each of `partitions`.
-    async fn resolve_ends(
+    pub(super) async fn resolve_ends(
         &self,
         loaded: &Loaded<'_>,
         at: &LookupAsOf,
@@ -530,7 +530,7 @@ pub(crate) fn newest_covered_by(
 /// The rows of `keys` in `snapshot`, by canonical key bytes, read with the key values pushed
 /// into the scan (files and row groups whose key bounds exclude every key are skipped, and
 /// iceberg-rust filters rows by the predicate), then matched exactly by key bytes.
-async fn snapshot_rows(
+pub(super) async fn snapshot_rows(
     loaded: &Loaded<'_>,
     table: &Table,
     snapshot: &SnapshotRef,

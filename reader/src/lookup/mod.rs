@@ -27,10 +27,12 @@ mod keys;
 mod rows;
 mod state;
 pub(crate) mod tail;
+mod training;
 
 pub use asof::LookupAsOf;
 pub use keys::{LookupKeys, MAX_KEYS};
 pub use rows::DEFAULT_BLOCK_CACHE_BYTES;
+pub use training::{MAX_ENTITY_ROWS, TrainingSet, TrainingSetRequest};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

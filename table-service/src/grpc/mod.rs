@@ -6,6 +6,7 @@ pub(crate) mod compact;
 pub(crate) mod groups;
 pub(crate) mod lookup;
 pub(crate) mod read;
+pub(crate) mod training;
 pub(crate) mod write;
 
 use unitable_core::naming::TableName;
