@@ -10,6 +10,7 @@ pub(crate) mod scan;
 pub(crate) mod sql;
 pub(crate) mod subscribe;
 pub(crate) mod table;
+pub(crate) mod training;
 pub(crate) mod write;
 
 use std::process::ExitCode;

@@ -403,7 +403,8 @@ impl ReadService for ReadApi {
         let request = request.into_inner();
         let tables = super::training::tables(&request)?;
         for table in &tables {
-            self.access.check(&who, Privilege::Read, table, "TrainingSet")?;
+            self.access
+                .check(&who, Privilege::Read, table, "TrainingSet")?;
         }
         let messages = super::training::training_set(&self.reader, request).await?;
         Ok(Response::new(Box::pin(futures::stream::iter(

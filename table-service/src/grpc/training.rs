@@ -41,7 +41,10 @@ pub(crate) fn tables(request: &wire::TrainingSetRequest) -> Result<Vec<TableName
         }
     }
     if out.is_empty() {
-        return Err(bad("features", "name at least one `namespace.table.column`"));
+        return Err(bad(
+            "features",
+            "name at least one `namespace.table.column`",
+        ));
     }
     Ok(out)
 }
