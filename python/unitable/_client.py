@@ -105,6 +105,25 @@ def _millis(as_of: dt.datetime | int | None) -> int | None:
     return (as_of - _EPOCH) // dt.timedelta(milliseconds=1)
 
 
+def _read_file(path: str, table: str | None) -> pa.Table:
+    """Entity rows from a Parquet, CSV or Arrow IPC file."""
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        return pq.read_table(path)
+    if lower.endswith(".csv"):
+        import pyarrow.csv as pcsv
+        return pcsv.read_csv(path)
+    if lower.endswith((".arrow", ".ipc", ".feather")):
+        import pyarrow.ipc as pipc
+        try:
+            return pipc.open_file(path).read_all()
+        except pa.ArrowInvalid:
+            return pipc.open_stream(path).read_all()
+    raise InvalidArgument(f"training set from {table}: {path} is not a .parquet, .csv or "
+                          ".arrow file", table=table, field="entities")
+
+
 def _is_rows_of_dicts(data: object) -> bool:
     return isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping))
 
@@ -490,6 +509,81 @@ class Client:
         elif arrow_keys is not None:
             missing_keys = [arrow_keys.slice(i, 1).to_pylist()[0] for i in missing]
         return LookupResult(concat(schema, found), missing, missing_keys, result_as_of)
+
+    def training_set(
+        self,
+        entities: pa.Table | pa.RecordBatch | Any | str | os.PathLike[str],
+        features: Sequence[str],
+        *,
+        timestamp_column: str,
+        ttl: dt.timedelta | int | None = None,
+    ) -> pa.Table:
+        """Each entity row joined with feature columns as of the row's time, exact to the
+        changelog record: no value from after the row's time (a point-in-time training set).
+
+        Args:
+            entities: the rows: a pyarrow Table/RecordBatch, a pandas DataFrame, a list of
+                dicts, a path to a Parquet, CSV or Arrow IPC file, or a unitable table name
+                (``"ns.table"``, its rows now). They need every feature table's key columns
+                and the time column; other columns come back as they are.
+            features: ``"namespace.table.column"`` each.
+            timestamp_column: the rows' time column (a timestamp, or int64 milliseconds).
+            ttl: serve a value only if the change that set it is at most this old at the
+                row's time (a timedelta, or milliseconds).
+
+        Returns the entity rows in order, then per feature table its feature columns
+        (``"ns.table.column"``, null where the key had no live row at the row's time) and
+        ``"ns.table._snapshot_id"``, ``"ns.table._partition"``, ``"ns.table._offset"``: the
+        snapshot the values not changed after it came from and the row's instant (every
+        change of the key's partition below that offset counts).
+        """
+        first = features[0].rsplit(".", 1)[0] if features else None
+        if isinstance(features, str) or not features:
+            raise InvalidArgument(
+                "training set: give features as a list of \"namespace.table.column\"",
+                table=first, field="features")
+        rows: pa.Table
+        if isinstance(entities, pa.RecordBatch):
+            rows = pa.Table.from_batches([entities])
+        elif isinstance(entities, pa.Table):
+            rows = entities
+        elif is_dataframe(entities):
+            rows = pa.Table.from_pandas(entities, preserve_index=False)
+        elif isinstance(entities, (str, os.PathLike)):
+            path = os.fspath(entities)
+            if os.path.exists(path):
+                rows = _read_file(path, first)
+            elif re.fullmatch(r"[A-Za-z_][\w]*\.[A-Za-z_][\w]*", path):
+                rows = self.scan(path)
+            else:
+                raise InvalidArgument(
+                    f"training set from {first}: entities `{path}` is neither a file nor a "
+                    "table name", table=first, field="entities")
+        elif _is_rows_of_dicts(entities):
+            rows = pa.Table.from_pylist(list(entities))
+        else:
+            raise InvalidArgument(
+                f"training set from {first}: entities must be a pyarrow Table, DataFrame, list "
+                f"of dicts, file path or table name, not {type(entities).__name__}",
+                table=first, field="entities")
+        request = pb.TrainingSetRequest(
+            entities=ipc_bytes(rows), timestamp_column=timestamp_column,
+            features=list(features))
+        if ttl is not None:
+            request.ttl_ms = (ttl // dt.timedelta(milliseconds=1)
+                              if isinstance(ttl, dt.timedelta) else int(ttl))
+
+        def run() -> pa.Table:
+            schema: pa.Schema | None = None
+            tables: list[pa.Table] = []
+            for message in self._t.reads.TrainingSet(request, metadata=self._t.metadata):
+                piece = read_ipc(message.arrow_ipc)
+                schema = schema or piece.schema
+                if piece.num_rows:
+                    tables.append(piece)
+            return concat(schema, tables)
+
+        return self._t.call(run, table=first, action="training set from")
 
     def subscribe(
         self,

@@ -542,6 +542,81 @@ def test_lookup_as_of_an_instant_matches_a_changelog_replay(client):
     assert (wrong_type.value.table, wrong_type.value.field) == (name, "as_of")
 
 
+def test_training_set_matches_a_changelog_replay(client, tmp_path):
+    """training_set joins entity rows (dicts, a Parquet file, a unitable table) with features
+    as of each row's time, equal to a replay of the changelog; with a TTL older values are
+    null; errors name the table and field."""
+    name = "sdk.feat"
+    client.tables.create(name, ["id:int64!", "v:string", "n:int64"], primary_key=["id"],
+                         buckets=3)
+    rng = random.Random(9)
+    for step in range(8):
+        rows = [{"id": rng.randint(0, 30), "v": f"f{step}-{i}", "n": i} for i in range(10)]
+        client.write(name, rows, wait="snapshot" if step % 3 == 1 else "changelog")
+        client.delete(name, [{"id": rng.randint(0, 30)} for _ in range(2)])
+    with client.subscribe(name, follow=False) as sub:
+        changes = changes_of(sub)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
+    log: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
+    for c in sorted(changes, key=lambda c: (c["_partition"], c["_offset"])):
+        ms = (c["_timestamp"] - epoch) // dt.timedelta(milliseconds=1)
+        log.setdefault(c["_partition"], []).append((ms, c["_op"], c))
+    part_of = {c["id"]: c["_partition"] for c in changes}
+
+    def want(key: int, t: int, ttl: int | None) -> tuple[Any, Any, int | None]:
+        """(v, n, end offset) of `key` at time `t`; the offset None when the key is unknown."""
+        p = part_of.get(key)
+        if p is None:
+            return None, None, None
+        records = log[p]
+        end = next((i for i, (ts, _, _) in enumerate(records) if ts > t), len(records))
+        last = next((r for r in reversed(records[:end]) if r[2]["id"] == key), None)
+        if last is None or last[1] == "delete" or (ttl is not None and last[0] <= t - ttl):
+            return None, None, end
+        return last[2]["v"], last[2]["n"], end
+
+    times = sorted(ts for records in log.values() for ts, _, _ in records)
+    entity = [{"id": rng.randint(0, 33),
+               "at": epoch + dt.timedelta(milliseconds=rng.choice(times) + rng.randint(-1, 1)),
+               "label": i} for i in range(300)]
+    entity[0]["at"] = epoch
+
+    def check(got: pa.Table, ttl: int | None) -> None:
+        assert got.column("label").to_pylist() == list(range(300))
+        for row in got.to_pylist():
+            t = (row["at"] - epoch) // dt.timedelta(milliseconds=1)
+            v, n, end = want(row["id"], t, ttl)
+            assert (row[f"{name}.v"], row[f"{name}.n"]) == (v, n), row
+            if end is not None:
+                assert row[f"{name}._offset"] == end and row[f"{name}._partition"] == \
+                    part_of[row["id"]]
+
+    features = [f"{name}.v", f"{name}.n"]
+    check(client.training_set(entity, features, timestamp_column="at"), None)
+    check(client.training_set(entity, features, timestamp_column="at", ttl=30), 30)
+    path = tmp_path / "entities.parquet"
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(entity), path)
+    check(client.training_set(path, features, timestamp_column="at",
+                              ttl=dt.timedelta(milliseconds=30)), 30)
+    client.tables.create("sdk.labels", ["id:int64!", "at:timestamptz", "label:int64!"],
+                         primary_key=["label"])
+    client.write("sdk.labels", entity)
+    from_table = client.training_set("sdk.labels", features, timestamp_column="at")
+    check(from_table.sort_by("label"), None)
+
+    with pytest.raises(unitable.InvalidArgument) as no_time:
+        client.training_set(entity, features, timestamp_column="when")
+    assert (no_time.value.field, no_time.value.table) == ("timestamp_column", name)
+    with pytest.raises(unitable.InvalidArgument) as no_key:
+        client.training_set([{"k": 1, "at": epoch}], features, timestamp_column="at")
+    assert (no_key.value.field, no_key.value.table) == ("id", name)
+    assert name in str(no_key.value)
+    with pytest.raises(unitable.TableNotFound) as missing:
+        client.training_set(entity, ["sdk.nope.v"], timestamp_column="at")
+    assert missing.value.table == "sdk.nope"
+
+
 def test_errors_name_the_table(client):
     missing = "sdk.nope"
     calls = {
