@@ -729,6 +729,49 @@ async fn cli(service: &Service, reader: &mut Client) -> Result<()> {
     ])?;
     ensure!(!out.status.success(), "{out:?}");
     ensure!(out.stderr.contains("--as-of"), "{}", out.stderr);
+
+    // `unitable training-set` from a CSV file: the replay at each row's time.
+    let entities = service.dir().join("entities.csv");
+    let rows: Vec<(i64, i64)> = (0..KEYS + 5)
+        .map(|id| (id, times[(id as usize * 7) % times.len()]))
+        .collect();
+    let mut csv = String::from("id,at\n");
+    for (id, at) in &rows {
+        csv.push_str(&format!("{id},{at}\n"));
+    }
+    std::fs::write(&entities, csv)?;
+    let entities = entities.to_string_lossy().to_string();
+    let v = format!("{TABLE}.v");
+    let n = format!("{TABLE}.n");
+    let out = service.cli(&[
+        "training-set",
+        "--entities",
+        &entities,
+        "--timestamp-column",
+        "at",
+        "--feature",
+        &v,
+        "--feature",
+        &n,
+    ])?;
+    let stdout = out.ok()?;
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(
+        lines.len() == rows.len(),
+        "training-set printed {} rows",
+        lines.len()
+    );
+    for ((id, at), line) in rows.iter().zip(lines) {
+        let row: serde_json::Value = serde_json::from_str(line)?;
+        let want = value_at(&log, *id, &log.ends_at(*at), None);
+        let got = row[v.as_str()]
+            .as_str()
+            .map(|s| (s.to_string(), row[n.as_str()].as_i64().unwrap_or_default()));
+        ensure!(
+            row["id"].as_i64() == Some(*id) && got == want,
+            "training-set row {line}: want {want:?}"
+        );
+    }
     Ok(())
 }
 
@@ -741,7 +784,9 @@ fn value_at(log: &Log, id: i64, ends: &BTreeMap<u32, i64>, not_before: Option<i6
         .take(ends[&p] as usize)
         .rfind(|r| r.id == id)?;
     let row = last.row.clone()?;
-    not_before.is_none_or(|t| last.timestamp_ms > t).then_some(row)
+    not_before
+        .is_none_or(|t| last.timestamp_ms > t)
+        .then_some(row)
 }
 
 /// TrainingSet: entity rows at random times (record times, 1 ms either side, before
@@ -757,7 +802,9 @@ async fn training_sets(reader: &mut Client, rng: &mut Rng) -> Result<()> {
     let log = Log::read(reader).await?;
     let times: Vec<i64> = log.0.values().flatten().map(|r| r.timestamp_ms).collect();
     let rows = 700;
-    let ids: Vec<i64> = (0..rows).map(|_| rng.below(KEYS as u64 + 10) as i64).collect();
+    let ids: Vec<i64> = (0..rows)
+        .map(|_| rng.below(KEYS as u64 + 10) as i64)
+        .collect();
     let at: Vec<i64> = (0..rows)
         .map(|_| match rng.below(12) {
             0 => 0,
@@ -817,23 +864,31 @@ async fn training_sets(reader: &mut Client, rng: &mut Rng) -> Result<()> {
                     .with_context(|| format!("no column {name}"))
             };
             let label = col("label")?;
-            let label = label.as_any().downcast_ref::<Int64Array>().context("label")?;
+            let label = label
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .context("label")?;
             let v = col(&format!("{TABLE}.v"))?;
             let v = v.as_any().downcast_ref::<StringArray>().context("v")?;
             let n = col(&format!("{TABLE}.n"))?;
             let n = n.as_any().downcast_ref::<Int64Array>().context("n")?;
             let part = col(&format!("{TABLE}._partition"))?;
-            let part = part.as_any().downcast_ref::<Int32Array>().context("_partition")?;
+            let part = part
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .context("_partition")?;
             let off = col(&format!("{TABLE}._offset"))?;
-            let off = off.as_any().downcast_ref::<Int64Array>().context("_offset")?;
+            let off = off
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .context("_offset")?;
             for r in 0..b.num_rows() {
                 ensure!(label.value(r) == i as i64, "row {i}: rows out of order");
                 let (id, t) = (ids[i], at[i]);
                 let ends = log.ends_at(t);
                 let not_before = ttl.map(|ttl| t - ttl as i64);
                 let want = value_at(&log, id, &ends, not_before);
-                let got_row =
-                    (!v.is_null(r)).then(|| (v.value(r).to_string(), n.value(r)));
+                let got_row = (!v.is_null(r)).then(|| (v.value(r).to_string(), n.value(r)));
                 ensure!(
                     got_row == want,
                     "ttl {ttl:?}: row {i} (id {id} at {t}): {got_row:?}, want {want:?}"

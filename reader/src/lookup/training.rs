@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray,
-    new_null_array,
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray, new_null_array,
 };
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -211,10 +210,8 @@ impl Reader {
         }
         let changelog = self.changelog.as_ref();
         let replays = futures::future::try_join_all(partitions.iter().map(|&p| {
-            let wanted: HashSet<&[u8]> = by_partition[&p]
-                .iter()
-                .map(|&i| keys[i].as_ref())
-                .collect();
+            let wanted: HashSet<&[u8]> =
+                by_partition[&p].iter().map(|&i| keys[i].as_ref()).collect();
             let from = from.get(p);
             let end = end.get(p);
             let loaded = &loaded;
@@ -232,8 +229,16 @@ impl Reader {
                         ),
                     });
                 }
-                let replay = replay(changelog, &loaded.codec, loaded.topic(), p, from, end, &wanted)
-                    .await?;
+                let replay = replay(
+                    changelog,
+                    &loaded.codec,
+                    loaded.topic(),
+                    p,
+                    from,
+                    end,
+                    &wanted,
+                )
+                .await?;
                 Ok::<_, ReadError>((p, replay))
             }
         }))
@@ -250,9 +255,8 @@ impl Reader {
                 keys.iter().filter(|k| seen.insert(*k)).cloned().collect()
             };
             for chunk in distinct.chunks(KEYS_PER_READ) {
-                base_rows.extend(
-                    snapshot_rows(&loaded, &loaded.table, snapshot, chunk, &schema).await?,
-                );
+                base_rows
+                    .extend(snapshot_rows(&loaded, &loaded.table, snapshot, chunk, &schema).await?);
             }
         }
 
@@ -274,7 +278,10 @@ impl Reader {
                 while let Some(change) = replay.kept.get(next)
                     && change.visible_from <= t
                 {
-                    state.insert(&change.key, (change.row.as_ref(), Some(change.timestamp_ms)));
+                    state.insert(
+                        &change.key,
+                        (change.row.as_ref(), Some(change.timestamp_ms)),
+                    );
                     next += 1;
                 }
                 instants[i] = replay.end_at(t);
@@ -334,13 +341,25 @@ impl Reader {
             .collect();
         let mut columns: Vec<ArrayRef> = features.columns().to_vec();
         let snapshot_id = base.as_ref().map(|(s, _)| s.snapshot_id());
-        fields.push(Field::new(format!("{name}._snapshot_id"), DataType::Int64, true));
+        fields.push(Field::new(
+            format!("{name}._snapshot_id"),
+            DataType::Int64,
+            true,
+        ));
         columns.push(Arc::new(Int64Array::from(vec![snapshot_id; n])));
-        fields.push(Field::new(format!("{name}._partition"), DataType::Int32, false));
+        fields.push(Field::new(
+            format!("{name}._partition"),
+            DataType::Int32,
+            false,
+        ));
         columns.push(Arc::new(Int32Array::from_iter_values(
             partition_of.iter().map(|p| p.0 as i32),
         )));
-        fields.push(Field::new(format!("{name}._offset"), DataType::Int64, false));
+        fields.push(Field::new(
+            format!("{name}._offset"),
+            DataType::Int64,
+            false,
+        ));
         columns.push(Arc::new(Int64Array::from_iter_values(
             instants.iter().map(|o| o.0),
         )));
@@ -378,7 +397,9 @@ fn row_times(entities: &RecordBatch, column: &str) -> ReadResult<Vec<i64>> {
         .downcast_ref::<Int64Array>()
         .ok_or_else(|| bad(format!("column `{column}`: not int64")))?;
     if let Some(row) = (0..ms.len()).find(|&i| ms.is_null(i)) {
-        return Err(bad(format!("row {row}, column `{column}`: the time is null")));
+        return Err(bad(format!(
+            "row {row}, column `{column}`: the time is null"
+        )));
     }
     Ok(ms.values().to_vec())
 }
