@@ -105,6 +105,10 @@ def _millis(as_of: dt.datetime | int | None) -> int | None:
     return (as_of - _EPOCH) // dt.timedelta(milliseconds=1)
 
 
+# Entity bytes per TrainingSet request (the server takes messages up to 4 MiB).
+_ENTITY_BYTES = 3 << 20
+
+
 def _read_file(path: str, table: str | None) -> pa.Table:
     """Entity rows from a Parquet, CSV or Arrow IPC file."""
     lower = path.lower()
@@ -566,24 +570,29 @@ class Client:
                 f"training set from {first}: entities must be a pyarrow Table, DataFrame, list "
                 f"of dicts, file path or table name, not {type(entities).__name__}",
                 table=first, field="entities")
-        request = pb.TrainingSetRequest(
-            entities=ipc_bytes(rows), timestamp_column=timestamp_column,
-            features=list(features))
-        if ttl is not None:
-            request.ttl_ms = (ttl // dt.timedelta(milliseconds=1)
-                              if isinstance(ttl, dt.timedelta) else int(ttl))
+        ttl_ms = None if ttl is None else (
+            ttl // dt.timedelta(milliseconds=1) if isinstance(ttl, dt.timedelta) else int(ttl))
+        # Requests stay under the server's 4 MiB message limit: the rows go in slices, each
+        # joined on its own (every row carries what served it), the results in order.
+        per_request = max(1, rows.num_rows * _ENTITY_BYTES // max(rows.nbytes, 1))
+        schema: pa.Schema | None = None
+        tables: list[pa.Table] = []
+        for start in range(0, max(rows.num_rows, 1), per_request):
+            request = pb.TrainingSetRequest(
+                entities=ipc_bytes(rows.slice(start, per_request)),
+                timestamp_column=timestamp_column, features=list(features))
+            if ttl_ms is not None:
+                request.ttl_ms = ttl_ms
 
-        def run() -> pa.Table:
-            schema: pa.Schema | None = None
-            tables: list[pa.Table] = []
-            for message in self._t.reads.TrainingSet(request, metadata=self._t.metadata):
-                piece = read_ipc(message.arrow_ipc)
+            def run(request: pb.TrainingSetRequest = request) -> list[pa.Table]:
+                return [read_ipc(m.arrow_ipc) for m in
+                        self._t.reads.TrainingSet(request, metadata=self._t.metadata)]
+
+            for piece in self._t.call(run, table=first, action="training set from"):
                 schema = schema or piece.schema
                 if piece.num_rows:
                     tables.append(piece)
-            return concat(schema, tables)
-
-        return self._t.call(run, table=first, action="training set from")
+        return concat(schema, tables)
 
     def subscribe(
         self,

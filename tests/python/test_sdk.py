@@ -605,6 +605,20 @@ def test_training_set_matches_a_changelog_replay(client, tmp_path):
     from_table = client.training_set("sdk.labels", features, timestamp_column="at")
     check(from_table.sort_by("label"), None)
 
+    # More rows than one request carries: sent in slices, the same answers in order.
+    small = client.training_set(entity, features, timestamp_column="at")
+    copies = 700
+    big_rows = pa.concat_tables([pa.Table.from_pylist(entity)] * copies)
+    big_rows = big_rows.set_column(big_rows.schema.get_field_index("label"), "label",
+                                   pa.array(range(big_rows.num_rows), pa.int64()))
+    assert big_rows.nbytes > 4 << 20
+    big = client.training_set(big_rows, features, timestamp_column="at")
+    assert big.num_rows == big_rows.num_rows
+    assert big.column("label").to_pylist() == list(range(big_rows.num_rows))
+    for column in [f"{name}.v", f"{name}.n", f"{name}._offset"]:
+        assert big.column(column).combine_chunks().equals(
+            pa.concat_arrays([small.column(column).combine_chunks()] * copies))
+
     with pytest.raises(unitable.InvalidArgument) as no_time:
         client.training_set(entity, features, timestamp_column="when")
     assert (no_time.value.field, no_time.value.table) == ("timestamp_column", name)
