@@ -732,8 +732,9 @@ async fn cli(service: &Service, reader: &mut Client) -> Result<()> {
 
     // `unitable training-set` from a CSV file: the replay at each row's time.
     let entities = service.dir().join("entities.csv");
-    let rows: Vec<(i64, i64)> = (0..KEYS + 5)
-        .map(|id| (id, times[(id as usize * 7) % times.len()]))
+    // Enough rows that the CLI sends them in several requests (the server takes 4 MiB).
+    let rows: Vec<(i64, i64)> = (0..250_000usize)
+        .map(|i| ((i as i64) % (KEYS + 5), times[(i * 7) % times.len()]))
         .collect();
     let mut csv = String::from("id,at\n");
     for (id, at) in &rows {
@@ -743,6 +744,14 @@ async fn cli(service: &Service, reader: &mut Client) -> Result<()> {
     let entities = entities.to_string_lossy().to_string();
     let v = format!("{TABLE}.v");
     let n = format!("{TABLE}.n");
+    let requests = |service: &Service| {
+        support::metric(
+            service,
+            "unitable_grpc_requests_total",
+            &["method=\"TrainingSet\""],
+        )
+    };
+    let before = requests(service)?;
     let out = service.cli(&[
         "training-set",
         "--entities",
@@ -761,7 +770,9 @@ async fn cli(service: &Service, reader: &mut Client) -> Result<()> {
         "training-set printed {} rows",
         lines.len()
     );
-    for ((id, at), line) in rows.iter().zip(lines) {
+    let sent = requests(service)? - before;
+    ensure!(sent >= 2.0, "the CLI sent {sent} TrainingSet requests");
+    for ((id, at), line) in rows.iter().zip(lines).step_by(97) {
         let row: serde_json::Value = serde_json::from_str(line)?;
         let want = value_at(&log, *id, &log.ends_at(*at), None);
         let got = row[v.as_str()]

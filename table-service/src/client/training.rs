@@ -81,6 +81,37 @@ fn read_file(path: &str) -> Result<(SchemaRef, Vec<RecordBatch>), ClientError> {
     )))
 }
 
+/// Entity bytes per request (the server takes messages up to 4 MiB).
+const ENTITY_BYTES: usize = 3 << 20;
+
+/// The rows in slices of at most about [`ENTITY_BYTES`] each, in order (at least one slice).
+fn slices(batches: &[RecordBatch]) -> Vec<Vec<RecordBatch>> {
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for batch in batches {
+        let per_row = batch.get_array_memory_size() / batch.num_rows().max(1) + 1;
+        let rows_per_slice = (ENTITY_BYTES / per_row).max(1);
+        let mut at = 0;
+        while at < batch.num_rows() {
+            let room = (ENTITY_BYTES.saturating_sub(bytes) / per_row).max(1);
+            let take = room.min(rows_per_slice).min(batch.num_rows() - at);
+            if let Some(last) = out.last_mut() {
+                last.push(batch.slice(at, take));
+            }
+            bytes += take * per_row;
+            at += take;
+            if bytes >= ENTITY_BYTES {
+                out.push(Vec::new());
+                bytes = 0;
+            }
+        }
+    }
+    if out.len() > 1 && out.last().is_some_and(Vec::is_empty) {
+        out.pop();
+    }
+    out
+}
+
 fn ipc_bytes(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ClientError> {
     let fail = |e: arrow::error::ArrowError| ClientError::new(format!("encode entity rows: {e}"));
     let mut out = Vec::new();
@@ -145,26 +176,30 @@ async fn run_inner(conn: &Connection, args: TrainingSetArgs) -> Result<(), Clien
             ));
         }
     };
-    let mut stream = client
-        .training_set(TrainingSetRequest {
-            entities: ipc_bytes(&schema, &batches)?,
-            timestamp_column: args.timestamp_column.clone(),
-            features: args.features.clone(),
-            ttl_ms: args.ttl.map(|d| d.as_millis() as u64),
-        })
-        .await
-        .map_err(|s| ClientError::from_status(server, &s))?
-        .into_inner();
     let mut sink = Sink::open(args.format, args.output.as_deref())?;
-    while let Some(message) = stream
-        .message()
-        .await
-        .map_err(|s| ClientError::from_status(server, &s))?
-    {
-        let (schema, batches) = decode(message.arrow_ipc)?;
-        sink.schema(&schema);
-        for batch in &batches {
-            sink.write(&schema, batch)?;
+    // Requests stay under the server's 4 MiB message limit: the rows go in slices, each joined
+    // on its own (every row carries what served it), the results in order.
+    for slice in slices(&batches) {
+        let mut stream = client
+            .training_set(TrainingSetRequest {
+                entities: ipc_bytes(&schema, &slice)?,
+                timestamp_column: args.timestamp_column.clone(),
+                features: args.features.clone(),
+                ttl_ms: args.ttl.map(|d| d.as_millis() as u64),
+            })
+            .await
+            .map_err(|s| ClientError::from_status(server, &s))?
+            .into_inner();
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|s| ClientError::from_status(server, &s))?
+        {
+            let (schema, batches) = decode(message.arrow_ipc)?;
+            sink.schema(&schema);
+            for batch in &batches {
+                sink.write(&schema, batch)?;
+            }
         }
     }
     sink.finish()
