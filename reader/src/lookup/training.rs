@@ -2,7 +2,8 @@
 //! unitable tables as of each row's time, exact to the changelog record (the rule of
 //! [`super::LookupAsOf::Timestamp`]), so no value from after a row's time leaks into it.
 //!
-//! Per feature table, with `T0` the earliest row time (minus the TTL, if any) and `T1` the
+//! Per feature table the rows are sorted by time and joined in segments of [`SEGMENT_ROWS`].
+//! For a segment, with `T0` its earliest row time (minus the TTL, if any) and `T1` its
 //! latest: the base is the newest snapshot at or before `T0` in the rows' partitions; the
 //! changelog of those partitions is read once from the base's offsets up to the position of
 //! `T1`, keeping the records of the rows' keys and, for every record, the running maximum of
@@ -12,8 +13,8 @@
 //! With a TTL a value counts only if the record that set it is stamped after `T - ttl`; the
 //! base then holds only expired values and is not read.
 //!
-//! Limits: the entity rows and the kept records are held in memory (no spill); at most
-//! [`MAX_ENTITY_ROWS`] rows per request.
+//! Limits: the entity rows, the answer and a segment's kept records are held in memory (no
+//! spill); at most [`MAX_ENTITY_ROWS`] rows per request.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -39,6 +40,8 @@ use crate::error::{ReadError, ReadResult};
 
 /// Most entity rows one request may hold (they are joined in memory).
 pub const MAX_ENTITY_ROWS: usize = 1_000_000;
+/// Rows (in time order) joined with one base snapshot and one changelog pass.
+const SEGMENT_ROWS: usize = 50_000;
 /// Keys per key-filtered snapshot read.
 const KEYS_PER_READ: usize = 10_000;
 /// Changelog records fetched per read.
@@ -70,6 +73,21 @@ pub struct TrainingSet {
 
 fn bad(reason: String) -> ReadError {
     ReadError::BadRequest { reason }
+}
+
+/// Rows of one request for one feature table: key bytes, partitions and times, by row index.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    keys: &'a [Bytes],
+    partition_of: &'a [PartitionId],
+    times: &'a [i64],
+}
+
+/// What the segments joined, by row index.
+struct Joined {
+    answers: Vec<Option<RecordBatch>>,
+    instants: Vec<Offset>,
+    snapshots: Vec<Option<i64>>,
 }
 
 /// A change kept while replaying: when it becomes visible, its key, its row (`None`: a
@@ -190,9 +208,51 @@ impl Reader {
         let n = keys.len();
         let partition_of: Vec<PartitionId> =
             keys.iter().map(|k| loaded.codec.partition_of(k)).collect();
-        let partitions: BTreeSet<PartitionId> = partition_of.iter().copied().collect();
-        let earliest = times.iter().copied().min().unwrap_or(0);
-        let latest = times.iter().copied().max().unwrap_or(0);
+        // Rows in time order, joined segment by segment: each segment has its own base, the
+        // newest snapshot at or before its earliest time, so rows spread over a long time do
+        // not replay the whole span, and what a segment keeps in memory stays bounded.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| (times[i], i));
+        let mut joined = Joined {
+            answers: vec![None; n],
+            instants: vec![Offset(0); n],
+            snapshots: vec![None; n],
+        };
+        let rows = Rows {
+            keys: &keys,
+            partition_of: &partition_of,
+            times,
+        };
+        for segment in order.chunks(SEGMENT_ROWS) {
+            self.join_segment(&loaded, &schema, segment, rows, ttl, &mut joined)
+                .await?;
+        }
+        let Joined {
+            answers,
+            instants,
+            snapshots,
+        } = joined;
+        finish_table(name, &schema, answers, &instants, snapshots, &partition_of)
+    }
+
+    /// Joins the rows `segment` (indexes in time order) of one feature table.
+    async fn join_segment(
+        &self,
+        loaded: &Loaded<'_>,
+        schema: &SchemaRef,
+        segment: &[usize],
+        rows: Rows<'_>,
+        ttl: Option<i64>,
+        joined: &mut Joined,
+    ) -> ReadResult<()> {
+        let Rows {
+            keys,
+            partition_of,
+            times,
+        } = rows;
+        let partitions: BTreeSet<PartitionId> = segment.iter().map(|&i| partition_of[i]).collect();
+        let earliest = segment.iter().map(|&i| times[i]).min().unwrap_or(0);
+        let latest = segment.iter().map(|&i| times[i]).max().unwrap_or(0);
         let from_time = ttl.map_or(earliest, |ttl| earliest.saturating_sub(ttl));
         let start = self
             .resolve_ends(&loaded, &LookupAsOf::Timestamp(from_time), &partitions)
@@ -205,8 +265,8 @@ impl Reader {
 
         // The changelog of the rows' partitions, once.
         let mut by_partition: HashMap<PartitionId, Vec<usize>> = HashMap::new();
-        for (i, p) in partition_of.iter().enumerate() {
-            by_partition.entry(*p).or_default().push(i);
+        for &i in segment {
+            by_partition.entry(partition_of[i]).or_default().push(i);
         }
         let changelog = self.changelog.as_ref();
         let replays = futures::future::try_join_all(partitions.iter().map(|&p| {
@@ -214,7 +274,6 @@ impl Reader {
                 by_partition[&p].iter().map(|&i| keys[i].as_ref()).collect();
             let from = from.get(p);
             let end = end.get(p);
-            let loaded = &loaded;
             async move {
                 let w = changelog.watermarks(loaded.topic(), p).await?;
                 if from < w.low && from < end {
@@ -252,17 +311,26 @@ impl Reader {
         {
             let distinct: Vec<Bytes> = {
                 let mut seen = HashSet::new();
-                keys.iter().filter(|k| seen.insert(*k)).cloned().collect()
+                segment
+                    .iter()
+                    .map(|&i| &keys[i])
+                    .filter(|k| seen.insert(*k))
+                    .cloned()
+                    .collect()
             };
             for chunk in distinct.chunks(KEYS_PER_READ) {
                 base_rows
-                    .extend(snapshot_rows(&loaded, &loaded.table, snapshot, chunk, &schema).await?);
+                    .extend(snapshot_rows(loaded, &loaded.table, snapshot, chunk, schema).await?);
             }
         }
 
         // Sweep each partition's rows in time order.
-        let mut answers: Vec<Option<RecordBatch>> = vec![None; n];
-        let mut instants: Vec<Offset> = vec![Offset(0); n];
+        let snapshot_id = base.as_ref().map(|(s, _)| s.snapshot_id());
+        let Joined {
+            answers,
+            instants,
+            snapshots,
+        } = joined;
         for (p, rows) in &mut by_partition {
             let replay = &replays[p];
             rows.sort_by_key(|&i| (times[i], i));
@@ -285,6 +353,7 @@ impl Reader {
                     next += 1;
                 }
                 instants[i] = replay.end_at(t);
+                snapshots[i] = snapshot_id;
                 answers[i] = match state.get(&keys[i]) {
                     Some((Some(row), stamped)) => {
                         let fresh = match (ttl, stamped) {
@@ -299,72 +368,84 @@ impl Reader {
             }
         }
 
-        // Feature columns: found rows, and a null row for the rest.
-        let relaxed: SchemaRef = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
-        ));
-        let nulls = RecordBatch::try_new(
-            relaxed.clone(),
-            relaxed
-                .fields()
-                .iter()
-                .map(|f| new_null_array(f.data_type(), 1))
-                .collect(),
-        )
-        .map_err(|e| ReadError::Internal {
-            reason: format!("a null feature row: {e}"),
-        })?;
-        let mut sources = vec![nulls];
-        let mut picks = Vec::with_capacity(n);
-        for answer in answers {
-            match answer {
-                Some(row) => {
-                    sources.push(conform(name, &schema, &row)?);
-                    picks.push((sources.len() - 1, 0));
-                }
-                None => picks.push((0, 0)),
-            }
-        }
-        let features = finish(name, &schema, &sources, &picks)?;
-        let mut fields: Vec<Field> = features
-            .schema()
+        Ok(())
+    }
+}
+
+/// The feature columns of one table from the joined rows, with the provenance columns.
+fn finish_table(
+    name: &TableName,
+    schema: &SchemaRef,
+    answers: Vec<Option<RecordBatch>>,
+    instants: &[Offset],
+    snapshots: Vec<Option<i64>>,
+    partition_of: &[PartitionId],
+) -> ReadResult<(Vec<Field>, Vec<ArrayRef>)> {
+    let n = answers.len();
+    // Feature columns: found rows, and a null row for the rest.
+    let relaxed: SchemaRef = Arc::new(Schema::new(
+        schema
             .fields()
             .iter()
-            .map(|f| {
-                Field::new(format!("{name}.{}", f.name()), f.data_type().clone(), true)
-                    .with_metadata(f.metadata().clone())
-            })
-            .collect();
-        let mut columns: Vec<ArrayRef> = features.columns().to_vec();
-        let snapshot_id = base.as_ref().map(|(s, _)| s.snapshot_id());
-        fields.push(Field::new(
-            format!("{name}._snapshot_id"),
-            DataType::Int64,
-            true,
-        ));
-        columns.push(Arc::new(Int64Array::from(vec![snapshot_id; n])));
-        fields.push(Field::new(
-            format!("{name}._partition"),
-            DataType::Int32,
-            false,
-        ));
-        columns.push(Arc::new(Int32Array::from_iter_values(
-            partition_of.iter().map(|p| p.0 as i32),
-        )));
-        fields.push(Field::new(
-            format!("{name}._offset"),
-            DataType::Int64,
-            false,
-        ));
-        columns.push(Arc::new(Int64Array::from_iter_values(
-            instants.iter().map(|o| o.0),
-        )));
-        Ok((fields, columns))
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let nulls = RecordBatch::try_new(
+        relaxed.clone(),
+        relaxed
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), 1))
+            .collect(),
+    )
+    .map_err(|e| ReadError::Internal {
+        reason: format!("a null feature row: {e}"),
+    })?;
+    let mut sources = vec![nulls];
+    let mut picks = Vec::with_capacity(n);
+    for answer in answers {
+        match answer {
+            Some(row) => {
+                sources.push(conform(name, schema, &row)?);
+                picks.push((sources.len() - 1, 0));
+            }
+            None => picks.push((0, 0)),
+        }
     }
+    let features = finish(name, schema, &sources, &picks)?;
+    let mut fields: Vec<Field> = features
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            Field::new(format!("{name}.{}", f.name()), f.data_type().clone(), true)
+                .with_metadata(f.metadata().clone())
+        })
+        .collect();
+    let mut columns: Vec<ArrayRef> = features.columns().to_vec();
+    fields.push(Field::new(
+        format!("{name}._snapshot_id"),
+        DataType::Int64,
+        true,
+    ));
+    columns.push(Arc::new(Int64Array::from(snapshots)));
+    fields.push(Field::new(
+        format!("{name}._partition"),
+        DataType::Int32,
+        false,
+    ));
+    columns.push(Arc::new(Int32Array::from_iter_values(
+        partition_of.iter().map(|p| p.0 as i32),
+    )));
+    fields.push(Field::new(
+        format!("{name}._offset"),
+        DataType::Int64,
+        false,
+    ));
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        instants.iter().map(|o| o.0),
+    )));
+    Ok((fields, columns))
 }
 
 /// Each row's time in milliseconds since the epoch.
