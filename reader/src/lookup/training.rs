@@ -255,10 +255,10 @@ impl Reader {
         let latest = segment.iter().map(|&i| times[i]).max().unwrap_or(0);
         let from_time = ttl.map_or(earliest, |ttl| earliest.saturating_sub(ttl));
         let start = self
-            .resolve_ends(&loaded, &LookupAsOf::Timestamp(from_time), &partitions)
+            .resolve_ends(loaded, &LookupAsOf::Timestamp(from_time), &partitions)
             .await?;
         let end = self
-            .resolve_ends(&loaded, &LookupAsOf::Timestamp(latest), &partitions)
+            .resolve_ends(loaded, &LookupAsOf::Timestamp(latest), &partitions)
             .await?;
         let base = newest_covered_by(loaded.metadata(), &start);
         let from = base.as_ref().map(|(_, o)| o.clone()).unwrap_or_default();
