@@ -18,7 +18,9 @@
 //! is missing) or else from the index, reading the row from Parquet with a row selection (the
 //! file's footer and page index are cached). A lookup as of an instant (a time or changelog
 //! offsets) is exact to the record: the newest snapshot at or before the instant, read with the
-//! keys pushed down, plus the keys' changelog records between it and the instant ([`asof`]).
+//! keys pushed down, plus the keys' changelog records between it and the instant (`asof.rs`).
+//! Training sets (`training.rs`) join entity rows with feature columns as of each row's time
+//! by the same rule.
 //! The design and its freshness argument are in docs/reader.md.
 
 mod asof;
