@@ -377,6 +377,7 @@ async fn check_instants(
         if i % 2 == 0 {
             // A time: a record's own, one ms either side, before everything, far ahead.
             let t = match rng.below(10) {
+                0 if i % 4 == 0 => -5,
                 0 => 0,
                 1 => i64::MAX / 2,
                 _ => {

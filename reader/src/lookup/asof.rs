@@ -287,8 +287,10 @@ impl Reader {
                     end
                 }
                 LookupAsOf::Timestamp(ms) => {
+                    // Record times are never negative (Kafka reserves negative times for
+                    // "none"), and brokers refuse negative look-ups: before 0 is before all.
                     let after = changelog
-                        .offset_for_timestamp(topic, p, ms.saturating_add(1))
+                        .offset_for_timestamp(topic, p, ms.saturating_add(1).max(0))
                         .await?;
                     match after {
                         // The first retained record is already after the time, and older

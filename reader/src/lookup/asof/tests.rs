@@ -217,6 +217,8 @@ async fn a_record_stamped_before_an_earlier_later_stamped_one_counts_only_after_
         })
     };
     for (t, want) in [
+        (i64::MIN, None),
+        (-40, None),
         (9, None),
         (10, Some("a")),
         // "c" is stamped 20 but follows "b" (30): not before 30.
