@@ -458,7 +458,13 @@ fn row_times(entities: &RecordBatch, column: &str) -> ReadResult<Vec<i64>> {
     let ms: ArrayRef = match array.data_type() {
         DataType::Int64 => array.clone(),
         DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
-            let as_ms = cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None))
+            // Keep the zone: the values stay UTC instants (a cast to a zoneless type would
+            // shift them to wall-clock time).
+            let zone = match array.data_type() {
+                DataType::Timestamp(_, zone) => zone.clone(),
+                _ => None,
+            };
+            let as_ms = cast(array, &DataType::Timestamp(TimeUnit::Millisecond, zone))
                 .map_err(|e| bad(format!("column `{column}`: {e}")))?;
             let ts = as_ms
                 .as_any()
@@ -601,4 +607,39 @@ async fn replay(
         }
     }
     Ok(Replay { kept, rises, end })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{RecordBatch, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::row_times;
+
+    #[test]
+    fn row_times_are_utc_milliseconds_whatever_the_zone() {
+        for zone in [
+            None,
+            Some("+00:00"),
+            Some("America/New_York"),
+            Some("+05:30"),
+        ] {
+            let micros = TimestampMicrosecondArray::from(vec![1_700_000_000_123_456, -1_500])
+                .with_timezone_opt(zone);
+            let schema = Schema::new(vec![Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, zone.map(Arc::from)),
+                false,
+            )]);
+            let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(micros)]).unwrap();
+            // Microseconds to milliseconds truncate toward zero, as Arrow's cast does.
+            assert_eq!(
+                row_times(&batch, "at").unwrap(),
+                [1_700_000_000_123, -1],
+                "{zone:?}"
+            );
+        }
+    }
 }
