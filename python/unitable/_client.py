@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import os
@@ -102,6 +103,29 @@ def _millis(as_of: dt.datetime | int | None) -> int | None:
         as_of = as_of.replace(tzinfo=dt.timezone.utc)
     # Exact integer arithmetic: a float timestamp can land a millisecond early.
     return (as_of - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+# Entity bytes per TrainingSet request (the server takes messages up to 4 MiB).
+_ENTITY_BYTES = 3 << 20
+
+
+def _read_file(path: str, table: str | None) -> pa.Table:
+    """Entity rows from a Parquet, CSV or Arrow IPC file."""
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        return pq.read_table(path)
+    if lower.endswith(".csv"):
+        import pyarrow.csv as pcsv
+        return pcsv.read_csv(path)
+    if lower.endswith((".arrow", ".ipc", ".feather")):
+        import pyarrow.ipc as pipc
+        try:
+            return pipc.open_file(path).read_all()
+        except pa.ArrowInvalid:
+            return pipc.open_stream(path).read_all()
+    raise InvalidArgument(f"training set from {table}: {path} is not a .parquet, .csv or "
+                          ".arrow file", table=table, field="entities")
 
 
 def _is_rows_of_dicts(data: object) -> bool:
@@ -354,7 +378,7 @@ class Client:
         *,
         columns: Sequence[str] | None = None,
         snapshot_id: int | None = None,
-        as_of: dt.datetime | int | None = None,
+        as_of: dt.datetime | int | Mapping[int, int] | AsOf | None = None,
     ) -> LookupResult:
         """The current rows of the given primary keys, in key order.
 
@@ -364,13 +388,34 @@ class Client:
                 (``[1, 2]``), or a pyarrow Table/RecordBatch or pandas DataFrame with the key
                 columns. More than 10,000 keys are sent in several requests.
             columns: the columns to return (default all).
-            snapshot_id, as_of: look the keys up in that snapshot (or the one current at that
-                time) instead of the latest data. This scans the snapshot: it costs a full
-                read of the table.
+            snapshot_id: look the keys up in that snapshot alone.
+            as_of: the rows as they were at an instant, exact to the changelog record: a time
+                (a datetime, naive = UTC, or milliseconds since the epoch: every change
+                stamped at or before it, up to the first later-stamped change of its
+                partition), changelog offsets ``{partition: offset}`` (exclusive ends; every
+                partition a key lives in), or the ``AsOf`` of an earlier response (its
+                offsets). The result's ``as_of`` names the snapshot and the offsets served.
 
         Without `snapshot_id`/`as_of` the lookup reflects every write acknowledged before it.
         """
-        millis = _millis(as_of)
+        if snapshot_id is not None and as_of is not None:
+            raise InvalidArgument(
+                f"lookup in {table}: give snapshot_id or as_of, not both", table=table,
+                field="as_of")
+        millis: int | None = None
+        as_of_offsets: dict[int, int] | None = None
+        if isinstance(as_of, AsOf):
+            as_of_offsets = dict(as_of.offsets)
+        elif isinstance(as_of, Mapping):
+            as_of_offsets = {int(p): int(o) for p, o in as_of.items()}
+        elif as_of is not None and not isinstance(as_of, (dt.datetime, int)) \
+                or isinstance(as_of, bool):
+            raise InvalidArgument(
+                f"lookup in {table}: as_of must be a datetime, milliseconds, "
+                f"{{partition: offset}} or an AsOf, not {type(as_of).__name__}", table=table,
+                field="as_of")
+        else:
+            millis = _millis(as_of)
         cached_pk: list[str] | None = None
         key_list: list[Any] | None = None
         arrow_keys: pa.Table | None = None
@@ -421,6 +466,10 @@ class Client:
                 request.snapshot_id = snapshot_id
             if millis is not None:
                 request.as_of_timestamp_ms = millis
+            if as_of_offsets is not None:
+                request.as_of_offsets.extend(
+                    pb.PartitionOffset(partition=p, offset=o)
+                    for p, o in sorted(as_of_offsets.items()))
 
             def run(request: pb.ReadRequest = request) -> list[Any]:
                 return [self._t.reads.Lookup(request, metadata=self._t.metadata,
@@ -443,7 +492,14 @@ class Client:
                 raise
             for message in messages:
                 if message.HasField("as_of"):
-                    result_as_of = AsOf.from_pb(message.as_of)
+                    piece_as_of = AsOf.from_pb(message.as_of)
+                    if result_as_of is not None and as_of is not None:
+                        # As of an instant each piece reports its keys' partitions: the
+                        # instant is their union.
+                        piece_as_of = dataclasses.replace(
+                            piece_as_of,
+                            offsets={**result_as_of.offsets, **piece_as_of.offsets})
+                    result_as_of = piece_as_of
                 if message.WhichOneof("body") != "lookup":
                     continue
                 piece = read_ipc(message.lookup.arrow_ipc)
@@ -457,6 +513,86 @@ class Client:
         elif arrow_keys is not None:
             missing_keys = [arrow_keys.slice(i, 1).to_pylist()[0] for i in missing]
         return LookupResult(concat(schema, found), missing, missing_keys, result_as_of)
+
+    def training_set(
+        self,
+        entities: pa.Table | pa.RecordBatch | Any | str | os.PathLike[str],
+        features: Sequence[str],
+        *,
+        timestamp_column: str,
+        ttl: dt.timedelta | int | None = None,
+    ) -> pa.Table:
+        """Each entity row joined with feature columns as of the row's time, exact to the
+        changelog record: no value from after the row's time (a point-in-time training set).
+
+        Args:
+            entities: the rows: a pyarrow Table/RecordBatch, a pandas DataFrame, a list of
+                dicts, a path to a Parquet, CSV or Arrow IPC file, or a unitable table name
+                (``"ns.table"``, its rows now). They need every feature table's key columns
+                and the time column; other columns come back as they are.
+            features: ``"namespace.table.column"`` each.
+            timestamp_column: the rows' time column (a timestamp, or int64 milliseconds).
+            ttl: serve a value only if the change that set it is at most this old at the
+                row's time (a timedelta, or milliseconds).
+
+        Returns the entity rows in order, then per feature table its feature columns
+        (``"ns.table.column"``, null where the key had no live row at the row's time) and
+        ``"ns.table._snapshot_id"``, ``"ns.table._partition"``, ``"ns.table._offset"``: the
+        snapshot the values not changed after it came from and the row's instant (every
+        change of the key's partition below that offset counts).
+        """
+        first = features[0].rsplit(".", 1)[0] if features else None
+        if isinstance(features, str) or not features:
+            raise InvalidArgument(
+                "training set: give features as a list of \"namespace.table.column\"",
+                table=first, field="features")
+        rows: pa.Table
+        if isinstance(entities, pa.RecordBatch):
+            rows = pa.Table.from_batches([entities])
+        elif isinstance(entities, pa.Table):
+            rows = entities
+        elif is_dataframe(entities):
+            rows = pa.Table.from_pandas(entities, preserve_index=False)
+        elif isinstance(entities, (str, os.PathLike)):
+            path = os.fspath(entities)
+            if os.path.exists(path):
+                rows = _read_file(path, first)
+            elif re.fullmatch(r"[A-Za-z_][\w]*\.[A-Za-z_][\w]*", path):
+                rows = self.scan(path)
+            else:
+                raise InvalidArgument(
+                    f"training set from {first}: entities `{path}` is neither a file nor a "
+                    "table name", table=first, field="entities")
+        elif _is_rows_of_dicts(entities):
+            rows = pa.Table.from_pylist(list(entities))
+        else:
+            raise InvalidArgument(
+                f"training set from {first}: entities must be a pyarrow Table, DataFrame, list "
+                f"of dicts, file path or table name, not {type(entities).__name__}",
+                table=first, field="entities")
+        ttl_ms = None if ttl is None else (
+            ttl // dt.timedelta(milliseconds=1) if isinstance(ttl, dt.timedelta) else int(ttl))
+        # Requests stay under the server's 4 MiB message limit: the rows go in slices, each
+        # joined on its own (every row carries what served it), the results in order.
+        per_request = max(1, rows.num_rows * _ENTITY_BYTES // max(rows.nbytes, 1))
+        schema: pa.Schema | None = None
+        tables: list[pa.Table] = []
+        for start in range(0, max(rows.num_rows, 1), per_request):
+            request = pb.TrainingSetRequest(
+                entities=ipc_bytes(rows.slice(start, per_request)),
+                timestamp_column=timestamp_column, features=list(features))
+            if ttl_ms is not None:
+                request.ttl_ms = ttl_ms
+
+            def run(request: pb.TrainingSetRequest = request) -> list[pa.Table]:
+                return [read_ipc(m.arrow_ipc) for m in
+                        self._t.reads.TrainingSet(request, metadata=self._t.metadata)]
+
+            for piece in self._t.call(run, table=first, action="training set from"):
+                schema = schema or piece.schema
+                if piece.num_rows:
+                    tables.append(piece)
+        return concat(schema, tables)
 
     def subscribe(
         self,

@@ -60,6 +60,22 @@ pub enum ReadError {
         /// The low watermark.
         earliest: i64,
     },
+    /// A record-exact as-of read needs changelog records that retention removed, and no
+    /// retained snapshot covers them.
+    #[error(
+        "table `{table}` cannot be read as of {at}: changelog partition {partition} {reason}; \
+         read an earlier-kept instant, or a snapshot (snapshot_id) alone"
+    )]
+    AsOfUnavailable {
+        /// The table.
+        table: TableName,
+        /// The instant asked for, as the request gave it.
+        at: String,
+        /// The partition whose records are gone.
+        partition: u32,
+        /// What is missing.
+        reason: String,
+    },
     /// A SQL statement cannot be planned or run (DataFusion's message).
     #[error("{reason}")]
     Sql {
@@ -238,6 +254,7 @@ impl ReadError {
             ReadError::BadRequest { .. }
             | ReadError::SnapshotNotFound { .. }
             | ReadError::OffsetsRemoved { .. }
+            | ReadError::AsOfUnavailable { .. }
             | ReadError::Sql { .. }
             | ReadError::Internal { .. }
             | ReadError::InvalidKey { .. }

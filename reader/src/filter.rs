@@ -286,7 +286,7 @@ fn comparison(
 /// The Iceberg literal for `value` compared with a column of type `ty`, when it is exact.
 /// Floating point and decimals are left out: NaN ordering and scale rules differ between
 /// DataFusion and Iceberg's pruning, and pruning must never drop a matching row.
-fn datum(value: &ScalarValue, ty: &iceberg::spec::PrimitiveType) -> Option<Datum> {
+pub(crate) fn datum(value: &ScalarValue, ty: &iceberg::spec::PrimitiveType) -> Option<Datum> {
     use iceberg::spec::PrimitiveType as P;
     let int = |v: i64| -> Option<Datum> {
         match ty {

@@ -21,11 +21,30 @@ pub async fn as_of(
     offsets: PartitionOffsets,
     snapshot: Option<&SnapshotRef>,
 ) -> AsOf {
+    as_of_in(
+        changelog,
+        topic,
+        (0..partitions).map(PartitionId),
+        offsets,
+        snapshot,
+    )
+    .await
+}
+
+/// [`as_of`] with the lag measured over `partitions` only (a read that reflects some
+/// partitions of the table, such as a LOOKUP as of an instant, which reads only the
+/// partitions its keys live in).
+pub(crate) async fn as_of_in(
+    changelog: &dyn Changelog,
+    topic: &TopicName,
+    partitions: impl IntoIterator<Item = PartitionId>,
+    offsets: PartitionOffsets,
+    snapshot: Option<&SnapshotRef>,
+) -> AsOf {
     let now = chrono::Utc::now().timestamp_millis();
     let mut lag_records = 0;
     let mut oldest: Option<i64> = None;
-    for p in 0..partitions {
-        let partition = PartitionId(p);
+    for partition in partitions {
         let Ok(w) = changelog.watermarks(topic, partition).await else {
             continue;
         };

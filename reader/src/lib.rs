@@ -10,7 +10,9 @@
 //!   snapshot (its rows as inserts, then the changelog from its anchored offsets). Named
 //!   consumer groups ([`group`]) split the partitions among members and keep their positions.
 //! - LOOKUP ([`lookup`]): the latest rows of given keys, fresh, from an in-memory key index of
-//!   a base snapshot, the changelog tail and single Parquet pages.
+//!   a base snapshot, the changelog tail and single Parquet pages; or their rows as of a time
+//!   or changelog offsets, exact to the record; and training sets (entity rows joined with
+//!   feature columns as of each row's time).
 //! - SQL ([`sql`]): DataFusion over the tables a statement names, each pinned like a SNAPSHOT
 //!   or FRESH read.
 //!
@@ -34,7 +36,9 @@ mod tail;
 
 pub use error::{ReadError, ReadResult};
 pub use group::{GroupRead, GroupSettings, GroupStream};
-pub use lookup::{LookupKeys, LookupRequest, LookupResponse};
+pub use lookup::{
+    LookupAsOf, LookupKeys, LookupRequest, LookupResponse, TrainingSet, TrainingSetRequest,
+};
 pub use pinned::{BatchStream, Pinned};
 pub use snapshot::{FreshRead, ReadStream, SnapshotRead, SnapshotSelector};
 pub use sql::{Query, QueryMode, QueryStream};

@@ -73,6 +73,9 @@ pub enum Command {
     Sql(SqlArgs),
     /// Look rows up by primary key: the latest values, including writes not yet committed.
     Lookup(LookupArgs),
+    /// Join entity rows (keys and a time each) with feature columns as of each row's time,
+    /// exact to the changelog record: a point-in-time training set.
+    TrainingSet(TrainingSetArgs),
     /// Compact a table now: apply deletes, merge small files, expire snapshots, remove orphans.
     Compact(CompactArgs),
     /// Grant a privilege: `grant read|write|admin ON TABLE ns.t|NAMESPACE ns|ALL TO USER|GROUP
@@ -207,15 +210,48 @@ pub struct LookupArgs {
     /// Columns to return, in order (default: all).
     #[arg(long, value_delimiter = ',')]
     pub columns: Vec<String>,
-    /// Look up in this snapshot id instead of the latest data.
+    /// Look up in this snapshot id alone instead of the latest data.
     #[arg(long)]
     pub snapshot: Option<i64>,
-    /// Look up in the snapshot current at this time (RFC 3339, e.g. 2024-05-01T09:30:00Z).
+    /// Look up the rows as they were at this time, exact to the changelog record (RFC 3339,
+    /// e.g. 2024-05-01T09:30:00.250Z, or milliseconds since the epoch).
     #[arg(long)]
     pub as_of: Option<String>,
+    /// Look up the rows as they were at these changelog positions (exclusive end offsets,
+    /// `PARTITION:OFFSET,...` such as `0:120,1:98`; every partition a key lives in).
+    #[arg(long)]
+    pub as_of_offsets: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = LookupFormat::Jsonl)]
     pub format: LookupFormat,
+}
+
+/// `unitable training-set` flags.
+#[derive(Debug, Args)]
+pub struct TrainingSetArgs {
+    /// Entity rows from a file: Parquet (.parquet), CSV with a header (.csv) or Arrow IPC
+    /// (.arrow, .ipc), with the feature tables' key columns and the time column.
+    #[arg(long)]
+    pub entities: Option<String>,
+    /// Entity rows from a unitable table instead (its rows now).
+    #[arg(long)]
+    pub entities_table: Option<String>,
+    /// The entity rows' time column: int64 milliseconds since the epoch, or a timestamp.
+    #[arg(long)]
+    pub timestamp_column: String,
+    /// A feature as NAMESPACE.TABLE.COLUMN (repeatable).
+    #[arg(long = "feature", required = true)]
+    pub features: Vec<String>,
+    /// Serve a value only if the change that set it is at most this old at the row's time
+    /// (e.g. 1h).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ScanFormat::Jsonl)]
+    pub format: ScanFormat,
+    /// Write to this file instead of standard output (required for parquet).
+    #[arg(long)]
+    pub output: Option<String>,
 }
 
 /// Output formats of `unitable lookup`.
@@ -824,6 +860,7 @@ async fn run_client(conn: &client::Connection, command: Command) -> ExitCode {
         Command::Subscribe(args) => client::subscribe::run(conn, args).await,
         Command::Sql(args) => client::sql::run(conn, args).await,
         Command::Lookup(args) => client::lookup::run(conn, args).await,
+        Command::TrainingSet(args) => client::training::run(conn, args).await,
         Command::Compact(args) => client::compact::run(conn, args).await,
         Command::Grant(args) => client::access::run(conn, AccessCommand::Grant(args.words)).await,
         Command::Revoke(args) => client::access::run(conn, AccessCommand::Revoke(args.words)).await,

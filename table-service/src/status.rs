@@ -78,7 +78,9 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
         }
         ReadError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
         ReadError::Sql { .. } => (Code::InvalidArgument, Level::Debug),
-        ReadError::OffsetsRemoved { .. } => (Code::OutOfRange, Level::Debug),
+        ReadError::OffsetsRemoved { .. } | ReadError::AsOfUnavailable { .. } => {
+            (Code::OutOfRange, Level::Debug)
+        }
         ReadError::TailTooLong { .. }
         | ReadError::QueryMemory { .. }
         | ReadError::LookupMemory { .. } => (Code::ResourceExhausted, Level::Warn),

@@ -461,6 +461,202 @@ def test_subscribe_reads_every_change_and_resumes(client):
     assert TABLE in str(bad_partition.value)
 
 
+def test_lookup_as_of_an_instant_matches_a_changelog_replay(client):
+    """lookup(as_of=...) with a time, offsets and an earlier AsOf equals a replay of the
+    changelog (read with subscribe) up to that instant; bad instants raise InvalidArgument
+    naming the table and the field."""
+    name = "sdk.asof"
+    client.tables.create(name, ["id:int64!", "v:string"], primary_key=["id"], buckets=3)
+    rng = random.Random(5)
+    for step in range(8):
+        rows = [{"id": rng.randint(0, 40), "v": f"a{step}-{i}"} for i in range(12)]
+        client.write(name, rows, wait="snapshot" if step % 3 == 1 else "changelog")
+        client.delete(name, [{"id": rng.randint(0, 40)} for _ in range(3)])
+    with client.subscribe(name, follow=False) as sub:
+        changes = changes_of(sub)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
+    log: dict[int, list[tuple[int, int, str, Any]]] = {}
+    for c in sorted(changes, key=lambda c: (c["_partition"], c["_offset"])):
+        ms = (c["_timestamp"] - epoch) // dt.timedelta(milliseconds=1)
+        log.setdefault(c["_partition"], []).append((c["_offset"], ms, c["_op"], c))
+
+    def replay(ends: dict[int, int]) -> dict[int, dict[str, Any]]:
+        state: dict[int, dict[str, Any]] = {}
+        for p, records in log.items():
+            for offset, _, op, c in records:
+                if offset >= ends.get(p, 0):
+                    break
+                if op == "delete":
+                    state.pop(c["id"], None)
+                else:
+                    state[c["id"]] = {"id": c["id"], "v": c["v"]}
+        return state
+
+    def ends_at(ms: int) -> dict[int, int]:
+        # Each partition up to its first change stamped after the time.
+        return {p: next((o for o, t, _, _ in records if t > ms), len(records))
+                for p, records in log.items()}
+
+    def check(found, ends: dict[int, int], keys: list[int]) -> None:
+        state = replay(ends)
+        assert found.to_pylist() == [state[k] for k in keys if k in state]
+        assert found.missing == [i for i, k in enumerate(keys) if k not in state]
+        partitions = {p for p in found.as_of.offsets}
+        assert found.as_of.offsets == {p: ends[p] for p in partitions}
+
+    keys = list(range(45))
+    times = sorted(t for records in log.values() for _, t, _, _ in records)
+    for t in [times[0] - 1, times[len(times) // 3], times[-1] - 1, times[-1]]:
+        when = epoch + dt.timedelta(milliseconds=t)
+        check(client.lookup(name, keys, as_of=when), ends_at(t), keys)
+        check(client.lookup(name, keys, as_of=t), ends_at(t), keys)
+    heads = {p: len(records) for p, records in log.items()}
+    for _ in range(6):
+        ends = {p: rng.randint(0, h) for p, h in heads.items()}
+        found = client.lookup(name, keys, as_of=ends)
+        check(found, ends, keys)
+        # The AsOf of an answer names its instant: asking again gives the same rows.
+        again = client.lookup(name, keys, as_of=found.as_of)
+        assert again.to_pylist() == found.to_pylist() and again.missing == found.missing
+
+    # More keys than one request takes: every piece at the same instant, offsets united.
+    many = list(range(-10_500, 45))
+    ends = {p: rng.randint(0, h) for p, h in heads.items()}
+    split = client.lookup(name, many, as_of=ends)
+    check(split, ends, many)
+    assert split.as_of.offsets == ends
+
+    with pytest.raises(unitable.InvalidArgument) as missing_partition:
+        client.lookup(name, keys, as_of={0: 0})
+    assert (missing_partition.value.table, missing_partition.value.field) == \
+        (name, "as_of_offsets")
+    assert name in str(missing_partition.value)
+    with pytest.raises(unitable.InvalidArgument) as past:
+        client.lookup(name, [1], as_of={p: h + 10 for p, h in heads.items()})
+    assert (past.value.table, past.value.field) == (name, "as_of_offsets")
+    with pytest.raises(unitable.InvalidArgument) as both:
+        client.lookup(name, [1], snapshot_id=1, as_of=0)
+    assert (both.value.table, both.value.field) == (name, "as_of")
+    with pytest.raises(unitable.InvalidArgument) as wrong_type:
+        client.lookup(name, [1], as_of="yesterday")  # type: ignore[arg-type]
+    assert (wrong_type.value.table, wrong_type.value.field) == (name, "as_of")
+
+
+def test_lookup_as_of_with_a_composite_key_reads_the_snapshot_by_key(client):
+    """A composite key (string, int) as of the heads: keys last changed before the snapshot
+    come from the key-filtered snapshot read, the others from the changelog; the answer equals
+    a fresh lookup."""
+    name = "sdk.asof2"
+    client.tables.create(name, ["region:string!", "id:int64!", "v:string"],
+                         primary_key=["region", "id"], buckets=2)
+    rng = random.Random(3)
+    keys = [{"region": r, "id": i} for r in ["eu", "us", "näh \"q\""] for i in range(15)]
+    client.write(name, [{**k, "v": f"first-{k['id']}"} for k in keys], wait="snapshot")
+    after_first = client.read(name, mode="fresh").as_of
+    client.write(name, [{**k, "v": f"then-{k['id']}"} for k in rng.sample(keys, 10)])
+    client.delete(name, rng.sample(keys, 5))
+    asked = keys + [{"region": "eu", "id": 99}]
+    first = client.read(name, mode="fresh").as_of
+    # No lookup has built a key index for the table yet: the snapshot part is a scan.
+    as_of = client.lookup(name, asked, as_of=first.offsets)
+    fresh = client.lookup(name, asked)
+    assert as_of.to_pylist() == fresh.to_pylist() and as_of.missing == fresh.missing
+    assert as_of.as_of.snapshot_id is not None
+    # As of the end of the first write (which its snapshot covers): every key as first
+    # written.
+    old = client.lookup(name, keys, as_of=after_first)
+    assert [r["v"] for r in old.to_pylist()] == [f"first-{k['id']}" for k in keys]
+
+
+def test_training_set_matches_a_changelog_replay(client, tmp_path):
+    """training_set joins entity rows (dicts, a Parquet file, a unitable table) with features
+    as of each row's time, equal to a replay of the changelog; with a TTL older values are
+    null; errors name the table and field."""
+    name = "sdk.feat"
+    client.tables.create(name, ["id:int64!", "v:string", "n:int64"], primary_key=["id"],
+                         buckets=3)
+    rng = random.Random(9)
+    for step in range(8):
+        rows = [{"id": rng.randint(0, 30), "v": f"f{step}-{i}", "n": i} for i in range(10)]
+        client.write(name, rows, wait="snapshot" if step % 3 == 1 else "changelog")
+        client.delete(name, [{"id": rng.randint(0, 30)} for _ in range(2)])
+    with client.subscribe(name, follow=False) as sub:
+        changes = changes_of(sub)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
+    log: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
+    for c in sorted(changes, key=lambda c: (c["_partition"], c["_offset"])):
+        ms = (c["_timestamp"] - epoch) // dt.timedelta(milliseconds=1)
+        log.setdefault(c["_partition"], []).append((ms, c["_op"], c))
+    part_of = {c["id"]: c["_partition"] for c in changes}
+
+    def want(key: int, t: int, ttl: int | None) -> tuple[Any, Any, int | None]:
+        """(v, n, end offset) of `key` at time `t`; the offset None when the key is unknown."""
+        p = part_of.get(key)
+        if p is None:
+            return None, None, None
+        records = log[p]
+        end = next((i for i, (ts, _, _) in enumerate(records) if ts > t), len(records))
+        last = next((r for r in reversed(records[:end]) if r[2]["id"] == key), None)
+        if last is None or last[1] == "delete" or (ttl is not None and last[0] <= t - ttl):
+            return None, None, end
+        return last[2]["v"], last[2]["n"], end
+
+    times = sorted(ts for records in log.values() for ts, _, _ in records)
+    entity = [{"id": rng.randint(0, 33),
+               "at": epoch + dt.timedelta(milliseconds=rng.choice(times) + rng.randint(-1, 1)),
+               "label": i} for i in range(300)]
+    entity[0]["at"] = epoch
+
+    def check(got: pa.Table, ttl: int | None) -> None:
+        assert got.column("label").to_pylist() == list(range(300))
+        for row in got.to_pylist():
+            t = (row["at"] - epoch) // dt.timedelta(milliseconds=1)
+            v, n, end = want(row["id"], t, ttl)
+            assert (row[f"{name}.v"], row[f"{name}.n"]) == (v, n), row
+            if end is not None:
+                assert row[f"{name}._offset"] == end and row[f"{name}._partition"] == \
+                    part_of[row["id"]]
+
+    features = [f"{name}.v", f"{name}.n"]
+    check(client.training_set(entity, features, timestamp_column="at"), None)
+    check(client.training_set(entity, features, timestamp_column="at", ttl=30), 30)
+    path = tmp_path / "entities.parquet"
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(entity), path)
+    check(client.training_set(path, features, timestamp_column="at",
+                              ttl=dt.timedelta(milliseconds=30)), 30)
+    client.tables.create("sdk.labels", ["id:int64!", "at:timestamptz", "label:int64!"],
+                         primary_key=["label"])
+    client.write("sdk.labels", entity)
+    from_table = client.training_set("sdk.labels", features, timestamp_column="at")
+    check(from_table.sort_by("label"), None)
+
+    # More rows than one request carries: sent in slices, the same answers in order.
+    small = client.training_set(entity, features, timestamp_column="at")
+    copies = 700
+    big_rows = pa.concat_tables([pa.Table.from_pylist(entity)] * copies)
+    big_rows = big_rows.set_column(big_rows.schema.get_field_index("label"), "label",
+                                   pa.array(range(big_rows.num_rows), pa.int64()))
+    assert big_rows.nbytes > 4 << 20
+    big = client.training_set(big_rows, features, timestamp_column="at")
+    assert big.num_rows == big_rows.num_rows
+    assert big.column("label").to_pylist() == list(range(big_rows.num_rows))
+    for column in [f"{name}.v", f"{name}.n", f"{name}._offset"]:
+        assert big.column(column).combine_chunks().equals(
+            pa.concat_arrays([small.column(column).combine_chunks()] * copies))
+
+    with pytest.raises(unitable.InvalidArgument) as no_time:
+        client.training_set(entity, features, timestamp_column="when")
+    assert (no_time.value.field, no_time.value.table) == ("timestamp_column", name)
+    with pytest.raises(unitable.InvalidArgument) as no_key:
+        client.training_set([{"k": 1, "at": epoch}], features, timestamp_column="at")
+    assert (no_key.value.field, no_key.value.table) == ("id", name)
+    assert name in str(no_key.value)
+    with pytest.raises(unitable.TableNotFound) as missing:
+        client.training_set(entity, ["sdk.nope.v"], timestamp_column="at")
+    assert missing.value.table == "sdk.nope"
+
+
 def test_errors_name_the_table(client):
     missing = "sdk.nope"
     calls = {

@@ -263,8 +263,7 @@ async fn lookups_match_a_model_through_writes_commits_and_restarts() -> Result<(
         .collect();
     ensure!(got == want, "projection: {got:?} vs {want:?}");
 
-    // In a snapshot: after a write that waited for its commit, the snapshot current now holds
-    // the model.
+    // As of a time just after a write that waited for its commit: the model.
     random_writes(&mut writer, &mut model, &mut rng, 1000, true).await?;
     let keys: Vec<i64> = (0..KEYS).collect();
     let mut request = lookup_request(&keys, &[]);
@@ -287,13 +286,23 @@ async fn lookups_match_a_model_through_writes_commits_and_restarts() -> Result<(
         .collect();
     ensure!(missing == want_missing, "as-of lookup missing {missing:?}");
     ensure!(as_of.snapshot_id.is_some());
-    // Before the first commit there is no snapshot.
-    let mut request = lookup_request(&[1], &[]);
+    // Before the first record every key is missing (as of a time is exact to the record;
+    // tests/tests/reader_asof.rs checks many instants against a changelog replay).
+    let mut request = lookup_request(&[1, 2], &[]);
     request.as_of_timestamp_ms = Some(1);
+    let (batches, missing, as_of) = lookup(&mut reader, request).await?;
+    ensure!(
+        rows(&batches)?.is_empty() && missing == [0, 1],
+        "as of 1970: {missing:?}"
+    );
+    ensure!(as_of.snapshot_id.is_none(), "as of 1970: {as_of:?}");
+    // A snapshot id that does not exist is NOT_FOUND.
+    let mut request = lookup_request(&[1], &[]);
+    request.snapshot_id = Some(1);
     let e = lookup(&mut reader, request)
         .await
         .err()
-        .context("as of 1970")?;
+        .context("snapshot 1")?;
     ensure!(e.code() == Code::NotFound, "{e:?}");
     Ok(())
 }

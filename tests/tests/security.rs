@@ -310,6 +310,8 @@ enum Op {
     Lookup,
     /// The unary `Lookup` RPC.
     UnaryLookup,
+    /// `TrainingSet` with a feature of the table.
+    TrainingSet,
     Query,
     Compact,
     DropTable,
@@ -324,6 +326,7 @@ impl Op {
             | Op::Fresh
             | Op::Lookup
             | Op::UnaryLookup
+            | Op::TrainingSet
             | Op::Query => 1,
             Op::Write | Op::WriteStream => 2,
             Op::CreateTable | Op::AddColumn | Op::Compact | Op::DropTable => 3,
@@ -387,6 +390,42 @@ impl Op {
                 .lookup(read_request(table, ReadMode::Lookup))
                 .await
                 .map(|_| ()),
+            Op::TrainingSet => {
+                let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+                    arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
+                    arrow::datatypes::Field::new("at", arrow::datatypes::DataType::Int64, false),
+                ]));
+                let batch = arrow::array::RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        std::sync::Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
+                        std::sync::Arc::new(arrow::array::Int64Array::from(vec![0, i64::MAX / 4])),
+                    ],
+                )
+                .map_err(|e| Status::internal(e.to_string()))?;
+                let mut ipc = Vec::new();
+                {
+                    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    w.write(&batch)
+                        .and_then(|()| w.finish())
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                }
+                let mut stream = caller
+                    .reader()
+                    .training_set(unitable_proto::v1::TrainingSetRequest {
+                        entities: ipc,
+                        timestamp_column: "at".into(),
+                        features: vec![format!("{table}.v")],
+                        ttl_ms: None,
+                    })
+                    .await?
+                    .into_inner();
+                while let Some(message) = stream.next().await {
+                    message?;
+                }
+                Ok(())
+            }
             Op::Query => sql(caller, &format!("SELECT count(*) FROM {table}"))
                 .await
                 .map(|_| ()),
@@ -450,6 +489,7 @@ async fn every_rpc_and_read_mode_needs_its_grant() -> Result<()> {
         Op::Fresh,
         Op::Lookup,
         Op::UnaryLookup,
+        Op::TrainingSet,
         Op::Query,
         Op::Compact,
         Op::DropTable,
@@ -521,6 +561,7 @@ async fn calls_without_valid_credentials_are_unauthenticated() -> Result<()> {
             Op::Write,
             Op::Snapshot,
             Op::UnaryLookup,
+            Op::TrainingSet,
             Op::Query,
             Op::Compact,
         ] {

@@ -16,18 +16,25 @@
 //! A lookup reads the high watermark of each partition its keys live in, waits until the
 //! followers have applied everything below it, then answers each key from the tail (a delete
 //! is missing) or else from the index, reading the row from Parquet with a row selection (the
-//! file's footer and page index are cached). A lookup `as_of` a time reads the snapshot current
-//! then with a scan filtered by key (snapshot granularity; a full scan of that snapshot).
+//! file's footer and page index are cached). A lookup as of an instant (a time or changelog
+//! offsets) is exact to the record: the newest snapshot at or before the instant, read with the
+//! keys pushed down, plus the keys' changelog records between it and the instant (`asof.rs`).
+//! Training sets (`training.rs`) join entity rows with feature columns as of each row's time
+//! by the same rule.
 //! The design and its freshness argument are in docs/reader.md.
 
+mod asof;
 mod index;
 mod keys;
 mod rows;
 mod state;
 pub(crate) mod tail;
+mod training;
 
+pub use asof::LookupAsOf;
 pub use keys::{LookupKeys, MAX_KEYS};
 pub use rows::DEFAULT_BLOCK_CACHE_BYTES;
+pub use training::{MAX_ENTITY_ROWS, TrainingSet, TrainingSetRequest};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -36,21 +43,14 @@ use std::time::Duration;
 
 use arrow::array::{RecordBatch, new_null_array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use bytes::Bytes;
-use futures::TryStreamExt;
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use tokio::sync::Mutex;
-use unitable_core::commit::read::snapshot_as_of;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
 use unitable_core::record::RecordCodec;
-use unitable_core::scan::{ScanOptions, read_scan};
-use unitable_core::table::TableDef;
 
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
-use crate::freshness::as_of;
-use crate::snapshot::SnapshotSelector;
 use state::{Found, TableLookup};
 
 /// A LOOKUP read.
@@ -62,9 +62,9 @@ pub struct LookupRequest {
     pub keys: LookupKeys,
     /// Columns to return, in this order; empty = all.
     pub columns: Vec<String>,
-    /// `None`: fresh (every acknowledged write). Otherwise look the keys up in this snapshot
-    /// alone (snapshot granularity).
-    pub snapshot: Option<SnapshotSelector>,
+    /// `None`: fresh (every acknowledged write). Otherwise the instant to answer as of: a
+    /// time or changelog offsets (exact to the record), or one snapshot alone.
+    pub as_of: Option<LookupAsOf>,
 }
 
 /// The answer to a LOOKUP.
@@ -214,8 +214,8 @@ impl Reader {
     /// Answers a LOOKUP.
     pub async fn lookup(&self, request: &LookupRequest) -> ReadResult<LookupResponse> {
         let started = std::time::Instant::now();
-        let answer = if let Some(selector) = request.snapshot {
-            self.lookup_in_snapshot(request, selector).await
+        let answer = if let Some(at) = &request.as_of {
+            self.lookup_as_of(request, at).await
         } else {
             self.lookup_fresh(request).await
         };
@@ -290,114 +290,20 @@ impl Reader {
         Ok((slot, state))
     }
 
+    /// The lookup state of `table` if one is built, usable and not being built right now (none
+    /// is built for the caller).
+    fn existing_lookup_state(&self, table: &TableName) -> Option<Arc<TableLookup>> {
+        let slot = self.lookups.slots().get(table).cloned()?;
+        let held = slot.state.try_lock().ok()?;
+        held.as_ref().filter(|s| s.is_valid()).cloned()
+    }
+
     /// Keys and bytes of the lookup index of `table`, if one is built (for metrics and
     /// benchmarks).
     pub async fn lookup_index_size(&self, table: &TableName) -> Option<(usize, usize)> {
         let slot = self.lookups.slots().get(table).cloned()?;
         let held = slot.state.lock().await;
         held.as_ref().map(|s| s.index_size())
-    }
-
-    /// A lookup in one snapshot: a scan of that snapshot keeping the asked-for keys.
-    async fn lookup_in_snapshot(
-        &self,
-        request: &LookupRequest,
-        selector: SnapshotSelector,
-    ) -> ReadResult<LookupResponse> {
-        let table = self.catalog.load(&request.table).await?;
-        let metadata = table.metadata();
-        let def = TableDef::from_iceberg(request.table.clone(), metadata)?;
-        if def.is_append_only() {
-            return Err(ReadError::BadRequest {
-                reason: format!(
-                    "table `{}` has no primary key, so it has no rows by key",
-                    request.table
-                ),
-            });
-        }
-        let codec = RecordCodec::new(
-            &def,
-            &metadata.uuid().to_string(),
-            metadata.current_schema_id(),
-        )?;
-        let keys = keys::canonical_keys(&codec, &request.keys)?;
-        let not_found = |what: String| ReadError::SnapshotNotFound {
-            table: request.table.clone(),
-            what,
-        };
-        let snapshot = match selector {
-            SnapshotSelector::Latest => metadata
-                .current_snapshot()
-                .cloned()
-                .ok_or_else(|| not_found("yet (nothing committed)".into()))?,
-            SnapshotSelector::Id(id) => metadata
-                .snapshot_by_id(id)
-                .cloned()
-                .ok_or_else(|| not_found(format!("with id {id} (expired or never committed)")))?,
-            SnapshotSelector::AsOf(ms) => snapshot_as_of(metadata, ms).ok_or_else(|| {
-                let at = chrono::DateTime::from_timestamp_millis(ms)
-                    .map_or_else(|| ms.to_string(), |t| t.to_rfc3339());
-                not_found(format!("as of {at} (before its first commit, or expired)"))
-            })?,
-        };
-        let out_schema = output_schema(&request.table, &codec, &request.columns)?;
-        let mut select: Vec<String> = def.primary_key.clone();
-        for f in out_schema.fields() {
-            if !select.contains(f.name()) {
-                select.push(f.name().clone());
-            }
-        }
-        let wanted: HashMap<&Bytes, ()> = keys.iter().map(|k| (k, ())).collect();
-        let mut found: HashMap<Bytes, RecordBatch> = HashMap::new();
-        let scan = table
-            .scan()
-            .snapshot_id(snapshot.snapshot_id())
-            .select(select.iter().map(String::as_str))
-            .build()
-            .map_err(|e| ReadError::iceberg("plan the scan", e))?;
-        let mut stream = read_scan(&table, &scan, ScanOptions::default())
-            .await
-            .map_err(|e| ReadError::iceberg("start the scan", e))?;
-        while let Some(batch) = stream
-            .try_next()
-            .await
-            .map_err(|e| ReadError::iceberg("read data files", e))?
-        {
-            let key_batch = batch
-                .project(&(0..def.primary_key.len()).collect::<Vec<_>>())
-                .map_err(|e| ReadError::LookupState {
-                    table: request.table.clone(),
-                    reason: format!("project the key columns: {e}"),
-                })?;
-            let (encoded, _) =
-                codec
-                    .encode_keys(&key_batch)
-                    .map_err(|e| ReadError::LookupState {
-                        table: request.table.clone(),
-                        reason: format!("key columns of the snapshot: {e}"),
-                    })?;
-            for key in encoded {
-                if wanted.contains_key(&key.key) {
-                    found.insert(key.key, batch.slice(key.row, 1));
-                }
-            }
-        }
-        let answers: Vec<Option<RecordBatch>> =
-            keys.iter().map(|k| found.get(k).cloned()).collect();
-        let rows = assemble(&request.table, &out_schema, answers)?;
-        let as_of = as_of(
-            self.changelog.as_ref(),
-            &def.changelog.topic,
-            def.changelog.partitions,
-            unitable_core::commit::read::anchored_offsets(metadata, snapshot.snapshot_id()),
-            Some(&snapshot),
-        )
-        .await;
-        Ok(LookupResponse {
-            as_of,
-            rows: rows.0,
-            missing: rows.1,
-        })
     }
 }
 
@@ -513,6 +419,44 @@ fn finish(
     })
 }
 
+/// Rows of the base's data files at `locations` (file, position), conformed to `schema`, with
+/// one read per file: the batches read, and where each location's row is in them.
+async fn read_located(
+    state: &TableLookup,
+    table: &TableName,
+    schema: &SchemaRef,
+    locations: impl Iterator<Item = state::RowAt>,
+) -> ReadResult<(Vec<RecordBatch>, HashMap<state::RowAt, (usize, usize)>)> {
+    let mut by_file: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
+    for (path, pos) in locations {
+        by_file.entry(path).or_default().push(pos);
+    }
+    let field_ids: Vec<i32> = schema
+        .fields()
+        .iter()
+        .filter_map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
+        .collect();
+    let reads = by_file.into_iter().map(|(path, mut positions)| {
+        let field_ids = &field_ids;
+        async move {
+            positions.sort_unstable();
+            positions.dedup();
+            let batch = state.files.read_rows(&path, &positions, field_ids).await?;
+            Ok::<_, ReadError>((path, positions, batch))
+        }
+    });
+    let read = futures::future::try_join_all(reads).await?;
+    let mut sources: Vec<RecordBatch> = Vec::with_capacity(read.len());
+    let mut at: HashMap<state::RowAt, (usize, usize)> = HashMap::new();
+    for (path, positions, batch) in read {
+        sources.push(conform(table, schema, &batch)?);
+        for (row, pos) in positions.into_iter().enumerate() {
+            at.insert((path.clone(), pos), (sources.len() - 1, row));
+        }
+    }
+    Ok((sources, at))
+}
+
 /// A FRESH lookup on `state`.
 async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResult<LookupResponse> {
     let keys = keys::canonical_keys(&state.codec, &request.keys)?;
@@ -561,35 +505,11 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
     }
 
     // Rows from the base: one read per file, positions ascending and distinct.
-    let mut by_file: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
-    for f in &found {
-        if let Found::Row(path, pos) = f {
-            by_file.entry(path.clone()).or_default().push(*pos);
-        }
-    }
-    let field_ids: Vec<i32> = schema
-        .fields()
-        .iter()
-        .filter_map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
-        .collect();
-    let reads = by_file.into_iter().map(|(path, mut positions)| {
-        let field_ids = &field_ids;
-        async move {
-            positions.sort_unstable();
-            positions.dedup();
-            let batch = state.files.read_rows(&path, &positions, field_ids).await?;
-            Ok::<_, ReadError>((path, positions, batch))
-        }
+    let located = found.iter().filter_map(|f| match f {
+        Found::Row(path, pos) => Some((path.clone(), *pos)),
+        Found::Tail(_) | Found::Missing => None,
     });
-    let read = futures::future::try_join_all(reads).await?;
-    let mut sources: Vec<RecordBatch> = Vec::with_capacity(read.len() + keys.len());
-    let mut at: HashMap<(Arc<str>, u32), (usize, usize)> = HashMap::new();
-    for (path, positions, batch) in read {
-        sources.push(conform(&request.table, &schema, &batch)?);
-        for (row, pos) in positions.into_iter().enumerate() {
-            at.insert((path.clone(), pos), (sources.len() - 1, row));
-        }
-    }
+    let (mut sources, at) = read_located(state, &request.table, &schema, located).await?;
     let mut picks = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
     for (i, f) in found.into_iter().enumerate() {

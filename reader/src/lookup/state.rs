@@ -74,6 +74,9 @@ impl Base {
     }
 }
 
+/// A row of a data file: its path and position.
+pub(crate) type RowAt = (Arc<str>, u32);
+
 /// Where a requested key's answer comes from.
 #[derive(Debug)]
 pub(crate) enum Found {
@@ -250,6 +253,26 @@ impl TableLookup {
             }
         }
         Ok(out)
+    }
+
+    /// The base snapshot's row of each key, from the index alone (the tail is not consulted):
+    /// `None` when the base is no longer snapshot `snapshot_id` (it moved on) or an entry
+    /// points into a file that left the base. The index holds exactly the base's live keys
+    /// under the read lock, so this is a key lookup in that snapshot.
+    pub(crate) fn base_rows(&self, snapshot_id: i64, keys: &[Bytes]) -> Option<Vec<Option<RowAt>>> {
+        let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+        if base.snapshot.as_ref().map(|s| s.snapshot_id()) != Some(snapshot_id) {
+            return None;
+        }
+        keys.iter()
+            .map(|key| match base.index.get(key) {
+                None => Some(None),
+                Some(RowLocation { file, pos }) if !base.files.gone.contains(&file) => {
+                    Some(Some((base.files.paths[file as usize].clone(), pos)))
+                }
+                Some(_) => None,
+            })
+            .collect()
     }
 
     /// Checks the catalog and re-bases onto a newer snapshot.

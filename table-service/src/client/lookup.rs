@@ -1,12 +1,14 @@
 //! `unitable lookup NS.TABLE --key JSON [--key JSON ...] [--keys-file PATH] [--columns a,b]
-//! [--snapshot ID | --as-of RFC3339] [--format jsonl]`: the latest rows of the given keys.
+//! [--snapshot ID | --as-of TIME | --as-of-offsets P:O,...] [--format jsonl]`: the latest rows of
+//! the given keys, or their rows as of a snapshot, a time or changelog offsets.
 
 use std::io::{Cursor, Read, Write};
 use std::process::ExitCode;
 
 use arrow::ipc::reader::StreamReader;
+use unitable_core::offsets::PartitionOffsets;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
-use unitable_proto::v1::{ReadMode, ReadRequest, RowFormat, read_response};
+use unitable_proto::v1::{PartitionOffset, ReadMode, ReadRequest, RowFormat, read_response};
 
 use super::{ClientError, Connection};
 use crate::cli::{LookupArgs, LookupFormat};
@@ -55,20 +57,30 @@ fn key_lines(args: &LookupArgs) -> Result<Vec<String>, ClientError> {
 
 async fn run_inner(conn: &Connection, args: LookupArgs) -> Result<(), ClientError> {
     let server = conn.server.as_str();
-    if args.snapshot.is_some() && args.as_of.is_some() {
-        return Err(ClientError::new("give --snapshot or --as-of, not both"));
+    let given = usize::from(args.snapshot.is_some())
+        + usize::from(args.as_of.is_some())
+        + usize::from(args.as_of_offsets.is_some());
+    if given > 1 {
+        return Err(ClientError::new(
+            "give at most one of --snapshot, --as-of and --as-of-offsets",
+        ));
     }
-    let as_of_ms = match &args.as_of {
-        None => None,
-        Some(text) => Some(
-            chrono::DateTime::parse_from_rfc3339(text)
-                .map_err(|e| {
-                    ClientError::new(format!(
-                        "--as-of `{text}` is not an RFC 3339 time ({e}); e.g. 2024-05-01T09:30:00Z"
-                    ))
-                })?
-                .timestamp_millis(),
-        ),
+    let as_of_ms = args.as_of.as_deref().map(parse_time).transpose()?;
+    let as_of_offsets = match &args.as_of_offsets {
+        None => Vec::new(),
+        Some(text) => {
+            let offsets: PartitionOffsets = text
+                .parse()
+                .map_err(|e| ClientError::new(format!("--as-of-offsets: {e}")))?;
+            offsets
+                .0
+                .iter()
+                .map(|(p, o)| PartitionOffset {
+                    partition: p.0,
+                    offset: o.0,
+                })
+                .collect()
+        }
     };
     let lines = key_lines(&args)?;
     let mut client =
@@ -80,6 +92,7 @@ async fn run_inner(conn: &Connection, args: LookupArgs) -> Result<(), ClientErro
             columns: args.columns.clone(),
             snapshot_id: args.snapshot,
             as_of_timestamp_ms: as_of_ms,
+            as_of_offsets,
             keys: lines.join("\n").into_bytes(),
             keys_format: RowFormat::JsonLines as i32,
             ..ReadRequest::default()
@@ -101,6 +114,24 @@ async fn run_inner(conn: &Connection, args: LookupArgs) -> Result<(), ClientErro
                 .map_err(|e| ClientError::new(format!("cannot write rows: {e}")))?;
         }
         let mut stderr = std::io::stderr().lock();
+        if given > 0
+            && let Some(as_of) = &response.as_of
+        {
+            let offsets: Vec<String> = as_of
+                .offsets
+                .iter()
+                .map(|o| format!("{}:{}", o.partition, o.offset))
+                .collect();
+            let snapshot = as_of
+                .snapshot_id
+                .map_or_else(|| "none".to_string(), |s| s.to_string());
+            // A closed stderr loses only the notice.
+            let _ = writeln!(
+                stderr,
+                "as of: snapshot {snapshot}, offsets {}",
+                offsets.join(",")
+            );
+        }
         for i in &result.missing {
             let key = lines.get(*i as usize).map_or("?", String::as_str);
             // A closed stderr loses only the notice.
@@ -130,4 +161,19 @@ fn lookup_error(server: &str, status: &tonic::Status, lines: &[String]) -> Clien
         )),
         None => base,
     }
+}
+
+/// `--as-of`: an RFC 3339 time or milliseconds since the epoch.
+fn parse_time(text: &str) -> Result<i64, ClientError> {
+    if let Ok(ms) = text.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            ClientError::new(format!(
+                "--as-of `{text}` is neither an RFC 3339 time ({e}; e.g. 2024-05-01T09:30:00Z) \
+                 nor milliseconds since the epoch"
+            ))
+        })
 }

@@ -12,6 +12,7 @@ pub(crate) mod sql;
 pub(crate) mod subscribe;
 pub(crate) mod table;
 pub(crate) mod verify;
+pub(crate) mod training;
 pub(crate) mod write;
 
 use std::process::ExitCode;

@@ -5,8 +5,9 @@ use std::io::Cursor;
 use arrow::ipc::reader::StreamReader;
 use tonic::Status;
 use unitable_core::naming::TableName;
+use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_proto::v1 as wire;
-use unitable_reader::{LookupKeys, LookupRequest, Reader, SnapshotSelector};
+use unitable_reader::{LookupAsOf, LookupKeys, LookupRequest, Reader, SnapshotSelector};
 
 use super::read::ipc_bytes;
 use super::write::as_of_to_wire;
@@ -35,6 +36,7 @@ pub(crate) async fn lookup(
             "LOOKUP returns one row per key; leave limit at 0",
         ));
     }
+    let as_of = as_of_of(&request)?;
     let keys = match wire::RowFormat::try_from(request.keys_format) {
         Ok(wire::RowFormat::JsonLines) => LookupKeys::JsonLines(request.keys),
         Ok(wire::RowFormat::ArrowIpc) => {
@@ -52,23 +54,12 @@ pub(crate) async fn lookup(
             ));
         }
     };
-    let snapshot = match (request.snapshot_id, request.as_of_timestamp_ms) {
-        (Some(_), Some(_)) => {
-            return Err(bad(
-                "snapshot_id",
-                "give snapshot_id or as_of_timestamp_ms, not both",
-            ));
-        }
-        (Some(id), None) => Some(SnapshotSelector::Id(id)),
-        (None, Some(ms)) => Some(SnapshotSelector::AsOf(ms)),
-        (None, None) => None,
-    };
     let answer = reader
         .lookup(&LookupRequest {
             table,
             keys,
             columns: request.columns,
-            snapshot,
+            as_of,
         })
         .await
         .map_err(ApiError::from)?;
@@ -81,4 +72,47 @@ pub(crate) async fn lookup(
         as_of: Some(as_of_to_wire(&answer.as_of)),
         group: None,
     })
+}
+
+/// The instant a LOOKUP request asks for: `snapshot_id` (that snapshot alone),
+/// `as_of_timestamp_ms` or `as_of_offsets` (exact to the record), at most one; none = fresh.
+fn as_of_of(request: &wire::ReadRequest) -> Result<Option<LookupAsOf>, Status> {
+    let given = usize::from(request.snapshot_id.is_some())
+        + usize::from(request.as_of_timestamp_ms.is_some())
+        + usize::from(!request.as_of_offsets.is_empty());
+    if given > 1 {
+        return Err(bad(
+            "snapshot_id",
+            "give at most one of snapshot_id, as_of_timestamp_ms and as_of_offsets",
+        ));
+    }
+    if let Some(id) = request.snapshot_id {
+        return Ok(Some(LookupAsOf::Snapshot(SnapshotSelector::Id(id))));
+    }
+    if let Some(ms) = request.as_of_timestamp_ms {
+        return Ok(Some(LookupAsOf::Timestamp(ms)));
+    }
+    if request.as_of_offsets.is_empty() {
+        return Ok(None);
+    }
+    let mut offsets = PartitionOffsets::default();
+    for o in &request.as_of_offsets {
+        if o.offset < 0 {
+            return Err(bad(
+                "as_of_offsets",
+                format!(
+                    "offset {} of partition {} is negative",
+                    o.offset, o.partition
+                ),
+            ));
+        }
+        if offsets.0.contains_key(&PartitionId(o.partition)) {
+            return Err(bad(
+                "as_of_offsets",
+                format!("partition {} is listed twice", o.partition),
+            ));
+        }
+        offsets.set(PartitionId(o.partition), Offset(o.offset));
+    }
+    Ok(Some(LookupAsOf::Offsets(offsets)))
 }

@@ -8,6 +8,7 @@ pub(crate) mod lookup;
 pub(crate) mod ops;
 pub(crate) mod read;
 pub(crate) mod read_metrics;
+pub(crate) mod training;
 pub(crate) mod write;
 
 use unitable_core::naming::TableName;

@@ -327,6 +327,7 @@ impl ReadApi {
 impl ReadService for ReadApi {
     type ReadStream = BoxStream<wire::ReadResponse>;
     type QueryStream = BoxStream<wire::QueryResponse>;
+    type TrainingSetStream = BoxStream<wire::TrainingSetResponse>;
 
     async fn read(
         &self,
@@ -357,6 +358,12 @@ impl ReadService for ReadApi {
         let guard = self
             .access
             .guard(&who, Privilege::Read, vec![table.clone()], action);
+        if !request.as_of_offsets.is_empty() && mode_name != "LOOKUP" {
+            return Err(bad(
+                "as_of_offsets",
+                "only LOOKUP reads as of changelog offsets; STREAM from offsets with start",
+            ));
+        }
         let stream = match mode {
             Ok(wire::ReadMode::Snapshot) => self.rows(request, false, guard).await?,
             Ok(wire::ReadMode::Fresh) => self.rows(request, true, guard).await?,
@@ -399,6 +406,24 @@ impl ReadService for ReadApi {
         self.access.check(&who, Privilege::Read, &table, "Lookup")?;
         let response = metered_lookup(&self.reader, table, request).await?;
         Ok(Response::new(response))
+    }
+
+    async fn training_set(
+        &self,
+        request: Request<wire::TrainingSetRequest>,
+    ) -> Result<Response<Self::TrainingSetStream>, Status> {
+        metrics::counter!("unitable_grpc_requests_total", "method" => "TrainingSet").increment(1);
+        let who = Principal::of(&request)?;
+        let request = request.into_inner();
+        let tables = super::training::tables(&request)?;
+        for table in &tables {
+            self.access
+                .check(&who, Privilege::Read, table, "TrainingSet")?;
+        }
+        let messages = super::training::training_set(&self.reader, request).await?;
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            messages.into_iter().map(Ok),
+        ))))
     }
 
     async fn commit_group_offsets(
