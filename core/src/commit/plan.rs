@@ -147,11 +147,16 @@ pub async fn snapshot_entries(
         return Ok(Vec::new());
     };
     let manifests = manifests_of(file_io, metadata, &snapshot).await?;
+    entries_of(file_io, manifests.iter()).await
+}
+
+/// Every entry of `manifests`, in their order, read [`READ_CONCURRENCY`] at a time.
+async fn entries_of(
+    file_io: &FileIO,
+    manifests: impl Iterator<Item = &ManifestFile>,
+) -> CommitResult<Vec<TrackedFile>> {
     // (Collected first: see read_position_deletes.)
-    let reads: Vec<_> = manifests
-        .iter()
-        .map(|m| manifest_entries(file_io, m))
-        .collect();
+    let reads: Vec<_> = manifests.map(|m| manifest_entries(file_io, m)).collect();
     let read: Vec<Vec<TrackedFile>> = stream::iter(reads)
         .buffered(READ_CONCURRENCY)
         .try_collect()
@@ -179,18 +184,12 @@ pub async fn live_data_paths(
         return Ok(HashSet::new());
     };
     let manifests = manifests_of(file_io, metadata, snapshot).await?;
-    let reads: Vec<_> = manifests
+    let data = manifests
         .iter()
-        .filter(|m| m.content == ManifestContentType::Data)
-        .map(|m| manifest_entries(file_io, m))
-        .collect();
-    let read: Vec<Vec<TrackedFile>> = stream::iter(reads)
-        .buffered(READ_CONCURRENCY)
-        .try_collect()
-        .await?;
-    Ok(read
+        .filter(|m| m.content == ManifestContentType::Data);
+    Ok(entries_of(file_io, data)
+        .await?
         .into_iter()
-        .flatten()
         .filter(TrackedFile::is_live)
         .map(|f| f.data_file.file_path().to_string())
         .collect())

@@ -25,7 +25,7 @@ use unitable_core::changelog::{Changelog, ChangelogError, StoredRecord};
 use unitable_core::commit::read::{ancestors, anchored_offsets, changelog_offsets};
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
-use unitable_core::record::{ChangeOp, RecordCodec};
+use unitable_core::record::{ChangeOp, DecodedBatch, EncodedKey, RecordCodec};
 use unitable_core::table::TableDef;
 
 use super::state::TableLookup;
@@ -406,25 +406,7 @@ async fn replay_partition(
         if mine.is_empty() {
             continue;
         }
-        let (decoded, skipped) = codec
-            .decode_skipping(&mine)
-            .map_err(|e| ReadError::Internal {
-                reason: format!("decode changelog records: {e}"),
-            })?;
-        for e in skipped {
-            warn!(%topic, %partition, error = %e, "skipping a changelog record that is not a row of this table");
-        }
-        let (encoded, errors) =
-            codec
-                .encode_keys(&decoded.batch)
-                .map_err(|e| ReadError::Internal {
-                    reason: format!("encode changelog keys: {e}"),
-                })?;
-        if let Some(e) = errors.first() {
-            return Err(ReadError::Internal {
-                reason: format!("a decoded changelog row has no valid key: {}", e.reason),
-            });
-        }
+        let (decoded, encoded) = decode_keyed(codec, topic, partition, &mine)?;
         // Rows are in offset order: the last one of a key wins.
         for key in encoded {
             let change = match decoded.ops[key.row] {
@@ -440,6 +422,35 @@ async fn replay_partition(
 /// The rows of `keys` in the lookup state's base snapshot `snapshot_id`, from its key index
 /// and the row-block cache; `None` when the base moved on or a data file it points into is
 /// gone (the caller then reads the snapshot instead).
+/// Decodes `records` (rows of the table; others are logged and skipped) and encodes each
+/// decoded row's key, in row order.
+pub(super) fn decode_keyed(
+    codec: &RecordCodec,
+    topic: &TopicName,
+    partition: PartitionId,
+    records: &[StoredRecord],
+) -> ReadResult<(DecodedBatch, Vec<EncodedKey>)> {
+    let (decoded, skipped) = codec
+        .decode_skipping(records)
+        .map_err(|e| ReadError::Internal {
+            reason: format!("decode changelog records: {e}"),
+        })?;
+    for e in skipped {
+        warn!(%topic, %partition, error = %e, "skipping a changelog record that is not a row of this table");
+    }
+    let (encoded, errors) = codec
+        .encode_keys(&decoded.batch)
+        .map_err(|e| ReadError::Internal {
+            reason: format!("encode changelog keys: {e}"),
+        })?;
+    if let Some(e) = errors.first() {
+        return Err(ReadError::Internal {
+            reason: format!("a decoded changelog row has no valid key: {}", e.reason),
+        });
+    }
+    Ok((decoded, encoded))
+}
+
 async fn index_rows(
     state: &TableLookup,
     table: &TableName,

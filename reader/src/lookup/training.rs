@@ -26,14 +26,13 @@ use arrow::array::{
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use tracing::warn;
 use unitable_core::changelog::{Changelog, ChangelogError};
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId};
 use unitable_core::record::{ChangeOp, RecordCodec};
 use unitable_core::table::TableDef;
 
-use super::asof::{Loaded, LookupAsOf, newest_covered_by, snapshot_rows};
+use super::asof::{Loaded, LookupAsOf, decode_keyed, newest_covered_by, snapshot_rows};
 use super::{conform, finish, output_schema};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
@@ -574,25 +573,7 @@ async fn replay(
         if mine.is_empty() {
             continue;
         }
-        let (decoded, skipped) = codec
-            .decode_skipping(&mine)
-            .map_err(|e| ReadError::Internal {
-                reason: format!("decode changelog records: {e}"),
-            })?;
-        for e in skipped {
-            warn!(%topic, %partition, error = %e, "skipping a changelog record that is not a row of this table");
-        }
-        let (encoded, errors) =
-            codec
-                .encode_keys(&decoded.batch)
-                .map_err(|e| ReadError::Internal {
-                    reason: format!("encode changelog keys: {e}"),
-                })?;
-        if let Some(e) = errors.first() {
-            return Err(ReadError::Internal {
-                reason: format!("a decoded changelog row has no valid key: {}", e.reason),
-            });
-        }
+        let (decoded, encoded) = decode_keyed(codec, topic, partition, &mine)?;
         for key in encoded {
             let offset = decoded.offsets[key.row];
             kept.push(Kept {

@@ -11,8 +11,8 @@ pub(crate) mod scan;
 pub(crate) mod sql;
 pub(crate) mod subscribe;
 pub(crate) mod table;
-pub(crate) mod verify;
 pub(crate) mod training;
+pub(crate) mod verify;
 pub(crate) mod write;
 
 use std::process::ExitCode;
