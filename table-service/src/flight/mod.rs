@@ -240,9 +240,11 @@ impl FlightService for FlightApi {
         let mut response =
             Response::new(Box::pin(futures::stream::iter([Ok(reply)])) as Self::HandshakeStream);
         if let Some(token) = bearer {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| unimplemented("a token that is not ASCII"))?;
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                Status::from(ApiError::Unauthenticated {
+                    reason: "the token is not printable ASCII".into(),
+                })
+            })?;
             response.metadata_mut().insert("authorization", value);
         }
         Ok(response)
