@@ -135,10 +135,10 @@ async fn changelog(reader: &mut Client) -> Result<Vec<Change>> {
     if records == 0 {
         return Ok(Vec::new());
     }
-    Ok(subscribe(reader, start(Kind::Earliest), "", records as u64)
+    subscribe(reader, start(Kind::Earliest), "", records as u64)
         .await?
         .collect()
-        .await?)
+        .await
 }
 
 fn code(e: &FlightError) -> Option<Code> {
@@ -457,7 +457,7 @@ async fn flight_needs_credentials_and_a_grant_and_says_what_is_wrong() -> Result
     };
     let dir = tempfile::tempdir()?;
     let token_file = dir.path().join("admin.token");
-    let args = vec![
+    let args = [
         "--bootstrap-admin-token-file".to_string(),
         token_file.display().to_string(),
         "--commit-interval".into(),
