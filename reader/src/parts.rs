@@ -65,9 +65,6 @@ pub struct ReadPlan {
     pub schema: SchemaRef,
     /// The parts; together they are the whole read.
     pub parts: Vec<ReadPart>,
-    /// Rows the planned data files hold before deletes and filters (an upper bound for a
-    /// SNAPSHOT read; FRESH adds the tail), when every file says.
-    pub file_rows: Option<u64>,
 }
 
 impl Pinned {
@@ -190,7 +187,6 @@ async fn plan(
     let schema = pinned.output_schema(columns)?;
     let (_, predicate) = parse_filter(&pinned, filter)?;
     let files = pinned.files(predicate).await?;
-    let file_rows = files.iter().map(|f| f.record_count).sum::<Option<u64>>();
     // A limit spans the whole read, so a limited read is one part.
     let groups = match limit {
         Some(_) => 1,
@@ -211,6 +207,5 @@ async fn plan(
         as_of: pinned.as_of.clone(),
         schema,
         parts,
-        file_rows,
     })
 }
