@@ -108,6 +108,11 @@ def test_flight_reads_match_the_model(start_service):
         committed = dict(model)
         client = flight.connect(flight_uri(service))
 
+        # ListFlights: the table, by path, with its schema.
+        [listed] = list(client.list_flights())
+        assert listed.descriptor.path == [TABLE.encode()]
+        assert listed.schema.names == ["id", "v", "n"]
+
         # SNAPSHOT by path: the latest snapshot, read in parallel-able parts.
         info, table = read_all(client, flight.FlightDescriptor.for_path(TABLE))
         assert len(info.endpoints) > 1, "a table of several files is one endpoint"
@@ -229,6 +234,7 @@ def test_flight_and_flight_sql_need_a_token_and_a_grant(start_service, tmp_path:
     _, table = read_all(client, flight.FlightDescriptor.for_path(TABLE), bearer(admin_token))
     assert rows_of(table) == want
     # Bob has no grant: refused, and a ticket made for the admin does not help him.
+    assert list(client.list_flights(options=bearer(bob))) == []
     with pytest.raises(flight.FlightUnauthorizedError, match="bob"):
         client.get_flight_info(flight.FlightDescriptor.for_path(TABLE), bearer(bob))
     info = client.get_flight_info(command(table=TABLE, mode="fresh"), bearer(admin_token))

@@ -6,7 +6,7 @@
 //!   plans and pins the read in the reader ([`unitable_reader::parts`]): one endpoint per group
 //!   of data files, each with a self-contained ticket ([`ticket`]). `DoGet` on every endpoint,
 //!   in parallel and on any connection, together gives exactly the planned SNAPSHOT or FRESH
-//!   read.
+//!   read. `ListFlights` lists the tables the caller may read, by path, without endpoints.
 //! - Flight SQL ([`sql`]): statements and prepared statements (without parameters) run
 //!   through the reader's SQL, each statement's tables pinned at `GetFlightInfo`; `GetSqlInfo`,
 //!   `GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes` describe what the caller may
@@ -250,14 +250,28 @@ impl FlightService for FlightApi {
         Ok(response)
     }
 
+    /// The tables the caller may read, each as a `FlightInfo` with its `PATH` descriptor and
+    /// current schema and no endpoints: `GetFlightInfo` on the descriptor plans a read.
     async fn list_flights(
         &self,
-        _request: Request<Criteria>,
+        request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        Err(unimplemented(
-            "ListFlights: list tables with Flight SQL's CommandGetTables (or \
-             TableAdminService.ListTables), and read one with GetFlightInfo on its name",
-        ))
+        count("Flight.ListFlights", "");
+        let who = Principal::of(&request)?;
+        let mut infos = Vec::new();
+        for table in self.readable_tables(&who).await? {
+            let schema = self
+                .reader
+                .table_schema(&table)
+                .await
+                .map_err(ApiError::from)?;
+            let info = FlightInfo::new()
+                .try_with_schema(&schema)
+                .map_err(|e| flight_status(e.into()))?
+                .with_descriptor(FlightDescriptor::new_path(vec![table.to_string()]));
+            infos.push(Ok(info));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(infos))))
     }
 
     async fn get_flight_info(

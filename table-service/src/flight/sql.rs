@@ -283,7 +283,7 @@ impl FlightApi {
     }
 
     /// The tables `who` may read, sorted: ListTables' rule (no grant, no name).
-    async fn readable_tables(&self, who: &Principal) -> Result<Vec<TableName>, Status> {
+    pub(super) async fn readable_tables(&self, who: &Principal) -> Result<Vec<TableName>, Status> {
         let mut tables = self
             .reader
             .list_tables(None)
