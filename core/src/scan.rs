@@ -47,20 +47,49 @@ pub async fn read_scan(
     scan: &TableScan,
     options: ScanOptions,
 ) -> iceberg::Result<ArrowRecordBatchStream> {
-    let runtime = Runtime::try_current()?;
-    let mut files: Vec<FileScanTask> = scan.plan_files().await?.try_collect().await?;
-    let lanes = options.concurrency.clamp(1, files.len().max(1));
-    // Largest file first onto the lane with the fewest bytes so far.
-    files.sort_by_key(|f| std::cmp::Reverse(f.length));
-    let mut lane_files: Vec<(u64, Vec<FileScanTask>)> = vec![(0, Vec::new()); lanes];
+    let files = plan_scan(scan).await?;
+    read_files(table, files, options)
+}
+
+/// The files (with their deletes) `scan` reads, as iceberg-rust plans them.
+pub async fn plan_scan(scan: &TableScan) -> iceberg::Result<Vec<FileScanTask>> {
+    scan.plan_files().await?.try_collect().await
+}
+
+/// Splits `files` into `groups` groups (at most one per file, at least one) of about equal
+/// bytes: largest file first onto the group with the fewest bytes so far. The split depends
+/// only on the files, not on their order, so planning the same scan again gives the same
+/// groups.
+pub fn split_files(mut files: Vec<FileScanTask>, groups: usize) -> Vec<Vec<FileScanTask>> {
+    let groups = groups.clamp(1, files.len().max(1));
+    files.sort_by(|a, b| {
+        b.length
+            .cmp(&a.length)
+            .then_with(|| a.data_file_path.cmp(&b.data_file_path))
+            .then_with(|| a.start.cmp(&b.start))
+    });
+    let mut out: Vec<(u64, Vec<FileScanTask>)> = vec![(0, Vec::new()); groups];
     for file in files {
-        if let Some(lane) = lane_files.iter_mut().min_by_key(|(bytes, _)| *bytes) {
-            lane.0 += file.length;
-            lane.1.push(file);
+        // The first of the least-loaded groups, so ties always go the same way.
+        if let Some(group) = out.iter_mut().min_by_key(|(bytes, _)| *bytes) {
+            group.0 += file.length;
+            group.1.push(file);
         }
     }
-    let mut streams = Vec::with_capacity(lanes);
-    for (_, files) in lane_files {
+    out.into_iter().map(|(_, files)| files).collect()
+}
+
+/// Reads planned `files` (from [`plan_scan`], or one group of [`split_files`]) in lanes, as
+/// [`read_scan`] does. Must run inside a tokio runtime.
+pub fn read_files(
+    table: &Table,
+    files: Vec<FileScanTask>,
+    options: ScanOptions,
+) -> iceberg::Result<ArrowRecordBatchStream> {
+    let runtime = Runtime::try_current()?;
+    let lanes = split_files(files, options.concurrency);
+    let mut streams = Vec::with_capacity(lanes.len());
+    for files in lanes {
         let mut builder = ArrowReaderBuilder::new(table.file_io().clone(), runtime.clone())
             .with_data_file_concurrency_limit(1);
         if let Some(rows) = options.batch_size {

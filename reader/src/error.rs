@@ -219,6 +219,15 @@ pub enum ReadError {
         /// The group.
         group: String,
     },
+    /// A read planned earlier (a part of a split read, a planned query) no longer matches its
+    /// table: the table was dropped and created again, or its schema changed.
+    #[error("the read of table `{table}` was planned before {reason}; plan the read again")]
+    PlanStale {
+        /// The table.
+        table: TableName,
+        /// What changed.
+        reason: String,
+    },
     /// Planning a snapshot's files or reading its delete files failed.
     #[error(transparent)]
     Commit(#[from] unitable_core::commit::CommitError),
@@ -253,6 +262,7 @@ impl ReadError {
             | ReadError::LookupBehind { .. } => true,
             ReadError::BadRequest { .. }
             | ReadError::SnapshotNotFound { .. }
+            | ReadError::PlanStale { .. }
             | ReadError::OffsetsRemoved { .. }
             | ReadError::AsOfUnavailable { .. }
             | ReadError::Sql { .. }

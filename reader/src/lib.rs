@@ -15,6 +15,9 @@
 //!   feature columns as of each row's time).
 //! - SQL ([`sql`]): DataFusion over the tables a statement names, each pinned like a SNAPSHOT
 //!   or FRESH read.
+//! - Reads in parts ([`parts`]): a SNAPSHOT or FRESH read (or a query) planned and pinned
+//!   once, then served in parts (groups of data files) that together are the planned read;
+//!   Arrow Flight's endpoints.
 //!
 //! Every mode takes a projection and a row filter ([`filter`]: a SQL boolean expression,
 //! evaluated exactly, pushed into Iceberg scans where it translates). Batches stream out as
@@ -28,6 +31,7 @@ pub mod followed;
 pub mod freshness;
 pub mod group;
 pub mod lookup;
+pub mod parts;
 pub mod pinned;
 pub mod snapshot;
 pub mod sql;
@@ -39,9 +43,10 @@ pub use group::{GroupRead, GroupSettings, GroupStream};
 pub use lookup::{
     LookupAsOf, LookupKeys, LookupRequest, LookupResponse, TrainingSet, TrainingSetRequest,
 };
-pub use pinned::{BatchStream, Pinned};
+pub use parts::{PinSpec, ReadPart, ReadPlan};
+pub use pinned::{BatchStream, Part, Pinned};
 pub use snapshot::{FreshRead, ReadStream, SnapshotRead, SnapshotSelector};
-pub use sql::{Query, QueryMode, QueryStream};
+pub use sql::{Query, QueryMode, QueryPlan, QueryStream};
 pub use stream::{ChangeBatch, ChangeStream, StreamRead, StreamStart, StreamStats};
 pub use tail::MAX_TAIL_RECORDS;
 
@@ -100,6 +105,25 @@ impl Reader {
     pub fn with_lookup_memory_limit(mut self, bytes: usize) -> Self {
         self.lookups = Arc::new(lookup::LookupCache::new(bytes, self.lookups.blocks_bytes()));
         self
+    }
+
+    /// The tables of the catalog, of one namespace or all.
+    pub async fn list_tables(
+        &self,
+        namespace: Option<&str>,
+    ) -> ReadResult<Vec<unitable_core::naming::TableName>> {
+        Ok(self.catalog.list(namespace).await?)
+    }
+
+    /// The Arrow schema of `table`'s current schema (what a FRESH read returns).
+    pub async fn table_schema(
+        &self,
+        table: &unitable_core::naming::TableName,
+    ) -> ReadResult<arrow::datatypes::SchemaRef> {
+        let loaded = self.catalog.load(table).await?;
+        let schema = iceberg::arrow::schema_to_arrow_schema(loaded.metadata().current_schema())
+            .map_err(|e| ReadError::iceberg("map the schema", e))?;
+        Ok(Arc::new(schema))
     }
 
     /// The same reader with LOOKUP keeping at most `bytes` of decoded data-file rows (blocks

@@ -23,7 +23,7 @@ use unitable_core::commit::read::anchored_offsets;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{AsOf, PartitionOffsets};
 use unitable_core::record::RecordCodec;
-use unitable_core::scan::{ScanOptions, read_scan};
+use unitable_core::scan::{ScanOptions, plan_scan, read_files, split_files};
 use unitable_core::table::TableDef;
 
 use crate::error::{ReadError, ReadResult};
@@ -34,6 +34,22 @@ use crate::{Reader, freshness};
 /// Rows per scanned batch (and so per streamed message): DataFusion's default, large enough
 /// that per-message costs vanish, small enough to stream.
 const SCAN_BATCH_ROWS: usize = 8192;
+
+/// Which part of a pinned read to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// All of it.
+    Whole,
+    /// Group `index` of the pinned scan's data files split into `count` groups
+    /// ([`unitable_core::scan::split_files`]); group 0 also carries the changelog tail's rows.
+    /// The groups of one pinned read together are the whole read, each row in exactly one.
+    Group {
+        /// Which group, `0..count`.
+        index: usize,
+        /// How many groups the files were split into.
+        count: usize,
+    },
+}
 
 /// Batches of a read, as they are produced.
 pub type BatchStream = Pin<Box<dyn Stream<Item = ReadResult<RecordBatch>> + Send>>;
@@ -176,6 +192,43 @@ impl Pinned {
         filter: Option<&RowFilter>,
         predicate: Option<Predicate>,
     ) -> ReadResult<BatchStream> {
+        self.part_batches(columns, filter, predicate, Part::Whole)
+            .await
+    }
+
+    /// The data files (with their deletes) a scan of the pinned snapshot reads with
+    /// `predicate` pushed down; none when the table has no snapshot.
+    pub async fn files(
+        &self,
+        predicate: Option<Predicate>,
+    ) -> ReadResult<Vec<iceberg::scan::FileScanTask>> {
+        let Some(snapshot) = &self.snapshot else {
+            return Ok(Vec::new());
+        };
+        let mut scan = self
+            .table
+            .scan()
+            .snapshot_id(snapshot.snapshot_id())
+            .select_empty();
+        if let Some(predicate) = predicate {
+            scan = scan.with_filter(predicate);
+        }
+        let scan = scan
+            .build()
+            .map_err(|e| ReadError::iceberg("plan the scan", e))?;
+        plan_scan(&scan)
+            .await
+            .map_err(|e| ReadError::iceberg("plan the scan", e))
+    }
+
+    /// [`Pinned::batches`] of one part of the read.
+    pub async fn part_batches(
+        &self,
+        columns: &[String],
+        filter: Option<&RowFilter>,
+        predicate: Option<Predicate>,
+        part: Part,
+    ) -> ReadResult<BatchStream> {
         let out_schema = self.output_schema(columns)?;
         let tail: Option<Arc<Tail>> = match &self.tip {
             Tip::Snapshot => None,
@@ -251,9 +304,34 @@ impl Pinned {
                     batch_size: Some(SCAN_BATCH_ROWS),
                     ..ScanOptions::default()
                 };
+                let files = plan_scan(&scan)
+                    .await
+                    .map_err(|e| ReadError::iceberg("plan the scan", e))?;
+                let files = match part {
+                    Part::Whole => files,
+                    Part::Group { index, count } => {
+                        let planned = files.len();
+                        let mut groups = split_files(files, count);
+                        // The groups were counted on the same snapshot and predicate, so the
+                        // plan has at least as many files as groups (or none at all).
+                        if index >= count || (planned > 0 && groups.len() != count) {
+                            return Err(ReadError::BadRequest {
+                                reason: format!(
+                                    "part {index} of {count} does not exist: the scan of \
+                                     table `{}` has {planned} data files",
+                                    self.name
+                                ),
+                            });
+                        }
+                        if index < groups.len() {
+                            groups.swap_remove(index)
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                };
                 Box::pin(
-                    read_scan(&self.table, &scan, options)
-                        .await
+                    read_files(&self.table, files, options)
                         .map_err(|e| ReadError::iceberg("start the scan", e))?
                         .map_err(|e| ReadError::iceberg("read data files", e))
                         .and_then(move |batch| {
@@ -263,8 +341,10 @@ impl Pinned {
                 )
             }
         };
+        let with_tail = matches!(part, Part::Whole | Part::Group { index: 0, .. });
         let tail_rows = tail
             .as_ref()
+            .filter(|_| with_tail)
             .and_then(|t| t.live.as_ref())
             .map(|live| step.tail_batch(live));
         Ok(Box::pin(

@@ -16,7 +16,7 @@ use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use crate::filter::RowFilter;
 use crate::freshness;
-use crate::pinned::{BatchStream, Pinned, Tip, limited};
+use crate::pinned::{BatchStream, Part, Pinned, Tip, limited};
 
 /// Which snapshot to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +155,7 @@ impl Reader {
             &request.columns,
             request.filter.as_deref(),
             request.limit,
+            Part::Whole,
         )
         .await
     }
@@ -169,24 +170,37 @@ impl Reader {
             &request.columns,
             request.filter.as_deref(),
             request.limit,
+            Part::Whole,
         )
         .await
     }
 }
 
-async fn stream(
-    pinned: Pinned,
-    columns: &[String],
+/// `filter` (SQL text; blank: none) parsed against `pinned`, and its Iceberg push-down.
+pub(crate) fn parse_filter(
+    pinned: &Pinned,
     filter: Option<&str>,
-    limit: Option<u64>,
-) -> ReadResult<ReadStream> {
-    let schema = pinned.output_schema(columns)?;
+) -> ReadResult<(Option<RowFilter>, Option<iceberg::expr::Predicate>)> {
     let filter = filter
         .filter(|f| !f.trim().is_empty())
         .map(|f| RowFilter::parse(f, pinned.schema()))
         .transpose()?;
     let predicate = filter.as_ref().and_then(|f| pinned.pushdown(f));
-    let batches = pinned.batches(columns, filter.as_ref(), predicate).await?;
+    Ok((filter, predicate))
+}
+
+pub(crate) async fn stream(
+    pinned: Pinned,
+    columns: &[String],
+    filter: Option<&str>,
+    limit: Option<u64>,
+    part: Part,
+) -> ReadResult<ReadStream> {
+    let schema = pinned.output_schema(columns)?;
+    let (filter, predicate) = parse_filter(&pinned, filter)?;
+    let batches = pinned
+        .part_batches(columns, filter.as_ref(), predicate, part)
+        .await?;
     let batches = match limit {
         None => batches,
         Some(limit) => limited(batches, limit),
@@ -199,7 +213,7 @@ async fn stream(
 }
 
 /// The snapshot `selector` picks (`None`: the table has no snapshot and the latest is asked).
-fn select(
+pub(crate) fn select(
     table: &TableName,
     metadata: &iceberg::spec::TableMetadata,
     selector: SnapshotSelector,

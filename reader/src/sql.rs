@@ -25,7 +25,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::TryStreamExt;
@@ -35,6 +35,7 @@ use unitable_core::offsets::AsOf;
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use crate::filter::predicate_of;
+use crate::parts::PinSpec;
 use crate::pinned::{BatchStream, Pinned};
 use crate::snapshot::SnapshotSelector;
 
@@ -158,14 +159,74 @@ impl Reader {
     /// Plans `query` and starts it.
     pub async fn query(&self, query: &Query) -> ReadResult<QueryStream> {
         let names = self.tables_of(&query.sql)?;
+        let pinned = self.pin_tables(names, query.mode).await?;
+        self.run(&query.sql, pinned).await
+    }
+
+    /// Pins the tables `query` reads and plans it, without running it: its schema and what
+    /// it would read, to run later with [`Reader::query_pinned`].
+    pub async fn plan_query(&self, query: &Query) -> ReadResult<QueryPlan> {
+        let names = self.tables_of(&query.sql)?;
+        let pinned = self.pin_tables(names, query.mode).await?;
+        let pins = pinned.iter().map(Pinned::spec).collect();
+        let (frame, as_of) = self.frame(&query.sql, pinned).await?;
+        Ok(QueryPlan {
+            as_of,
+            schema: frame.schema().inner().clone(),
+            pins,
+        })
+    }
+
+    /// Runs `sql` on exactly the data `pins` name (from [`Reader::plan_query`]): every table
+    /// the statement reads must be pinned there.
+    pub async fn query_pinned(&self, sql: &str, pins: &[PinSpec]) -> ReadResult<QueryStream> {
+        let names = self.tables_of(sql)?;
+        let mut pinned = Vec::with_capacity(names.len());
+        for name in names {
+            let spec =
+                pins.iter()
+                    .find(|p| p.table == name)
+                    .ok_or_else(|| ReadError::BadRequest {
+                        reason: format!("the planned query does not pin table `{name}`"),
+                    })?;
+            pinned.push(self.repin(spec).await?);
+        }
+        self.run(sql, pinned).await
+    }
+
+    async fn pin_tables(&self, names: Vec<TableName>, mode: QueryMode) -> ReadResult<Vec<Pinned>> {
+        let mut pinned = Vec::with_capacity(names.len());
+        for name in names {
+            pinned.push(match mode {
+                QueryMode::Snapshot => self.pin_snapshot(&name, SnapshotSelector::Latest).await?,
+                QueryMode::Fresh => self.pin_fresh(&name, None).await?,
+            });
+        }
+        Ok(pinned)
+    }
+
+    async fn run(&self, sql: &str, pinned: Vec<Pinned>) -> ReadResult<QueryStream> {
+        let (frame, as_of) = self.frame(sql, pinned).await?;
+        let stream = frame.execute_stream().await.map_err(sql_error)?;
+        let schema = stream.schema();
+        Ok(QueryStream {
+            as_of,
+            schema,
+            batches: Box::pin(stream.map_err(sql_error)),
+        })
+    }
+
+    /// `sql` planned in a session that knows exactly the `pinned` tables.
+    async fn frame(
+        &self,
+        sql: &str,
+        pinned: Vec<Pinned>,
+    ) -> ReadResult<(DataFrame, BTreeMap<String, AsOf>)> {
         let ctx = session(self.sql_runtime.clone());
         let mut as_of = BTreeMap::new();
         let mut schemas: BTreeMap<String, Arc<MemorySchemaProvider>> = BTreeMap::new();
-        for name in names {
-            let pinned = match query.mode {
-                QueryMode::Snapshot => self.pin_snapshot(&name, SnapshotSelector::Latest).await?,
-                QueryMode::Fresh => self.pin_fresh(&name, None).await?,
-            };
+        for pinned in pinned {
+            let name = pinned.name.clone();
             as_of.insert(name.to_string(), pinned.as_of.clone());
             let namespace = name.namespace().to_string();
             let schema = schemas
@@ -187,9 +248,7 @@ impl Reader {
         }
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
-        let statement = state
-            .sql_to_statement(&query.sql, &dialect)
-            .map_err(sql_error)?;
+        let statement = state.sql_to_statement(sql, &dialect).map_err(sql_error)?;
         let plan = state
             .statement_to_plan(statement)
             .await
@@ -203,14 +262,19 @@ impl Reader {
                 reason: format!("{e} (only queries can run; writes go through Write)"),
             })?;
         let frame = ctx.execute_logical_plan(plan).await.map_err(sql_error)?;
-        let stream = frame.execute_stream().await.map_err(sql_error)?;
-        let schema = stream.schema();
-        Ok(QueryStream {
-            as_of,
-            schema,
-            batches: Box::pin(stream.map_err(sql_error)),
-        })
+        Ok((frame, as_of))
     }
+}
+
+/// A query planned on pinned tables, not yet run.
+#[derive(Debug, Clone)]
+pub struct QueryPlan {
+    /// Per table read ("ns.table"), which data the query reads.
+    pub as_of: BTreeMap<String, AsOf>,
+    /// The schema of the result.
+    pub schema: SchemaRef,
+    /// What each table is pinned to.
+    pub pins: Vec<PinSpec>,
 }
 
 /// SQL operator memory shared by every query of a reader unless configured: 1 GiB.

@@ -6,11 +6,13 @@
 //!   down in order on SIGINT/SIGTERM.
 //! - `grpc`: the gRPC service implementations; `status` maps every error to a gRPC status in
 //!   one exhaustive place.
+//! - `flight`: Arrow Flight and Flight SQL on the same port, authentication and grants.
 //! - `client`: the client subcommands, talking gRPC to a running server.
 
 mod access;
 pub mod cli;
 mod client;
+mod flight;
 mod grpc;
 mod serve;
 mod status;

@@ -44,6 +44,7 @@ use crate::access::auth::Authenticator;
 use crate::access::store::AccessStore;
 use crate::access::{Access, Grant, Grantee, Object, Privilege, token};
 use crate::cli::{SecurityArgs, ServeArgs};
+use crate::flight::{FlightApi, FlightServiceServer};
 use crate::grpc::access::AccessApi;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::compact::CompactApi;
@@ -599,6 +600,8 @@ async fn serve_grpc(
         access,
     } = roles;
     let auth = Authenticator::new(access.clone());
+    let flight = FlightApi::new(reader.clone(), read_handle.clone(), access.clone())
+        .map_err(|e| anyhow::anyhow!("cannot set up the Arrow Flight service: {e}"))?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TableAdminServiceServer<AdminApi>>()
@@ -645,7 +648,15 @@ async fn serve_grpc(
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
-            ReadServiceServer::new(ReadApi::new(reader, read_handle, access.clone())),
+            ReadServiceServer::new(ReadApi::new(
+                reader.clone(),
+                read_handle.clone(),
+                access.clone(),
+            )),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            FlightServiceServer::new(flight),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(

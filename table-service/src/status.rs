@@ -43,6 +43,10 @@ pub(crate) enum ApiError {
     },
     #[error("{what} does not exist")]
     AccessNotFound { what: String },
+    #[error("not implemented: {what}")]
+    Unimplemented { what: String },
+    #[error("encoding Arrow Flight data failed: {reason}")]
+    FlightEncode { reason: String },
     #[error("the access tables in the catalog database failed to {operation}: {reason}")]
     AccessStore {
         operation: &'static str,
@@ -77,6 +81,7 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
             (Code::InvalidArgument, Level::Debug)
         }
         ReadError::SnapshotNotFound { .. } => (Code::NotFound, Level::Debug),
+        ReadError::PlanStale { .. } => (Code::FailedPrecondition, Level::Debug),
         ReadError::Sql { .. } => (Code::InvalidArgument, Level::Debug),
         ReadError::OffsetsRemoved { .. } | ReadError::AsOfUnavailable { .. } => {
             (Code::OutOfRange, Level::Debug)
@@ -231,6 +236,8 @@ impl From<ApiError> for Status {
             ApiError::AccessNotFound { .. } => (Code::NotFound, Level::Debug),
             ApiError::AccessStore { .. } => (Code::Unavailable, Level::Error),
             ApiError::LogLevel(l) => classify_log_level(l),
+            ApiError::Unimplemented { .. } => (Code::Unimplemented, Level::Debug),
+            ApiError::FlightEncode { .. } => (Code::Internal, Level::Error),
         };
         let message = e.to_string();
         match level {

@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use iceberg::expr::Reference;
 use iceberg::spec::Datum;
 
-use super::{ScanOptions, read_scan};
+use super::{ScanOptions, plan_scan, read_files, read_scan, split_files};
 use crate::commit::tests::{data_file, delete_file, fixture};
 
 /// A table of 8 data files of 10 rows each, and 6 delete files each removing rows from 3
@@ -122,4 +122,43 @@ async fn filters_and_projections_are_applied() {
     // iceberg-rust applies the filter to rows, not only to row groups.
     let want: BTreeMap<i64, String> = model.into_iter().filter(|(k, _)| *k < 300).collect();
     assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_groups_are_disjoint_complete_and_independent_of_plan_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, model) = shared_deletes_table(dir.path()).await;
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let scan = table.scan().build().unwrap();
+    let files = plan_scan(&scan).await.unwrap();
+    assert_eq!(files.len(), 8);
+    let paths = |groups: &[Vec<iceberg::scan::FileScanTask>]| -> Vec<Vec<String>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|t| t.data_file_path.clone()).collect())
+            .collect()
+    };
+    for count in [1, 3, 8, 20] {
+        let groups = split_files(files.clone(), count);
+        assert_eq!(groups.len(), count.min(8));
+        assert!(groups.iter().all(|g| !g.is_empty()));
+        // The same files in another order give the same groups.
+        let mut reversed = files.clone();
+        reversed.reverse();
+        assert_eq!(paths(&split_files(reversed, count)), paths(&groups));
+        // Each group read alone; together every live row exactly once.
+        let mut rows = BTreeMap::new();
+        for group in groups {
+            let batches: Vec<_> = read_files(&table, group, ScanOptions::default())
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            for (id, v) in rows_of(&batches) {
+                assert!(rows.insert(id, v).is_none(), "row {id} in two groups");
+            }
+        }
+        assert_eq!(rows, model, "{count} groups");
+    }
+    assert_eq!(split_files(Vec::new(), 4).len(), 1);
 }

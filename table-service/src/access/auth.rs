@@ -1,7 +1,8 @@
 //! Authentication: a tonic interceptor in front of every unitable service that turns the
 //! request's credentials into a [`Principal`] in its extensions.
 //!
-//! In order: a bearer token (`authorization: Bearer ut_...`) must be live, else the call is
+//! In order: a bearer token (`authorization: Bearer ut_...`, or `Basic base64(USER:TOKEN)` as
+//! Flight clients send a user name and password) must be live, else the call is
 //! UNAUTHENTICATED (a wrong token never falls back to anything); else a client certificate
 //! verified by the TLS layer against `--tls-client-ca` names the user by its first DNS
 //! subject-alternative name; else, with `--allow-anonymous`, the caller is anonymous with full
@@ -28,11 +29,21 @@ impl Authenticator {
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal, ApiError> {
         if let Some(value) = request.metadata().get("authorization") {
             let text = value.to_str().unwrap_or_default();
-            let token = text
-                .strip_prefix("Bearer ")
-                .or_else(|| text.strip_prefix("bearer "))
-                .unwrap_or(text);
+            let (named, token) = match basic(text) {
+                Some(pair) => pair?,
+                None => (None, bearer(text).to_string()),
+            };
+            let token = token.as_str();
             return match self.access.policy().authenticate(token) {
+                Some(user) if named.as_deref().is_some_and(|n| n != user) => {
+                    Err(ApiError::Unauthenticated {
+                        reason: format!(
+                            "basic authentication named user `{}`, but the token is `{user}`'s; \
+                             give the token's user or an empty user name",
+                            named.unwrap_or_default()
+                        ),
+                    })
+                }
                 Some(user) => Ok(Principal::User {
                     name: user.to_string(),
                     via: AuthMethod::Token,
@@ -69,6 +80,51 @@ impl Authenticator {
                      with a token from `unitable token create`, or a client certificate"
                 .into(),
         })
+    }
+}
+
+/// The token of an `authorization: Bearer TOKEN` value (a bare token is accepted too).
+fn bearer(text: &str) -> &str {
+    text.strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .unwrap_or(text)
+}
+
+/// `authorization: Basic base64(USER:TOKEN)`, as Flight clients send a user name and password
+/// (the password is a unitable token; the user may be empty): the user, if named, and the
+/// token. `None` for other schemes.
+fn basic(text: &str) -> Option<Result<(Option<String>, String), ApiError>> {
+    use base64::Engine;
+    let encoded = text
+        .strip_prefix("Basic ")
+        .or_else(|| text.strip_prefix("basic "))?;
+    let malformed = || ApiError::Unauthenticated {
+        reason: "the basic authentication header is malformed: expected base64 of \
+                 `USER:TOKEN`"
+            .into(),
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    let Some(decoded) = decoded else {
+        return Some(Err(malformed()));
+    };
+    let Some((user, token)) = decoded.split_once(':') else {
+        return Some(Err(malformed()));
+    };
+    let user = (!user.is_empty()).then(|| user.to_string());
+    Some(Ok((user, token.to_string())))
+}
+
+/// The token a call authenticated with through its `authorization` header (bearer or basic),
+/// for a Flight handshake to hand back as a bearer token.
+pub(crate) fn bearer_of(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let text = metadata.get("authorization")?.to_str().ok()?;
+    match basic(text) {
+        Some(Ok((_, token))) => Some(token),
+        Some(Err(_)) => None,
+        None => Some(bearer(text).to_string()),
     }
 }
 

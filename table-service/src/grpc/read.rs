@@ -26,7 +26,7 @@ use crate::access::{Access, Guard, Principal, Privilege};
 use crate::status::ApiError;
 
 /// Messages in flight per read: a slow client holds the read back instead of growing memory.
-const IN_FLIGHT: usize = 4;
+pub(crate) const IN_FLIGHT: usize = 4;
 
 /// Reads through the reader role.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ impl ReadApi {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// One Arrow IPC stream (schema, the batch if any, end marker).
 pub(crate) fn ipc_bytes(schema: &Schema, batch: Option<&RecordBatch>) -> Result<Vec<u8>, Status> {
@@ -62,7 +62,7 @@ pub(crate) fn ipc_bytes(schema: &Schema, batch: Option<&RecordBatch>) -> Result<
     Ok(out)
 }
 
-fn bad(field: &'static str, reason: impl Into<String>) -> Status {
+pub(crate) fn bad(field: &'static str, reason: impl Into<String>) -> Status {
     ApiError::BadRequest {
         field,
         reason: reason.into(),
@@ -81,7 +81,23 @@ const RECHECK: Duration = Duration::from_secs(1);
 fn pump<T, M>(
     runtime: &tokio::runtime::Handle,
     first: Option<M>,
-    mut items: Pin<Box<dyn Stream<Item = ReadResult<T>> + Send>>,
+    items: Pin<Box<dyn Stream<Item = ReadResult<T>> + Send>>,
+    guard: Guard,
+    message: impl FnMut(T) -> Result<M, Status> + Send + 'static,
+) -> BoxStream<M>
+where
+    T: Send + 'static,
+    M: Send + 'static,
+{
+    let items = items.map(|item| item.map_err(|e| Status::from(ApiError::from(e))));
+    pump_status(runtime, first, Box::pin(items), guard, message)
+}
+
+/// [`pump`] of items that fail with a status already.
+pub(crate) fn pump_status<T, M>(
+    runtime: &tokio::runtime::Handle,
+    first: Option<M>,
+    mut items: BoxStream<T>,
     guard: Guard,
     mut message: impl FnMut(T) -> Result<M, Status> + Send + 'static,
 ) -> BoxStream<M>
@@ -116,7 +132,7 @@ where
             let out = guard
                 .check()
                 .map_err(Status::from)
-                .and_then(|()| item.map_err(|e| Status::from(ApiError::from(e))))
+                .and(item)
                 .and_then(&mut message);
             let failed = out.is_err();
             // A closed channel means the client went away: stop reading.

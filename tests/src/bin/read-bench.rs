@@ -9,7 +9,7 @@
 //! cargo run --release -p unitable-tests --bin read-bench -- latency --backend kafka
 //! ```
 //!
-//! - `scan`: SNAPSHOT throughput over gRPC, against DataFusion reading the same Parquet files
+//! - `scan`: SNAPSHOT throughput over gRPC and Arrow Flight, against DataFusion reading the same Parquet files
 //!   in-process, iceberg-rust's scan in-process, and PyIceberg's scan (in its own process, timed
 //!   inside Python).
 //! - `fresh`: FRESH read time as the changelog tail after the snapshot grows, with SNAPSHOT of
@@ -209,6 +209,40 @@ async fn grpc_read(url: &str, mode: ReadMode) -> Result<(u64, u64)> {
     Ok((rows, bytes))
 }
 
+/// Reads a table over Arrow Flight: GetFlightInfo with at most `endpoints` endpoints, then one
+/// DoGet per endpoint, all at once (each on its own connection); gives rows.
+async fn flight_read(url: &str, endpoints: u32) -> Result<u64> {
+    let connect = || async {
+        let channel = tonic::transport::Channel::from_shared(url.to_string())?
+            .connect()
+            .await?;
+        anyhow::Ok(arrow_flight::FlightClient::new(channel))
+    };
+    let command = serde_json::json!({"table": TABLE, "max_endpoints": endpoints});
+    let info = connect()
+        .await?
+        .get_flight_info(arrow_flight::FlightDescriptor::new_cmd(command.to_string()))
+        .await?;
+    let mut tasks = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.context("an endpoint without a ticket")?;
+        let mut client = connect().await?;
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client.do_get(ticket).await?;
+            let mut rows = 0u64;
+            while let Some(b) = stream.next().await {
+                rows += b?.num_rows() as u64;
+            }
+            anyhow::Ok(rows)
+        }));
+    }
+    let mut rows = 0;
+    for task in tasks {
+        rows += task.await??;
+    }
+    Ok(rows)
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -308,6 +342,16 @@ async fn scan(rows: usize, runs: usize) -> Result<()> {
         file_bytes,
         Some(df_time),
     );
+    for (endpoints, label) in [
+        (
+            8,
+            "unitable SNAPSHOT over Arrow Flight (up to 8 endpoints, fetched in parallel)",
+        ),
+        (1, "unitable SNAPSHOT over Arrow Flight (one endpoint)"),
+    ] {
+        let (t, n) = timed(runs, || flight_read(&url, endpoints)).await?;
+        row(label, n, t, file_bytes, Some(df_time));
+    }
     let (t, n) = timed(runs, || {
         let table = table.clone();
         async move {
