@@ -31,6 +31,7 @@ pub mod followed;
 pub mod freshness;
 pub mod group;
 pub mod lookup;
+pub mod overview;
 pub mod parts;
 pub mod pinned;
 pub mod snapshot;
@@ -67,6 +68,8 @@ pub struct Reader {
     sql_runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
     /// Consumer groups, when the catalog has a database to keep them in.
     groups: Option<Arc<group::GroupSettings>>,
+    /// STREAM reads open now, for the console.
+    streams: Arc<overview::StreamRegistry>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -87,6 +90,7 @@ impl Reader {
             followed: Arc::default(),
             sql_runtime: sql::runtime(sql::DEFAULT_MEMORY_LIMIT),
             groups: None,
+            streams: Arc::default(),
         }
     }
 

@@ -237,6 +237,8 @@ impl Reader {
             selected.clone(),
             pruned,
         ));
+        self.streams
+            .register(&request.table, &request.subscriber, &stats);
         let watermarks = freshness::watermarks(self.changelog.as_ref(), &topic, partitions).await?;
         let mut snapshot_phase = None;
         let start = match &request.start {

@@ -12,8 +12,10 @@
 mod access;
 pub mod cli;
 mod client;
+mod console;
 mod flight;
 mod grpc;
 mod serve;
 mod status;
 mod telemetry;
+mod wire_json;

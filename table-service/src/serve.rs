@@ -44,6 +44,7 @@ use crate::access::auth::Authenticator;
 use crate::access::store::AccessStore;
 use crate::access::{Access, Grant, Grantee, Object, Privilege, token};
 use crate::cli::{SecurityArgs, ServeArgs};
+use crate::console::{self, Console};
 use crate::flight::{FlightApi, FlightServiceServer};
 use crate::grpc::access::AccessApi;
 use crate::grpc::admin::AdminApi;
@@ -217,6 +218,18 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         compaction
             .spawn(compactor.run_where(shutdown.child_token(), move |table| writer.commits(table)))
     };
+    // The web console answers through the same service implementations as gRPC.
+    let console = Console::new(
+        AdminApi::new(
+            admin.clone(),
+            writer.clone(),
+            compact_api.clone(),
+            access.clone(),
+        ),
+        ReadApi::new(reader.clone(), read_handle.clone(), access.clone()),
+        access.clone(),
+        reader.clone(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     {
         let shutdown = shutdown.clone();
@@ -255,7 +268,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     {
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let result = serve_http(http_listener, metrics, shutdown).await;
+            let result = serve_http(http_listener, metrics, console, shutdown).await;
             ("http", result)
         });
     }
@@ -679,11 +692,13 @@ async fn serve_grpc(
 async fn serve_http(
     listener: TcpListener,
     metrics: PrometheusHandle,
+    console: Console,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(console::router(console));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

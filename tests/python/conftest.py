@@ -68,11 +68,12 @@ def kafka_home() -> str:
 @pytest.fixture
 def start_service(unitable_bin: str, tmp_path_factory: pytest.TempPathFactory,
                   request: pytest.FixtureRequest) -> Iterator[Callable[..., Service]]:
-    """A factory: start_service(*serve_args, env=None) -> Service; all are killed afterwards."""
+    """A factory: start_service(*serve_args, env=None, anonymous=True) -> Service; all are
+    killed afterwards. anonymous=False starts the server without --allow-anonymous."""
     started: list[Service] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Service:
-        service = Service(unitable_bin, tmp_path_factory.mktemp("service"), args, env)
+    def start(*args: str, env: dict[str, str] | None = None, anonymous: bool = True) -> Service:
+        service = Service(unitable_bin, tmp_path_factory.mktemp("service"), args, env, anonymous)
         started.append(service)
         track(request.node, service.process)
         return service

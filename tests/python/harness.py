@@ -137,7 +137,7 @@ class Service:
     """`unitable serve` in a temporary data dir, plus its command-line client."""
 
     def __init__(self, bin_path: str, workdir: Path, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, anonymous: bool = True):
         self.bin = bin_path
         self.workdir = workdir
         self.data_dir = workdir / "data"
@@ -152,7 +152,8 @@ class Service:
             self.http_addr = f"127.0.0.1:{self.http_port}"
             argv = [bin_path, "serve", "--data-dir", str(self.data_dir),
                     "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-                    "--http-addr", self.http_addr, "--allow-anonymous", *args]
+                    "--http-addr", self.http_addr,
+                    *(["--allow-anonymous"] if anonymous else []), *args]
             self.process = Process("unitable serve", argv, workdir, env)
             self._wait_healthy()
 

@@ -3,11 +3,12 @@
 
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::{ConsumerGroup, DescribeConsumerGroupsRequest};
 
 use super::{ClientError, Connection};
+use crate::wire_json::group_json;
 use crate::cli::{ConsumerGroupCommand, OutputFormat};
 
 /// Runs `unitable consumer-group ...`.
@@ -112,26 +113,3 @@ fn print_group(table: &str, g: &ConsumerGroup) {
     }
 }
 
-fn group_json(g: &ConsumerGroup) -> Value {
-    json!({
-        "group": g.group,
-        "generation": g.generation,
-        "lag_records": g.lag_records,
-        "members": g.members.iter().map(|m| json!({
-            "member": m.member,
-            "node": m.node,
-            "generation": m.generation,
-            "partitions": m.partitions,
-        })).collect::<Vec<_>>(),
-        "partitions": g.partitions.iter().map(|p| json!({
-            "partition": p.partition,
-            "committed_offset": p.committed_offset,
-            "committed_by": p.committed_by,
-            "committed_generation": p.committed_generation,
-            "committed_ms": p.committed_ms,
-            "high_watermark": p.high_watermark,
-            "lag_records": p.lag_records,
-            "owner": p.owner,
-        })).collect::<Vec<_>>(),
-    })
-}

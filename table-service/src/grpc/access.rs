@@ -125,8 +125,26 @@ fn grant_to_wire(grant: &Grant) -> wire::GrantSpec {
     }
 }
 
+/// The grants `who` may see: everyone sees the grants that apply to them; an admin of a table
+/// or namespace also sees every grant on it (what they can revoke); `admin ON ALL` sees
+/// everything.
+pub(crate) fn visible_grants(access: &Access, who: &Principal) -> Vec<Grant> {
+    let policy = access.policy();
+    policy
+        .grants
+        .iter()
+        .filter(|g| match who {
+            Principal::Anonymous => true,
+            Principal::User { name, .. } => {
+                policy.applies_to(g, name) || policy.administers(name, &g.object)
+            }
+        })
+        .cloned()
+        .collect()
+}
+
 /// `read ON TABLE shop.orders TO USER ann`.
-fn describe(grant: &Grant) -> String {
+pub(crate) fn describe(grant: &Grant) -> String {
     let object = match &grant.object {
         Object::All => "ALL".to_string(),
         other => format!("{} {}", other.kind().to_uppercase(), other.name()),
@@ -268,19 +286,8 @@ impl AccessService for AccessApi {
         let who = Principal::of(&request)?;
         let name = request.into_inner().name;
         let name = name.trim();
-        let policy = self.access.policy();
-        // Everyone sees the grants that apply to them; an admin of a table or namespace also
-        // sees every grant on it (what they can revoke); `admin ON ALL` sees everything.
-        let sees = |g: &Grant| match &who {
-            Principal::Anonymous => true,
-            Principal::User { name, .. } => {
-                policy.applies_to(g, name) || policy.administers(name, &g.object)
-            }
-        };
-        let grants = policy
-            .grants
+        let grants = visible_grants(&self.access, &who)
             .iter()
-            .filter(|g| sees(g))
             .filter(|g| name.is_empty() || g.grantee.name() == name || g.object.name() == name)
             .map(grant_to_wire)
             .collect();
