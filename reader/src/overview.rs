@@ -97,7 +97,11 @@ impl Reader {
     /// The newest `limit` (at most [`MAX_DEAD_LETTERS`]) records of `table`'s dead-letter
     /// topic, newest first; empty when no row was ever rejected (the topic is created with
     /// the first).
-    pub async fn dead_letters(&self, table: &TableName, limit: usize) -> ReadResult<Vec<DeadLetter>> {
+    pub async fn dead_letters(
+        &self,
+        table: &TableName,
+        limit: usize,
+    ) -> ReadResult<Vec<DeadLetter>> {
         let loaded = self.catalog.load(table).await?;
         let def = TableDef::from_iceberg(table.clone(), loaded.metadata())?;
         let topic = def.changelog.topic.dead_letter();
@@ -116,14 +120,16 @@ impl Reader {
                 .await?;
             let Some(last) = records.last() else { break };
             next = Offset(last.offset.0 + 1);
-            out.extend(records.into_iter().map(|r| DeadLetter {
-                offset: r.offset.0,
-                timestamp_ms: r.record.timestamp_ms,
-                value: r
-                    .record
-                    .value
-                    .as_deref()
-                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+            out.extend(records.into_iter().map(|r| {
+                DeadLetter {
+                    offset: r.offset.0,
+                    timestamp_ms: r.record.timestamp_ms,
+                    value: r
+                        .record
+                        .value
+                        .as_deref()
+                        .map(|v| String::from_utf8_lossy(v).into_owned()),
+                }
             }));
         }
         out.reverse();

@@ -70,7 +70,8 @@ async function tableRows(page) {
 
 async function tablePage(page, name) {
   await page.goto(url + "/console/#/table/" + encodeURIComponent(name));
-  await page.waitForSelector("#table-name");
+  // The previous page's heading may still be up: wait for this table's.
+  await page.waitForFunction((n) => document.querySelector("#table-name")?.textContent === n, name);
   const field = (scope, name) => textOf(page, `${scope} [data-field="${name}"]`);
   const result = {
     name: await textOf(page, "#table-name"),
@@ -88,6 +89,7 @@ async function tablePage(page, name) {
       snapshot_id: r.getAttribute("data-snapshot"),
       operation: r.querySelector('[data-field="operation"]').textContent,
       added_records: r.querySelector('[data-field="added_records"]').textContent,
+      position_deletes: r.querySelector('[data-field="position_deletes"]').textContent,
       offsets: r.querySelector('[data-field="offsets"]').textContent,
     }))),
     snapshot_bars: await page.locator("#snapshot-chart rect").count(),
@@ -117,13 +119,14 @@ async function tablePage(page, name) {
 
 // 1. Without a token: the login form, and the API refuses.
 {
-  const { context, page } = await session("anonymous");
+  const { context, page, state } = await session("anonymous");
   await page.goto(url + "/console/");
   await page.waitForSelector("#login");
   out.login_required = await page.isVisible("#token");
   out.nav_hidden = await page.locator("#nav").isHidden();
-  out.api_without_token = await page.evaluate(async () => (await fetch("/api/v1/tables")).status);
   await shot(page, "01-login");
+  state.expecting = "401";
+  out.api_without_token = await page.evaluate(async () => (await fetch("/api/v1/tables")).status);
   await context.close();
 }
 

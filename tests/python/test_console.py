@@ -114,12 +114,12 @@ def test_console_pages_show_what_the_api_and_pyiceberg_say(start_service, tmp_pa
     # Let the commits settle so the numbers shown and the numbers checked are of one state.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if all(admin.scan(t).as_of.lag_records == 0 for t in (ORDERS, EVENTS)):
+        if all(admin.read(t, mode="snapshot").as_of.lag_records == 0 for t in (ORDERS, EVENTS)):
             break
         time.sleep(0.2)
     expected = {}
     for t in (ORDERS, EVENTS):
-        scan = admin.scan(t)
+        scan = admin.read(t, mode="snapshot")
         expected[t] = {"rows": scan.table.num_rows, "as_of": scan.as_of,
                        "info": admin.tables.describe(t)}
 
@@ -181,6 +181,8 @@ def test_console_pages_show_what_the_api_and_pyiceberg_say(start_service, tmp_pa
             assert shown["operation"] == summary.operation.value, shown
             assert shown["added_records"] == summary.additional_properties.get(
                 "added-records", "–"), shown
+            assert shown["position_deletes"] == summary.additional_properties.get(
+                "added-position-deletes", "–"), shown
             assert shown["offsets"] == summary.additional_properties.get(
                 "unitable.changelog-offsets", "–"), shown
         assert [c[0] for c in page["columns"]] == [c.name for c in info.columns]
@@ -193,6 +195,9 @@ def test_console_pages_show_what_the_api_and_pyiceberg_say(start_service, tmp_pa
         assert page["compaction"]["pending_tasks"] == str(raw_compaction.pending_tasks)
 
     orders, events = seen["pages"][ORDERS], seen["pages"][EVENTS]
+    # The workload replaced 10 existing keys and deleted 3: 13 position deletes in all.
+    assert sum(int(s["position_deletes"]) for s in orders["snapshots"]
+               if s["position_deletes"] != "–") == 13
     assert orders["primary_key"] == "id" and events["primary_key"] == "(append-only)"
     # Position deletes from the upserts and the deletes are on ORDERS only.
     assert int(orders["compaction"]["delete_files"]) > 0

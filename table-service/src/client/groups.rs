@@ -8,8 +8,8 @@ use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::{ConsumerGroup, DescribeConsumerGroupsRequest};
 
 use super::{ClientError, Connection};
-use crate::wire_json::group_json;
 use crate::cli::{ConsumerGroupCommand, OutputFormat};
+use crate::wire_json::group_json;
 
 /// Runs `unitable consumer-group ...`.
 pub(crate) async fn run(conn: &Connection, command: ConsumerGroupCommand) -> ExitCode {
@@ -112,4 +112,3 @@ fn print_group(table: &str, g: &ConsumerGroup) {
         );
     }
 }
-

@@ -9,13 +9,13 @@ use unitable_core::partition::PartitionField;
 use unitable_core::table::Column;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::{
-    AddColumnRequest, ChangelogTopic, CompactResponse, CompactionStatus, CreateTableRequest,
-    DropTableRequest, GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
+    AddColumnRequest, ChangelogTopic, CompactionStatus, CreateTableRequest, DropTableRequest,
+    GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
 };
 
 use super::{ClientError, Connection};
-use crate::wire_json::{compaction_json, describe_json, topic_json, type_text, partition_text};
 use crate::cli::{CreateArgs, OutputFormat, TableCommand};
+use crate::wire_json::{compaction_json, describe_json, partition_text, topic_json, type_text};
 
 /// Runs one table subcommand.
 pub(crate) async fn run(conn: &Connection, cmd: TableCommand) -> ExitCode {
@@ -162,11 +162,6 @@ fn definition_from_args(args: &CreateArgs) -> Result<TableDefinition, ClientErro
     })
 }
 
-
-
-
-
-
 fn topic_text(t: &ChangelogTopic) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -191,7 +186,6 @@ fn topic_text(t: &ChangelogTopic) -> String {
     }
     out
 }
-
 
 fn compaction_text(c: &CompactionStatus) -> String {
     use std::fmt::Write;

@@ -43,9 +43,16 @@ pub(super) async fn whoami(State(c): State<Console>, headers: HeaderMap) -> Answ
 /// `GET /api/v1/tables`: the tables the caller may read, each with its size and freshness.
 pub(super) async fn tables(State(c): State<Console>, headers: HeaderMap) -> Answer {
     let request = c.request(&headers, wire::ListTablesRequest::default())?;
-    let names = c.inner.admin.list_tables(request).await?.into_inner().tables;
-    let rows = futures::future::join_all(names.iter().map(|name| async {
-        match table_summary(&c, &headers, name).await {
+    let names = c
+        .inner
+        .admin
+        .list_tables(request)
+        .await?
+        .into_inner()
+        .tables;
+    let (c, headers) = (&c, &headers);
+    let rows = futures::future::join_all(names.iter().map(|name| async move {
+        match table_summary(c, headers, name).await {
             Ok(row) => row,
             // A table dropped between the listing and its description, or one whose metadata
             // cannot be read, is still listed, with why.
@@ -78,7 +85,7 @@ async fn table_summary(c: &Console, headers: &HeaderMap, name: &str) -> Result<V
         "columns": def.columns.len(),
         "primary_key": def.primary_key,
         "partitions": def.changelog.map(|c| c.partitions).unwrap_or_default(),
-        "current_snapshot_id": info.current_snapshot_id,
+        "current_snapshot_id": id(info.current_snapshot_id),
         "snapshots": overview.snapshots.len(),
         "rows": got.compaction.as_ref().map(|s| s.rows.saturating_sub(s.deleted_rows)),
         "freshness": as_of_json(&overview.freshness),
@@ -121,8 +128,13 @@ pub(super) async fn table(
             })
         })
         .collect();
-    let mut value = describe_json(&got.table.unwrap_or_default());
+    let info = got.table.unwrap_or_default();
+    let mut value = describe_json(&info);
+    value["current_snapshot_id"] = id(info.current_snapshot_id);
     value["compaction"] = got.compaction.as_ref().map_or(Value::Null, compaction_json);
+    if let Some(run) = got.compaction.as_ref().and_then(|c| c.last_run.as_ref()) {
+        value["compaction"]["last_run"]["snapshot_id"] = id(run.snapshot_id);
+    }
     value["changelog_topic"] = got.changelog.as_ref().map_or(Value::Null, topic_json);
     value["freshness"] = as_of_json(&overview.freshness);
     value["heads"] = offsets_json(&overview.heads);
@@ -146,7 +158,7 @@ pub(super) async fn snapshots(
         .await
         .map_err(crate::status::ApiError::from)?;
     Ok(Json(json!({
-        "current_snapshot_id": overview.current_snapshot_id,
+        "current_snapshot_id": id(overview.current_snapshot_id),
         "snapshots": overview.snapshots.iter().map(snapshot_json).collect::<Vec<_>>(),
     })))
 }
@@ -291,8 +303,28 @@ pub(super) async fn sql(
     })))
 }
 
-/// The rows of `batch` as JSON objects (nulls kept, so every row has every column).
+/// The rows of `batch` as JSON objects (nulls kept, so every row has every column; 64-bit
+/// integers as strings, see [`id`]).
 fn batch_rows(batch: &arrow::record_batch::RecordBatch) -> Result<Vec<Value>, Failure> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let wide = |t: &DataType| matches!(t, DataType::Int64 | DataType::UInt64);
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if wide(field.data_type()) {
+            columns.push(arrow::compute::cast(column, &DataType::Utf8).map_err(internal)?);
+            fields.push(Field::new(field.name(), DataType::Utf8, true));
+        } else {
+            columns.push(column.clone());
+            fields.push(field.as_ref().clone());
+        }
+    }
+    let batch = arrow::record_batch::RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )
+    .map_err(internal)?;
+    let batch = &batch;
     let mut writer = arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, arrow::json::writer::JsonArray>(Vec::new());
@@ -341,9 +373,15 @@ fn offsets_json(offsets: &PartitionOffsets) -> Value {
     )
 }
 
+/// A 64-bit id as a JSON string (as the protobuf JSON mapping writes int64): JavaScript
+/// numbers keep only 53 bits, and snapshot ids use all 63.
+fn id(v: Option<i64>) -> Value {
+    v.map_or(Value::Null, |v| Value::String(v.to_string()))
+}
+
 fn as_of_json(a: &AsOf) -> Value {
     json!({
-        "snapshot_id": a.snapshot_id,
+        "snapshot_id": id(a.snapshot_id),
         "offsets": offsets_json(&a.offsets),
         "commit_time_ms": a.commit_time_ms,
         "lag_records": a.lag_records,
@@ -358,7 +396,7 @@ fn wire_as_of_json(a: &wire::AsOf) -> Value {
         .map(|o| (o.partition.to_string(), o.offset))
         .collect();
     json!({
-        "snapshot_id": a.snapshot_id,
+        "snapshot_id": id(a.snapshot_id),
         "offsets": offsets,
         "commit_time_ms": a.commit_time_ms,
         "lag_records": a.lag_records,
@@ -368,8 +406,8 @@ fn wire_as_of_json(a: &wire::AsOf) -> Value {
 
 fn snapshot_json(s: &SnapshotEntry) -> Value {
     json!({
-        "snapshot_id": s.snapshot_id,
-        "parent_id": s.parent_id,
+        "snapshot_id": id(Some(s.snapshot_id)),
+        "parent_id": id(s.parent_id),
         "timestamp_ms": s.timestamp_ms,
         "operation": s.operation,
         "summary": s.summary,

@@ -61,13 +61,14 @@ impl Console {
     fn request<T>(&self, headers: &HeaderMap, body: T) -> Result<tonic::Request<T>, Failure> {
         let mut request = tonic::Request::new(());
         if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let value = tonic::metadata::MetadataValue::try_from(value.as_bytes()).map_err(|_| {
-                Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_ARGUMENT",
-                    "the Authorization header is not valid text",
-                )
-            })?;
+            let value =
+                tonic::metadata::MetadataValue::try_from(value.as_bytes()).map_err(|_| {
+                    Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_ARGUMENT",
+                        "the Authorization header is not valid text",
+                    )
+                })?;
             request.metadata_mut().insert("authorization", value);
         }
         let (metadata, extensions, ()) = self
@@ -90,8 +91,14 @@ impl Console {
 pub(crate) fn router(console: Console) -> axum::Router {
     axum::Router::new()
         .route("/", get(|| async { Redirect::temporary("/console/") }))
-        .route("/console", get(|| async { Redirect::temporary("/console/") }))
-        .route("/console/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/console",
+            get(|| async { Redirect::temporary("/console/") }),
+        )
+        .route(
+            "/console/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/console/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
@@ -106,7 +113,10 @@ pub(crate) fn router(console: Console) -> axum::Router {
         .route("/api/v1/tables/{table}", get(api::table))
         .route("/api/v1/tables/{table}/snapshots", get(api::snapshots))
         .route("/api/v1/tables/{table}/consumers", get(api::consumers))
-        .route("/api/v1/tables/{table}/dead-letters", get(api::dead_letters))
+        .route(
+            "/api/v1/tables/{table}/dead-letters",
+            get(api::dead_letters),
+        )
         .route("/api/v1/sql", post(api::sql))
         .fallback(|| async {
             Failure::new(
@@ -176,10 +186,9 @@ impl From<tonic::Status> for Failure {
             Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
             Code::Cancelled => (StatusCode::BAD_REQUEST, "CANCELLED"),
-            Code::Ok
-            | Code::Unknown
-            | Code::Internal
-            | Code::DataLoss => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL")
+            }
         };
         Self::new(status, code, s.message())
     }

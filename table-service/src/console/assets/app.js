@@ -309,6 +309,7 @@ function snapshotsCard(history) {
     el("td", { class: "mono", text: s.snapshot_id + (s.snapshot_id === history.current_snapshot_id ? " (current)" : "") }),
     el("td", { "data-field": "operation", text: s.operation }),
     el("td", { class: "num", "data-field": "added_records", text: text(summaryNumber(s, "added-records")) }),
+    el("td", { class: "num", "data-field": "position_deletes", text: text(summaryNumber(s, "added-position-deletes")) }),
     el("td", { class: "num", "data-field": "deleted_records", text: text(summaryNumber(s, "deleted-records")) }),
     el("td", { class: "num", text: text(summaryNumber(s, "added-data-files")) }),
     el("td", { class: "num", text: text(summaryNumber(s, "added-delete-files")) }),
@@ -318,7 +319,7 @@ function snapshotsCard(history) {
     snapshotChart(snapshots),
     snapshots.length === 0
       ? el("p", { class: "muted", text: "No snapshot yet: nothing has been committed." })
-      : grid([["Committed"], ["Snapshot"], ["Operation"], ["Added rows", "num"], ["Deleted rows", "num"],
+      : grid([["Committed"], ["Snapshot"], ["Operation"], ["Rows added", "num"], ["Rows deleted (position deletes)", "num"], ["Rows removed with files", "num"],
         ["Data files", "num"], ["Delete files", "num"], ["Anchored offsets"]], rows, { id: "snapshot-table" }));
 }
 
