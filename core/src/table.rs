@@ -160,6 +160,11 @@ impl TableDef {
                 return fail(format!("column `{}` is declared twice", column.name));
             }
             column.field_id = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            // A primary key implies NOT NULL, as in SQL, Flink and Paimon: `id:int64` listed
+            // as a key is created as `id:int64!`.
+            if spec.primary_key.contains(&column.name) {
+                column.required = true;
+            }
         }
         let by_name: HashMap<&str, &Column> =
             columns.iter().map(|c| (c.name.as_str(), c)).collect();
@@ -171,12 +176,6 @@ impl TableDef {
             };
             if !pk_seen.insert(key.as_str()) {
                 return fail(format!("primary-key column `{key}` is listed twice"));
-            }
-            if !column.required {
-                return fail(format!(
-                    "primary-key column `{key}` must be not null; declare it as `{key}:{}!`",
-                    column.ty
-                ));
             }
             if column.ty.is_floating() {
                 return fail(format!(

@@ -57,8 +57,8 @@ class Tables:
             name: ``"namespace.table"``.
             columns: Column objects, ``"NAME:TYPE"`` strings with ``!`` for required
                 (``"id:int64!"``), or a pyarrow Schema.
-            primary_key: key column names in key order (required, not floating point); empty
-                makes an append-only table.
+            primary_key: key column names in key order (made required: a key implies not null;
+                not floating point); empty makes an append-only table.
             buckets: changelog partitions (0 = the server's default, 4).
             partition_by: Iceberg partition fields: PartitionField or ``"day(placed_at)"``,
                 ``"bucket[16](id)"``, ``"region"``.

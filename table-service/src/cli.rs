@@ -726,7 +726,7 @@ pub struct CreateArgs {
     /// decimal(P,S), string, binary, date, timestamp, timestamptz.
     #[arg(long = "column", required = true)]
     pub columns: Vec<String>,
-    /// Primary-key columns in key order (C1[,C2...]); none = append-only table.
+    /// Primary-key columns in key order (C1[,C2...]), made not null; none = append-only table.
     #[arg(long, value_delimiter = ',')]
     pub primary_key: Vec<String>,
     /// Buckets = changelog partitions (default 4).

@@ -32,10 +32,18 @@ fn assigns_field_ids_and_binding() {
 }
 
 #[test]
+fn a_primary_key_implies_not_null() {
+    let name: TableName = "shop.orders".parse().unwrap();
+    let def = TableDef::new(name, spec(&["a:int64", "b:string", "c:string"], &["b", "a"])).unwrap();
+    let required: Vec<bool> = def.columns.iter().map(|c| c.required).collect();
+    assert_eq!(required, [true, true, false]);
+    assert_eq!(def.primary_key, ["b", "a"]);
+}
+
+#[test]
 fn rejects_broken_definitions_with_the_reason() {
     assert!(reason(spec(&[], &[])).contains("at least one column"));
     assert!(reason(spec(&["a:int64!", "A:string"], &[])).contains("declared twice"));
-    assert!(reason(spec(&["a:int64"], &["a"])).contains("must be not null"));
     assert!(reason(spec(&["a:float64!"], &["a"])).contains("floating-point"));
     assert!(reason(spec(&["a:int64!"], &["b"])).contains("not a column"));
     assert!(reason(spec(&["a:int64!"], &["a", "a"])).contains("listed twice"));
