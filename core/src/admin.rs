@@ -86,6 +86,18 @@ impl TableAdmin {
         self.catalog.add_column(name, column).await
     }
 
+    /// Sets and removes table properties ([`TableCatalog::alter_properties`]).
+    pub async fn alter_properties(
+        &self,
+        name: &TableName,
+        set: &std::collections::BTreeMap<String, String>,
+        unset: &[String],
+    ) -> Result<TableState> {
+        let state = self.catalog.alter_properties(name, set, unset).await?;
+        info!(table = %name, set = set.len(), unset = unset.len(), "altered table properties");
+        Ok(state)
+    }
+
     /// Drops the table (purging its files unless `keep_data`), then its topic and dead-letter
     /// topic.
     pub async fn drop_table(&self, name: &TableName, keep_data: bool) -> Result<TableDef> {

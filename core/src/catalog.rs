@@ -5,7 +5,7 @@
 //! `iceberg_namespace_properties`, that PyIceberg's `SqlCatalog` uses) and `http(s)://...`
 //! (an Iceberg REST catalog).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -393,6 +393,76 @@ impl TableCatalog {
             .commit(self.catalog.as_ref())
             .await
             .map_err(|e| map_table_error(name, "add column", e))?;
+        TableState::from_table(name.clone(), &table)
+    }
+
+    /// Sets the properties in `set` and removes those in `unset` in one metadata-only commit.
+    /// Keys unitable manages are refused, as are empty keys and a key both set and unset;
+    /// removing a key that is not set does nothing. With nothing to change, nothing is
+    /// committed.
+    pub async fn alter_properties(
+        &self,
+        name: &TableName,
+        set: &BTreeMap<String, String>,
+        unset: &[String],
+    ) -> Result<TableState> {
+        let fail = |reason: String| Err(Error::invalid_definition(name, reason));
+        if set.is_empty() && unset.is_empty() {
+            return fail("nothing to alter: give properties to set or to unset".into());
+        }
+        for key in unset {
+            if set.contains_key(key) {
+                return fail(format!("property `{key}` is both set and unset"));
+            }
+            if crate::naming::props::RESERVED.contains(&key.as_str()) {
+                return fail(format!(
+                    "property `{key}` is managed by unitable and cannot be unset"
+                ));
+            }
+        }
+        let table = self.load(name).await?;
+        let current = TableState::from_table(name.clone(), &table)?;
+        // The same rules as creation (empty and reserved keys).
+        let mut probe = current.def.clone();
+        probe.properties.extend(set.clone());
+        for key in unset {
+            probe.properties.remove(key);
+        }
+        TableDef::new(
+            name.clone(),
+            crate::table::TableSpec {
+                columns: probe.columns,
+                primary_key: probe.primary_key,
+                buckets: Some(probe.buckets),
+                partition_by: probe.partition_by,
+                properties: probe.properties,
+            },
+        )?;
+        let removed: Vec<&String> = unset
+            .iter()
+            .filter(|k| current.def.properties.contains_key(*k))
+            .collect();
+        let changed = set
+            .iter()
+            .any(|(k, v)| current.def.properties.get(k) != Some(v));
+        if !changed && removed.is_empty() {
+            return Ok(current);
+        }
+        let tx = Transaction::new(&table);
+        let mut action = tx.update_table_properties();
+        for (key, value) in set {
+            action = action.set(key.clone(), value.clone());
+        }
+        for key in removed {
+            action = action.remove(key.clone());
+        }
+        let tx = action
+            .apply(tx)
+            .map_err(|e| Error::catalog(format!("alter the properties of {name}"), e))?;
+        let table = tx
+            .commit(self.catalog.as_ref())
+            .await
+            .map_err(|e| map_table_error(name, "alter properties", e))?;
         TableState::from_table(name.clone(), &table)
     }
 }

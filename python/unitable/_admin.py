@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, Union
 
 import pyarrow as pa
@@ -135,6 +135,19 @@ class Tables:
                 pb.AddColumnRequest(table=name, column=col.to_pb()), metadata=self._t.metadata,
                 timeout=self._t.timeout),
             table=name, action=f"add column `{col.name}` to", retries=0)
+        return TableInfo.from_pb(response.table)
+
+    def alter(self, name: str, *, set: Mapping[str, str] | None = None,
+              unset: Sequence[str] = ()) -> TableInfo:
+        """Sets the properties in `set` and removes those in `unset` (one metadata-only
+        commit); removing a property that is not set does nothing. Properties unitable manages
+        (``unitable.primary-key``, ``unitable.changelog.*``, ...) raise InvalidArgument."""
+        response = self._t.call(
+            lambda: self._t.admin.AlterTable(
+                pb.AlterTableRequest(table=name, set_properties=dict(set or {}),
+                                     unset_properties=list(unset)),
+                metadata=self._t.metadata, timeout=self._t.timeout),
+            table=name, action="alter", retries=0)
         return TableInfo.from_pb(response.table)
 
 

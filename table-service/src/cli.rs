@@ -715,6 +715,17 @@ pub enum TableCommand {
         #[arg(long)]
         column: String,
     },
+    /// Set or remove table properties (one metadata-only commit).
+    Alter {
+        /// NAMESPACE.TABLE
+        table: String,
+        /// Property KEY=VALUE to set (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Property KEY to remove (repeatable; a key that is not set is ignored).
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
+    },
 }
 
 /// `unitable table create` flags.

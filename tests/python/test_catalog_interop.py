@@ -31,7 +31,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from harness import Service
+from harness import Service, http_request
 
 TABLE = "shop.orders"
 
@@ -168,6 +168,42 @@ def test_added_column_and_dropped_table_are_seen_by_pyiceberg(service: Service) 
     with pytest.raises(NoSuchTableError):
         catalog.load_table(TABLE)
     assert TABLE not in listed_tables(service)
+
+
+def test_altered_properties_are_seen_by_pyiceberg_and_the_writer(service: Service) -> None:
+    create_orders(service)
+    out = service.cli("table", "alter", TABLE, "--set", "owner=ml", "--set", "tier=gold",
+                      "--set", "unitable.write.dead-letter=true", check=True).stdout
+    assert "owner=ml" in out and "tier=gold" in out
+    props = open_catalog(service).load_table(TABLE).properties
+    assert props["owner"] == "ml" and props["tier"] == "gold"
+    assert props["unitable.write.dead-letter"] == "true"
+    assert describe_json(service)["properties"]["tier"] == "gold"
+
+    # The writer takes the change at once: a rejected row now goes to the dead-letter topic
+    # (read back through the console's JSON API).
+    bad = service.workdir / "bad.jsonl"
+    bad.write_text('{"id": 1, "placed_at": "2026-01-01T00:00:00Z", "n": "many"}\n')
+    service.cli("write", TABLE, "--file", str(bad))
+    status, body = http_request(
+        "GET", f"http://{service.http_addr}/api/v1/tables/{TABLE}/dead-letters")
+    assert status == 200, body
+    letters = json.loads(body)["dead_letters"]
+    assert [d["record"]["field"] for d in letters] == ["n"], letters
+
+    service.cli("table", "alter", TABLE, "--unset", "tier", "--unset", "never-set", check=True)
+    props = open_catalog(service).load_table(TABLE).properties
+    assert "tier" not in props and props["owner"] == "ml"
+
+    # Keys unitable manages cannot be changed; a key cannot be both set and unset.
+    for args, mention in ((["--set", "unitable.primary-key=customer"], "unitable.primary-key"),
+                          (["--unset", "unitable.changelog.topic"], "unitable.changelog.topic"),
+                          (["--set", "a=1", "--unset", "a"], "`a`"),
+                          ([], "nothing to alter")):
+        result = service.cli("table", "alter", TABLE, *args)
+        assert result.returncode == 1, result
+        assert mention in result.stderr, result.stderr
+    assert open_catalog(service).load_table(TABLE).properties["owner"] == "ml"
 
 
 # --- errors: exit code 1 and one line on stderr that names the problem ---------------------------

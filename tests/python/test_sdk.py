@@ -123,6 +123,18 @@ def test_tables_admin(client):
     with pytest.raises(unitable.InvalidArgument) as required:
         client.tables.add_column("sdk.items", "must:int32!")
     assert "sdk.items" in str(required.value)
+    altered = client.tables.alter("sdk.items", set={"owner": "ml", "tier": "gold"})
+    assert altered.properties["owner"] == "ml" and altered.properties["tier"] == "gold"
+    altered = client.tables.alter("sdk.items", unset=["tier", "never-set"])
+    assert "tier" not in altered.properties and altered.properties["owner"] == "ml"
+    assert client.tables.describe("sdk.items").properties == altered.properties
+    with pytest.raises(unitable.InvalidArgument) as managed:
+        client.tables.alter("sdk.items", set={"unitable.buckets": "8"})
+    assert "unitable.buckets" in str(managed.value) and "sdk.items" in str(managed.value)
+    # A key column given without `!` is made required (a primary key implies NOT NULL).
+    keyed = client.tables.create("sdk.keyed", ["id:int64", "v:string"], primary_key=["id"])
+    assert keyed.columns[0] == Column("id", "int64", required=True)
+    client.tables.drop("sdk.keyed")
 
     with pytest.raises(unitable.InvalidArgument) as bad_type:
         client.tables.create("sdk.bad", ["id:varchar!"])
@@ -663,6 +675,7 @@ def test_errors_name_the_table(client):
         "describe": lambda: client.tables.describe(missing),
         "drop": lambda: client.tables.drop(missing),
         "add_column": lambda: client.tables.add_column(missing, "x:int32"),
+        "alter": lambda: client.tables.alter(missing, set={"a": "b"}),
         "write": lambda: client.write(missing, [{"id": 1}]),
         "scan": lambda: client.scan(missing),
         "scan snapshot": lambda: client.scan(missing, mode="snapshot"),

@@ -20,11 +20,11 @@ use unitable_proto::v1::stream_start::Kind;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
-    AddColumnRequest, Column, CompactRequest, CreateTableRequest, CreateTokenRequest, DataType,
-    DropTableRequest, GetTableRequest, GrantRequest, GrantSpec, GranteeKind, ListGrantsRequest,
-    ListTablesRequest, ObjectKind, Privilege, QueryRequest, ReadMode, ReadRequest, RevokeRequest,
-    RevokeTokenRequest, RowFormat, StreamStart, TableDefinition, WaitFor, WhoAmIRequest, WriteOp,
-    WriteRequest, data_type,
+    AddColumnRequest, AlterTableRequest, Column, CompactRequest, CreateTableRequest,
+    CreateTokenRequest, DataType, DropTableRequest, GetTableRequest, GrantRequest, GrantSpec,
+    GranteeKind, ListGrantsRequest, ListTablesRequest, ObjectKind, Privilege, QueryRequest,
+    ReadMode, ReadRequest, RevokeRequest, RevokeTokenRequest, RowFormat, StreamStart,
+    TableDefinition, WaitFor, WhoAmIRequest, WriteOp, WriteRequest, data_type,
 };
 use unitable_tests::Service;
 
@@ -301,6 +301,7 @@ async fn sql_in(caller: &Caller, sql: &str, mode: ReadMode) -> Result<Vec<u8>, S
 enum Op {
     CreateTable,
     AddColumn,
+    AlterTable,
     GetTable,
     Write,
     WriteStream,
@@ -329,7 +330,7 @@ impl Op {
             | Op::TrainingSet
             | Op::Query => 1,
             Op::Write | Op::WriteStream => 2,
-            Op::CreateTable | Op::AddColumn | Op::Compact | Op::DropTable => 3,
+            Op::CreateTable | Op::AddColumn | Op::AlterTable | Op::Compact | Op::DropTable => 3,
         }
     }
 
@@ -348,6 +349,15 @@ impl Op {
                         }),
                         ..Column::default()
                     }),
+                })
+                .await
+                .map(|_| ()),
+            Op::AlterTable => caller
+                .admin()
+                .alter_table(AlterTableRequest {
+                    table: table.into(),
+                    set_properties: [("owner".to_string(), format!("round{round}"))].into(),
+                    unset_properties: Vec::new(),
                 })
                 .await
                 .map(|_| ()),
@@ -481,6 +491,7 @@ async fn every_rpc_and_read_mode_needs_its_grant() -> Result<()> {
     let ops = [
         Op::CreateTable,
         Op::AddColumn,
+        Op::AlterTable,
         Op::GetTable,
         Op::Write,
         Op::WriteStream,

@@ -34,7 +34,11 @@ fn assigns_field_ids_and_binding() {
 #[test]
 fn a_primary_key_implies_not_null() {
     let name: TableName = "shop.orders".parse().unwrap();
-    let def = TableDef::new(name, spec(&["a:int64", "b:string", "c:string"], &["b", "a"])).unwrap();
+    let def = TableDef::new(
+        name,
+        spec(&["a:int64", "b:string", "c:string"], &["b", "a"]),
+    )
+    .unwrap();
     let required: Vec<bool> = def.columns.iter().map(|c| c.required).collect();
     assert_eq!(required, [true, true, false]);
     assert_eq!(def.primary_key, ["b", "a"]);

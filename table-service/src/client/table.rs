@@ -9,8 +9,8 @@ use unitable_core::partition::PartitionField;
 use unitable_core::table::Column;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::{
-    AddColumnRequest, ChangelogTopic, CompactionStatus, CreateTableRequest, DropTableRequest,
-    GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
+    AddColumnRequest, AlterTableRequest, ChangelogTopic, CompactionStatus, CreateTableRequest,
+    DropTableRequest, GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
 };
 
 use super::{ClientError, Connection};
@@ -120,8 +120,49 @@ async fn run_inner(conn: &Connection, cmd: TableCommand) -> Result<(), ClientErr
                 .map_err(rpc_err)?;
             println!("added column {} ({}) to {name}", column.name, column.ty);
         }
+        TableCommand::Alter { table, set, unset } => {
+            let name = parse_name(&table)?;
+            if set.is_empty() && unset.is_empty() {
+                return Err(ClientError::new(
+                    "nothing to alter: give --set KEY=VALUE or --unset KEY",
+                ));
+            }
+            let set_properties = key_values(&set, "--set")?;
+            let altered = client
+                .alter_table(AlterTableRequest {
+                    table: name.to_string(),
+                    set_properties,
+                    unset_properties: unset,
+                })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
+            let properties = altered
+                .table
+                .and_then(|t| t.definition)
+                .map(|d| d.properties)
+                .unwrap_or_default();
+            let mut properties: Vec<_> = properties.into_iter().collect();
+            properties.sort();
+            println!("altered {name}; properties now:");
+            for (k, v) in properties {
+                println!("  {k}={v}");
+            }
+        }
     }
     Ok(())
+}
+
+/// `KEY=VALUE` arguments of `flag` as a map.
+fn key_values(args: &[String], flag: &str) -> Result<HashMap<String, String>, ClientError> {
+    let mut out = HashMap::new();
+    for p in args {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| ClientError::new(format!("{flag} `{p}` must be KEY=VALUE")))?;
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
 }
 
 /// Builds the wire definition, catching malformed flags before calling the server.
@@ -140,13 +181,7 @@ fn definition_from_args(args: &CreateArgs) -> Result<TableDefinition, ClientErro
         .map(|p| PartitionField::parse(p).map(|p| (&p).into()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(invalid)?;
-    let mut properties = HashMap::new();
-    for p in &args.properties {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| ClientError::new(format!("--property `{p}` must be KEY=VALUE")))?;
-        properties.insert(k.trim().to_string(), v.to_string());
-    }
+    let properties = key_values(&args.properties, "--property")?;
     Ok(TableDefinition {
         table: name.to_string(),
         columns,

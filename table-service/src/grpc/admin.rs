@@ -5,9 +5,9 @@ use unitable_core::admin::TableAdmin;
 use unitable_core::table::Column;
 use unitable_proto::v1::table_admin_service_server::TableAdminService;
 use unitable_proto::v1::{
-    AddColumnRequest, AddColumnResponse, ChangelogTopic, CreateTableRequest, CreateTableResponse,
-    DropTableRequest, DropTableResponse, GetTableRequest, GetTableResponse, ListTablesRequest,
-    ListTablesResponse,
+    AddColumnRequest, AddColumnResponse, AlterTableRequest, AlterTableResponse, ChangelogTopic,
+    CreateTableRequest, CreateTableResponse, DropTableRequest, DropTableResponse, GetTableRequest,
+    GetTableResponse, ListTablesRequest, ListTablesResponse,
 };
 use unitable_proto::{table_def_from_wire, table_info_to_wire};
 use unitable_writer::Writer;
@@ -176,6 +176,32 @@ impl TableAdminService for AdminApi {
         let state = state.map_err(ApiError::from)?;
         self.writer.table_changed(&name);
         Ok(Response::new(AddColumnResponse {
+            table: Some(table_info_to_wire(&state)),
+        }))
+    }
+
+    async fn alter_table(
+        &self,
+        request: Request<AlterTableRequest>,
+    ) -> Result<Response<AlterTableResponse>, Status> {
+        count("AlterTable");
+        let who = Principal::of(&request)?;
+        let request = request.into_inner();
+        let name = table_name(&request.table)?;
+        self.access
+            .check(&who, Privilege::Admin, &name, "AlterTable")?;
+        let set = request.set_properties.into_iter().collect();
+        let state = self
+            .admin
+            .alter_properties(&name, &set, &request.unset_properties)
+            .await;
+        self.access
+            .audit()
+            .result(&who, "AlterTable", Some(&name.to_string()), &state);
+        let state = state.map_err(ApiError::from)?;
+        // The writer re-reads the table's settings (e.g. unitable.write.dead-letter).
+        self.writer.table_changed(&name);
+        Ok(Response::new(AlterTableResponse {
             table: Some(table_info_to_wire(&state)),
         }))
     }
