@@ -365,16 +365,7 @@ impl TableCatalog {
         // Validate the name with the same rules as creation.
         let mut probe = current.def.clone();
         probe.columns.push(column.clone());
-        TableDef::new(
-            name.clone(),
-            crate::table::TableSpec {
-                columns: probe.columns,
-                primary_key: probe.primary_key,
-                buckets: Some(probe.buckets),
-                partition_by: probe.partition_by,
-                properties: probe.properties,
-            },
-        )?;
+        revalidate(name, probe)?;
         let mut add = AddColumn::optional(&column.name, column.ty.to_iceberg());
         if let Some(doc) = &column.doc {
             add = AddColumn::builder()
@@ -428,16 +419,7 @@ impl TableCatalog {
         for key in unset {
             probe.properties.remove(key);
         }
-        TableDef::new(
-            name.clone(),
-            crate::table::TableSpec {
-                columns: probe.columns,
-                primary_key: probe.primary_key,
-                buckets: Some(probe.buckets),
-                partition_by: probe.partition_by,
-                properties: probe.properties,
-            },
-        )?;
+        revalidate(name, probe)?;
         let removed: Vec<&String> = unset
             .iter()
             .filter(|k| current.def.properties.contains_key(*k))
@@ -465,6 +447,21 @@ impl TableCatalog {
             .map_err(|e| map_table_error(name, "alter properties", e))?;
         TableState::from_table(name.clone(), &table)
     }
+}
+
+/// Checks a changed definition with the rules of creation ([`TableDef::new`]).
+fn revalidate(name: &TableName, def: TableDef) -> Result<()> {
+    TableDef::new(
+        name.clone(),
+        crate::table::TableSpec {
+            columns: def.columns,
+            primary_key: def.primary_key,
+            buckets: Some(def.buckets),
+            partition_by: def.partition_by,
+            properties: def.properties,
+        },
+    )?;
+    Ok(())
 }
 
 /// Maps iceberg's not-found / already-exists errors to unitable's.

@@ -14,7 +14,7 @@ use unitable_proto::v1 as wire;
 use unitable_proto::v1::access_service_server::AccessService;
 use unitable_proto::v1::read_service_server::ReadService;
 use unitable_proto::v1::table_admin_service_server::TableAdminService;
-use unitable_reader::overview::{ActiveStream, SnapshotEntry};
+use unitable_reader::overview::{ActiveStream, SnapshotEntry, TableOverview};
 
 use super::{Console, Failure};
 use crate::access::Privilege;
@@ -63,7 +63,13 @@ pub(super) async fn tables(State(c): State<Console>, headers: HeaderMap) -> Answ
     Ok(Json(json!({ "tables": rows })))
 }
 
-async fn table_summary(c: &Console, headers: &HeaderMap, name: &str) -> Result<Value, Failure> {
+/// `name` described by the gRPC `GetTable` (which checks the caller's grant) and its
+/// overview (snapshots and freshness).
+async fn described(
+    c: &Console,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<(wire::GetTableResponse, TableName, TableOverview), Failure> {
     let request = c.request(
         headers,
         wire::GetTableRequest {
@@ -71,15 +77,20 @@ async fn table_summary(c: &Console, headers: &HeaderMap, name: &str) -> Result<V
         },
     )?;
     let got = c.inner.admin.get_table(request).await?.into_inner();
-    let info = got.table.unwrap_or_default();
-    let def = info.definition.clone().unwrap_or_default();
-    let table: TableName = table_name(name)?;
+    let table = table_name(name)?;
     let overview = c
         .inner
         .reader
         .overview(&table)
         .await
         .map_err(crate::status::ApiError::from)?;
+    Ok((got, table, overview))
+}
+
+async fn table_summary(c: &Console, headers: &HeaderMap, name: &str) -> Result<Value, Failure> {
+    let (got, _, overview) = described(c, headers, name).await?;
+    let info = got.table.unwrap_or_default();
+    let def = info.definition.clone().unwrap_or_default();
     Ok(json!({
         "table": name,
         "columns": def.columns.len(),
@@ -99,20 +110,7 @@ pub(super) async fn table(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Answer {
-    let request = c.request(
-        &headers,
-        wire::GetTableRequest {
-            table: name.clone(),
-        },
-    )?;
-    let got = c.inner.admin.get_table(request).await?.into_inner();
-    let table = table_name(&name)?;
-    let overview = c
-        .inner
-        .reader
-        .overview(&table)
-        .await
-        .map_err(crate::status::ApiError::from)?;
+    let (got, table, overview) = described(&c, &headers, &name).await?;
     let who = c.principal(&headers)?;
     let grants: Vec<Value> = crate::grpc::access::visible_grants(&c.inner.access, &who)
         .into_iter()
