@@ -316,12 +316,7 @@ impl PartitionLog {
             }
         };
         fail::fail_point!("local-changelog-before-fsync");
-        let sync = (|| {
-            fail::fail_point!("local-changelog-fsync", |_| Err(std::io::Error::other(
-                "injected fsync failure"
-            )));
-            file.sync_data()
-        })();
+        let sync = sync_data(&file);
         if let Err(e) = sync {
             // After a failed fsync the page cache state is unknown: stop taking writes.
             self.lock().poisoned = Some(format!("fsync failed: {e}"));
@@ -617,4 +612,13 @@ fn recover_segment(dir: &Path, base: i64, is_last: bool) -> ChangelogResult<Segm
         file.sync_all().map_err(|e| io_err(&path, e))?;
     }
     Ok(segment)
+}
+
+/// `fsync` of a partition file's data, with the `local-changelog-fsync` fail point (tests inject
+/// a failed fsync through it).
+fn sync_data(file: &std::fs::File) -> std::io::Result<()> {
+    fail::fail_point!("local-changelog-fsync", |_| Err(std::io::Error::other(
+        "injected fsync failure"
+    )));
+    file.sync_data()
 }
