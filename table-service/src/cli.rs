@@ -500,6 +500,12 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_CONSUMER_GROUP_SESSION", default_value = "10s", value_parser = parse_duration)]
     pub consumer_group_session: Duration,
 
+    /// How often the web console's freshness history samples every table (snapshot, records
+    /// not yet committed, age of the oldest); the last 360 samples of each table are kept in
+    /// memory (an hour at the default).
+    #[arg(long, env = "UNITABLE_CONSOLE_SAMPLE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub console_sample_interval: Duration,
+
     /// Memory shared by the operators of all running SQL queries (sorts, aggregations and
     /// joins), e.g. 512MiB, 2GiB. Sorts and aggregations spill to temporary files past it; a
     /// query that still does not fit fails with RESOURCE_EXHAUSTED.

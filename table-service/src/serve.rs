@@ -44,7 +44,7 @@ use crate::access::auth::Authenticator;
 use crate::access::store::AccessStore;
 use crate::access::{Access, Grant, Grantee, Object, Privilege, token};
 use crate::cli::{SecurityArgs, ServeArgs};
-use crate::console::{self, Console};
+use crate::console::{self, Console, History};
 use crate::flight::{FlightApi, FlightServiceServer};
 use crate::grpc::access::AccessApi;
 use crate::grpc::admin::AdminApi;
@@ -218,7 +218,10 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         compaction
             .spawn(compactor.run_where(shutdown.child_token(), move |table| writer.commits(table)))
     };
-    // The web console answers through the same service implementations as gRPC.
+    // The web console answers through the same service implementations as gRPC; its
+    // freshness history samples every table in the background.
+    let history = History::new(args.console_sample_interval);
+    read_handle.spawn(history.clone().run(reader.clone(), shutdown.child_token()));
     let console = Console::new(
         AdminApi::new(
             admin.clone(),
@@ -229,6 +232,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         ReadApi::new(reader.clone(), read_handle.clone(), access.clone()),
         access.clone(),
         reader.clone(),
+        history,
     );
     let mut tasks = tokio::task::JoinSet::new();
     {

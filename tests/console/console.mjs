@@ -73,7 +73,9 @@ async function tablePage(page, name) {
   // The previous page's heading may still be up: wait for this table's.
   await page.waitForFunction((n) => document.querySelector("#table-name")?.textContent === n, name);
   const field = (scope, name) => textOf(page, `${scope} [data-field="${name}"]`);
+  const points = () => page.$eval("#lag-chart polyline", (l) => (l.getAttribute("points") || "").split(" ").length);
   const result = {
+    chart_points_at_load: await points(),
     name: await textOf(page, "#table-name"),
     snapshot_id: await field("#freshness", "snapshot_id"),
     lag_records: await field("#freshness", "lag_records"),

@@ -16,6 +16,8 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,13 @@ def _node_ready() -> None:
         pytest.fail("playwright-core is missing: run `npm ci` in tests/console (scripts/test does)")
 
 
+def _get_json(service, path: str, token: str) -> dict:
+    request = urllib.request.Request(f"http://{service.http_addr}{path}",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def _screens_dir() -> Path:
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     return target / "console-screenshots"
@@ -64,7 +73,8 @@ def test_console_pages_show_what_the_api_and_pyiceberg_say(start_service, tmp_pa
     _node_ready()
     token_file = tmp_path / "admin.token"
     service = start_service("--bootstrap-admin-token-file", str(token_file),
-                            "--commit-interval", "200ms", anonymous=False)
+                            "--commit-interval", "200ms", "--console-sample-interval", "300ms",
+                            anonymous=False)
     admin_token = token_file.read_text().strip()
     admin = unitable.connect(service.grpc_url, token=admin_token)
 
@@ -117,6 +127,7 @@ def test_console_pages_show_what_the_api_and_pyiceberg_say(start_service, tmp_pa
         if all(admin.read(t, mode="snapshot").as_of.lag_records == 0 for t in (ORDERS, EVENTS)):
             break
         time.sleep(0.2)
+    time.sleep(1)  # a freshness sample of the settled state
     expected = {}
     for t in (ORDERS, EVENTS):
         scan = admin.read(t, mode="snapshot")
@@ -193,6 +204,21 @@ def test_console_pages_show_what_the_api_and_pyiceberg_say(start_service, tmp_pa
         assert page["compaction"]["data_files"] == str(raw_compaction.data_files)
         assert page["compaction"]["delete_files"] == str(raw_compaction.delete_files)
         assert page["compaction"]["pending_tasks"] == str(raw_compaction.pending_tasks)
+
+    # The freshness history the chart starts from: sampled by the server while the data was
+    # made, the newest sample showing the settled state.
+    for t in (ORDERS, EVENTS):
+        history = _get_json(service, f"/api/v1/tables/{t}/freshness", admin_token)
+        assert history["interval_ms"] == 300
+        samples = history["samples"]
+        assert len(samples) >= 5, samples
+        assert [s["time_ms"] for s in samples] == sorted(s["time_ms"] for s in samples)
+        assert samples[-1]["snapshot_id"] == str(expected[t]["as_of"].snapshot_id)
+        assert samples[-1]["lag_records"] == 0
+        assert seen["pages"][t]["chart_points_at_load"] >= 5
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get_json(service, f"/api/v1/tables/{ORDERS}/freshness", reader_token)
+    assert refused.value.code == 403
 
     orders, events = seen["pages"][ORDERS], seen["pages"][EVENTS]
     # The workload replaced 10 existing keys and deleted 3: 13 position deletes in all.

@@ -161,6 +161,34 @@ pub(super) async fn snapshots(
     })))
 }
 
+/// `GET /api/v1/tables/{table}/freshness`: the table's freshness sampled by the server every
+/// `--console-sample-interval`, oldest first (the newest 360 samples; empty after a restart).
+pub(super) async fn freshness(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer {
+    let table = readable(&c, &headers, &name, "ConsoleFreshness")?;
+    let samples: Vec<Value> = c
+        .inner
+        .history
+        .of(&table)
+        .iter()
+        .map(|s| {
+            json!({
+                "time_ms": s.time_ms,
+                "snapshot_id": id(s.snapshot_id),
+                "lag_records": s.lag_records,
+                "lag_ms": s.lag_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "interval_ms": c.inner.history.interval().as_millis() as u64,
+        "samples": samples,
+    })))
+}
+
 /// `GET /api/v1/tables/{table}/consumers`: the STREAM reads open on this node and every
 /// consumer group of the table with its lag.
 pub(super) async fn consumers(

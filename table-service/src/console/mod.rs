@@ -9,6 +9,9 @@
 //! user.
 
 mod api;
+mod history;
+
+pub(crate) use history::History;
 
 use std::sync::Arc;
 
@@ -40,10 +43,17 @@ struct Inner {
     access: Access,
     reader: Reader,
     auth: Authenticator,
+    history: History,
 }
 
 impl Console {
-    pub(crate) fn new(admin: AdminApi, read: ReadApi, access: Access, reader: Reader) -> Self {
+    pub(crate) fn new(
+        admin: AdminApi,
+        read: ReadApi,
+        access: Access,
+        reader: Reader,
+        history: History,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 admin,
@@ -52,6 +62,7 @@ impl Console {
                 auth: Authenticator::new(access.clone()),
                 access,
                 reader,
+                history,
             }),
         }
     }
@@ -112,6 +123,7 @@ pub(crate) fn router(console: Console) -> axum::Router {
         .route("/api/v1/tables", get(api::tables))
         .route("/api/v1/tables/{table}", get(api::table))
         .route("/api/v1/tables/{table}/snapshots", get(api::snapshots))
+        .route("/api/v1/tables/{table}/freshness", get(api::freshness))
         .route("/api/v1/tables/{table}/consumers", get(api::consumers))
         .route(
             "/api/v1/tables/{table}/dead-letters",

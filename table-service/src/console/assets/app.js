@@ -4,7 +4,7 @@
 
 const TOKEN_KEY = "unitable.token";
 const POLL_MS = 2000;
-const CHART_SAMPLES = 150;
+const CHART_SAMPLES = 600;
 
 let stopPolling = () => {};
 
@@ -193,11 +193,13 @@ async function tablesPage() {
 
 async function tablePage(name) {
   const base = "/api/v1/tables/" + encodeURIComponent(name);
-  const [table, history, consumers, letters] = await Promise.all([
+  const [table, history, consumers, letters, sampled] = await Promise.all([
     api(base), api(base + "/snapshots"), api(base + "/consumers"), api(base + "/dead-letters?limit=20"),
+    api(base + "/freshness"),
   ]);
   const freshnessChart = lagChart();
-  freshnessChart.add(table.freshness);
+  for (const sample of sampled.samples) freshnessChart.add(sample, sample.time_ms);
+  freshnessChart.add(table.freshness, Date.now());
   const page = [
     el("h1", { id: "table-name", text: table.table }),
     overviewCard(table),
@@ -213,7 +215,8 @@ async function tablePage(name) {
       el("p", { class: "legend muted" },
         el("span", {}, el("span", { class: "swatch records" }), "uncommitted records"),
         el("span", {}, el("span", { class: "swatch age" }), "age of the oldest, s"),
-        "sampled every 2 s while this page is open"),
+        "sampled by the server every " + duration(sampled.interval_ms) + " (" + sampled.samples.length +
+        " samples kept), and every 2 s while this page is open"),
       freshnessChart.node),
     snapshotsCard(history),
     compactionCard(table, history),
@@ -225,7 +228,7 @@ async function tablePage(name) {
   const timer = setInterval(async () => {
     try {
       const now = await api(base);
-      freshnessChart.add(now.freshness);
+      freshnessChart.add(now.freshness, Date.now());
       for (const [field, value] of [["lag_records", now.freshness.lag_records],
         ["lag_ms", duration(now.freshness.lag_ms)], ["snapshot_id", now.freshness.snapshot_id],
         ["commit_time", time(now.freshness.commit_time_ms)], ["heads", offsetsText(now.heads)],
@@ -283,16 +286,19 @@ function lagChart() {
   const samples = [];
   return {
     node,
-    add(freshness) {
-      samples.push({ records: freshness.lag_records, seconds: freshness.lag_ms / 1000 });
+    // One sample (a freshness: lag_records, lag_ms) taken at `at` (ms since the epoch).
+    add(freshness, at) {
+      samples.push({ at, records: freshness.lag_records, seconds: freshness.lag_ms / 1000 });
       if (samples.length > CHART_SAMPLES) samples.shift();
+      const first = samples[0].at;
+      const span = Math.max(1, samples[samples.length - 1].at - first);
       const maxRecords = Math.max(1, ...samples.map((s) => s.records));
       const maxSeconds = Math.max(1, ...samples.map((s) => s.seconds));
-      const x = (i) => (i / (CHART_SAMPLES - 1)) * width;
+      const x = (t) => 2 + ((t - first) / span) * (width - 4);
       const y = (v, max) => height - 4 - (v / max) * (height - 24);
-      records.setAttribute("points", samples.map((s, i) => x(i) + "," + y(s.records, maxRecords)).join(" "));
-      age.setAttribute("points", samples.map((s, i) => x(i) + "," + y(s.seconds, maxSeconds)).join(" "));
-      label.textContent = "max " + maxRecords + " records, " + maxSeconds.toFixed(1) + " s";
+      records.setAttribute("points", samples.map((s) => x(s.at) + "," + y(s.records, maxRecords)).join(" "));
+      age.setAttribute("points", samples.map((s) => x(s.at) + "," + y(s.seconds, maxSeconds)).join(" "));
+      label.textContent = "last " + duration(span) + "; max " + maxRecords + " records, " + maxSeconds.toFixed(1) + " s";
     },
   };
 }
