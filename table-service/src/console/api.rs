@@ -78,13 +78,17 @@ async fn described(
     )?;
     let got = c.inner.admin.get_table(request).await?.into_inner();
     let table = table_name(name)?;
-    let overview = c
-        .inner
-        .reader
-        .overview(&table)
-        .await
-        .map_err(crate::status::ApiError::from)?;
+    let overview = overview(c, &table).await?;
     Ok((got, table, overview))
+}
+
+/// The reader's overview of `table` (the caller's grant already checked).
+async fn overview(c: &Console, table: &TableName) -> Result<TableOverview, Failure> {
+    Ok(c.inner
+        .reader
+        .overview(table)
+        .await
+        .map_err(crate::status::ApiError::from)?)
 }
 
 async fn table_summary(c: &Console, headers: &HeaderMap, name: &str) -> Result<Value, Failure> {
@@ -149,12 +153,7 @@ pub(super) async fn snapshots(
     Path(name): Path<String>,
 ) -> Answer {
     let table = readable(&c, &headers, &name, "ConsoleSnapshots")?;
-    let overview = c
-        .inner
-        .reader
-        .overview(&table)
-        .await
-        .map_err(crate::status::ApiError::from)?;
+    let overview = overview(&c, &table).await?;
     Ok(Json(json!({
         "current_snapshot_id": id(overview.current_snapshot_id),
         "snapshots": overview.snapshots.iter().map(snapshot_json).collect::<Vec<_>>(),
