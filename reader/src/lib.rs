@@ -34,6 +34,7 @@ pub mod lookup;
 pub mod overview;
 pub mod parts;
 pub mod pinned;
+mod range;
 pub mod snapshot;
 pub mod sql;
 pub mod stream;

@@ -3,7 +3,6 @@
 //! rejected rows of its dead-letter topic. The web console and its JSON API are built on these.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use unitable_core::commit::read::changelog_offsets;
 use unitable_core::naming::TableName;
@@ -113,11 +112,9 @@ impl Reader {
         let mut next = Offset((w.high.0 - limit).max(w.low.0));
         let mut out = Vec::new();
         while next < w.high {
-            let want = (w.high.0 - next.0) as usize;
-            let records = self
-                .changelog
-                .read(&topic, partition, next, want, Duration::ZERO)
-                .await?;
+            let records =
+                crate::range::chunk(self.changelog.as_ref(), &topic, partition, next, w.high)
+                    .await?;
             let Some(last) = records.last() else { break };
             next = Offset(last.offset.0 + 1);
             out.extend(records.into_iter().map(|r| {

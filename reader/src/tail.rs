@@ -2,7 +2,6 @@
 //! the heads seen when the read started, folded to the last change per key.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, interleave_record_batch};
@@ -14,9 +13,6 @@ use unitable_core::offsets::{Offset, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
 
 use crate::error::{ReadError, ReadResult};
-
-/// Records fetched per changelog read.
-const CHUNK: usize = 5_000;
 
 /// A FRESH read refuses a tail longer than this many records: the committer is far behind, and
 /// merging would hold the whole tail in memory. SNAPSHOT (or FRESH with `max_staleness`) still
@@ -54,12 +50,7 @@ pub(crate) async fn read_tail(
             position = watermarks.low;
         }
         while position < end {
-            let want = usize::try_from(end.0 - position.0)
-                .unwrap_or(CHUNK)
-                .min(CHUNK);
-            let chunk = changelog
-                .read(topic, partition, position, want, Duration::ZERO)
-                .await?;
+            let chunk = crate::range::chunk(changelog, topic, partition, position, end).await?;
             let Some(last) = chunk.last() else {
                 break;
             };

@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -21,7 +20,7 @@ use bytes::Bytes;
 use iceberg::spec::{SnapshotRef, TableMetadata};
 use iceberg::table::Table;
 use tracing::warn;
-use unitable_core::changelog::{Changelog, ChangelogError, StoredRecord};
+use unitable_core::changelog::{Changelog, StoredRecord};
 use unitable_core::commit::read::{ancestors, anchored_offsets, changelog_offsets};
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
@@ -33,10 +32,9 @@ use super::{LookupRequest, LookupResponse, assemble, keys, output_schema, read_l
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use crate::freshness::{as_of, as_of_in};
+use crate::range::chunk_within;
 use crate::snapshot::SnapshotSelector;
 
-/// Changelog records fetched per read while replaying a range.
-const CHUNK: usize = 5_000;
 /// Counter of as-of lookups by where the rows not changed after the base came from: `index`
 /// (the lookup state's key index of its base), `scan` (a key-filtered snapshot scan), or
 /// `changelog` (no snapshot read was needed).
@@ -373,25 +371,8 @@ async fn replay_partition(
     let mut out = HashMap::new();
     let mut position = from;
     while position < end {
-        let want = usize::try_from(end.0 - position.0)
-            .unwrap_or(CHUNK)
-            .min(CHUNK);
-        let chunk = changelog
-            .read(topic, partition, position, want, Duration::ZERO)
-            .await?;
-        let Some(last) = chunk.last() else {
-            // Below the high watermark a read returns records; an empty one would silently
-            // drop the rest of the range.
-            return Err(ChangelogError::Unavailable {
-                backend: changelog.backend(),
-                reason: format!(
-                    "partition {partition} of `{topic}` returned no records at offset {position}, \
-                     below the as-of end {end}"
-                ),
-            }
-            .into());
-        };
-        position = last.offset.next();
+        let (chunk, next) = chunk_within(changelog, topic, partition, position, end).await?;
+        position = next;
         // Only records of asked-for keys are decoded.
         let mine: Vec<StoredRecord> = chunk
             .into_iter()

@@ -26,7 +26,7 @@ use arrow::array::{
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use unitable_core::changelog::{Changelog, ChangelogError};
+use unitable_core::changelog::Changelog;
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId};
 use unitable_core::record::{ChangeOp, RecordCodec};
@@ -36,6 +36,7 @@ use super::asof::{Loaded, LookupAsOf, decode_keyed, newest_covered_by, snapshot_
 use super::{conform, finish, output_schema};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
+use crate::range::chunk_within;
 
 /// Most entity rows one request may hold (they are joined in memory).
 pub const MAX_ENTITY_ROWS: usize = 1_000_000;
@@ -43,9 +44,6 @@ pub const MAX_ENTITY_ROWS: usize = 1_000_000;
 const SEGMENT_ROWS: usize = 50_000;
 /// Keys per key-filtered snapshot read.
 const KEYS_PER_READ: usize = 10_000;
-/// Changelog records fetched per read.
-const CHUNK: usize = 5_000;
-
 /// A training-set read.
 #[derive(Debug, Clone)]
 pub struct TrainingSetRequest {
@@ -536,23 +534,8 @@ async fn replay(
     let mut max = i64::MIN;
     let mut position = from;
     while position < end {
-        let want = usize::try_from(end.0 - position.0)
-            .unwrap_or(CHUNK)
-            .min(CHUNK);
-        let chunk = changelog
-            .read(topic, partition, position, want, Duration::ZERO)
-            .await?;
-        let Some(last) = chunk.last() else {
-            return Err(ChangelogError::Unavailable {
-                backend: changelog.backend(),
-                reason: format!(
-                    "partition {partition} of `{topic}` returned no records at offset {position}, \
-                     below {end}"
-                ),
-            }
-            .into());
-        };
-        position = last.offset.next();
+        let (chunk, next) = chunk_within(changelog, topic, partition, position, end).await?;
+        position = next;
         let mut visible: HashMap<Offset, i64> = HashMap::new();
         let mut mine = Vec::new();
         for record in chunk.into_iter().filter(|r| r.offset < end) {
