@@ -459,6 +459,7 @@ fn revalidate(name: &TableName, def: TableDef) -> Result<()> {
             buckets: Some(def.buckets),
             partition_by: def.partition_by,
             properties: def.properties,
+            changelog_format: def.changelog.format,
         },
     )?;
     Ok(())

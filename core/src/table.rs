@@ -67,6 +67,31 @@ impl Column {
         Ok(Column::new(name, ColumnType::parse(name, ty)?, required))
     }
 
+    /// The columns of an Iceberg schema, in schema order; an error names a column whose type
+    /// unitable does not support.
+    pub fn all_of(schema: &Schema) -> std::result::Result<Vec<Column>, String> {
+        schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|field| {
+                let ty = ColumnType::from_iceberg(&field.field_type).ok_or_else(|| {
+                    format!(
+                        "column `{}` has unsupported type {}",
+                        field.name, field.field_type
+                    )
+                })?;
+                Ok(Column {
+                    field_id: field.id,
+                    name: field.name.clone(),
+                    ty,
+                    required: field.required,
+                    doc: field.doc.clone(),
+                })
+            })
+            .collect()
+    }
+
     fn to_iceberg(&self) -> NestedField {
         let field = if self.required {
             NestedField::required(self.field_id, &self.name, self.ty.to_iceberg())
@@ -81,10 +106,14 @@ impl Column {
 }
 
 /// How changelog records are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecordFormat {
     /// JSON key and value, op and schema in headers (docs/changelog-format.md).
+    #[default]
     JsonV1,
+    /// JSON key, Avro value in the Confluent wire framing, same headers
+    /// (docs/changelog-format.md, "avro-v1").
+    AvroV1,
 }
 
 impl RecordFormat {
@@ -92,11 +121,17 @@ impl RecordFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             RecordFormat::JsonV1 => "json-v1",
+            RecordFormat::AvroV1 => "avro-v1",
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
-        (s == "json-v1").then_some(RecordFormat::JsonV1)
+    /// The format of a name written by [`RecordFormat::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "json-v1" => Some(RecordFormat::JsonV1),
+            "avro-v1" => Some(RecordFormat::AvroV1),
+            _ => None,
+        }
     }
 }
 
@@ -143,6 +178,8 @@ pub struct TableSpec {
     pub partition_by: Vec<PartitionField>,
     /// Free properties.
     pub properties: BTreeMap<String, String>,
+    /// The changelog record format (`json-v1` when not chosen).
+    pub changelog_format: RecordFormat,
 }
 
 impl TableDef {
@@ -226,7 +263,7 @@ impl TableDef {
             changelog: ChangelogBinding {
                 topic: name.changelog_topic(),
                 partitions: buckets,
-                format: RecordFormat::JsonV1,
+                format: spec.changelog_format,
             },
             name,
             columns,
@@ -401,22 +438,7 @@ impl TableDef {
                 .ok_or_else(|| bad(format!("table property `{key}` is missing")))
         };
         let schema = metadata.current_schema();
-        let mut columns = Vec::new();
-        for field in schema.as_struct().fields() {
-            let ty = ColumnType::from_iceberg(&field.field_type).ok_or_else(|| {
-                bad(format!(
-                    "column `{}` has unsupported type {}",
-                    field.name, field.field_type
-                ))
-            })?;
-            columns.push(Column {
-                field_id: field.id,
-                name: field.name.clone(),
-                ty,
-                required: field.required,
-                doc: field.doc.clone(),
-            });
-        }
+        let columns = Column::all_of(schema).map_err(bad)?;
         let primary_key: Vec<String> = prop(props::PRIMARY_KEY)?
             .split(',')
             .filter(|s| !s.is_empty())

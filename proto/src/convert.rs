@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use unitable_core::naming::TableName;
 use unitable_core::partition::{PartitionField, PartitionTransform};
-use unitable_core::table::{Column, TableDef, TableSpec, TableState};
+use unitable_core::table::{Column, RecordFormat, TableDef, TableSpec, TableState};
 use unitable_core::types::ColumnType;
 
 use crate::v1;
@@ -176,7 +176,17 @@ pub fn table_def_from_wire(d: &v1::TableDefinition) -> Result<TableDef, Conversi
         .iter()
         .map(PartitionField::try_from)
         .collect::<Result<Vec<_>, _>>()?;
+    let changelog_format = match d.changelog.as_ref().map(|c| c.format.as_str()) {
+        None | Some("") => RecordFormat::default(),
+        Some(name) => RecordFormat::parse(name).ok_or_else(|| {
+            invalid(
+                "changelog.format",
+                format!("unknown changelog format `{name}`; use json-v1 or avro-v1"),
+            )
+        })?,
+    };
     let spec = TableSpec {
+        changelog_format,
         columns,
         primary_key: d.primary_key.clone(),
         buckets: (d.buckets != 0).then_some(d.buckets),

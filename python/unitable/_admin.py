@@ -49,6 +49,7 @@ class Tables:
         buckets: int = 0,
         partition_by: Iterable[PartitionField | str] = (),
         properties: Mapping[str, str] | None = None,
+        changelog_format: str = "json-v1",
         exist_ok: bool = False,
     ) -> TableInfo:
         """Creates a table and its changelog.
@@ -63,6 +64,8 @@ class Tables:
             partition_by: Iceberg partition fields: PartitionField or ``"day(placed_at)"``,
                 ``"bucket[16](id)"``, ``"region"``.
             properties: table properties (e.g. ``unitable.commit.interval-ms``).
+            changelog_format: ``"json-v1"`` (JSON values) or ``"avro-v1"`` (Avro values in the
+                Confluent framing; the schema registry endpoint is on the server's HTTP port).
             exist_ok: return the existing table instead of raising AlreadyExists.
         """
         definition = pb.TableDefinition(
@@ -75,6 +78,7 @@ class Tables:
                 for p in partition_by
             ],
             properties=dict(properties or {}),
+            changelog=pb.ChangelogBinding(format=changelog_format),
         )
         try:
             response = self._t.call(

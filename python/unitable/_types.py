@@ -402,6 +402,7 @@ class TableInfo:
     partition_by: list[PartitionField]
     properties: dict[str, str]
     changelog_topic: str
+    changelog_format: str
     table_uuid: str
     location: str
     schema_id: int
@@ -420,6 +421,7 @@ class TableInfo:
             partition_by=[PartitionField.from_pb(p) for p in d.partition_by],
             properties=dict(d.properties),
             changelog_topic=d.changelog.topic,
+            changelog_format=d.changelog.format,
             table_uuid=m.table_uuid,
             location=m.location,
             schema_id=m.schema_id,

@@ -756,6 +756,10 @@ pub struct CreateArgs {
     /// Table property KEY=VALUE (repeatable).
     #[arg(long = "property")]
     pub properties: Vec<String>,
+    /// Changelog record format: json-v1 (JSON values) or avro-v1 (Avro values in the
+    /// Confluent framing, schemas at the HTTP port's /schemas/ids/ID); keys are JSON in both.
+    #[arg(long, value_name = "FORMAT", default_value = "json-v1")]
+    pub changelog_format: String,
 }
 
 /// Output formats of client commands.

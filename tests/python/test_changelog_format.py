@@ -18,6 +18,8 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from harness import murmur2
+
 TABLE = "shop.orders"
 TOPIC = "unitable.shop.orders"
 BUCKETS = 4
@@ -47,32 +49,6 @@ ROWS = [
 ]
 UPDATE = [dict(ROWS[0], amount=Decimal("99.99"), note="updated")]
 DELETE_KEYS = [dict(region="eu", id=7)]
-
-
-def murmur2(data: bytes) -> int:
-    """The Java Kafka client's murmur2 (seed 0x9747b28c), as the doc's Partitioning section says."""
-    m, r = 0x5BD1E995, 24
-    h = (0x9747B28C ^ len(data)) & 0xFFFFFFFF
-    n = len(data) // 4
-    for i in range(n):
-        k = int.from_bytes(data[4 * i:4 * i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    tail = data[4 * n:]
-    if len(tail) >= 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if len(tail) >= 1:
-        h ^= tail[0]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
 
 
 def decode_value(column_type: str, v):

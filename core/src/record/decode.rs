@@ -8,6 +8,7 @@
 use arrow::array::new_null_array;
 use arrow::record_batch::RecordBatch;
 
+use super::avro;
 use super::json_read::{ObjectReader, Raw};
 use super::scalar::{ColumnBuilder, Scalar, parse};
 use super::{ChangeOp, DecodeError, DecodedBatch, OP_HEADER, RecordCodec, TABLE_UUID_HEADER};
@@ -259,6 +260,47 @@ impl RecordCodec {
         Ok(())
     }
 
+    /// Fills `values` (by column index) from a framed Avro value (see [`avro`]). The columns
+    /// are read in schema order; a value that ends before the last column was written under an
+    /// older schema (the rest are null), bytes after the last column are columns of a newer
+    /// schema (skipped), unless the value claims this codec's own schema id.
+    fn read_avro<'a>(
+        &self,
+        value: &'a [u8],
+        values: &mut [Option<Scalar<'a>>],
+    ) -> Result<(), Failure> {
+        if value.len() < avro::FRAME_LEN {
+            return Err(fail(
+                None,
+                format!(
+                    "the value starts with the Avro magic byte but has only {} bytes (the framing takes {})",
+                    value.len(),
+                    avro::FRAME_LEN
+                ),
+            ));
+        }
+        let own = value[..avro::FRAME_LEN] == self.avro_frame;
+        let mut reader = avro::AvroReader::new(&value[avro::FRAME_LEN..]);
+        for (i, info) in self.columns.iter().enumerate() {
+            if reader.at_end() && !own {
+                break;
+            }
+            values[i] = reader
+                .column(info.ty, !info.required)
+                .map_err(|e| fail(Some(&info.name), format!("{e} in the Avro value")))?;
+        }
+        if own && !reader.at_end() {
+            return Err(fail(
+                None,
+                format!(
+                    "{} bytes follow the last column of the Avro value",
+                    reader.remaining()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The typed value of column `i` from its slot.
     fn column_value<'a>(
         &self,
@@ -326,12 +368,20 @@ impl RecordCodec {
             return Ok(op);
         };
 
-        self.read_object(value, Part::Value, None, raw)?;
+        let is_avro = value.first() == Some(&avro::MAGIC);
+        if is_avro {
+            self.read_avro(value, values)?;
+        } else {
+            self.read_object(value, Part::Value, None, raw)?;
+        }
         for (i, info) in self.columns.iter().enumerate() {
             if wanted.is_some_and(|w| !w[i]) {
+                values[i] = None;
                 continue;
             }
-            values[i] = self.column_value(i, raw, Part::Value)?;
+            if !is_avro {
+                values[i] = self.column_value(i, raw, Part::Value)?;
+            }
             if values[i].is_none() && info.required {
                 return Err(fail(
                     Some(&info.name),

@@ -20,6 +20,7 @@ use arrow::datatypes::{
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 
+use super::avro;
 use super::convert::decimal_bound;
 use super::json_write as w;
 use super::{
@@ -28,6 +29,7 @@ use super::{
 };
 use crate::changelog::ChangeRecord;
 use crate::offsets::PartitionId;
+use crate::table::RecordFormat;
 use crate::types::ColumnType;
 
 /// A batch column, downcast to its concrete array type.
@@ -121,6 +123,34 @@ impl<'a> Bound<'a> {
             Values::LargeBinary(a) => w::write_base64(buf, a.value(row)),
             Values::Date(a) => w::write_date(buf, a.value(row)),
             Values::Timestamp { array, utc } => w::write_timestamp(buf, array.value(row), utc),
+        }
+        Ok(())
+    }
+}
+
+impl Bound<'_> {
+    /// Writes the (non-null) value at `row` as Avro binary (see [`avro`]).
+    fn write_avro(&self, row: usize, buf: &mut Vec<u8>) -> Result<(), String> {
+        match self.values {
+            Values::Bool(a) => buf.push(u8::from(a.value(row))),
+            Values::Int32(a) => avro::put_long(buf, i64::from(a.value(row))),
+            Values::Int64(a) => avro::put_long(buf, a.value(row)),
+            Values::Float32(a) => buf.extend_from_slice(&a.value(row).to_le_bytes()),
+            Values::Float64(a) => buf.extend_from_slice(&a.value(row).to_le_bytes()),
+            Values::Decimal { array, bound, .. } => {
+                let v = array.value(row);
+                if v >= bound || v <= -bound {
+                    return Err(format!(
+                        "decimal value {v} (unscaled) has more digits than the column's precision"
+                    ));
+                }
+                avro::put_decimal(buf, v);
+            }
+            Values::Utf8(a) => avro::put_bytes(buf, a.value(row).as_bytes()),
+            Values::Binary(a) => avro::put_bytes(buf, a.value(row)),
+            Values::LargeBinary(a) => avro::put_bytes(buf, a.value(row)),
+            Values::Date(a) => avro::put_long(buf, i64::from(a.value(row))),
+            Values::Timestamp { array, .. } => avro::put_long(buf, array.value(row)),
         }
         Ok(())
     }
@@ -230,6 +260,36 @@ impl RecordCodec {
         Ok(())
     }
 
+    /// Writes row `row`'s value as a framed Avro record; every column is bound.
+    fn write_avro_value(
+        &self,
+        cols: &[Option<Bound<'_>>],
+        row: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
+        buf.extend_from_slice(&self.avro_frame);
+        for (b, info) in cols.iter().zip(&self.columns) {
+            let Some(b) = b else {
+                return Err(row_error(row, info, "missing from the batch"));
+            };
+            let null = b.is_null(row);
+            if info.required {
+                if null {
+                    return Err(row_error(row, info, "null in a required (not null) column"));
+                }
+            } else {
+                // The union ["null", T]: branch 0 or 1.
+                avro::put_long(buf, i64::from(!null));
+                if null {
+                    continue;
+                }
+            }
+            b.write_avro(row, buf)
+                .map_err(|e| row_error(row, info, e))?;
+        }
+        Ok(())
+    }
+
     /// Encodes every row of `batch` as a change record of `op`, stamped `timestamp_ms`.
     ///
     /// For inserts and upserts `batch` has every table column (matched by name, any order,
@@ -266,7 +326,10 @@ impl RecordCodec {
                 result = self.write_key(&cols, row, &mut keys);
             }
             if result.is_ok() && !delete {
-                result = self.write_value(&cols, row, &mut values);
+                result = match self.format {
+                    RecordFormat::JsonV1 => self.write_value(&cols, row, &mut values),
+                    RecordFormat::AvroV1 => self.write_avro_value(&cols, row, &mut values),
+                };
             }
             match result {
                 Ok(()) => spans.push(Span {

@@ -1,4 +1,4 @@
-//! The changelog record format `json-v1`: rows as Kafka-shaped records and back.
+//! The changelog record formats `json-v1` and `avro-v1`: rows as Kafka-shaped records and back.
 //!
 //! A [`RecordCodec`] is built from a table definition, its Iceberg table uuid and schema id.
 //! [`RecordCodec::encode`] turns an Arrow batch of rows into one [`ChangeRecord`] per row:
@@ -18,10 +18,16 @@
 //! where their meaning is unambiguous. The byte-level specification, with the JSON form of
 //! every type, is docs/changelog-format.md; this module is its reference implementation.
 //!
+//! A table whose changelog format is `avro-v1` writes the value as an Avro record in the
+//! Confluent wire framing instead ([`avro`]); keys and headers are the same. Decoding reads
+//! both forms whatever the table's format (an Avro value starts with the byte 0, which no JSON
+//! text does).
+//!
 //! Inside: `encode` (Arrow columns -> JSON through the small writer in `json_write`),
 //! `decode` (the pull reader in `json_read` -> typed values in `scalar` -> Arrow builders),
 //! `convert` (calendar and decimal text forms).
 
+pub mod avro;
 mod convert;
 mod decode;
 mod encode;
@@ -32,6 +38,8 @@ mod scalar;
 
 pub use rows::{ParsedRows, json_lines};
 
+#[cfg(test)]
+mod avro_tests;
 #[cfg(test)]
 mod bench;
 #[cfg(test)]
@@ -54,7 +62,7 @@ use crate::bucket::bucket_of;
 use crate::changelog::ChangeRecord;
 use crate::error::{Error, Result};
 use crate::offsets::{Offset, PartitionId};
-use crate::table::TableDef;
+use crate::table::{RecordFormat, TableDef};
 use crate::types::ColumnType;
 
 /// Header carrying the change operation: `insert`, `upsert` or `delete`.
@@ -225,7 +233,7 @@ struct ColumnInfo {
     json_name: Vec<u8>,
 }
 
-/// Encodes and decodes one table's changelog records (format `json-v1`).
+/// Encodes and decodes one table's changelog records (`json-v1`, or `avro-v1` values).
 ///
 /// Built once per table schema and shared (it is `Send + Sync`); encoding and decoding take
 /// `&self`.
@@ -243,6 +251,10 @@ pub struct RecordCodec {
     schema_id: i32,
     schema_id_header: Bytes,
     table_uuid_header: Bytes,
+    /// How values are written (decoding reads both forms).
+    format: RecordFormat,
+    /// The framing that starts every `avro-v1` value: magic byte and schema id.
+    avro_frame: [u8; avro::FRAME_LEN],
     /// Append-only tables put each encoded batch into the next partition in turn.
     next_partition: AtomicU32,
 }
@@ -305,6 +317,8 @@ impl RecordCodec {
             schema_id,
             schema_id_header: Bytes::from(schema_id.to_string()),
             table_uuid_header: Bytes::copy_from_slice(table_uuid.as_bytes()),
+            format: def.changelog.format,
+            avro_frame: avro_frame(avro::schema_id(table_uuid, schema_id)),
             next_partition: AtomicU32::new(0),
         })
     }
@@ -330,6 +344,22 @@ impl RecordCodec {
     /// The schema id stamped on encoded records.
     pub fn schema_id(&self) -> i32 {
         self.schema_id
+    }
+
+    /// The format values are written in.
+    pub fn format(&self) -> RecordFormat {
+        self.format
+    }
+
+    /// The schema id in the framing of `avro-v1` values this codec writes
+    /// ([`avro::schema_id`]).
+    pub fn avro_schema_id(&self) -> u32 {
+        u32::from_be_bytes([
+            self.avro_frame[1],
+            self.avro_frame[2],
+            self.avro_frame[3],
+            self.avro_frame[4],
+        ])
     }
 
     /// Whether the table has no primary key (records have no key and are only inserts).
@@ -361,4 +391,9 @@ impl RecordCodec {
             _ => ty.to_arrow() == *found,
         }
     }
+}
+
+fn avro_frame(id: u32) -> [u8; avro::FRAME_LEN] {
+    let id = id.to_be_bytes();
+    [avro::MAGIC, id[0], id[1], id[2], id[3]]
 }

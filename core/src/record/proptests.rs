@@ -92,8 +92,8 @@ fn values() -> impl Strategy<Value = Values> {
 
 /// Every type in the key (all key-able types) and again as nullable values, plus a required
 /// float.
-fn every_type_codec() -> RecordCodec {
-    codec(&table(
+fn every_type_codec(avro: bool) -> RecordCodec {
+    let mut def = table(
         &[
             "k_str:string!",
             "k_long:int64!",
@@ -121,7 +121,11 @@ fn every_type_codec() -> RecordCodec {
         &[
             "k_str", "k_long", "k_dec", "k_date", "k_tstz", "k_bin", "k_bool", "k_int", "k_ts",
         ],
-    ))
+    );
+    if avro {
+        def.changelog.format = RecordFormat::AvroV1;
+    }
+    codec(&def)
 }
 
 fn some<T>(values: Vec<T>) -> Vec<Option<T>> {
@@ -191,12 +195,19 @@ fn stored(rows: &[EncodedRow]) -> Vec<StoredRecord> {
 
 proptest! {
     #[test]
-    fn upserts_and_deletes_round_trip(rows in prop::collection::vec((key(), values(), f64s()), 0..12)) {
-        let codec = every_type_codec();
+    fn upserts_and_deletes_round_trip(
+        rows in prop::collection::vec((key(), values(), f64s()), 0..12),
+        avro in any::<bool>(),
+    ) {
+        let codec = every_type_codec(avro);
         let input = to_batch(&codec, &rows);
         let (upserts, errors) = codec.encode(ChangeOp::Upsert, &input, 7).unwrap();
         prop_assert!(errors.is_empty(), "{:?}", errors);
         prop_assert_eq!(upserts.len(), rows.len());
+        for u in &upserts {
+            let value = u.record.value.as_deref().unwrap_or_default();
+            prop_assert_eq!(value.first() == Some(&avro::MAGIC), avro);
+        }
 
         let decoded = codec.decode(&stored(&upserts)).unwrap();
         prop_assert_eq!(&decoded.ops, &vec![ChangeOp::Upsert; rows.len()]);
@@ -239,8 +250,9 @@ proptest! {
         position in any::<prop::sample::Index>(),
         byte in any::<u8>(),
         damage in 0..3u8,
+        avro in any::<bool>(),
     ) {
-        let codec = every_type_codec();
+        let codec = every_type_codec(avro);
         let input = to_batch(&codec, &[row]);
         let (mut rows, _) = codec.encode(ChangeOp::Upsert, &input, 0).unwrap();
         let record = &mut rows[0].record;

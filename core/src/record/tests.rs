@@ -31,7 +31,7 @@ pub(super) fn table(columns: &[&str], primary_key: &[&str]) -> TableDef {
 }
 
 /// A table with a composite key and a column of every type.
-fn every_type_table() -> TableDef {
+pub(super) fn every_type_table() -> TableDef {
     table(
         &[
             "region:string!",
@@ -59,7 +59,7 @@ pub(super) fn batch(codec: &RecordCodec, columns: Vec<ArrayRef>) -> RecordBatch 
     RecordBatch::try_new(codec.arrow_schema(), columns).unwrap()
 }
 
-fn every_type_batch(codec: &RecordCodec) -> RecordBatch {
+pub(super) fn every_type_batch(codec: &RecordCodec) -> RecordBatch {
     batch(
         codec,
         vec![

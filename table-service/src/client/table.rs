@@ -9,8 +9,9 @@ use unitable_core::partition::PartitionField;
 use unitable_core::table::Column;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::{
-    AddColumnRequest, AlterTableRequest, ChangelogTopic, CompactionStatus, CreateTableRequest,
-    DropTableRequest, GetTableRequest, ListTablesRequest, TableDefinition, TableInfo,
+    AddColumnRequest, AlterTableRequest, ChangelogBinding, ChangelogTopic, CompactionStatus,
+    CreateTableRequest, DropTableRequest, GetTableRequest, ListTablesRequest, TableDefinition,
+    TableInfo,
 };
 
 use super::{ClientError, Connection};
@@ -193,7 +194,10 @@ fn definition_from_args(args: &CreateArgs) -> Result<TableDefinition, ClientErro
         buckets: args.buckets.unwrap_or(0),
         partition_by,
         properties,
-        changelog: None,
+        changelog: Some(ChangelogBinding {
+            format: args.changelog_format.trim().to_string(),
+            ..ChangelogBinding::default()
+        }),
     })
 }
 

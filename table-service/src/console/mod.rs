@@ -10,6 +10,7 @@
 
 mod api;
 mod history;
+mod registry;
 
 pub(crate) use history::History;
 
@@ -130,6 +131,8 @@ pub(crate) fn router(console: Console) -> axum::Router {
             get(api::dead_letters),
         )
         .route("/api/v1/sql", post(api::sql))
+        .route("/schemas/ids/{id}", get(registry::by_id))
+        .route("/schemas/ids/{id}/schema", get(registry::schema_only))
         .fallback(|| async {
             Failure::new(
                 StatusCode::NOT_FOUND,

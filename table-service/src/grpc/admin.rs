@@ -44,6 +44,13 @@ impl AdminApi {
     }
 }
 
+impl AdminApi {
+    /// The table administration it answers with (for HTTP endpoints that read the catalog).
+    pub(crate) fn tables(&self) -> &TableAdmin {
+        &self.admin
+    }
+}
+
 fn count(method: &'static str) {
     metrics::counter!("unitable_grpc_requests_total", "method" => method).increment(1);
 }
