@@ -264,3 +264,45 @@ def test_avro_changelog_read_by_confluent_fastavro_and_pyiceberg(start_service, 
     assert got.keys() == model.keys()
     for k, row in model.items():
         assert same(got[k], row), (got[k], row)
+
+
+def test_schema_registry_endpoint_requires_a_token_and_a_grant(start_service, tmp_path):
+    """On a server requiring tokens: no credentials is 401; a token as the basic-auth password
+    (what registry clients send) or as a bearer token reads the schema; a user without a grant
+    on the table does not see its schema (404, as for a missing id)."""
+    token_file = tmp_path / "admin.token"
+    service = start_service("--bootstrap-admin-token-file", str(token_file), anonymous=False)
+    admin_token = token_file.read_text().strip()
+    with unitable.connect(service.grpc_url, token=admin_token) as admin:
+        info = admin.tables.create("avro.secret", ["id:int64!", "v:string"], primary_key=["id"],
+                                   changelog_format="avro-v1")
+        stranger = admin.access.create_token("sam", "registry test").token
+    schema_id = murmur2(f"{info.table_uuid}/{info.schema_id}".encode()) & 0x7FFFFFFF or 1
+    url = f"http://{service.http_addr}"
+
+    import urllib.error
+    import urllib.request
+
+    def get(path: str, auth: str | None) -> tuple[int, dict]:
+        req = urllib.request.Request(url + path, headers={"Authorization": auth} if auth else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    status, body = get(f"/schemas/ids/{schema_id}", None)
+    assert status == 401 and body["error_code"] == 40101, body
+    status, body = get(f"/schemas/ids/{schema_id}", f"Bearer {admin_token}")
+    assert status == 200, body
+    want = {"type": "record", "name": "secret", "namespace": "avro", "fields": [
+        {"name": "id", "type": "long", "field-id": 1},
+        {"name": "v", "type": ["null", "string"], "default": None, "field-id": 2}]}
+    assert json.loads(body["schema"]) == want
+    status, body = get(f"/schemas/ids/{schema_id}/schema", f"Bearer {admin_token}")
+    assert status == 200 and body == want
+    status, body = get(f"/schemas/ids/{schema_id}", f"Bearer {stranger}")
+    assert status == 404 and body["error_code"] == 40403, body
+
+    registry = SchemaRegistryClient({"url": url, "basic.auth.user.info": f"admin:{admin_token}"})
+    assert json.loads(registry.get_schema(schema_id).schema_str) == want

@@ -58,6 +58,7 @@ async fn fixture_named(table: &str, buckets: u32) -> Fixture {
             buckets: Some(buckets),
             partition_by: Vec::new(),
             properties: BTreeMap::new(),
+            changelog_format: Default::default(),
         },
     )
     .unwrap();

@@ -141,6 +141,7 @@ async fn fixture() -> Fixture {
                 buckets: Some(4),
                 partition_by: Vec::new(),
                 properties: BTreeMap::new(),
+                changelog_format: Default::default(),
             },
         )
         .unwrap();
@@ -340,6 +341,7 @@ async fn request_ids_need_the_request_log() {
             buckets: Some(1),
             partition_by: Vec::new(),
             properties: BTreeMap::new(),
+            changelog_format: Default::default(),
         },
     )
     .unwrap();
