@@ -1,6 +1,6 @@
 //! A read-only schema registry for `avro-v1` changelogs on the HTTP port, in the Confluent
-//! Schema Registry's REST shape, so Avro consumers (confluent-kafka's `AvroDeserializer`,
-//! Flink's `avro-confluent` format, kcat) find a value's schema from the id in its framing:
+//! Schema Registry's REST shape, so registry-aware Avro consumers (tested: confluent-kafka's
+//! `AvroDeserializer`) find a value's schema from the id in its framing:
 //!
 //! - `GET /schemas/ids/{id}`: `{"schema": "<Avro schema JSON>"}`;
 //! - `GET /schemas/ids/{id}/schema`: the Avro schema itself.
