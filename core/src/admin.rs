@@ -6,21 +6,70 @@ use tracing::{info, warn};
 
 use crate::catalog::TableCatalog;
 use crate::changelog::{Changelog, TopicInfo};
+use crate::commit::CommitError;
+use crate::commit::committer::Committer;
 use crate::error::{Error, Result};
 use crate::naming::TableName;
-use crate::table::{Column, TableDef, TableState};
+use crate::table::{Column, ColumnChange, TableDef, TableState};
 
 /// Creates, describes, lists, alters and drops tables (catalog entry + changelog topic).
 #[derive(Debug, Clone)]
 pub struct TableAdmin {
     catalog: TableCatalog,
     changelog: Arc<dyn Changelog>,
+    /// Commits schema changes iceberg-rust cannot (see [`TableAdmin::alter_columns`]).
+    committer: Option<Committer>,
 }
 
 impl TableAdmin {
     /// Admin over a catalog and a changelog.
     pub fn new(catalog: TableCatalog, changelog: Arc<dyn Changelog>) -> Self {
-        Self { catalog, changelog }
+        Self {
+            catalog,
+            changelog,
+            committer: None,
+        }
+    }
+
+    /// The same admin, committing column changes through `committer`.
+    pub fn with_committer(mut self, committer: Committer) -> Self {
+        self.committer = Some(committer);
+        self
+    }
+
+    /// Renames, drops, widens, makes optional or moves columns (see [`ColumnChange`]) in one
+    /// metadata-only commit of a new current schema with the same field ids.
+    pub async fn alter_columns(
+        &self,
+        name: &TableName,
+        changes: &[ColumnChange],
+    ) -> Result<TableState> {
+        let committer = self.committer.as_ref().ok_or_else(|| Error::SchemaCommit {
+            table: name.to_string(),
+            reason: "this admin has no commit layer (a bug: the server always gives it one)"
+                .into(),
+            retryable: false,
+            conflict: false,
+        })?;
+        let current = self.catalog.describe(name).await?;
+        let def = current.def.evolved(changes)?;
+        let schema = def.iceberg_schema(current.schema_id + 1)?;
+        let schema_commit = |e: CommitError| match e {
+            CommitError::Table(e) => e,
+            other => Error::SchemaCommit {
+                table: name.to_string(),
+                conflict: matches!(other, CommitError::Invalid { .. }),
+                retryable: other.is_retryable(),
+                reason: other.to_string(),
+            },
+        };
+        committer
+            .commit_schema(name, current.schema_id, schema)
+            .await
+            .map_err(schema_commit)?;
+        let state = self.catalog.describe(name).await?;
+        info!(table = %name, schema_id = state.schema_id, changes = changes.len(), "changed columns");
+        Ok(state)
     }
 
     /// The catalog.

@@ -399,7 +399,9 @@ impl TableCatalog {
     ) -> Result<TableState> {
         let fail = |reason: String| Err(Error::invalid_definition(name, reason));
         if set.is_empty() && unset.is_empty() {
-            return fail("nothing to alter: give properties to set or to unset".into());
+            return fail(
+                "nothing to alter: give properties to set or to unset, or column changes".into(),
+            );
         }
         for key in unset {
             if set.contains_key(key) {

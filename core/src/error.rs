@@ -73,6 +73,18 @@ pub enum Error {
         #[source]
         source: Box<iceberg::Error>,
     },
+    /// A schema change could not be committed.
+    #[error("cannot change the schema of `{table}`: {reason}")]
+    SchemaCommit {
+        /// The table.
+        table: String,
+        /// Why (the commit layer's error, for the user).
+        reason: String,
+        /// Whether trying again later may succeed (lost races, storage hiccups).
+        retryable: bool,
+        /// Whether another change to the schema got there first (describe and try again).
+        conflict: bool,
+    },
     /// Object storage failed.
     #[error("storage operation on `{path}` failed: {source}")]
     Storage {
@@ -126,6 +138,7 @@ impl Error {
             | Error::NotAUnitableTable { .. }
             | Error::InvalidUri { .. } => false,
             Error::Catalog { source, .. } => source.retryable(),
+            Error::SchemaCommit { retryable, .. } => *retryable,
             Error::Storage { source, .. } => !matches!(
                 **source,
                 object_store::Error::NotFound { .. }

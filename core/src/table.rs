@@ -17,6 +17,10 @@ use crate::naming::{TableName, TopicName, props};
 use crate::partition::{PartitionField, PartitionTransform};
 use crate::types::ColumnType;
 
+mod evolve;
+
+pub use evolve::{ColumnChange, widens};
+
 /// Buckets when a table definition does not say.
 pub const DEFAULT_BUCKETS: u32 = 4;
 /// The most buckets (= changelog partitions) a table may have.
@@ -513,6 +517,31 @@ fn is_iceberg_default(key: &str) -> bool {
         key,
         "write.format.default" | "write.delete.mode" | "write.update.mode"
     )
+}
+
+/// Every schema in `metadata` (current and earlier) as Iceberg schema id and columns, for
+/// [`crate::record::RecordCodec::with_history`]. Schemas with a type unitable does not support
+/// are left out (their records fall back to the current schema).
+pub fn schema_history(metadata: &TableMetadata) -> Vec<(i32, Vec<Column>)> {
+    metadata
+        .schemas_iter()
+        .filter_map(|s| Column::all_of(s).ok().map(|c| (s.schema_id(), c)))
+        .collect()
+}
+
+/// Checks a changed definition's columns: valid names, none twice (in any case).
+fn check_columns(def: &TableDef) -> Result<()> {
+    let mut seen = HashSet::new();
+    for column in &def.columns {
+        validate_column_name(&def.name, &column.name)?;
+        if !seen.insert(column.name.to_ascii_lowercase()) {
+            return Err(Error::invalid_definition(
+                &def.name,
+                format!("column `{}` is declared twice", column.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_column_name(table: &TableName, name: &str) -> Result<()> {

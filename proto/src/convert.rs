@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use unitable_core::naming::TableName;
 use unitable_core::partition::{PartitionField, PartitionTransform};
-use unitable_core::table::{Column, RecordFormat, TableDef, TableSpec, TableState};
+use unitable_core::table::{
+    Column, ColumnChange, RecordFormat, TableDef, TableSpec, TableState,
+};
 use unitable_core::types::ColumnType;
 
 use crate::v1;
@@ -159,6 +161,74 @@ impl From<&PartitionField> for v1::PartitionField {
             column: p.column.clone(),
             transform: transform as i32,
             parameter,
+        }
+    }
+}
+
+impl TryFrom<&v1::ColumnChange> for ColumnChange {
+    type Error = ConversionError;
+
+    fn try_from(c: &v1::ColumnChange) -> Result<Self, Self::Error> {
+        use v1::column_change::Change;
+        let named = |column: &str, what: &str| {
+            if column.trim().is_empty() {
+                Err(invalid(
+                    format!("column_changes.{what}.column"),
+                    "is empty",
+                ))
+            } else {
+                Ok(column.trim().to_string())
+            }
+        };
+        Ok(match &c.change {
+            None => return Err(invalid("column_changes", "a change names no operation")),
+            Some(Change::Rename(r)) => ColumnChange::Rename {
+                column: named(&r.column, "rename")?,
+                to: r.to.trim().to_string(),
+            },
+            Some(Change::Drop(column)) => ColumnChange::Drop {
+                column: named(column, "drop")?,
+            },
+            Some(Change::Widen(w)) => ColumnChange::Widen {
+                column: named(&w.column, "widen")?,
+                to: w
+                    .to
+                    .as_ref()
+                    .ok_or_else(|| invalid("column_changes.widen.to", "is missing"))
+                    .and_then(ColumnType::try_from)?,
+            },
+            Some(Change::MakeOptional(column)) => ColumnChange::MakeOptional {
+                column: named(column, "make_optional")?,
+            },
+            Some(Change::Move(m)) => ColumnChange::Move {
+                column: named(&m.column, "move")?,
+                after: m.after.as_ref().map(|a| a.trim().to_string()),
+            },
+        })
+    }
+}
+
+impl From<&ColumnChange> for v1::ColumnChange {
+    fn from(c: &ColumnChange) -> Self {
+        use v1::column_change::Change;
+        let change = match c {
+            ColumnChange::Rename { column, to } => Change::Rename(v1::RenameColumn {
+                column: column.clone(),
+                to: to.clone(),
+            }),
+            ColumnChange::Drop { column } => Change::Drop(column.clone()),
+            ColumnChange::Widen { column, to } => Change::Widen(v1::WidenColumn {
+                column: column.clone(),
+                to: Some((*to).into()),
+            }),
+            ColumnChange::MakeOptional { column } => Change::MakeOptional(column.clone()),
+            ColumnChange::Move { column, after } => Change::Move(v1::MoveColumn {
+                column: column.clone(),
+                after: after.clone(),
+            }),
+        };
+        v1::ColumnChange {
+            change: Some(change),
         }
     }
 }

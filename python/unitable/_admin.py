@@ -154,6 +154,51 @@ class Tables:
             table=name, action="alter", retries=0)
         return TableInfo.from_pb(response.table)
 
+    def alter_columns(
+        self,
+        name: str,
+        *,
+        rename: Mapping[str, str] | None = None,
+        widen: Mapping[str, str] | None = None,
+        make_optional: Sequence[str] = (),
+        move: Mapping[str, str | None] | None = None,
+        drop: Sequence[str] = (),
+    ) -> TableInfo:
+        """Changes columns in one schema commit; field ids are kept, so data files and
+        changelog records written before still read (in every mode and every Iceberg engine).
+
+        Changes apply in this order: renames, widens, make-optional, moves, drops. Primary-key
+        columns cannot change; partition source columns cannot be dropped or widened.
+
+        Args:
+            rename: ``{old: new}``.
+            widen: ``{column: type}``: int32 -> int64, float32 -> float64,
+                decimal(P,S) -> decimal(P2,S) with P2 > P.
+            make_optional: required columns that may hold nulls from now on.
+            move: ``{column: other}`` puts `column` after `other`; ``{column: None}`` first.
+            drop: columns to drop.
+        """
+        changes: list[pb.ColumnChange] = []
+        for old, new in (rename or {}).items():
+            changes.append(pb.ColumnChange(rename=pb.RenameColumn(column=old, to=new)))
+        for column, type_name in (widen or {}).items():
+            to = Column.parse(f"{column}:{type_name}").to_pb().type
+            changes.append(pb.ColumnChange(widen=pb.WidenColumn(column=column, to=to)))
+        for column in make_optional:
+            changes.append(pb.ColumnChange(make_optional=column))
+        for column, after in (move or {}).items():
+            move_pb = (pb.MoveColumn(column=column) if after is None
+                       else pb.MoveColumn(column=column, after=after))
+            changes.append(pb.ColumnChange(move=move_pb))
+        for column in drop:
+            changes.append(pb.ColumnChange(drop=column))
+        response = self._t.call(
+            lambda: self._t.admin.AlterTable(
+                pb.AlterTableRequest(table=name, column_changes=changes),
+                metadata=self._t.metadata, timeout=self._t.timeout),
+            table=name, action="alter columns", retries=0)
+        return TableInfo.from_pb(response.table)
+
 
 _PRIVILEGES: dict[str, int] = {
     "read": pb.PRIVILEGE_READ, "write": pb.PRIVILEGE_WRITE, "admin": pb.PRIVILEGE_ADMIN}

@@ -24,7 +24,7 @@ use unitable_core::naming::TableName;
 use unitable_core::offsets::{AsOf, PartitionOffsets};
 use unitable_core::record::RecordCodec;
 use unitable_core::scan::{ScanOptions, plan_scan, read_files, split_files};
-use unitable_core::table::TableDef;
+use unitable_core::table::{TableDef, schema_history};
 
 use crate::error::{ReadError, ReadResult};
 use crate::filter::{BoundFilter, RowFilter, project_schema};
@@ -105,7 +105,8 @@ impl Reader {
             &def,
             &metadata.uuid().to_string(),
             metadata.current_schema_id(),
-        )?);
+        )?
+        .with_history(schema_history(metadata)));
         let schema = match (&tip, &snapshot) {
             (Tip::Snapshot, Some(s)) => s
                 .schema(metadata)

@@ -10,7 +10,7 @@ use unitable_core::commit::read::snapshot_as_of;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::AsOf;
 use unitable_core::record::RecordCodec;
-use unitable_core::table::TableDef;
+use unitable_core::table::{TableDef, schema_history};
 
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
@@ -125,7 +125,8 @@ impl Reader {
             &def,
             &loaded.metadata().uuid().to_string(),
             loaded.metadata().current_schema_id(),
-        )?);
+        )?
+        .with_history(schema_history(loaded.metadata())));
         let followed = self
             .followed
             .read(&loaded, &def, &codec, &to, &self.catalog, &self.changelog)

@@ -43,7 +43,7 @@ use unitable_core::commit::read::anchored_offsets;
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{AsOf, Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
-use unitable_core::table::TableDef;
+use unitable_core::table::{TableDef, schema_history};
 
 use crate::error::{ReadError, ReadResult};
 use crate::filter::{BoundFilter, RowFilter};
@@ -177,7 +177,8 @@ impl Reader {
             &def,
             &metadata.uuid().to_string(),
             metadata.current_schema_id(),
-        )?);
+        )?
+        .with_history(schema_history(metadata)));
         let partitions = def.changelog.partitions;
         let topic = def.changelog.topic.clone();
         let table_schema = Arc::new(

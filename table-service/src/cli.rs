@@ -721,7 +721,10 @@ pub enum TableCommand {
         #[arg(long)]
         column: String,
     },
-    /// Set or remove table properties (one metadata-only commit).
+    /// Set or remove table properties, and rename, drop, widen, make optional or move columns
+    /// (metadata-only commits; field ids are kept, so old data files and changelog records
+    /// still read). Column changes apply in this order: renames, widens, make-optional, moves,
+    /// drops; primary-key columns cannot change.
     Alter {
         /// NAMESPACE.TABLE
         table: String,
@@ -731,6 +734,22 @@ pub enum TableCommand {
         /// Property KEY to remove (repeatable; a key that is not set is ignored).
         #[arg(long = "unset", value_name = "KEY")]
         unset: Vec<String>,
+        /// Rename column OLD to NEW (repeatable).
+        #[arg(long = "rename-column", value_name = "OLD=NEW")]
+        rename: Vec<String>,
+        /// Widen column C to TYPE: int32 -> int64, float32 -> float64, decimal(P,S) ->
+        /// decimal(P2,S) with P2 > P (repeatable).
+        #[arg(long = "widen-column", value_name = "C:TYPE")]
+        widen: Vec<String>,
+        /// Allow nulls in required column C (repeatable).
+        #[arg(long = "make-optional", value_name = "C")]
+        make_optional: Vec<String>,
+        /// Move column C first (`C=first`) or after column B (`C=after:B`) (repeatable).
+        #[arg(long = "move-column", value_name = "C=first|C=after:B")]
+        move_column: Vec<String>,
+        /// Drop column C: it is no longer read; its values stay in old data files (repeatable).
+        #[arg(long = "drop-column", value_name = "C")]
+        drop: Vec<String>,
     },
 }
 

@@ -78,6 +78,8 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         .await
         .context("cannot open the catalog database for commits")?;
     let committer = Committer::new(catalog.clone(), Arc::new(pointer));
+    // Schema changes (rename, drop, widen...) are metadata commits of the same commit layer.
+    let schema_committer = committer.clone();
     // The compactor shares the writer's committer, so rewrites and row deltas take turns.
     let compactor = Compactor::new(
         catalog.clone(),
@@ -199,7 +201,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     // admin calls.
     let read_runtime = BackgroundRuntime::start("unitable-read")?;
     let read_handle = read_runtime.handle();
-    let admin = TableAdmin::new(catalog, changelog);
+    let admin = TableAdmin::new(catalog, changelog).with_committer(schema_committer);
 
     let shutdown = CancellationToken::new();
     // Consumer group lag and members, refreshed every third of a member session.

@@ -192,6 +192,14 @@ fn classify_core(e: &CoreError) -> (Code, Level) {
         CoreError::TableNotFound { .. } => (Code::NotFound, Level::Debug),
         CoreError::TableAlreadyExists { .. } => (Code::AlreadyExists, Level::Debug),
         CoreError::NotAUnitableTable { .. } => (Code::FailedPrecondition, Level::Warn),
+        CoreError::SchemaCommit { conflict: true, .. } => (Code::Aborted, Level::Debug),
+        CoreError::SchemaCommit { retryable, .. } => {
+            if *retryable {
+                (Code::Unavailable, Level::Warn)
+            } else {
+                (Code::Internal, Level::Error)
+            }
+        }
         CoreError::InvalidUri { .. } => (Code::InvalidArgument, Level::Warn),
         CoreError::Catalog { .. } | CoreError::Storage { .. } => {
             if e.is_retryable() {

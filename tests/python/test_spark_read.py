@@ -588,3 +588,27 @@ def test_spark_reads_every_snapshot_before_and_after_compaction(
     partial = [s for s in final if s.op != "replace" and s.id not in {r for r, _, _ in writer.reported}]
     log(f"{table.name}: {len(final)} snapshots ({len(replaces)} replace, {len(partial)} holding part "
         f"of a write), {reads} reads equal the model, {time.monotonic() - started:.1f}s")
+
+
+def test_spark_reads_a_table_whose_columns_changed(spark_base, start_service):
+    """The workload of test_schema_evolution.py (renamed, widened, optional, moved and dropped
+    columns, with old-schema records committed after the change): Spark reads the current
+    snapshot as the model, by field id, with old data files' values widened, and reads every
+    earlier snapshot; after compaction it still does."""
+    import unitable
+    from test_schema_evolution import NEW_COLUMNS, TABLE as EVOLVED, write_and_evolve
+
+    service = start_service("--commit-interval", "1500ms")
+    columns = ["id"] + [c for c in NEW_COLUMNS if c != "id"]
+    with unitable.connect(service.grpc_url) as client:
+        model = write_and_evolve(client, "json-v1")
+        want = sorted(tuple(row[c] for c in columns) for row in model.values())
+        spark = open_catalog(spark_base, service.data_dir)
+        ident = f"{CATALOG}.{EVOLVED}"
+        df = spark.table(ident)
+        assert df.columns == NEW_COLUMNS
+        assert spark_rows(df, columns) == want
+        for snap in spark_snapshots(spark, ident):
+            spark.sql(f"SELECT * FROM {ident} VERSION AS OF {snap.id}").collect()
+        client.compact(EVOLVED)
+        assert spark_rows(spark.table(ident), columns) == want

@@ -358,6 +358,7 @@ impl Op {
                     table: table.into(),
                     set_properties: [("owner".to_string(), format!("round{round}"))].into(),
                     unset_properties: Vec::new(),
+                    column_changes: Vec::new(),
                 })
                 .await
                 .map(|_| ()),

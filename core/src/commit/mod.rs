@@ -35,6 +35,7 @@ pub mod plan;
 pub mod pointer;
 pub mod read;
 pub mod rewrite;
+mod schema;
 #[cfg(test)]
 mod rewrite_tests;
 pub mod row_delta;

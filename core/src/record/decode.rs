@@ -11,7 +11,9 @@ use arrow::record_batch::RecordBatch;
 use super::avro;
 use super::json_read::{ObjectReader, Raw};
 use super::scalar::{ColumnBuilder, Scalar, parse};
-use super::{ChangeOp, DecodeError, DecodedBatch, OP_HEADER, RecordCodec, TABLE_UUID_HEADER};
+use super::{
+    ChangeOp, DecodeError, DecodedBatch, OP_HEADER, RecordCodec, SCHEMA_ID_HEADER, TABLE_UUID_HEADER,
+};
 use crate::changelog::{ChangeRecord, StoredRecord};
 
 /// Why a record failed, before its offset is attached.
@@ -369,17 +371,33 @@ impl RecordCodec {
         };
 
         let is_avro = value.first() == Some(&avro::MAGIC);
-        if is_avro {
-            self.read_avro(value, values)?;
+        // A value written under an earlier schema the codec knows is read with that schema.
+        let writer = if is_avro {
+            self.avro_writer(value)
         } else {
-            self.read_object(value, Part::Value, None, raw)?;
+            let schema_id = record
+                .headers
+                .iter()
+                .find(|(name, _)| name == SCHEMA_ID_HEADER)
+                .map(|(_, v)| v.as_ref());
+            self.json_writer(schema_id)
+        };
+        let by_name = writer.is_none() && !is_avro;
+        match writer {
+            Some(w) if is_avro => self.read_avro_as(w, value, values),
+            Some(w) => self.read_json_as(w, value, values),
+            None if is_avro => self.read_avro(value, values).map_err(|f| (f.field, f.reason)),
+            None => self
+                .read_object(value, Part::Value, None, raw)
+                .map_err(|f| (f.field, f.reason)),
         }
+        .map_err(|(field, reason)| fail(field.as_deref(), reason))?;
         for (i, info) in self.columns.iter().enumerate() {
             if wanted.is_some_and(|w| !w[i]) {
                 values[i] = None;
                 continue;
             }
-            if !is_avro {
+            if by_name {
                 values[i] = self.column_value(i, raw, Part::Value)?;
             }
             if values[i].is_none() && info.required {

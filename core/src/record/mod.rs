@@ -31,6 +31,7 @@ pub mod avro;
 mod convert;
 mod decode;
 mod encode;
+mod history;
 mod json_read;
 mod json_write;
 mod rows;
@@ -227,6 +228,7 @@ pub struct DecodedBatch {
 #[derive(Debug)]
 struct ColumnInfo {
     name: String,
+    field_id: i32,
     ty: ColumnType,
     required: bool,
     /// `"name":`, ready to copy into a JSON object.
@@ -255,6 +257,8 @@ pub struct RecordCodec {
     format: RecordFormat,
     /// The framing that starts every `avro-v1` value: magic byte and schema id.
     avro_frame: [u8; avro::FRAME_LEN],
+    /// Earlier schemas of the table, for records written under them ([`RecordCodec::with_history`]).
+    history: history::History,
     /// Append-only tables put each encoded batch into the next partition in turn.
     next_partition: AtomicU32,
 }
@@ -289,6 +293,7 @@ impl RecordCodec {
             fields.push(field);
             columns.push(ColumnInfo {
                 name: column.name.clone(),
+                field_id: column.field_id,
                 ty: column.ty,
                 required: column.required,
                 json_name,
@@ -319,6 +324,7 @@ impl RecordCodec {
             table_uuid_header: Bytes::copy_from_slice(table_uuid.as_bytes()),
             format: def.changelog.format,
             avro_frame: avro_frame(avro::schema_id(table_uuid, schema_id)),
+            history: history::History::default(),
             next_partition: AtomicU32::new(0),
         })
     }

@@ -114,3 +114,121 @@ fn rejects_foreign_iceberg_tables() {
     let err = TableDef::from_iceberg(name(), &metadata).unwrap_err();
     assert!(err.to_string().contains("unitable.buckets"), "{err}");
 }
+
+mod evolve {
+    use super::super::*;
+    use crate::types::ColumnType;
+
+    fn def() -> TableDef {
+        TableDef::new(
+            "s.t".parse().unwrap(),
+            TableSpec {
+                columns: ["id:int64!", "day:date", "qty:int32", "note:string"]
+                    .iter()
+                    .map(|c| Column::parse(c).unwrap())
+                    .collect(),
+                primary_key: vec!["id".into()],
+                partition_by: vec![crate::partition::PartitionField::parse("day").unwrap()],
+                ..TableSpec::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn refused(change: ColumnChange, text: &str) {
+        let err = def().evolved(&[change.clone()]).unwrap_err().to_string();
+        assert!(err.contains(text), "{change}: {err}");
+    }
+
+    #[test]
+    fn changes_keep_field_ids() {
+        let changed = def()
+            .evolved(&[
+                ColumnChange::Rename {
+                    column: "day".into(),
+                    to: "on_day".into(),
+                },
+                ColumnChange::Widen {
+                    column: "qty".into(),
+                    to: ColumnType::Int64,
+                },
+                ColumnChange::Move {
+                    column: "note".into(),
+                    after: Some("id".into()),
+                },
+            ])
+            .unwrap();
+        let got: Vec<(i32, &str)> = changed
+            .columns
+            .iter()
+            .map(|c| (c.field_id, c.name.as_str()))
+            .collect();
+        assert_eq!(got, [(1, "id"), (4, "note"), (2, "on_day"), (3, "qty")]);
+        assert_eq!(changed.partition_by[0].column, "on_day");
+        assert_eq!(changed.columns[3].ty, ColumnType::Int64);
+    }
+
+    #[test]
+    fn changes_that_break_keys_or_partitions_are_refused() {
+        refused(
+            ColumnChange::Rename {
+                column: "id".into(),
+                to: "ident".into(),
+            },
+            "primary-key column",
+        );
+        refused(ColumnChange::Drop { column: "id".into() }, "primary-key column");
+        refused(
+            ColumnChange::MakeOptional { column: "id".into() },
+            "primary-key column",
+        );
+        refused(
+            ColumnChange::Drop {
+                column: "day".into(),
+            },
+            "partitioned by it",
+        );
+        refused(
+            ColumnChange::Widen {
+                column: "note".into(),
+                to: ColumnType::Int64,
+            },
+            "string cannot be widened to int64",
+        );
+        refused(
+            ColumnChange::Widen {
+                column: "qty".into(),
+                to: ColumnType::Int32,
+            },
+            "cannot be widened",
+        );
+        refused(
+            ColumnChange::Rename {
+                column: "qty".into(),
+                to: "NOTE".into(),
+            },
+            "already exists",
+        );
+        refused(
+            ColumnChange::Rename {
+                column: "qty".into(),
+                to: "9x".into(),
+            },
+            "must start with a letter",
+        );
+        refused(
+            ColumnChange::MakeOptional {
+                column: "qty".into(),
+            },
+            "already optional",
+        );
+        refused(
+            ColumnChange::Move {
+                column: "qty".into(),
+                after: Some("nope".into()),
+            },
+            "no column `nope`",
+        );
+        refused(ColumnChange::Drop { column: "x".into() }, "no such column");
+    }
+}

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use serde_json::json;
 use unitable_core::naming::TableName;
 use unitable_core::partition::PartitionField;
-use unitable_core::table::Column;
+use unitable_core::table::{Column, ColumnChange};
+use unitable_core::types::ColumnType;
 use unitable_proto::v1::table_admin_service_client::TableAdminServiceClient;
 use unitable_proto::v1::{
     AddColumnRequest, AlterTableRequest, ChangelogBinding, ChangelogTopic, CompactionStatus,
@@ -121,11 +122,21 @@ async fn run_inner(conn: &Connection, cmd: TableCommand) -> Result<(), ClientErr
                 .map_err(rpc_err)?;
             println!("added column {} ({}) to {name}", column.name, column.ty);
         }
-        TableCommand::Alter { table, set, unset } => {
+        TableCommand::Alter {
+            table,
+            set,
+            unset,
+            rename,
+            widen,
+            make_optional,
+            move_column,
+            drop,
+        } => {
             let name = parse_name(&table)?;
-            if set.is_empty() && unset.is_empty() {
+            let changes = column_changes(&rename, &widen, &make_optional, &move_column, &drop)?;
+            if set.is_empty() && unset.is_empty() && changes.is_empty() {
                 return Err(ClientError::new(
-                    "nothing to alter: give --set KEY=VALUE or --unset KEY",
+                    "nothing to alter: give --set KEY=VALUE, --unset KEY or a column change (--rename-column, --widen-column, --make-optional, --move-column, --drop-column)",
                 ));
             }
             let set_properties = key_values(&set, "--set")?;
@@ -134,24 +145,92 @@ async fn run_inner(conn: &Connection, cmd: TableCommand) -> Result<(), ClientErr
                     table: name.to_string(),
                     set_properties,
                     unset_properties: unset,
+                    column_changes: changes.iter().map(Into::into).collect(),
                 })
                 .await
                 .map_err(rpc_err)?
                 .into_inner();
-            let properties = altered
-                .table
-                .and_then(|t| t.definition)
-                .map(|d| d.properties)
-                .unwrap_or_default();
-            let mut properties: Vec<_> = properties.into_iter().collect();
+            let info = altered.table.unwrap_or_default();
+            let definition = info.definition.unwrap_or_default();
+            println!("altered {name}; schema {}:", info.schema_id);
+            for c in &definition.columns {
+                let column = Column::try_from(c).map_err(|e| ClientError::new(e.to_string()))?;
+                println!(
+                    "  {:>3}  {}:{}{}",
+                    column.field_id,
+                    column.name,
+                    column.ty,
+                    if column.required { "!" } else { "" }
+                );
+            }
+            let mut properties: Vec<_> = definition.properties.into_iter().collect();
             properties.sort();
-            println!("altered {name}; properties now:");
+            println!("properties:");
             for (k, v) in properties {
                 println!("  {k}={v}");
             }
         }
     }
     Ok(())
+}
+
+/// The column changes of `table alter`'s flags, in the order they apply: renames, widens,
+/// make-optional, moves, drops.
+fn column_changes(
+    rename: &[String],
+    widen: &[String],
+    make_optional: &[String],
+    move_column: &[String],
+    drop: &[String],
+) -> Result<Vec<ColumnChange>, ClientError> {
+    let mut changes = Vec::new();
+    for r in rename {
+        let (column, to) = r.split_once('=').ok_or_else(|| {
+            ClientError::new(format!("--rename-column `{r}` must be OLD=NEW"))
+        })?;
+        changes.push(ColumnChange::Rename {
+            column: column.trim().to_string(),
+            to: to.trim().to_string(),
+        });
+    }
+    for w in widen {
+        let (column, ty) = w.split_once(':').ok_or_else(|| {
+            ClientError::new(format!("--widen-column `{w}` must be COLUMN:TYPE, e.g. qty:int64"))
+        })?;
+        let column = column.trim();
+        let to = ColumnType::parse(column, ty).map_err(|e| ClientError::new(e.to_string()))?;
+        changes.push(ColumnChange::Widen {
+            column: column.to_string(),
+            to,
+        });
+    }
+    for c in make_optional {
+        changes.push(ColumnChange::MakeOptional {
+            column: c.trim().to_string(),
+        });
+    }
+    for m in move_column {
+        let bad = || {
+            ClientError::new(format!(
+                "--move-column `{m}` must be COLUMN=first or COLUMN=after:OTHER"
+            ))
+        };
+        let (column, place) = m.split_once('=').ok_or_else(bad)?;
+        let after = match place.trim() {
+            "first" => None,
+            other => Some(other.strip_prefix("after:").ok_or_else(bad)?.trim().to_string()),
+        };
+        changes.push(ColumnChange::Move {
+            column: column.trim().to_string(),
+            after,
+        });
+    }
+    for c in drop {
+        changes.push(ColumnChange::Drop {
+            column: c.trim().to_string(),
+        });
+    }
+    Ok(changes)
 }
 
 /// `KEY=VALUE` arguments of `flag` as a map.

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 use unitable_core::admin::TableAdmin;
-use unitable_core::table::Column;
+use unitable_core::table::{Column, ColumnChange};
 use unitable_proto::v1::table_admin_service_server::TableAdminService;
 use unitable_proto::v1::{
     AddColumnRequest, AddColumnResponse, AlterTableRequest, AlterTableResponse, ChangelogTopic,
@@ -197,16 +197,36 @@ impl TableAdminService for AdminApi {
         let name = table_name(&request.table)?;
         self.access
             .check(&who, Privilege::Admin, &name, "AlterTable")?;
-        let set = request.set_properties.into_iter().collect();
-        let state = self
-            .admin
-            .alter_properties(&name, &set, &request.unset_properties)
-            .await;
+        let changes = request
+            .column_changes
+            .iter()
+            .map(ColumnChange::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::from)?;
+        let set: std::collections::BTreeMap<String, String> =
+            request.set_properties.into_iter().collect();
+        let properties = !set.is_empty() || !request.unset_properties.is_empty();
+        let state = if changes.is_empty() {
+            self.admin
+                .alter_properties(&name, &set, &request.unset_properties)
+                .await
+        } else {
+            // Columns first, in one schema commit; then the properties, if any.
+            match self.admin.alter_columns(&name, &changes).await {
+                Ok(_) if properties => {
+                    self.admin
+                        .alter_properties(&name, &set, &request.unset_properties)
+                        .await
+                }
+                other => other,
+            }
+        };
         self.access
             .audit()
             .result(&who, "AlterTable", Some(&name.to_string()), &state);
         let state = state.map_err(ApiError::from)?;
-        // The writer re-reads the table's settings (e.g. unitable.write.dead-letter).
+        // The writer re-reads the table's settings (e.g. unitable.write.dead-letter) and
+        // schema.
         self.writer.table_changed(&name);
         Ok(Response::new(AlterTableResponse {
             table: Some(table_info_to_wire(&state)),
