@@ -46,8 +46,7 @@ impl TableAdmin {
     ) -> Result<TableState> {
         let committer = self.committer.as_ref().ok_or_else(|| Error::SchemaCommit {
             table: name.to_string(),
-            reason: "this admin has no commit layer (a bug: the server always gives it one)"
-                .into(),
+            reason: "this admin has no commit layer (a bug: the server always gives it one)".into(),
             retryable: false,
             conflict: false,
         })?;

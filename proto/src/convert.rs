@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 
 use unitable_core::naming::TableName;
 use unitable_core::partition::{PartitionField, PartitionTransform};
-use unitable_core::table::{
-    Column, ColumnChange, RecordFormat, TableDef, TableSpec, TableState,
-};
+use unitable_core::table::{Column, ColumnChange, RecordFormat, TableDef, TableSpec, TableState};
 use unitable_core::types::ColumnType;
 
 use crate::v1;
@@ -172,10 +170,7 @@ impl TryFrom<&v1::ColumnChange> for ColumnChange {
         use v1::column_change::Change;
         let named = |column: &str, what: &str| {
             if column.trim().is_empty() {
-                Err(invalid(
-                    format!("column_changes.{what}.column"),
-                    "is empty",
-                ))
+                Err(invalid(format!("column_changes.{what}.column"), "is empty"))
             } else {
                 Ok(column.trim().to_string())
             }

@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Field, SchemaRef};
 use futures::{Stream, StreamExt, TryStreamExt};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::expr::Predicate;
 use iceberg::spec::{PrimitiveType, SnapshotRef};
 use iceberg::table::Table;
+use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use unitable_core::commit::read::anchored_offsets;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{AsOf, PartitionOffsets};
@@ -101,16 +102,22 @@ impl Reader {
     ) -> ReadResult<Pinned> {
         let metadata = table.metadata();
         let def = TableDef::from_iceberg(name.clone(), metadata)?;
-        let codec = Arc::new(RecordCodec::new(
-            &def,
-            &metadata.uuid().to_string(),
-            metadata.current_schema_id(),
-        )?
-        .with_history(schema_history(metadata)));
+        let codec = Arc::new(
+            RecordCodec::new(
+                &def,
+                &metadata.uuid().to_string(),
+                metadata.current_schema_id(),
+            )?
+            .with_history(schema_history(metadata)),
+        );
+        // A snapshot before the current one (time travel) reads with the schema it was
+        // written with, as Iceberg engines do; everything else with the current schema (the
+        // current snapshot may predate the latest column changes).
         let schema = match (&tip, &snapshot) {
-            (Tip::Snapshot, Some(s)) => s
-                .schema(metadata)
-                .map_err(|e| ReadError::iceberg("the snapshot's schema", e))?,
+            (Tip::Snapshot, Some(s)) if metadata.current_snapshot_id() != Some(s.snapshot_id()) => {
+                s.schema(metadata)
+                    .map_err(|e| ReadError::iceberg("the snapshot's schema", e))?
+            }
             _ => metadata.current_schema().clone(),
         };
         let schema = Arc::new(
@@ -169,15 +176,25 @@ impl Pinned {
         }
     }
 
-    /// The Iceberg type of a column of the pinned snapshot, for filter push-down.
+    /// The Iceberg type of a column of the pinned snapshot, for filter push-down; `None` (no
+    /// push-down) unless the current schema has the snapshot's column of that name under the
+    /// same name and type (the pushed predicate names columns as the snapshot's schema does,
+    /// so neither a column renamed since nor another that took its name may prune).
     pub(crate) fn column_type(&self, name: &str) -> Option<PrimitiveType> {
         let snapshot = self.snapshot.as_ref()?;
         let schema = snapshot.schema(self.table.metadata()).ok()?;
-        schema
-            .field_by_name(name)?
-            .field_type
-            .as_primitive_type()
-            .cloned()
+        let field = schema.field_by_name(name)?;
+        // The same column, of the same type (a literal of a widened column may not fit the
+        // narrower type of the snapshot's files).
+        let current = self
+            .table
+            .metadata()
+            .current_schema()
+            .field_by_id(field.id)?;
+        if current.name != name || current.field_type != field.field_type {
+            return None;
+        }
+        field.field_type.as_primitive_type().cloned()
     }
 
     /// The part of `filter` Iceberg can prune with.
@@ -281,11 +298,18 @@ impl Pinned {
         let snapshot_rows: BatchStream = match &self.snapshot {
             None => Box::pin(futures::stream::empty()),
             Some(snapshot) => {
-                let in_snapshot: Vec<&str> = match snapshot.schema(self.table.metadata()) {
+                // The needed columns by field id, named as the snapshot's schema names them
+                // (a column renamed since has its old name there; one added since is absent).
+                let in_snapshot: Vec<String> = match snapshot.schema(self.table.metadata()) {
                     Ok(s) => needed
                         .iter()
-                        .map(String::as_str)
-                        .filter(|n| s.field_by_name(n).is_some())
+                        .filter_map(|n| {
+                            let field = self.schema.field_with_name(n).ok()?;
+                            match field_id(field) {
+                                Some(id) => s.field_by_id(id).map(|f| f.name.clone()),
+                                None => s.field_by_name(n).map(|f| f.name.clone()),
+                            }
+                        })
                         .collect(),
                     Err(e) => return Err(ReadError::iceberg("the snapshot's schema", e)),
                 };
@@ -414,14 +438,37 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ReadError {
     }
 }
 
-/// `batch` with exactly the fields of `schema`: columns by name, cast where the type differs
-/// (a decoded changelog row vs. a Parquet column), all-null where the column is newer than the
-/// data.
+/// The Iceberg field id in an Arrow field's `PARQUET:field_id` metadata.
+fn field_id(field: &Field) -> Option<i32> {
+    field
+        .metadata()
+        .get(PARQUET_FIELD_ID_META_KEY)?
+        .parse()
+        .ok()
+}
+
+/// `batch` with exactly the fields of `schema`: columns by Iceberg field id (by name where
+/// either side has none), so a column renamed since the data was written is found; cast where
+/// the type differs (a decoded changelog row vs. a Parquet column, a widened column); all-null
+/// where the column is newer than the data.
 pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> ReadResult<RecordBatch> {
     let rows = batch.num_rows();
+    let source = batch.schema();
     let mut columns = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
-        let column = match batch.column_by_name(field.name()) {
+        let by_id = field_id(field).and_then(|id| {
+            source
+                .fields()
+                .iter()
+                .position(|f| field_id(f) == Some(id))
+                .map(|i| batch.column(i))
+        });
+        // Same name but another field id: another column (dropped and added again).
+        let found = by_id.or_else(|| {
+            let (i, f) = source.column_with_name(field.name())?;
+            (field_id(f).is_none() || field_id(field).is_none()).then(|| batch.column(i))
+        });
+        let column = match found {
             Some(c) if c.data_type() == field.data_type() => c.clone(),
             Some(c) => cast(c, field.data_type())
                 .map_err(|e| internal(&format!("convert column `{}`", field.name()), e))?,

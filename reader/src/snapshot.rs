@@ -121,12 +121,14 @@ impl Reader {
             }
         }
         // Keyed tables: the tail a follower keeps in memory, when it can serve.
-        let codec = Arc::new(RecordCodec::new(
-            &def,
-            &loaded.metadata().uuid().to_string(),
-            loaded.metadata().current_schema_id(),
-        )?
-        .with_history(schema_history(loaded.metadata())));
+        let codec = Arc::new(
+            RecordCodec::new(
+                &def,
+                &loaded.metadata().uuid().to_string(),
+                loaded.metadata().current_schema_id(),
+            )?
+            .with_history(schema_history(loaded.metadata())),
+        );
         let followed = self
             .followed
             .read(&loaded, &def, &codec, &to, &self.catalog, &self.changelog)

@@ -173,12 +173,14 @@ impl Reader {
         let loaded = self.catalog.load(&request.table).await?;
         let metadata = loaded.metadata();
         let def = TableDef::from_iceberg(request.table.clone(), metadata)?;
-        let codec = Arc::new(RecordCodec::new(
-            &def,
-            &metadata.uuid().to_string(),
-            metadata.current_schema_id(),
-        )?
-        .with_history(schema_history(metadata)));
+        let codec = Arc::new(
+            RecordCodec::new(
+                &def,
+                &metadata.uuid().to_string(),
+                metadata.current_schema_id(),
+            )?
+            .with_history(schema_history(metadata)),
+        );
         let partitions = def.changelog.partitions;
         let topic = def.changelog.topic.clone();
         let table_schema = Arc::new(

@@ -105,6 +105,14 @@ def check_reads(client, model: dict[int, dict], label: str) -> None:
     assert found.missing == [len(keys) - 1], label
     assert by_id(found.table.to_pylist()) == model, f"{label}: LOOKUP"
     assert replay(client, TABLE) == model, f"{label}: STREAM replay"
+    # Filters on a widened and on a renamed column (pushed down only where the snapshot's
+    # files have the column under the same name and type).
+    for mode in ("snapshot", "fresh"):
+        big = by_id(client.scan(TABLE, filter="qty > 3000000000", mode=mode).to_pylist())
+        assert big == {k: v for k, v in model.items() if (v["qty"] or 0) > 3_000_000_000}, label
+        memo = by_id(client.scan(TABLE, filter="memo = 'note 12/1'", mode=mode).to_pylist())
+        assert memo == {k: v for k, v in model.items() if v["memo"] == "note 12/1"}, label
+        assert len(memo) == 1, label
 
 
 def write_and_evolve(client, changelog_format: str) -> dict[int, dict]:
@@ -176,3 +184,28 @@ def test_columns_change_across_log_and_lake(start_service, changelog_format):
         client.compact(TABLE)
         check_reads(client, model, "after compaction")
     assert by_id(catalog.load_table(TABLE).scan().to_arrow().to_pylist()) == model
+
+    # The CLI makes the same changes: a rename and a move, then a refused widening.
+    moved = service.cli("table", "alter", TABLE, "--rename-column", "memo=remark",
+                        "--move-column", "remark=after:id", check=True)
+    assert "remark:string" in moved.stdout, moved.stdout
+    schema = catalog.load_table(TABLE).schema()
+    assert [f.name for f in schema.fields] == ["tag", "id", "remark", "qty", "price", "amt"]
+    assert schema.find_field("remark").field_id == 5
+    refused = service.cli("table", "alter", TABLE, "--widen-column", "qty:int32")
+    assert refused.returncode != 0
+    assert "cannot widen `qty` to int32: int64 cannot be widened to int32" in refused.stderr, refused.stderr
+    with unitable.connect(service.grpc_url) as client:
+        rows = client.scan(TABLE, mode="fresh").to_pylist()
+    assert {r["id"]: r["remark"] for r in rows} == {k: v["memo"] for k, v in model.items()}
+
+    # Two columns swap names: a filter on the new name must not prune by the old column of
+    # that name in the snapshot's files.
+    with unitable.connect(service.grpc_url) as client:
+        client.tables.alter_columns(TABLE, rename={"tag": "t0"})
+        client.tables.alter_columns(TABLE, rename={"remark": "tag"})
+        client.tables.alter_columns(TABLE, rename={"t0": "remark"})
+        for mode in ("snapshot", "fresh"):
+            rows = client.scan(TABLE, filter="tag = 'note 12/1'", mode=mode).to_pylist()
+            assert [r["id"] for r in rows] == [12], (mode, rows)
+            assert rows[0]["remark"] == model[12]["tag"]

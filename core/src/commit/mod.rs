@@ -35,10 +35,10 @@ pub mod plan;
 pub mod pointer;
 pub mod read;
 pub mod rewrite;
-mod schema;
 #[cfg(test)]
 mod rewrite_tests;
 pub mod row_delta;
+mod schema;
 mod summary;
 #[cfg(test)]
 pub(crate) mod tests;

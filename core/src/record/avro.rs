@@ -9,10 +9,10 @@
 //! Iceberg schema id, so every node computes the same id with no coordination, and the
 //! service's HTTP port answers `GET /schemas/ids/{id}` as a schema registry would.
 //!
-//! Schemas only ever gain nullable columns at their end, so the columns of an older schema are
-//! a prefix of the current ones: a value written under an older schema ends early (the missing
-//! columns are null), one written under a newer schema has columns after the last one a reader
-//! knows (they are skipped, as `json-v1` skips unknown members).
+//! A value is decoded with the schema of its framing's id when the codec knows it
+//! (`super::history`); otherwise with the codec's own columns in order, a value that ends
+//! early leaving the rest null and columns after the last known one skipped, which is right
+//! for schemas that only added columns.
 
 use std::borrow::Cow;
 

@@ -12,7 +12,8 @@ use super::avro;
 use super::json_read::{ObjectReader, Raw};
 use super::scalar::{ColumnBuilder, Scalar, parse};
 use super::{
-    ChangeOp, DecodeError, DecodedBatch, OP_HEADER, RecordCodec, SCHEMA_ID_HEADER, TABLE_UUID_HEADER,
+    ChangeOp, DecodeError, DecodedBatch, OP_HEADER, RecordCodec, SCHEMA_ID_HEADER,
+    TABLE_UUID_HEADER,
 };
 use crate::changelog::{ChangeRecord, StoredRecord};
 
@@ -386,7 +387,9 @@ impl RecordCodec {
         match writer {
             Some(w) if is_avro => self.read_avro_as(w, value, values),
             Some(w) => self.read_json_as(w, value, values),
-            None if is_avro => self.read_avro(value, values).map_err(|f| (f.field, f.reason)),
+            None if is_avro => self
+                .read_avro(value, values)
+                .map_err(|f| (f.field, f.reason)),
             None => self
                 .read_object(value, Part::Value, None, raw)
                 .map_err(|f| (f.field, f.reason)),

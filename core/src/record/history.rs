@@ -70,7 +70,10 @@ impl RecordCodec {
                     name: c.name.clone(),
                     ty: c.ty,
                     required: c.required,
-                    current: self.columns.iter().position(|cur| cur.field_id == c.field_id),
+                    current: self
+                        .columns
+                        .iter()
+                        .position(|cur| cur.field_id == c.field_id),
                 })
                 .collect();
             let by_name = writer_columns
@@ -121,10 +124,7 @@ impl RecordCodec {
                 continue;
             };
             if raw[j].replace(value).is_some() {
-                return Err((
-                    Some(name.into_owned()),
-                    "appears twice in the value".into(),
-                ));
+                return Err((Some(name.into_owned()), "appears twice in the value".into()));
             }
         }
         for (column, slot) in writer.columns.iter().zip(&raw) {
@@ -149,12 +149,9 @@ impl RecordCodec {
     ) -> Result<(), (Option<String>, String)> {
         let mut reader = AvroReader::new(&value[avro::FRAME_LEN..]);
         for column in &writer.columns {
-            let read = reader.column(column.ty, !column.required).map_err(|e| {
-                (
-                    Some(column.name.clone()),
-                    format!("{e} in the Avro value"),
-                )
-            })?;
+            let read = reader
+                .column(column.ty, !column.required)
+                .map_err(|e| (Some(column.name.clone()), format!("{e} in the Avro value")))?;
             if let Some(i) = column.current {
                 values[i] = read.map(|v| widen(v, self.columns[i].ty));
             }
@@ -264,10 +261,7 @@ mod tests {
             let (rows, errors) = old.encode(ChangeOp::Upsert, &batch, 0).unwrap();
             assert!(errors.is_empty());
 
-            let history = vec![
-                (0, old_def.columns.clone()),
-                (1, new_def.columns.clone()),
-            ];
+            let history = vec![(0, old_def.columns.clone()), (1, new_def.columns.clone())];
             let new = RecordCodec::new(&new_def, UUID, 1)
                 .unwrap()
                 .with_history(history);
@@ -294,7 +288,10 @@ mod tests {
             .unwrap();
             let (new_rows, _) = new.encode(ChangeOp::Upsert, &new_batch, 0).unwrap();
             let decoded = new.decode(&stored(&new_rows)).unwrap().batch;
-            assert_eq!(decoded.column(2).as_primitive::<Int64Type>().value(0), 5_000_000_000);
+            assert_eq!(
+                decoded.column(2).as_primitive::<Int64Type>().value(0),
+                5_000_000_000
+            );
         }
     }
 }

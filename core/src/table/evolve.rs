@@ -102,7 +102,10 @@ impl TableDef {
     /// change and why it cannot be made, and nothing is applied.
     pub fn evolved(&self, changes: &[ColumnChange]) -> Result<TableDef> {
         if changes.is_empty() {
-            return Err(Error::invalid_definition(&self.name, "no column change given"));
+            return Err(Error::invalid_definition(
+                &self.name,
+                "no column change given",
+            ));
         }
         let mut def = self.clone();
         for change in changes {

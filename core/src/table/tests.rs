@@ -136,7 +136,10 @@ mod evolve {
     }
 
     fn refused(change: ColumnChange, text: &str) {
-        let err = def().evolved(&[change.clone()]).unwrap_err().to_string();
+        let err = def()
+            .evolved(std::slice::from_ref(&change))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(text), "{change}: {err}");
     }
 
@@ -177,9 +180,16 @@ mod evolve {
             },
             "primary-key column",
         );
-        refused(ColumnChange::Drop { column: "id".into() }, "primary-key column");
         refused(
-            ColumnChange::MakeOptional { column: "id".into() },
+            ColumnChange::Drop {
+                column: "id".into(),
+            },
+            "primary-key column",
+        );
+        refused(
+            ColumnChange::MakeOptional {
+                column: "id".into(),
+            },
             "primary-key column",
         );
         refused(

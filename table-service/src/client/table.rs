@@ -185,9 +185,9 @@ fn column_changes(
 ) -> Result<Vec<ColumnChange>, ClientError> {
     let mut changes = Vec::new();
     for r in rename {
-        let (column, to) = r.split_once('=').ok_or_else(|| {
-            ClientError::new(format!("--rename-column `{r}` must be OLD=NEW"))
-        })?;
+        let (column, to) = r
+            .split_once('=')
+            .ok_or_else(|| ClientError::new(format!("--rename-column `{r}` must be OLD=NEW")))?;
         changes.push(ColumnChange::Rename {
             column: column.trim().to_string(),
             to: to.trim().to_string(),
@@ -195,7 +195,9 @@ fn column_changes(
     }
     for w in widen {
         let (column, ty) = w.split_once(':').ok_or_else(|| {
-            ClientError::new(format!("--widen-column `{w}` must be COLUMN:TYPE, e.g. qty:int64"))
+            ClientError::new(format!(
+                "--widen-column `{w}` must be COLUMN:TYPE, e.g. qty:int64"
+            ))
         })?;
         let column = column.trim();
         let to = ColumnType::parse(column, ty).map_err(|e| ClientError::new(e.to_string()))?;
@@ -218,7 +220,13 @@ fn column_changes(
         let (column, place) = m.split_once('=').ok_or_else(bad)?;
         let after = match place.trim() {
             "first" => None,
-            other => Some(other.strip_prefix("after:").ok_or_else(bad)?.trim().to_string()),
+            other => Some(
+                other
+                    .strip_prefix("after:")
+                    .ok_or_else(bad)?
+                    .trim()
+                    .to_string(),
+            ),
         };
         changes.push(ColumnChange::Move {
             column: column.trim().to_string(),
