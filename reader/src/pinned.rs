@@ -25,7 +25,7 @@ use unitable_core::naming::TableName;
 use unitable_core::offsets::{AsOf, PartitionOffsets};
 use unitable_core::record::RecordCodec;
 use unitable_core::scan::{ScanOptions, plan_scan, read_files, split_files};
-use unitable_core::table::{TableDef, schema_history};
+use unitable_core::table::TableDef;
 
 use crate::error::{ReadError, ReadResult};
 use crate::filter::{BoundFilter, RowFilter, project_schema};
@@ -102,14 +102,7 @@ impl Reader {
     ) -> ReadResult<Pinned> {
         let metadata = table.metadata();
         let def = TableDef::from_iceberg(name.clone(), metadata)?;
-        let codec = Arc::new(
-            RecordCodec::new(
-                &def,
-                &metadata.uuid().to_string(),
-                metadata.current_schema_id(),
-            )?
-            .with_history(schema_history(metadata)),
-        );
+        let codec = Arc::new(RecordCodec::of_table(&def, metadata)?);
         // A snapshot before the current one (time travel) reads with the schema it was
         // written with, as Iceberg engines do; everything else with the current schema (the
         // current snapshot may predate the latest column changes).

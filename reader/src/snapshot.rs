@@ -10,7 +10,7 @@ use unitable_core::commit::read::snapshot_as_of;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::AsOf;
 use unitable_core::record::RecordCodec;
-use unitable_core::table::{TableDef, schema_history};
+use unitable_core::table::TableDef;
 
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
@@ -121,14 +121,7 @@ impl Reader {
             }
         }
         // Keyed tables: the tail a follower keeps in memory, when it can serve.
-        let codec = Arc::new(
-            RecordCodec::new(
-                &def,
-                &loaded.metadata().uuid().to_string(),
-                loaded.metadata().current_schema_id(),
-            )?
-            .with_history(schema_history(loaded.metadata())),
-        );
+        let codec = Arc::new(RecordCodec::of_table(&def, loaded.metadata())?);
         let followed = self
             .followed
             .read(&loaded, &def, &codec, &to, &self.catalog, &self.changelog)

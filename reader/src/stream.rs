@@ -43,7 +43,7 @@ use unitable_core::commit::read::anchored_offsets;
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{AsOf, Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
-use unitable_core::table::{TableDef, schema_history};
+use unitable_core::table::TableDef;
 
 use crate::error::{ReadError, ReadResult};
 use crate::filter::{BoundFilter, RowFilter};
@@ -173,14 +173,7 @@ impl Reader {
         let loaded = self.catalog.load(&request.table).await?;
         let metadata = loaded.metadata();
         let def = TableDef::from_iceberg(request.table.clone(), metadata)?;
-        let codec = Arc::new(
-            RecordCodec::new(
-                &def,
-                &metadata.uuid().to_string(),
-                metadata.current_schema_id(),
-            )?
-            .with_history(schema_history(metadata)),
-        );
+        let codec = Arc::new(RecordCodec::of_table(&def, metadata)?);
         let partitions = def.changelog.partitions;
         let topic = def.changelog.topic.clone();
         let table_schema = Arc::new(

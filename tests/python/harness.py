@@ -306,3 +306,24 @@ def murmur2(data: bytes) -> int:
     h = (h * m) & 0xFFFFFFFF
     h ^= h >> 15
     return h
+
+
+def consume_topic(bootstrap: str, topic: str, partitions: int, group: str) -> list:
+    """Every record of `topic` (partitions 0..partitions-1) from offset 0 to its end, read by a
+    plain confluent-kafka consumer, in partition order then offset order per partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records, eof = [], set()
+    while len(eof) < partitions:
+        msg = consumer.poll(15.0)
+        assert msg is not None, f"timed out reading {topic}"
+        if msg.error():
+            assert msg.error().code() == -191, msg.error()  # _PARTITION_EOF
+            eof.add(msg.partition())
+            continue
+        records.append(msg)
+    consumer.close()
+    return records

@@ -15,7 +15,6 @@ writes upserts and deletes of every column type, adds a column and writes again.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import time
@@ -24,7 +23,7 @@ from decimal import Decimal
 import fastavro
 import pyarrow as pa
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -34,7 +33,9 @@ from pyiceberg.types import (
     StringType, TimestampType, TimestamptzType,
 )
 
-from harness import murmur2
+from harness import consume_topic, murmur2
+from test_changelog_format import ARROW, ROWS
+from test_changelog_format import COLUMNS as FORMAT_COLUMNS
 
 try:
     import unitable
@@ -46,29 +47,8 @@ else:
 TABLE = "avro.orders"
 TOPIC = "unitable.avro.orders"
 BUCKETS = 3
-COLUMNS = [
-    "region:string!", "id:int64!", "amount:decimal(12,2)", "placed_at:timestamptz", "local_ts:timestamp",
-    "day:date", "paid:bool", "score:float64", "ratio:float32", "qty:int32", "raw:binary", "note:string",
-]
-ARROW = pa.schema([
-    pa.field("region", pa.string(), nullable=False), pa.field("id", pa.int64(), nullable=False),
-    pa.field("amount", pa.decimal128(12, 2)), pa.field("placed_at", pa.timestamp("us", tz="UTC")),
-    pa.field("local_ts", pa.timestamp("us")), pa.field("day", pa.date32()), pa.field("paid", pa.bool_()),
-    pa.field("score", pa.float64()), pa.field("ratio", pa.float32()), pa.field("qty", pa.int32()),
-    pa.field("raw", pa.binary()), pa.field("note", pa.string()),
-])
-UTC = dt.timezone.utc
-ROWS = [
-    dict(region="eu", id=42, amount=Decimal("12.30"), placed_at=dt.datetime(2024, 5, 1, 9, 30, tzinfo=UTC),
-         local_ts=dt.datetime(2023, 11, 14, 22, 13, 20, 123456), day=dt.date(2024, 5, 1), paid=True,
-         score=1e300, ratio=0.5, qty=-7, raw=bytes([0, 1, 254, 255]), note='gift "wrap" \u00e9\n'),
-    dict(region="us", id=-9223372036854775808, amount=Decimal("-9999999999.99"),
-         placed_at=dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), local_ts=None,
-         day=dt.date(1900, 1, 1), paid=False, score=float("-inf"), ratio=None, qty=2147483647, raw=b"",
-         note=None),
-    dict(region="eu", id=7, amount=None, placed_at=None, local_ts=None, day=None, paid=None, score=None,
-         ratio=None, qty=None, raw=None, note="plain"),
-]
+# The rows of test_changelog_format.py: every type, extremes and nulls.
+COLUMNS = [f"{name}:{ty}" for name, ty in FORMAT_COLUMNS]
 UPDATE = dict(ROWS[0], amount=Decimal("99.99"), note="updated")
 DELETED = dict(region="eu", id=7)
 # After `qty2:int64` is added.
@@ -125,23 +105,6 @@ def documented_schema(table: str, iceberg_schema) -> dict:
     return {"type": "record", "name": name, "namespace": namespace, "fields": fields}
 
 
-def consume_all(bootstrap: str, partitions: int) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "avro-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(partitions)])
-    records, eof = [], set()
-    while len(eof) < partitions:
-        msg = consumer.poll(15.0)
-        assert msg is not None, f"timed out reading {TOPIC}"
-        if msg.error():
-            assert msg.error().code() == -191, msg.error()  # _PARTITION_EOF
-            eof.add(msg.partition())
-            continue
-        records.append(msg)
-    consumer.close()
-    return records
-
-
 def key_of(row: dict) -> tuple:
     return (row["region"], row["id"])
 
@@ -188,7 +151,7 @@ def test_avro_changelog_read_by_confluent_fastavro_and_pyiceberg(start_service, 
 
     registry = SchemaRegistryClient({"url": f"http://{service.http_addr}"})
     deserializer = AvroDeserializer(registry)
-    records = consume_all(kafka.bootstrap, BUCKETS)
+    records = consume_topic(kafka.bootstrap, TOPIC, BUCKETS, "avro-reader")
     assert len(records) == len(history)
     seen: dict[tuple, list] = {}
     for msg in records:

@@ -13,29 +13,13 @@ import json
 import random
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
 from pyiceberg.catalog.sql import SqlCatalog
+
+from harness import consume_topic
 
 TABLE = "w.events"
 TOPIC = "unitable.w.events"
 BUCKETS = 3
-
-
-def consume_all(bootstrap: str, topic: str, partitions: int) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "writer-test",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    records, eof = [], set()
-    while len(eof) < partitions:
-        msg = consumer.poll(15.0)
-        assert msg is not None, f"timed out reading {topic}"
-        if msg.error():
-            assert msg.error().code() == -191, msg.error()  # _PARTITION_EOF
-            eof.add(msg.partition())
-            continue
-        records.append(msg)
-    consumer.close()
-    return records
 
 
 def test_kafka_consumer_and_pyiceberg_see_every_acknowledged_write(start_service, kafka, tmp_path: Path):
@@ -77,7 +61,7 @@ def test_kafka_consumer_and_pyiceberg_see_every_acknowledged_write(start_service
 
     # Every acknowledged change, per key in order, in the documented format.
     seen: dict[int, list[tuple[str, str | None]]] = {}
-    for msg in consume_all(kafka.bootstrap, TOPIC, BUCKETS):
+    for msg in consume_topic(kafka.bootstrap, TOPIC, BUCKETS, "writer-test"):
         headers = dict(msg.headers())
         key = json.loads(msg.key())
         assert list(key) == ["id"], key
@@ -91,7 +75,7 @@ def test_kafka_consumer_and_pyiceberg_see_every_acknowledged_write(start_service
     assert seen == history
 
     # Rejected rows, with their reasons, in the dead-letter topic.
-    dead = [json.loads(m.value()) for m in consume_all(kafka.bootstrap, TOPIC + ".dlq", 1)]
+    dead = [json.loads(m.value()) for m in consume_topic(kafka.bootstrap, TOPIC + ".dlq", 1, "writer-test")]
     assert [(d["row"], d["field"]) for d in dead] == [(0, "id"), (2, "w")], dead
     assert "not an integer" in dead[0]["reason"]
     assert json.loads(dead[1]["input"]) == {"id": 101, "w": 1}

@@ -38,7 +38,7 @@ use unitable_core::commit::row_delta::{Committer, RowDelta};
 use unitable_core::naming::{TableName, TopicName, props, summary};
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, DecodedBatch, RecordCodec};
-use unitable_core::table::{TableDef, schema_history};
+use unitable_core::table::TableDef;
 
 use crate::checkpoint::{self, CheckpointDue, Unusable};
 use crate::config::WriterConfig;
@@ -297,10 +297,7 @@ impl TableCommitter {
         let metadata = table.metadata();
         let def = TableDef::from_iceberg(self.name.clone(), metadata)?;
         let uuid = metadata.uuid().to_string();
-        let codec = Arc::new(
-            RecordCodec::new(&def, &uuid, metadata.current_schema_id())?
-                .with_history(schema_history(metadata)),
-        );
+        let codec = Arc::new(RecordCodec::of_table(&def, metadata)?);
         let config = &self.shared.config;
         let target =
             property(&def, props::WRITE_TARGET_FILE_SIZE).unwrap_or(config.target_file_bytes);

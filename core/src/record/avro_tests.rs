@@ -7,7 +7,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArra
 use arrow::datatypes::Int64Type;
 use bytes::Bytes;
 
-use super::tests::{UUID, batch, every_type_batch, every_type_table, table};
+use super::tests::{UUID, batch, every_type_batch, every_type_table, stored, table};
 use super::*;
 use crate::changelog::StoredRecord;
 use crate::table::Column;
@@ -15,16 +15,6 @@ use crate::table::Column;
 fn avro_codec(mut def: TableDef, schema_id: i32) -> RecordCodec {
     def.changelog.format = RecordFormat::AvroV1;
     RecordCodec::new(&def, super::tests::UUID, schema_id).unwrap()
-}
-
-fn stored(rows: &[EncodedRow]) -> Vec<StoredRecord> {
-    rows.iter()
-        .enumerate()
-        .map(|(i, r)| StoredRecord {
-            offset: Offset(i as i64),
-            record: r.record.clone(),
-        })
-        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -14,11 +14,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use iceberg::spec::TableMetadata;
+
 use super::avro::{self, AvroReader};
 use super::json_read::{ObjectReader, Raw};
 use super::scalar::{Scalar, parse};
 use super::{RecordCodec, avro_frame};
-use crate::table::Column;
+use crate::table::{Column, TableDef, schema_history};
 use crate::types::ColumnType;
 
 /// One column of an earlier schema.
@@ -55,6 +57,17 @@ fn widen(value: Scalar<'_>, to: ColumnType) -> Scalar<'_> {
 }
 
 impl RecordCodec {
+    /// The codec of a table as its Iceberg metadata has it now: the current schema, and every
+    /// earlier one for the records written under them.
+    pub fn of_table(def: &TableDef, metadata: &TableMetadata) -> crate::Result<Self> {
+        Ok(Self::new(
+            def,
+            &metadata.uuid().to_string(),
+            metadata.current_schema_id(),
+        )?
+        .with_history(schema_history(metadata)))
+    }
+
     /// This codec, also knowing the table's earlier schemas (Iceberg schema id and columns,
     /// e.g. from [`crate::table::schema_history`]) so that records written under them decode
     /// through field ids. The codec's own schema among them is ignored.
@@ -178,22 +191,10 @@ mod tests {
     };
     use arrow::datatypes::{Float64Type, Int64Type};
 
-    use super::super::tests::{UUID, table};
-    use super::super::{ChangeOp, EncodedRow, RecordCodec};
-    use crate::changelog::StoredRecord;
-    use crate::offsets::Offset;
+    use super::super::tests::{UUID, stored, table};
+    use super::super::{ChangeOp, RecordCodec};
     use crate::table::{ColumnChange, RecordFormat, TableDef};
     use crate::types::ColumnType;
-
-    fn stored(rows: &[EncodedRow]) -> Vec<StoredRecord> {
-        rows.iter()
-            .enumerate()
-            .map(|(i, r)| StoredRecord {
-                offset: Offset(i as i64),
-                record: r.record.clone(),
-            })
-            .collect()
-    }
 
     fn with_format(mut def: TableDef, format: RecordFormat) -> TableDef {
         def.changelog.format = format;

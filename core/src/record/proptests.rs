@@ -10,9 +10,8 @@ use arrow::array::{
 };
 use proptest::prelude::*;
 
-use super::tests::{batch, codec, table};
+use super::tests::{batch, codec, stored, table};
 use super::*;
-use crate::changelog::StoredRecord;
 
 fn decimal(precision: u32) -> impl Strategy<Value = i128> {
     let max = 10i128.pow(precision) - 1;
@@ -181,16 +180,6 @@ fn to_batch(codec: &RecordCodec, rows: &[(Key, Values, f64)]) -> RecordBatch {
             )),
         ],
     )
-}
-
-fn stored(rows: &[EncodedRow]) -> Vec<StoredRecord> {
-    rows.iter()
-        .enumerate()
-        .map(|(i, r)| StoredRecord {
-            offset: Offset(i as i64),
-            record: r.record.clone(),
-        })
-        .collect()
 }
 
 proptest! {

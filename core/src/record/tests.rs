@@ -117,7 +117,8 @@ fn show(row: &EncodedRow) -> String {
     out
 }
 
-fn stored(rows: &[EncodedRow]) -> Vec<StoredRecord> {
+/// The records of `rows` as stored at offsets 0, 1, ...
+pub(super) fn stored(rows: &[EncodedRow]) -> Vec<StoredRecord> {
     rows.iter()
         .enumerate()
         .map(|(i, r)| StoredRecord {

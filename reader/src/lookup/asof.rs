@@ -25,7 +25,7 @@ use unitable_core::commit::read::{ancestors, anchored_offsets, changelog_offsets
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, DecodedBatch, EncodedKey, RecordCodec};
-use unitable_core::table::{TableDef, schema_history};
+use unitable_core::table::TableDef;
 
 use super::state::TableLookup;
 use super::{LookupRequest, LookupResponse, assemble, keys, output_schema, read_located};
@@ -104,12 +104,7 @@ impl Reader {
                 ),
             });
         }
-        let codec = RecordCodec::new(
-            &def,
-            &metadata.uuid().to_string(),
-            metadata.current_schema_id(),
-        )?
-        .with_history(schema_history(metadata));
+        let codec = RecordCodec::of_table(&def, metadata)?;
         let loaded = Loaded {
             name: &request.table,
             table,

@@ -21,7 +21,7 @@ use unitable_core::commit::read::{ancestors_between, anchored_offsets, changelog
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{PartitionId, PartitionOffsets};
 use unitable_core::record::RecordCodec;
-use unitable_core::table::{TableDef, schema_history};
+use unitable_core::table::TableDef;
 
 use super::index::{FileId, KeyIndex, RowLocation};
 use super::rows::{BlockCache, DataFiles};
@@ -147,9 +147,7 @@ impl TableLookup {
         }
         let uuid = metadata.uuid().to_string();
         let schema_id = metadata.current_schema_id();
-        let codec = Arc::new(
-            RecordCodec::new(&def, &uuid, schema_id)?.with_history(schema_history(metadata)),
-        );
+        let codec = Arc::new(RecordCodec::of_table(&def, metadata)?);
         let key_field_ids = key_field_ids(name, metadata, &def.primary_key)?;
         let snapshot = metadata.current_snapshot().cloned();
         let base = load_base(table.file_io(), metadata, snapshot, &codec, &key_field_ids).await?;

@@ -30,7 +30,7 @@ use unitable_core::changelog::Changelog;
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId};
 use unitable_core::record::{ChangeOp, RecordCodec};
-use unitable_core::table::{TableDef, schema_history};
+use unitable_core::table::TableDef;
 
 use super::asof::{Loaded, LookupAsOf, decode_keyed, newest_covered_by, snapshot_rows};
 use super::{conform, finish, output_schema};
@@ -189,12 +189,7 @@ impl Reader {
                 "feature table `{name}` has no primary key, so it has no values by key"
             )));
         }
-        let codec = RecordCodec::new(
-            &def,
-            &metadata.uuid().to_string(),
-            metadata.current_schema_id(),
-        )?
-        .with_history(schema_history(metadata));
+        let codec = RecordCodec::of_table(&def, metadata)?;
         let loaded = Loaded {
             name,
             table,
