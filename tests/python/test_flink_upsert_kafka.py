@@ -25,6 +25,12 @@ Needs, besides UNITABLE_BIN and KAFKA_HOME:
 Values leave Flink as SQL strings (CAST ... AS STRING) wherever PyFlink's own Python conversion
 of collected rows is lossy or breaks (TIMESTAMP to milliseconds, NaN/Infinity, year 0), so that
 what is compared is what Flink's json format decoded.
+
+The test runs once per changelog format: for `avro-v1` the table is created with that format and
+the job declares the doc's avro-v1 example (value format `avro-confluent` reading each value's
+schema from the service's registry endpoint, timestamps as BIGINT microseconds), and also needs
+the flink-sql-avro-confluent-registry jar beside FLINK_CONNECTOR_JAR (fetch_flink_jars puts it
+there).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ ALL_COLUMNS = COLUMNS + [ADDED]
 ROUNDS = 6
 ROUNDS_BEFORE_ADD = 3
 UTC = dt.timezone.utc
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 REGIONS = ["eu", "us", "日本", 'q"uo\\te', "tab\there\u0001"]
 IDS = list(range(-4, 24)) + [-(2 ** 63), 2 ** 63 - 1]
 
@@ -84,11 +91,11 @@ def doc_flink_types() -> dict[str, str]:
     return types
 
 
-def doc_flink_options() -> dict[str, str]:
-    """The WITH options of the doc's `upsert-kafka` example."""
+def doc_flink_options(example: int = 0) -> dict[str, str]:
+    """The WITH options of the doc's `upsert-kafka` examples: 0 for json-v1, 1 for avro-v1."""
     text = DOC.read_text()
     section = text.split("\n## Reading a topic with Flink SQL\n", 1)[1].split("\n## ", 1)[0]
-    sql = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    sql = section.split("```sql\n")[1 + example].split("```", 1)[0]
     options = dict(re.findall(r"'([^']+)'\s*=\s*'([^']*)'", sql.split(" WITH ", 1)[1]))
     assert options.get("connector") == "upsert-kafka", options
     return options
@@ -142,6 +149,14 @@ def from_flink(column_type: str, v):
     if column_type == "binary":
         return bytes(v)
     return v
+
+
+def from_micros(column_type: str, v):
+    """A timestamp column read as BIGINT microseconds (avro-v1 in Flink); else from_flink."""
+    if v is None or column_type not in ("timestamp", "timestamptz"):
+        return from_flink(column_type, v)
+    at = EPOCH + dt.timedelta(microseconds=int(v))
+    return at if column_type == "timestamptz" else at.replace(tzinfo=None)
 
 
 def f32(x: float) -> float:
@@ -344,22 +359,38 @@ def materialize(changelog: list[tuple[str, list]], key_len: int) -> dict[tuple, 
 # --- the test -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_flink_upsert_kafka_materializes_the_model(start_service, kafka, tmp_path: Path):
+@pytest.mark.parametrize("changelog_format", ["json-v1", "avro-v1"])
+def test_flink_upsert_kafka_materializes_the_model(start_service, kafka, tmp_path: Path,
+                                                  changelog_format: str):
     jar = os.environ.get("FLINK_CONNECTOR_JAR", "")
     if not jar or not os.path.isfile(jar):
         pytest.fail(f"FLINK_CONNECTOR_JAR={jar!r} is not a file; scripts/lib/flink-deps.sh "
                     "fetch_flink_jars CACHE_DIR prints the jar to export")
+    avro = changelog_format == "avro-v1"
+    jars = [jar]
+    if avro:
+        # avro-v1: Flink's avro-confluent format, beside the connector (fetch_flink_jars).
+        found = sorted(Path(jar).parent.glob("flink-sql-avro-confluent-registry-*.jar"))
+        if not found:
+            pytest.fail(f"no flink-sql-avro-confluent-registry jar beside {jar}; "
+                        "scripts/lib/flink-deps.sh fetch_flink_jars fetches it")
+        jars.append(str(found[0]))
     try:
         import pyflink  # noqa: F401
     except ImportError:
         pytest.fail("pyflink is not importable; install tests/python/requirements-flink.txt "
                     "with --no-deps (install_flink_python in scripts/lib/flink-deps.sh)")
-    types, doc_options = doc_flink_types(), doc_flink_options()
+    types, doc_options = doc_flink_types(), doc_flink_options(1 if avro else 0)
+    if avro:
+        # The doc's avro-v1 note: Flink 2.2's avro-confluent has only millisecond timestamps, so
+        # timestamp columns are declared BIGINT (microseconds since the epoch).
+        types = {**types, "timestamptz": "BIGINT", "timestamp": "BIGINT"}
 
     service = start_service("--kafka-brokers", kafka.bootstrap)
     service.cli("table", "create", TABLE, *[a for c, t, nn in COLUMNS
                                             for a in ("--column", f"{c}:{t}{'!' if nn else ''}")],
-                "--primary-key", ",".join(KEY), "--buckets", str(BUCKETS), check=True)
+                "--primary-key", ",".join(KEY), "--buckets", str(BUCKETS),
+                "--changelog-format", changelog_format, check=True)
     uuid = re.search(r"^uuid\s+(\S+)$", service.cli("table", "describe", TABLE, check=True).stdout,
                      re.M)[1]
 
@@ -397,13 +428,16 @@ def test_flink_upsert_kafka_materializes_the_model(start_service, kafka, tmp_pat
 
     options = {**doc_options, "topic": TOPIC, "properties.bootstrap.servers": kafka.bootstrap,
                "properties.group.id": "flink-upsert-test", "scan.bounded.mode": "latest-offset"}
+    if avro:
+        assert options["value.format"] == "avro-confluent", options
+        options["value.avro-confluent.url"] = f"http://{service.http_addr}"
     narrow_columns = COLUMNS[:3]  # an older reader: unknown members must be ignored
     main_select = ", ".join([select_expr(c, t) for c, t, _ in ALL_COLUMNS] + [
         "CAST(`hdr`['unitable.op'] AS STRING)", "CAST(`hdr`['unitable.schema-id'] AS STRING)",
         "CAST(`hdr`['unitable.table-uuid'] AS STRING)", "CAST(`ts` AS STRING)"])
     spec = {
         "config": {
-            "pipeline.jars": Path(jar).resolve().as_uri(),
+            "pipeline.jars": ";".join(Path(j).resolve().as_uri() for j in jars),
             "parallelism.default": "1",
             "table.exec.resource.default-parallelism": "1",
             "table.local-time-zone": "UTC",
@@ -428,7 +462,8 @@ def test_flink_upsert_kafka_materializes_the_model(start_service, kafka, tmp_pat
     for key, values in got.items():
         row, op, schema_id, t0, t1 = model[key]
         for (name, column_type, _), v in zip(ALL_COLUMNS, values[:n]):
-            assert comparable(column_type, from_flink(column_type, v)) == \
+            value = from_micros(column_type, v) if avro else from_flink(column_type, v)
+            assert comparable(column_type, value) == \
                 comparable(column_type, row[name]), (key, name, v, row[name])
         hdr_op, hdr_schema, hdr_uuid, ts = values[n:]
         assert (hdr_op, hdr_schema, hdr_uuid) == (op, schema_id, uuid), (key, values[n:])
