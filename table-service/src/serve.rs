@@ -228,6 +228,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         AdminApi::new(
             admin.clone(),
             writer.clone(),
+            reader.clone(),
             compact_api.clone(),
             access.clone(),
         ),
@@ -656,6 +657,7 @@ async fn serve_grpc(
             TableAdminServiceServer::new(AdminApi::new(
                 admin,
                 writer.clone(),
+                reader.clone(),
                 compact.clone(),
                 access.clone(),
             )),

@@ -290,6 +290,18 @@ impl Reader {
         Ok((slot, state))
     }
 
+    /// Tells the reader that `table`'s columns or settings changed (on this node): its LOOKUP
+    /// state is dropped now and rebuilt by the next lookup. States on other nodes notice at
+    /// their next re-base (at most [`state::REBASE_INTERVAL`] later).
+    pub fn table_changed(&self, table: &TableName) {
+        if let Some(slot) = self.lookups.slots().get(table).cloned()
+            && let Ok(mut held) = slot.state.try_lock()
+            && let Some(state) = held.take()
+        {
+            state.invalidate("the table's columns or settings changed");
+        }
+    }
+
     /// The lookup state of `table` if one is built, usable and not being built right now (none
     /// is built for the caller).
     fn existing_lookup_state(&self, table: &TableName) -> Option<Arc<TableLookup>> {

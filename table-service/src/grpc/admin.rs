@@ -10,6 +10,7 @@ use unitable_proto::v1::{
     GetTableResponse, ListTablesRequest, ListTablesResponse,
 };
 use unitable_proto::{table_def_from_wire, table_info_to_wire};
+use unitable_reader::Reader;
 use unitable_writer::Writer;
 
 use super::compact::CompactApi;
@@ -22,22 +23,26 @@ use crate::status::ApiError;
 pub(crate) struct AdminApi {
     admin: TableAdmin,
     writer: Writer,
+    reader: Reader,
     compaction: CompactApi,
     access: Access,
 }
 
 impl AdminApi {
-    /// `writer` hears about dropped and altered tables; `compaction` adds the compaction
-    /// status to `GetTable`; `access` authorizes every call.
+    /// `writer` and `reader` hear about dropped and altered tables (the reader drops its
+    /// LOOKUP state of a table whose columns changed at once, instead of at its next re-base);
+    /// `compaction` adds the compaction status to `GetTable`; `access` authorizes every call.
     pub(crate) fn new(
         admin: TableAdmin,
         writer: Writer,
+        reader: Reader,
         compaction: CompactApi,
         access: Access,
     ) -> Self {
         Self {
             admin,
             writer,
+            reader,
             compaction,
             access,
         }
@@ -182,6 +187,7 @@ impl TableAdminService for AdminApi {
             .result(&who, "AddColumn", Some(&name.to_string()), &state);
         let state = state.map_err(ApiError::from)?;
         self.writer.table_changed(&name);
+        self.reader.table_changed(&name);
         Ok(Response::new(AddColumnResponse {
             table: Some(table_info_to_wire(&state)),
         }))
@@ -226,8 +232,9 @@ impl TableAdminService for AdminApi {
             .result(&who, "AlterTable", Some(&name.to_string()), &state);
         let state = state.map_err(ApiError::from)?;
         // The writer re-reads the table's settings (e.g. unitable.write.dead-letter) and
-        // schema.
+        // schema; the reader's LOOKUP state follows the new schema.
         self.writer.table_changed(&name);
+        self.reader.table_changed(&name);
         Ok(Response::new(AlterTableResponse {
             table: Some(table_info_to_wire(&state)),
         }))
