@@ -102,6 +102,17 @@ def replay(client, names: list[str]) -> dict[int, dict]:
     return state
 
 
+def check_as_of(client, model: Model, past: list, rng: random.Random, label: str) -> None:
+    """A LOOKUP as of an earlier check's offsets returns that check's rows, under today's
+    columns (renamed, widened; null for columns added since; dropped ones gone)."""
+    offsets, rows = rng.choice(past)
+    keys = sorted(set(rows) | set(model.rows) | {999})
+    found = client.lookup(TABLE, keys, as_of=offsets)
+    want = {k: {name: row.get(fid) for fid, name, _, _ in model.columns} for k, row in rows.items()}
+    assert by_id(found.table.to_pylist(), model.names()) == want, f"{label}: lookup as of {offsets}"
+    assert [keys[i] for i in found.missing] == [k for k in keys if k not in rows], label
+
+
 def check(client, catalog, model: Model, label: str) -> None:
     want, names = model.expected(), model.names()
     for mode in ("snapshot", "fresh"):
@@ -191,6 +202,8 @@ def test_random_column_changes_keep_every_read_equal_to_the_model(start_service,
         client.tables.create(TABLE, [f"{n}:{t}{'!' if r else ''}" for _, n, t, r in model.columns],
                              primary_key=["id"], buckets=3, changelog_format=changelog_format)
         log = []
+        # (offsets of a FRESH read, the rows by field id then), for lookups as of them later.
+        past: list = []
         for step in range(STEPS):
             roll = rng.random()
             if roll < 0.45 or not model.rows:
@@ -222,7 +235,12 @@ def test_random_column_changes_keep_every_read_equal_to_the_model(start_service,
                 client = unitable.connect(service.grpc_url)
                 log.append("restart")
             settle(client, model)
-            check(client, catalog, model, f"step {step} ({'; '.join(log[-4:])})")
+            label = f"step {step} ({'; '.join(log[-4:])})"
+            check(client, catalog, model, label)
+            if past:
+                check_as_of(client, model, past, rng, label)
+            fresh = client.read(TABLE, mode="fresh")
+            past.append((dict(fresh.as_of.offsets), {k: dict(v) for k, v in model.rows.items()}))
         settle(client, model)
         check(client, catalog, model, f"the end ({'; '.join(log)})")
     finally:
