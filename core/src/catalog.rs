@@ -388,7 +388,9 @@ impl TableCatalog {
     }
 
     /// Sets the properties in `set` and removes those in `unset` in one metadata-only commit.
-    /// Keys unitable manages are refused, as are empty keys and a key both set and unset;
+    /// Keys unitable manages are refused (except setting `unitable.changelog.format` to a
+    /// known format: records of both formats decode), as are empty keys and a key both set and
+    /// unset;
     /// removing a key that is not set does nothing. With nothing to change, nothing is
     /// committed.
     pub async fn alter_properties(
@@ -413,6 +415,19 @@ impl TableCatalog {
                 ));
             }
         }
+        // The changelog format is the one managed key a user may set: readers decode both
+        // formats, so records of either can follow each other in one topic.
+        let mut set = set.clone();
+        let format = match set.remove(crate::naming::props::CHANGELOG_FORMAT) {
+            None => None,
+            Some(f) => Some(crate::table::RecordFormat::parse(&f).ok_or_else(|| {
+                Error::invalid_definition(
+                    name,
+                    format!("unknown changelog format `{f}`; use json-v1 or avro-v1"),
+                )
+            })?),
+        };
+        let set = &set;
         let table = self.load(name).await?;
         let current = TableState::from_table(name.clone(), &table)?;
         // The same rules as creation (empty and reserved keys).
@@ -422,6 +437,7 @@ impl TableCatalog {
             probe.properties.remove(key);
         }
         revalidate(name, probe)?;
+        let format = format.filter(|f| *f != current.def.changelog.format);
         let removed: Vec<&String> = unset
             .iter()
             .filter(|k| current.def.properties.contains_key(*k))
@@ -429,11 +445,17 @@ impl TableCatalog {
         let changed = set
             .iter()
             .any(|(k, v)| current.def.properties.get(k) != Some(v));
-        if !changed && removed.is_empty() {
+        if !changed && removed.is_empty() && format.is_none() {
             return Ok(current);
         }
         let tx = Transaction::new(&table);
         let mut action = tx.update_table_properties();
+        if let Some(format) = format {
+            action = action.set(
+                crate::naming::props::CHANGELOG_FORMAT.to_string(),
+                format.as_str().to_string(),
+            );
+        }
         for (key, value) in set {
             action = action.set(key.clone(), value.clone());
         }

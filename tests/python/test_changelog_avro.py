@@ -269,3 +269,43 @@ def test_schema_registry_endpoint_requires_a_token_and_a_grant(start_service, tm
 
     registry = SchemaRegistryClient({"url": url, "basic.auth.user.info": f"admin:{admin_token}"})
     assert json.loads(registry.get_schema(schema_id).schema_str) == want
+
+
+def test_a_table_switches_its_changelog_format(start_service, kafka):
+    """`table alter --set unitable.changelog.format=...` switches the format of the records
+    written from then on; the topic then holds both, and every reader decodes both."""
+    service = start_service("--kafka-brokers", kafka.bootstrap, "--commit-interval", "200ms")
+    table, topic = "avro.switch", "unitable.avro.switch"
+    with unitable.connect(service.grpc_url) as client:
+        info = client.tables.create(table, ["id:int64!", "v:string"], primary_key=["id"], buckets=1)
+        assert info.changelog_format == "json-v1"
+        client.write(table, [{"id": 1, "v": "json"}, {"id": 2, "v": "json"}], op="upsert")
+        bad = service.cli("table", "alter", table, "--set", "unitable.changelog.format=xml")
+        assert bad.returncode != 0 and "unknown changelog format `xml`" in bad.stderr, bad.stderr
+        service.cli("table", "alter", table, "--set", "unitable.changelog.format=avro-v1", check=True)
+        assert client.tables.describe(table).changelog_format == "avro-v1"
+        client.write(table, [{"id": 2, "v": "avro"}, {"id": 3, "v": "avro"}], op="upsert")
+        client.tables.alter(table, set={"unitable.changelog.format": "json-v1"})
+        client.write(table, [{"id": 4, "v": "json again"}], op="upsert", wait="snapshot")
+        model = {1: "json", 2: "avro", 3: "avro", 4: "json again"}
+        assert {r["id"]: r["v"] for r in client.scan(table, mode="fresh").to_pylist()} == model
+        with client.subscribe(table, start="earliest", follow=False) as sub:
+            replayed = [(r["id"], r["v"]) for change in sub for r in change.batch.to_pylist()]
+        assert replayed == [(1, "json"), (2, "json"), (2, "avro"), (3, "avro"), (4, "json again")]
+
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": f"http://{service.http_addr}"}))
+    seen = []
+    for msg in consume_topic(kafka.bootstrap, topic, 1, "switch-reader"):
+        value = msg.value()
+        if value[0] == 0:
+            row = deserializer(value, SerializationContext(topic, MessageField.VALUE))
+            seen.append(("avro", row["id"], row["v"]))
+        else:
+            row = json.loads(value)
+            seen.append(("json", row["id"], row["v"]))
+    assert seen == [("json", 1, "json"), ("json", 2, "json"), ("avro", 2, "avro"), ("avro", 3, "avro"),
+                    ("json", 4, "json again")]
+    catalog = SqlCatalog("unitable", uri=f"sqlite:///{service.data_dir}/catalog.db",
+                         warehouse=f"file://{service.data_dir}/warehouse")
+    rows = catalog.load_table(table).scan().to_arrow().to_pylist()
+    assert {r["id"]: r["v"] for r in rows} == model
