@@ -202,6 +202,21 @@ def test_avro_changelog_read_by_confluent_fastavro_and_pyiceberg(start_service, 
         registry.get_schema(1)
     assert missing.value.http_status_code == 404
 
+    # Subjects (topic name strategy): the table's schemas as versions 1 and 2.
+    subject = f"{TOPIC}-value"
+    assert registry.get_subjects() == [subject]
+    assert registry.get_versions(subject) == [1, 2]
+    for version, schema_id in ((1, 0), (2, 1)):
+        got = registry.get_version(subject, version)
+        assert got.version == version
+        assert got.schema_id == (murmur2(f"{info.table_uuid}/{schema_id}".encode()) & 0x7FFFFFFF or 1)
+        assert json.loads(got.schema.schema_str) == documented_schema(TABLE, schemas[schema_id])
+    latest = registry.get_latest_version(subject)
+    assert (latest.version, latest.schema_id) == (2, registry.get_version(subject, 2).schema_id)
+    with pytest.raises(SchemaRegistryError) as missing:
+        registry.get_versions("unitable.avro.nope-value")
+    assert missing.value.http_status_code == 404 and missing.value.error_code == 40401
+
     # A foreign producer: fastavro-encoded value, framed by hand, under the current schema.
     current = table.schema()
     frame = b"\x00" + (murmur2(f"{info.table_uuid}/{current.schema_id}".encode()) & 0x7FFFFFFF or 1) \
@@ -269,6 +284,11 @@ def test_schema_registry_endpoint_requires_a_token_and_a_grant(start_service, tm
 
     registry = SchemaRegistryClient({"url": url, "basic.auth.user.info": f"admin:{admin_token}"})
     assert json.loads(registry.get_schema(schema_id).schema_str) == want
+    assert registry.get_subjects() == ["unitable.avro.secret-value"]
+    status, body = get("/subjects", f"Bearer {stranger}")
+    assert status == 200 and body == [], body
+    status, body = get("/subjects/unitable.avro.secret-value/versions", f"Bearer {stranger}")
+    assert status == 404 and body["error_code"] == 40401, body
 
 
 def test_a_table_switches_its_changelog_format(start_service, kafka):

@@ -133,6 +133,15 @@ pub(crate) fn router(console: Console) -> axum::Router {
         .route("/api/v1/sql", post(api::sql))
         .route("/schemas/ids/{id}", get(registry::by_id))
         .route("/schemas/ids/{id}/schema", get(registry::schema_only))
+        .route("/subjects", get(registry::subjects))
+        .route(
+            "/subjects/{subject}/versions",
+            get(registry::subject_version_list),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(registry::subject_version),
+        )
         .fallback(|| async {
             Failure::new(
                 StatusCode::NOT_FOUND,
