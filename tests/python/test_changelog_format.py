@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
-from harness import murmur2
+from harness import consume_topic, murmur2
 
 TABLE = "shop.orders"
 TOPIC = "unitable.shop.orders"
@@ -99,19 +98,7 @@ def test_plain_kafka_consumer_decodes_the_topic_by_the_doc(unitable_bin, kafka, 
     acks += produce(bin_path, kafka.bootstrap, "delete", DELETE_KEYS, key_schema, tmp_path)
     assert len(acks) == 5
 
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "outside-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(BUCKETS)])
-    records, eof = [], set()
-    while len(eof) < BUCKETS:
-        msg = consumer.poll(10.0)
-        assert msg is not None, "timed out reading the topic"
-        if msg.error():
-            assert msg.error().code() == -191, msg.error()  # _PARTITION_EOF
-            eof.add(msg.partition())
-            continue
-        records.append(msg)
-    consumer.close()
+    records = consume_topic(kafka.bootstrap, TOPIC, BUCKETS, "outside-reader")
     assert len(records) == 5
 
     types = dict(COLUMNS)

@@ -79,11 +79,13 @@ def new_row(i: int) -> dict:
             "memo": f"memo {i}"}
 
 
-def by_id(rows: list[dict]) -> dict[int, dict]:
-    return {r["id"]: {k: r[k] for k in NEW_COLUMNS} for r in rows}
+def by_id(rows: list[dict], names: list[str] = NEW_COLUMNS) -> dict[int, dict]:
+    """Rows keyed by `id`, each with the columns `names`."""
+    return {r["id"]: {k: r[k] for k in names} for r in rows}
 
 
-def replay(client, table: str) -> dict[int, dict]:
+def replay(client, table: str, names: list[str] = NEW_COLUMNS) -> dict[int, dict]:
+    """The table's rows as a STREAM from the earliest offset leaves them (columns `names`)."""
     model: dict[int, dict] = {}
     with client.subscribe(table, start="earliest", follow=False) as sub:
         for change in sub:
@@ -91,7 +93,7 @@ def replay(client, table: str) -> dict[int, dict]:
                 if r["_op"] == "delete":
                     model.pop(r["id"], None)
                 else:
-                    model[r["id"]] = {k: r[k] for k in NEW_COLUMNS}
+                    model[r["id"]] = {k: r[k] for k in names}
     return model
 
 

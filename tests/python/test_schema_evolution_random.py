@@ -21,6 +21,8 @@ import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
+from test_schema_evolution import by_id, replay
+
 try:
     import unitable
 except ImportError as e:
@@ -86,22 +88,6 @@ class Model:
         return [c[1] for c in self.columns]
 
 
-def by_id(rows: list[dict], names: list[str]) -> dict[int, dict]:
-    return {r["id"]: {n: r[n] for n in names} for r in rows}
-
-
-def replay(client, names: list[str]) -> dict[int, dict]:
-    state: dict[int, dict] = {}
-    with client.subscribe(TABLE, start="earliest", follow=False) as sub:
-        for change in sub:
-            for r in change.batch.to_pylist():
-                if r["_op"] == "delete":
-                    state.pop(r["id"], None)
-                else:
-                    state[r["id"]] = {n: r[n] for n in names}
-    return state
-
-
 def check_as_of(client, model: Model, past: list, rng: random.Random, label: str) -> None:
     """A LOOKUP as of an earlier check's offsets returns that check's rows, under today's
     columns (renamed, widened; null for columns added since; dropped ones gone)."""
@@ -122,7 +108,7 @@ def check(client, catalog, model: Model, label: str) -> None:
         found = client.lookup(TABLE, sorted(want))
         assert found.missing == [], label
         assert by_id(found.table.to_pylist(), names) == want, f"{label}: lookup"
-    assert replay(client, names) == want, f"{label}: stream replay"
+    assert replay(client, TABLE, names) == want, f"{label}: stream replay"
     table = catalog.load_table(TABLE)
     assert [f.name for f in table.schema().fields] == names, label
     assert by_id(table.scan().to_arrow().to_pylist(), names) == want, f"{label}: PyIceberg"

@@ -108,17 +108,23 @@ impl RecordCodec {
     }
 
     /// The earlier schema a JSON value was written with, by its schema-id header.
+    /// Every record is asked, so the common cases (no earlier schema, the codec's own
+    /// schema) return before any parsing.
     pub(super) fn json_writer(&self, schema_id: Option<&[u8]>) -> Option<&WriterSchema> {
-        let id: i32 = std::str::from_utf8(schema_id?).ok()?.parse().ok()?;
-        if id == self.schema_id {
+        let header = schema_id?;
+        if self.history.by_id.is_empty() || header == self.schema_id_header.as_ref() {
             return None;
         }
+        let id: i32 = std::str::from_utf8(header).ok()?.parse().ok()?;
         self.history.by_id.get(&id).map(Arc::as_ref)
     }
 
     /// The earlier schema an Avro value was written with, by its framing.
     pub(super) fn avro_writer(&self, value: &[u8]) -> Option<&WriterSchema> {
         let frame: [u8; avro::FRAME_LEN] = value.get(..avro::FRAME_LEN)?.try_into().ok()?;
+        if self.history.by_frame.is_empty() || frame == self.avro_frame {
+            return None;
+        }
         self.history.by_frame.get(&frame).map(Arc::as_ref)
     }
 
