@@ -105,6 +105,14 @@ pub enum Error {
         /// The database's error.
         reason: String,
     },
+    /// The ingest position table in the catalog database failed.
+    #[error("ingest positions: cannot {operation}: {reason}")]
+    IngestDatabase {
+        /// What we were doing.
+        operation: &'static str,
+        /// The database's error.
+        reason: String,
+    },
     /// The consumer-group tables in the catalog database failed.
     #[error("consumer groups: cannot {operation}: {reason}")]
     GroupDatabase {
@@ -148,7 +156,9 @@ impl Error {
                     | object_store::Error::Unauthenticated { .. }
             ),
             Error::Changelog(e) => e.is_retryable(),
-            Error::LeaseDatabase { .. } | Error::GroupDatabase { .. } => true,
+            Error::LeaseDatabase { .. }
+            | Error::GroupDatabase { .. }
+            | Error::IngestDatabase { .. } => true,
             Error::GroupMemberReplaced { .. } => false,
         }
     }

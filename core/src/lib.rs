@@ -12,6 +12,7 @@
 //!   swap of the metadata pointer, idempotent retries).
 //! - [`admin`]: table create/drop keeping the Iceberg table and its topic together.
 //! - [`requests`]: the log of idempotent write requests (what a request id did).
+//! - [`ingest`]: CDC ingest settings (table properties) and source positions (catalog database).
 //! - [`scan`]: reading an iceberg-rust table scan to Arrow (one reader per data file, which
 //!   avoids a hang in iceberg-rust 0.10.1's shared delete-file cache).
 //! - [`lease`]: committer leases and node membership in the catalog database, and which node
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod commit;
 pub mod error;
 pub mod groups;
+pub mod ingest;
 pub mod lease;
 pub mod naming;
 pub mod offsets;

@@ -215,6 +215,19 @@ pub mod props {
     pub const CHANGELOG_CLEANUP_POLICY: &str = "unitable.changelog.cleanup-policy";
     /// User-settable at creation: the topic's `retention.ms` (Kafka; default: the server's).
     pub const CHANGELOG_RETENTION_MS: &str = "unitable.changelog.retention-ms";
+    /// User-settable: the Kafka topic a CDC ingester reads into the table (see
+    /// [`crate::ingest`]); removing it stops the ingest.
+    pub const INGEST_TOPIC: &str = "unitable.ingest.topic";
+    /// User-settable: the source topic's format (`debezium-json`, the default).
+    pub const INGEST_FORMAT: &str = "unitable.ingest.format";
+    /// User-settable: where a source partition without a position starts (`earliest`, the
+    /// default, or `latest`).
+    pub const INGEST_START: &str = "unitable.ingest.start";
+    /// User-settable: the unit (`ms`, `us`, `ns`) of integer timestamps from a source without
+    /// a schema.
+    pub const INGEST_TIMESTAMP_UNIT: &str = "unitable.ingest.timestamp-unit";
+    /// User-settable: `ignore` (default) or `reject` events carrying columns the table lacks.
+    pub const INGEST_UNKNOWN_COLUMNS: &str = "unitable.ingest.unknown-columns";
     /// The layout version this build writes.
     pub const CURRENT_LAYOUT_VERSION: &str = "1";
 }

@@ -262,6 +262,12 @@ impl TableDef {
                 ));
             }
         }
+        if let Err(reason) = crate::ingest::IngestConfig::from_properties(
+            &spec.properties,
+            !spec.primary_key.is_empty(),
+        ) {
+            return fail(reason);
+        }
 
         Ok(TableDef {
             changelog: ChangelogBinding {

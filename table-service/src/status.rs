@@ -209,9 +209,9 @@ fn classify_core(e: &CoreError) -> (Code, Level) {
             }
         }
         CoreError::Changelog(c) => classify_changelog(c),
-        CoreError::LeaseDatabase { .. } | CoreError::GroupDatabase { .. } => {
-            (Code::Unavailable, Level::Warn)
-        }
+        CoreError::LeaseDatabase { .. }
+        | CoreError::GroupDatabase { .. }
+        | CoreError::IngestDatabase { .. } => (Code::Unavailable, Level::Warn),
         CoreError::GroupMemberReplaced { .. } => (Code::Aborted, Level::Debug),
     }
 }
