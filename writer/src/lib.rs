@@ -55,6 +55,7 @@ pub mod error;
 mod files;
 mod idempotent;
 pub mod index;
+mod ingest;
 pub mod input;
 pub mod metric_names;
 mod ownership;

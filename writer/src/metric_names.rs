@@ -79,3 +79,19 @@ pub const COMMITTER_FENCED: &str = "unitable_committer_fenced_total";
 /// Rejected rows sent to the table's dead-letter topic, by `outcome` (`sent`, `failed`: the
 /// dead-letter append failed and only the response lists them) (counter).
 pub const DEAD_LETTER_ROWS: &str = "unitable_writer_dead_letter_rows_total";
+
+/// CDC ingest: source events by outcome (counter; label `outcome`: `upsert`, `delete`,
+/// `rejected`, `tombstone`, `schema_change`, `other`).
+pub const INGEST_EVENTS: &str = "unitable_ingest_events_total";
+/// CDC ingest: events sent to the dead-letter topic (counter; label `reason`: `malformed`,
+/// `invalid`, `missing_key`, `unknown_column`, `truncate`).
+pub const INGEST_REJECTED: &str = "unitable_ingest_rejected_total";
+/// CDC ingest: values of source columns the table does not have, left out (counter; label
+/// `column`).
+pub const INGEST_UNKNOWN_COLUMNS: &str = "unitable_ingest_unknown_columns_total";
+/// CDC ingest: source records not yet ingested (gauge; label `partition`, the source's).
+pub const INGEST_LAG_RECORDS: &str = "unitable_ingest_lag_records";
+/// CDC ingest: 1 while this node ingests the table (gauge).
+pub const INGEST_RUNNING: &str = "unitable_ingest_running";
+/// CDC ingest: times a table's ingest stopped on an error and was restarted (counter).
+pub const INGEST_FAILURES: &str = "unitable_ingest_failures_total";

@@ -228,6 +228,15 @@ impl Writer {
             .map(|c| c.progress.borrow().clone())
     }
 
+    /// The tables whose committer runs on this node now, with their table uuids.
+    pub(crate) fn committed_here(&self) -> Vec<(TableName, String)> {
+        lock(&self.inner.committers)
+            .iter()
+            .filter(|(_, c)| !c.done.is_cancelled() && !c.cancel.is_cancelled())
+            .map(|(name, c)| (name.clone(), c.uuid.clone()))
+            .collect()
+    }
+
     pub(crate) fn ensure_committer(
         &self,
         name: &TableName,
@@ -419,13 +428,23 @@ impl Writer {
     /// happens at most once: a retry returns the first attempt's outcome, or finishes what a
     /// failed attempt left undone (see [`crate::idempotent`]).
     pub async fn write(&self, request: WriteRequest) -> WriteResult<WriteOutcome> {
+        self.write_as(request, true).await
+    }
+
+    /// [`Writer::write`], with the table's dead-letter topic used for rejected rows only when
+    /// `dead_letter` (the CDC ingester sends them there itself, with their source positions).
+    pub(crate) async fn write_as(
+        &self,
+        request: WriteRequest,
+        dead_letter: bool,
+    ) -> WriteResult<WriteOutcome> {
         let mut handle = self.handle(&request.table).await?;
         // Another process may have changed, dropped or recreated the table: refresh first.
         if self.check_current(&request.table, &handle).await? != Check::Current {
             handle = self.handle(&request.table).await?;
         }
         let Some(id) = request.request_id.as_deref() else {
-            let (outcome, _) = self.append(&request, &handle, None).await?;
+            let (outcome, _) = self.append(&request, &handle, None, dead_letter).await?;
             return self.answer(&request, &handle, outcome).await;
         };
         idempotent::validate(id)?;
@@ -462,7 +481,10 @@ impl Writer {
                 },
             )?),
         };
-        match self.append(&request, &handle, Some((id, recover))).await {
+        match self
+            .append(&request, &handle, Some((id, recover)), dead_letter)
+            .await
+        {
             Ok((outcome, true)) => {
                 log.finish(&handle.uuid, id, &idempotent::encode_outcome(&outcome))
                     .await?;
@@ -485,7 +507,7 @@ impl Writer {
     }
 
     /// The id this node claims write requests under.
-    fn node_id(&self) -> &str {
+    pub(crate) fn node_id(&self) -> &str {
         let config = &self.inner.shared.config;
         config
             .leases
@@ -526,6 +548,7 @@ impl Writer {
         request: &WriteRequest,
         handle: &TableHandle,
         idempotent: Option<(&str, Option<PartitionOffsets>)>,
+        dead_letter: bool,
     ) -> WriteResult<(WriteOutcome, bool)> {
         let codec = handle.codec.clone();
         let op = request.op;
@@ -680,7 +703,7 @@ impl Writer {
             .increment(outcome.rows_written);
         metrics::counter!(m::BYTES_WRITTEN, "table" => table).increment(bytes);
         errors.sort_by_key(|e| e.row);
-        if handle.dead_letter && !errors.is_empty() {
+        if dead_letter && handle.dead_letter && !errors.is_empty() {
             self.dead_letter(handle, request, &errors).await;
         }
         outcome.rows_rejected = errors.len() as u64;
