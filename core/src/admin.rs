@@ -19,6 +19,8 @@ pub struct TableAdmin {
     changelog: Arc<dyn Changelog>,
     /// Commits schema changes iceberg-rust cannot (see [`TableAdmin::alter_columns`]).
     committer: Option<Committer>,
+    /// CDC ingest positions, for [`TableAdmin::ingest_status`].
+    ingest: Option<crate::ingest::IngestPositions>,
 }
 
 impl TableAdmin {
@@ -28,6 +30,7 @@ impl TableAdmin {
             catalog,
             changelog,
             committer: None,
+            ingest: None,
         }
     }
 
@@ -35,6 +38,58 @@ impl TableAdmin {
     pub fn with_committer(mut self, committer: Committer) -> Self {
         self.committer = Some(committer);
         self
+    }
+
+    /// Reports CDC ingest positions from `positions` in [`TableAdmin::ingest_status`].
+    pub fn with_ingest_positions(mut self, positions: crate::ingest::IngestPositions) -> Self {
+        self.ingest = Some(positions);
+        self
+    }
+
+    /// How far the table's CDC ingest has come: per source partition, the position, a batch
+    /// being written, and the source's watermarks. `None` when the table names no source.
+    pub async fn ingest_status(
+        &self,
+        state: &crate::table::TableState,
+    ) -> Result<Option<crate::ingest::IngestStatus>> {
+        let Ok(Some(config)) = crate::ingest::IngestConfig::from_properties(
+            &state.def.properties,
+            !state.def.primary_key.is_empty(),
+        ) else {
+            return Ok(None);
+        };
+        let positions = match &self.ingest {
+            Some(store) => store.positions(&state.uuid, &config.topic).await?,
+            None => Default::default(),
+        };
+        let topic = crate::naming::TopicName::new(config.topic.clone());
+        let partitions = match self.changelog.partition_count(&topic).await {
+            Ok(n) => n,
+            Err(crate::changelog::ChangelogError::TopicNotFound { .. }) => {
+                return Ok(Some(crate::ingest::IngestStatus {
+                    config,
+                    source_exists: false,
+                    partitions: Vec::new(),
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let partition = crate::offsets::PartitionId(p);
+            let marks = self.changelog.watermarks(&topic, partition).await?;
+            out.push(crate::ingest::IngestPartition {
+                partition,
+                position: positions.get(&partition).copied(),
+                low: marks.low,
+                high: marks.high,
+            });
+        }
+        Ok(Some(crate::ingest::IngestStatus {
+            config,
+            source_exists: true,
+            partitions: out,
+        }))
     }
 
     /// Renames, drops, widens, makes optional or moves columns (see [`ColumnChange`]) in one

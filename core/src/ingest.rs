@@ -189,6 +189,38 @@ pub struct IngestPosition {
 /// A table's ingest position per source partition, as [`IngestPositions::positions`] reads it.
 pub type Positions = BTreeMap<PartitionId, IngestPosition>;
 
+/// One source partition as `unitable ingest status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestPartition {
+    /// The source partition.
+    pub partition: PartitionId,
+    /// The ingest position (`None`: not started).
+    pub position: Option<IngestPosition>,
+    /// The source partition's low watermark.
+    pub low: Offset,
+    /// Its high watermark.
+    pub high: Offset,
+}
+
+impl IngestPartition {
+    /// Source records not yet ingested (from the low watermark when not started).
+    pub fn lag(&self) -> i64 {
+        let next = self.position.map_or(self.low, |p| p.next);
+        (self.high.0 - next.0).max(0)
+    }
+}
+
+/// A table's CDC ingest: its settings and, per source partition, how far it has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestStatus {
+    /// The settings.
+    pub config: IngestConfig,
+    /// Whether the source topic exists.
+    pub source_exists: bool,
+    /// The source partitions.
+    pub partitions: Vec<IngestPartition>,
+}
+
 /// Ingest positions in the catalog database.
 #[derive(Debug, Clone)]
 pub struct IngestPositions {

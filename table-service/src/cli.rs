@@ -105,6 +105,9 @@ pub enum Command {
     /// Operate a running server: `admin log-level [DIRECTIVES --for 10m | --reset]`.
     #[command(subcommand)]
     Admin(client::ops::AdminCommand),
+    /// Feed a table from a Debezium (CDC) topic, exactly once: `ingest start|stop|status`.
+    #[command(subcommand)]
+    Ingest(client::ingest::IngestCommand),
     /// Check a snapshot against its changelog: replay the changelog up to the snapshot's
     /// offsets and compare the rows by key (missing, extra, wrong); exit 1 on a difference.
     Verify(client::verify::VerifyArgs),
@@ -913,6 +916,7 @@ async fn run_client(conn: &client::Connection, command: Command) -> ExitCode {
         Command::ConsumerGroup(cmd) => client::groups::run(conn, cmd).await,
         Command::Admin(cmd) => client::ops::run(conn, cmd).await,
         Command::Verify(args) => client::verify::run(conn, args).await,
+        Command::Ingest(cmd) => client::ingest::run(conn, cmd).await,
     }
 }
 

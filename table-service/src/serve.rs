@@ -25,6 +25,7 @@ use unitable_core::clock::SystemClock;
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::groups::GroupStore;
+use unitable_core::ingest::IngestPositions;
 use unitable_core::lease::LeaseStore;
 use unitable_core::requests::RequestLog;
 use unitable_core::storage::s3_props;
@@ -201,9 +202,26 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     // admin calls.
     let read_runtime = BackgroundRuntime::start("unitable-read")?;
     let read_handle = read_runtime.handle();
-    let admin = TableAdmin::new(catalog, changelog).with_committer(schema_committer);
+    let ingest_positions = IngestPositions::connect(catalog.config())
+        .await
+        .context("cannot open the ingest position table in the catalog database")?;
+    let mut admin = TableAdmin::new(catalog, changelog).with_committer(schema_committer);
+    if let Some(positions) = &ingest_positions {
+        admin = admin.with_ingest_positions(positions.clone());
+    }
 
     let shutdown = CancellationToken::new();
+    // CDC ingest of the tables this node commits whose properties name a source topic.
+    let ingest = match ingest_positions {
+        Some(positions) => {
+            let writer = writer.clone();
+            let stop = shutdown.child_token();
+            Some(tokio::spawn(async move {
+                writer.run_ingest(positions, stop).await;
+            }))
+        }
+        None => None,
+    };
     // Consumer group lag and members, refreshed every third of a member session.
     read_handle.spawn({
         let reader = reader.clone();
@@ -301,6 +319,11 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         {
             first_error = Some(Err(e));
         }
+    }
+    // The ingesters are intake too: they stop between (or within) batches; a batch cut off is
+    // written again, under the same request ids, by the next start.
+    if let Some(ingest) = ingest {
+        let _ = ingest.await;
     }
     // Intake has stopped: let every committer commit what the changelog holds.
     info!("shutting down: committing buffered changes");

@@ -61,6 +61,10 @@ pub struct WriteOutcome {
     pub errors: Vec<RowError>,
     /// Rows not written, all of them (may exceed `errors.len()`).
     pub rows_rejected: u64,
+    /// Of `rows_rejected`, those not written because their changelog partition failed (not
+    /// because of their values): a retry may write them (with a request id, a retry writes
+    /// exactly these).
+    pub rows_unwritten: u64,
     /// The last offset written per partition.
     pub last_offsets: PartitionOffsets,
     /// The table's state after the write.
@@ -131,6 +135,7 @@ impl WriteOutcome {
     pub fn merge(&mut self, next: WriteOutcome) {
         self.rows_written += next.rows_written;
         self.rows_rejected += next.rows_rejected;
+        self.rows_unwritten += next.rows_unwritten;
         let room = MAX_REPORTED_ERRORS.saturating_sub(self.errors.len());
         self.errors.extend(next.errors.into_iter().take(room));
         for (p, o) in next.last_offsets.0 {
@@ -667,6 +672,7 @@ impl Writer {
                 }
                 Err(e) => {
                     failures += 1;
+                    outcome.rows_unwritten += rows.len() as u64;
                     metrics::counter!(m::ROWS_REJECTED, "table" => table.clone(), "reason" => "changelog")
                         .increment(rows.len() as u64);
                     let reason = format!(

@@ -3,107 +3,26 @@
 //! appends exactly what the first attempt did not, and ids are per table. The oracle is the
 //! changelog itself: every row must be there exactly once.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use unitable_core::admin::TableAdmin;
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_core::changelog::{
-    AppendedRange, ChangeRecord, Changelog, ChangelogError, ChangelogResult, MemoryChangelog,
-    StoredRecord, Watermarks,
-};
+use unitable_core::changelog::{Changelog, MemoryChangelog};
 use unitable_core::commit::pointer::SqlMetadataPointer;
 use unitable_core::commit::row_delta::Committer;
-use unitable_core::naming::{TableName, TopicName};
-use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
+use unitable_core::naming::TableName;
+use unitable_core::offsets::{Offset, PartitionId};
 use unitable_core::record::ChangeOp;
 use unitable_core::requests::RequestLog;
 use unitable_core::table::{Column, TableDef, TableSpec};
 use unitable_core::types::ColumnType;
 use unitable_writer::{Rows, WriteError, WriteRequest, Writer, WriterConfig};
 
-/// The in-memory changelog, with appends to chosen partitions failing on demand.
-#[derive(Debug)]
-struct Flaky {
-    inner: MemoryChangelog,
-    failing: Mutex<BTreeSet<u32>>,
-    /// When set, a failing append lands its records anyway before failing (a produce timeout
-    /// whose records did reach the broker).
-    land_then_fail: AtomicBool,
-}
-
-#[async_trait]
-impl Changelog for Flaky {
-    fn backend(&self) -> &'static str {
-        "flaky-memory"
-    }
-    async fn create_topic(&self, topic: &TopicName, partitions: u32) -> ChangelogResult<()> {
-        self.inner.create_topic(topic, partitions).await
-    }
-    async fn delete_topic(&self, topic: &TopicName) -> ChangelogResult<()> {
-        self.inner.delete_topic(topic).await
-    }
-    async fn partition_count(&self, topic: &TopicName) -> ChangelogResult<u32> {
-        self.inner.partition_count(topic).await
-    }
-    async fn append(
-        &self,
-        topic: &TopicName,
-        partition: PartitionId,
-        records: Vec<ChangeRecord>,
-    ) -> ChangelogResult<AppendedRange> {
-        let fail = self.failing.lock().unwrap().contains(&partition.0);
-        if fail {
-            if self.land_then_fail.load(Ordering::SeqCst) {
-                self.inner.append(topic, partition, records).await?;
-            }
-            return Err(ChangelogError::Unavailable {
-                backend: "flaky-memory",
-                reason: format!("partition {partition} is failing (test)"),
-            });
-        }
-        self.inner.append(topic, partition, records).await
-    }
-    async fn read(
-        &self,
-        topic: &TopicName,
-        partition: PartitionId,
-        from: Offset,
-        max_records: usize,
-        wait: Duration,
-    ) -> ChangelogResult<Vec<StoredRecord>> {
-        self.inner
-            .read(topic, partition, from, max_records, wait)
-            .await
-    }
-    async fn offset_for_timestamp(
-        &self,
-        topic: &TopicName,
-        partition: PartitionId,
-        timestamp_ms: i64,
-    ) -> ChangelogResult<Option<Offset>> {
-        self.inner
-            .offset_for_timestamp(topic, partition, timestamp_ms)
-            .await
-    }
-    async fn watermarks(
-        &self,
-        topic: &TopicName,
-        partition: PartitionId,
-    ) -> ChangelogResult<Watermarks> {
-        self.inner.watermarks(topic, partition).await
-    }
-    async fn publish_committed(
-        &self,
-        topic: &TopicName,
-        offsets: &PartitionOffsets,
-    ) -> ChangelogResult<()> {
-        self.inner.publish_committed(topic, offsets).await
-    }
-}
+mod common;
+use common::Flaky;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -116,11 +35,7 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config = CatalogConfig::embedded(dir.path());
     let catalog = TableCatalog::open(config.clone()).await.unwrap();
-    let changelog = Arc::new(Flaky {
-        inner: MemoryChangelog::new(),
-        failing: Mutex::new(BTreeSet::new()),
-        land_then_fail: AtomicBool::new(false),
-    });
+    let changelog = Arc::new(Flaky::new());
     let admin = TableAdmin::new(catalog.clone(), changelog.clone());
     let mut defs = Vec::new();
     for (name, key) in [

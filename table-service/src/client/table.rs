@@ -86,6 +86,10 @@ async fn run_inner(conn: &Connection, cmd: TableCommand) -> Result<(), ClientErr
                     let mut value = describe_json(&info);
                     value["compaction"] = compaction.as_ref().map_or(json!(null), compaction_json);
                     value["changelog_topic"] = topic.as_ref().map_or(json!(null), topic_json);
+                    value["ingest"] = response
+                        .ingest
+                        .as_ref()
+                        .map_or(json!(null), super::ingest::status_json);
                     println!("{value:#}");
                 }
                 OutputFormat::Text => {
@@ -95,6 +99,9 @@ async fn run_inner(conn: &Connection, cmd: TableCommand) -> Result<(), ClientErr
                     }
                     if let Some(c) = &compaction {
                         print!("{}", compaction_text(c));
+                    }
+                    if let Some(i) = &response.ingest {
+                        print!("{}", super::ingest::status_text(&name.to_string(), i));
                     }
                 }
             }

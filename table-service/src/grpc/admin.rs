@@ -7,7 +7,7 @@ use unitable_proto::v1::table_admin_service_server::TableAdminService;
 use unitable_proto::v1::{
     AddColumnRequest, AddColumnResponse, AlterTableRequest, AlterTableResponse, ChangelogTopic,
     CreateTableRequest, CreateTableResponse, DropTableRequest, DropTableResponse, GetTableRequest,
-    GetTableResponse, ListTablesRequest, ListTablesResponse,
+    GetTableResponse, IngestPartition, IngestStatus, ListTablesRequest, ListTablesResponse,
 };
 use unitable_proto::{table_def_from_wire, table_info_to_wire};
 use unitable_reader::Reader;
@@ -121,10 +121,18 @@ impl TableAdminService for AdminApi {
                 None
             }
         };
+        let ingest = match self.admin.ingest_status(&state).await {
+            Ok(status) => status.map(|s| ingest_status_to_wire(&s)),
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "cannot read the ingest status");
+                None
+            }
+        };
         Ok(Response::new(GetTableResponse {
             table: Some(table_info_to_wire(&state)),
             compaction,
             changelog,
+            ingest,
         }))
     }
 
@@ -238,5 +246,30 @@ impl TableAdminService for AdminApi {
         Ok(Response::new(AlterTableResponse {
             table: Some(table_info_to_wire(&state)),
         }))
+    }
+}
+
+fn ingest_status_to_wire(s: &unitable_core::ingest::IngestStatus) -> IngestStatus {
+    IngestStatus {
+        topic: s.config.topic.clone(),
+        format: s.config.format.as_str().to_string(),
+        start: match s.config.start {
+            unitable_core::ingest::IngestStart::Earliest => "earliest",
+            unitable_core::ingest::IngestStart::Latest => "latest",
+        }
+        .to_string(),
+        source_exists: s.source_exists,
+        partitions: s
+            .partitions
+            .iter()
+            .map(|p| IngestPartition {
+                partition: p.partition.0,
+                next_offset: p.position.map(|x| x.next.0),
+                pending_last: p.position.and_then(|x| x.pending).map(|o| o.0),
+                low_watermark: p.low.0,
+                high_watermark: p.high.0,
+                lag: p.lag(),
+            })
+            .collect(),
     }
 }

@@ -528,6 +528,11 @@ impl TableIngester {
                 request_id: Some(id.clone()),
             };
             match self.writer.write_as(request, false).await {
+                Ok(outcome) if outcome.rows_unwritten > 0 => {
+                    // A changelog partition failed: the retry (same id) appends what is missing.
+                    warn!(table = %self.table, request_id = %id, unwritten = outcome.rows_unwritten, "part of an ingest write failed; retrying it");
+                    self.pause(Duration::from_millis(500)).await?;
+                }
                 Ok(outcome) => return Ok(outcome),
                 Err(e) if e.is_retryable() && !matches!(e, WriteError::ShuttingDown) => {
                     debug!(table = %self.table, request_id = %id, error = %e, "an ingest write will be retried");
