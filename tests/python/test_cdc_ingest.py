@@ -282,12 +282,68 @@ def wait_fresh(client, model: dict[int, dict], timeout: float = 90) -> None:
         time.sleep(0.5)
 
 
-def test_debezium_topic_ingested_exactly_once_through_crashes(start_service, kafka):
-    service = start_service("--kafka-brokers", kafka.bootstrap, "--commit-interval", "300ms")
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+def audit_exactly_once(bootstrap: str, stream: Stream, group: str) -> None:
+    """Each ingest request id holds exactly the good events of its source range, and the ids
+    together cover every good event once (read from the table's topic by a plain consumer)."""
+    good = {pos for pos, kind in stream.kinds.items() if kind == "good"}
+    id_pattern = re.compile(rf"^ingest:{re.escape(SOURCE)}:(\d+):(\d+)-(\d+)$")
+    per_id: dict[str, int] = {}
+    for msg in consume_topic(bootstrap, TOPIC, BUCKETS, group):
+        headers = dict(msg.headers() or [])
+        request_id = headers.get("unitable.request-id", b"").decode()
+        assert id_pattern.match(request_id), f"a changelog record not from the ingest: {headers}"
+        per_id[request_id] = per_id.get(request_id, 0) + 1
+    covered: set[tuple[int, int]] = set()
+    for request_id, count in per_id.items():
+        p, first, last = map(int, id_pattern.match(request_id).groups())
+        in_range = {(p, o) for o in range(first, last + 1)} & good
+        assert count == len(in_range), f"{request_id}: {count} records for {len(in_range)} events"
+        assert not covered & in_range, f"{request_id} overlaps another ingest request"
+        covered |= in_range
+    assert covered == good, f"{len(good - covered)} good events never reached the changelog"
+
+
+def audit_dead_letters(bootstrap: str, stream: Stream, group: str) -> None:
+    """Every bad event is in the dead-letter topic once, with its source position and field."""
+    bad_events = {pos: kind[1] for pos, kind in stream.kinds.items() if isinstance(kind, tuple)}
+    seen: dict[tuple[int, int], dict] = {}
+    if bad_events:
+        for msg in consume_topic(bootstrap, DLQ, 1, group):
+            value = json.loads(msg.value())
+            assert value["source_topic"] == SOURCE
+            pos = (value["source_partition"], value["source_offset"])
+            assert pos not in seen, f"event {pos} dead-lettered twice"
+            seen[pos] = value
+    assert seen.keys() == bad_events.keys()
+    for pos, field in bad_events.items():
+        assert seen[pos]["field"] == field, seen[pos]
+        assert seen[pos]["reason"], seen[pos]
+
+
+def wait_pyiceberg(data_dir, model: dict[int, dict], timeout: float = 60) -> None:
+    catalog = SqlCatalog("unitable", uri=f"sqlite:///{data_dir}/catalog.db",
+                         warehouse=f"file://{data_dir}/warehouse")
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = catalog.load_table(TABLE).scan().to_arrow().to_pylist()
+        try:
+            check_rows(rows, model, "PyIceberg")
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def create_source(bootstrap: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
     for f in admin.create_topics([NewTopic(SOURCE, SOURCE_PARTITIONS, 1)]).values():
         f.result()
 
+
+def test_debezium_topic_ingested_exactly_once_through_crashes(start_service, kafka):
+    service = start_service("--kafka-brokers", kafka.bootstrap, "--commit-interval", "300ms")
+    create_source(kafka.bootstrap)
     with unitable.connect(service.grpc_url) as client:
         client.tables.create(TABLE, COLUMNS, primary_key=["id"], buckets=BUCKETS)
 
@@ -330,51 +386,10 @@ def test_debezium_topic_ingested_exactly_once_through_crashes(start_service, kaf
         assert client.lookup(TABLE, deleted).table.num_rows == 0
 
     # The Iceberg side, judged by PyIceberg, once a snapshot covers everything.
-    catalog = SqlCatalog("unitable", uri=f"sqlite:///{service.data_dir}/catalog.db",
-                         warehouse=f"file://{service.data_dir}/warehouse")
-    deadline = time.monotonic() + 60
-    while True:
-        rows = catalog.load_table(TABLE).scan().to_arrow().to_pylist()
-        try:
-            check_rows(rows, stream.model, "PyIceberg")
-            break
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    wait_pyiceberg(service.data_dir, stream.model)
 
-    # Exactly once: each ingest request id holds exactly the good events of its source range.
-    good = {pos for pos, kind in stream.kinds.items() if kind == "good"}
-    id_pattern = re.compile(rf"^ingest:{re.escape(SOURCE)}:(\d+):(\d+)-(\d+)$")
-    per_id: dict[str, int] = {}
-    for msg in consume_topic(kafka.bootstrap, TOPIC, BUCKETS, "cdc-audit"):
-        headers = dict(msg.headers() or [])
-        request_id = headers.get("unitable.request-id", b"").decode()
-        assert id_pattern.match(request_id), f"a changelog record not from the ingest: {headers}"
-        per_id[request_id] = per_id.get(request_id, 0) + 1
-    covered: set[tuple[int, int]] = set()
-    for request_id, count in per_id.items():
-        p, first, last = map(int, id_pattern.match(request_id).groups())
-        in_range = {(p, o) for o in range(first, last + 1)} & good
-        assert count == len(in_range), f"{request_id}: {count} records for {len(in_range)} events"
-        assert not covered & in_range, f"{request_id} overlaps another ingest request"
-        covered |= in_range
-    assert covered == good, f"{len(good - covered)} good events never reached the changelog"
-
-    # The bad events, once each, with their source positions.
-    bad_events = {pos: kind[1] for pos, kind in stream.kinds.items() if isinstance(kind, tuple)}
-    letters = consume_topic(kafka.bootstrap, DLQ, 1, "cdc-dlq")
-    seen: dict[tuple[int, int], dict] = {}
-    for msg in letters:
-        value = json.loads(msg.value())
-        assert value["source_topic"] == SOURCE
-        pos = (value["source_partition"], value["source_offset"])
-        assert pos not in seen, f"event {pos} dead-lettered twice"
-        seen[pos] = value
-    assert seen.keys() == bad_events.keys()
-    for pos, field in bad_events.items():
-        assert seen[pos]["field"] == field, seen[pos]
-        assert seen[pos]["reason"], seen[pos]
+    audit_exactly_once(kafka.bootstrap, stream, "cdc-audit")
+    audit_dead_letters(kafka.bootstrap, stream, "cdc-dlq")
 
     # After the last restart: a schema change and an unknown column are counted.
     stream.schema_change()
@@ -404,3 +419,53 @@ def test_debezium_topic_ingested_exactly_once_through_crashes(start_service, kaf
     time.sleep(3)
     with unitable.connect(service.grpc_url) as client:
         check_rows(client.scan(TABLE, mode="fresh").to_pylist(), before, "FRESH after stop")
+
+
+def test_ingest_moves_to_the_node_that_takes_the_table_over(start_service, kafka):
+    """Two nodes on one catalog: the table's ingest runs on the node holding its committer
+    lease; SIGKILL that node while the source is being produced, and the other node takes the
+    lease and the ingest over, recovering the dead node's pending batch exactly once."""
+    lease = ("--commit-interval", "300ms", "--committer-lease", "2s",
+             "--kafka-brokers", kafka.bootstrap)
+    first = start_service("--node-id", "node-a", *lease)
+    shared = ("--catalog", f"sqlite://{first.data_dir}/catalog.db",
+              "--warehouse", f"file://{first.data_dir}/warehouse")
+    second = start_service("--node-id", "node-b", *shared, *lease)
+    nodes = {"node-a": first, "node-b": second}
+    create_source(kafka.bootstrap)
+    with unitable.connect(first.grpc_url) as client:
+        client.tables.create(TABLE, COLUMNS, primary_key=["id"], buckets=BUCKETS)
+    stream = Stream(kafka.bootstrap, seed=99)
+    stream.snapshot(50)
+    stream.flush()
+    first.cli("ingest", "start", TABLE, "--topic", SOURCE, "--timestamp-unit", "us", check=True)
+
+    def ingesting() -> list[str]:
+        return [name for name, node in nodes.items()
+                if node.process.running() and metric(node, "unitable_ingest_running", table=TABLE) == 1]
+
+    deadline = time.monotonic() + 30
+    while len(ingesting()) != 1:
+        assert time.monotonic() < deadline, "no node started the ingest"
+        time.sleep(0.2)
+    owner = ingesting()[0]
+    survivor = next(name for name in nodes if name != owner)
+
+    producing = threading.Thread(target=lambda: (stream.changes(600), stream.flush()))
+    producing.start()
+    time.sleep(0.5)
+    nodes[owner].kill()
+    producing.join()
+    stream.bad_events()
+    stream.changes(50)
+    stream.flush()
+
+    deadline = time.monotonic() + 30
+    while ingesting() != [survivor]:
+        assert time.monotonic() < deadline, f"{survivor} did not take the ingest over"
+        time.sleep(0.2)
+    with unitable.connect(nodes[survivor].grpc_url) as client:
+        wait_fresh(client, stream.model)
+    wait_pyiceberg(first.data_dir, stream.model)
+    audit_exactly_once(kafka.bootstrap, stream, "cdc-failover-audit")
+    audit_dead_letters(kafka.bootstrap, stream, "cdc-failover-dlq")
