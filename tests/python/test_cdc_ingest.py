@@ -10,8 +10,8 @@ production. At the end:
 - PyIceberg's scan of the latest snapshot, a FRESH scan and LOOKUPs equal a model that applies
   the good events in source order per key;
 - every good source event is in the table's changelog exactly once: the records of each
-  ingest request id `ingest:<topic>:<p>:<first>-<last>` are exactly the good events of that
-  source range, and no two ids cover the same source offset;
+  ingest batch (request ids `ingest:<topic>:<p>:<first>-<last>:<run>`) are exactly the good
+  events of that source range, and no two batches cover the same source offset;
 - every bad event is in the dead-letter topic exactly once, naming its source partition,
   offset and field; good events of the same batches are not lost;
 - after the last restart, a schema-change event and an unknown column are counted in the
@@ -283,22 +283,24 @@ def wait_fresh(client, model: dict[int, dict], timeout: float = 90) -> None:
 
 
 def audit_exactly_once(bootstrap: str, stream: Stream, group: str) -> None:
-    """Each ingest request id holds exactly the good events of its source range, and the ids
-    together cover every good event once (read from the table's topic by a plain consumer)."""
+    """The records of each ingest batch (request ids `ingest:<topic>:<p>:<first>-<last>:<run>`)
+    are exactly the good events of its source range, and the batches together cover every
+    good event once (read from the table's topic by a plain consumer)."""
     good = {pos for pos, kind in stream.kinds.items() if kind == "good"}
-    id_pattern = re.compile(rf"^ingest:{re.escape(SOURCE)}:(\d+):(\d+)-(\d+)$")
-    per_id: dict[str, int] = {}
+    id_pattern = re.compile(rf"^ingest:{re.escape(SOURCE)}:(\d+):(\d+)-(\d+):(\d+)$")
+    per_batch: dict[tuple[int, int, int], int] = {}
     for msg in consume_topic(bootstrap, TOPIC, BUCKETS, group):
         headers = dict(msg.headers() or [])
         request_id = headers.get("unitable.request-id", b"").decode()
-        assert id_pattern.match(request_id), f"a changelog record not from the ingest: {headers}"
-        per_id[request_id] = per_id.get(request_id, 0) + 1
+        match = id_pattern.match(request_id)
+        assert match, f"a changelog record not from the ingest: {headers}"
+        batch = tuple(map(int, match.groups()[:3]))
+        per_batch[batch] = per_batch.get(batch, 0) + 1
     covered: set[tuple[int, int]] = set()
-    for request_id, count in per_id.items():
-        p, first, last = map(int, id_pattern.match(request_id).groups())
+    for (p, first, last), count in per_batch.items():
         in_range = {(p, o) for o in range(first, last + 1)} & good
-        assert count == len(in_range), f"{request_id}: {count} records for {len(in_range)} events"
-        assert not covered & in_range, f"{request_id} overlaps another ingest request"
+        assert count == len(in_range), f"batch {p}:{first}-{last}: {count} records for {len(in_range)} events"
+        assert not covered & in_range, f"batch {p}:{first}-{last} overlaps another"
         covered |= in_range
     assert covered == good, f"{len(good - covered)} good events never reached the changelog"
 

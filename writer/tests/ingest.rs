@@ -124,24 +124,36 @@ async fn table_state(
     (state, per_id)
 }
 
-/// Every request id holds exactly the good events of its source range, and together they
-/// cover every good event once.
+/// The records of each batch (request ids `ingest:<topic>:<p>:<first>-<last>:<run>`) are
+/// exactly the good events of its source range, and the batches together cover every good
+/// event once.
 fn check_exactly_once(source: &Source, per_id: &HashMap<String, usize>) {
-    let mut covered = 0;
+    let mut per_batch: BTreeMap<(u32, usize, usize), usize> = BTreeMap::new();
     for (id, count) in per_id {
         let rest = id.strip_prefix(&format!("ingest:{SOURCE}:")).expect(id);
-        let (p, range) = rest.split_once(':').unwrap();
+        let (batch, _run) = rest.rsplit_once(':').unwrap();
+        let (p, range) = batch.split_once(':').unwrap();
         let (first, last) = range.split_once('-').unwrap();
-        let (p, first, last): (u32, usize, usize) = (
+        let key = (
             p.parse().unwrap(),
             first.parse().unwrap(),
             last.parse().unwrap(),
         );
+        *per_batch.entry(key).or_default() += count;
+    }
+    let mut covered = 0;
+    let mut previous_end: BTreeMap<u32, usize> = BTreeMap::new();
+    for ((p, first, last), count) in per_batch {
+        assert!(
+            previous_end.get(&p).is_none_or(|end| first > *end),
+            "batches overlap"
+        );
+        previous_end.insert(p, last);
         let good = source.records[&p][first..=last]
             .iter()
             .filter(|(_, k)| *k == Kind::Good)
             .count();
-        assert_eq!(*count, good, "request {id}");
+        assert_eq!(count, good, "batch {p}:{first}-{last}");
         covered += good;
     }
     let all_good = source

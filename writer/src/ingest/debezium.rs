@@ -128,6 +128,17 @@ impl Converter {
         }
     }
 
+    /// The key columns' values of a converted row, as one text (which changes are to the same
+    /// row).
+    pub(crate) fn key_text(&self, row: &Map<String, Value>) -> String {
+        let values: Vec<&Value> = self
+            .key
+            .iter()
+            .map(|&i| row.get(&self.columns[i].0).unwrap_or(&Value::Null))
+            .collect();
+        serde_json::to_string(&values).unwrap_or_default()
+    }
+
     fn column(&self, source: &str) -> Option<usize> {
         self.by_name
             .get(source)

@@ -4,10 +4,10 @@
 //!
 //! Each source partition is read in batches. Before a batch is written, its range is recorded
 //! as pending in the catalog database ([`IngestPositions`]); the batch's changes are written
-//! through the idempotent write path in runs of one operation, each under the request id
-//! `ingest:<topic>:<partition>:<first>-<last>` (source offsets); rejected events go to the
-//! table's dead-letter topic under one more request id; then the position moves past the
-//! batch. After a crash the pending range is read again and written under the same ids: the
+//! through the idempotent write path in runs of one operation ([`Plan`]), each under the
+//! request id `ingest:<topic>:<partition>:<first>-<last>:<run>` (the batch's source offsets);
+//! rejected events go to the table's dead-letter topic under one more request id; then the
+//! position moves past the batch. After a crash the pending range is read again and written under the same ids: the
 //! request log returns what landed and appends only what did not, so every source event is in
 //! the table's changelog once. The committer's offset anchoring does the rest.
 
@@ -438,7 +438,7 @@ impl TableIngester {
         self.positions
             .begin(&self.uuid, self.topic.as_str(), partition, first, last)
             .await?;
-        let mut runs: Vec<Run> = Vec::new();
+        let mut plan = Plan::default();
         let mut rejected: Vec<(Offset, Rejected)> = Vec::new();
         for stored in batch {
             let r = &stored.record;
@@ -460,17 +460,16 @@ impl TableIngester {
                             continue;
                         }
                     };
+                    let key = self.converter.key_text(&row);
                     let line = serde_json::Value::Object(row).to_string();
-                    match runs.last_mut() {
-                        Some(run) if run.op == op => run.push(stored.offset, line),
-                        _ => runs.push(Run::new(op, stored.offset, line)),
-                    }
+                    plan.add(op, key, stored.offset, line);
                 }
                 Err(e) => rejected.push((stored.offset, e)),
             }
         }
+        let runs = plan.runs;
         for run in &runs {
-            let outcome = self.write_run(partition, run).await?;
+            let outcome = self.write_run(partition, first, last, run).await?;
             metrics::counter!(m::INGEST_EVENTS, "table" => table.clone(), "outcome" => run.op.as_str())
                 .increment(outcome.rows_written);
             for e in outcome.errors {
@@ -500,14 +499,11 @@ impl TableIngester {
     async fn write_run(
         &self,
         partition: PartitionId,
+        first: Offset,
+        last: Offset,
         run: &Run,
     ) -> Result<crate::writer::WriteOutcome, Stopped> {
-        let id = self.request_id(
-            partition,
-            run.offsets[0],
-            *run.offsets.last().expect("a run has a record"),
-            "",
-        );
+        let id = self.request_id(partition, first, last, &format!(":{}", run.level));
         let mut body = String::with_capacity(run.bytes);
         for line in &run.lines {
             body.push_str(line);
@@ -657,29 +653,64 @@ impl TableIngester {
     }
 }
 
-/// Consecutive changes of one operation, written as one request.
+/// A batch's changes arranged in as few write requests (runs, each of one operation) as the
+/// order of each key's changes allows: changes of different keys commute, so a key's change
+/// goes into the earliest run of its operation that comes after the run of the key's previous
+/// change. Runs alternate operations; a batch needs one run more than the most times any key
+/// switches between upsert and delete in it (usually two), instead of one per switch in the
+/// stream.
+#[derive(Default)]
+struct Plan {
+    runs: Vec<Run>,
+    /// The run of each key's latest change.
+    level: HashMap<String, usize>,
+}
+
+impl Plan {
+    fn add(&mut self, op: ChangeOp, key: String, offset: Offset, line: String) {
+        let first_op = self.runs.first().map_or(op, |r| r.op);
+        let op_at = |level: usize| {
+            if level % 2 == 0 {
+                first_op
+            } else if first_op == ChangeOp::Upsert {
+                ChangeOp::Delete
+            } else {
+                ChangeOp::Upsert
+            }
+        };
+        let level = match self.level.get(&key) {
+            Some(&l) if op_at(l) == op => l,
+            Some(&l) => l + 1,
+            None if op == first_op => 0,
+            None => 1,
+        };
+        while self.runs.len() <= level {
+            let level = self.runs.len();
+            self.runs.push(Run {
+                op: op_at(level),
+                level,
+                offsets: Vec::new(),
+                lines: Vec::new(),
+                bytes: 0,
+            });
+        }
+        let run = &mut self.runs[level];
+        run.bytes += line.len() + 1;
+        run.offsets.push(offset);
+        run.lines.push(line);
+        self.level.insert(key, level);
+    }
+}
+
+/// Changes of one operation, written as one request.
 struct Run {
     op: ChangeOp,
+    /// Its place among the batch's runs (part of its request id).
+    level: usize,
     offsets: Vec<Offset>,
     lines: Vec<String>,
     bytes: usize,
 }
 
-impl Run {
-    fn new(op: ChangeOp, offset: Offset, line: String) -> Self {
-        let mut run = Self {
-            op,
-            offsets: Vec::new(),
-            lines: Vec::new(),
-            bytes: 0,
-        };
-        run.push(offset, line);
-        run
-    }
-
-    fn push(&mut self, offset: Offset, line: String) {
-        self.bytes += line.len() + 1;
-        self.offsets.push(offset);
-        self.lines.push(line);
-    }
-}
+#[cfg(test)]
+mod tests;
