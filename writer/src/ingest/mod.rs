@@ -670,7 +670,7 @@ impl Plan {
     fn add(&mut self, op: ChangeOp, key: String, offset: Offset, line: String) {
         let first_op = self.runs.first().map_or(op, |r| r.op);
         let op_at = |level: usize| {
-            if level % 2 == 0 {
+            if level.is_multiple_of(2) {
                 first_op
             } else if first_op == ChangeOp::Upsert {
                 ChangeOp::Delete
