@@ -9,7 +9,9 @@ import pyarrow as pa
 
 from ._errors import AlreadyExists, InvalidArgument, TableNotFound
 from ._transport import Transport
-from ._types import Column, Grant, NewToken, PartitionField, Privilege, TableInfo, TokenInfo, WhoAmI
+from ._types import (
+    Column, Grant, IngestStatus, NewToken, PartitionField, Privilege, TableInfo, TokenInfo, WhoAmI,
+)
 from .v1 import unitable_pb2 as pb
 
 #: Columns for ``tables.create``: Column objects, ``"NAME:TYPE"`` strings (``"id:int64!"``),
@@ -32,6 +34,10 @@ def _columns(spec: ColumnsSpec) -> list[Column]:
                 f"a column must be a unitable.Column, a 'NAME:TYPE' string or a pyarrow.Field, "
                 f"not {type(item).__name__}", field="columns")
     return out
+
+
+_INGEST_KEYS = ("unitable.ingest.topic", "unitable.ingest.format", "unitable.ingest.start",
+                "unitable.ingest.timestamp-unit", "unitable.ingest.unknown-columns")
 
 
 class Tables:
@@ -153,6 +159,49 @@ class Tables:
                 metadata=self._t.metadata, timeout=self._t.timeout),
             table=name, action="alter", retries=0)
         return TableInfo.from_pb(response.table)
+
+    def start_ingest(
+        self,
+        name: str,
+        topic: str,
+        *,
+        start: Literal["earliest", "latest"] = "earliest",
+        timestamp_unit: Literal["ms", "us", "ns"] | None = None,
+        unknown_columns: Literal["ignore", "reject"] = "ignore",
+    ) -> TableInfo:
+        """Feeds the table (it needs a primary key) from a Debezium JSON topic on the
+        server's Kafka cluster, exactly once; the node committing the table runs the ingest.
+        A table that ingested before resumes from its recorded positions (docs/ingest.md).
+
+        Args:
+            topic: the source topic.
+            start: where a source partition without a position starts.
+            timestamp_unit: the unit of integer timestamps in events without a schema.
+            unknown_columns: ``ignore`` (leave out and count) or ``reject`` (dead-letter)
+                source columns the table lacks.
+        """
+        settings = {
+            "unitable.ingest.topic": topic,
+            "unitable.ingest.format": "debezium-json",
+            "unitable.ingest.start": start,
+            "unitable.ingest.unknown-columns": unknown_columns,
+        }
+        unset: list[str] = []
+        if timestamp_unit is None:
+            unset.append("unitable.ingest.timestamp-unit")
+        else:
+            settings["unitable.ingest.timestamp-unit"] = timestamp_unit
+        return self.alter(name, set=settings, unset=unset)
+
+    def stop_ingest(self, name: str) -> TableInfo:
+        """Stops the table's CDC ingest (its positions are kept for a later start)."""
+        return self.alter(name, unset=_INGEST_KEYS)
+
+    def ingest_status(self, name: str) -> IngestStatus | None:
+        """The table's CDC ingest: per source partition the position, a batch being written,
+        the watermarks and the lag; None when the table ingests nothing."""
+        raw = self.describe(name).raw
+        return IngestStatus.from_pb(raw.ingest) if raw.HasField("ingest") else None
 
     def alter_columns(
         self,

@@ -389,6 +389,48 @@ class PartitionField:
 
 
 @dataclass(frozen=True)
+class IngestPartition:
+    """One source partition of a table's CDC ingest."""
+
+    partition: int
+    #: The first source offset not yet written to the table (None: not started).
+    next_offset: int | None
+    #: The last source offset of a batch being written (None: none).
+    pending_last: int | None
+    low_watermark: int
+    high_watermark: int
+    #: Source records not yet ingested.
+    lag: int
+
+
+@dataclass(frozen=True)
+class IngestStatus:
+    """A table's CDC ingest from a Debezium topic (docs/ingest.md)."""
+
+    topic: str
+    format: str
+    start: str
+    source_exists: bool
+    partitions: list[IngestPartition]
+
+    @property
+    def lag(self) -> int:
+        """Source records not yet ingested, over all partitions."""
+        return sum(p.lag for p in self.partitions)
+
+    @classmethod
+    def from_pb(cls, m: Any) -> IngestStatus:
+        return cls(
+            topic=m.topic, format=m.format, start=m.start, source_exists=m.source_exists,
+            partitions=[IngestPartition(
+                partition=p.partition,
+                next_offset=p.next_offset if p.HasField("next_offset") else None,
+                pending_last=p.pending_last if p.HasField("pending_last") else None,
+                low_watermark=p.low_watermark, high_watermark=p.high_watermark, lag=p.lag,
+            ) for p in m.partitions])
+
+
+@dataclass(frozen=True)
 class TableInfo:
     """A table as it is now: its definition and Iceberg state.
 

@@ -440,7 +440,12 @@ def test_ingest_moves_to_the_node_that_takes_the_table_over(start_service, kafka
     stream = Stream(kafka.bootstrap, seed=99)
     stream.snapshot(50)
     stream.flush()
-    first.cli("ingest", "start", TABLE, "--topic", SOURCE, "--timestamp-unit", "us", check=True)
+    # Through the Python SDK this time.
+    with unitable.connect(first.grpc_url) as client:
+        with pytest.raises(unitable.InvalidArgument, match="timestamp-unit"):
+            client.tables.start_ingest(TABLE, SOURCE, timestamp_unit="seconds")
+        assert client.tables.ingest_status(TABLE) is None
+        client.tables.start_ingest(TABLE, SOURCE, timestamp_unit="us")
 
     def ingesting() -> list[str]:
         return [name for name, node in nodes.items()
@@ -468,6 +473,13 @@ def test_ingest_moves_to_the_node_that_takes_the_table_over(start_service, kafka
         time.sleep(0.2)
     with unitable.connect(nodes[survivor].grpc_url) as client:
         wait_fresh(client, stream.model)
+        status = client.tables.ingest_status(TABLE)
+        assert status.topic == SOURCE and status.source_exists
+        assert status.lag == 0 and len(status.partitions) == SOURCE_PARTITIONS
+        assert all(p.pending_last is None and p.next_offset == p.high_watermark
+                   for p in status.partitions), status
+        client.tables.stop_ingest(TABLE)
+        assert client.tables.ingest_status(TABLE) is None
     wait_pyiceberg(first.data_dir, stream.model)
     audit_exactly_once(kafka.bootstrap, stream, "cdc-failover-audit")
     audit_dead_letters(kafka.bootstrap, stream, "cdc-failover-dlq")
