@@ -269,17 +269,22 @@ def metric(service, name: str, **labels: str) -> float:
     return total
 
 
-def wait_fresh(client, model: dict[int, dict], timeout: float = 90) -> None:
+def eventually(check, timeout: float) -> None:
+    """Runs `check` until it stops raising AssertionError; re-raises after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = client.scan(TABLE, mode="fresh").to_pylist()
         try:
-            check_rows(rows, model, "FRESH")
+            check()
             return
         except AssertionError:
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.5)
+
+
+def wait_fresh(client, model: dict[int, dict], timeout: float = 90) -> None:
+    eventually(lambda: check_rows(client.scan(TABLE, mode="fresh").to_pylist(), model, "FRESH"),
+               timeout)
 
 
 def audit_exactly_once(bootstrap: str, stream: Stream, group: str) -> None:
@@ -325,16 +330,8 @@ def audit_dead_letters(bootstrap: str, stream: Stream, group: str) -> None:
 def wait_pyiceberg(data_dir, model: dict[int, dict], timeout: float = 60) -> None:
     catalog = SqlCatalog("unitable", uri=f"sqlite:///{data_dir}/catalog.db",
                          warehouse=f"file://{data_dir}/warehouse")
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = catalog.load_table(TABLE).scan().to_arrow().to_pylist()
-        try:
-            check_rows(rows, model, "PyIceberg")
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    eventually(lambda: check_rows(catalog.load_table(TABLE).scan().to_arrow().to_pylist(), model,
+                                  "PyIceberg"), timeout)
 
 
 def create_source(bootstrap: str) -> None:

@@ -181,3 +181,38 @@ pub async fn wait_committed(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A small deterministic generator (xorshift64), so every bench run draws the same keys.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A uniform draw from 0..n.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A uniform draw from (0, 1].
+    pub fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A key of `n` whose rank follows Zipf's law with exponent `s` (> 0, != 1), by inverting
+    /// the continuous approximation of its CDF; ranks are spread over the key space by a
+    /// multiplication with a large odd number (a bijection when `n` is odd or a power of two
+    /// times an odd number not sharing its factors; collisions only merge ranks).
+    pub fn zipf(&mut self, n: u64, s: f64) -> u64 {
+        let u = self.unit();
+        let top = (n as f64).powf(1.0 - s);
+        let rank = ((top - 1.0) * u + 1.0).powf(1.0 / (1.0 - s)) as u64;
+        let rank = rank.clamp(1, n) - 1;
+        rank.wrapping_mul(0x9e37_79b9_7f4a_7c15 | 1) % n
+    }
+}

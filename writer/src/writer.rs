@@ -453,13 +453,7 @@ impl Writer {
             return self.answer(&request, &handle, outcome).await;
         };
         idempotent::validate(id)?;
-        let log = self
-            .inner
-            .shared
-            .config
-            .requests
-            .as_ref()
-            .ok_or(WriteError::NoRequestLog)?;
+        let log = self.request_log()?;
         let node = self.node_id();
         let claim = log
             .claim(&handle.uuid, id, node, idempotent::IN_FLIGHT)
@@ -509,6 +503,16 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+
+    /// The request log of idempotent writes (in the catalog database).
+    pub(crate) fn request_log(&self) -> WriteResult<&unitable_core::requests::RequestLog> {
+        self.inner
+            .shared
+            .config
+            .requests
+            .as_ref()
+            .ok_or(WriteError::NoRequestLog)
     }
 
     /// The id this node claims write requests under.

@@ -49,18 +49,6 @@ struct Args {
     latency_samples: usize,
 }
 
-/// A small deterministic generator (xorshift), so every run produces the same stream.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn row(id: u64, version: u64) -> Value {
     json!({"id": id, "v": format!("value-{id}-{version}"), "n": version})
 }
@@ -115,7 +103,7 @@ async fn produce_stream(
     schemas: bool,
     delete_fraction: f64,
 ) -> Result<u64> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = bench::Rng(0x9e37_79b9_7f4a_7c15);
     let mut live = vec![None::<u64>; args.keys as usize];
     let mut pending = futures::stream::FuturesUnordered::new();
     let mut records = 0;
@@ -131,7 +119,11 @@ async fn produce_stream(
             values.push(Some(event("d", Some(before), None, schemas)));
             values.push(None);
         } else {
-            let op = if live[id as usize].is_some() { "u" } else { "c" };
+            let op = if live[id as usize].is_some() {
+                "u"
+            } else {
+                "c"
+            };
             let before = live[id as usize].map(|v| row(id, v));
             live[id as usize] = Some(i);
             values.push(Some(event(op, before, Some(row(id, i)), schemas)));
@@ -292,11 +284,7 @@ async fn main() -> Result<()> {
         }
         println!(
             "| {} | {:.0}% | {} ({records}) | {:.2} s | {:.0} | {:.1} ms | {:.1} ms |",
-            if schemas {
-                "with schema"
-            } else {
-                "schemaless"
-            },
+            if schemas { "with schema" } else { "schemaless" },
             deletes * 100.0,
             args.events,
             took.as_secs_f64(),

@@ -65,38 +65,6 @@ struct Workload {
 
 const TABLE: &str = "bench.lookup";
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A uniform draw from (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// A key of `n` whose rank follows Zipf's law with exponent `s` (> 0, != 1), by inverting
-    /// the continuous approximation of its CDF; ranks are spread over the key space by a
-    /// multiplication with a large odd number (a bijection when `n` is odd or a power of two
-    /// times an odd number not sharing its factors; collisions only merge ranks).
-    fn zipf(&mut self, n: u64, s: f64) -> u64 {
-        let u = self.unit();
-        let top = (n as f64).powf(1.0 - s);
-        let rank = ((top - 1.0) * u + 1.0).powf(1.0 / (1.0 - s)) as u64;
-        let rank = rank.clamp(1, n) - 1;
-        rank.wrapping_mul(0x9e37_79b9_7f4a_7c15 | 1) % n
-    }
-}
-
 fn quantiles(mut times: Vec<Duration>) -> (f64, f64, f64) {
     times.sort();
     let at = |q: f64| {
@@ -338,7 +306,7 @@ async fn main() -> Result<()> {
         "unitable: first lookup (index build) {build:.1?}; RSS {rss_before:?} -> {rss_after:?} MiB\n{index_line}"
     );
 
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = bench::Rng(0x9e37_79b9_7f4a_7c15);
     let mut workloads = vec![
         Workload {
             name: "uniform",

@@ -581,14 +581,7 @@ impl TableIngester {
                 .increment(1);
         }
         let id = self.request_id(partition, first, last, ":dlq");
-        let requests = self
-            .writer
-            .inner
-            .shared
-            .config
-            .requests
-            .as_ref()
-            .ok_or(WriteError::NoRequestLog)?;
+        let requests = self.writer.request_log()?;
         let node = self.writer.node_id().to_string();
         let claim = requests
             .claim(&self.uuid, &id, &node, crate::idempotent::IN_FLIGHT)
