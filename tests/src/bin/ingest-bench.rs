@@ -108,11 +108,11 @@ async fn produce_stream(
     let mut pending = futures::stream::FuturesUnordered::new();
     let mut records = 0;
     for i in 0..args.events {
-        let id = rng.next() % args.keys;
+        let id = rng.next_u64() % args.keys;
         let partition = (id % args.source_partitions as u64) as i32;
         let key = json!({"id": id}).to_string();
         let delete = live[id as usize].is_some()
-            && (rng.next() % 10_000) as f64 / 10_000.0 < delete_fraction;
+            && (rng.next_u64() % 10_000) as f64 / 10_000.0 < delete_fraction;
         let mut values = Vec::new();
         if delete {
             let before = row(id, live[id as usize].take().expect("live"));
