@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from harness import Kafka, Moto, Process, Service
+from harness import Kafka, Moto, Postgres, Process, Service
 
 _PROCESSES = pytest.StashKey[list[Process]]()
 
@@ -108,3 +108,24 @@ def kafka(kafka_home: str, tmp_path_factory: pytest.TempPathFactory,
         track(request.node, process)
     yield cluster
     cluster.kill()
+
+
+@pytest.fixture
+def postgres(tmp_path_factory: pytest.TempPathFactory,
+             request: pytest.FixtureRequest) -> Iterator[Postgres]:
+    """PostgreSQL with wal_level=logical (for Debezium); postgres.sql(...) runs statements."""
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    track(request.node, server.process)
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def debezium_home() -> str:
+    """Debezium's PostgreSQL connector and Kafka Connect, as scripts/lib/debezium-deps.sh lays
+    them out."""
+    path = os.environ.get("DEBEZIUM_HOME", "")
+    if not path or not os.path.isfile(os.path.join(path, ".complete")):
+        pytest.exit(f"DEBEZIUM_HOME={path!r} is not a Debezium install; run scripts/test, which "
+                    "fetches it", returncode=pytest.ExitCode.USAGE_ERROR)
+    return path

@@ -7,8 +7,10 @@ is waited on until it is ready, and is killed by kill() (SIGKILL) or at the end 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -280,6 +282,128 @@ class Kafka:
         self._offsets[i] = self._log_size(i + 1)
         self.processes[i].respawn()
         self._wait_ready(i)
+
+
+def _postgres_bindir() -> Path:
+    """PostgreSQL's programs: PG_BINDIR (scripts/test exports it), else the newest
+    /usr/lib/postgresql/*/bin (Debian's package)."""
+    if os.environ.get("PG_BINDIR"):
+        return Path(os.environ["PG_BINDIR"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed (no PG_BINDIR or /usr/lib/postgresql/*/bin); "
+                           "scripts/test installs Debian's postgresql package")
+    return found[-1].parent
+
+
+class Postgres:
+    """PostgreSQL with logical decoding on (`wal_level=logical`, for Debezium), trust
+    authentication for superuser `unitable`, on a free loopback port. PostgreSQL refuses to run
+    as root: as root the server runs as the `postgres` user (Debian's package creates it)."""
+
+    def __init__(self, workdir: Path):
+        self.bindir = _postgres_bindir()
+        self.workdir = workdir
+        # The server user must reach its directory: pytest's own temporary tree is private to
+        # the user running the tests, so the data lives in a directory of its own.
+        self.home = Path(tempfile.mkdtemp(prefix="unitable-postgres-"))
+        os.chmod(self.home, 0o755)
+        self.data = self.home / "pgdata"
+        root = os.geteuid() == 0
+        self._as_server = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] if root else []
+        if root:
+            subprocess.run(["chown", "-R", "postgres:postgres", str(self.home)], check=True)
+        done = subprocess.run(
+            [*self._as_server, str(self.bindir / "initdb"), "-A", "trust", "-U", "unitable", "-E", "UTF8",
+             "--no-sync", "-D", str(self.data)], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
+
+        def start() -> None:
+            self.port = free_port()
+            self.process = Process("postgres", [
+                *self._as_server, str(self.bindir / "postgres"), "-D", str(self.data),
+                "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+                "-c", f"unix_socket_directories={self.home}", "-c", "fsync=off",
+                "-c", "wal_level=logical", "-c", "max_replication_slots=4",
+                "-c", "max_wal_senders=4", "-c", "timezone=UTC"], workdir)
+            self.process.wait_until(f"postgres to accept connections on {self.port}",
+                                    lambda: tcp_accepts(self.port))
+
+        retry_if_port_taken(start)
+
+    def sql(self, statements: str) -> str:
+        """Runs SQL with psql (stops at the first error); returns its unaligned output."""
+        done = subprocess.run(
+            [str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "unitable",
+             "-d", "postgres", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", statements],
+            capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise AssertionError(f"psql failed: {done.stderr}")
+        return done.stdout
+
+    def kill(self) -> None:
+        self.process.kill()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class KafkaConnect:
+    """Kafka Connect in standalone mode running one connector: the Connect runtime from
+    `debezium_home`/connect, plugins from `debezium_home`/plugin (scripts/lib/debezium-deps.sh
+    fetches both), offsets in a file in `workdir`, the REST API on a free port."""
+
+    def __init__(self, debezium_home: str, workdir: Path, bootstrap: str,
+                 connector: dict[str, str]):
+        self.rest_port = free_port()
+        worker = {
+            "bootstrap.servers": bootstrap,
+            "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "offset.storage.file.filename": str(workdir / "connect.offsets"),
+            "offset.flush.interval.ms": "1000",
+            "plugin.path": f"{debezium_home}/plugin",
+            "listeners": f"http://127.0.0.1:{self.rest_port}",
+        }
+        (workdir / "worker.properties").write_text(
+            "".join(f"{k}={v}\n" for k, v in worker.items()))
+        (workdir / "connector.properties").write_text(
+            "".join(f"{k}={v}\n" for k, v in connector.items()))
+        (workdir / "log4j2.properties").write_text(
+            "rootLogger.level=INFO\nrootLogger.appenderRef.out.ref=out\n"
+            "appender.out.type=Console\nappender.out.name=out\n"
+            "appender.out.layout.type=PatternLayout\n"
+            "appender.out.layout.pattern=[%d] %p %m (%c)%n\n")
+        java = f"{os.environ['JAVA_HOME']}/bin/java" if os.environ.get("JAVA_HOME") else "java"
+        self.process = Process(
+            "kafka connect", [java, "-Xmx512m",
+                              f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}",
+                              "-cp", f"{debezium_home}/connect/*",
+                              "org.apache.kafka.connect.cli.ConnectStandalone",
+                              str(workdir / "worker.properties"), str(workdir / "connector.properties")],
+            workdir)
+
+    def wait_running(self, name: str, timeout: float = 120.0) -> None:
+        """Waits until the REST API says connector `name` and its task run."""
+        def running() -> bool:
+            try:
+                status, body = http_request(
+                    "GET", f"http://127.0.0.1:{self.rest_port}/connectors/{name}/status", timeout=2)
+            except OSError:
+                return False
+            if status != 200:
+                return False
+            import json
+            state = json.loads(body)
+            tasks = state.get("tasks", [])
+            if any(t.get("state") == "FAILED" for t in tasks):
+                raise RuntimeError(f"connector {name} failed: {state}")
+            return state["connector"]["state"] == "RUNNING" and tasks and \
+                all(t.get("state") == "RUNNING" for t in tasks)
+
+        self.process.wait_until(f"connector {name} to run", running, timeout=timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
 
 
 def murmur2(data: bytes) -> int:
