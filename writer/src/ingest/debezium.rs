@@ -15,9 +15,11 @@
 //! write path checks it against the column like any written value.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use unitable_core::ingest::{IngestConfig, TimeUnit, UnknownColumns};
 use unitable_core::table::TableDef;
@@ -82,6 +84,8 @@ pub(crate) struct Converter {
     by_lower: HashMap<String, usize>,
     timestamp_unit: Option<TimeUnit>,
     unknown_columns: UnknownColumns,
+    /// Connect schemas already parsed, by their text.
+    schemas: Mutex<HashMap<String, Arc<Value>>>,
 }
 
 /// A Connect field schema: its type, logical name and parameters.
@@ -125,6 +129,7 @@ impl Converter {
             by_lower,
             timestamp_unit: config.timestamp_unit,
             unknown_columns: config.unknown_columns,
+            schemas: Mutex::new(HashMap::new()),
         }
     }
 
@@ -161,12 +166,14 @@ impl Converter {
         let Some(value) = value else {
             return skip(Skip::Tombstone);
         };
-        let value: Value = serde_json::from_slice(value)
-            .map_err(|e| reject("malformed", None, format!("the value is not JSON: {e}")))?;
-        let (payload, schema) = unwrap_envelope(&value);
-        let Some(payload) = payload else {
-            return skip(Skip::Tombstone);
+        let not_json =
+            |e: serde_json::Error| reject("malformed", None, format!("the value is not JSON: {e}"));
+        let (payload, schema) = match self.split_envelope(value).map_err(not_json)? {
+            Envelope::Tombstone => return skip(Skip::Tombstone),
+            Envelope::Wrapped { payload, schema } => (payload, schema),
+            Envelope::Bare => (serde_json::from_slice(value).map_err(not_json)?, None),
         };
+        let schema = schema.as_deref();
         let Some(payload) = payload.as_object() else {
             return Err(reject(
                 "malformed",
@@ -402,6 +409,82 @@ impl Converter {
             }
             _ => Ok(value.clone()),
         }
+    }
+}
+
+/// An event value, split.
+enum Envelope {
+    /// `{"schema": ..., "payload": null}` or `null`.
+    Tombstone,
+    /// `{"schema": ..., "payload": ...}`: the payload parsed, the schema shared.
+    Wrapped {
+        payload: Value,
+        schema: Option<Arc<Value>>,
+    },
+    /// The payload alone (no Connect schema): parse the whole value.
+    Bare,
+}
+
+/// The top level of a value in the Connect envelope, without parsing its members.
+#[derive(serde::Deserialize)]
+struct Wrapped<'a> {
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// How many distinct Connect schemas a converter keeps parsed (a table's schema changes
+/// rarely; the cache is emptied when full).
+const SCHEMA_CACHE: usize = 32;
+
+impl Converter {
+    /// Splits a value into its payload and its Connect schema. The schema, the same text in
+    /// every event of a table until the source changes, is parsed once and shared; with
+    /// `schemas.enable=false` there is none and the value is the payload.
+    fn split_envelope(&self, value: &[u8]) -> Result<Envelope, serde_json::Error> {
+        // A value without the member name `"payload"` is not wrapped: parse it once, whole.
+        // Nor is a value that is not an object (serde would read an array as a struct).
+        let object = value.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if !object || !value.windows(9).any(|w| w == b"\"payload\"") {
+            return Ok(Envelope::Bare);
+        }
+        let wrapped: Wrapped<'_> = match serde_json::from_slice(value) {
+            Ok(w) => w,
+            // Not an object at the top (an array, a string...): the caller reports it.
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                return Ok(Envelope::Bare);
+            }
+            Err(e) => return Err(e),
+        };
+        let raw_payload = match (wrapped.schema, wrapped.payload) {
+            (None, None) => return Ok(Envelope::Bare),
+            // `"payload": null` reads as None.
+            (Some(_), None) => return Ok(Envelope::Tombstone),
+            (_, Some(payload)) => payload,
+        };
+        let schema = match wrapped.schema {
+            None => None,
+            Some(raw_schema) => {
+                let text = raw_schema.get();
+                let mut cache = crate::writer::lock(&self.schemas);
+                match cache.get(text) {
+                    Some(parsed) => Some(parsed.clone()),
+                    None => {
+                        let parsed: Arc<Value> = Arc::new(serde_json::from_str(text)?);
+                        if cache.len() >= SCHEMA_CACHE {
+                            cache.clear();
+                        }
+                        cache.insert(text.to_string(), parsed.clone());
+                        Some(parsed)
+                    }
+                }
+            }
+        };
+        Ok(Envelope::Wrapped {
+            payload: serde_json::from_str(raw_payload.get())?,
+            schema,
+        })
     }
 }
 

@@ -312,3 +312,35 @@ fn unknown_columns_are_left_out_or_rejected_as_the_table_says() {
     assert_eq!(e.kind, "unknown_column");
     assert_eq!(e.field.as_deref(), Some("added"));
 }
+
+#[test]
+fn a_schema_is_parsed_once_and_bare_events_mentioning_payload_still_read() {
+    let c = converter(&[]);
+    let s = schema(vec![
+        field("id", "int64", None, None),
+        field("name", "string", None, None),
+    ]);
+    for id in 0..3 {
+        let event = json!({"schema": s, "payload": {"op": "c", "after": {"id": id, "name": "x"}}});
+        assert_eq!(upsert(&c, &event)["id"], json!(id));
+    }
+    assert_eq!(
+        c.schemas.lock().unwrap().len(),
+        1,
+        "one schema text, parsed once"
+    );
+    // A bare event whose text contains "payload" (in a value) is still a bare event.
+    let row = upsert(
+        &c,
+        &json!({"op": "c", "after": {"id": 9, "name": "\"payload\""}}),
+    );
+    assert_eq!(row["name"], json!("\"payload\""));
+    // A wrapper without a schema.
+    let row = upsert(&c, &json!({"payload": {"op": "r", "after": {"id": 10}}}));
+    assert_eq!(row["id"], json!(10));
+    // A wrapped value that is not an object at the top is malformed, not a panic.
+    assert_eq!(
+        c.convert(None, Some(br#"["payload"]"#)).unwrap_err().kind,
+        "malformed"
+    );
+}
