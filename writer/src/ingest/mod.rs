@@ -126,6 +126,8 @@ impl Writer {
                     topic: TopicName::new(key.config.topic.clone()),
                     config: key.config.clone(),
                     converter: Arc::new(Converter::new(&def, &key.config)),
+                    schema_id: key.schema_id,
+                    checked: Arc::default(),
                     dead_letter: def.changelog.topic.dead_letter(),
                     stop: stop.clone(),
                 };
@@ -200,6 +202,10 @@ struct TableIngester {
     topic: TopicName,
     config: IngestConfig,
     converter: Arc<Converter>,
+    /// The table schema the converter was built for.
+    schema_id: i32,
+    /// The newest metadata location found to still have `schema_id`.
+    checked: Arc<std::sync::Mutex<Option<String>>>,
     dead_letter: TopicName,
     stop: CancellationToken,
 }
@@ -209,6 +215,9 @@ struct TableIngester {
 enum Stopped {
     /// Asked to.
     Cancelled,
+    /// The table's schema changed: the ingest starts again with it (the batch at hand is
+    /// still pending, so it is converted again).
+    SchemaChanged,
     /// An error that retrying will not fix.
     Failed(String),
 }
@@ -271,6 +280,10 @@ impl TableIngester {
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((_, Ok(()) | Err(Stopped::Cancelled))) => {}
+                Ok((_, Err(Stopped::SchemaChanged))) => {
+                    info!(table = %self.table, "the table's schema changed; CDC ingest starts again with it");
+                    self.stop.cancel();
+                }
                 Ok((partition, Err(Stopped::Failed(reason)))) => {
                     error!(table = %self.table, source = %self.topic, %partition, %reason, "CDC ingest stopped; it starts again in 10 s from the last recorded position");
                     metrics::counter!(m::INGEST_FAILURES, "table" => self.table.to_string())
@@ -404,6 +417,26 @@ impl TableIngester {
         Ok(out)
     }
 
+    /// Whether the table's current schema is another than the converter's: one metadata
+    /// pointer read, plus a load when the pointer moved since the last look.
+    async fn schema_changed(&self) -> Result<bool, Stopped> {
+        let shared = &self.writer.inner.shared;
+        let location = shared
+            .committer
+            .current_metadata_location(&self.table)
+            .await
+            .map_err(|e| Stopped::Failed(e.to_string()))?;
+        if location.is_some() && *crate::writer::lock(&self.checked) == location {
+            return Ok(false);
+        }
+        let state = shared.catalog.describe(&self.table).await?;
+        if state.schema_id != self.schema_id {
+            return Ok(true);
+        }
+        *crate::writer::lock(&self.checked) = location;
+        Ok(false)
+    }
+
     async fn pause(&self, d: Duration) -> Result<(), Stopped> {
         tokio::select! {
             () = self.stop.cancelled() => Err(Stopped::Cancelled),
@@ -440,10 +473,12 @@ impl TableIngester {
             .await?;
         let mut plan = Plan::default();
         let mut rejected: Vec<(Offset, Rejected)> = Vec::new();
+        let mut unknown_seen = false;
         for stored in batch {
             let r = &stored.record;
             match self.converter.convert(r.key.as_deref(), r.value.as_deref()) {
                 Ok(converted) => {
+                    unknown_seen |= !converted.unknown_columns.is_empty();
                     for column in &converted.unknown_columns {
                         metrics::counter!(m::INGEST_UNKNOWN_COLUMNS, "table" => table.clone(), "column" => column.clone())
                             .increment(1);
@@ -466,6 +501,11 @@ impl TableIngester {
                 }
                 Err(e) => rejected.push((stored.offset, e)),
             }
+        }
+        if unknown_seen && self.schema_changed().await? {
+            // The table may have gained the columns the events carry (`add-column` right
+            // before these events): convert the batch again with the new schema.
+            return Err(Stopped::SchemaChanged);
         }
         let runs = plan.runs;
         for run in &runs {
