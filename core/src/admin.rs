@@ -59,7 +59,7 @@ impl TableAdmin {
             return Ok(None);
         };
         let positions = match &self.ingest {
-            Some(store) => store.positions(&state.uuid, &config.topic).await?,
+            Some(store) => store.positions(&state.uuid, &config.source_key()).await?,
             None => Default::default(),
         };
         let topic = crate::naming::TopicName::new(config.topic.clone());

@@ -87,6 +87,8 @@ pub struct IngestConfig {
     pub timestamp_unit: Option<TimeUnit>,
     /// What to do with source columns the table lacks.
     pub unknown_columns: UnknownColumns,
+    /// The generation: raised to start over (positions and request ids are per generation).
+    pub generation: u32,
 }
 
 impl IngestConfig {
@@ -98,6 +100,17 @@ impl IngestConfig {
         keyed: bool,
     ) -> std::result::Result<Option<Self>, String> {
         let get = |key: &str| properties.get(key).map(|v| v.trim().to_ascii_lowercase());
+        // The generation outlives a stop, so that a later start goes on in it.
+        let generation = match properties.get(props::INGEST_GENERATION) {
+            None => 0,
+            Some(v) => v.trim().parse::<u32>().map_err(|_| {
+                format!(
+                    "property `{}`: `{v}` is not a whole number from 0 to {}",
+                    props::INGEST_GENERATION,
+                    u32::MAX
+                )
+            })?,
+        };
         let Some(topic) = properties.get(props::INGEST_TOPIC) else {
             for key in [
                 props::INGEST_FORMAT,
@@ -173,7 +186,18 @@ impl IngestConfig {
             start,
             timestamp_unit,
             unknown_columns,
+            generation,
         }))
+    }
+
+    /// What positions and request ids name the source by: the topic, plus `#g<generation>`
+    /// from generation 1 on.
+    pub fn source_key(&self) -> String {
+        if self.generation == 0 {
+            self.topic.clone()
+        } else {
+            format!("{}#g{}", self.topic, self.generation)
+        }
     }
 }
 

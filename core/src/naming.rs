@@ -228,6 +228,9 @@ pub mod props {
     pub const INGEST_TIMESTAMP_UNIT: &str = "unitable.ingest.timestamp-unit";
     /// User-settable: `ignore` (default) or `reject` events carrying columns the table lacks.
     pub const INGEST_UNKNOWN_COLUMNS: &str = "unitable.ingest.unknown-columns";
+    /// User-settable: the ingest's generation (default 0). Raising it starts the ingest over:
+    /// positions and request ids of earlier generations are not used (`ingest start --reset`).
+    pub const INGEST_GENERATION: &str = "unitable.ingest.generation";
     /// The layout version this build writes.
     pub const CURRENT_LAYOUT_VERSION: &str = "1";
 }

@@ -168,6 +168,7 @@ class Tables:
         start: Literal["earliest", "latest"] = "earliest",
         timestamp_unit: Literal["ms", "us", "ns"] | None = None,
         unknown_columns: Literal["ignore", "reject"] = "ignore",
+        reset: bool = False,
     ) -> TableInfo:
         """Feeds the table (it needs a primary key) from a Debezium JSON topic on the
         server's Kafka cluster, exactly once; the node committing the table runs the ingest.
@@ -179,6 +180,8 @@ class Tables:
             timestamp_unit: the unit of integer timestamps in events without a schema.
             unknown_columns: ``ignore`` (leave out and count) or ``reject`` (dead-letter)
                 source columns the table lacks.
+            reset: start over from `start`, forgetting the recorded positions (a new ingest
+                generation; changes already ingested are applied again).
         """
         settings = {
             "unitable.ingest.topic": topic,
@@ -186,6 +189,9 @@ class Tables:
             "unitable.ingest.start": start,
             "unitable.ingest.unknown-columns": unknown_columns,
         }
+        if reset:
+            current = self.describe(name).properties.get("unitable.ingest.generation", "0")
+            settings["unitable.ingest.generation"] = str(int(current) + 1)
         unset: list[str] = []
         if timestamp_unit is None:
             unset.append("unitable.ingest.timestamp-unit")

@@ -419,6 +419,16 @@ def test_debezium_topic_ingested_exactly_once_through_crashes(start_service, kaf
     with unitable.connect(service.grpc_url) as client:
         check_rows(client.scan(TABLE, mode="fresh").to_pylist(), before, "FRESH after stop")
 
+    # Starting again resumes from the recorded positions; --reset reads the source again from
+    # its start (a new generation): either way the table ends equal to the model.
+    service.cli("ingest", "start", TABLE, "--topic", SOURCE, "--timestamp-unit", "us",
+                "--reset", check=True)
+    with unitable.connect(service.grpc_url) as client:
+        wait_fresh(client, stream.model)
+        assert client.tables.describe(TABLE).properties["unitable.ingest.generation"] == "1"
+        status = client.tables.ingest_status(TABLE)
+        assert status.lag == 0 and all(p.next_offset == p.high_watermark for p in status.partitions)
+
 
 def test_ingest_moves_to_the_node_that_takes_the_table_over(start_service, kafka):
     """Two nodes on one catalog: the table's ingest runs on the node holding its committer

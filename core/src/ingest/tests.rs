@@ -81,6 +81,32 @@ fn bad_ingest_settings_name_the_property() {
     assert!(e.contains(props::INGEST_TOPIC), "{e}");
     let e = err(&[(props::INGEST_TOPIC, "t")], false);
     assert!(e.contains("primary key"), "{e}");
+    let e = err(
+        &[(props::INGEST_TOPIC, "t"), (props::INGEST_GENERATION, "-1")],
+        true,
+    );
+    assert!(e.contains(props::INGEST_GENERATION), "{e}");
+}
+
+#[test]
+fn a_new_generation_names_the_source_anew_and_outlives_a_stop() {
+    let config = |pairs: &[(&str, &str)]| {
+        IngestConfig::from_properties(&properties(pairs), true)
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(config(&[(props::INGEST_TOPIC, "src")]).source_key(), "src");
+    let next = config(&[
+        (props::INGEST_TOPIC, "src"),
+        (props::INGEST_GENERATION, "2"),
+    ]);
+    assert_eq!(next.generation, 2);
+    assert_eq!(next.source_key(), "src#g2");
+    // Stopped (no topic) with a generation left behind: valid, and nothing to ingest.
+    assert_eq!(
+        IngestConfig::from_properties(&properties(&[(props::INGEST_GENERATION, "2")]), true),
+        Ok(None)
+    );
 }
 
 #[tokio::test]

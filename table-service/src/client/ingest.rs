@@ -59,6 +59,12 @@ pub struct StartArgs {
     /// it) or `reject` (dead-letter the event).
     #[arg(long, default_value = "ignore", value_parser = ["ignore", "reject"])]
     pub unknown_columns: String,
+    /// Start over: forget the recorded positions and read the source again from --start (a
+    /// new ingest generation; changes already ingested are applied again, which upserts and
+    /// deletes by key make harmless to the rows). For a source topic that was recreated, or
+    /// that lost records to retention.
+    #[arg(long)]
+    pub reset: bool,
 }
 
 /// Source formats.
@@ -68,6 +74,7 @@ pub enum SourceFormat {
     DebeziumJson,
 }
 
+/// The keys `ingest stop` removes (the generation stays, so a later start goes on in it).
 const KEYS: [&str; 5] = [
     props::INGEST_TOPIC,
     props::INGEST_FORMAT,
@@ -101,6 +108,25 @@ async fn run_inner(conn: &Connection, cmd: IngestCommand) -> Result<(), ClientEr
                 props::INGEST_UNKNOWN_COLUMNS.to_string(),
                 args.unknown_columns,
             );
+            if args.reset {
+                let current = client
+                    .get_table(GetTableRequest {
+                        table: args.table.clone(),
+                    })
+                    .await
+                    .map_err(rpc_err)?
+                    .into_inner();
+                let generation = current
+                    .table
+                    .and_then(|t| t.definition)
+                    .and_then(|d| d.properties.get(props::INGEST_GENERATION).cloned())
+                    .and_then(|g| g.trim().parse::<u32>().ok())
+                    .unwrap_or(0);
+                set.insert(
+                    props::INGEST_GENERATION.to_string(),
+                    (generation + 1).to_string(),
+                );
+            }
             let mut unset = Vec::new();
             match args.timestamp_unit {
                 Some(unit) => {

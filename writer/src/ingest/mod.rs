@@ -258,7 +258,7 @@ impl TableIngester {
         };
         let positions = match self
             .positions
-            .positions(&self.uuid, self.topic.as_str())
+            .positions(&self.uuid, &self.config.source_key())
             .await
         {
             Ok(p) => p,
@@ -338,10 +338,19 @@ impl TableIngester {
                     return Err(Stopped::Failed(format!(
                         "source records {}..{} of partition {partition} were removed by the \
                          topic's retention before they were ingested; they are lost to the \
-                         table. To go on from the oldest record kept, restart the ingest from \
-                         a new position (unset and set unitable.ingest.topic after deleting \
-                         the positions), or raise the source topic's retention",
-                        next.0, low.0
+                         table. To start over from the oldest records kept, run `unitable \
+                         ingest start {} --topic {} --reset`; raise the source topic's \
+                         retention to keep this from happening again",
+                        next.0, low.0, self.table, self.topic
+                    )));
+                }
+                Err(ChangelogError::OffsetOutOfRange { high, .. }) if next > high => {
+                    return Err(Stopped::Failed(format!(
+                        "the ingest position {} of source partition {partition} is past the \
+                         partition's end {}: the topic was deleted and created again, or \
+                         truncated. To ingest it from its start, run `unitable ingest start {} \
+                         --topic {} --reset`",
+                        next.0, high.0, self.table, self.topic
                     )));
                 }
                 Err(e) if e.is_retryable() => {
@@ -469,7 +478,13 @@ impl TableIngester {
     ) -> Result<(), Stopped> {
         let table = self.table.to_string();
         self.positions
-            .begin(&self.uuid, self.topic.as_str(), partition, first, last)
+            .begin(
+                &self.uuid,
+                &self.config.source_key(),
+                partition,
+                first,
+                last,
+            )
             .await?;
         let mut plan = Plan::default();
         let mut rejected: Vec<(Offset, Rejected)> = Vec::new();
@@ -530,7 +545,12 @@ impl TableIngester {
                 .await?;
         }
         self.positions
-            .advance(&self.uuid, self.topic.as_str(), partition, last.next())
+            .advance(
+                &self.uuid,
+                &self.config.source_key(),
+                partition,
+                last.next(),
+            )
             .await?;
         Ok(())
     }
@@ -580,8 +600,8 @@ impl TableIngester {
         }
     }
 
-    /// `ingest:<topic>:<partition>:<first>-<last><suffix>`, with the topic replaced by a hash
-    /// when the id would be too long.
+    /// `ingest:<source>:<partition>:<first>-<last><suffix>` (source: the topic, with `#g<n>`
+    /// from generation 1 on), with the source replaced by a hash when the id would be too long.
     fn request_id(
         &self,
         partition: PartitionId,
@@ -589,14 +609,15 @@ impl TableIngester {
         last: Offset,
         suffix: &str,
     ) -> String {
+        let source = self.config.source_key();
         let id = format!(
-            "ingest:{}:{}:{}-{}{suffix}",
-            self.topic, partition.0, first.0, last.0
+            "ingest:{source}:{}:{}-{}{suffix}",
+            partition.0, first.0, last.0
         );
         if id.len() <= MAX_REQUEST_ID_LEN {
             return id;
         }
-        let hash = unitable_core::bucket::murmur2(self.topic.as_str().as_bytes());
+        let hash = unitable_core::bucket::murmur2(source.as_bytes());
         format!(
             "ingest:#{hash:08x}:{}:{}-{}{suffix}",
             partition.0, first.0, last.0
