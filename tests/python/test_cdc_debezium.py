@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from decimal import Decimal
 
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 from conftest import track
-from harness import KafkaConnect, http_request
+from harness import KafkaConnect
+from test_cdc_ingest import eventually, metric
 
 try:
     import unitable
@@ -79,29 +79,6 @@ def check(rows: list[dict], want: dict[int, dict], what: str) -> None:
         f"{what}: missing {sorted(want.keys() - got.keys())[:5]}, extra {sorted(got.keys() - want.keys())[:5]}"
     wrong = [k for k in want if not same(got[k], want[k])]
     assert not wrong, f"{what}: {len(wrong)} rows differ, e.g. {got[wrong[0]]} != {want[wrong[0]]}"
-
-
-def eventually(check_once, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            check_once()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.5)
-
-
-def metric(service, name: str, **labels: str) -> float:
-    status, body = http_request("GET", f"http://{service.http_addr}/metrics")
-    assert status == 200
-    total = 0.0
-    for line in body.decode().splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and \
-                all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_debezium_postgres_connector_feeds_a_table(start_service, kafka, postgres, debezium_home,
