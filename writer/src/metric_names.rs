@@ -89,7 +89,8 @@ pub const INGEST_REJECTED: &str = "unitable_ingest_rejected_total";
 /// CDC ingest: values of source columns the table does not have, left out (counter; label
 /// `column`).
 pub const INGEST_UNKNOWN_COLUMNS: &str = "unitable_ingest_unknown_columns_total";
-/// CDC ingest: source records not yet ingested (gauge; label `partition`, the source's).
+/// CDC ingest: source records not yet ingested (gauge; label `partition`, the source's; 0
+/// once this node's ingester of the table stops).
 pub const INGEST_LAG_RECORDS: &str = "unitable_ingest_lag_records";
 /// CDC ingest: 1 while this node ingests the table (gauge).
 pub const INGEST_RUNNING: &str = "unitable_ingest_running";

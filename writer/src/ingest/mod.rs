@@ -296,6 +296,12 @@ impl TableIngester {
                 }
             }
         }
+        // This node no longer ingests the table (stopped, handed over, restarting): its lag
+        // is no longer this node's to report.
+        for p in 0..partitions {
+            metrics::gauge!(m::INGEST_LAG_RECORDS, "table" => self.table.to_string(), "partition" => p.to_string())
+                .set(0.0);
+        }
     }
 
     async fn run_partition(
