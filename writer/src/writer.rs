@@ -233,12 +233,12 @@ impl Writer {
             .map(|c| c.progress.borrow().clone())
     }
 
-    /// The tables whose committer runs on this node now, with their table uuids.
-    pub(crate) fn committed_here(&self) -> Vec<(TableName, String)> {
+    /// The tables whose committer runs on this node now.
+    pub(crate) fn committed_here(&self) -> Vec<TableName> {
         lock(&self.inner.committers)
             .iter()
             .filter(|(_, c)| !c.done.is_cancelled() && !c.cancel.is_cancelled())
-            .map(|(name, c)| (name.clone(), c.uuid.clone()))
+            .map(|(name, _)| name.clone())
             .collect()
     }
 

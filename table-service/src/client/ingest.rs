@@ -74,6 +74,15 @@ pub enum SourceFormat {
     DebeziumJson,
 }
 
+impl SourceFormat {
+    /// The `unitable.ingest.format` value.
+    fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::DebeziumJson => "debezium-json",
+        }
+    }
+}
+
 /// The keys `ingest stop` removes (the generation stays, so a later start goes on in it).
 const KEYS: [&str; 5] = [
     props::INGEST_TOPIC,
@@ -101,7 +110,7 @@ async fn run_inner(conn: &Connection, cmd: IngestCommand) -> Result<(), ClientEr
             set.insert(props::INGEST_TOPIC.to_string(), args.topic.clone());
             set.insert(
                 props::INGEST_FORMAT.to_string(),
-                "debezium-json".to_string(),
+                args.format.as_str().to_string(),
             );
             set.insert(props::INGEST_START.to_string(), args.start);
             set.insert(
@@ -144,9 +153,12 @@ async fn run_inner(conn: &Connection, cmd: IngestCommand) -> Result<(), ClientEr
                 .await
                 .map_err(rpc_err)?;
             println!(
-                "{} ingests {} (debezium-json); the node committing the table starts within a \
+                "{} ingests {} ({}); the node committing the table starts within a \
                  few seconds. Follow it with `unitable ingest status {}`",
-                args.table, args.topic, args.table
+                args.table,
+                args.topic,
+                args.format.as_str(),
+                args.table
             );
         }
         IngestCommand::Stop { table } => {

@@ -237,17 +237,7 @@ impl Converter {
             ));
         };
         let fields = field_schemas(schema, member);
-        let mut row = Map::new();
-        let mut unknown = Vec::new();
-        for (name, value) in source {
-            let Some(i) = self.column(name) else {
-                unknown.push(name.clone());
-                continue;
-            };
-            let field = fields.as_ref().and_then(|f| f.get(name.as_str()).copied());
-            let (column, ty) = &self.columns[i];
-            row.insert(column.clone(), self.value(column, *ty, value, field)?);
-        }
+        let (row, unknown) = self.columns_of(source, fields.as_ref())?;
         if !unknown.is_empty() && self.unknown_columns == UnknownColumns::Reject {
             return Err(reject(
                 "unknown_column",
@@ -314,15 +304,28 @@ impl Converter {
             return Err(missing());
         };
         let fields = schema.and_then(|s| s.get("fields")).map(fields_by_name);
+        Ok(self.columns_of(source, fields.as_ref())?.0)
+    }
+
+    /// The table columns among a source row's members, converted (by their field schemas,
+    /// when given), and the names of the members the table has no column for.
+    fn columns_of(
+        &self,
+        source: &Map<String, Value>,
+        fields: Option<&HashMap<&str, FieldSchema<'_>>>,
+    ) -> Result<(Map<String, Value>, Vec<String>), Rejected> {
         let mut row = Map::new();
+        let mut unknown = Vec::new();
         for (name, value) in source {
-            if let Some(i) = self.column(name) {
-                let field = fields.as_ref().and_then(|f| f.get(name.as_str()).copied());
-                let (column, ty) = &self.columns[i];
-                row.insert(column.clone(), self.value(column, *ty, value, field)?);
-            }
+            let Some(i) = self.column(name) else {
+                unknown.push(name.clone());
+                continue;
+            };
+            let field = fields.and_then(|f| f.get(name.as_str()).copied());
+            let (column, ty) = &self.columns[i];
+            row.insert(column.clone(), self.value(column, *ty, value, field)?);
         }
-        Ok(row)
+        Ok((row, unknown))
     }
 
     /// One value in unitable's JSON form for a column of type `ty`.

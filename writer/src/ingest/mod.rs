@@ -69,8 +69,7 @@ impl Writer {
     /// Runs the CDC ingesters of the tables this node commits, until `shutdown`: starts one
     /// when a table this node commits names a source topic, restarts it when the table's
     /// schema or ingest settings change, stops it when the table moves to another node or
-    /// stops naming a source. `requests` must be the writer's request log (the ingest writes
-    /// through it).
+    /// stops naming a source. The ingest writes through the writer's request log.
     pub async fn run_ingest(&self, positions: IngestPositions, shutdown: CancellationToken) {
         let mut running: HashMap<TableName, Running> = HashMap::new();
         let mut known: HashMap<TableName, Known> = HashMap::new();
@@ -78,7 +77,7 @@ impl Writer {
         loop {
             let here = self.committed_here();
             let mut wanted: HashMap<TableName, (IngesterKey, TableDef)> = HashMap::new();
-            for (name, _uuid) in &here {
+            for name in &here {
                 match self.ingest_wanted(name, &mut known).await {
                     Ok(Some(w)) => {
                         wanted.insert(name.clone(), w);
@@ -89,7 +88,7 @@ impl Writer {
                     }
                 }
             }
-            known.retain(|name, _| here.iter().any(|(n, _)| n == name));
+            known.retain(|name, _| here.contains(name));
             // Stop what is no longer wanted as it runs (or ended).
             let names: Vec<TableName> = running.keys().cloned().collect();
             for name in names {
@@ -334,38 +333,7 @@ impl TableIngester {
         };
         let mut lag_at = Instant::now() - Duration::from_secs(60);
         loop {
-            let read = tokio::select! {
-                () = self.stop.cancelled() => return Err(Stopped::Cancelled),
-                r = self.log().read(&self.topic, partition, next, BATCH_RECORDS, POLL_WAIT) => r,
-            };
-            let batch = match read {
-                Ok(batch) => batch,
-                Err(ChangelogError::OffsetOutOfRange { low, .. }) if next < low => {
-                    return Err(Stopped::Failed(format!(
-                        "source records {}..{} of partition {partition} were removed by the \
-                         topic's retention before they were ingested; they are lost to the \
-                         table. To start over from the oldest records kept, run `unitable \
-                         ingest start {} --topic {} --reset`; raise the source topic's \
-                         retention to keep this from happening again",
-                        next.0, low.0, self.table, self.topic
-                    )));
-                }
-                Err(ChangelogError::OffsetOutOfRange { high, .. }) if next > high => {
-                    return Err(Stopped::Failed(format!(
-                        "the ingest position {} of source partition {partition} is past the \
-                         partition's end {}: the topic was deleted and created again, or \
-                         truncated. To ingest it from its start, run `unitable ingest start {} \
-                         --topic {} --reset`",
-                        next.0, high.0, self.table, self.topic
-                    )));
-                }
-                Err(e) if e.is_retryable() => {
-                    warn!(table = %self.table, source = %self.topic, %partition, error = %e, "cannot read the ingest source; retrying");
-                    self.pause(Duration::from_secs(1)).await?;
-                    continue;
-                }
-                Err(e) => return Err(Stopped::Failed(e.to_string())),
-            };
+            let batch = self.read_source(partition, next, BATCH_RECORDS).await?;
             if lag_at.elapsed() >= Duration::from_secs(1) {
                 lag_at = Instant::now();
                 let after = batch.last().map_or(next, |r| r.offset.next());
@@ -394,31 +362,9 @@ impl TableIngester {
         let mut next = first;
         while next <= last {
             let want = usize::try_from(last.0 - next.0 + 1).unwrap_or(BATCH_RECORDS);
-            let got = match self
-                .log()
-                .read(
-                    &self.topic,
-                    partition,
-                    next,
-                    want.min(BATCH_RECORDS),
-                    POLL_WAIT,
-                )
-                .await
-            {
-                Ok(got) => got,
-                Err(ChangelogError::OffsetOutOfRange { low, .. }) if next < low => {
-                    return Err(Stopped::Failed(format!(
-                        "the pending ingest batch {}..={} of partition {partition} was removed \
-                         by the source topic's retention",
-                        first.0, last.0
-                    )));
-                }
-                Err(e) if e.is_retryable() => {
-                    self.pause(Duration::from_secs(1)).await?;
-                    continue;
-                }
-                Err(e) => return Err(Stopped::Failed(e.to_string())),
-            };
+            let got = self
+                .read_source(partition, next, want.min(BATCH_RECORDS))
+                .await?;
             if got.is_empty() {
                 return Err(Stopped::Failed(format!(
                     "the pending ingest batch {}..={} of partition {partition} ends past the \
@@ -430,6 +376,50 @@ impl TableIngester {
             out.extend(got.into_iter().filter(|r| r.offset <= last));
         }
         Ok(out)
+    }
+
+    /// Up to `max` source records from `next`, retrying what may succeed later. A position
+    /// outside the partition's records (removed by retention, or past the end of a recreated
+    /// topic) stops the partition with what to do about it.
+    async fn read_source(
+        &self,
+        partition: PartitionId,
+        next: Offset,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, Stopped> {
+        loop {
+            let read = tokio::select! {
+                () = self.stop.cancelled() => return Err(Stopped::Cancelled),
+                r = self.log().read(&self.topic, partition, next, max, POLL_WAIT) => r,
+            };
+            match read {
+                Ok(batch) => return Ok(batch),
+                Err(ChangelogError::OffsetOutOfRange { low, .. }) if next < low => {
+                    return Err(Stopped::Failed(format!(
+                        "source records {}..{} of partition {partition} were removed by the \
+                         topic's retention before they were ingested; they are lost to the \
+                         table. To start over from the oldest records kept, run `unitable \
+                         ingest start {} --topic {} --reset`; raise the source topic's \
+                         retention to keep this from happening again",
+                        next.0, low.0, self.table, self.topic
+                    )));
+                }
+                Err(ChangelogError::OffsetOutOfRange { high, .. }) if next > high => {
+                    return Err(Stopped::Failed(format!(
+                        "the ingest position {} of source partition {partition} is past the \
+                         partition's end {}: the topic was deleted and created again, or \
+                         truncated. To ingest it from its start, run `unitable ingest start {} \
+                         --topic {} --reset`",
+                        next.0, high.0, self.table, self.topic
+                    )));
+                }
+                Err(e) if e.is_retryable() => {
+                    warn!(table = %self.table, source = %self.topic, %partition, error = %e, "cannot read the ingest source; retrying");
+                    self.pause(Duration::from_secs(1)).await?;
+                }
+                Err(e) => return Err(Stopped::Failed(e.to_string())),
+            }
+        }
     }
 
     /// Whether the table's current schema is another than the converter's: one metadata
