@@ -157,6 +157,16 @@ pub mod props {
     pub const CHANGELOG_PARTITIONS: &str = "unitable.changelog.partitions";
     /// The changelog record format.
     pub const CHANGELOG_FORMAT: &str = "unitable.changelog.format";
+    /// The named cluster the changelog's current generation lives on (settable at creation;
+    /// absent: the server's default cluster).
+    pub const CHANGELOG_CLUSTER: &str = "unitable.changelog.cluster";
+    /// The changelog's current generation (absent: 0); each move to another cluster adds one.
+    pub const CHANGELOG_GENERATION: &str = "unitable.changelog.generation";
+    /// The generations the changelog left, as JSON: `[{"generation":0,"cluster":"a",
+    /// "end":"0:120,1:98"}]` (Kafka end offsets, exclusive).
+    pub const CHANGELOG_HISTORY: &str = "unitable.changelog.history";
+    /// While the changelog moves, the cluster it moves to (empty or absent: not moving).
+    pub const CHANGELOG_MOVING: &str = "unitable.changelog.moving";
     /// The epoch of the table's committer: each committer that takes a table over raises it,
     /// and every commit requires the epoch it claimed, so a replaced committer cannot commit.
     pub const COMMITTER_EPOCH: &str = "unitable.committer.epoch";
@@ -173,6 +183,10 @@ pub mod props {
         CHANGELOG_TOPIC,
         CHANGELOG_PARTITIONS,
         CHANGELOG_FORMAT,
+        CHANGELOG_CLUSTER,
+        CHANGELOG_GENERATION,
+        CHANGELOG_HISTORY,
+        CHANGELOG_MOVING,
         COMMITTER_EPOCH,
         COMMITTER_OWNER,
     ];
@@ -290,6 +304,10 @@ pub mod summary {
     /// The committer epoch (table property `unitable.committer.epoch`) the commit was made
     /// under: which owner committed it.
     pub const COMMITTER_EPOCH: &str = "unitable.committer-epoch";
+    /// The covered changelog offsets as Kafka positions per cluster and topic,
+    /// `CLUSTER/TOPIC@P:O,...;...` (see [`crate::changelog::routes::Route::describe_positions`]),
+    /// for Kafka clients and Flink jobs that start where a snapshot ends.
+    pub const CHANGELOG_POSITIONS: &str = "unitable.changelog-positions";
 }
 
 #[cfg(test)]

@@ -18,10 +18,43 @@ impl fmt::Display for PartitionId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Offset(pub i64);
 
+/// Bits of an [`Offset`] below its changelog generation: a table whose changelog moved to
+/// another cluster (docs/rfcs/0004) reads generation `g`'s record at Kafka offset `o` as
+/// `g << 40 | o`, so positions keep growing across moves. Generation 0 offsets are Kafka's own.
+pub const GENERATION_SHIFT: u32 = 40;
+
 impl Offset {
     /// The offset after this one.
     pub fn next(self) -> Offset {
         Offset(self.0 + 1)
+    }
+
+    /// The position of Kafka offset `physical` of changelog generation `generation`.
+    pub fn of_generation(generation: u32, physical: i64) -> Offset {
+        Offset((i64::from(generation) << GENERATION_SHIFT) | physical)
+    }
+
+    /// The changelog generation this position lies in (0 for a table that never moved).
+    pub fn generation(self) -> u32 {
+        (self.0 >> GENERATION_SHIFT) as u32
+    }
+
+    /// The offset within its generation's topic (the Kafka offset).
+    pub fn physical(self) -> i64 {
+        self.0 & ((1i64 << GENERATION_SHIFT) - 1)
+    }
+
+    /// How many records lie from this position up to `high` (exclusive), for lag reports.
+    /// Across a changelog move the rest of the older generation is not known here and only
+    /// `high`'s own generation is counted.
+    pub fn records_until(self, high: Offset) -> i64 {
+        if self.generation() == high.generation() {
+            (high.0 - self.0).max(0)
+        } else if self < high {
+            high.physical()
+        } else {
+            0
+        }
     }
 }
 
@@ -126,5 +159,17 @@ mod tests {
         for bad in ["1", "a:1", "1:-1", "1:2,1:3"] {
             assert!(bad.parse::<PartitionOffsets>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn generations_split_offsets() {
+        let o = Offset::of_generation(3, 17);
+        assert_eq!((o.generation(), o.physical()), (3, 17));
+        assert_eq!(Offset(42).generation(), 0);
+        assert_eq!(Offset(42).physical(), 42);
+        assert!(Offset::of_generation(1, 0) > Offset(1 << 39));
+        assert_eq!(Offset(5).records_until(Offset(9)), 4);
+        assert_eq!(Offset(5).records_until(Offset::of_generation(1, 3)), 3);
+        assert_eq!(Offset::of_generation(1, 3).records_until(Offset(9)), 0);
     }
 }

@@ -12,6 +12,7 @@ use iceberg::TableCreation;
 use iceberg::spec::{NestedField, Schema, TableMetadata, UnboundPartitionSpec};
 
 use crate::changelog::TopicSettings;
+use crate::changelog::routes::{self, ClosedGeneration, Route};
 use crate::error::{Error, Result};
 use crate::naming::{TableName, TopicName, props};
 use crate::partition::{PartitionField, PartitionTransform};
@@ -148,6 +149,35 @@ pub struct ChangelogBinding {
     pub partitions: u32,
     /// Its record format.
     pub format: RecordFormat,
+    /// The named cluster the current generation lives on (`None`: the server's default
+    /// cluster, as for tables created before clusters had names).
+    pub cluster: Option<String>,
+    /// The current generation (0 until the changelog first moves; see
+    /// [`crate::changelog::routes`]).
+    pub generation: u32,
+    /// The generations the changelog left, oldest first.
+    pub history: Vec<ClosedGeneration>,
+    /// While a move is under way, the cluster it goes to.
+    pub moving: Option<String>,
+}
+
+impl ChangelogBinding {
+    /// The route of the changelog, as [`crate::changelog::routes`] keeps it.
+    pub fn route(&self, table_uuid: &str, version: i64) -> Route {
+        Route {
+            table_uuid: table_uuid.to_string(),
+            version,
+            cluster: self.cluster.clone(),
+            generation: self.generation,
+            moving: self.moving.clone(),
+            history: self.history.clone(),
+        }
+    }
+
+    /// The Kafka topic of the current generation.
+    pub fn current_topic(&self) -> TopicName {
+        crate::changelog::routes::physical_topic(&self.topic, self.generation)
+    }
 }
 
 /// A table definition: everything a user declares about a table.
@@ -252,7 +282,17 @@ impl TableDef {
             }
         }
 
-        for key in spec.properties.keys() {
+        let mut properties = spec.properties;
+        let cluster = properties.remove(props::CHANGELOG_CLUSTER);
+        if let Some(c) = &cluster
+            && !crate::changelog::valid_cluster_name(c)
+        {
+            return fail(format!(
+                "property {}={c}: a cluster name is 1 to 32 of a-z, 0-9 and -",
+                props::CHANGELOG_CLUSTER
+            ));
+        }
+        for key in properties.keys() {
             if key.trim().is_empty() {
                 return fail("property keys cannot be empty".into());
             }
@@ -263,7 +303,7 @@ impl TableDef {
             }
         }
         if let Err(reason) = crate::ingest::IngestConfig::from_properties(
-            &spec.properties,
+            &properties,
             !spec.primary_key.is_empty(),
         ) {
             return fail(reason);
@@ -274,13 +314,17 @@ impl TableDef {
                 topic: name.changelog_topic(),
                 partitions: buckets,
                 format: spec.changelog_format,
+                cluster,
+                generation: 0,
+                history: Vec::new(),
+                moving: None,
             },
             name,
             columns,
             primary_key: spec.primary_key,
             buckets,
             partition_by: spec.partition_by,
-            properties: spec.properties,
+            properties,
         })
     }
 
@@ -406,6 +450,19 @@ impl TableDef {
             ),
         ];
         out.extend(own.into_iter().map(|(k, v)| (k.to_string(), v)));
+        if let Some(cluster) = &self.changelog.cluster {
+            out.insert(props::CHANGELOG_CLUSTER.to_string(), cluster.clone());
+        }
+        if self.changelog.generation > 0 {
+            out.insert(
+                props::CHANGELOG_GENERATION.to_string(),
+                self.changelog.generation.to_string(),
+            );
+            out.insert(
+                props::CHANGELOG_HISTORY.to_string(),
+                routes::history_text(&self.changelog.history),
+            );
+        }
         out.insert("write.format.default".into(), "parquet".into());
         out.insert("write.delete.mode".into(), "merge-on-read".into());
         out.insert("write.update.mode".into(), "merge-on-read".into());
@@ -478,12 +535,50 @@ impl TableDef {
                 .map_err(|_| bad(format!("table property `{key}` is not a number")))
         };
         let buckets = parse_u32(props::BUCKETS)?;
+        let nonempty = |key: &str| {
+            properties
+                .get(key)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let generation = match nonempty(props::CHANGELOG_GENERATION) {
+            None => 0,
+            Some(g) => g.parse().map_err(|_| {
+                bad(format!(
+                    "table property `{}` is not a number",
+                    props::CHANGELOG_GENERATION
+                ))
+            })?,
+        };
+        let history = routes::parse_history(
+            properties
+                .get(props::CHANGELOG_HISTORY)
+                .map_or("", String::as_str),
+        )
+        .map_err(|e| bad(format!("table property `{}`: {e}", props::CHANGELOG_HISTORY)))?;
+        if history.len() != generation as usize {
+            return Err(bad(format!(
+                "table property `{}` lists {} generations; generation {generation} needs all \
+                 earlier ones",
+                props::CHANGELOG_HISTORY,
+                history.len()
+            )));
+        }
         let changelog = ChangelogBinding {
             topic: TopicName::new(prop(props::CHANGELOG_TOPIC)?.clone()),
             partitions: parse_u32(props::CHANGELOG_PARTITIONS)?,
             format: RecordFormat::parse(prop(props::CHANGELOG_FORMAT)?)
                 .ok_or_else(|| bad("unknown changelog format".into()))?,
+            cluster: nonempty(props::CHANGELOG_CLUSTER),
+            generation,
+            history,
+            moving: nonempty(props::CHANGELOG_MOVING),
         };
+        routes::observe(
+            &changelog.topic,
+            changelog.route(&metadata.uuid().to_string(), metadata.last_updated_ms()),
+        );
         let mut partition_by = Vec::new();
         for field in metadata.default_partition_spec().fields() {
             let column = schema

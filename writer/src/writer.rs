@@ -13,7 +13,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use unitable_core::bucket::bucket_of;
 use unitable_core::catalog::TableCatalog;
-use unitable_core::changelog::{ChangeRecord, Changelog};
+use unitable_core::changelog::{
+    AppendStatus, AppendedRange, ChangeRecord, Changelog, ChangelogError,
+};
 use unitable_core::commit::row_delta::Committer;
 use unitable_core::naming::{TableName, props};
 use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
@@ -668,26 +670,65 @@ impl Writer {
         let mut failures = 0usize;
         let mut first_failure = None;
         let total = results.len();
+        let mut appended = Vec::with_capacity(total);
+        let mut fail = |partition: PartitionId,
+                        rows: Vec<usize>,
+                        e: ChangelogError,
+                        outcome: &mut WriteOutcome| {
+            failures += 1;
+            outcome.rows_unwritten += rows.len() as u64;
+            metrics::counter!(m::ROWS_REJECTED, "table" => table.clone(), "reason" => "changelog")
+                .increment(rows.len() as u64);
+            let reason =
+                format!("not written: changelog partition {partition} failed ({e}); retry this row");
+            errors.extend(rows.into_iter().map(|row| RowError {
+                row,
+                field: None,
+                reason: reason.clone(),
+            }));
+            first_failure.get_or_insert(e);
+        };
         for (partition, rows, result) in results {
             match result {
-                Ok(range) => {
-                    outcome.rows_written += rows.len() as u64;
-                    outcome.last_offsets.set(partition, range.last);
-                }
-                Err(e) => {
-                    failures += 1;
-                    outcome.rows_unwritten += rows.len() as u64;
-                    metrics::counter!(m::ROWS_REJECTED, "table" => table.clone(), "reason" => "changelog")
-                        .increment(rows.len() as u64);
-                    let reason = format!(
-                        "not written: changelog partition {partition} failed ({e}); retry this row"
-                    );
-                    errors.extend(rows.into_iter().map(|row| RowError {
-                        row,
-                        field: None,
-                        reason: reason.clone(),
-                    }));
-                    first_failure.get_or_insert(e);
+                Ok(range) => appended.push((partition, rows, range)),
+                Err(e) => fail(partition, rows, e, &mut outcome),
+            }
+        }
+        // Before acknowledging: the records carry this handle's table uuid, so they count only
+        // if the catalog still names that table (another process may have dropped and
+        // recreated it since the check above; its committer would skip them as foreign). The
+        // same look at the catalog tells whether the changelog moved to another cluster while
+        // the records were appended (their topic may have been closed before them).
+        if !appended.is_empty() {
+            if self.check_current(&request.table, handle).await? == Check::Replaced {
+                return Err(WriteError::TableReplaced {
+                    table: request.table.clone(),
+                });
+            }
+            let statuses = self.settle(&request.table, handle, &appended).await?;
+            for ((partition, rows, range), status) in appended.into_iter().zip(statuses) {
+                match status {
+                    AppendStatus::Durable => {
+                        outcome.rows_written += rows.len() as u64;
+                        outcome.last_offsets.set(partition, range.last);
+                    }
+                    AppendStatus::Pending | AppendStatus::Lost { .. } => {
+                        let reason = match status {
+                            AppendStatus::Lost { reason } => reason,
+                            _ => "the changelog's move to another cluster did not finish within \
+                                  60 s"
+                                .to_string(),
+                        };
+                        fail(
+                            partition,
+                            rows,
+                            ChangelogError::Unavailable {
+                                backend: "routed",
+                                reason,
+                            },
+                            &mut outcome,
+                        );
+                    }
                 }
             }
         }
@@ -699,16 +740,6 @@ impl Writer {
             // Nothing was written: the request as a whole failed.
             return Err(e.into());
         }
-        // Before acknowledging: the records carry this handle's table uuid, so they count only
-        // if the catalog still names that table (another process may have dropped and
-        // recreated it since the check above; its committer would skip them as foreign).
-        if outcome.rows_written > 0
-            && self.check_current(&request.table, handle).await? == Check::Replaced
-        {
-            return Err(WriteError::TableReplaced {
-                table: request.table.clone(),
-            });
-        }
         metrics::counter!(m::ROWS_WRITTEN, "table" => table.clone(), "op" => op.as_str())
             .increment(outcome.rows_written);
         metrics::counter!(m::BYTES_WRITTEN, "table" => table).increment(bytes);
@@ -719,6 +750,31 @@ impl Writer {
         outcome.rows_rejected = errors.len() as u64;
         outcome.errors = errors;
         Ok((outcome, failures == 0))
+    }
+
+    /// Whether each append's records count, once any move of the table's changelog that was
+    /// under way when they were appended is over (looking at the catalog every 100 ms, for at
+    /// most 60 s).
+    async fn settle(
+        &self,
+        name: &TableName,
+        handle: &TableHandle,
+        appended: &[(PartitionId, Vec<usize>, AppendedRange)],
+    ) -> WriteResult<Vec<AppendStatus>> {
+        let log = &self.inner.shared.changelog;
+        let topic = &handle.def.changelog.topic;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let statuses: Vec<AppendStatus> = appended
+                .iter()
+                .map(|(p, _, range)| log.append_status(topic, *p, *range))
+                .collect();
+            if !statuses.contains(&AppendStatus::Pending) || Instant::now() >= deadline {
+                return Ok(statuses);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.check_current(name, handle).await?;
+        }
     }
 
     /// Completes an outcome for the client: waits for a covering snapshot when asked, and

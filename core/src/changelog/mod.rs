@@ -10,6 +10,8 @@ pub mod conformance;
 mod kafka;
 mod local;
 mod memory;
+mod routed;
+pub mod routes;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -21,6 +23,7 @@ use bytes::Bytes;
 pub use kafka::{KafkaChangelog, KafkaConfig};
 pub use local::{LocalChangelog, LocalConfig};
 pub use memory::MemoryChangelog;
+pub use routed::{Clusters, LOCAL_CLUSTER, RoutedChangelog, valid_cluster_name};
 
 use crate::naming::TopicName;
 use crate::offsets::{Offset, PartitionId, PartitionOffsets};
@@ -72,6 +75,23 @@ impl AppendedRange {
         };
         Self { first, last }
     }
+}
+
+/// Whether records an append returned for are part of the table (see
+/// [`Changelog::append_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendStatus {
+    /// They are: acknowledge them.
+    Durable,
+    /// The table's changelog is moving to another cluster and the records may lie past the
+    /// end the move closes the old topic at: ask again once the move is done.
+    Pending,
+    /// The move closed the old topic before them: they are not part of the table and must be
+    /// written again.
+    Lost {
+        /// Why, for the writer's client.
+        reason: String,
+    },
 }
 
 /// The readable range of a partition.
@@ -164,6 +184,20 @@ pub trait Changelog: Debug + Send + Sync + 'static {
         partition: PartitionId,
         records: Vec<ChangeRecord>,
     ) -> ChangelogResult<AppendedRange>;
+
+    /// Whether the records an append returned `range` for count, given what this process
+    /// knows of the table's changelog now: a writer asks after checking the table's metadata
+    /// again, before it acknowledges. Only changelogs whose tables can move between clusters
+    /// ([`RoutedChangelog`]) answer anything but [`AppendStatus::Durable`].
+    fn append_status(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        range: AppendedRange,
+    ) -> AppendStatus {
+        let _ = (topic, partition, range);
+        AppendStatus::Durable
+    }
 
     /// Reads up to `max_records` records starting at `from`. When `from` is the high watermark,
     /// waits up to `wait` for an append (returning early when one lands) and returns an empty
