@@ -1,8 +1,13 @@
 //! Table administration: keeps a table's Iceberg entry and its changelog topic together.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tracing::{info, warn};
+
+use crate::changelog::routes::{self, Segment};
+use crate::naming::props;
+use crate::offsets::{Offset, PartitionId, PartitionOffsets};
 
 use crate::catalog::TableCatalog;
 use crate::changelog::{Changelog, TopicInfo};
@@ -21,6 +26,60 @@ pub struct TableAdmin {
     committer: Option<Committer>,
     /// CDC ingest positions, for [`TableAdmin::ingest_status`].
     ingest: Option<crate::ingest::IngestPositions>,
+    /// The named changelog clusters (`None`: one unnamed changelog, tables cannot move).
+    clusters: Option<ClusterDirectory>,
+}
+
+/// The changelog clusters a server knows, for creating tables on them and moving tables
+/// between them.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterDirectory {
+    /// The cluster of tables that name none.
+    pub default: String,
+    /// Every cluster by name, with its Kafka bootstrap servers (empty for the local log).
+    pub bootstrap: BTreeMap<String, String>,
+}
+
+impl ClusterDirectory {
+    /// The bootstrap servers of `cluster` (`None`: the default cluster); empty when unknown.
+    pub fn bootstrap_of(&self, cluster: Option<&str>) -> String {
+        self.bootstrap
+            .get(cluster.unwrap_or(&self.default))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The name of `cluster` (`None`: the default cluster).
+    pub fn name_of<'a>(&'a self, cluster: Option<&'a str>) -> &'a str {
+        cluster.unwrap_or(&self.default)
+    }
+}
+
+/// Where the records of one partition are, from a position on (see
+/// [`TableAdmin::changelog_positions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The position, as unitable gives positions out.
+    pub offset: Offset,
+    /// The Kafka topics and offset ranges holding the records from there on, in order.
+    pub segments: Vec<Segment>,
+}
+
+/// A position to map: as unitable gives it out, or as a Kafka offset of one of the table's
+/// topics.
+#[derive(Debug, Clone)]
+pub enum PositionQuery {
+    /// unitable positions (`ReadResponse.next_offsets`, snapshot summaries).
+    Offsets(PartitionOffsets),
+    /// Kafka offsets of the table's Kafka topic `topic` (any generation).
+    Kafka {
+        /// The Kafka topic.
+        topic: String,
+        /// Kafka offsets per partition.
+        offsets: PartitionOffsets,
+    },
 }
 
 impl TableAdmin {
@@ -31,7 +90,159 @@ impl TableAdmin {
             changelog,
             committer: None,
             ingest: None,
+            clusters: None,
         }
+    }
+
+    /// Creates tables on, and moves tables between, the named `clusters`.
+    pub fn with_clusters(mut self, clusters: ClusterDirectory) -> Self {
+        self.clusters = Some(clusters);
+        self
+    }
+
+    /// The named changelog clusters, if the server has them.
+    pub fn clusters(&self) -> Option<&ClusterDirectory> {
+        self.clusters.as_ref()
+    }
+
+    /// Starts moving the table's changelog to the cluster `to` (docs/rfcs/0004): records the
+    /// target in the table (`unitable.changelog.moving`); the table's committer then commits
+    /// what the old topic holds and switches the table to a new topic on `to`. Writes are
+    /// refused (retryable) until it has. With `abort`, gives up a move that has not switched
+    /// yet (`to` is then ignored).
+    pub async fn move_changelog(
+        &self,
+        name: &TableName,
+        to: &str,
+        abort: bool,
+    ) -> Result<TableState> {
+        let fail = |reason: String| Err(Error::invalid_definition(name, reason));
+        let Some(clusters) = &self.clusters else {
+            return fail("this server has no named changelog clusters; start it with --kafka-cluster NAME=BOOTSTRAP".into());
+        };
+        let Some(committer) = &self.committer else {
+            return fail("this server cannot commit table metadata".into());
+        };
+        let state = self.catalog.describe(name).await?;
+        let binding = &state.def.changelog;
+        let mut updates = BTreeMap::new();
+        let mut required = BTreeMap::new();
+        if abort {
+            let Some(moving) = &binding.moving else {
+                return fail("the changelog is not moving; nothing to abort".into());
+            };
+            updates.insert(props::CHANGELOG_MOVING.to_string(), String::new());
+            required.insert(props::CHANGELOG_MOVING.to_string(), moving.clone());
+        } else {
+            if let Some(moving) = &binding.moving {
+                return fail(format!(
+                    "the changelog is already moving to cluster `{moving}`; wait for it, or abort it with --abort"
+                ));
+            }
+            if !clusters.bootstrap.contains_key(to) {
+                return fail(format!(
+                    "unknown cluster `{to}`; this server knows {}",
+                    clusters
+                        .bootstrap
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            let current = clusters.name_of(binding.cluster.as_deref());
+            if current == to {
+                return fail(format!("the changelog is already on cluster `{to}`"));
+            }
+            updates.insert(props::CHANGELOG_MOVING.to_string(), to.to_string());
+            if let Some(g) = Some(state.def.changelog.generation).filter(|g| *g > 0) {
+                required.insert(props::CHANGELOG_GENERATION.to_string(), g.to_string());
+            }
+        }
+        committer
+            .commit_properties(name, None, updates, required)
+            .await
+            .map_err(|e| match e {
+                CommitError::Fenced { .. } => Error::invalid_definition(
+                    name,
+                    "the changelog's move changed meanwhile (another move, an abort or the switch); look again with `table describe`",
+                ),
+                e => Error::PropertiesCommit {
+                    table: name.to_string(),
+                    retryable: e.is_retryable(),
+                    reason: e.to_string(),
+                },
+            })?;
+        info!(table = %name, to, abort, "changelog move requested");
+        self.catalog.describe(name).await
+    }
+
+    /// Where the records of each partition are from the given positions on (all partitions
+    /// from their oldest record when `query` names none): Kafka topics and offset ranges per
+    /// cluster, for clients that read the table's topics directly across moves.
+    pub async fn changelog_positions(
+        &self,
+        name: &TableName,
+        query: &PositionQuery,
+    ) -> Result<Vec<PartitionPosition>> {
+        let state = self.catalog.describe(name).await?;
+        let binding = &state.def.changelog;
+        let route = binding.route(&state.uuid, 0);
+        let bad = |reason: String| Error::invalid_definition(name, reason);
+        let mut positions = Vec::new();
+        let requested: Vec<(PartitionId, Offset)> = match query {
+            PositionQuery::Offsets(offsets) if !offsets.0.is_empty() => {
+                offsets.0.iter().map(|(p, o)| (*p, *o)).collect()
+            }
+            PositionQuery::Offsets(_) => {
+                let mut out = Vec::new();
+                for p in 0..binding.partitions {
+                    let partition = PartitionId(p);
+                    let low = self.changelog.watermarks(&binding.topic, partition).await?.low;
+                    out.push((partition, low));
+                }
+                out
+            }
+            PositionQuery::Kafka { topic, offsets } => offsets
+                .0
+                .iter()
+                .map(|(p, o)| {
+                    route
+                        .position_of(&binding.topic, topic, *p, o.0)
+                        .map(|position| (*p, position))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "`{topic}` is not one of the table's Kafka topics (its generations are {})",
+                                (0..=binding.generation)
+                                    .map(|g| crate::changelog::routes::physical_topic(&binding.topic, g).to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ))
+                        })
+                })
+                .collect::<Result<_>>()?,
+        };
+        for (partition, offset) in requested {
+            if partition.0 >= binding.partitions {
+                return Err(bad(format!(
+                    "partition {partition} does not exist; the changelog has {} partitions",
+                    binding.partitions
+                )));
+            }
+            if offset.generation() > binding.generation {
+                return Err(bad(format!(
+                    "position {offset} of partition {partition} is of changelog generation {}, but the table is at generation {}",
+                    offset.generation(),
+                    binding.generation
+                )));
+            }
+            positions.push(PartitionPosition {
+                partition,
+                offset,
+                segments: route.segments(&binding.topic, partition, offset),
+            });
+        }
+        Ok(positions)
     }
 
     /// The same admin, committing column changes through `committer`.
@@ -145,7 +356,32 @@ impl TableAdmin {
                 table: def.name.clone(),
             });
         }
+        let mut def = def.clone();
+        if let Some(clusters) = &self.clusters {
+            match &def.changelog.cluster {
+                None => def.changelog.cluster = Some(clusters.default.clone()),
+                Some(c) if !clusters.bootstrap.contains_key(c) => {
+                    return Err(Error::invalid_definition(
+                        &def.name,
+                        format!(
+                            "property {}={c}: this server knows the clusters {}",
+                            props::CHANGELOG_CLUSTER,
+                            clusters
+                                .bootstrap
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let def = &def;
         let topic = &def.changelog.topic;
+        // The topic goes to the table's cluster: tell the router before the table exists.
+        routes::replace(topic, def.changelog.route("", 0));
         self.changelog
             .create_topic_with(topic, def.changelog.partitions, &def.topic_settings()?)
             .await?;
@@ -210,6 +446,7 @@ impl TableAdmin {
         self.changelog
             .delete_topic(&def.changelog.topic.dead_letter())
             .await?;
+        routes::forget(&def.changelog.topic);
         info!(table = %name, keep_data, "dropped table");
         Ok(def)
     }

@@ -85,6 +85,16 @@ pub enum Error {
         /// Whether another change to the schema got there first (describe and try again).
         conflict: bool,
     },
+    /// A change of table properties (e.g. starting a changelog move) could not be committed.
+    #[error("cannot change the properties of `{table}`: {reason}")]
+    PropertiesCommit {
+        /// The table.
+        table: String,
+        /// Why (the commit layer's error, for the user).
+        reason: String,
+        /// Whether trying again later may succeed.
+        retryable: bool,
+    },
     /// Object storage failed.
     #[error("storage operation on `{path}` failed: {source}")]
     Storage {
@@ -146,7 +156,9 @@ impl Error {
             | Error::NotAUnitableTable { .. }
             | Error::InvalidUri { .. } => false,
             Error::Catalog { source, .. } => source.retryable(),
-            Error::SchemaCommit { retryable, .. } => *retryable,
+            Error::SchemaCommit { retryable, .. } | Error::PropertiesCommit { retryable, .. } => {
+                *retryable
+            }
             Error::Storage { source, .. } => !matches!(
                 **source,
                 object_store::Error::NotFound { .. }

@@ -302,10 +302,9 @@ impl TableDef {
                 ));
             }
         }
-        if let Err(reason) = crate::ingest::IngestConfig::from_properties(
-            &properties,
-            !spec.primary_key.is_empty(),
-        ) {
+        if let Err(reason) =
+            crate::ingest::IngestConfig::from_properties(&properties, !spec.primary_key.is_empty())
+        {
             return fail(reason);
         }
 
@@ -556,7 +555,12 @@ impl TableDef {
                 .get(props::CHANGELOG_HISTORY)
                 .map_or("", String::as_str),
         )
-        .map_err(|e| bad(format!("table property `{}`: {e}", props::CHANGELOG_HISTORY)))?;
+        .map_err(|e| {
+            bad(format!(
+                "table property `{}`: {e}",
+                props::CHANGELOG_HISTORY
+            ))
+        })?;
         if history.len() != generation as usize {
             return Err(bad(format!(
                 "table property `{}` lists {} generations; generation {generation} needs all \

@@ -193,7 +193,8 @@ fn classify_core(e: &CoreError) -> (Code, Level) {
         CoreError::TableAlreadyExists { .. } => (Code::AlreadyExists, Level::Debug),
         CoreError::NotAUnitableTable { .. } => (Code::FailedPrecondition, Level::Warn),
         CoreError::SchemaCommit { conflict: true, .. } => (Code::Aborted, Level::Debug),
-        CoreError::SchemaCommit { retryable, .. } => {
+        CoreError::SchemaCommit { retryable, .. }
+        | CoreError::PropertiesCommit { retryable, .. } => {
             if *retryable {
                 (Code::Unavailable, Level::Warn)
             } else {

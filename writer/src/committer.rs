@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use bytes::Bytes;
-use iceberg::spec::{DataFile, Operation, Struct};
+use iceberg::spec::{DataFile, Operation, Struct, TableMetadata};
 use iceberg::table::Table;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use unitable_core::catalog::TableCatalog;
+use unitable_core::changelog::routes::{self, ClosedGeneration};
 use unitable_core::changelog::{Changelog, ChangelogError, StoredRecord};
 use unitable_core::commit::CommitError;
 use unitable_core::commit::files::PositionDelete;
@@ -106,6 +107,10 @@ struct State {
     interval: Duration,
     /// What changed since the index was last checkpointed (or loaded, or rebuilt).
     checkpoint_due: CheckpointDue,
+    /// While the changelog moves to another cluster: the target and the positions the old
+    /// generation ends at (its high watermarks when this committer first saw the move). The
+    /// committer commits up to them, then switches the table to the new generation.
+    moving: Option<(String, PartitionOffsets)>,
 }
 
 /// One table's committer task.
@@ -321,6 +326,7 @@ impl TableCommitter {
             interval,
             def,
             checkpoint_due: CheckpointDue::fresh(),
+            moving: None,
         };
         self.restore_or_rebuild(&mut state, table).await?;
         Ok(state)
@@ -650,6 +656,9 @@ impl TableCommitter {
                 .await?;
             *state = fresh;
         }
+        if self.drive_move(state, metadata).await? {
+            return Ok(Backlog::Pending);
+        }
         let anchored = anchored_offsets(metadata);
         if let Some((&p, _)) = state
             .next
@@ -681,10 +690,14 @@ impl TableCommitter {
             self.catch_up(state, &table).await?;
         }
 
-        let (records, until, backlog) = self.drain(state).await?;
+        let (records, until, mut backlog) = self.drain(state).await?;
         self.report_lag(state, &until).await;
+        if state.moving.is_some() {
+            // Commit up to the old generation's end, then switch at once.
+            backlog = Backlog::Pending;
+        }
         if records.iter().all(|(_, r)| r.is_empty()) {
-            return Ok(Backlog::CaughtUp);
+            return Ok(backlog);
         }
         let started = Instant::now();
         let folded = self.fold(state, records)?;
@@ -705,6 +718,10 @@ impl TableCommitter {
                 properties: BTreeMap::from([
                     (summary::CHANGELOG_OFFSETS.to_string(), until.to_string()),
                     (summary::COMMITTER_EPOCH.to_string(), state.epoch.clone()),
+                    (
+                        summary::CHANGELOG_POSITIONS.to_string(),
+                        self.positions_text(state, &until),
+                    ),
                 ]),
                 commit_id: format!("{}:{}->{}", state.uuid, state.next, until),
                 deleted_from,
@@ -811,6 +828,106 @@ impl TableCommitter {
         Ok(backlog)
     }
 
+    /// The positions `until` as Kafka positions per cluster and topic (summary property).
+    fn positions_text(&self, state: &State, until: &PartitionOffsets) -> String {
+        let binding = &state.def.changelog;
+        binding
+            .route(&state.uuid, 0)
+            .describe_positions(&binding.topic, until)
+    }
+
+    /// Moves the changelog to another cluster when the table asks for it (property
+    /// `unitable.changelog.moving`, set by `MoveChangelog`): creates the next generation's
+    /// topic, fixes the old generation's end at its high watermarks, lets the cycles commit up
+    /// to it, then switches the table to the new generation in one metadata commit (under this
+    /// committer's claim). Writes are refused from the moment the property is seen; appends
+    /// that land past the end are not acknowledged (see `Writer::settle`). A new owner after a
+    /// crash finds the property and starts over from its own watermarks, which is as correct:
+    /// the end is whatever the switch commit records. Returns whether the switch happened.
+    async fn drive_move(&self, state: &mut State, metadata: &TableMetadata) -> WriteResult<bool> {
+        // Deriving the definition also tells this process's changelog router the route.
+        let fresh = TableDef::from_iceberg(self.name.clone(), metadata)?;
+        state.def.changelog = fresh.changelog.clone();
+        let binding = &fresh.changelog;
+        let Some(target) = binding.moving.clone() else {
+            state.moving = None;
+            return Ok(false);
+        };
+        let log = &self.shared.changelog;
+        if state.moving.as_ref().is_none_or(|(t, _)| *t != target) {
+            // The router creates the next generation's topic on the target too.
+            log.create_topic_with(&state.topic, state.partitions, &fresh.topic_settings()?)
+                .await?;
+            let mut end = PartitionOffsets::default();
+            for p in 0..state.partitions {
+                let partition = PartitionId(p);
+                end.set(
+                    partition,
+                    log.watermarks(&state.topic, partition).await?.high,
+                );
+            }
+            info!(table = %self.name, to = %target, generation = binding.generation + 1, end = %end, "moving the changelog: committing up to the old topic's end");
+            state.moving = Some((target.clone(), end));
+        }
+        let Some((_, end)) = &state.moving else {
+            return Ok(false);
+        };
+        for p in 0..state.partitions {
+            let partition = PartitionId(p);
+            let (next, end) = (state.next.get(partition), end.get(partition));
+            if next >= end {
+                continue;
+            }
+            // Below the end but nothing left to commit there (a compacted topic has gaps).
+            let ahead = log
+                .read(&state.topic, partition, next, 1, Duration::ZERO)
+                .await?;
+            if ahead.first().is_some_and(|r| r.offset < end) {
+                return Ok(false);
+            }
+        }
+        crate::crash::point(crate::crash::BEFORE_MOVE_SWITCH);
+        let mut physical_end = PartitionOffsets::default();
+        for (p, o) in &end.0 {
+            physical_end.set(*p, Offset(o.physical()));
+        }
+        let mut history = binding.history.clone();
+        history.push(ClosedGeneration {
+            generation: binding.generation,
+            cluster: binding.cluster.clone(),
+            end: physical_end.clone(),
+        });
+        let next = binding.generation + 1;
+        let updates = BTreeMap::from([
+            (props::CHANGELOG_GENERATION.to_string(), next.to_string()),
+            (props::CHANGELOG_CLUSTER.to_string(), target.clone()),
+            (
+                props::CHANGELOG_HISTORY.to_string(),
+                routes::history_text(&history),
+            ),
+            (props::CHANGELOG_MOVING.to_string(), String::new()),
+        ]);
+        let mut required = self.claim_of(state);
+        required.insert(props::CHANGELOG_MOVING.to_string(), target.clone());
+        self.shared
+            .committer
+            .commit_properties(
+                &self.name,
+                Some(&format!("{}:move:{next}", state.uuid)),
+                updates,
+                required,
+            )
+            .await?;
+        info!(table = %self.name, to = %target, generation = next, end = %physical_end, "changelog moved");
+        metrics::counter!(m::CHANGELOG_MOVES, "table" => self.name.to_string()).increment(1);
+        state.moving = None;
+        // Tell this process's router before the next read.
+        let table = self.shared.catalog.load(&self.name).await?;
+        state.def.changelog =
+            TableDef::from_iceberg(self.name.clone(), table.metadata())?.changelog;
+        Ok(true)
+    }
+
     fn claim_of(&self, state: &State) -> BTreeMap<String, String> {
         BTreeMap::from([
             (props::COMMITTER_EPOCH.to_string(), state.epoch.clone()),
@@ -899,8 +1016,12 @@ impl TableCommitter {
         allowance: usize,
         into: &mut Vec<StoredRecord>,
     ) -> WriteResult<(usize, bool)> {
+        let cap = state.moving.as_ref().map(|(_, end)| end.get(partition));
         let mut taken = 0;
         while taken < allowance {
+            if cap.is_some_and(|cap| *from >= cap) {
+                return Ok((taken, true));
+            }
             let read = self
                 .shared
                 .changelog
@@ -926,12 +1047,23 @@ impl TableCommitter {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let mut batch = batch;
+            let before = batch.len();
+            if let Some(cap) = cap {
+                // Records past the old generation's end are not part of the table (their
+                // writers are told to write them again).
+                batch.retain(|r| r.offset < cap);
+            }
+            let capped = batch.len() < before;
             let Some(last) = batch.last() else {
                 return Ok((taken, true));
             };
             *from = last.offset.next();
             taken += batch.len();
             into.extend(batch);
+            if capped {
+                return Ok((taken, true));
+            }
         }
         Ok((taken, false))
     }
@@ -946,7 +1078,7 @@ impl TableCommitter {
                 .watermarks(&state.topic, partition)
                 .await
             {
-                behind += (w.high.0 - until.get(partition).0).max(0);
+                behind += until.get(partition).records_until(w.high);
             }
         }
         let table = self.name.to_string();

@@ -18,6 +18,8 @@ pub(crate) const BEFORE_SWAP: &str = "before-swap";
 pub(crate) const AFTER_SWAP: &str = "after-swap";
 /// After the committer claimed the table, before it rebuilt its index.
 pub(crate) const AFTER_CLAIM: &str = "after-claim";
+/// In the committer, when a changelog move is about to switch to the new generation.
+pub(crate) const BEFORE_MOVE_SWITCH: &str = "before-move-switch";
 
 struct Armed {
     point: String,

@@ -15,6 +15,8 @@ pub const COMMIT_SECONDS: &str = "unitable_committer_commit_seconds";
 pub const COMMITS: &str = "unitable_committer_commits_total";
 /// Changes committed (counter; label `op`).
 pub const COMMITTED_CHANGES: &str = "unitable_committer_changes_total";
+/// Changelog moves to another cluster this node's committer finished (counter).
+pub const CHANGELOG_MOVES: &str = "unitable_committer_changelog_moves_total";
 /// Failed commit cycles (counter).
 pub const COMMITTER_ERRORS: &str = "unitable_committer_errors_total";
 /// Committer panics, each followed by a restart of that table's committer (counter).

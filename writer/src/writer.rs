@@ -679,8 +679,9 @@ impl Writer {
             outcome.rows_unwritten += rows.len() as u64;
             metrics::counter!(m::ROWS_REJECTED, "table" => table.clone(), "reason" => "changelog")
                 .increment(rows.len() as u64);
-            let reason =
-                format!("not written: changelog partition {partition} failed ({e}); retry this row");
+            let reason = format!(
+                "not written: changelog partition {partition} failed ({e}); retry this row"
+            );
             errors.extend(rows.into_iter().map(|row| RowError {
                 row,
                 field: None,

@@ -95,10 +95,7 @@ impl RoutedChangelog {
                 backend: "routed",
                 reason: format!("`{logical}` has no changelog generation {generation}"),
             })?;
-        Ok((
-            self.cluster(cluster)?,
-            physical_topic(logical, generation),
-        ))
+        Ok((self.cluster(cluster)?, physical_topic(logical, generation)))
     }
 
     /// The route of a table's logical topic, or of the topic whose dead-letter topic `topic`
@@ -327,13 +324,7 @@ impl Changelog for RoutedChangelog {
             if generation == route.generation {
                 let (log, kafka_topic) = self.generation_target(&route, topic, generation)?;
                 let records = log
-                    .read(
-                        &kafka_topic,
-                        partition,
-                        Offset(physical),
-                        max_records,
-                        wait,
-                    )
+                    .read(&kafka_topic, partition, Offset(physical), max_records, wait)
                     .await
                     .map_err(|e| restate(e, topic, generation))?;
                 return Ok(shift(records, generation));
@@ -469,3 +460,6 @@ impl Changelog for RoutedChangelog {
 
 /// The clusters a server was started with, by name.
 pub type Clusters = BTreeMap<String, Arc<dyn Changelog>>;
+
+#[cfg(test)]
+mod tests;

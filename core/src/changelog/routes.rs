@@ -155,10 +155,7 @@ impl Route {
         for generation in from.generation()..=self.generation {
             let segment = Segment {
                 generation,
-                cluster: self
-                    .cluster_of(generation)
-                    .flatten()
-                    .map(str::to_string),
+                cluster: self.cluster_of(generation).flatten().map(str::to_string),
                 topic: physical_topic(logical, generation),
                 from: physical,
                 end: self.closed(generation).map(|g| g.end.get(partition).0),
@@ -238,6 +235,15 @@ pub fn observe(topic: &TopicName, route: Route) {
             routes.insert(topic.clone(), Arc::new(route));
         }
     }
+}
+
+/// Records the route of `topic` whatever is known (a table being created: an older table of
+/// the same name may have left its route).
+pub fn replace(topic: &TopicName, route: Route) {
+    ROUTES
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(topic.clone(), Arc::new(route));
 }
 
 /// The newest known route of the logical topic `topic`.
