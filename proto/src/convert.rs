@@ -285,6 +285,33 @@ fn table_def_to_wire(def: &TableDef) -> v1::TableDefinition {
             topic: def.changelog.topic.to_string(),
             partitions: def.changelog.partitions,
             format: def.changelog.format.as_str().to_string(),
+            cluster: def.changelog.cluster.clone().unwrap_or_default(),
+            generation: def.changelog.generation,
+            current_topic: def.changelog.current_topic().to_string(),
+            history: def
+                .changelog
+                .history
+                .iter()
+                .map(|g| v1::ChangelogGeneration {
+                    generation: g.generation,
+                    cluster: g.cluster.clone().unwrap_or_default(),
+                    topic: unitable_core::changelog::routes::physical_topic(
+                        &def.changelog.topic,
+                        g.generation,
+                    )
+                    .to_string(),
+                    end: g
+                        .end
+                        .0
+                        .iter()
+                        .map(|(p, o)| v1::PartitionOffset {
+                            partition: p.0,
+                            offset: o.0,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            moving: def.changelog.moving.clone().unwrap_or_default(),
         }),
     }
 }

@@ -49,7 +49,7 @@ pub(crate) async fn as_of_in(
             continue;
         };
         let from = offsets.get(partition).max(w.low);
-        let behind = w.high.0 - from.0;
+        let behind = from.records_until(w.high);
         if behind <= 0 {
             continue;
         }

@@ -405,7 +405,7 @@ impl Reader {
                 let p = p as u32;
                 let committed = committed.remove(&p);
                 let from = committed.as_ref().map_or(w.low.0, |c| c.next_offset);
-                let lag = (w.high.0 - from.max(w.low.0)).max(0);
+                let lag = Offset(from.max(w.low.0)).records_until(w.high);
                 lag_records += lag;
                 partitions.push(PartitionDescription {
                     partition: p,

@@ -42,6 +42,11 @@ pub(crate) async fn chunk_within(
 ) -> ReadResult<(Vec<StoredRecord>, Offset)> {
     let records = chunk(changelog, topic, partition, position, end).await?;
     let Some(last) = records.last() else {
+        if position.generation() < end.generation() {
+            // The rest of the range lies in a changelog generation the table left (its end
+            // past `position` holds no records) and in the next one, which is empty so far.
+            return Ok((records, end));
+        }
         return Err(ChangelogError::Unavailable {
             backend: changelog.backend(),
             reason: format!(

@@ -615,7 +615,7 @@ async fn follow(
         {
             shape
                 .stats
-                .set_lag(partition.0, (w.high.0 - position.0).max(0));
+                .set_lag(partition.0, position.records_until(w.high));
             lag_measured = Some(std::time::Instant::now());
         }
         let batch = match shape.changes(partition, &records) {

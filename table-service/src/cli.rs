@@ -685,6 +685,33 @@ pub struct KafkaArgs {
         value_delimiter = ';'
     )]
     pub kafka_topic_config: Vec<String>,
+
+    /// A named Kafka cluster NAME=BOOTSTRAP (repeatable), e.g. eu=kafka-eu-1:9092. Tables are
+    /// created on the default cluster or on the one their `unitable.changelog.cluster`
+    /// property names, and `table move-changelog` moves them between clusters. Every server
+    /// sharing the catalog needs the same clusters. `--kafka-brokers` is the cluster `default`;
+    /// without it the embedded log is the cluster `local`.
+    #[arg(
+        long = "kafka-cluster",
+        env = "UNITABLE_KAFKA_CLUSTERS",
+        value_delimiter = ';'
+    )]
+    pub kafka_clusters: Vec<String>,
+
+    /// A Kafka client setting for one named cluster, CLUSTER:KEY=VALUE (repeatable), over the
+    /// `--kafka-option` settings every cluster gets. Never logged.
+    #[arg(
+        long = "kafka-cluster-option",
+        env = "UNITABLE_KAFKA_CLUSTER_OPTIONS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub kafka_cluster_options: Vec<String>,
+
+    /// The cluster new tables go to, and where tables that name none live (default: `default`
+    /// with --kafka-brokers, else `local`).
+    #[arg(long, env = "UNITABLE_DEFAULT_CLUSTER")]
+    pub default_cluster: Option<String>,
 }
 
 /// `unitable table ...`
@@ -753,6 +780,43 @@ pub enum TableCommand {
         /// Drop column C: it is no longer read; its values stay in old data files (repeatable).
         #[arg(long = "drop-column", value_name = "C")]
         drop: Vec<String>,
+    },
+    /// Move a table's changelog to another named Kafka cluster (`serve --kafka-cluster`):
+    /// the committer commits what the old topic holds, then switches the table to a new topic
+    /// on the target. Writes pause (UNAVAILABLE, retried by clients) until it has; readers and
+    /// consumer groups go on across the move.
+    MoveChangelog {
+        /// NAMESPACE.TABLE
+        table: String,
+        /// The target cluster.
+        #[arg(long, value_name = "CLUSTER")]
+        to: Option<String>,
+        /// Give up a move that has not switched yet.
+        #[arg(long, conflicts_with = "to")]
+        abort: bool,
+        /// Return once the move is requested instead of waiting for the switch.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the switch.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Where a table's changelog records are on the Kafka clusters, from given positions on:
+    /// the topic and offset range per generation, for Kafka clients reading across moves.
+    Positions {
+        /// NAMESPACE.TABLE
+        table: String,
+        /// Positions P:O,... as unitable gives them out (STREAM next_offsets, snapshot
+        /// summaries); with --kafka-topic, Kafka offsets of that topic. None: from the oldest
+        /// record of each partition.
+        #[arg(long)]
+        offsets: Option<String>,
+        /// A Kafka topic of the table (any generation) whose offsets --offsets gives.
+        #[arg(long)]
+        kafka_topic: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
 }
 

@@ -4,7 +4,7 @@
 //! taking requests and drains the ones in flight, then the HTTP server stops. Any task that
 //! ends on its own before that is an error and brings the process down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,10 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use unitable_compactor::{Compactor, SchedulerConfig};
-use unitable_core::admin::TableAdmin;
+use unitable_core::admin::{ClusterDirectory, TableAdmin};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
 use unitable_core::changelog::{
-    Changelog, KafkaChangelog, KafkaConfig, LocalChangelog, LocalConfig,
+    Changelog, Clusters, KafkaChangelog, KafkaConfig, LOCAL_CLUSTER, LocalChangelog, LocalConfig,
+    RoutedChangelog, valid_cluster_name,
 };
 use unitable_core::clock::SystemClock;
 use unitable_core::commit::pointer::SqlMetadataPointer;
@@ -44,7 +45,7 @@ use crate::access::audit::Audit;
 use crate::access::auth::Authenticator;
 use crate::access::store::AccessStore;
 use crate::access::{Access, Grant, Grantee, Object, Privilege, token};
-use crate::cli::{SecurityArgs, ServeArgs};
+use crate::cli::{KafkaArgs, SecurityArgs, ServeArgs};
 use crate::console::{self, Console, History};
 use crate::flight::{FlightApi, FlightServiceServer};
 use crate::grpc::access::AccessApi;
@@ -74,7 +75,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     let catalog = TableCatalog::open(config)
         .await
         .context("cannot open the Iceberg catalog; check --catalog and --warehouse")?;
-    let changelog = open_changelog(&args, &data_dir).await?;
+    let (changelog, clusters) = open_changelog(&args, &data_dir).await?;
     let pointer = SqlMetadataPointer::connect(catalog.config())
         .await
         .context("cannot open the catalog database for commits")?;
@@ -205,7 +206,9 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     let ingest_positions = IngestPositions::connect(catalog.config())
         .await
         .context("cannot open the ingest position table in the catalog database")?;
-    let mut admin = TableAdmin::new(catalog, changelog).with_committer(schema_committer);
+    let mut admin = TableAdmin::new(catalog, changelog)
+        .with_committer(schema_committer)
+        .with_clusters(clusters);
     if let Some(positions) = &ingest_positions {
         admin = admin.with_ingest_positions(positions.clone());
     }
@@ -410,47 +413,110 @@ fn catalog_config(args: &ServeArgs, data_dir: &Path) -> CatalogConfig {
     }
 }
 
-async fn open_changelog(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Arc<dyn Changelog>> {
-    if let Some(brokers) = &args.kafka.kafka_brokers {
-        let mut config = KafkaConfig::new(brokers.clone());
-        for option in &args.kafka.kafka_options {
-            let (key, value) = option.split_once('=').with_context(|| {
-                format!(
-                    "--kafka-option `{option}` must be KEY=VALUE, e.g. security.protocol=SASL_SSL"
-                )
-            })?;
-            config
-                .options
-                .push((key.trim().to_string(), value.trim().to_string()));
+/// Opens the changelog clusters: `default` (`--kafka-brokers`), each `--kafka-cluster`, and
+/// the embedded local log as `local` when no `--kafka-brokers` is given. Tables are routed to
+/// their cluster by [`RoutedChangelog`].
+async fn open_changelog(
+    args: &ServeArgs,
+    data_dir: &Path,
+) -> anyhow::Result<(Arc<dyn Changelog>, ClusterDirectory)> {
+    let kafka = &args.kafka;
+    let mut named: Vec<(String, String)> = Vec::new();
+    if let Some(brokers) = &kafka.kafka_brokers {
+        named.push(("default".to_string(), brokers.clone()));
+    }
+    for cluster in &kafka.kafka_clusters {
+        let (name, bootstrap) = cluster.split_once('=').with_context(|| {
+            format!("--kafka-cluster `{cluster}` must be NAME=BOOTSTRAP, e.g. eu=kafka-eu:9092")
+        })?;
+        let name = name.trim().to_string();
+        if !valid_cluster_name(&name) || name == LOCAL_CLUSTER {
+            anyhow::bail!(
+                "--kafka-cluster `{cluster}`: the name must be 1 to 32 of a-z, 0-9 and -, and not `{LOCAL_CLUSTER}` (the embedded log)"
+            );
         }
-        for setting in &args.kafka.kafka_topic_config {
-            let (key, value) = setting.split_once('=').with_context(|| {
-                format!("--kafka-topic-config `{setting}` must be KEY=VALUE, e.g. retention.ms=604800000")
-            })?;
-            config
-                .topic_config
-                .push((key.trim().to_string(), value.trim().to_string()));
+        if named.iter().any(|(n, _)| *n == name) {
+            anyhow::bail!(
+                "cluster `{name}` is given twice (`default` is the cluster of --kafka-brokers)"
+            );
         }
-        config.replication_factor = args.kafka.kafka_replication_factor;
-        info!(%brokers, "changelog: Kafka");
+        named.push((name, bootstrap.trim().to_string()));
+    }
+    let mut clusters: Clusters = BTreeMap::new();
+    let mut directory = ClusterDirectory::default();
+    for (name, brokers) in named {
+        let config = kafka_config(kafka, &name, &brokers)?;
+        info!(cluster = %name, %brokers, "changelog cluster: Kafka");
         let log = KafkaChangelog::connect(config).await.with_context(|| {
             format!(
-                "cannot reach the Kafka brokers {brokers}; check --kafka-brokers and --kafka-option"
+                "cannot reach the Kafka brokers {brokers} of cluster `{name}`; check --kafka-brokers, --kafka-cluster and --kafka-option"
             )
         })?;
-        return Ok(Arc::new(log));
+        clusters.insert(name.clone(), Arc::new(log));
+        directory.bootstrap.insert(name, brokers);
     }
-    let root = data_dir.join("changelog");
-    info!(root = %root.display(), "changelog: local");
-    let log = LocalChangelog::open(LocalConfig::new(&root))
-        .await
-        .with_context(|| {
+    if kafka.kafka_brokers.is_none() {
+        let root = data_dir.join("changelog");
+        info!(root = %root.display(), "changelog cluster `local`: the embedded log");
+        let log = LocalChangelog::open(LocalConfig::new(&root))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the local changelog in {}; check the directory's permissions and free space",
+                    root.display()
+                )
+            })?;
+        clusters.insert(LOCAL_CLUSTER.to_string(), Arc::new(log));
+        directory
+            .bootstrap
+            .insert(LOCAL_CLUSTER.to_string(), String::new());
+    }
+    directory.default = match &kafka.default_cluster {
+        Some(name) => name.clone(),
+        None if kafka.kafka_brokers.is_some() => "default".to_string(),
+        None => LOCAL_CLUSTER.to_string(),
+    };
+    let routed = RoutedChangelog::new(clusters, &directory.default).map_err(|e| {
+        anyhow::anyhow!("{e}; name it with --kafka-cluster or pick another --default-cluster")
+    })?;
+    Ok((Arc::new(routed), directory))
+}
+
+/// The Kafka client settings of cluster `name`: `--kafka-option` for every cluster, then its
+/// own `--kafka-cluster-option NAME:KEY=VALUE`.
+fn kafka_config(kafka: &KafkaArgs, name: &str, brokers: &str) -> anyhow::Result<KafkaConfig> {
+    let mut config = KafkaConfig::new(brokers.to_string());
+    let pair = |flag: &str, option: &str| -> anyhow::Result<(String, String)> {
+        let (key, value) = option.split_once('=').with_context(|| {
+            format!("{flag} `{option}` must be KEY=VALUE, e.g. security.protocol=SASL_SSL")
+        })?;
+        Ok((key.trim().to_string(), value.trim().to_string()))
+    };
+    for option in &kafka.kafka_options {
+        config.options.push(pair("--kafka-option", option)?);
+    }
+    for option in &kafka.kafka_cluster_options {
+        let (cluster, setting) = option.split_once(':').with_context(|| {
+            format!("--kafka-cluster-option `{option}` must be CLUSTER:KEY=VALUE")
+        })?;
+        if cluster.trim() == name {
+            config
+                .options
+                .push(pair("--kafka-cluster-option", setting)?);
+        }
+    }
+    for setting in &kafka.kafka_topic_config {
+        let (key, value) = setting.split_once('=').with_context(|| {
             format!(
-                "cannot open the local changelog in {}; check the directory's permissions and free space",
-                root.display()
+                "--kafka-topic-config `{setting}` must be KEY=VALUE, e.g. retention.ms=604800000"
             )
         })?;
-    Ok(Arc::new(log))
+        config
+            .topic_config
+            .push((key.trim().to_string(), value.trim().to_string()));
+    }
+    config.replication_factor = kafka.kafka_replication_factor;
+    Ok(config)
 }
 
 /// The roles the gRPC services call.

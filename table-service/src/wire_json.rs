@@ -43,6 +43,16 @@ pub(crate) fn describe_json(info: &TableInfo) -> serde_json::Value {
             "topic": changelog.topic,
             "partitions": changelog.partitions,
             "format": changelog.format,
+            "cluster": changelog.cluster,
+            "generation": changelog.generation,
+            "current_topic": changelog.current_topic,
+            "moving": changelog.moving,
+            "history": changelog.history.iter().map(|g| json!({
+                "generation": g.generation,
+                "cluster": g.cluster,
+                "topic": g.topic,
+                "end": g.end.iter().map(|o| (o.partition.to_string(), json!(o.offset))).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
         },
         "properties": properties
             .into_iter()

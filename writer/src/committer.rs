@@ -1041,7 +1041,7 @@ impl TableCommitter {
                         "changelog records were removed before they were committed (retention); continuing from the oldest one left"
                     );
                     metrics::counter!(m::RECORDS_LOST, "table" => self.name.to_string())
-                        .increment((low.0 - from.0) as u64);
+                        .increment(from.records_until(low) as u64);
                     *from = low;
                     continue;
                 }

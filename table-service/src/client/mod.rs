@@ -6,6 +6,7 @@ pub(crate) mod compact;
 pub(crate) mod groups;
 pub(crate) mod ingest;
 pub(crate) mod lookup;
+pub(crate) mod moves;
 pub(crate) mod ops;
 pub(crate) mod rows;
 pub(crate) mod scan;

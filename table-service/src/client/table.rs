@@ -55,6 +55,40 @@ async fn run_inner(conn: &Connection, cmd: TableCommand) -> Result<(), ClientErr
                 def.table, def.buckets
             );
         }
+        TableCommand::MoveChangelog {
+            table,
+            to,
+            abort,
+            no_wait,
+            timeout,
+        } => {
+            let name = parse_name(&table)?;
+            let args = super::moves::MoveArgs {
+                table: name.to_string(),
+                to,
+                abort,
+                wait: !no_wait,
+                timeout,
+            };
+            super::moves::move_changelog(&mut client, server, args).await?;
+        }
+        TableCommand::Positions {
+            table,
+            offsets,
+            kafka_topic,
+            format,
+        } => {
+            let name = parse_name(&table)?;
+            super::moves::positions(
+                &mut client,
+                server,
+                name.to_string(),
+                offsets,
+                kafka_topic,
+                format,
+            )
+            .await?;
+        }
         TableCommand::List { namespace, format } => {
             let tables = client
                 .list_tables(ListTablesRequest {
@@ -399,6 +433,45 @@ fn describe_text(info: &TableInfo) -> String {
         "changelog    {} ({} partitions, {})",
         changelog.topic, changelog.partitions, changelog.format
     );
+    if !changelog.cluster.is_empty() || changelog.generation > 0 {
+        let _ = writeln!(
+            out,
+            "  cluster    {} (generation {}, Kafka topic {})",
+            if changelog.cluster.is_empty() {
+                "(server default)"
+            } else {
+                &changelog.cluster
+            },
+            changelog.generation,
+            changelog.current_topic
+        );
+    }
+    for g in &changelog.history {
+        let end: Vec<String> = g
+            .end
+            .iter()
+            .map(|o| format!("{}:{}", o.partition, o.offset))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  earlier    generation {} on {}: {} up to {}",
+            g.generation,
+            if g.cluster.is_empty() {
+                "(server default)"
+            } else {
+                &g.cluster
+            },
+            g.topic,
+            end.join(",")
+        );
+    }
+    if !changelog.moving.is_empty() {
+        let _ = writeln!(
+            out,
+            "  MOVING     to cluster {} (writes pause until the switch)",
+            changelog.moving
+        );
+    }
     let _ = writeln!(out, "snapshot     {snapshot}");
     let _ = writeln!(out, "columns");
     let width = def.columns.iter().map(|c| c.name.len()).max().unwrap_or(0);

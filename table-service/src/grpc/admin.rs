@@ -1,13 +1,16 @@
 //! `TableAdminService`: create, get, list, drop and alter tables.
 
 use tonic::{Request, Response, Status};
-use unitable_core::admin::TableAdmin;
+use unitable_core::admin::{PositionQuery, TableAdmin};
+use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::table::{Column, ColumnChange};
 use unitable_proto::v1::table_admin_service_server::TableAdminService;
 use unitable_proto::v1::{
-    AddColumnRequest, AddColumnResponse, AlterTableRequest, AlterTableResponse, ChangelogTopic,
-    CreateTableRequest, CreateTableResponse, DropTableRequest, DropTableResponse, GetTableRequest,
-    GetTableResponse, IngestPartition, IngestStatus, ListTablesRequest, ListTablesResponse,
+    AddColumnRequest, AddColumnResponse, AlterTableRequest, AlterTableResponse,
+    ChangelogPositionsRequest, ChangelogPositionsResponse, ChangelogTopic, CreateTableRequest,
+    CreateTableResponse, DropTableRequest, DropTableResponse, GetTableRequest, GetTableResponse,
+    IngestPartition, IngestStatus, KafkaSegment, ListTablesRequest, ListTablesResponse,
+    MoveChangelogRequest, MoveChangelogResponse, PartitionOffset, PartitionPosition,
 };
 use unitable_proto::{table_def_from_wire, table_info_to_wire};
 use unitable_reader::Reader;
@@ -247,6 +250,117 @@ impl TableAdminService for AdminApi {
             table: Some(table_info_to_wire(&state)),
         }))
     }
+
+    async fn move_changelog(
+        &self,
+        request: Request<MoveChangelogRequest>,
+    ) -> Result<Response<MoveChangelogResponse>, Status> {
+        count("MoveChangelog");
+        let who = Principal::of(&request)?;
+        let request = request.into_inner();
+        let name = table_name(&request.table)?;
+        self.access
+            .check(&who, Privilege::Admin, &name, "MoveChangelog")?;
+        if !request.abort && request.to_cluster.is_empty() {
+            return Err(ApiError::BadRequest {
+                field: "to_cluster",
+                reason: "is empty; name the cluster to move the changelog to".into(),
+            }
+            .into());
+        }
+        let state = self
+            .admin
+            .move_changelog(&name, &request.to_cluster, request.abort)
+            .await;
+        self.access
+            .audit()
+            .result(&who, "MoveChangelog", Some(&name.to_string()), &state);
+        let state = state.map_err(ApiError::from)?;
+        // This node's writer sees the move at its next write (it checks the table first).
+        self.writer.table_changed(&name);
+        Ok(Response::new(MoveChangelogResponse {
+            table: Some(table_info_to_wire(&state)),
+        }))
+    }
+
+    async fn changelog_positions(
+        &self,
+        request: Request<ChangelogPositionsRequest>,
+    ) -> Result<Response<ChangelogPositionsResponse>, Status> {
+        count("ChangelogPositions");
+        let who = Principal::of(&request)?;
+        let request = request.into_inner();
+        let name = table_name(&request.table)?;
+        self.access
+            .check(&who, Privilege::Read, &name, "ChangelogPositions")?;
+        let query = if request.kafka_topic.is_empty() {
+            if !request.kafka_offsets.is_empty() {
+                return Err(ApiError::BadRequest {
+                    field: "kafka_topic",
+                    reason: "is empty; Kafka offsets need the Kafka topic they are of".into(),
+                }
+                .into());
+            }
+            PositionQuery::Offsets(offsets_from_wire("offsets", &request.offsets)?)
+        } else {
+            PositionQuery::Kafka {
+                topic: request.kafka_topic.clone(),
+                offsets: offsets_from_wire("kafka_offsets", &request.kafka_offsets)?,
+            }
+        };
+        let positions = self
+            .admin
+            .changelog_positions(&name, &query)
+            .await
+            .map_err(ApiError::from)?;
+        let clusters = self.admin.clusters();
+        let partitions = positions
+            .into_iter()
+            .map(|p| PartitionPosition {
+                partition: p.partition.0,
+                offset: p.offset.0,
+                segments: p
+                    .segments
+                    .into_iter()
+                    .map(|s| KafkaSegment {
+                        generation: s.generation,
+                        cluster: clusters
+                            .map(|c| c.name_of(s.cluster.as_deref()).to_string())
+                            .or(s.cluster.clone())
+                            .unwrap_or_default(),
+                        bootstrap_servers: clusters
+                            .map(|c| c.bootstrap_of(s.cluster.as_deref()))
+                            .unwrap_or_default(),
+                        topic: s.topic.to_string(),
+                        from_offset: s.from,
+                        end_offset: s.end,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ChangelogPositionsResponse { partitions }))
+    }
+}
+
+/// Offsets from the wire, refusing negative ones (naming `field`).
+fn offsets_from_wire(
+    field: &'static str,
+    offsets: &[PartitionOffset],
+) -> Result<PartitionOffsets, ApiError> {
+    let mut out = PartitionOffsets::default();
+    for o in offsets {
+        if o.offset < 0 {
+            return Err(ApiError::BadRequest {
+                field,
+                reason: format!(
+                    "offset {} of partition {} is negative",
+                    o.offset, o.partition
+                ),
+            });
+        }
+        out.set(PartitionId(o.partition), Offset(o.offset));
+    }
+    Ok(out)
 }
 
 fn ingest_status_to_wire(s: &unitable_core::ingest::IngestStatus) -> IngestStatus {
