@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, Union
 
@@ -10,7 +11,7 @@ import pyarrow as pa
 from ._errors import AlreadyExists, InvalidArgument, TableNotFound
 from ._transport import Transport
 from ._types import (
-    Column, Grant, IngestStatus, NewToken, PartitionField, Privilege, TableInfo, TokenInfo, WhoAmI,
+    ChangelogPosition, Column, Grant, IngestStatus, NewToken, PartitionField, Privilege, TableInfo, TokenInfo, WhoAmI,
 )
 from .v1 import unitable_pb2 as pb
 
@@ -198,6 +199,60 @@ class Tables:
         else:
             settings["unitable.ingest.timestamp-unit"] = timestamp_unit
         return self.alter(name, set=settings, unset=unset)
+
+    def move_changelog(self, name: str, to: str | None = None, *, abort: bool = False,
+                       wait: bool = True, timeout: float = 120.0) -> TableInfo:
+        """Moves the table's changelog to the named Kafka cluster `to` (one the servers were
+        started with, ``--kafka-cluster NAME=...``). The table's committer commits what the
+        old topic holds, then switches the table to a new topic on `to`; writes answer
+        Unavailable meanwhile (``write`` retries them with their request ids). Positions,
+        subscriptions and consumer groups carry on across the move.
+
+        With `wait`, returns once the switch is done (TimeoutError after `timeout` seconds);
+        `abort` gives up a move that has not switched yet."""
+        if not abort and not to:
+            raise InvalidArgument(f"move_changelog of `{name}` needs the target cluster `to`")
+        response = self._t.call(
+            lambda: self._t.admin.MoveChangelog(
+                pb.MoveChangelogRequest(table=name, to_cluster=to or "", abort=abort),
+                metadata=self._t.metadata, timeout=self._t.timeout),
+            table=name, action="move the changelog of", retries=0)
+        info = TableInfo.from_pb(response.table)
+        if abort or not wait:
+            return info
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.describe(name)
+            if now.changelog_generation > info.changelog_generation:
+                return now
+            if not now.changelog_moving:
+                raise InvalidArgument(f"the changelog move of `{name}` was aborted")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the changelog of `{name}` has not switched to `{to}` after {timeout} s; "
+                    "check that a server commits the table, or abort the move")
+            time.sleep(0.2)
+
+    def changelog_positions(
+        self,
+        name: str,
+        offsets: Mapping[int, int] | None = None,
+        *,
+        kafka_topic: str | None = None,
+    ) -> list[ChangelogPosition]:
+        """Where the table's changelog records are on the Kafka clusters from `offsets` on
+        (positions as unitable gives them out, e.g. ``next_offsets``; with `kafka_topic`,
+        Kafka offsets of that topic of the table): per partition, the topics and offset ranges
+        to read in order. No offsets: every partition from its oldest record."""
+        wire = [pb.PartitionOffset(partition=p, offset=o) for p, o in (offsets or {}).items()]
+        request = (pb.ChangelogPositionsRequest(table=name, kafka_topic=kafka_topic,
+                                                kafka_offsets=wire)
+                   if kafka_topic else pb.ChangelogPositionsRequest(table=name, offsets=wire))
+        response = self._t.call(
+            lambda: self._t.admin.ChangelogPositions(
+                request, metadata=self._t.metadata, timeout=self._t.timeout),
+            table=name, action="map changelog positions of")
+        return [ChangelogPosition.from_pb(p) for p in response.partitions]
 
     def stop_ingest(self, name: str) -> TableInfo:
         """Stops the table's CDC ingest (its positions are kept for a later start)."""

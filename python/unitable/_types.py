@@ -389,6 +389,40 @@ class PartitionField:
 
 
 @dataclass(frozen=True)
+class KafkaSegment:
+    """A stretch of one partition's changelog records on one Kafka topic."""
+
+    generation: int
+    cluster: str
+    #: The cluster's bootstrap servers as the server knows them ("" for the local log).
+    bootstrap_servers: str
+    topic: str
+    #: The first Kafka offset to read.
+    from_offset: int
+    #: The Kafka offset (exclusive) it ends at; None for the current generation, which grows.
+    end_offset: int | None
+
+
+@dataclass(frozen=True)
+class ChangelogPosition:
+    """Where one partition's changelog records are from a position on: read each segment to
+    its end, then the next (``tables.changelog_positions``)."""
+
+    partition: int
+    #: The position as unitable gives positions out (``next_offsets``, snapshot summaries).
+    offset: int
+    segments: list[KafkaSegment]
+
+    @classmethod
+    def from_pb(cls, m: Any) -> ChangelogPosition:
+        return cls(partition=m.partition, offset=m.offset, segments=[KafkaSegment(
+            generation=s.generation, cluster=s.cluster, bootstrap_servers=s.bootstrap_servers,
+            topic=s.topic, from_offset=s.from_offset,
+            end_offset=s.end_offset if s.HasField("end_offset") else None,
+        ) for s in m.segments])
+
+
+@dataclass(frozen=True)
 class IngestPartition:
     """One source partition of a table's CDC ingest."""
 
@@ -445,6 +479,12 @@ class TableInfo:
     properties: dict[str, str]
     changelog_topic: str
     changelog_format: str
+    #: The named cluster of the changelog's current generation ("" : the server's default).
+    changelog_cluster: str
+    #: The changelog's generation: 0 until it first moves to another cluster.
+    changelog_generation: int
+    #: While a move is under way, the target cluster ("" otherwise).
+    changelog_moving: str
     table_uuid: str
     location: str
     schema_id: int
@@ -464,6 +504,9 @@ class TableInfo:
             properties=dict(d.properties),
             changelog_topic=d.changelog.topic,
             changelog_format=d.changelog.format,
+            changelog_cluster=d.changelog.cluster,
+            changelog_generation=d.changelog.generation,
+            changelog_moving=d.changelog.moving,
             table_uuid=m.table_uuid,
             location=m.location,
             schema_id=m.schema_id,
