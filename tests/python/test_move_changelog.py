@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from pyiceberg.catalog.sql import SqlCatalog
 
 from harness import Kafka, http_request
@@ -215,6 +216,19 @@ def run(a: Kafka, b: Kafka, start_service, tmp_path_factory) -> None:
     with pytest.raises(unitable.InvalidArgument) as same:
         admin.tables.move_changelog(TABLE, "a")
     assert "already on cluster `a`" in str(same.value)
+
+    # A table can be created on another cluster; an unknown one is refused.
+    admin.tables.create("mv.on_b", ["id:int64!"], primary_key=["id"],
+                        properties={"unitable.changelog.cluster": "b"})
+    assert admin.tables.describe("mv.on_b").changelog_cluster == "b"
+    assert "unitable.mv.on_b" in AdminClient({"bootstrap.servers": b.bootstrap}).list_topics(
+        timeout=10).topics
+    assert "unitable.mv.on_b" not in AdminClient({"bootstrap.servers": a.bootstrap}).list_topics(
+        timeout=10).topics
+    with pytest.raises(unitable.InvalidArgument) as unknown_cluster:
+        admin.tables.create("mv.nowhere", ["id:int64!"], primary_key=["id"],
+                            properties={"unitable.changelog.cluster": "c"})
+    assert "unitable.changelog.cluster=c" in str(unknown_cluster.value)
 
     load = Load(service.grpc_url)
     follower = Follower(service.grpc_url)

@@ -21,6 +21,11 @@ pub(crate) struct Flaky {
     /// When set, a failing append lands its records anyway before failing (a produce timeout
     /// whose records did reach the broker).
     pub(crate) land_then_fail: AtomicBool,
+    /// When set, the next append waits for `release` (after telling `entered`): an append
+    /// still under way while something else happens.
+    pub(crate) hold_next: AtomicBool,
+    pub(crate) entered: tokio::sync::Notify,
+    pub(crate) release: tokio::sync::Notify,
 }
 
 #[async_trait]
@@ -43,6 +48,10 @@ impl Changelog for Flaky {
         partition: PartitionId,
         records: Vec<ChangeRecord>,
     ) -> ChangelogResult<AppendedRange> {
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
         let fail = self.failing.lock().unwrap().contains(&partition.0);
         if fail {
             if self.land_then_fail.load(Ordering::SeqCst) {
@@ -100,6 +109,9 @@ impl Flaky {
             inner: MemoryChangelog::new(),
             failing: Mutex::new(BTreeSet::new()),
             land_then_fail: AtomicBool::new(false),
+            hold_next: AtomicBool::new(false),
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
         }
     }
 }
