@@ -117,8 +117,19 @@ async fn a_write_caught_in_the_switch_is_retried_onto_the_new_cluster() {
     a.entered.notified().await;
     admin.move_changelog(&name, "b", false).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while catalog.describe(&name).await.unwrap().def.changelog.generation == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the move did not switch");
+    while catalog
+        .describe(&name)
+        .await
+        .unwrap()
+        .def
+        .changelog
+        .generation
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the move did not switch"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let moved = catalog.describe(&name).await.unwrap().def.changelog;
@@ -129,7 +140,11 @@ async fn a_write_caught_in_the_switch_is_retried_onto_the_new_cluster() {
     // The records landed on a past the end: not acknowledged.
     let e = outcome.expect_err("a write that landed past the old topic's end was acknowledged");
     assert!(e.to_string().contains("moved"), "{e}");
-    assert_eq!(ids(a.as_ref(), &topic).await.len(), 20, "the held append did land on a");
+    assert_eq!(
+        ids(a.as_ref(), &topic).await.len(),
+        20,
+        "the held append did land on a"
+    );
 
     // The retry under the same id writes the rows to b, once; new writes go there too.
     let retried = writer.write(request(&name, 10..20, "w2")).await.unwrap();
@@ -158,16 +173,23 @@ async fn a_write_caught_in_the_switch_is_retried_onto_the_new_cluster() {
             .current_snapshot()
             .map(|s| s.summary().additional_properties.clone())
             .unwrap_or_default();
-        if summary_of.get(summary::CHANGELOG_OFFSETS).map(String::as_str)
+        if summary_of
+            .get(summary::CHANGELOG_OFFSETS)
+            .map(String::as_str)
             == Some(&format!("0:{}", Offset::of_generation(1, 20).0))
         {
             assert_eq!(
-                summary_of.get(summary::CHANGELOG_POSITIONS).map(String::as_str),
+                summary_of
+                    .get(summary::CHANGELOG_POSITIONS)
+                    .map(String::as_str),
                 Some("b/unitable.mv_gate.t.g1@0:20")
             );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no snapshot covers w3: {summary_of:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot covers w3: {summary_of:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     writer.shutdown().await;
