@@ -188,6 +188,16 @@ def kafka_changes(client, bootstrap_of: dict[str, str]) -> dict[int, list[tuple[
     return per_key([c[3] for c in changes])
 
 
+def group_read(service, n: int) -> list[dict[str, Any]]:
+    """`n` changes read by a member of the consumer group `g` (`unitable subscribe --group`),
+    which commits its positions as it goes."""
+    out = service.cli("subscribe", TABLE, "--from", "earliest", "--group", "g",
+                      "--limit", str(n), check=True).stdout
+    changes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(changes) == n, out[-2000:]
+    return changes
+
+
 def test_move_changelog_between_kafka_clusters_under_load(kafka_home, start_service,
                                                           tmp_path_factory):
     a = Kafka(kafka_home, tmp_path_factory.mktemp("kafka-a"))
@@ -235,6 +245,8 @@ def run(a: Kafka, b: Kafka, start_service, tmp_path_factory) -> None:
     load.thread.start()
     follower.thread.start()
     wait_for("some load", lambda: load.batches >= 40)
+    # A consumer group member reads the first changes (and commits its positions) on a.
+    group_first = group_read(service, 100)
 
     # Move a -> b; the server dies right before the switch commit; the next start finishes.
     crash.touch()
@@ -295,6 +307,22 @@ def run(a: Kafka, b: Kafka, start_service, tmp_path_factory) -> None:
     for batch in admin.subscribe(TABLE, follow=False):
         fresh += batch.to_pylist()
     assert per_key(fresh) == load.history
+
+    # The consumer group resumes from positions it committed before both moves.
+    group_rest = group_read(service, total - len(group_first))
+    group_seen = [(c["partition"], c["offset"]) for c in group_first + group_rest]
+    assert sorted(group_seen) == sorted(offsets), "the group lost or repeated changes"
+
+    # A start by time: from a change in generation 1, every partition from its first change
+    # at or after that time.
+    pivot = next(c for c in follower.seen if c["_offset"] >> 40 == 1)
+    since = [c for batch in admin.subscribe(TABLE, start=pivot["_timestamp"], follow=False)
+             for c in batch.to_pylist()]
+    for p in range(BUCKETS):
+        mine = [c for c in follower.seen if c["_partition"] == p]
+        first = next(i for i, c in enumerate(mine) if c["_timestamp"] >= pivot["_timestamp"])
+        assert [c["_offset"] for c in since if c["_partition"] == p] == \
+            [c["_offset"] for c in mine[first:]]
 
     # A plain Kafka client following `table positions` reads the same.
     bootstrap_of = {"a": a.bootstrap, "b": b.bootstrap}
