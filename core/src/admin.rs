@@ -269,6 +269,7 @@ impl TableAdmin {
         ) else {
             return Ok(None);
         };
+        config.route_source();
         let positions = match &self.ingest {
             Some(store) => store.positions(&state.uuid, &config.source_key()).await?,
             None => Default::default(),

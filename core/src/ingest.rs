@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use sqlx::AnyPool;
 
 use crate::catalog::{CatalogConfig, SqlDialect};
+use crate::changelog::routes;
 use crate::error::{Error, Result};
 use crate::lease::{db_now, open_catalog_db};
 use crate::naming::props;
@@ -89,6 +90,8 @@ pub struct IngestConfig {
     pub unknown_columns: UnknownColumns,
     /// The generation: raised to start over (positions and request ids are per generation).
     pub generation: u32,
+    /// The named Kafka cluster the source topic is on (`None`: the server's default cluster).
+    pub cluster: Option<String>,
 }
 
 impl IngestConfig {
@@ -113,6 +116,7 @@ impl IngestConfig {
         };
         let Some(topic) = properties.get(props::INGEST_TOPIC) else {
             for key in [
+                props::INGEST_CLUSTER,
                 props::INGEST_FORMAT,
                 props::INGEST_START,
                 props::INGEST_TIMESTAMP_UNIT,
@@ -180,6 +184,16 @@ impl IngestConfig {
                 ));
             }
         };
+        let cluster = match properties.get(props::INGEST_CLUSTER).map(|c| c.trim()) {
+            None | Some("") => None,
+            Some(c) if crate::changelog::valid_cluster_name(c) => Some(c.to_string()),
+            Some(c) => {
+                return Err(format!(
+                    "property `{}`: `{c}` is not a cluster name (1 to 32 of a-z, 0-9 and -)",
+                    props::INGEST_CLUSTER
+                ));
+            }
+        };
         Ok(Some(Self {
             topic,
             format,
@@ -187,7 +201,28 @@ impl IngestConfig {
             timestamp_unit,
             unknown_columns,
             generation,
+            cluster,
         }))
+    }
+
+    /// Tells this process's changelog router which cluster the source topic is on, unless the
+    /// topic is a table's changelog (whose route comes from that table).
+    pub fn route_source(&self) {
+        let topic = crate::naming::TopicName::new(self.topic.clone());
+        if routes::route(&topic).is_some_and(|r| !r.table_uuid.is_empty()) {
+            return;
+        }
+        routes::replace(
+            &topic,
+            routes::Route {
+                table_uuid: String::new(),
+                version: 0,
+                cluster: self.cluster.clone(),
+                generation: 0,
+                moving: None,
+                history: Vec::new(),
+            },
+        );
     }
 
     /// What positions and request ids name the source by: the topic, plus `#g<generation>`

@@ -232,6 +232,9 @@ pub mod props {
     /// User-settable: the Kafka topic a CDC ingester reads into the table (see
     /// [`crate::ingest`]); removing it stops the ingest.
     pub const INGEST_TOPIC: &str = "unitable.ingest.topic";
+    /// User-settable: the named Kafka cluster the CDC source topic is on (default: the
+    /// server's default cluster).
+    pub const INGEST_CLUSTER: &str = "unitable.ingest.cluster";
     /// User-settable: the source topic's format (`debezium-json`, the default).
     pub const INGEST_FORMAT: &str = "unitable.ingest.format";
     /// User-settable: where a source partition without a position starts (`earliest`, the

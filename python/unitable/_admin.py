@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, Union
@@ -38,7 +39,8 @@ def _columns(spec: ColumnsSpec) -> list[Column]:
 
 
 _INGEST_KEYS = ("unitable.ingest.topic", "unitable.ingest.format", "unitable.ingest.start",
-                "unitable.ingest.timestamp-unit", "unitable.ingest.unknown-columns")
+                "unitable.ingest.timestamp-unit", "unitable.ingest.unknown-columns",
+                "unitable.ingest.cluster")
 
 
 class Tables:
@@ -170,6 +172,7 @@ class Tables:
         timestamp_unit: Literal["ms", "us", "ns"] | None = None,
         unknown_columns: Literal["ignore", "reject"] = "ignore",
         reset: bool = False,
+        cluster: str | None = None,
     ) -> TableInfo:
         """Feeds the table (it needs a primary key) from a Debezium JSON topic on the
         server's Kafka cluster, exactly once; the node committing the table runs the ingest.
@@ -183,6 +186,8 @@ class Tables:
                 source columns the table lacks.
             reset: start over from `start`, forgetting the recorded positions (a new ingest
                 generation; changes already ingested are applied again).
+            cluster: the named Kafka cluster the source is on (default: the server's
+                default cluster).
         """
         settings = {
             "unitable.ingest.topic": topic,
@@ -194,6 +199,10 @@ class Tables:
             current = self.describe(name).properties.get("unitable.ingest.generation", "0")
             settings["unitable.ingest.generation"] = str(int(current) + 1)
         unset: list[str] = []
+        if cluster is None:
+            unset.append("unitable.ingest.cluster")
+        else:
+            settings["unitable.ingest.cluster"] = cluster
         if timestamp_unit is None:
             unset.append("unitable.ingest.timestamp-unit")
         else:
@@ -239,7 +248,7 @@ class Tables:
         offsets: Mapping[int, int] | None = None,
         *,
         kafka_topic: str | None = None,
-    ) -> list[ChangelogPosition]:
+    ) -> builtins.list[ChangelogPosition]:
         """Where the table's changelog records are on the Kafka clusters from `offsets` on
         (positions as unitable gives them out, e.g. ``next_offsets``; with `kafka_topic`,
         Kafka offsets of that topic of the table): per partition, the topics and offset ranges

@@ -25,8 +25,8 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from pyiceberg.catalog.sql import SqlCatalog
 
 from harness import Kafka, http_request
@@ -239,6 +239,30 @@ def run(a: Kafka, b: Kafka, start_service, tmp_path_factory) -> None:
         admin.tables.create("mv.nowhere", ["id:int64!"], primary_key=["id"],
                             properties={"unitable.changelog.cluster": "c"})
     assert "unitable.changelog.cluster=c" in str(unknown_cluster.value)
+
+    # A CDC source on the other cluster (`unitable.ingest.cluster`) feeds a table on a.
+    admin.tables.create("mv.cdc", ["id:int64!", "name:string"], primary_key=["id"])
+    b_admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    for future in b_admin.create_topics([NewTopic("dbz.src", 1, 1)]).values():
+        future.result(30)
+    source = Producer({"bootstrap.servers": b.bootstrap})
+    for i, op in [(1, "c"), (2, "c"), (1, "u"), (2, "d")]:
+        after = None if op == "d" else {"id": i, "name": f"{op}{i}"}
+        before = {"id": i, "name": "old"} if op in ("u", "d") else None
+        source.produce("dbz.src", key=json.dumps({"id": i}),
+                       value=json.dumps({"before": before, "after": after, "op": op,
+                                         "ts_ms": 0}))
+    assert source.flush(10) == 0
+    admin.tables.start_ingest("mv.cdc", "dbz.src", cluster="b")
+
+    def ingested() -> bool:
+        found = admin.lookup("mv.cdc", [1, 2]).table.to_pylist()
+        return [(r["id"], r["name"]) for r in found] == [(1, "u1")]
+
+    wait_for("the ingest from cluster b", ingested)
+    status = admin.tables.ingest_status("mv.cdc")
+    assert status is not None and status.lag == 0 and status.partitions[0].high_watermark == 4
+    admin.tables.stop_ingest("mv.cdc")
 
     load = Load(service.grpc_url)
     follower = Follower(service.grpc_url)

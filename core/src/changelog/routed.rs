@@ -344,7 +344,7 @@ impl Changelog for RoutedChangelog {
             };
             if physical < end {
                 let (log, kafka_topic) = self.generation_target(&route, topic, generation)?;
-                let mut records = log
+                let records = log
                     .read(
                         &kafka_topic,
                         partition,
@@ -352,8 +352,22 @@ impl Changelog for RoutedChangelog {
                         max_records,
                         Duration::ZERO,
                     )
-                    .await
-                    .map_err(|e| restate(e, topic, generation))?;
+                    .await;
+                let mut records = match records {
+                    // The old topic was deleted (by an operator, after the move): its records
+                    // are gone, as if retention had removed them.
+                    Err(ChangelogError::TopicNotFound { .. }) => {
+                        let w = self.watermarks(topic, partition).await?;
+                        return Err(ChangelogError::OffsetOutOfRange {
+                            topic: topic.clone(),
+                            partition,
+                            offset: from,
+                            low: w.low,
+                            high: w.high,
+                        });
+                    }
+                    other => other.map_err(|e| restate(e, topic, generation))?,
+                };
                 // Records past the end were appended while the move switched over; their
                 // writers were told to retry, so they are not part of the table.
                 records.retain(|r| r.offset.0 < end);

@@ -165,3 +165,23 @@ async fn positions_record_pending_batches_and_never_move_back() {
         Some(Offset(9))
     );
 }
+
+#[test]
+fn a_source_cluster_is_named_or_refused() {
+    let ok = IngestConfig::from_properties(
+        &properties(&[(props::INGEST_TOPIC, "t"), (props::INGEST_CLUSTER, "eu-1")]),
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(ok.cluster.as_deref(), Some("eu-1"));
+    let e = IngestConfig::from_properties(
+        &properties(&[(props::INGEST_TOPIC, "t"), (props::INGEST_CLUSTER, "EU_1")]),
+        true,
+    )
+    .unwrap_err();
+    assert!(e.contains(props::INGEST_CLUSTER), "{e}");
+    let e = IngestConfig::from_properties(&properties(&[(props::INGEST_CLUSTER, "eu")]), true)
+        .unwrap_err();
+    assert!(e.contains(props::INGEST_TOPIC), "{e}");
+}

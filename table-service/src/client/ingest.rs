@@ -65,6 +65,10 @@ pub struct StartArgs {
     /// that lost records to retention.
     #[arg(long)]
     pub reset: bool,
+    /// The named Kafka cluster the source topic is on (`serve --kafka-cluster`; default: the
+    /// server's default cluster).
+    #[arg(long)]
+    pub cluster: Option<String>,
 }
 
 /// Source formats.
@@ -84,8 +88,9 @@ impl SourceFormat {
 }
 
 /// The keys `ingest stop` removes (the generation stays, so a later start goes on in it).
-const KEYS: [&str; 5] = [
+const KEYS: [&str; 6] = [
     props::INGEST_TOPIC,
+    props::INGEST_CLUSTER,
     props::INGEST_FORMAT,
     props::INGEST_START,
     props::INGEST_TIMESTAMP_UNIT,
@@ -137,6 +142,12 @@ async fn run_inner(conn: &Connection, cmd: IngestCommand) -> Result<(), ClientEr
                 );
             }
             let mut unset = Vec::new();
+            match args.cluster {
+                Some(cluster) => {
+                    set.insert(props::INGEST_CLUSTER.to_string(), cluster);
+                }
+                None => unset.push(props::INGEST_CLUSTER.to_string()),
+            }
             match args.timestamp_unit {
                 Some(unit) => {
                     set.insert(props::INGEST_TIMESTAMP_UNIT.to_string(), unit);

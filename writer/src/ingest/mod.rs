@@ -117,6 +117,7 @@ impl Writer {
                 }
                 failed.remove(&name);
                 let stop = shutdown.child_token();
+                key.config.route_source();
                 let ingester = TableIngester {
                     writer: self.clone(),
                     positions: positions.clone(),
