@@ -855,7 +855,7 @@ impl TableCommitter {
         };
         let log = &self.shared.changelog;
         if state.moving.as_ref().is_none_or(|(t, _)| *t != target) {
-            // The router creates the next generation's topic on the target too.
+            // While moving, the router creates the next generation's topic, on the target.
             log.create_topic_with(&state.topic, state.partitions, &fresh.topic_settings()?)
                 .await?;
             let mut end = PartitionOffsets::default();

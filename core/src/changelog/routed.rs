@@ -178,26 +178,25 @@ impl Changelog for RoutedChangelog {
             .await
     }
 
-    /// Creates the current generation's topic, and while a move is under way the next
-    /// generation's topic on the target cluster too.
+    /// Creates the topic writes go to next: the current generation's, or while a move is
+    /// under way the next generation's on the target cluster.
     async fn create_topic_with(
         &self,
         topic: &TopicName,
         partitions: u32,
         settings: &TopicSettings,
     ) -> ChangelogResult<()> {
-        let (log, physical) = self.current(topic)?;
-        log.create_topic_with(&physical, partitions, settings)
-            .await?;
         if let Some(route) = Self::table_route(topic)
             && let Some(target) = &route.moving
         {
             let next = physical_topic(topic, route.generation + 1);
-            self.cluster(Some(target))?
+            return self
+                .cluster(Some(target))?
                 .create_topic_with(&next, partitions, settings)
-                .await?;
+                .await;
         }
-        Ok(())
+        let (log, physical) = self.current(topic)?;
+        log.create_topic_with(&physical, partitions, settings).await
     }
 
     async fn describe_topic(

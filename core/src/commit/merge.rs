@@ -248,14 +248,11 @@ impl Attempt for MergeOp<'_> {
         props.insert(MANIFESTS_REPLACED.into(), replaced.to_string());
         props.insert(MANIFESTS_KEPT.into(), plan.kept.len().to_string());
         props.insert(ENTRIES_PROCESSED.into(), entries_processed.to_string());
-        if let Some(offsets) = head
-            .summary()
-            .additional_properties
-            .get(summary::CHANGELOG_OFFSETS)
-        {
-            props
-                .entry(summary::CHANGELOG_OFFSETS.into())
-                .or_insert_with(|| offsets.clone());
+        // The snapshot covers what the head covered: its offsets (and their Kafka positions).
+        for key in [summary::CHANGELOG_OFFSETS, summary::CHANGELOG_POSITIONS] {
+            if let Some(value) = head.summary().additional_properties.get(key) {
+                props.entry(key.into()).or_insert_with(|| value.clone());
+            }
         }
         let summary = summarize(
             Some(head.summary()),

@@ -534,14 +534,11 @@ impl Attempt for RewriteOp<'_> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         props.insert(summary::COMMIT_ID.into(), self.rewrite.commit_id.clone());
-        if let Some(offsets) = head
-            .summary()
-            .additional_properties
-            .get(summary::CHANGELOG_OFFSETS)
-        {
-            props
-                .entry(summary::CHANGELOG_OFFSETS.into())
-                .or_insert_with(|| offsets.clone());
+        // The snapshot covers what the head covered: its offsets (and their Kafka positions).
+        for key in [summary::CHANGELOG_OFFSETS, summary::CHANGELOG_POSITIONS] {
+            if let Some(value) = head.summary().additional_properties.get(key) {
+                props.entry(key.into()).or_insert_with(|| value.clone());
+            }
         }
         let summary = summarize(
             Some(head.summary()),
