@@ -49,6 +49,15 @@ impl ClusterDirectory {
             .unwrap_or_default()
     }
 
+    /// The cluster names, comma-separated, for messages.
+    pub fn names(&self) -> String {
+        self.bootstrap
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The name of `cluster` (`None`: the default cluster).
     pub fn name_of<'a>(&'a self, cluster: Option<&'a str>) -> &'a str {
         cluster.unwrap_or(&self.default)
@@ -142,12 +151,7 @@ impl TableAdmin {
             if !clusters.bootstrap.contains_key(to) {
                 return fail(format!(
                     "unknown cluster `{to}`; this server knows {}",
-                    clusters
-                        .bootstrap
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    clusters.names()
                 ));
             }
             let current = clusters.name_of(binding.cluster.as_deref());
@@ -367,12 +371,7 @@ impl TableAdmin {
                         format!(
                             "property {}={c}: this server knows the clusters {}",
                             props::CHANGELOG_CLUSTER,
-                            clusters
-                                .bootstrap
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            clusters.names()
                         ),
                     ));
                 }

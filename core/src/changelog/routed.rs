@@ -130,6 +130,26 @@ impl RoutedChangelog {
     fn table_route(topic: &TopicName) -> Option<Arc<Route>> {
         routes::route(topic)
     }
+
+    /// `from` is not readable (a generation the table does not have, or one whose topic is
+    /// gone): out of range, with the watermarks there are (or the error asking for them).
+    async fn out_of_range(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+        from: Offset,
+    ) -> ChangelogError {
+        match self.watermarks(topic, partition).await {
+            Ok(w) => ChangelogError::OffsetOutOfRange {
+                topic: topic.clone(),
+                partition,
+                offset: from,
+                low: w.low,
+                high: w.high,
+            },
+            Err(e) => e,
+        }
+    }
 }
 
 /// `error` from generation `generation`'s Kafka topic, restated in positions of `logical`.
@@ -330,16 +350,7 @@ impl Changelog for RoutedChangelog {
             }
             let end = match route.closed(generation) {
                 Some(closed) if generation < route.generation => closed.end.get(partition).0,
-                _ => {
-                    let w = self.watermarks(topic, partition).await?;
-                    return Err(ChangelogError::OffsetOutOfRange {
-                        topic: topic.clone(),
-                        partition,
-                        offset: from,
-                        low: w.low,
-                        high: w.high,
-                    });
-                }
+                _ => return Err(self.out_of_range(topic, partition, from).await),
             };
             if physical < end {
                 let (log, kafka_topic) = self.generation_target(&route, topic, generation)?;
@@ -356,14 +367,7 @@ impl Changelog for RoutedChangelog {
                     // The old topic was deleted (by an operator, after the move): its records
                     // are gone, as if retention had removed them.
                     Err(ChangelogError::TopicNotFound { .. }) => {
-                        let w = self.watermarks(topic, partition).await?;
-                        return Err(ChangelogError::OffsetOutOfRange {
-                            topic: topic.clone(),
-                            partition,
-                            offset: from,
-                            low: w.low,
-                            high: w.high,
-                        });
+                        return Err(self.out_of_range(topic, partition, from).await);
                     }
                     other => other.map_err(|e| restate(e, topic, generation))?,
                 };
