@@ -392,18 +392,17 @@ impl Step {
             let key_batch = batch
                 .project(&self.key_columns)
                 .map_err(|e| internal("project the key columns", e))?;
-            let (encoded, errors) = self
+            let mut keep = vec![true; batch.num_rows()];
+            let errors = self
                 .codec
-                .encode_keys(&key_batch)
+                .for_each_key(&key_batch, |row, key| {
+                    if keys.contains(key) {
+                        keep[row] = false;
+                    }
+                })
                 .map_err(|e| internal("encode keys", e))?;
             if let Some(e) = errors.first() {
                 return Err(internal("encode a key of a stored row", &e.reason));
-            }
-            let mut keep = vec![true; batch.num_rows()];
-            for key in encoded {
-                if keys.contains(&key.key) {
-                    keep[key.row] = false;
-                }
             }
             batch = filter_record_batch(&batch, &keep.into())
                 .map_err(|e| internal("drop superseded rows", e))?;

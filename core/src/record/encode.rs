@@ -411,6 +411,35 @@ impl RecordCodec {
     }
 }
 
+impl RecordCodec {
+    /// Calls `f` with each row's canonical key bytes (as [`RecordCodec::encode_keys`] gives
+    /// them), written into one reused buffer: for probing key sets without an allocation and a
+    /// partition hash per row. Rows whose key cannot be encoded are returned as errors.
+    pub fn for_each_key(
+        &self,
+        batch: &RecordBatch,
+        mut f: impl FnMut(usize, &[u8]),
+    ) -> Result<Vec<RowError>, EncodeError> {
+        if self.is_append_only() {
+            return Err(EncodeError::NeedsPrimaryKey {
+                table: self.table.clone(),
+                op: ChangeOp::Delete,
+            });
+        }
+        let cols = self.bind(batch, true)?;
+        let mut buf = Vec::with_capacity(64);
+        let mut errors = Vec::new();
+        for row in 0..batch.num_rows() {
+            buf.clear();
+            match self.write_key(&cols, row, &mut buf) {
+                Ok(()) => f(row, &buf),
+                Err(e) => errors.push(e),
+            }
+        }
+        Ok(errors)
+    }
+}
+
 fn row_error(row: usize, info: &ColumnInfo, reason: impl Into<String>) -> RowError {
     RowError {
         row,
