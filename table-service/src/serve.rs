@@ -82,6 +82,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     let committer = Committer::new(catalog.clone(), Arc::new(pointer));
     // Schema changes (rename, drop, widen...) are metadata commits of the same commit layer.
     let schema_committer = committer.clone();
+    let routes_committer = committer.clone();
     // The compactor shares the writer's committer, so rewrites and row deltas take turns.
     let compactor = Compactor::new(
         catalog.clone(),
@@ -206,6 +207,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     let ingest_positions = IngestPositions::connect(catalog.config())
         .await
         .context("cannot open the ingest position table in the catalog database")?;
+    let routes_catalog = catalog.clone();
     let mut admin = TableAdmin::new(catalog, changelog)
         .with_committer(schema_committer)
         .with_clusters(clusters);
@@ -214,6 +216,14 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     }
 
     let shutdown = CancellationToken::new();
+    // Every table's changelog route (cluster, generation) follows its metadata within 500 ms,
+    // also where nothing else on this node reloads the table (a long STREAM).
+    tokio::spawn(unitable_core::changelog::routes::follow(
+        routes_catalog,
+        routes_committer,
+        std::time::Duration::from_millis(500),
+        shutdown.child_token().cancelled_owned(),
+    ));
     // CDC ingest of the tables this node commits whose properties name a source topic.
     let ingest = match ingest_positions {
         Some(positions) => {

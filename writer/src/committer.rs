@@ -79,6 +79,10 @@ pub enum IndexSource {
     Checkpoint,
 }
 
+/// How long a committer lets appends under way land after it sees a changelog move, before
+/// it fixes the old topic's end.
+const MOVE_GRACE: Duration = Duration::from_secs(2);
+
 /// Everything committers share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -858,6 +862,11 @@ impl TableCommitter {
             // While moving, the router creates the next generation's topic, on the target.
             log.create_topic_with(&state.topic, state.partitions, &fresh.topic_settings()?)
                 .await?;
+            // Every node's router learns of the move within its route refresh (500 ms) and
+            // then refuses appends; appends it let through before land meanwhile. Waiting
+            // lets them land below the end read next, so that records past the end (which
+            // readers may see before the switch) take an append slower than this.
+            tokio::time::sleep(MOVE_GRACE).await;
             let mut end = PartitionOffsets::default();
             for p in 0..state.partitions {
                 let partition = PartitionId(p);

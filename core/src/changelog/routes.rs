@@ -262,3 +262,53 @@ pub fn forget(topic: &TopicName) {
         .unwrap_or_else(|e| e.into_inner())
         .remove(topic);
 }
+
+/// Keeps this process's routes current: every `every`, each known table's metadata pointer is
+/// read, and a table whose pointer moved is loaded again (which records its route). Readers
+/// that hold no fresh metadata of their own (a STREAM following a table for hours, on a node
+/// that does not commit it) thus see a move's switch within `every`. Runs until `stop`.
+pub async fn follow(
+    catalog: crate::catalog::TableCatalog,
+    committer: crate::commit::committer::Committer,
+    every: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut seen: HashMap<TopicName, Option<String>> = HashMap::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let tables: Vec<TopicName> = ROUTES
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, r)| !r.table_uuid.is_empty())
+            .map(|(t, _)| t.clone())
+            .collect();
+        seen.retain(|t, _| tables.contains(t));
+        for topic in tables {
+            let Some(name) = topic
+                .as_str()
+                .strip_prefix("unitable.")
+                .and_then(|n| n.parse::<crate::naming::TableName>().ok())
+            else {
+                continue;
+            };
+            let Ok(location) = committer.current_metadata_location(&name).await else {
+                continue;
+            };
+            if seen.get(&topic) == Some(&location) {
+                continue;
+            }
+            if location.is_some()
+                && let Ok(table) = catalog.load(&name).await
+            {
+                // Deriving the definition records the route.
+                let _ = crate::table::TableDef::from_iceberg(name, table.metadata());
+            }
+            seen.insert(topic, location);
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
