@@ -188,6 +188,16 @@ def kafka_changes(client, bootstrap_of: dict[str, str]) -> dict[int, list[tuple[
     return per_key([c[3] for c in changes])
 
 
+def commits(service) -> float:
+    """The node's count of snapshots committed for TABLE (0 when it does not commit it)."""
+    status, body = http_request("GET", f"http://{service.http_addr}/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith("unitable_committer_commits_total") and f'table="{TABLE}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def group_read(service, n: int) -> list[dict[str, Any]]:
     """`n` changes read by a member of the consumer group `g` (`unitable subscribe --group`),
     which commits its positions as it goes."""
@@ -253,6 +263,7 @@ def run(a: Kafka, b: Kafka, start_service, tmp_path_factory) -> None:
                        value=json.dumps({"before": before, "after": after, "op": op,
                                          "ts_ms": 0}))
     assert source.flush(10) == 0
+    del source, b_admin  # no client left talking to b once its broker is gone
     admin.tables.start_ingest("mv.cdc", "dbz.src", cluster="b")
 
     def ingested() -> bool:
@@ -372,3 +383,55 @@ def run(a: Kafka, b: Kafka, start_service, tmp_path_factory) -> None:
     moves = [line for line in body.decode().splitlines()
              if line.startswith("unitable_committer_changelog_moves_total")]
     assert moves, "no changelog move metric"
+
+
+def test_a_stream_on_either_node_follows_a_move(kafka_home, start_service, tmp_path_factory):
+    """Two nodes on one catalog: STREAMs opened on each node before a move (one of them on
+    the node that does not commit the table, which reloads nothing by itself) go on with the
+    new topic after the switch, each change once."""
+    a = Kafka(kafka_home, tmp_path_factory.mktemp("kafka-a"))
+    b = Kafka(kafka_home, tmp_path_factory.mktemp("kafka-b"))
+    try:
+        clusters = ("--kafka-cluster", f"a={a.bootstrap}", "--kafka-cluster", f"b={b.bootstrap}",
+                    "--default-cluster", "a", "--committer-lease", "2s",
+                    # The console's sampler reloads every table every 10 s by default, which
+                    # would move routes by itself: here only route following may.
+                    "--console-sample-interval", "1h")
+        first = start_service("--node-id", "node-1", *clusters)
+        shared = ("--catalog", f"sqlite://{first.data_dir}/catalog.db",
+                  "--warehouse", f"file://{first.data_dir}/warehouse")
+        second = start_service("--node-id", "node-2", *shared, *clusters)
+        admin = unitable.connect(first.grpc_url)
+        admin.tables.create(TABLE, ["id:int64!", "v:string"], primary_key=["id"],
+                            buckets=BUCKETS, properties={"unitable.commit.interval-ms": "300"})
+        admin.write(TABLE, [{"id": -1, "v": "first"}], op="upsert", request_id="first",
+                    wait="snapshot")
+        nodes = {"node-1": first, "node-2": second}
+        committing = [n for n, s in nodes.items() if commits(s) > 0]
+        assert len(committing) == 1, committing
+        # Writes go to the committing node: the other one then reloads the table only through
+        # its route following.
+        followers = [Follower(first.grpc_url), Follower(second.grpc_url)]
+        for f in followers:
+            f.thread.start()
+        load = Load(nodes[committing[0]].grpc_url)
+        load.history[-1] = [("upsert", "first")]
+        load.thread.start()
+        wait_for("some load", lambda: load.batches >= 30)
+        moved = admin.tables.move_changelog(TABLE, "b", timeout=90)
+        assert moved.changelog_generation == 1
+        at_move = load.batches
+        wait_for("load after the move", lambda: load.batches >= at_move + 30)
+        load.stop.set()
+        load.thread.join(60)
+        assert load.error is None, load.error
+        total = load.changes()
+        for node, f in zip(("node-1", "node-2"), followers):
+            wait_for(f"the STREAM on {node} to catch up", lambda f=f: len(f.seen) >= total)
+            f.stop.set()
+            assert per_key(f.seen) == load.history, node
+            assert len(f.seen) == total, node
+            assert {c["_offset"] >> 40 for c in f.seen} == {0, 1}, node
+    finally:
+        a.kill()
+        b.kill()
