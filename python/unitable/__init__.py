@@ -28,14 +28,18 @@ from ._errors import (
     UnitableError,
     WriteRejected,
 )
-from ._subscribe import Subscription
+from ._subscribe import CommitMode, Subscription
 from ._admin import Access, Tables
 from ._types import (
     AsOf,
     ChangeBatch,
     Column,
     CompactResult,
+    ConsumerGroup,
     Grant,
+    GroupAssignment,
+    GroupMember,
+    GroupPartition,
     ChangelogPosition,
     IngestPartition,
     IngestStatus,
@@ -61,12 +65,17 @@ __all__ = [
     "AlreadyExists",
     "AsOf",
     "ChangeBatch",
+    "CommitMode",
     "Client",
     "Column",
     "CompactResult",
+    "ConsumerGroup",
     "DeadlineExceeded",
     "FailedPrecondition",
     "Grant",
+    "GroupAssignment",
+    "GroupMember",
+    "GroupPartition",
     "ChangelogPosition",
     "IngestPartition",
     "IngestStatus",

@@ -27,11 +27,12 @@ from ._rows import (
     read_ipc,
     slices,
 )
-from ._subscribe import Subscription
+from ._subscribe import CommitMode, GroupSpec, Subscription
 from ._transport import RETRY_WRITE, PathOrBytes, Transport
 from ._types import (
     AsOf,
     CompactResult,
+    ConsumerGroup,
     LookupResult,
     Op,
     QueryResult,
@@ -606,6 +607,9 @@ class Client:
         filter: str | None = None,
         limit: int | None = None,
         follow: bool = True,
+        group: str | None = None,
+        member: str | None = None,
+        commit: CommitMode = "next",
     ) -> Subscription:
         """Follows a table's changes: an iterator of :class:`ChangeBatch`.
 
@@ -626,9 +630,43 @@ class Client:
                 (not with a snapshot start or a filter: their end cannot be seen; read the
                 snapshot with ``read(mode="snapshot")`` and subscribe from its
                 ``as_of.offsets`` instead).
+            group: read as a member of this consumer group: the server splits the table's
+                partitions among the group's members (``Subscription.assignment``) and starts
+                each from the group's committed position (from `start` where it has none).
+                When the group rebalances the subscription reconnects by itself. Not with
+                `partitions`, `from_offsets`, a snapshot start, `limit` or ``follow=False``.
+            member: with `group`, this member's id, stable across restarts so a restarted
+                worker keeps its place (default: the server makes one up; see
+                ``assignment.member``). Two live subscriptions with the same id take the
+                member over from each other.
+            commit: with `group`, when positions are committed: ``"next"`` (default) when you
+                ask for the next batch, or leave a ``with`` block without an exception:
+                at-least-once, and each change exactly once across rebalances when nothing
+                crashes; ``"manual"``: only by ``Subscription.commit()``; ``"server"``: by the
+                server as it sends each batch (at-most-once).
 
         Errors (an unknown table, a bad start) raise here, not when iterating.
         """
+        if group is not None:
+            conflicts = {"partitions": partitions, "from_offsets": from_offsets, "limit": limit}
+            for name, value in conflicts.items():
+                if value is not None:
+                    raise InvalidArgument(
+                        f"subscribe to {table}: `{name}` does not go with group=: the group "
+                        "assigns the partitions and keeps the positions", table=table,
+                        field=name)
+            if start == "snapshot" or not follow:
+                raise InvalidArgument(
+                    f"subscribe to {table}: a consumer group member follows the changelog; "
+                    "a snapshot start and follow=False do not go with group=", table=table,
+                    field="group")
+            if commit not in ("next", "manual", "server"):
+                raise InvalidArgument(
+                    f"subscribe to {table}: commit `{commit}` is not next, manual or server",
+                    table=table, field="commit")
+        elif member is not None:
+            raise InvalidArgument(f"subscribe to {table}: member= needs group=", table=table,
+                                  field="member")
         kinds = pb.StreamStart
         if from_offsets is not None:
             stream_start = pb.StreamStart(
@@ -663,12 +701,35 @@ class Client:
             columns=list(columns or []), filter=filter or "", limit=limit or 0,
             partitions=list(partitions or []))
         stop_at = self._heads(table, partitions) if not follow else None
+        spec: GroupSpec | None = None
+        if group is not None:
+            def open_member(member_id: str) -> Any:
+                r = pb.ReadRequest()
+                r.CopyFrom(request)
+                r.consumer_group = group
+                r.consumer_member = member_id
+                r.group_auto_commit = commit == "server"
+                return self._t.reads.Read(r, metadata=self._t.metadata)
+
+            spec = GroupSpec(group=group, member=member or "", commit=commit, open=open_member)
 
         def open_stream() -> Subscription:
-            call = self._t.reads.Read(request, metadata=self._t.metadata)
-            return Subscription(self._t, table, call, stop_at)
+            if spec is not None:
+                call = spec.open(spec.member)
+            else:
+                call = self._t.reads.Read(request, metadata=self._t.metadata)
+            return Subscription(self._t, table, call, stop_at, spec)
 
         return self._t.call(open_stream, table=table, action="subscribe to")
+
+    def consumer_groups(self, table: str, group: str | None = None) -> list[ConsumerGroup]:
+        """The table's consumer groups (or only `group`; NotFound when the table has none by
+        that name): generation, live members and their partitions, committed positions, lag."""
+        request = pb.DescribeConsumerGroupsRequest(table=table, group=group or "")
+        r = self._t.call(
+            lambda: self._t.reads.DescribeConsumerGroups(request, metadata=self._t.metadata),
+            table=table, action="describe the consumer groups of")
+        return [ConsumerGroup.from_pb(g) for g in r.groups]
 
     def _heads(self, table: str, partitions: Sequence[int] | None) -> dict[int, int]:
         """The changelog's end offsets now (a stream from `latest` says where it starts)."""

@@ -587,3 +587,79 @@ class CompactResult:
     files_removed: int
     duration_ms: int
     snapshot_id: int | None
+
+
+@dataclass(frozen=True)
+class GroupAssignment:
+    """A consumer group member's share of a table's changelog partitions, valid for one
+    generation of the group (``Subscription.assignment``)."""
+
+    group: str
+    #: The member id: as given to ``subscribe``, or made up by the server.
+    member: str
+    generation: int
+    #: The partitions this member reads (empty: more members than partitions).
+    partitions: list[int]
+    #: Every member of the group at this generation.
+    members: list[str]
+
+    @classmethod
+    def from_pb(cls, m: Any) -> GroupAssignment:
+        return cls(group=m.group, member=m.member, generation=m.generation,
+                   partitions=list(m.partitions), members=list(m.members))
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """A live member of a consumer group."""
+
+    member: str
+    #: The serve node serving its stream.
+    node: str
+    #: The generation it last synced at (below the group's while it reconnects).
+    generation: int
+    partitions: list[int]
+
+
+@dataclass(frozen=True)
+class GroupPartition:
+    """A consumer group's position in one changelog partition."""
+
+    partition: int
+    #: The next offset the group reads (None: the group has committed nothing here).
+    committed_offset: int | None
+    committed_by: str
+    committed_generation: int
+    committed_at: dt.datetime | None
+    #: The partition's next offset.
+    high_watermark: int
+    #: Records the group has not committed.
+    lag_records: int
+    #: The member reading it ("" when none).
+    owner: str
+
+
+@dataclass(frozen=True)
+class ConsumerGroup:
+    """A consumer group of a table (``Client.consumer_groups``)."""
+
+    group: str
+    generation: int
+    members: list[GroupMember]
+    partitions: list[GroupPartition]
+    #: Records not committed, summed over partitions.
+    lag_records: int
+
+    @classmethod
+    def from_pb(cls, m: Any) -> ConsumerGroup:
+        return cls(
+            group=m.group, generation=m.generation, lag_records=m.lag_records,
+            members=[GroupMember(member=x.member, node=x.node, generation=x.generation,
+                                 partitions=list(x.partitions)) for x in m.members],
+            partitions=[GroupPartition(
+                partition=p.partition,
+                committed_offset=p.committed_offset if p.HasField("committed_offset") else None,
+                committed_by=p.committed_by, committed_generation=p.committed_generation,
+                committed_at=_ms_to_datetime(p.committed_ms),
+                high_watermark=p.high_watermark, lag_records=p.lag_records, owner=p.owner,
+            ) for p in m.partitions])

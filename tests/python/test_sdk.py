@@ -12,6 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+import threading
+import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +31,7 @@ else:
     _MISSING = None
 
 TABLE = "sdk.orders"
+GROUP_TABLE = "sdk.events"
 COLUMNS = [
     "id:int64!", "region:string", "amount:decimal(12,2)", "score:float64", "qty:int32",
     "paid:bool", "day:date", "at:timestamp", "at_tz:timestamptz", "blob:binary",
@@ -471,6 +475,142 @@ def test_subscribe_reads_every_change_and_resumes(client):
     with pytest.raises(unitable.InvalidArgument) as bad_partition:
         client.subscribe(TABLE, partitions=[7])
     assert TABLE in str(bad_partition.value)
+
+
+class GroupMember:
+    """A consumer group member iterating in a thread (commit mode "next"): it records every
+    change, and leaves the group cleanly (committing what it processed) once told to stop and
+    handed one more batch."""
+
+    def __init__(self, client, member: str):
+        self.sub = client.subscribe(GROUP_TABLE, group="g", member=member)
+        self.seen: list[dict[str, Any]] = []
+        self.assignments: list[unitable.GroupAssignment] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self.sub:
+                for batch in self.sub:
+                    if self.sub.assignment not in self.assignments[-1:]:
+                        self.assignments.append(self.sub.assignment)
+                    self.seen += batch.to_pylist()
+                    if self.stop.is_set():
+                        break
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+    def leave(self, client, poke: Callable[[], None]) -> None:
+        self.stop.set()
+        while self.thread.is_alive():
+            poke()
+            self.thread.join(1)
+        assert self.error is None, self.error
+
+
+def test_consumer_group_members_share_the_table_and_carry_on_across_rebalances(client):
+    """Members of one group split the partitions; a member joining and one leaving rebalance
+    the group, and the members reconnect by themselves; with positions committed per batch
+    every change reaches exactly one member once. The server's positions then resume a new
+    member where the group stopped, and manual commits decide what is read again."""
+    client.tables.create(GROUP_TABLE, ["id:int64!", "v:string"], primary_key=["id"], buckets=4)
+    written: list[tuple[int, str]] = []
+    step = [0]
+
+    def write(n: int) -> None:
+        step[0] += 1
+        rows = [{"id": k, "v": f"w{step[0]}"} for k in range(n)]
+        client.write(GROUP_TABLE, rows, op="upsert")
+        written.extend((r["id"], r["v"]) for r in rows)
+
+    def every(member_list: list[GroupMember]) -> list[dict[str, Any]]:
+        return [c for m in member_list for c in m.seen]
+
+    def wait_for(what: str, check) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    write(40)
+    a = GroupMember(client, "a")
+    wait_for("member a to read the first writes", lambda: len(a.seen) >= 40)
+    assert a.assignments[0].partitions == [0, 1, 2, 3]
+    b = GroupMember(client, "b")
+    wait_for("the rebalance", lambda: b.sub.assignment is not None and a.sub.rebalances >= 1)
+    for _ in range(5):
+        write(40)
+    members = [a, b]
+    wait_for("both members to read everything", lambda: len(every(members)) >= len(written))
+    assert b.assignments and a.assignments[-1].generation == b.assignments[-1].generation
+    shares = [set(a.assignments[-1].partitions), set(b.assignments[-1].partitions)]
+    assert shares[0] and shares[1] and not shares[0] & shares[1]
+    assert shares[0] | shares[1] == {0, 1, 2, 3}
+    b.leave(client, lambda: write(40))
+    rebalances = a.sub.rebalances
+    wait_for("a to take b's partitions", lambda: a.sub.rebalances > rebalances
+             and a.sub.assignment is not None and a.sub.assignment.partitions == [0, 1, 2, 3])
+    write(40)
+    wait_for("a to read the rest", lambda: len(every(members)) >= len(written))
+    # A member committing per batch has committed everything it was handed once it waits
+    # for more: closing it then (from another thread) loses nothing.
+    wait_for("a's last commit",
+             lambda: client.consumer_groups(GROUP_TABLE, "g")[0].lag_records == 0)
+    a.sub.close()
+    a.thread.join(10)
+    assert not a.thread.is_alive() and a.error is None, a.error
+
+    # Each change once, at most one member per change: the model is every row written.
+    seen = every(members)
+    positions = [(c["_partition"], c["_offset"]) for c in seen]
+    assert len(positions) == len(set(positions)), "a change was delivered twice"
+    assert sorted((c["id"], c["v"]) for c in seen) == sorted(written)
+
+    # The group's positions are the heads: nothing left to read, and a new member of the
+    # group starts there (an earliest start applies only where the group has no position).
+    [group] = client.consumer_groups(GROUP_TABLE, "g")
+    assert group.lag_records == 0
+    wait_for("a to leave", lambda: client.consumer_groups(GROUP_TABLE, "g")[0].members == [])
+    heads = {p: max(o for q, o in positions if q == p) + 1 for p in range(4)}
+    assert {p.partition: p.committed_offset for p in group.partitions} == heads
+    with client.subscribe(GROUP_TABLE, group="g", start="earliest") as late:
+        assert late.assignment is not None and late.assignment.member
+        client.write(GROUP_TABLE, [{"id": 1000, "v": "late"}])
+        batch = next(late)
+        assert [(c["id"], c["v"]) for c in batch.to_pylist()] == [(1000, "late")]
+
+    # Manual commits: what was not committed is read again, what was is not.
+    with client.subscribe(GROUP_TABLE, group="m", commit="manual") as m:
+        first = {(c["_partition"], c["_offset"]) for c in next(m).to_pylist()}
+    with client.subscribe(GROUP_TABLE, group="m", commit="manual") as m:
+        again: set[tuple[int, int]] = set()
+        for batch in m:
+            again |= {(c["_partition"], c["_offset"]) for c in batch.to_pylist()}
+            if first <= again:
+                break
+        m.commit()
+        committed = m.next_offsets
+    with client.subscribe(GROUP_TABLE, group="m", commit="manual") as m:
+        assert m.next_offsets == committed
+    [manual] = client.consumer_groups(GROUP_TABLE, "m")
+    assert {p.partition: p.committed_offset for p in manual.partitions
+            if p.committed_offset is not None} == committed
+
+    with pytest.raises(unitable.InvalidArgument) as mixed:
+        client.subscribe(GROUP_TABLE, group="g", partitions=[0])
+    assert mixed.value.field == "partitions"
+    with pytest.raises(unitable.InvalidArgument):
+        client.subscribe(GROUP_TABLE, member="x")
+    plain = client.subscribe(GROUP_TABLE)
+    with pytest.raises(unitable.InvalidArgument):
+        plain.commit()
+    plain.close()
+    with pytest.raises(unitable.NotFound) as unknown:
+        client.consumer_groups(GROUP_TABLE, "nobody")
+    assert GROUP_TABLE in str(unknown.value)
 
 
 def test_lookup_as_of_an_instant_matches_a_changelog_replay(client):
