@@ -2,13 +2,14 @@
 //! recent snapshot, kept in memory by one follower per partition.
 //!
 //! A [`FollowedTail`] holds a *base* snapshot, its anchored offsets, and per partition the
-//! latest record of every key at or after them (the same [`PartitionTail`]s LOOKUP uses,
-//! without a key index). A task moves the base to each newer snapshot: it waits until the
-//! followers have passed the new snapshot's offsets, then, under the base's write lock, drops
-//! tail entries below them and swaps the base. A FRESH read waits until the followers have
-//! applied everything below the heads it read, then copies the tail under the base's read lock:
-//! the base snapshot's rows minus the tail's keys, plus the tail's live rows, is every
-//! acknowledged write (the argument of docs/reader.md "Why the answer is fresh").
+//! latest record of every key at or after them (the same [`PartitionTail`]s LOOKUP uses, rows
+//! in columnar chunks, without a key index). A task moves the base to each newer snapshot: it
+//! waits until the followers have passed the new snapshot's offsets, then, under the base's
+//! write lock, drops tail entries below them and swaps the base. A FRESH read waits until the
+//! followers have applied everything below the heads it read, then copies the tail under the
+//! base's read lock (or reuses the last copy when nothing moved since): the base snapshot's rows
+//! minus the tail's keys, plus the tail's live rows, is every acknowledged write (the argument
+//! of docs/reader.md "Why the answer is fresh").
 //!
 //! The first FRESH read of a table starts its followers at the current snapshot's offsets and
 //! waits for them like any read. A tail over [`MAX_FOLLOWED_BYTES`], a table dropped or changed
@@ -16,7 +17,7 @@
 //! then use [`crate::tail::read_tail`] (the changelog range, read and folded per request) until
 //! a new state serves.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ use unitable_core::table::TableDef;
 
 use crate::error::{ReadError, ReadResult};
 use crate::lookup::tail::{PartitionTail, Rebase, Tasks, next_base, spawn_followers, wait_all};
-use crate::tail::Tail;
+use crate::tail::{Tail, TailKeys};
 
 /// A table's followed tail may hold this much before it is dropped (reads fall back to reading
 /// the changelog range).
@@ -59,7 +60,7 @@ pub(crate) struct FollowedTails {
 }
 
 /// What a FRESH read serves from a followed tail.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Followed {
     /// The base snapshot (`None`: the table had none when the state started).
     pub(crate) snapshot: Option<SnapshotRef>,
@@ -84,6 +85,9 @@ pub(crate) struct FollowedTail {
     /// When a read last used the state, in ms since `epoch`.
     used_ms: AtomicU64,
     epoch: Instant,
+    /// The last copy a read took: the next read reuses it while the base is the same and the
+    /// followers have applied nothing since (reads between writes cost no copy).
+    last: Mutex<Option<Followed>>,
 }
 
 impl FollowedTails {
@@ -199,6 +203,7 @@ impl FollowedTail {
             too_big: AtomicBool::new(false),
             used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            last: Mutex::new(None),
         });
         let mut tasks = spawn_followers(
             changelog,
@@ -240,30 +245,50 @@ impl FollowedTail {
     /// meanwhile).
     fn copy(&self, codec: &RecordCodec) -> ReadResult<Followed> {
         let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
-        let mut keys = HashSet::new();
+        let base_id = base.0.as_ref().map(|s| s.snapshot_id());
+        {
+            let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            // Entries change only when a follower applies records (and moves its consumed
+            // offset under the same lock) or when a re-base prunes them (under the base's write
+            // lock, moving the base): same base and same offsets, same tail.
+            if let Some(last) = last.as_ref()
+                && last.snapshot.as_ref().map(|s| s.snapshot_id()) == base_id
+                && self
+                    .tails
+                    .iter()
+                    .enumerate()
+                    .all(|(p, t)| last.to.get(PartitionId(p as u32)) == t.consumed())
+            {
+                return Ok(last.clone());
+            }
+        }
+        let mut keys = TailKeys::new(codec);
         let mut rows = Vec::new();
         let mut to = PartitionOffsets::default();
+        let combine = |e: arrow::error::ArrowError| ReadError::Internal {
+            reason: format!("combine followed tail rows: {e}"),
+        };
         for (p, tail) in self.tails.iter().enumerate() {
-            to.set(PartitionId(p as u32), tail.copy_into(&mut keys, &mut rows));
+            let covered = tail
+                .copy_into(|k| keys.insert(codec, k), &mut rows)
+                .map_err(combine)?;
+            to.set(PartitionId(p as u32), covered);
         }
         let snapshot = base.0.clone();
         drop(base);
+        // One batch per partition.
         let live = if rows.is_empty() {
             None
         } else {
-            Some(
-                arrow::compute::concat_batches(&codec.decoded_schema(), &rows).map_err(|e| {
-                    ReadError::Internal {
-                        reason: format!("combine followed tail rows: {e}"),
-                    }
-                })?,
-            )
+            Some(arrow::compute::concat_batches(&codec.decoded_schema(), &rows).map_err(combine)?)
         };
-        Ok(Followed {
+        let followed = Followed {
             snapshot,
             tail: Arc::new(Tail { keys, live }),
             to,
-        })
+        };
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(followed.clone());
+        Ok(followed)
     }
 
     /// Moves the base to the table's newest snapshot.

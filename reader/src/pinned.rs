@@ -360,14 +360,23 @@ impl Pinned {
             }
         };
         let with_tail = matches!(part, Part::Whole | Part::Group { index: 0, .. });
-        let tail_rows = tail
+        // The tail's rows in scan-sized slices, so sending them overlaps converting the next.
+        let live = tail
             .as_ref()
             .filter(|_| with_tail)
-            .and_then(|t| t.live.as_ref())
-            .map(|live| step.tail_batch(live));
+            .and_then(|t| t.live.clone());
+        let slices = live.into_iter().flat_map(|live| {
+            (0..live.num_rows())
+                .step_by(SCAN_BATCH_ROWS)
+                .map(move |at| live.slice(at, SCAN_BATCH_ROWS.min(live.num_rows() - at)))
+        });
+        let tail_rows = futures::stream::iter(slices).then(move |slice| {
+            let step = step.clone();
+            async move { step.tail_batch(&slice) }
+        });
         Ok(Box::pin(
             snapshot_rows
-                .chain(futures::stream::iter(tail_rows))
+                .chain(tail_rows)
                 .try_filter(|b| futures::future::ready(b.num_rows() > 0)),
         ))
     }
@@ -393,19 +402,12 @@ impl Step {
                 .project(&self.key_columns)
                 .map_err(|e| internal("project the key columns", e))?;
             let mut keep = vec![true; batch.num_rows()];
-            let errors = self
-                .codec
-                .for_each_key(&key_batch, |row, key| {
-                    if keys.contains(key) {
-                        keep[row] = false;
-                    }
-                })
-                .map_err(|e| internal("encode keys", e))?;
-            if let Some(e) = errors.first() {
-                return Err(internal("encode a key of a stored row", &e.reason));
+            let dropped = keys.supersede(&self.codec, &key_batch, &mut keep)?;
+            // Most batches lose no row to a short tail: those are passed on without a copy.
+            if dropped > 0 {
+                batch = filter_record_batch(&batch, &keep.into())
+                    .map_err(|e| internal("drop superseded rows", e))?;
             }
-            batch = filter_record_batch(&batch, &keep.into())
-                .map_err(|e| internal("drop superseded rows", e))?;
         }
         self.finish(batch)
     }

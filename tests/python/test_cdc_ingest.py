@@ -401,13 +401,16 @@ def test_debezium_topic_ingested_exactly_once_through_crashes(start_service, kaf
     assert metric(service, "unitable_ingest_unknown_columns_total", table=TABLE,
                   column="note") >= 1
 
-    status = service.cli("ingest", "status", TABLE, "--format", "json", check=True)
-    info = json.loads(status.stdout)
-    assert info["topic"] == SOURCE
-    assert len(info["partitions"]) == SOURCE_PARTITIONS
-    for p in info["partitions"]:
-        assert p["pending"] is None, p
-        assert p["lag"] == 0, p
+    # A batch's rows are visible before its source positions are recorded: wait for those too.
+    def caught_up_cli() -> None:
+        status = service.cli("ingest", "status", TABLE, "--format", "json", check=True)
+        info = json.loads(status.stdout)
+        assert info["topic"] == SOURCE
+        assert len(info["partitions"]) == SOURCE_PARTITIONS
+        for p in info["partitions"]:
+            assert p["pending"] is None, p
+            assert p["lag"] == 0, p
+    eventually(caught_up_cli, 30)
 
     # Stopping the ingest: later source events are not applied.
     service.cli("ingest", "stop", TABLE, check=True)
@@ -426,8 +429,11 @@ def test_debezium_topic_ingested_exactly_once_through_crashes(start_service, kaf
     with unitable.connect(service.grpc_url) as client:
         wait_fresh(client, stream.model)
         assert client.tables.describe(TABLE).properties["unitable.ingest.generation"] == "1"
-        status = client.tables.ingest_status(TABLE)
-        assert status.lag == 0 and all(p.next_offset == p.high_watermark for p in status.partitions)
+        def caught_up() -> None:
+            status = client.tables.ingest_status(TABLE)
+            assert status.lag == 0, status
+            assert all(p.next_offset == p.high_watermark for p in status.partitions), status
+        eventually(caught_up, 30)
 
 
 def test_ingest_moves_to_the_node_that_takes_the_table_over(start_service, kafka):
@@ -480,11 +486,14 @@ def test_ingest_moves_to_the_node_that_takes_the_table_over(start_service, kafka
         time.sleep(0.2)
     with unitable.connect(nodes[survivor].grpc_url) as client:
         wait_fresh(client, stream.model)
-        status = client.tables.ingest_status(TABLE)
-        assert status.topic == SOURCE and status.source_exists
-        assert status.lag == 0 and len(status.partitions) == SOURCE_PARTITIONS
-        assert all(p.pending_last is None and p.next_offset == p.high_watermark
-                   for p in status.partitions), status
+        # The rows are visible before the batch's source positions are recorded.
+        def caught_up() -> None:
+            status = client.tables.ingest_status(TABLE)
+            assert status.topic == SOURCE and status.source_exists
+            assert status.lag == 0 and len(status.partitions) == SOURCE_PARTITIONS, status
+            assert all(p.pending_last is None and p.next_offset == p.high_watermark
+                       for p in status.partitions), status
+        eventually(caught_up, 30)
         client.tables.stop_ingest(TABLE)
         assert client.tables.ingest_status(TABLE) is None
     wait_pyiceberg(first.data_dir, stream.model)

@@ -271,8 +271,13 @@ def run(a: Kafka, b: Kafka, start_service, tmp_path_factory) -> None:
         return [(r["id"], r["name"]) for r in found] == [(1, "u1")]
 
     wait_for("the ingest from cluster b", ingested)
-    status = admin.tables.ingest_status("mv.cdc")
-    assert status is not None and status.lag == 0 and status.partitions[0].high_watermark == 4
+
+    def positions_recorded() -> bool:  # recorded after the rows are visible
+        status = admin.tables.ingest_status("mv.cdc")
+        assert status is not None and status.partitions[0].high_watermark == 4
+        return status.lag == 0
+
+    wait_for("the ingest positions to catch up", positions_recorded)
     admin.tables.stop_ingest("mv.cdc")
 
     load = Load(service.grpc_url)

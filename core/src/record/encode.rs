@@ -440,6 +440,29 @@ impl RecordCodec {
     }
 }
 
+impl RecordCodec {
+    /// Whether the primary key is one `int32` or `int64` column: then every canonical key this
+    /// codec writes is `{"<name>":<integer>}` and [`RecordCodec::integer_key`] reads it.
+    pub fn has_integer_key(&self) -> bool {
+        matches!(self.key[..], [k] if matches!(self.columns[k].ty, ColumnType::Int32 | ColumnType::Int64))
+    }
+
+    /// The value of a one-integer-column primary key in a canonical key (as
+    /// [`RecordCodec::encode_keys`] writes it), without parsing JSON; `None` when the key is not
+    /// one integer column or `key` is not such a canonical key.
+    pub fn integer_key(&self, key: &[u8]) -> Option<i64> {
+        if !self.has_integer_key() {
+            return None;
+        }
+        let info = &self.columns[self.key[0]];
+        let digits = key
+            .strip_prefix(b"{")?
+            .strip_prefix(info.json_name.as_slice())?
+            .strip_suffix(b"}")?;
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    }
+}
+
 fn row_error(row: usize, info: &ColumnInfo, reason: impl Into<String>) -> RowError {
     RowError {
         row,

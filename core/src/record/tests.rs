@@ -198,6 +198,58 @@ fn keys_are_compact_json_in_key_order() {
     assert_eq!(keys[0].partition, rows[0].partition);
 }
 
+#[test]
+fn integer_keys_read_back_from_canonical_keys() {
+    for ty in ["int64", "int32"] {
+        let def = table(&[&format!("id:{ty}!"), "v:string"], &["id"]);
+        let codec = codec(&def);
+        assert!(codec.has_integer_key());
+        let values: Vec<i64> = if ty == "int64" {
+            vec![0, -1, 42, i64::MIN, i64::MAX]
+        } else {
+            vec![0, -1, 42, i64::from(i32::MIN), i64::from(i32::MAX)]
+        };
+        let ids: ArrayRef = if ty == "int64" {
+            Arc::new(Int64Array::from(values.clone()))
+        } else {
+            Arc::new(Int32Array::from_iter_values(
+                values.iter().map(|&v| v as i32),
+            ))
+        };
+        let strings = Arc::new(StringArray::from(vec![Some("a"); values.len()]));
+        let (keys, errors) = codec
+            .encode_keys(&batch(&codec, vec![ids, strings]))
+            .unwrap();
+        assert!(errors.is_empty());
+        let read: Vec<Option<i64>> = keys.iter().map(|k| codec.integer_key(&k.key)).collect();
+        assert_eq!(read, values.into_iter().map(Some).collect::<Vec<_>>());
+        // Not keys of this table.
+        for other in [
+            &br#"{"id":"42"}"#[..],
+            br#"{"idx":42}"#,
+            br#"{"id":42"#,
+            b"",
+            br#"{"id":4.2}"#,
+        ] {
+            assert_eq!(
+                codec.integer_key(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+    for (columns, key) in [
+        (&["id:string!", "v:int64"][..], &["id"][..]),
+        (&["a:int64!", "b:int64!"][..], &["a", "b"][..]),
+        (&["v:int64"][..], &[][..]),
+    ] {
+        let codec = codec(&table(columns, key));
+        assert!(!codec.has_integer_key());
+        assert_eq!(codec.integer_key(br#"{"id":42}"#), None);
+    }
+}
+
 /// The partition is Kafka's default partitioner over the key bytes (core/src/bucket.rs, tested
 /// against Apache Kafka's murmur2 vectors). These values are part of the format: a change
 /// would move existing keys to other partitions.

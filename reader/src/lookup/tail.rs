@@ -2,7 +2,7 @@
 //! after the base snapshot's anchored offsets, kept current by one follower task per
 //! partition.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -24,31 +24,238 @@ const READ_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a failed read.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// A chunk with fewer rows than this is small: small chunks are merged once there are
+/// [`MAX_SMALL_CHUNKS`] of them (a follower that reads one record at a time makes one-row
+/// chunks).
+const SMALL_CHUNK_ROWS: usize = 1024;
+/// Small chunks kept before they are merged into one.
+const MAX_SMALL_CHUNKS: usize = 32;
+/// Rows held in chunks beyond twice the live rows plus this many are garbage worth a merge.
+const GARBAGE_SLACK_ROWS: usize = 4096;
+/// Memory counted per key besides its bytes and row (map slot, key handle).
+const KEY_OVERHEAD: usize = 64;
+
 /// The latest change of one key in the tail.
 #[derive(Debug, Clone)]
 pub(crate) struct TailEntry {
-    /// Its offset.
-    pub(crate) offset: Offset,
-    /// The row (one row with the codec's decoded schema, in buffers of its own so it does not
-    /// pin the decoded batch it came from); `None` for a delete.
+    /// The row (one row with the codec's decoded schema, a slice of the tail's columnar chunk);
+    /// `None` for a delete.
     pub(crate) row: Option<RecordBatch>,
 }
 
-impl TailEntry {
-    /// Memory held by the entry and its key.
-    fn bytes(&self, key: &Bytes) -> usize {
-        64 + key.len()
-            + self
+/// Where a key's latest change is.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    offset: Offset,
+    /// Chunk number and row of an insert or upsert; `None` for a delete.
+    row: Option<(u32, u32)>,
+}
+
+/// Decoded rows, as a follower read them (or as a merge gathered them), that live slots point
+/// into.
+#[derive(Debug)]
+struct Chunk {
+    batch: RecordBatch,
+    /// Slots pointing into it; it is freed at 0.
+    live: usize,
+    bytes: usize,
+}
+
+/// One partition's entries: the latest change per key, rows kept in columnar chunks.
+#[derive(Debug, Default)]
+struct Entries {
+    slots: HashMap<Bytes, Slot>,
+    /// By chunk number; `None` once freed (the number is reused).
+    chunks: Vec<Option<Chunk>>,
+    free: Vec<u32>,
+    /// Rows in chunks, and how many of them live slots point to.
+    held_rows: usize,
+    live_rows: usize,
+    /// Memory of chunks and keys.
+    bytes: usize,
+}
+
+impl Entries {
+    fn chunk(&self, n: u32) -> &Chunk {
+        self.chunks[n as usize]
+            .as_ref()
+            .expect("a live slot points into a freed chunk")
+    }
+
+    fn add_chunk(&mut self, batch: RecordBatch) -> u32 {
+        let bytes = batch.get_array_memory_size();
+        self.held_rows += batch.num_rows();
+        self.bytes += bytes;
+        let chunk = Some(Chunk {
+            batch,
+            live: 0,
+            bytes,
+        });
+        match self.free.pop() {
+            Some(n) => {
+                self.chunks[n as usize] = chunk;
+                n
+            }
+            None => {
+                self.chunks.push(chunk);
+                (self.chunks.len() - 1) as u32
+            }
+        }
+    }
+
+    fn link(&mut self, n: u32) {
+        if let Some(c) = self.chunks[n as usize].as_mut() {
+            c.live += 1;
+            self.live_rows += 1;
+        }
+    }
+
+    /// A slot no longer points at row `(n, _)`: frees the chunk when nothing else does.
+    fn unlink(&mut self, n: u32) {
+        let Some(c) = self.chunks[n as usize].as_mut() else {
+            return;
+        };
+        c.live -= 1;
+        self.live_rows -= 1;
+        if c.live == 0 {
+            self.release(n);
+        }
+    }
+
+    fn release(&mut self, n: u32) {
+        if let Some(c) = self.chunks[n as usize].take() {
+            self.held_rows -= c.batch.num_rows();
+            self.bytes -= c.bytes;
+            self.free.push(n);
+        }
+    }
+
+    fn set(&mut self, key: Bytes, slot: Slot) {
+        if let Some(n) = slot.row.map(|(n, _)| n) {
+            self.link(n);
+        }
+        let key_bytes = KEY_OVERHEAD + key.len();
+        match self.slots.insert(key, slot) {
+            Some(old) => {
+                if let Some((n, _)) = old.row {
+                    self.unlink(n);
+                }
+            }
+            None => self.bytes += key_bytes,
+        }
+    }
+
+    /// Applies one decoded run: its rows become a chunk, its changes the keys' latest.
+    fn apply(&mut self, run: Run) {
+        let n = run
+            .changes
+            .iter()
+            .any(|c| c.live)
+            .then(|| self.add_chunk(run.batch));
+        // Held while the run applies: a change superseding an earlier one of the same run must
+        // not free the chunk under the changes still to come.
+        if let Some(c) = n.and_then(|n| self.chunks[n as usize].as_mut()) {
+            c.live += 1;
+        }
+        for c in run.changes {
+            let row = match n {
+                Some(n) if c.live => Some((n, c.row as u32)),
+                _ => None,
+            };
+            self.set(
+                c.key,
+                Slot {
+                    offset: c.offset,
+                    row,
+                },
+            );
+        }
+        if let Some(n) = n
+            && let Some(c) = self.chunks[n as usize].as_mut()
+        {
+            c.live -= 1;
+            // Rows all superseded within the run itself: no slot uses the chunk.
+            if c.live == 0 {
+                self.release(n);
+            }
+        }
+        self.merge_if_worth_it();
+    }
+
+    /// Merges chunks when garbage or small chunks have piled up: live rows are gathered into
+    /// one new chunk (all chunks when garbage is the reason, else only the small ones).
+    fn merge_if_worth_it(&mut self) {
+        let garbage = self.held_rows > 2 * self.live_rows + GARBAGE_SLACK_ROWS;
+        let small: Vec<u32> = self
+            .chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(n, c)| {
+                c.as_ref()
+                    .filter(|c| garbage || c.batch.num_rows() < SMALL_CHUNK_ROWS)
+                    .map(|_| n as u32)
+            })
+            .collect();
+        if !garbage && small.len() <= MAX_SMALL_CHUNKS {
+            return;
+        }
+        if let Err(e) = self.merge(&small) {
+            // Arrow refused to gather rows of one schema: keep the chunks as they are.
+            tracing::error!("merging changelog tail chunks failed: {e}");
+        }
+    }
+
+    fn merge(&mut self, chunks: &[u32]) -> Result<(), arrow::error::ArrowError> {
+        let position: HashMap<u32, usize> =
+            chunks.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let mut moved: Vec<(usize, usize, Bytes)> = Vec::new();
+        for (key, slot) in &self.slots {
+            if let Some((n, r)) = slot.row
+                && let Some(&i) = position.get(&n)
+            {
+                moved.push((i, r as usize, key.clone()));
+            }
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        moved.sort_unstable_by_key(|(i, r, _)| (*i, *r));
+        let batches: Vec<&RecordBatch> = chunks.iter().map(|&n| &self.chunk(n).batch).collect();
+        let picks: Vec<(usize, usize)> = moved.iter().map(|(i, r, _)| (*i, *r)).collect();
+        let merged = arrow::compute::interleave_record_batch(&batches, &picks)?;
+        let n = self.add_chunk(merged);
+        for (row, (_, _, key)) in moved.into_iter().enumerate() {
+            if let Some(slot) = self.slots.get_mut(&key) {
+                slot.row = Some((n, row as u32));
+            }
+        }
+        let count = picks.len();
+        if let Some(c) = self.chunks[n as usize].as_mut() {
+            c.live = count;
+        }
+        for &old in chunks {
+            if let Some(c) = self.chunks[old as usize].as_mut() {
+                // Their slots now point into the merged chunk.
+                c.live = 0;
+            }
+            self.release(old);
+        }
+        Ok(())
+    }
+
+    fn entry(&self, slot: &Slot) -> TailEntry {
+        TailEntry {
+            row: slot
                 .row
-                .as_ref()
-                .map_or(0, RecordBatch::get_array_memory_size)
+                .map(|(n, r)| self.chunk(n).batch.slice(r as usize, 1)),
+        }
     }
 }
 
 /// One partition's tail.
 #[derive(Debug)]
 pub(crate) struct PartitionTail {
-    entries: Mutex<HashMap<Bytes, TailEntry>>,
+    entries: Mutex<Entries>,
     /// Memory of the entries (kept with every change to them).
     bytes: AtomicUsize,
     /// The next offset the follower will read: every record below it is applied.
@@ -61,20 +268,21 @@ pub(crate) struct PartitionTail {
 impl PartitionTail {
     pub(crate) fn new(from: Offset) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             bytes: AtomicUsize::new(0),
             consumed: watch::Sender::new(from),
             broken: watch::Sender::new(None),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Bytes, TailEntry>> {
+    fn lock(&self) -> MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The latest change of `key` in the tail.
     pub(crate) fn get(&self, key: &[u8]) -> Option<TailEntry> {
-        self.lock().get(key).cloned()
+        let entries = self.lock();
+        entries.slots.get(key).map(|slot| entries.entry(slot))
     }
 
     /// Memory held by the tail's entries.
@@ -84,7 +292,7 @@ impl PartitionTail {
 
     /// Keys in the tail.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().slots.len()
     }
 
     pub(crate) fn consumed(&self) -> Offset {
@@ -117,75 +325,103 @@ impl PartitionTail {
 
     /// Drops entries below `offset`; calls `on_delete` for each dropped delete.
     pub(crate) fn prune_below(&self, offset: Offset, mut on_delete: impl FnMut(&[u8])) {
-        let mut freed = 0;
-        self.lock().retain(|key, entry| {
-            if entry.offset >= offset {
+        let mut entries = self.lock();
+        let mut dropped = Vec::new();
+        entries.slots.retain(|key, slot| {
+            if slot.offset >= offset {
                 return true;
             }
-            if entry.row.is_none() {
+            if slot.row.is_none() {
                 on_delete(key);
             }
-            freed += entry.bytes(key);
+            dropped.push((KEY_OVERHEAD + key.len(), slot.row));
             false
         });
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        for (key_bytes, row) in dropped {
+            entries.bytes -= key_bytes;
+            if let Some((n, _)) = row {
+                entries.unlink(n);
+            }
+        }
+        entries.merge_if_worth_it();
+        self.bytes.store(entries.bytes, Ordering::Relaxed);
     }
 
     fn apply(&self, codec: &RecordCodec, records: &[StoredRecord], table: &str) {
-        let mut changes = Vec::with_capacity(records.len());
-        decode_into(codec, records, table, &mut changes);
+        let mut runs = Vec::new();
+        decode_into(codec, records, table, &mut runs);
         let next = records.last().map(|r| r.offset.next());
         let mut entries = self.lock();
-        let (mut added, mut freed) = (0, 0);
-        for (key, entry) in changes {
-            added += entry.bytes(&key);
-            if let Some(old) = entries.get(&key) {
-                freed += old.bytes(&key);
-            }
-            entries.insert(key, entry);
+        for run in runs {
+            entries.apply(run);
         }
-        self.bytes.fetch_add(added, Ordering::Relaxed);
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.bytes.store(entries.bytes, Ordering::Relaxed);
         // Under the lock, so a copy of the entries knows exactly which offsets it covers.
         if let Some(next) = next {
             self.consumed.send_replace(next);
         }
     }
 
-    /// Adds every key of the tail to `keys` and every live row to `rows` (in changelog order);
-    /// returns the offset the copy covers (every record below it, none at or above it).
+    /// Gives every key of the tail to `keys` and adds its live rows, in changelog order, to `rows`
+    /// (one batch); returns the offset the copy covers (every record below it, none at or above
+    /// it).
     pub(crate) fn copy_into(
         &self,
-        keys: &mut HashSet<Bytes>,
+        mut keys: impl FnMut(&Bytes),
         rows: &mut Vec<RecordBatch>,
-    ) -> Offset {
-        let mut live = Vec::new();
-        let covered = {
-            let entries = self.lock();
-            keys.reserve(entries.len());
-            for (key, entry) in entries.iter() {
-                keys.insert(key.clone());
-                if let Some(row) = &entry.row {
-                    live.push((entry.offset, row.clone()));
-                }
+    ) -> Result<Offset, arrow::error::ArrowError> {
+        let entries = self.lock();
+        let mut live: Vec<(Offset, u32, u32)> = Vec::with_capacity(entries.live_rows);
+        for (key, slot) in &entries.slots {
+            keys(key);
+            if let Some((n, r)) = slot.row {
+                live.push((slot.offset, n, r));
             }
-            *self.consumed.borrow()
-        };
-        live.sort_unstable_by_key(|(offset, _)| *offset);
-        rows.extend(live.into_iter().map(|(_, row)| row));
-        covered
+        }
+        let covered = *self.consumed.borrow();
+        if live.is_empty() {
+            return Ok(covered);
+        }
+        live.sort_unstable_by_key(|(offset, _, _)| *offset);
+        // Gather from the chunks in use, numbered densely for interleave.
+        let mut index: HashMap<u32, usize> = HashMap::new();
+        let mut batches: Vec<&RecordBatch> = Vec::new();
+        let picks: Vec<(usize, usize)> = live
+            .iter()
+            .map(|&(_, n, r)| {
+                let i = *index.entry(n).or_insert_with(|| {
+                    batches.push(&entries.chunk(n).batch);
+                    batches.len() - 1
+                });
+                (i, r as usize)
+            })
+            .collect();
+        rows.push(arrow::compute::interleave_record_batch(&batches, &picks)?);
+        Ok(covered)
     }
 }
 
-/// Decodes `records` into (canonical key, entry) in order. Records that are not rows of the
-/// table (another producer's, another incarnation's) are skipped with an error log, as the
-/// committer skips them.
-fn decode_into(
-    codec: &RecordCodec,
-    records: &[StoredRecord],
-    table: &str,
-    out: &mut Vec<(Bytes, TailEntry)>,
-) {
+/// Decoded records of one read: the rows and, per record in order, its key and change.
+#[derive(Debug)]
+struct Run {
+    batch: RecordBatch,
+    changes: Vec<Change>,
+}
+
+#[derive(Debug)]
+struct Change {
+    key: Bytes,
+    offset: Offset,
+    /// Its row in the run's batch.
+    row: usize,
+    /// An insert or upsert (else a delete).
+    live: bool,
+}
+
+/// Decodes `records` into runs, in order. Records that are not rows of the table (another
+/// producer's, another incarnation's) are skipped with an error log, as the committer skips
+/// them.
+fn decode_into(codec: &RecordCodec, records: &[StoredRecord], table: &str, out: &mut Vec<Run>) {
     match codec.decode(records) {
         Ok(decoded) => {
             let keys = match codec.encode_keys(&decoded.batch) {
@@ -200,30 +436,19 @@ fn decode_into(
                     return;
                 }
             };
-            for key in keys {
-                let row = match decoded.ops[key.row] {
-                    ChangeOp::Delete => None,
-                    ChangeOp::Insert | ChangeOp::Upsert => {
-                        // A copy of the one row: a slice would keep the whole decoded batch
-                        // alive for as long as any of its rows is the latest of its key.
-                        let at = arrow::array::UInt32Array::from(vec![key.row as u32]);
-                        match arrow::compute::take_record_batch(&decoded.batch, &at) {
-                            Ok(row) => Some(row),
-                            Err(e) => {
-                                tracing::error!(table, offset = %decoded.offsets[key.row], "changelog record skipped: {e}");
-                                continue;
-                            }
-                        }
-                    }
-                };
-                out.push((
-                    key.key,
-                    TailEntry {
-                        offset: decoded.offsets[key.row],
-                        row,
-                    },
-                ));
-            }
+            let changes = keys
+                .into_iter()
+                .map(|key| Change {
+                    offset: decoded.offsets[key.row],
+                    live: decoded.ops[key.row] != ChangeOp::Delete,
+                    row: key.row,
+                    key: key.key,
+                })
+                .collect();
+            out.push(Run {
+                batch: decoded.batch,
+                changes,
+            });
         }
         // One bad record fails the batch: decode one by one to skip only it.
         Err(_) if records.len() > 1 => {
@@ -379,3 +604,6 @@ pub(crate) fn spawn_followers(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,12 +13,14 @@
 //!   in-process, iceberg-rust's scan in-process, and PyIceberg's scan (in its own process, timed
 //!   inside Python).
 //! - `fresh`: FRESH read time as the changelog tail after the snapshot grows, with SNAPSHOT of
-//!   the same table as the baseline.
+//!   the same table as the baseline; FRESH again while single-row upserts keep changing the
+//!   tail.
 //! - `latency`: write-to-subscriber latency (a unary Write acknowledged, then received by a
 //!   STREAM subscriber), and for Kafka raw rdkafka produce-to-consume on the same broker.
 
 use std::io::Cursor;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -64,6 +66,10 @@ enum What {
         /// Tail sizes (upserts after the snapshot) to measure, ascending.
         #[arg(long, value_delimiter = ',', default_value = "0,10000,100000,1000000")]
         tails: Vec<usize>,
+        /// One-row upserts per second (of ids already in the tail, so its size stays) during a
+        /// second set of FRESH reads: every such read sees a tail that changed since the last.
+        #[arg(long, default_value_t = 50)]
+        writes_per_sec: u32,
     },
     /// Write-to-subscriber latency.
     Latency {
@@ -407,7 +413,7 @@ print(n, times[len(times) // 2])
     Ok(())
 }
 
-async fn fresh(rows: usize, tails: Vec<usize>) -> Result<()> {
+async fn fresh(rows: usize, tails: Vec<usize>, writes_per_sec: u32) -> Result<()> {
     let mut service = Service::start(&["--commit-interval", "3600s"])?;
     create_table(&service)?;
     let url = service.grpc_url();
@@ -416,9 +422,10 @@ async fn fresh(rows: usize, tails: Vec<usize>) -> Result<()> {
     service.stop()?;
     service.restart()?;
     println!(
-        "| Tail (upserts after the snapshot) | SNAPSHOT | FRESH (all rows) | FRESH / SNAPSHOT |"
+        "| Tail (upserts after the snapshot) | SNAPSHOT | FRESH (all rows) | FRESH / SNAPSHOT | \
+         FRESH during {writes_per_sec} writes/s | its FRESH / SNAPSHOT |"
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     let mut written = 0;
     for (i, tail) in tails.into_iter().enumerate() {
         if tail > written {
@@ -426,27 +433,82 @@ async fn fresh(rows: usize, tails: Vec<usize>) -> Result<()> {
             load(&url, written, tail, 2 + i as i64, false).await?;
             written = tail;
         }
+        let expected = rows.max(written) as u64;
         let (snap, n) = timed(3, || async {
             Ok(grpc_read(&url, ReadMode::Snapshot).await?.0)
         })
         .await?;
-        let (fr, m) = timed(3, || async {
-            Ok(grpc_read(&url, ReadMode::Fresh).await?.0)
-        })
-        .await?;
-        // The snapshot may hold fewer rows than written (shutdown commits one batch); FRESH
-        // must hold them all.
-        if m != rows.max(written) as u64 {
-            bail!("FRESH read {m} rows, expected {}", rows.max(written));
-        }
+        let fresh_read = || async {
+            let m = grpc_read(&url, ReadMode::Fresh).await?.0;
+            // The snapshot may hold fewer rows than written (shutdown commits one batch); FRESH
+            // must hold them all.
+            if m != expected {
+                bail!("FRESH read {m} rows, expected {expected}");
+            }
+            Ok(m)
+        };
+        let (fr, _) = timed(3, fresh_read).await?;
+        let during = if tail == 0 || writes_per_sec == 0 {
+            "| - | - |".to_string()
+        } else {
+            let stop = Arc::new(AtomicBool::new(false));
+            let writes = tokio::spawn(trickle(
+                url.clone(),
+                tail,
+                100 + i as i64,
+                writes_per_sec,
+                stop.clone(),
+            ));
+            let (fw, _) = timed(3, fresh_read).await?;
+            stop.store(true, Ordering::Relaxed);
+            let done = writes.await??;
+            if done == 0 {
+                bail!("no write landed during the FRESH reads");
+            }
+            format!(
+                "| {:.0} ms ({done} writes) | {:.2} |",
+                fw.as_secs_f64() * 1000.0,
+                fw.as_secs_f64() / snap.as_secs_f64()
+            )
+        };
         println!(
-            "| {tail} | {n} rows, {:.0} ms | {:.0} ms | {:.2} |",
+            "| {tail} | {n} rows, {:.0} ms | {:.0} ms | {:.2} {during}",
             snap.as_secs_f64() * 1000.0,
             fr.as_secs_f64() * 1000.0,
             fr.as_secs_f64() / snap.as_secs_f64()
         );
     }
     Ok(())
+}
+
+/// Upserts one row at a time, ids cycling through `0..ids`, `per_sec` a second until `stop`;
+/// gives the number written.
+async fn trickle(
+    url: String,
+    ids: usize,
+    version: i64,
+    per_sec: u32,
+    stop: Arc<AtomicBool>,
+) -> Result<usize> {
+    let mut writer = WriteServiceClient::connect(url).await?;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / per_sec);
+    let mut written = 0;
+    while !stop.load(Ordering::Relaxed) {
+        ticks.tick().await;
+        let id = (written * 7919) % ids;
+        writer
+            .write(WriteRequest {
+                table: TABLE.into(),
+                op: WriteOp::Upsert as i32,
+                format: RowFormat::ArrowIpc as i32,
+                rows: ipc(&batch(id, id + 1, version)?)?,
+                wait_for: WaitFor::Changelog as i32,
+                request_id: String::new(),
+            })
+            .await?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 fn percentiles(mut xs: Vec<Duration>) -> (f64, f64) {
@@ -623,7 +685,11 @@ async fn raw_kafka(bootstrap: &str, samples: usize, interval: Duration) -> Resul
 async fn main() -> Result<()> {
     match Args::parse().what {
         What::Scan { rows, runs } => scan(rows, runs).await,
-        What::Fresh { rows, tails } => fresh(rows, tails).await,
+        What::Fresh {
+            rows,
+            tails,
+            writes_per_sec,
+        } => fresh(rows, tails, writes_per_sec).await,
         What::Latency {
             backend,
             samples,
