@@ -39,6 +39,8 @@ pub mod snapshot;
 pub mod sql;
 pub mod stream;
 mod tail;
+#[cfg(test)]
+mod testing;
 
 pub use error::{ReadError, ReadResult};
 pub use group::{GroupRead, GroupSettings, GroupStream};

@@ -248,22 +248,11 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
-    use unitable_core::table::{Column, TableDef, TableSpec};
 
     use super::*;
 
     fn codec(columns: &[&str], key: &[&str]) -> RecordCodec {
-        let def = TableDef::new(
-            "t.kv".parse().unwrap(),
-            TableSpec {
-                columns: columns.iter().map(|c| Column::parse(c).unwrap()).collect(),
-                primary_key: key.iter().map(|k| k.to_string()).collect(),
-                buckets: Some(3),
-                ..TableSpec::default()
-            },
-        )
-        .unwrap();
-        RecordCodec::new(&def, "0190d7a4-5c3e-7b21-9a4f-3c2d1e0f9a8b", 0).unwrap()
+        crate::testing::codec(&crate::testing::table("t.kv", columns, key, 3))
     }
 
     /// The rows of `stored` (a key-column batch) each set supersedes, by probing and by the

@@ -10,7 +10,6 @@ use unitable_core::changelog::MemoryChangelog;
 use unitable_core::groups::{GroupKey, GroupStore};
 use unitable_core::naming::TableName;
 use unitable_core::offsets::PartitionOffsets;
-use unitable_core::table::{Column, TableDef, TableSpec};
 
 use super::*;
 
@@ -30,19 +29,7 @@ async fn fixture() -> Fixture {
     let catalog = TableCatalog::open(config.clone()).await.unwrap();
     let changelog = Arc::new(MemoryChangelog::default());
     let table: TableName = "t.kv".parse().unwrap();
-    let def = TableDef::new(
-        table.clone(),
-        TableSpec {
-            columns: vec![
-                Column::parse("id:int64!").unwrap(),
-                Column::parse("v:string").unwrap(),
-            ],
-            primary_key: vec!["id".into()],
-            buckets: Some(4),
-            ..TableSpec::default()
-        },
-    )
-    .unwrap();
+    let def = crate::testing::kv_table(4);
     TableAdmin::new(catalog.clone(), changelog.clone())
         .create_table(&def)
         .await

@@ -16,7 +16,7 @@ use unitable_core::changelog::{
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
-use unitable_core::table::{Column, TableDef, TableSpec};
+use unitable_core::table::TableDef;
 
 use super::*;
 
@@ -133,19 +133,7 @@ async fn fixture(rows: usize) -> Fixture {
         .unwrap();
     let changelog = Arc::new(Watched::default());
     let table: TableName = "t.kv".parse().unwrap();
-    let def = TableDef::new(
-        table.clone(),
-        TableSpec {
-            columns: vec![
-                Column::parse("id:int64!").unwrap(),
-                Column::parse("v:string").unwrap(),
-            ],
-            primary_key: vec!["id".into()],
-            buckets: Some(4),
-            ..TableSpec::default()
-        },
-    )
-    .unwrap();
+    let def = crate::testing::kv_table(4);
     let state = TableAdmin::new(catalog.clone(), changelog.clone())
         .create_table(&def)
         .await

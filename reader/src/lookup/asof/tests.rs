@@ -11,7 +11,7 @@ use unitable_core::changelog::{Changelog, MemoryChangelog};
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
-use unitable_core::table::{Column, TableDef, TableSpec};
+use unitable_core::table::TableDef;
 
 use super::LookupAsOf;
 use crate::Reader;
@@ -22,19 +22,7 @@ const BUCKETS: u32 = 3;
 const IDS: i64 = 12;
 
 fn def() -> TableDef {
-    TableDef::new(
-        "t.kv".parse().unwrap(),
-        TableSpec {
-            columns: vec![
-                Column::parse("id:int64!").unwrap(),
-                Column::parse("v:string").unwrap(),
-            ],
-            primary_key: vec!["id".into()],
-            buckets: Some(BUCKETS),
-            ..TableSpec::default()
-        },
-    )
-    .unwrap()
+    crate::testing::kv_table(BUCKETS)
 }
 
 /// One record as the model keeps it.

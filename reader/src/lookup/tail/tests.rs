@@ -8,27 +8,13 @@ use std::sync::Arc;
 use arrow::array::{AsArray, Int64Array, StringArray};
 use arrow::datatypes::Int64Type;
 use unitable_core::changelog::StoredRecord;
-use unitable_core::table::{Column, TableDef, TableSpec};
 
 use super::*;
 
 const IDS: u64 = 3_000;
 
 fn codec() -> RecordCodec {
-    let def = TableDef::new(
-        "t.kv".parse().unwrap(),
-        TableSpec {
-            columns: vec![
-                Column::parse("id:int64!").unwrap(),
-                Column::parse("v:string").unwrap(),
-            ],
-            primary_key: vec!["id".into()],
-            buckets: Some(1),
-            ..TableSpec::default()
-        },
-    )
-    .unwrap();
-    RecordCodec::new(&def, "0190d7a4-5c3e-7b21-9a4f-3c2d1e0f9a8b", 0).unwrap()
+    crate::testing::codec(&crate::testing::kv_table(1))
 }
 
 fn key(codec: &RecordCodec, id: i64) -> Bytes {
