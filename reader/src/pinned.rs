@@ -426,7 +426,7 @@ impl Step {
     }
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> ReadError {
+pub(crate) fn internal(what: &str, e: impl std::fmt::Display) -> ReadError {
     ReadError::Internal {
         reason: format!("{what}: {e}"),
     }

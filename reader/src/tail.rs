@@ -14,6 +14,7 @@ use unitable_core::offsets::{Offset, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
 
 use crate::error::{ReadError, ReadResult};
+use crate::pinned::internal;
 
 /// A FRESH read refuses a tail longer than this many records: the committer is far behind, and
 /// merging would hold the whole tail in memory. SNAPSHOT (or FRESH with `max_staleness`) still
@@ -121,13 +122,9 @@ impl TailKeys {
                 };
                 mark(row, hit);
             })
-            .map_err(|e| ReadError::Internal {
-                reason: format!("encode keys: {e}"),
-            })?;
+            .map_err(|e| internal("encode keys", e))?;
         if let Some(e) = errors.first() {
-            return Err(ReadError::Internal {
-                reason: format!("encode a key of a stored row: {}", e.reason),
-            });
+            return Err(internal("encode a key of a stored row", &e.reason));
         }
         Ok(dropped)
     }
