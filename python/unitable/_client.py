@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
+import grpc
 import pyarrow as pa
 
 from ._admin import Access, Tables
@@ -110,23 +111,66 @@ def _millis(as_of: dt.datetime | int | None) -> int | None:
 _ENTITY_BYTES = 3 << 20
 
 
-def _read_file(path: str, table: str | None) -> pa.Table:
-    """Entity rows from a Parquet, CSV or Arrow IPC file."""
+def _file_batches(path: str, table: str | None) -> Iterator[pa.RecordBatch]:
+    """Entity rows from a Parquet, CSV or Arrow IPC file, read as they are sent."""
     lower = path.lower()
     if lower.endswith(".parquet"):
         import pyarrow.parquet as pq
-        return pq.read_table(path)
+        yield from pq.ParquetFile(path).iter_batches(batch_size=65536)
+        return
     if lower.endswith(".csv"):
         import pyarrow.csv as pcsv
-        return pcsv.read_csv(path)
+        yield from pcsv.open_csv(path)
+        return
     if lower.endswith((".arrow", ".ipc", ".feather")):
         import pyarrow.ipc as pipc
         try:
-            return pipc.open_file(path).read_all()
+            file = pipc.open_file(path)
         except pa.ArrowInvalid:
-            return pipc.open_stream(path).read_all()
+            yield from pipc.open_stream(path)
+            return
+        for i in range(file.num_record_batches):
+            yield file.get_batch(i)
+        return
     raise InvalidArgument(f"training set from {table}: {path} is not a .parquet, .csv or "
                           ".arrow file", table=table, field="entities")
+
+
+def _entity_messages(header: pb.TrainingSetRequest,
+                     batches: Iterable[pa.RecordBatch]) -> Iterator[pb.TrainingSetRequest]:
+    """Request messages of about ``_ENTITY_BYTES`` of entity rows each; the first carries the
+    settings (and goes even without rows)."""
+    held: list[pa.RecordBatch] = []
+    size = 0
+    first: pb.TrainingSetRequest | None = header
+
+    def message() -> pb.TrainingSetRequest:
+        nonlocal first, held, size
+        out = first if first is not None else pb.TrainingSetRequest()
+        out.entities = ipc_bytes(pa.Table.from_batches(held, schema=schema))
+        first, held, size = None, [], 0
+        return out
+
+    schema: pa.Schema | None = None
+    for batch in batches:
+        schema = schema or batch.schema
+        per_row = max(1, batch.nbytes // max(batch.num_rows, 1))
+        at = 0
+        while at < batch.num_rows:
+            take = max(1, (_ENTITY_BYTES - size) // per_row)
+            piece = batch.slice(at, take)
+            held.append(piece)
+            size += piece.nbytes
+            at += piece.num_rows
+            if size >= _ENTITY_BYTES:
+                yield message()
+        if batch.num_rows == 0 and first is not None:
+            held.append(batch)
+    if schema is None:
+        raise InvalidArgument("training set: the entity rows have no columns",
+                              table=None, field="entities")
+    if held or first is not None:
+        yield message()
 
 
 def _is_rows_of_dicts(data: object) -> bool:
@@ -541,59 +585,89 @@ class Client:
         ``"ns.table._snapshot_id"``, ``"ns.table._partition"``, ``"ns.table._offset"``: the
         snapshot the values not changed after it came from and the row's instant (every
         change of the key's partition below that offset counts).
+
+        The whole answer is held in memory; for sets larger than memory use
+        :meth:`training_set_reader`.
+        """
+        return self.training_set_reader(
+            entities, features, timestamp_column=timestamp_column, ttl=ttl).read_all()
+
+    def training_set_reader(
+        self,
+        entities: pa.Table | pa.RecordBatch | Any | str | os.PathLike[str],
+        features: Sequence[str],
+        *,
+        timestamp_column: str,
+        ttl: dt.timedelta | int | None = None,
+    ) -> pa.RecordBatchReader:
+        """:meth:`training_set` as a stream: the joined rows as a ``pyarrow.RecordBatchReader``
+        (in entity-row order), so neither the entity rows of a file nor the answer need to fit
+        in memory. A file is read as it is sent; the server sorts the rows on disk past its
+        memory limit. The call returns once the server has every entity row and starts
+        answering; write the reader out with e.g. ``pyarrow.dataset.write_dataset`` or a
+        ``pyarrow.parquet.ParquetWriter``.
         """
         first = features[0].rsplit(".", 1)[0] if features else None
         if isinstance(features, str) or not features:
             raise InvalidArgument(
                 "training set: give features as a list of \"namespace.table.column\"",
                 table=first, field="features")
-        rows: pa.Table
+        source: Any
         if isinstance(entities, pa.RecordBatch):
-            rows = pa.Table.from_batches([entities])
+            source = pa.Table.from_batches([entities])
         elif isinstance(entities, pa.Table):
-            rows = entities
+            source = entities
         elif is_dataframe(entities):
-            rows = pa.Table.from_pandas(entities, preserve_index=False)
+            source = pa.Table.from_pandas(entities, preserve_index=False)
         elif isinstance(entities, (str, os.PathLike)):
             path = os.fspath(entities)
             if os.path.exists(path):
-                rows = _read_file(path, first)
+                source = path
             elif re.fullmatch(r"[A-Za-z_][\w]*\.[A-Za-z_][\w]*", path):
-                rows = self.scan(path)
+                source = self.scan(path)
             else:
                 raise InvalidArgument(
                     f"training set from {first}: entities `{path}` is neither a file nor a "
                     "table name", table=first, field="entities")
         elif _is_rows_of_dicts(entities):
-            rows = pa.Table.from_pylist(list(entities))
+            source = pa.Table.from_pylist(list(entities))
         else:
             raise InvalidArgument(
                 f"training set from {first}: entities must be a pyarrow Table, DataFrame, list "
                 f"of dicts, file path or table name, not {type(entities).__name__}",
                 table=first, field="entities")
-        ttl_ms = None if ttl is None else (
-            ttl // dt.timedelta(milliseconds=1) if isinstance(ttl, dt.timedelta) else int(ttl))
-        # Requests stay under the server's 4 MiB message limit: the rows go in slices, each
-        # joined on its own (every row carries what served it), the results in order.
-        per_request = max(1, rows.num_rows * _ENTITY_BYTES // max(rows.nbytes, 1))
-        schema: pa.Schema | None = None
-        tables: list[pa.Table] = []
-        for start in range(0, max(rows.num_rows, 1), per_request):
-            request = pb.TrainingSetRequest(
-                entities=ipc_bytes(rows.slice(start, per_request)),
-                timestamp_column=timestamp_column, features=list(features))
-            if ttl_ms is not None:
-                request.ttl_ms = ttl_ms
+        header = pb.TrainingSetRequest(timestamp_column=timestamp_column,
+                                       features=list(features))
+        if ttl is not None:
+            header.ttl_ms = (ttl // dt.timedelta(milliseconds=1)
+                             if isinstance(ttl, dt.timedelta) else int(ttl))
 
-            def run(request: pb.TrainingSetRequest = request) -> list[pa.Table]:
-                return [read_ipc(m.arrow_ipc) for m in
-                        self._t.reads.TrainingSet(request, metadata=self._t.metadata)]
+        def requests() -> Iterator[pb.TrainingSetRequest]:
+            # A fresh pass over the rows for every attempt (a retry sends them again).
+            if isinstance(source, str):
+                batches: Iterable[pa.RecordBatch] = _file_batches(source, first)
+            else:
+                batches = (source.to_batches()
+                           or [pa.RecordBatch.from_pylist([], schema=source.schema)])
+            request = pb.TrainingSetRequest()
+            request.CopyFrom(header)
+            return _entity_messages(request, batches)
 
-            for piece in self._t.call(run, table=first, action="training set from"):
-                schema = schema or piece.schema
-                if piece.num_rows:
-                    tables.append(piece)
-        return concat(schema, tables)
+        def start() -> tuple[Iterator[Any], pa.Table]:
+            responses = self._t.reads.TrainingSet(requests(), metadata=self._t.metadata)
+            return responses, read_ipc(next(responses).arrow_ipc)
+
+        responses, head = self._t.call(start, table=first, action="training set from")
+
+        def rest() -> Iterator[pa.RecordBatch]:
+            yield from head.to_batches()
+            try:
+                for message in responses:
+                    yield from read_ipc(message.arrow_ipc).to_batches()
+            except grpc.RpcError as e:
+                raise self._t.error(e, first, "training set from") from None
+
+        return pa.RecordBatchReader.from_batches(head.schema, rest())
 
     def subscribe(
         self,

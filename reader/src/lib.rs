@@ -45,7 +45,7 @@ mod testing;
 pub use error::{ReadError, ReadResult};
 pub use group::{GroupRead, GroupSettings, GroupStream};
 pub use lookup::{
-    LookupAsOf, LookupKeys, LookupRequest, LookupResponse, TrainingSet, TrainingSetRequest,
+    LookupAsOf, LookupKeys, LookupRequest, LookupResponse, TrainingSet, TrainingSetSpec,
 };
 pub use parts::{PinSpec, ReadPart, ReadPlan};
 pub use pinned::{BatchStream, Part, Pinned};
@@ -73,6 +73,8 @@ pub struct Reader {
     groups: Option<Arc<group::GroupSettings>>,
     /// STREAM reads open now, for the console.
     streams: Arc<overview::StreamRegistry>,
+    /// Memory each training set's two sorts may hold before they spill.
+    training_memory: usize,
 }
 
 impl std::fmt::Debug for Reader {
@@ -94,7 +96,16 @@ impl Reader {
             sql_runtime: sql::runtime(sql::DEFAULT_MEMORY_LIMIT),
             groups: None,
             streams: Arc::default(),
+            training_memory: lookup::DEFAULT_TRAINING_SET_MEMORY,
         }
+    }
+
+    /// The same reader with each training set sorting its entity rows and its answer within
+    /// `bytes` together ([`lookup::DEFAULT_TRAINING_SET_MEMORY`] by default); past it the sorts
+    /// spill sorted runs to temporary files.
+    pub fn with_training_set_memory(mut self, bytes: usize) -> Self {
+        self.training_memory = bytes;
+        self
     }
 
     /// The same reader with SQL queries sharing at most `bytes` of memory for their operators

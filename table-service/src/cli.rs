@@ -515,6 +515,14 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_SQL_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_bytes)]
     pub sql_memory_limit: usize,
 
+    /// Memory each training set (the TrainingSet call, `unitable training-set`) may hold
+    /// while it sorts its entity rows by time and its answer back into request order, e.g.
+    /// 256MiB, 2GiB. Past it the sorts spill sorted runs to temporary files (the system's
+    /// temporary directory, TMPDIR), so a set larger than memory is answered from disk. At
+    /// least 8MiB.
+    #[arg(long, env = "UNITABLE_TRAINING_SET_MEMORY", default_value = "512MiB", value_parser = parse_training_set_memory)]
+    pub training_set_memory: usize,
+
     /// Memory shared by the LOOKUP states of all tables (key index plus the changelog tail
     /// after the indexed snapshot), e.g. 512MiB, 4GiB. Past it the least recently looked-up
     /// tables' states are dropped and rebuilt on their next lookup; a table whose state alone
@@ -891,6 +899,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses a byte size: a bare number of bytes, or a number with `KiB`, `MiB`, `GiB` (also
 /// `K`, `M`, `G`, `KB`, `MB`, `GB`: powers of 1024 all).
+/// `--training-set-memory`: a size of at least 8 MiB (its sorts merge spilled runs within it).
+fn parse_training_set_memory(text: &str) -> Result<usize, String> {
+    let bytes = parse_bytes(text)?;
+    if bytes < 8 << 20 {
+        return Err(format!(
+            "{text} is too little for a training set's sorts: give at least 8MiB"
+        ));
+    }
+    Ok(bytes)
+}
+
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
     let split = t

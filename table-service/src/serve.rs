@@ -186,7 +186,8 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     let mut reader = Reader::new(catalog.clone(), changelog.clone())
         .with_sql_memory_limit(args.sql_memory_limit)
         .with_lookup_memory_limit(args.lookup_memory_limit)
-        .with_lookup_cache(args.lookup_cache_memory as u64);
+        .with_lookup_cache(args.lookup_cache_memory as u64)
+        .with_training_set_memory(args.training_set_memory);
     if let Some(store) = GroupStore::connect(catalog.config())
         .await
         .context("cannot open the consumer group tables in the catalog database")?

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Context, Result, bail, ensure};
 use arrow::array::{Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
@@ -529,7 +529,13 @@ async fn lookups_as_of_instants_match_a_changelog_replay_on_kafka() -> Result<()
 /// `extra` arguments.
 async fn scenario(extra: Vec<String>) -> Result<()> {
     let mut service = tokio::task::spawn_blocking(move || {
-        let mut args = vec!["--commit-interval", "150ms"];
+        // A small training-set memory makes the large training set spill (training_sets).
+        let mut args = vec![
+            "--commit-interval",
+            "150ms",
+            "--training-set-memory",
+            "8MiB",
+        ];
         args.extend(extra.iter().map(String::as_str));
         Service::start(&args)
     })
@@ -614,7 +620,7 @@ async fn scenario(extra: Vec<String>) -> Result<()> {
     eprintln!("as-of lookups since the restart: {index} from the key index, {scan} from scans");
     ensure!(index > 0.0 && scan > 0.0, "index {index}, scan {scan}");
 
-    training_sets(&mut reader, &mut rng).await?;
+    training_sets(&service, &mut reader, &mut rng).await?;
     refusals(&mut reader).await?;
     cli(&service, &mut reader).await?;
     Ok(())
@@ -733,7 +739,8 @@ async fn cli(service: &Service, reader: &mut Client) -> Result<()> {
 
     // `unitable training-set` from a CSV file: the replay at each row's time.
     let entities = service.dir().join("entities.csv");
-    // Enough rows that the CLI sends them in several requests (the server takes 4 MiB).
+    // Enough rows (4 MB as Arrow) that the CLI must send them in several messages of its one
+    // call (the server takes messages of at most 4 MiB).
     let rows: Vec<(i64, i64)> = (0..250_000usize)
         .map(|i| ((i as i64) % (KEYS + 5), times[(i * 7) % times.len()]))
         .collect();
@@ -772,7 +779,7 @@ async fn cli(service: &Service, reader: &mut Client) -> Result<()> {
         lines.len()
     );
     let sent = requests(service)? - before;
-    ensure!(sent >= 2.0, "the CLI sent {sent} TrainingSet requests");
+    ensure!(sent == 1.0, "the CLI made {sent} TrainingSet calls, not one");
     for ((id, at), line) in rows.iter().zip(lines).step_by(97) {
         let row: serde_json::Value = serde_json::from_str(line)?;
         let want = value_at(&log, *id, &log.ends_at(*at), None);
@@ -804,28 +811,37 @@ fn value_at(log: &Log, id: i64, ends: &BTreeMap<u32, i64>, not_before: Option<i6
 /// TrainingSet: entity rows at random times (record times, 1 ms either side, before
 /// everything, far ahead) joined with `v` and `n` equal the replay at each row's time, with
 /// and without a TTL, times as int64 ms and as a timestamp column; extra entity columns pass
-/// through; each row names its partition and instant.
-async fn training_sets(reader: &mut Client, rng: &mut Rng) -> Result<()> {
+/// through; each row names its partition and instant. The last set, 100,000 rows in seven
+/// request messages, is larger than the server's training-set memory (8 MiB), so it is sorted on
+/// disk (the spill counter must rise) and still comes back in order and equal to the replay.
+async fn training_sets(service: &Service, reader: &mut Client, rng: &mut Rng) -> Result<()> {
     use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray as Ts};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use std::sync::Arc;
     use unitable_proto::v1::TrainingSetRequest;
 
+    const SPILLED: &str = "unitable_training_set_spilled_bytes_total";
     let log = Log::read(reader).await?;
     let times: Vec<i64> = log.0.values().flatten().map(|r| r.timestamp_ms).collect();
-    let rows = 700;
-    let ids: Vec<i64> = (0..rows)
-        .map(|_| rng.below(KEYS as u64 + 10) as i64)
-        .collect();
-    let at: Vec<i64> = (0..rows)
-        .map(|_| match rng.below(12) {
-            0 => 0,
-            1 => i64::MAX / 4,
-            _ => times[rng.below(times.len() as u64) as usize] + rng.below(3) as i64 - 1,
-        })
-        .collect();
-    let labels: Vec<i64> = (0..rows as i64).collect();
-    for (ttl, as_timestamp) in [(None, false), (Some(40u64), true), (Some(400), false)] {
+    let mut ends_at: HashMap<i64, BTreeMap<u32, i64>> = HashMap::new();
+    let cases = [
+        (700usize, None, false, 1usize),
+        (700, Some(40u64), true, 1),
+        (700, Some(400), false, 1),
+        (100_000, None, true, 7),
+    ];
+    for (rows, ttl, as_timestamp, messages) in cases {
+        let ids: Vec<i64> = (0..rows)
+            .map(|_| rng.below(KEYS as u64 + 10) as i64)
+            .collect();
+        let at: Vec<i64> = (0..rows)
+            .map(|_| match rng.below(12) {
+                0 => 0,
+                1 => i64::MAX / 4,
+                _ => times[rng.below(times.len() as u64) as usize] + rng.below(3) as i64 - 1,
+            })
+            .collect();
+        let labels: Vec<i64> = (0..rows as i64).collect();
         let time: ArrayRef = if as_timestamp {
             Arc::new(Ts::from(at.clone()).with_timezone("+00:00"))
         } else {
@@ -849,19 +865,34 @@ async fn training_sets(reader: &mut Client, rng: &mut Rng) -> Result<()> {
                 time,
             ],
         )?;
-        let mut ipc = Vec::new();
-        {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema)?;
-            w.write(&batch)?;
-            w.finish()?;
-        }
-        let mut stream = reader
-            .training_set(TrainingSetRequest {
+        // The rows in `messages` request messages, each its own IPC stream; the settings go in
+        // the first (the second repeats the features, which is allowed).
+        let per_message = rows.div_ceil(messages);
+        let mut requests = Vec::new();
+        for m in 0..messages {
+            let slice = batch.slice(m * per_message, per_message.min(rows - m * per_message));
+            let mut ipc = Vec::new();
+            {
+                let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema)?;
+                w.write(&slice)?;
+                w.finish()?;
+            }
+            let mut request = TrainingSetRequest {
                 entities: ipc,
-                timestamp_column: "at".into(),
-                features: vec![format!("{TABLE}.v"), format!("{TABLE}.n")],
-                ttl_ms: ttl,
-            })
+                ..TrainingSetRequest::default()
+            };
+            if m <= 1 {
+                request.features = vec![format!("{TABLE}.v"), format!("{TABLE}.n")];
+            }
+            if m == 0 {
+                request.timestamp_column = "at".into();
+                request.ttl_ms = ttl;
+            }
+            requests.push(request);
+        }
+        let spilled_before = support::metric(service, SPILLED, &[])?;
+        let mut stream = reader
+            .training_set(futures::stream::iter(requests))
             .await?
             .into_inner();
         let mut got = Vec::new();
@@ -897,9 +928,9 @@ async fn training_sets(reader: &mut Client, rng: &mut Rng) -> Result<()> {
             for r in 0..b.num_rows() {
                 ensure!(label.value(r) == i as i64, "row {i}: rows out of order");
                 let (id, t) = (ids[i], at[i]);
-                let ends = log.ends_at(t);
+                let ends = ends_at.entry(t).or_insert_with(|| log.ends_at(t));
                 let not_before = ttl.map(|ttl| t - ttl as i64);
-                let want = value_at(&log, id, &ends, not_before);
+                let want = value_at(&log, id, ends, not_before);
                 let got_row = (!v.is_null(r)).then(|| (v.value(r).to_string(), n.value(r)));
                 ensure!(
                     got_row == want,
@@ -917,6 +948,14 @@ async fn training_sets(reader: &mut Client, rng: &mut Rng) -> Result<()> {
             }
         }
         ensure!(i == rows, "{i} of {rows} rows came back");
+        let spilled = support::metric(service, SPILLED, &[])? - spilled_before;
+        eprintln!("training set of {rows} rows in {messages} messages: {spilled} bytes spilled");
+        if rows > 10_000 {
+            ensure!(
+                spilled > 0.0,
+                "{rows} rows over an 8 MiB limit spilled nothing"
+            );
+        }
     }
     Ok(())
 }

@@ -424,12 +424,14 @@ impl Op {
                 }
                 let mut stream = caller
                     .reader()
-                    .training_set(unitable_proto::v1::TrainingSetRequest {
-                        entities: ipc,
-                        timestamp_column: "at".into(),
-                        features: vec![format!("{table}.v")],
-                        ttl_ms: None,
-                    })
+                    .training_set(futures::stream::iter([
+                        unitable_proto::v1::TrainingSetRequest {
+                            entities: ipc,
+                            timestamp_column: "at".into(),
+                            features: vec![format!("{table}.v")],
+                            ttl_ms: None,
+                        },
+                    ]))
                     .await?
                     .into_inner();
                 while let Some(message) = stream.next().await {

@@ -69,14 +69,14 @@ impl LookupAsOf {
 }
 
 /// One table as loaded for an as-of lookup.
-pub(super) struct Loaded<'a> {
-    pub(super) name: &'a TableName,
+pub(super) struct Loaded {
+    pub(super) name: TableName,
     pub(super) table: Table,
     pub(super) def: TableDef,
     pub(super) codec: RecordCodec,
 }
 
-impl Loaded<'_> {
+impl Loaded {
     pub(super) fn metadata(&self) -> &TableMetadata {
         self.table.metadata()
     }
@@ -106,7 +106,7 @@ impl Reader {
         }
         let codec = RecordCodec::of_table(&def, metadata)?;
         let loaded = Loaded {
-            name: &request.table,
+            name: request.table.clone(),
             table,
             def,
             codec,
@@ -151,7 +151,7 @@ impl Reader {
             .collect();
         let via_index = match (&snapshot, &indexed) {
             (Some(s), Some((state, _, _))) if !rest.is_empty() => {
-                index_rows(state, loaded.name, s.snapshot_id(), &rest, &schema).await?
+                index_rows(state, &loaded.name, s.snapshot_id(), &rest, &schema).await?
             }
             _ => None,
         };
@@ -167,7 +167,7 @@ impl Reader {
                 let table = if loaded.metadata().snapshot_by_id(s.snapshot_id()).is_some() {
                     loaded.table.clone()
                 } else {
-                    self.catalog.load(loaded.name).await?
+                    self.catalog.load(&loaded.name).await?
                 };
                 snapshot_rows(&loaded, &table, s, &rest, &schema).await?
             }
@@ -221,12 +221,12 @@ impl Reader {
     /// The table's lookup state with its base snapshot and offsets, when one is built for this
     /// very table (same uuid and schema) and its base is at or before `end` in every partition
     /// `end` lists.
-    fn indexed_base(
+    pub(super) fn indexed_base(
         &self,
-        loaded: &Loaded<'_>,
+        loaded: &Loaded,
         end: &PartitionOffsets,
     ) -> Option<(Arc<TableLookup>, SnapshotRef, PartitionOffsets)> {
-        let state = self.existing_lookup_state(loaded.name)?;
+        let state = self.existing_lookup_state(&loaded.name)?;
         let metadata = loaded.metadata();
         if state.uuid != metadata.uuid().to_string()
             || state.schema_id != metadata.current_schema_id()
@@ -244,7 +244,7 @@ impl Reader {
     /// The exclusive end offset of the instant `at` in each of `partitions`.
     pub(super) async fn resolve_ends(
         &self,
-        loaded: &Loaded<'_>,
+        loaded: &Loaded,
         at: &LookupAsOf,
         partitions: &BTreeSet<PartitionId>,
     ) -> ReadResult<PartitionOffsets> {
@@ -311,7 +311,7 @@ impl Reader {
     /// in the range are absent.
     async fn replay_keys(
         &self,
-        loaded: &Loaded<'_>,
+        loaded: &Loaded,
         at: &LookupAsOf,
         from: &PartitionOffsets,
         end: &PartitionOffsets,
@@ -428,7 +428,7 @@ pub(super) fn decode_keyed(
     Ok((decoded, encoded))
 }
 
-async fn index_rows(
+pub(super) async fn index_rows(
     state: &TableLookup,
     table: &TableName,
     snapshot_id: i64,
@@ -458,7 +458,7 @@ async fn index_rows(
 }
 
 /// The snapshot `selector` picks, which must exist.
-fn select_snapshot(loaded: &Loaded<'_>, selector: SnapshotSelector) -> ReadResult<SnapshotRef> {
+fn select_snapshot(loaded: &Loaded, selector: SnapshotSelector) -> ReadResult<SnapshotRef> {
     let metadata = loaded.metadata();
     let not_found = |what: String| ReadError::SnapshotNotFound {
         table: loaded.name.clone(),

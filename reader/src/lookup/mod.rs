@@ -34,7 +34,7 @@ mod training;
 pub use asof::LookupAsOf;
 pub use keys::{LookupKeys, MAX_KEYS};
 pub use rows::DEFAULT_BLOCK_CACHE_BYTES;
-pub use training::{MAX_ENTITY_ROWS, TrainingSet, TrainingSetRequest};
+pub use training::{DEFAULT_TRAINING_SET_MEMORY, TrainingSet, TrainingSetSpec};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

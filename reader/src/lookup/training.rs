@@ -2,53 +2,66 @@
 //! unitable tables as of each row's time, exact to the changelog record (the rule of
 //! [`super::LookupAsOf::Timestamp`]), so no value from after a row's time leaks into it.
 //!
-//! Per feature table the rows are sorted by time and joined in segments of [`SEGMENT_ROWS`].
-//! For a segment, with `T0` its earliest row time (minus the TTL, if any) and `T1` its
-//! latest: the base is the newest snapshot at or before `T0` in the rows' partitions; the
-//! changelog of those partitions is read once from the base's offsets up to the position of
-//! `T1`, keeping the records of the rows' keys and, for every record, the running maximum of
-//! the timestamps (a record counts from the time its partition's prefix up to it is all at or
-//! before that time). Each partition's rows are then swept in time order, applying the kept
-//! records visible at each row's time over the base rows (read with the key-filtered scan).
-//! With a TTL a value counts only if the record that set it is stamped after `T - ttl`; the
-//! base then holds only expired values and is not read.
+//! The entity rows arrive as a stream and may be larger than memory. Each row is tagged with
+//! its position and its time in milliseconds and the rows are sorted by time with DataFusion's
+//! external sort, within half of the reader's training-set memory (past it, sorted runs spill
+//! to temporary files). The sorted rows are joined in segments of [`SEGMENT_ROWS`], and the
+//! joined rows are sorted back into request order the same way (the other half), so the answer
+//! streams out in the order the rows came in while memory holds the two sorts' buffers and one
+//! segment.
 //!
-//! Limits: the entity rows, the answer and a segment's kept records are held in memory (no
-//! spill); at most [`MAX_ENTITY_ROWS`] rows per request.
+//! A segment, with `T0` its earliest row time (minus the TTL, if any) and `T1` its latest, is
+//! joined per feature table: the base is the newest snapshot at or before `T0` in the rows'
+//! partitions; the changelog of those partitions is read once from the base's offsets up to the
+//! position of `T1`, keeping the records of the rows' keys and, for every record, the running
+//! maximum of the timestamps (a record counts from the time its partition's prefix up to it is
+//! all at or before that time). Each partition's rows are then swept in time order, applying
+//! the kept records visible at each row's time over the base rows (read with the key-filtered
+//! scan). With a TTL a value counts only if the record that set it is stamped after `T - ttl`;
+//! the base then holds only expired values and is not read.
+
+mod order;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray, new_null_array,
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray, UInt64Array,
+    new_null_array,
 };
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
+use futures::StreamExt;
 use unitable_core::changelog::Changelog;
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId};
 use unitable_core::record::{ChangeOp, RecordCodec};
 use unitable_core::table::TableDef;
 
-use super::asof::{Loaded, LookupAsOf, decode_keyed, newest_covered_by, snapshot_rows};
+use super::asof::{Loaded, LookupAsOf, decode_keyed, index_rows, newest_covered_by, snapshot_rows};
 use super::{conform, finish, output_schema};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
+use crate::pinned::BatchStream;
 use crate::range::chunk_within;
 
-/// Most entity rows one request may hold (they are joined in memory).
-pub const MAX_ENTITY_ROWS: usize = 1_000_000;
+/// Memory a training set's two sorts may hold before they spill, by default.
+pub const DEFAULT_TRAINING_SET_MEMORY: usize = 512 << 20;
 /// Rows (in time order) joined with one base snapshot and one changelog pass.
 const SEGMENT_ROWS: usize = 50_000;
 /// Keys per key-filtered snapshot read.
 const KEYS_PER_READ: usize = 10_000;
-/// A training-set read.
+/// The column that carries each entity row's position in the request through the sorts.
+const ROW: &str = "__unitable_row";
+/// The column that carries each entity row's time in milliseconds through the first sort.
+const TIME: &str = "__unitable_time_ms";
+
+/// What a training-set read joins the entity rows with.
 #[derive(Debug, Clone)]
-pub struct TrainingSetRequest {
-    /// The entity rows: every feature table's key columns (by name) and the time column.
-    pub entities: Vec<RecordBatch>,
+pub struct TrainingSetSpec {
     /// The column of the rows' times: int64 milliseconds since the epoch, or a timestamp.
     pub timestamp_column: String,
     /// Features as `namespace.table.column`.
@@ -57,15 +70,25 @@ pub struct TrainingSetRequest {
     pub ttl: Option<Duration>,
 }
 
-/// The entity rows, in request order, with one column per feature (`namespace.table.column`,
-/// null where the key had no live row at the row's time) and, per feature table, where each
-/// value came from: `namespace.table._snapshot_id` (the base snapshot, null without one),
-/// `namespace.table._partition` and `namespace.table._offset` (the row's instant: every
-/// record of the key's partition below that offset, and none at or after it, counts).
-#[derive(Debug, Clone)]
+/// The answer: the entity rows, in request order, with one column per feature
+/// (`namespace.table.column`, null where the key had no live row at the row's time) and, per
+/// feature table, where each value came from: `namespace.table._snapshot_id` (the base
+/// snapshot, null without one), `namespace.table._partition` and `namespace.table._offset`
+/// (the row's instant: every record of the key's partition below that offset, and none at or
+/// after it, counts).
 pub struct TrainingSet {
-    /// The joined rows.
-    pub rows: RecordBatch,
+    /// The joined rows' schema (also when no row comes).
+    pub schema: SchemaRef,
+    /// The joined rows, in request order; an error ends the stream.
+    pub rows: BatchStream,
+}
+
+impl std::fmt::Debug for TrainingSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainingSet")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
 }
 
 fn bad(reason: String) -> ReadError {
@@ -114,74 +137,176 @@ impl Replay {
     }
 }
 
-impl Reader {
-    /// Answers a training-set read.
-    pub async fn training_set(&self, request: &TrainingSetRequest) -> ReadResult<TrainingSet> {
-        let Some(first) = request.entities.first() else {
-            return Err(bad("no entity rows given".into()));
-        };
-        let entities = concat_batches(first.schema_ref(), &request.entities)
-            .map_err(|e| bad(format!("entity batches differ in schema: {e}")))?;
-        if entities.num_rows() > MAX_ENTITY_ROWS {
-            return Err(bad(format!(
-                "{} entity rows; a training set takes at most {MAX_ENTITY_ROWS}: split them",
-                entities.num_rows()
-            )));
+/// A feature table, loaded once per request, and the part of its rows a training set wants.
+struct Feature {
+    loaded: Loaded,
+    schema: SchemaRef,
+}
+
+/// What every segment of one request is joined with.
+struct Job {
+    reader: Reader,
+    features: Vec<Feature>,
+    timestamp_column: String,
+    ttl: Option<i64>,
+}
+
+/// The features grouped by table, tables in request order.
+fn feature_groups(features: &[String]) -> ReadResult<Vec<(TableName, Vec<String>)>> {
+    let mut tables: Vec<(TableName, Vec<String>)> = Vec::new();
+    for feature in features {
+        let (table, column) = feature
+            .rsplit_once('.')
+            .and_then(|(t, c)| Some((t.parse::<TableName>().ok()?, c.to_string())))
+            .ok_or_else(|| {
+                bad(format!(
+                    "feature `{feature}` is not `namespace.table.column`"
+                ))
+            })?;
+        match tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, columns)) => columns.push(column),
+            None => tables.push((table, vec![column])),
         }
-        let times = row_times(&entities, &request.timestamp_column)?;
-        let ttl = request
-            .ttl
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        // Features grouped by table, in request order.
-        let mut tables: Vec<(TableName, Vec<String>)> = Vec::new();
-        for feature in &request.features {
-            let (table, column) = feature
-                .rsplit_once('.')
-                .and_then(|(t, c)| Some((t.parse::<TableName>().ok()?, c.to_string())))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "feature `{feature}` is not `namespace.table.column`"
-                    ))
-                })?;
-            match tables.iter_mut().find(|(t, _)| *t == table) {
-                Some((_, columns)) => columns.push(column),
-                None => tables.push((table, vec![column])),
+    }
+    if tables.is_empty() {
+        return Err(bad("no features given".into()));
+    }
+    Ok(tables)
+}
+
+impl Reader {
+    /// Answers a training-set read: `entities` joined with `spec`'s features, streamed in the
+    /// entities' order. Fails before the stream starts when a feature is malformed, its table
+    /// cannot be read or has no primary key, or the first batch lacks the time column or a
+    /// key column; later faults (a batch of another schema, a null time, a key that does not
+    /// fit, memory) end the stream with the error.
+    pub async fn training_set(
+        &self,
+        spec: TrainingSetSpec,
+        mut entities: BatchStream,
+    ) -> ReadResult<TrainingSet> {
+        let started = Instant::now();
+        let mut features = Vec::new();
+        for (name, wanted) in feature_groups(&spec.features)? {
+            features.push(self.feature(name, &wanted).await?);
+        }
+        let job = Arc::new(Job {
+            reader: self.clone(),
+            features,
+            timestamp_column: spec.timestamp_column,
+            ttl: spec
+                .ttl
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        });
+        let first = entities
+            .next()
+            .await
+            .ok_or_else(|| bad("no entity rows given".into()))??;
+        let given = first.schema();
+        for reserved in [ROW, TIME] {
+            if given.column_with_name(reserved).is_some() {
+                return Err(bad(format!(
+                    "the entity rows have a column `{reserved}`, a name the training set uses \
+                     itself: rename it"
+                )));
             }
         }
-        if tables.is_empty() {
-            return Err(bad("no features given".into()));
-        }
-        let mut fields: Vec<Field> = entities
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        let mut columns: Vec<ArrayRef> = entities.columns().to_vec();
-        for (table, wanted) in &tables {
-            let (joined_fields, joined) = self
-                .join_table(table, wanted, &entities, &times, ttl)
-                .await?;
-            fields.extend(joined_fields);
-            columns.extend(joined);
-        }
-        let schema = Arc::new(Schema::new(fields));
-        let rows = RecordBatch::try_new(schema, columns).map_err(|e| ReadError::Internal {
-            reason: format!("assemble the training set: {e}"),
-        })?;
-        Ok(TrainingSet { rows })
+        // The answer's shape, from joining no rows: this also checks the time column and every
+        // table's key columns before any row is read.
+        let entity_schema = Arc::new(Schema::new(
+            given
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        let empty = RecordBatch::new_empty(entity_schema.clone());
+        row_times(&empty, &job.timestamp_column, 0)?;
+        let answer_schema = job.join(&empty, &[]).await?.schema();
+        let with = |schema: &SchemaRef, extra: &[(&str, DataType)]| -> SchemaRef {
+            let mut fields: Vec<Field> =
+                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.extend(extra.iter().map(|(n, t)| Field::new(*n, t.clone(), false)));
+            Arc::new(Schema::new(fields))
+        };
+        let tagged_schema = with(
+            &entity_schema,
+            &[(ROW, DataType::UInt64), (TIME, DataType::Int64)],
+        );
+        let joined_schema = with(&answer_schema, &[(ROW, DataType::UInt64)]);
+
+        // Tag the rows and sort them by time.
+        let mut next_row = 0u64;
+        let (column, tagged) = (job.timestamp_column.clone(), tagged_schema.clone());
+        let rows = futures::stream::once(async { Ok(first) })
+            .chain(entities)
+            .map(move |batch| tag(&batch?, &tagged, &column, &mut next_row))
+            .boxed();
+        let by_time = order::sort(
+            self.training_memory / 2,
+            tagged_schema,
+            rows,
+            vec![
+                entity_schema.fields().len() + 1,
+                entity_schema.fields().len(),
+            ],
+        );
+        let by_time_spilled = by_time.spilled.clone();
+
+        // Join segment by segment, then sort the joined rows back into request order.
+        let joined = segments(by_time.rows, SEGMENT_ROWS)
+            .then(move |segment| {
+                let job = job.clone();
+                async move { job.join_tagged(&segment?).await }
+            })
+            .boxed();
+        let answer_width = answer_schema.fields().len();
+        let by_row = order::sort(
+            self.training_memory / 2,
+            joined_schema,
+            joined,
+            vec![answer_width],
+        );
+        let by_row_spilled = by_row.spilled.clone();
+        let sent = Arc::new(AtomicU64::new(0));
+        let counted = sent.clone();
+        let rows = by_row
+            .rows
+            .map(move |batch| {
+                let batch = batch?;
+                counted.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                batch
+                    .project(&(0..answer_width).collect::<Vec<_>>())
+                    .map_err(|e| ReadError::Internal {
+                        reason: format!("drop the row positions: {e}"),
+                    })
+            })
+            .chain(
+                futures::stream::once(async move {
+                    let spilled = by_time_spilled.load(Ordering::Relaxed)
+                        + by_row_spilled.load(Ordering::Relaxed);
+                    metrics::counter!("unitable_training_set_spilled_bytes_total")
+                        .increment(spilled);
+                    tracing::info!(
+                        rows = sent.load(Ordering::Relaxed),
+                        spilled_bytes = spilled,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "training set answered"
+                    );
+                    None
+                })
+                .filter_map(futures::future::ready),
+            )
+            .boxed();
+        Ok(TrainingSet {
+            schema: answer_schema,
+            rows,
+        })
     }
 
-    /// The feature columns of one table for every entity row, with the provenance columns.
-    async fn join_table(
-        &self,
-        name: &TableName,
-        wanted: &[String],
-        entities: &RecordBatch,
-        times: &[i64],
-        ttl: Option<i64>,
-    ) -> ReadResult<(Vec<Field>, Vec<ArrayRef>)> {
-        let table = self.catalog.load(name).await?;
+    /// A feature table, loaded, with the columns wanted from it.
+    async fn feature(&self, name: TableName, wanted: &[String]) -> ReadResult<Feature> {
+        let table = self.catalog.load(&name).await?;
         let metadata = table.metadata();
         let def = TableDef::from_iceberg(name.clone(), metadata)?;
         if def.is_append_only() {
@@ -190,14 +315,201 @@ impl Reader {
             )));
         }
         let codec = RecordCodec::of_table(&def, metadata)?;
-        let loaded = Loaded {
-            name,
-            table,
-            def,
-            codec,
-        };
-        let schema = output_schema(name, &loaded.codec, wanted)?;
-        let keys = entity_keys(&loaded, entities)?;
+        let schema = output_schema(&name, &codec, wanted)?;
+        Ok(Feature {
+            loaded: Loaded {
+                name,
+                table,
+                def,
+                codec,
+            },
+            schema,
+        })
+    }
+}
+
+/// `batch` with its rows' positions (from `next_row` on) and times in milliseconds appended.
+fn tag(
+    batch: &RecordBatch,
+    tagged: &SchemaRef,
+    column: &str,
+    next_row: &mut u64,
+) -> ReadResult<RecordBatch> {
+    let first = *next_row;
+    let width = tagged.fields().len() - 2;
+    let same = batch.num_columns() == width
+        && batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(tagged.fields().iter())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    if !same {
+        return Err(bad(format!(
+            "field `entities`: the rows from row {first} on have the columns {}, where the first \
+             rows had {}; send one schema",
+            describe(&batch.schema()),
+            describe(&Arc::new(Schema::new(tagged.fields()[..width].to_vec())))
+        )));
+    }
+    let times = row_times(batch, column, first)?;
+    let n = batch.num_rows() as u64;
+    *next_row += n;
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(UInt64Array::from_iter_values(first..first + n)));
+    columns.push(Arc::new(Int64Array::from(times)));
+    RecordBatch::try_new(tagged.clone(), columns).map_err(|e| ReadError::Internal {
+        reason: format!("tag entity rows: {e}"),
+    })
+}
+
+/// `name type, ...` of a schema, for errors.
+fn describe(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `rows` re-cut into batches of `size` rows (the last may be shorter).
+fn segments(rows: BatchStream, size: usize) -> BatchStream {
+    struct Cut {
+        rows: BatchStream,
+        held: Vec<RecordBatch>,
+        count: usize,
+        done: bool,
+    }
+    let start = Cut {
+        rows,
+        held: Vec::new(),
+        count: 0,
+        done: false,
+    };
+    futures::stream::try_unfold(start, move |mut cut| async move {
+        loop {
+            if cut.count >= size || (cut.done && cut.count > 0) {
+                let all = concat_batches(cut.held[0].schema_ref(), &cut.held).map_err(|e| {
+                    ReadError::Internal {
+                        reason: format!("cut a segment: {e}"),
+                    }
+                })?;
+                let take = size.min(all.num_rows());
+                let rest = all.slice(take, all.num_rows() - take);
+                cut.count = rest.num_rows();
+                cut.held = if rest.num_rows() > 0 {
+                    vec![rest]
+                } else {
+                    Vec::new()
+                };
+                return Ok(Some((all.slice(0, take), cut)));
+            }
+            if cut.done {
+                return Ok(None);
+            }
+            match cut.rows.next().await {
+                Some(batch) => {
+                    let batch = batch?;
+                    if batch.num_rows() > 0 {
+                        cut.count += batch.num_rows();
+                        cut.held.push(batch);
+                    }
+                }
+                None => cut.done = true,
+            }
+        }
+    })
+    .boxed()
+}
+
+impl Job {
+    /// Joins one segment of tagged rows (in time order): the answer columns, then the rows'
+    /// positions. A key that does not fit is reported by the row's position in the request.
+    async fn join_tagged(&self, segment: &RecordBatch) -> ReadResult<RecordBatch> {
+        let width = segment.num_columns() - 2;
+        let positions = segment.column(width).clone();
+        let entities = segment
+            .project(&(0..width).collect::<Vec<_>>())
+            .map_err(|e| ReadError::Internal {
+                reason: format!("untag entity rows: {e}"),
+            })?;
+        let times = segment
+            .column(width + 1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .map(|t| t.values().to_vec())
+            .ok_or_else(|| ReadError::Internal {
+                reason: "entity times are not int64".into(),
+            })?;
+        let answer = self.join(&entities, &times).await.map_err(|e| match e {
+            ReadError::InvalidKey {
+                index,
+                field,
+                reason,
+            } => ReadError::InvalidKey {
+                index: positions
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map_or(index, |p| p.value(index) as usize),
+                field,
+                reason,
+            },
+            other => other,
+        })?;
+        let mut fields: Vec<Field> = answer
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(ROW, DataType::UInt64, false));
+        let mut columns = answer.columns().to_vec();
+        columns.push(positions);
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
+            ReadError::Internal {
+                reason: format!("tag joined rows: {e}"),
+            }
+        })
+    }
+
+    /// `entities` (with their times in milliseconds) and every feature table's columns.
+    async fn join(&self, entities: &RecordBatch, times: &[i64]) -> ReadResult<RecordBatch> {
+        let mut fields: Vec<Field> = entities
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let mut columns: Vec<ArrayRef> = entities.columns().to_vec();
+        for feature in &self.features {
+            let (joined_fields, joined) = self
+                .reader
+                .join_table(feature, entities, times, self.ttl)
+                .await?;
+            fields.extend(joined_fields);
+            columns.extend(joined);
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
+            ReadError::Internal {
+                reason: format!("assemble the training set: {e}"),
+            }
+        })
+    }
+}
+
+impl Reader {
+    /// The feature columns of one table for every entity row, with the provenance columns.
+    async fn join_table(
+        &self,
+        feature: &Feature,
+        entities: &RecordBatch,
+        times: &[i64],
+        ttl: Option<i64>,
+    ) -> ReadResult<(Vec<Field>, Vec<ArrayRef>)> {
+        let loaded = &feature.loaded;
+        let schema = &feature.schema;
+        let keys = entity_keys(loaded, entities)?;
         let n = keys.len();
         let partition_of: Vec<PartitionId> =
             keys.iter().map(|k| loaded.codec.partition_of(k)).collect();
@@ -217,7 +529,7 @@ impl Reader {
             times,
         };
         for segment in order.chunks(SEGMENT_ROWS) {
-            self.join_segment(&loaded, &schema, segment, rows, ttl, &mut joined)
+            self.join_segment(loaded, schema, segment, rows, ttl, &mut joined)
                 .await?;
         }
         let Joined {
@@ -225,13 +537,20 @@ impl Reader {
             instants,
             snapshots,
         } = joined;
-        finish_table(name, &schema, answers, &instants, snapshots, &partition_of)
+        finish_table(
+            &loaded.name,
+            schema,
+            answers,
+            &instants,
+            snapshots,
+            &partition_of,
+        )
     }
 
     /// Joins the rows `segment` (indexes in time order) of one feature table.
     async fn join_segment(
         &self,
-        loaded: &Loaded<'_>,
+        loaded: &Loaded,
         schema: &SchemaRef,
         segment: &[usize],
         rows: Rows<'_>,
@@ -253,7 +572,17 @@ impl Reader {
         let end = self
             .resolve_ends(loaded, &LookupAsOf::Timestamp(latest), &partitions)
             .await?;
-        let base = newest_covered_by(loaded.metadata(), &start);
+        // Without a TTL the lookup state's base, when there is one at or before `T0`, serves
+        // the base rows from its key index (as a LOOKUP as of a time does); otherwise the
+        // newest snapshot at or before `T0`, read with the key-filtered scan.
+        let indexed = ttl
+            .is_none()
+            .then(|| self.indexed_base(loaded, &start))
+            .flatten();
+        let base = match &indexed {
+            Some((_, snapshot, offsets)) => Some((snapshot.clone(), offsets.clone())),
+            None => newest_covered_by(loaded.metadata(), &start),
+        };
         let from = base.as_ref().map(|(_, o)| o.clone()).unwrap_or_default();
 
         // The changelog of the rows' partitions, once.
@@ -311,9 +640,35 @@ impl Reader {
                     .cloned()
                     .collect()
             };
-            for chunk in distinct.chunks(KEYS_PER_READ) {
-                base_rows
-                    .extend(snapshot_rows(loaded, &loaded.table, snapshot, chunk, schema).await?);
+            let mut via_index = indexed.is_some();
+            if let Some((state, _, _)) = &indexed {
+                for chunk in distinct.chunks(KEYS_PER_READ) {
+                    match index_rows(state, &loaded.name, snapshot.snapshot_id(), chunk, schema)
+                        .await?
+                    {
+                        Some(rows) => base_rows.extend(rows),
+                        None => {
+                            via_index = false;
+                            base_rows.clear();
+                            break;
+                        }
+                    }
+                }
+            }
+            if !via_index {
+                // The state's base may be newer than the metadata loaded for this request.
+                let table = if loaded
+                    .metadata()
+                    .snapshot_by_id(snapshot.snapshot_id())
+                    .is_some()
+                {
+                    loaded.table.clone()
+                } else {
+                    self.catalog.load(&loaded.name).await?
+                };
+                for chunk in distinct.chunks(KEYS_PER_READ) {
+                    base_rows.extend(snapshot_rows(loaded, &table, snapshot, chunk, schema).await?);
+                }
             }
         }
 
@@ -441,8 +796,8 @@ fn finish_table(
     Ok((fields, columns))
 }
 
-/// Each row's time in milliseconds since the epoch.
-fn row_times(entities: &RecordBatch, column: &str) -> ReadResult<Vec<i64>> {
+/// Each row's time in milliseconds since the epoch; errors name rows counting from `first_row`.
+fn row_times(entities: &RecordBatch, column: &str, first_row: u64) -> ReadResult<Vec<i64>> {
     let array = entities.column_by_name(column).ok_or_else(|| {
         bad(format!(
             "field `timestamp_column`: the entity rows have no column `{column}`"
@@ -478,14 +833,15 @@ fn row_times(entities: &RecordBatch, column: &str) -> ReadResult<Vec<i64>> {
         .ok_or_else(|| bad(format!("column `{column}`: not int64")))?;
     if let Some(row) = (0..ms.len()).find(|&i| ms.is_null(i)) {
         return Err(bad(format!(
-            "row {row}, column `{column}`: the time is null"
+            "entity row {}, column `{column}`: the time is null",
+            first_row + row as u64
         )));
     }
     Ok(ms.values().to_vec())
 }
 
 /// The canonical key bytes of every entity row for the table's key columns.
-fn entity_keys(loaded: &Loaded<'_>, entities: &RecordBatch) -> ReadResult<Vec<Bytes>> {
+fn entity_keys(loaded: &Loaded, entities: &RecordBatch) -> ReadResult<Vec<Bytes>> {
     let mut at = Vec::with_capacity(loaded.def.primary_key.len());
     for column in &loaded.def.primary_key {
         at.push(entities.schema().index_of(column).map_err(|_| {
@@ -596,7 +952,7 @@ mod tests {
             let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(micros)]).unwrap();
             // Microseconds to milliseconds truncate toward zero, as Arrow's cast does.
             assert_eq!(
-                row_times(&batch, "at").unwrap(),
+                row_times(&batch, "at", 0).unwrap(),
                 [1_700_000_000_123, -1],
                 "{zone:?}"
             );

@@ -10,7 +10,7 @@ use arrow::ipc::writer::StreamWriter;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_proto::v1 as wire;
 use unitable_proto::v1::read_service_server::ReadService;
@@ -426,20 +426,22 @@ impl ReadService for ReadApi {
 
     async fn training_set(
         &self,
-        request: Request<wire::TrainingSetRequest>,
+        request: Request<Streaming<wire::TrainingSetRequest>>,
     ) -> Result<Response<Self::TrainingSetStream>, Status> {
         metrics::counter!("unitable_grpc_requests_total", "method" => "TrainingSet").increment(1);
         let who = Principal::of(&request)?;
-        let request = request.into_inner();
-        let tables = super::training::tables(&request)?;
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| bad("entities", "the call sent no request message"))?;
+        let tables = super::training::tables(&first)?;
         for table in &tables {
             self.access
                 .check(&who, Privilege::Read, table, "TrainingSet")?;
         }
-        let messages = super::training::training_set(&self.reader, request).await?;
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            messages.into_iter().map(Ok),
-        ))))
+        let messages = super::training::training_set(&self.reader, first, inbound).await?;
+        Ok(Response::new(messages))
     }
 
     async fn commit_group_offsets(

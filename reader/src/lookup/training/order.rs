@@ -1,0 +1,256 @@
+//! Sorting a stream of batches by integer keys in bounded memory: rows are held until they
+//! pass the memory given, then sorted and written as a run to an unlinked temporary file
+//! (Arrow IPC); at the end the runs (and what is still held) are merged. Without a run the
+//! sort never touches the disk.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, Int64Array, RecordBatch, UInt32Array, UInt64Array};
+use arrow::compute::{concat_batches, interleave_record_batch, take_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::error::{ReadError, ReadResult};
+use crate::pinned::BatchStream;
+
+/// Rows per batch written to a run and sent out.
+const BATCH_ROWS: usize = 4096;
+
+/// A row's sort key: an int64 (0 when the sort has one key) then a uint64.
+type Key = (i64, u64);
+
+/// A sort under way: its rows, in key order, and what it has spilled so far.
+pub(super) struct Sorted {
+    pub(super) rows: BatchStream,
+    pub(super) spilled: Arc<AtomicU64>,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ReadError {
+    ReadError::Internal {
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// Sorts `input` (batches of `schema`) ascending by `by`: the index of a uint64 column, or of
+/// an int64 column and then a uint64 column. At most about `memory` bytes of rows are held
+/// (twice that while a run is sorted); past it sorted runs go to temporary files.
+pub(super) fn sort(memory: usize, schema: SchemaRef, input: BatchStream, by: Vec<usize>) -> Sorted {
+    let (tx, rx) = mpsc::channel::<ReadResult<RecordBatch>>(2);
+    let spilled = Arc::new(AtomicU64::new(0));
+    let counter = spilled.clone();
+    tokio::spawn(async move {
+        if let Err(e) = drive(memory, schema, input, by, counter, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Sorted {
+        rows: futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|batch| (batch, rx))
+        })
+        .boxed(),
+        spilled,
+    }
+}
+
+async fn drive(
+    memory: usize,
+    schema: SchemaRef,
+    mut input: BatchStream,
+    by: Vec<usize>,
+    spilled: Arc<AtomicU64>,
+    tx: &mpsc::Sender<ReadResult<RecordBatch>>,
+) -> ReadResult<()> {
+    let mut held: Vec<RecordBatch> = Vec::new();
+    let mut bytes = 0usize;
+    let mut runs: Vec<File> = Vec::new();
+    while let Some(batch) = input.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        bytes += batch.get_array_memory_size();
+        held.push(batch);
+        if bytes > memory {
+            let (batches, schema, by) = (std::mem::take(&mut held), schema.clone(), by.clone());
+            let run = tokio::task::spawn_blocking(move || write_run(&schema, &batches, &by))
+                .await
+                .map_err(|e| internal("spill a sorted run", e))??;
+            spilled.fetch_add(run.1, Ordering::Relaxed);
+            runs.push(run.0);
+            bytes = 0;
+        }
+    }
+    drop(input);
+    if runs.is_empty() {
+        let sorted = sort_in_memory(&schema, &held, &by)?;
+        drop(held);
+        for at in (0..sorted.num_rows()).step_by(BATCH_ROWS) {
+            let len = BATCH_ROWS.min(sorted.num_rows() - at);
+            if tx.send(Ok(sorted.slice(at, len))).await.is_err() {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
+    if !held.is_empty() {
+        let (batches, schema2, by2) = (std::mem::take(&mut held), schema.clone(), by.clone());
+        let run = tokio::task::spawn_blocking(move || write_run(&schema2, &batches, &by2))
+            .await
+            .map_err(|e| internal("spill a sorted run", e))??;
+        spilled.fetch_add(run.1, Ordering::Relaxed);
+        runs.push(run.0);
+    }
+    let out = tx.clone();
+    tokio::task::spawn_blocking(move || merge(runs, &by, &out))
+        .await
+        .map_err(|e| internal("merge sorted runs", e))?
+}
+
+/// The sort keys of `batch`'s rows.
+fn keys(batch: &RecordBatch, by: &[usize]) -> ReadResult<Vec<Key>> {
+    let column = |i: usize| batch.column(i).as_ref();
+    let uint = |a: &dyn Array| {
+        a.as_any()
+            .downcast_ref::<UInt64Array>()
+            .map(|a| a.values().clone())
+            .ok_or_else(|| internal("a sort key", "not uint64"))
+    };
+    match by {
+        [only] => Ok(uint(column(*only))?.iter().map(|&v| (0, v)).collect()),
+        [first, second] => {
+            let high = column(*first)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| internal("a sort key", "not int64"))?;
+            let low = uint(column(*second))?;
+            Ok(high
+                .values()
+                .iter()
+                .copied()
+                .zip(low.iter().copied())
+                .collect())
+        }
+        _ => Err(internal("a sort", "takes one or two keys")),
+    }
+}
+
+/// `batches` as one batch in key order.
+fn sort_in_memory(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    by: &[usize],
+) -> ReadResult<RecordBatch> {
+    let all = concat_batches(schema, batches).map_err(|e| internal("gather rows to sort", e))?;
+    let keys = keys(&all, by)?;
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_unstable_by_key(|&i| keys[i as usize]);
+    take_record_batch(&all, &UInt32Array::from(order)).map_err(|e| internal("sort rows", e))
+}
+
+/// Writes `batches` sorted to an unlinked temporary file; returns it (at its start) and its size.
+fn write_run(schema: &SchemaRef, batches: &[RecordBatch], by: &[usize]) -> ReadResult<(File, u64)> {
+    let sorted = sort_in_memory(schema, batches, by)?;
+    let file = tempfile::tempfile()
+        .map_err(|e| internal("create a spill file in the temporary directory (TMPDIR)", e))?;
+    let mut writer = FileWriter::try_new(file, schema).map_err(|e| internal("spill rows", e))?;
+    for at in (0..sorted.num_rows()).step_by(BATCH_ROWS) {
+        let len = BATCH_ROWS.min(sorted.num_rows() - at);
+        writer
+            .write(&sorted.slice(at, len))
+            .map_err(|e| internal("spill rows (is the temporary directory full?)", e))?;
+    }
+    writer.finish().map_err(|e| internal("spill rows", e))?;
+    let mut file = writer.into_inner().map_err(|e| internal("spill rows", e))?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .and_then(|size| file.seek(SeekFrom::Start(0)).map(|_| size))
+        .map_err(|e| internal("rewind a spill file", e))?;
+    Ok((file, size))
+}
+
+/// One run being merged: its reader, its current batch (an index into the merge's sources)
+/// with the batch's keys, and the next row.
+struct Cursor {
+    reader: FileReader<File>,
+    source: usize,
+    keys: Vec<Key>,
+    row: usize,
+}
+
+impl Cursor {
+    /// Loads the run's next batch into `sources`; false at the run's end.
+    fn advance(&mut self, sources: &mut Vec<RecordBatch>, by: &[usize]) -> ReadResult<bool> {
+        match self.reader.next() {
+            Some(batch) => {
+                let batch = batch.map_err(|e| internal("read a spilled run", e))?;
+                self.keys = keys(&batch, by)?;
+                self.row = 0;
+                self.source = sources.len();
+                sources.push(batch);
+                Ok(!self.keys.is_empty())
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// Merges sorted runs into batches of [`BATCH_ROWS`] rows, sent to `out` in key order.
+fn merge(
+    runs: Vec<File>,
+    by: &[usize],
+    out: &mpsc::Sender<ReadResult<RecordBatch>>,
+) -> ReadResult<()> {
+    let mut sources: Vec<RecordBatch> = Vec::new();
+    let mut cursors = Vec::with_capacity(runs.len());
+    let mut heap = BinaryHeap::new();
+    for file in runs {
+        let reader = FileReader::try_new(file, None).map_err(|e| internal("open a run", e))?;
+        let mut cursor = Cursor {
+            reader,
+            source: 0,
+            keys: Vec::new(),
+            row: 0,
+        };
+        if cursor.advance(&mut sources, by)? {
+            heap.push(Reverse((cursor.keys[0], cursors.len())));
+            cursors.push(cursor);
+        }
+    }
+    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(BATCH_ROWS);
+    while let Some(Reverse((_, run))) = heap.pop() {
+        let cursor = &mut cursors[run];
+        picks.push((cursor.source, cursor.row));
+        cursor.row += 1;
+        let more = cursor.row < cursor.keys.len() || cursor.advance(&mut sources, by)?;
+        if more {
+            heap.push(Reverse((cursor.keys[cursor.row], run)));
+        }
+        if picks.len() == BATCH_ROWS || heap.is_empty() {
+            let refs: Vec<&RecordBatch> = sources.iter().collect();
+            let batch =
+                interleave_record_batch(&refs, &picks).map_err(|e| internal("merge runs", e))?;
+            picks.clear();
+            if out.blocking_send(Ok(batch)).is_err() {
+                return Ok(());
+            }
+            // Keep only the batches the runs still read from.
+            let mut kept = Vec::with_capacity(cursors.len());
+            for cursor in &mut cursors {
+                if cursor.row < cursor.keys.len() {
+                    kept.push(sources[cursor.source].clone());
+                    cursor.source = kept.len() - 1;
+                }
+            }
+            sources = kept;
+        }
+    }
+    Ok(())
+}
