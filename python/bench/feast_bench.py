@@ -15,8 +15,9 @@ uses on free loopback ports in a temporary directory and stops it at the end:
 Measured, with the same random key sequence on both sides, one call at a time from this process:
 1. online lookups of 1 entity per call and of 100 entities per call: p50/p99 of the wall time
    of the SDK call plus turning its answer into Python values (`to_dict()` / `to_pylist()`);
-2. historical retrieval (`get_historical_features(...).to_df()`) of 100k entity rows at random
-   times: Feast only, unitable has no point-in-time retrieval yet (docs/python-sdk.md);
+2. historical retrieval of 100k entity rows at random times (the same rows on both sides): Feast's
+   `get_historical_features(...).to_df()` and unitable's `Client.training_set(...).to_pandas()`,
+   one call each, every row of both answers checked against the generated data;
 3. write-to-serve delay: from the start of a write of a new value for an existing key until a
    lookup returns it. unitable: `write` then `lookup` polled. Feast, two ways: `push` to the
    online store (the streaming path), and a new Parquet file in the offline source followed by
@@ -148,6 +149,9 @@ def poll_until(check: Callable[[], bool], what: str) -> int:
 class FeastSide:
     """A Feast feature repo in `root` on a Redis at `redis_port`."""
 
+    # The file store's point-in-time join returns the entity rows in an order of its own.
+    keeps_entity_order = False
+
     def __init__(self, root: Path, redis_port: int):
         from feast import Entity, FeatureStore, FeatureView, Field, FileSource, PushSource
         from feast.types import Float64, Int64, String
@@ -206,11 +210,15 @@ class FeastSide:
 # ---- unitable --------------------------------------------------------------------------------
 
 class UnitableSide:
+    # A training set returns the entity rows in their order (Client.training_set).
+    keeps_entity_order = True
+
     def __init__(self, service: Service):
         import unitable
 
         self.client = unitable.connect(service.grpc_url)
         self.columns = [KEY, *FEATURES]
+        self.features = [f"{TABLE}.{c}" for c in FEATURES]
 
     def create(self) -> None:
         self.client.tables.create(TABLE, SCHEMA, primary_key=[KEY])
@@ -221,6 +229,10 @@ class UnitableSide:
     def online(self, keys: list[int]) -> list[dict[str, Any]]:
         found = self.client.lookup(TABLE, [{KEY: k} for k in keys], columns=self.columns)
         return found.to_pylist()
+
+    def historical(self, entity_df: Any) -> Any:
+        return self.client.training_set(
+            entity_df, self.features, timestamp_column=TS).to_pandas()
 
     def write(self, row: dict[str, Any]) -> None:
         self.client.write(TABLE, [row], strict=True)
@@ -241,6 +253,49 @@ def check_same_values(data: pa.Table, keys: list[int], feast: FeastSide | None,
         got = [{c: answer[c][i] for c in [KEY, *FEATURES]} for i in range(len(keys))]
         if got != expected:
             raise AssertionError(f"Feast served {got[:2]}..., expected {expected[:2]}...")
+
+
+def historical_entities(rows: int, entities: int, seed: int, after: datetime) -> Any:
+    """`rows` random entities at random times between `after` and now.
+
+    `after` follows both loads, so every row finds its entity's loaded value on both sides:
+    Feast joins on the data's event times (all over a day before), and its file store drops an
+    entity row that has no value before its time; unitable joins on the changelog's record
+    times, which are the writer's acceptance times (all before the load returned)."""
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    start = int(after.timestamp() * 1_000_000)
+    span = max(1, int(datetime.now(timezone.utc).timestamp() * 1_000_000) - start)
+    offsets = rng.integers(0, span, rows)
+    return pd.DataFrame({KEY: rng.integers(0, entities, rows),
+                         TS: pd.to_datetime(start + offsets, unit="us", utc=True)})
+
+
+def check_historical(name: str, frame: Any, entity_df: Any, data: pa.Table,
+                     ordered: bool) -> None:
+    """`frame` holds exactly the rows of `entity_df` (in its order if `ordered`), each with the
+    generated values of its entity: every row is compared (untimed)."""
+    if len(frame) != len(entity_df):
+        raise AssertionError(f"{name} historical retrieval gave {len(frame):,} rows for "
+                             f"{len(entity_df):,} entity rows")
+    if not ordered:
+        frame = frame.sort_values([KEY, TS], kind="stable")
+        entity_df = entity_df.sort_values([KEY, TS], kind="stable")
+    keys = frame[KEY].to_numpy()
+    if not ((keys == entity_df[KEY].to_numpy()).all()
+            and (frame[TS].to_numpy() == entity_df[TS].to_numpy()).all()):
+        raise AssertionError(f"{name} historical retrieval: the rows' entities or times are not "
+                             "the entity rows'")
+    expected = data.take(pa.array(keys)).select(FEATURES)
+    for column in FEATURES:
+        want = expected.column(column).to_numpy(zero_copy_only=False)
+        got = frame[column].to_numpy()
+        wrong = np.flatnonzero(got != want)
+        if len(wrong):
+            i = wrong[0]
+            raise AssertionError(
+                f"{name} historical retrieval: {len(wrong):,} wrong values of `{column}`; "
+                f"entity {keys[i]} got {got[i]!r}, generated {want[i]!r}")
 
 
 def measure_online(readers: dict[str, Callable[[list[int]], Any]], single: list[int],
@@ -417,10 +472,12 @@ def report(results: dict[str, Any]) -> str:
             "unitable <= Feast")
         row(f"Online lookup, {label}, p99", pct(us, key, "p99_ms"), pct(fs, key, "p99_ms"),
             "unitable <= Feast")
-    hist = feast.get("historical_s")
-    row(f"Historical retrieval, {args['hist_rows']:,} entity rows",
-        "no equivalent yet", f"{fmt(hist)} s" if hist is not None else "-",
-        "unitable >= 10x faster")
+    hist_u, hist_f = uni.get("historical_s"), feast.get("historical_s")
+    ratio = results.get("historical_feast_over_unitable")
+    row(f"Historical retrieval, {args['hist_rows']:,} entity rows (unitable training_set)",
+        (f"{fmt(hist_u)} s" if hist_u is not None else "-")
+        + (f" (Feast / unitable = {fmt(ratio)}x)" if ratio is not None else ""),
+        f"{fmt(hist_f)} s" if hist_f is not None else "-", "unitable >= 10x faster")
     fr = uni.get("freshness", {})
     push, mat = feast.get("push", {}), feast.get("materialize_incremental", {})
     row("Write-to-serve delay, p50 (unitable write; Feast push)",
@@ -445,7 +502,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--batches", type=int, default=500, help="timed calls of 100 entities")
     parser.add_argument("--hist-rows", type=int, default=100_000,
-                        help="entity rows of the historical retrieval (Feast only)")
+                        help="entity rows of the historical retrieval")
     parser.add_argument("--freshness", type=int, default=50,
                         help="write-to-serve probes (unitable write, Feast push)")
     parser.add_argument("--materialize-probes", type=int, default=5,
@@ -514,6 +571,7 @@ def main() -> int:
             out["load_s"] = time.perf_counter() - t
             print(f"unitable: loaded until a snapshot held the rows in {out['load_s']:.1f} s",
                   flush=True)
+        loaded = datetime.now(timezone.utc)
         check_same_values(data, check_keys, feast, uni)
 
         readers: dict[str, Callable[[list[int]], Any]] = {}
@@ -530,28 +588,34 @@ def main() -> int:
                 service.process.popen.pid)  # type: ignore[union-attr]
             results["unitable"]["lookup_cache"] = lookup_cache_counters(service)
             print(f"unitable lookup cache: {results['unitable']['lookup_cache']}", flush=True)
-        if feast is not None:
-            out = results["feast"]
-            if args.hist_rows > 0:
-                import pandas as pd
-                hist_rng = np.random.default_rng(args.seed + 2)
-                # Times in the hour after the last event: every row finds its entity's value
-                # (Feast's file store drops an entity row that has no value before its time).
-                offsets = hist_rng.integers(0, 3_600 * 1_000_000, args.hist_rows)
-                base = int((now - timedelta(hours=1)).timestamp() * 1_000_000)
-                entity_df = pd.DataFrame({
-                    KEY: hist_rng.integers(0, args.entities, args.hist_rows),
-                    TS: pd.to_datetime(base + offsets, unit="us", utc=True)})
+        if args.hist_rows > 0 and readers:
+            # The same entity rows for both, made after the online reads: times between the end
+            # of the loads and now (historical_entities).
+            entity_df = historical_entities(args.hist_rows, args.entities, args.seed + 2, loaded)
+            sides: dict[str, FeastSide | UnitableSide] = {}
+            if uni is not None:
+                sides["unitable"] = uni
+            if feast is not None:
+                sides["feast"] = feast
+            for name, side in sides.items():
                 t = time.perf_counter()
-                frame = feast.historical(entity_df)
+                frame = side.historical(entity_df)
+                out = results[name]
                 out["historical_s"] = time.perf_counter() - t
                 out["historical_rows"] = len(frame)
-                if len(frame) != args.hist_rows or frame[FEATURES].isna().any().any():
-                    raise AssertionError(
-                        f"historical retrieval gave {len(frame)} rows for {args.hist_rows} "
-                        "entity rows, or missing values")
-                print(f"feast historical: {len(frame):,} rows in {out['historical_s']:.1f} s",
-                      flush=True)
+                if name == "unitable":
+                    # Which snapshot served the rows (the base of the point-in-time join).
+                    snapshots = frame[f"{TABLE}._snapshot_id"]
+                    out["historical_snapshot_ids"] = sorted(
+                        int(x) for x in snapshots.dropna().unique())
+                    out["historical_rows_without_snapshot"] = int(snapshots.isna().sum())
+                    frame = frame.rename(columns={f"{TABLE}.{c}": c for c in FEATURES})
+                check_historical(name, frame, entity_df, data, side.keeps_entity_order)
+                print(f"{name} historical: {len(frame):,} rows in {out['historical_s']:.2f} s, "
+                      "every row checked", flush=True)
+            if len(sides) == 2:
+                results["historical_feast_over_unitable"] = (
+                    results["feast"]["historical_s"] / results["unitable"]["historical_s"])
 
         # Write-to-serve probes change values, so they come after every read measurement.
         if uni is not None:
