@@ -783,7 +783,13 @@ def test_training_set_matches_a_changelog_replay(client, tmp_path):
     from_table = client.training_set("sdk.labels", features, timestamp_column="at")
     check(from_table.sort_by("label"), None)
 
-    # More rows than one request carries: sent in slices, the same answers in order.
+    # As a stream: a RecordBatchReader over the file's rows, read as they are sent.
+    stream = client.training_set_reader(path, features, timestamp_column="at")
+    assert isinstance(stream, pa.RecordBatchReader)
+    check(stream.read_all(), None)
+
+    # More rows than one request message carries: one call of several messages, the same
+    # answers in order.
     small = client.training_set(entity, features, timestamp_column="at")
     copies = 700
     big_rows = pa.concat_tables([pa.Table.from_pylist(entity)] * copies)
