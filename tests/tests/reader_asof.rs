@@ -779,7 +779,10 @@ async fn cli(service: &Service, reader: &mut Client) -> Result<()> {
         lines.len()
     );
     let sent = requests(service)? - before;
-    ensure!(sent == 1.0, "the CLI made {sent} TrainingSet calls, not one");
+    ensure!(
+        sent == 1.0,
+        "the CLI made {sent} TrainingSet calls, not one"
+    );
     for ((id, at), line) in rows.iter().zip(lines).step_by(97) {
         let row: serde_json::Value = serde_json::from_str(line)?;
         let want = value_at(&log, *id, &log.ends_at(*at), None);
