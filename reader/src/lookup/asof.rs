@@ -435,6 +435,37 @@ pub(super) async fn index_rows(
     keys: &[Bytes],
     schema: &SchemaRef,
 ) -> ReadResult<Option<HashMap<Bytes, RecordBatch>>> {
+    Ok(index_rows_at(state, table, snapshot_id, keys, schema)
+        .await?
+        .map(|rows| rows.sliced()))
+}
+
+/// Rows found by key: the batches they are in and each key's (batch, row).
+#[derive(Default)]
+pub(super) struct RowsAt {
+    pub(super) batches: Vec<RecordBatch>,
+    pub(super) at: HashMap<Bytes, (usize, usize)>,
+}
+
+impl RowsAt {
+    /// Each key's row as a batch of its own.
+    pub(super) fn sliced(self) -> HashMap<Bytes, RecordBatch> {
+        let batches = self.batches;
+        self.at
+            .into_iter()
+            .map(|(key, (batch, row))| (key, batches[batch].slice(row, 1)))
+            .collect()
+    }
+}
+
+/// [`index_rows`] without slicing: the rows where they were read.
+pub(super) async fn index_rows_at(
+    state: &TableLookup,
+    table: &TableName,
+    snapshot_id: i64,
+    keys: &[Bytes],
+    schema: &SchemaRef,
+) -> ReadResult<Option<RowsAt>> {
     let Some(locations) = state.base_rows(snapshot_id, keys) else {
         return Ok(None);
     };
@@ -450,11 +481,13 @@ pub(super) async fn index_rows(
     let mut out = HashMap::with_capacity(keys.len());
     for (key, location) in keys.iter().zip(locations) {
         if let Some(location) = location {
-            let (batch, row) = at[&location];
-            out.insert(key.clone(), sources[batch].slice(row, 1));
+            out.insert(key.clone(), at[&location]);
         }
     }
-    Ok(Some(out))
+    Ok(Some(RowsAt {
+        batches: sources,
+        at: out,
+    }))
 }
 
 /// The snapshot `selector` picks, which must exist.
@@ -515,4 +548,4 @@ mod scan;
 #[cfg(test)]
 mod tests;
 
-pub(super) use scan::snapshot_rows;
+pub(super) use scan::{snapshot_rows, snapshot_rows_at};

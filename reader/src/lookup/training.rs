@@ -41,7 +41,9 @@ use unitable_core::offsets::{Offset, PartitionId};
 use unitable_core::record::{ChangeOp, RecordCodec};
 use unitable_core::table::TableDef;
 
-use super::asof::{Loaded, LookupAsOf, decode_keyed, index_rows, newest_covered_by, snapshot_rows};
+use super::asof::{
+    Loaded, LookupAsOf, RowsAt, decode_keyed, index_rows_at, newest_covered_by, snapshot_rows_at,
+};
 use super::{conform, finish, output_schema};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
@@ -105,17 +107,20 @@ struct Rows<'a> {
 
 /// What the segments joined, by row index.
 struct Joined {
-    answers: Vec<Option<RecordBatch>>,
+    /// The batches answers point into.
+    sources: Vec<RecordBatch>,
+    /// Each row's answer: (source, row), or `None` for no live row.
+    answers: Vec<Option<(usize, usize)>>,
     instants: Vec<Offset>,
     snapshots: Vec<Option<i64>>,
 }
 
-/// A change kept while replaying: when it becomes visible, its key, its row (`None`: a
-/// delete) and its own timestamp.
+/// A change kept while replaying: when it becomes visible, its key, its row (batch and row in
+/// the replay's batches; `None`: a delete) and its own timestamp.
 struct Kept {
     visible_from: i64,
     key: Bytes,
-    row: Option<RecordBatch>,
+    row: Option<(usize, usize)>,
     timestamp_ms: i64,
 }
 
@@ -123,6 +128,8 @@ struct Kept {
 /// maximum timestamp rises (offset, new maximum), ascending.
 struct Replay {
     kept: Vec<Kept>,
+    /// The decoded batches the kept rows are in.
+    batches: Vec<RecordBatch>,
     rises: Vec<(Offset, i64)>,
     end: Offset,
 }
@@ -519,6 +526,7 @@ impl Reader {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| (times[i], i));
         let mut joined = Joined {
+            sources: Vec::new(),
             answers: vec![None; n],
             instants: vec![Offset(0); n],
             snapshots: vec![None; n],
@@ -533,6 +541,7 @@ impl Reader {
                 .await?;
         }
         let Joined {
+            sources,
             answers,
             instants,
             snapshots,
@@ -540,7 +549,8 @@ impl Reader {
         finish_table(
             &loaded.name,
             schema,
-            answers,
+            &sources,
+            &answers,
             &instants,
             snapshots,
             &partition_of,
@@ -627,7 +637,8 @@ impl Reader {
         let replays: HashMap<PartitionId, Replay> = replays.into_iter().collect();
 
         // Base rows (without a TTL: with one, every base value is expired at every row).
-        let mut base_rows: HashMap<Bytes, RecordBatch> = HashMap::new();
+        // Each key's base row: (source in `joined.sources`, row).
+        let mut base_rows: HashMap<Bytes, (usize, usize)> = HashMap::new();
         if ttl.is_none()
             && let Some((snapshot, _)) = &base
         {
@@ -643,10 +654,10 @@ impl Reader {
             let mut via_index = indexed.is_some();
             if let Some((state, _, _)) = &indexed {
                 for chunk in distinct.chunks(KEYS_PER_READ) {
-                    match index_rows(state, &loaded.name, snapshot.snapshot_id(), chunk, schema)
+                    match index_rows_at(state, &loaded.name, snapshot.snapshot_id(), chunk, schema)
                         .await?
                     {
-                        Some(rows) => base_rows.extend(rows),
+                        Some(rows) => take_rows(rows, &mut joined.sources, &mut base_rows),
                         None => {
                             via_index = false;
                             base_rows.clear();
@@ -667,7 +678,8 @@ impl Reader {
                     self.catalog.load(&loaded.name).await?
                 };
                 for chunk in distinct.chunks(KEYS_PER_READ) {
-                    base_rows.extend(snapshot_rows(loaded, &table, snapshot, chunk, schema).await?);
+                    let rows = snapshot_rows_at(loaded, &table, snapshot, chunk, schema).await?;
+                    take_rows(rows, &mut joined.sources, &mut base_rows);
                 }
             }
         }
@@ -675,16 +687,20 @@ impl Reader {
         // Sweep each partition's rows in time order.
         let snapshot_id = base.as_ref().map(|(s, _)| s.snapshot_id());
         let Joined {
+            sources,
             answers,
             instants,
             snapshots,
         } = joined;
         for (p, rows) in &mut by_partition {
             let replay = &replays[p];
+            // The replay's rows join the sources after those already there.
+            let first = sources.len();
+            sources.extend(replay.batches.iter().cloned());
             rows.sort_by_key(|&i| (times[i], i));
-            let mut state: HashMap<&Bytes, (Option<&RecordBatch>, Option<i64>)> = HashMap::new();
+            let mut state: HashMap<&Bytes, (Option<(usize, usize)>, Option<i64>)> = HashMap::new();
             for &i in rows.iter() {
-                if let Some(row) = base_rows.get(&keys[i]) {
+                if let Some(&row) = base_rows.get(&keys[i]) {
                     state.entry(&keys[i]).or_insert((Some(row), None));
                 }
             }
@@ -696,7 +712,10 @@ impl Reader {
                 {
                     state.insert(
                         &change.key,
-                        (change.row.as_ref(), Some(change.timestamp_ms)),
+                        (
+                            change.row.map(|(b, r)| (first + b, r)),
+                            Some(change.timestamp_ms),
+                        ),
                     );
                     next += 1;
                 }
@@ -709,7 +728,7 @@ impl Reader {
                             (Some(ttl), Some(ts)) => *ts > t.saturating_sub(ttl),
                             (Some(_), None) => false,
                         };
-                        fresh.then(|| (*row).clone())
+                        fresh.then_some(*row)
                     }
                     _ => None,
                 };
@@ -720,17 +739,33 @@ impl Reader {
     }
 }
 
+/// Adds the rows of `found` to `sources` and their places to `rows`.
+fn take_rows(
+    found: RowsAt,
+    sources: &mut Vec<RecordBatch>,
+    rows: &mut HashMap<Bytes, (usize, usize)>,
+) {
+    let first = sources.len();
+    sources.extend(found.batches);
+    rows.extend(
+        found
+            .at
+            .into_iter()
+            .map(|(key, (batch, row))| (key, (first + batch, row))),
+    );
+}
+
 /// The feature columns of one table from the joined rows, with the provenance columns.
 fn finish_table(
     name: &TableName,
     schema: &SchemaRef,
-    answers: Vec<Option<RecordBatch>>,
+    found: &[RecordBatch],
+    answers: &[Option<(usize, usize)>],
     instants: &[Offset],
     snapshots: Vec<Option<i64>>,
     partition_of: &[PartitionId],
 ) -> ReadResult<(Vec<Field>, Vec<ArrayRef>)> {
-    let n = answers.len();
-    // Feature columns: found rows, and a null row for the rest.
+    // Feature columns: found rows, and a null row for the rest (source 0).
     let relaxed: SchemaRef = Arc::new(Schema::new(
         schema
             .fields()
@@ -749,17 +784,23 @@ fn finish_table(
     .map_err(|e| ReadError::Internal {
         reason: format!("a null feature row: {e}"),
     })?;
+    // Each source is brought to the output schema once, not once per row.
+    let mut used = vec![false; found.len()];
+    for (source, _) in answers.iter().flatten() {
+        used[*source] = true;
+    }
     let mut sources = vec![nulls];
-    let mut picks = Vec::with_capacity(n);
-    for answer in answers {
-        match answer {
-            Some(row) => {
-                sources.push(conform(name, schema, &row)?);
-                picks.push((sources.len() - 1, 0));
-            }
-            None => picks.push((0, 0)),
+    let mut index = vec![0; found.len()];
+    for (i, batch) in found.iter().enumerate() {
+        if used[i] {
+            index[i] = sources.len();
+            sources.push(conform(name, schema, batch)?);
         }
     }
+    let picks: Vec<(usize, usize)> = answers
+        .iter()
+        .map(|a| a.map_or((0, 0), |(source, row)| (index[source], row)))
+        .collect();
     let features = finish(name, schema, &sources, &picks)?;
     let mut fields: Vec<Field> = features
         .schema()
@@ -882,6 +923,7 @@ async fn replay(
     wanted: &HashSet<&[u8]>,
 ) -> ReadResult<Replay> {
     let mut kept = Vec::new();
+    let mut batches = Vec::new();
     let mut rises = Vec::new();
     let mut max = i64::MIN;
     let mut position = from;
@@ -916,13 +958,19 @@ async fn replay(
                 key: key.key,
                 row: match decoded.ops[key.row] {
                     ChangeOp::Delete => None,
-                    ChangeOp::Insert | ChangeOp::Upsert => Some(decoded.batch.slice(key.row, 1)),
+                    ChangeOp::Insert | ChangeOp::Upsert => Some((batches.len(), key.row)),
                 },
                 timestamp_ms: decoded.timestamps_ms[key.row],
             });
         }
+        batches.push(decoded.batch);
     }
-    Ok(Replay { kept, rises, end })
+    Ok(Replay {
+        kept,
+        batches,
+        rises,
+        end,
+    })
 }
 
 #[cfg(test)]

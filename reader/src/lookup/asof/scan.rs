@@ -18,7 +18,7 @@ use unitable_core::offsets::Offset;
 use unitable_core::record::RecordCodec;
 use unitable_core::scan::{ScanOptions, read_scan};
 
-use super::Loaded;
+use super::{Loaded, RowsAt};
 use crate::error::{ReadError, ReadResult};
 use crate::filter::datum;
 
@@ -32,6 +32,19 @@ pub(in crate::lookup) async fn snapshot_rows(
     keys: &[Bytes],
     schema: &SchemaRef,
 ) -> ReadResult<HashMap<Bytes, RecordBatch>> {
+    Ok(snapshot_rows_at(loaded, table, snapshot, keys, schema)
+        .await?
+        .sliced())
+}
+
+/// [`snapshot_rows`] without slicing: the scan's batches that hold a key, and each key's row.
+pub(in crate::lookup) async fn snapshot_rows_at(
+    loaded: &Loaded,
+    table: &Table,
+    snapshot: &SnapshotRef,
+    keys: &[Bytes],
+    schema: &SchemaRef,
+) -> ReadResult<RowsAt> {
     let metadata = table.metadata();
     let snapshot_schema = snapshot
         .schema(metadata)
@@ -96,7 +109,7 @@ pub(in crate::lookup) async fn snapshot_rows(
             })
             .collect::<Vec<_>>(),
     ));
-    let mut found = HashMap::new();
+    let mut found = RowsAt::default();
     while let Some(batch) = stream
         .try_next()
         .await
@@ -110,10 +123,15 @@ pub(in crate::lookup) async fn snapshot_rows(
             .codec
             .encode_keys(&key_batch)
             .map_err(|e| fail(format!("key columns of the snapshot: {e}")))?;
+        let mut kept = false;
         for key in encoded {
             if wanted.contains(key.key.as_ref()) {
-                found.insert(key.key, batch.slice(key.row, 1));
+                found.at.insert(key.key, (found.batches.len(), key.row));
+                kept = true;
             }
+        }
+        if kept {
+            found.batches.push(batch);
         }
     }
     Ok(found)
