@@ -54,7 +54,7 @@ use crate::range::chunk_within;
 pub const DEFAULT_TRAINING_SET_MEMORY: usize = 512 << 20;
 /// Rows (in time order) joined with one base snapshot and one changelog pass.
 const SEGMENT_ROWS: usize = 50_000;
-/// Keys per key-filtered snapshot read.
+/// Keys per read of the lookup state's key index.
 const KEYS_PER_READ: usize = 10_000;
 /// The column that carries each entity row's position in the request through the sorts.
 const ROW: &str = "__unitable_row";
@@ -137,10 +137,9 @@ struct Replay {
 impl Replay {
     /// The instant `t` in this partition: the first offset whose record is stamped after `t`.
     fn end_at(&self, t: i64) -> Offset {
-        self.rises
-            .iter()
-            .find(|(_, max)| *max > t)
-            .map_or(self.end, |(o, _)| *o)
+        // The maxima ascend: the first one past `t` is found by bisection.
+        let at = self.rises.partition_point(|(_, max)| *max <= t);
+        self.rises.get(at).map_or(self.end, |(o, _)| *o)
     }
 }
 
@@ -677,10 +676,10 @@ impl Reader {
                 } else {
                     self.catalog.load(&loaded.name).await?
                 };
-                for chunk in distinct.chunks(KEYS_PER_READ) {
-                    let rows = snapshot_rows_at(loaded, &table, snapshot, chunk, schema).await?;
-                    take_rows(rows, &mut joined.sources, &mut base_rows);
-                }
+                // One scan for all of the segment's keys: past a few keys the scan filters by
+                // their bounds, so reading them in chunks would read the same files again.
+                let rows = snapshot_rows_at(loaded, &table, snapshot, &distinct, schema).await?;
+                take_rows(rows, &mut joined.sources, &mut base_rows);
             }
         }
 
