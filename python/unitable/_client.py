@@ -8,7 +8,7 @@ import itertools
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -111,35 +111,47 @@ def _millis(as_of: dt.datetime | int | None) -> int | None:
 _ENTITY_BYTES = 3 << 20
 
 
-def _file_batches(path: str, table: str | None) -> Iterator[pa.RecordBatch]:
-    """Entity rows from a Parquet, CSV or Arrow IPC file, read as they are sent."""
+def _open_file(path: str, table: str | None
+               ) -> tuple[pa.Schema, Callable[[], Iterator[pa.RecordBatch]]]:
+    """A Parquet, CSV or Arrow IPC file of entity rows: its schema (read now, so a bad file
+    fails before the call) and a function that reads its batches as they are sent."""
     lower = path.lower()
-    if lower.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        yield from pq.ParquetFile(path).iter_batches(batch_size=65536)
-        return
-    if lower.endswith(".csv"):
-        import pyarrow.csv as pcsv
-        yield from pcsv.open_csv(path)
-        return
-    if lower.endswith((".arrow", ".ipc", ".feather")):
-        import pyarrow.ipc as pipc
-        try:
-            file = pipc.open_file(path)
-        except pa.ArrowInvalid:
-            yield from pipc.open_stream(path)
-            return
-        for i in range(file.num_record_batches):
-            yield file.get_batch(i)
-        return
+    try:
+        if lower.endswith(".parquet"):
+            import pyarrow.parquet as pq
+            schema = pq.ParquetFile(path).schema_arrow
+            return schema, lambda: pq.ParquetFile(path).iter_batches(batch_size=65536)
+        if lower.endswith(".csv"):
+            import pyarrow.csv as pcsv
+            schema = pcsv.open_csv(path).schema
+            return schema, lambda: iter(pcsv.open_csv(path))
+        if lower.endswith((".arrow", ".ipc", ".feather")):
+            import pyarrow.ipc as pipc
+
+            def ipc_batches() -> Iterator[pa.RecordBatch]:
+                try:
+                    file = pipc.open_file(path)
+                except pa.ArrowInvalid:
+                    yield from pipc.open_stream(path)
+                    return
+                for i in range(file.num_record_batches):
+                    yield file.get_batch(i)
+            try:
+                schema = pipc.open_file(path).schema
+            except pa.ArrowInvalid:
+                schema = pipc.open_stream(path).schema
+            return schema, ipc_batches
+    except (OSError, pa.ArrowException) as e:
+        raise InvalidArgument(f"training set from {table}: cannot read {path}: {e}",
+                              table=table, field="entities") from None
     raise InvalidArgument(f"training set from {table}: {path} is not a .parquet, .csv or "
                           ".arrow file", table=table, field="entities")
 
 
-def _entity_messages(header: pb.TrainingSetRequest,
+def _entity_messages(header: pb.TrainingSetRequest, schema: pa.Schema,
                      batches: Iterable[pa.RecordBatch]) -> Iterator[pb.TrainingSetRequest]:
     """Request messages of about ``_ENTITY_BYTES`` of entity rows each; the first carries the
-    settings (and goes even without rows)."""
+    settings (and goes even without rows, with the schema)."""
     held: list[pa.RecordBatch] = []
     size = 0
     first: pb.TrainingSetRequest | None = header
@@ -151,9 +163,7 @@ def _entity_messages(header: pb.TrainingSetRequest,
         first, held, size = None, [], 0
         return out
 
-    schema: pa.Schema | None = None
     for batch in batches:
-        schema = schema or batch.schema
         per_row = max(1, batch.nbytes // max(batch.num_rows, 1))
         at = 0
         while at < batch.num_rows:
@@ -164,11 +174,6 @@ def _entity_messages(header: pb.TrainingSetRequest,
             at += piece.num_rows
             if size >= _ENTITY_BYTES:
                 yield message()
-        if batch.num_rows == 0 and first is not None:
-            held.append(batch)
-    if schema is None:
-        raise InvalidArgument("training set: the entity rows have no columns",
-                              table=None, field="entities")
     if held or first is not None:
         yield message()
 
@@ -612,50 +617,73 @@ class Client:
             raise InvalidArgument(
                 "training set: give features as a list of \"namespace.table.column\"",
                 table=first, field="features")
-        source: Any
+        table: pa.Table | None = None
         if isinstance(entities, pa.RecordBatch):
-            source = pa.Table.from_batches([entities])
+            table = pa.Table.from_batches([entities])
         elif isinstance(entities, pa.Table):
-            source = entities
+            table = entities
         elif is_dataframe(entities):
-            source = pa.Table.from_pandas(entities, preserve_index=False)
+            table = pa.Table.from_pandas(entities, preserve_index=False)
         elif isinstance(entities, (str, os.PathLike)):
             path = os.fspath(entities)
             if os.path.exists(path):
-                source = path
+                schema, read = _open_file(path, first)
             elif re.fullmatch(r"[A-Za-z_][\w]*\.[A-Za-z_][\w]*", path):
-                source = self.scan(path)
+                table = self.scan(path)
             else:
                 raise InvalidArgument(
                     f"training set from {first}: entities `{path}` is neither a file nor a "
                     "table name", table=first, field="entities")
         elif _is_rows_of_dicts(entities):
-            source = pa.Table.from_pylist(list(entities))
+            table = pa.Table.from_pylist(list(entities))
         else:
             raise InvalidArgument(
                 f"training set from {first}: entities must be a pyarrow Table, DataFrame, list "
                 f"of dicts, file path or table name, not {type(entities).__name__}",
                 table=first, field="entities")
+        if table is not None:
+            rows = table
+            schema, read = rows.schema, lambda: iter(rows.to_batches())
         header = pb.TrainingSetRequest(timestamp_column=timestamp_column,
                                        features=list(features))
         if ttl is not None:
             header.ttl_ms = (ttl // dt.timedelta(milliseconds=1)
                              if isinstance(ttl, dt.timedelta) else int(ttl))
+        # gRPC reads the request iterator on a thread of its own and turns an exception there
+        # into a cancelled call (UNKNOWN): keep it, and raise it instead of that status.
+        failures: list[BaseException] = []
 
         def requests() -> Iterator[pb.TrainingSetRequest]:
             # A fresh pass over the rows for every attempt (a retry sends them again).
-            if isinstance(source, str):
-                batches: Iterable[pa.RecordBatch] = _file_batches(source, first)
-            else:
-                batches = (source.to_batches()
-                           or [pa.RecordBatch.from_pylist([], schema=source.schema)])
             request = pb.TrainingSetRequest()
             request.CopyFrom(header)
-            return _entity_messages(request, batches)
+            try:
+                yield from _entity_messages(request, schema, read())
+            except Exception as e:
+                failures.append(e)
+                raise
+
+        def failed(e: grpc.RpcError) -> BaseException:
+            if failures:
+                err = failures[-1]
+                if isinstance(err, UnitableError):
+                    return err
+                return InvalidArgument(f"training set from {first}: reading the entity rows "
+                                       f"failed: {err}", table=first, field="entities")
+            return self._t.error(e, first, "training set from")
 
         def start() -> tuple[Iterator[Any], pa.Table]:
+            failures.clear()
             responses = self._t.reads.TrainingSet(requests(), metadata=self._t.metadata)
-            return responses, read_ipc(next(responses).arrow_ipc)
+            try:
+                head = next(responses, None)
+            except grpc.RpcError as e:
+                if failures:
+                    raise failed(e) from None
+                raise
+            if head is None:
+                raise UnitableError(f"training set from {first}: the server sent no answer")
+            return responses, read_ipc(head.arrow_ipc)
 
         responses, head = self._t.call(start, table=first, action="training set from")
 
@@ -665,7 +693,7 @@ class Client:
                 for message in responses:
                     yield from read_ipc(message.arrow_ipc).to_batches()
             except grpc.RpcError as e:
-                raise self._t.error(e, first, "training set from") from None
+                raise failed(e) from None
 
         return pa.RecordBatchReader.from_batches(head.schema, rest())
 

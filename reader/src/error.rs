@@ -92,16 +92,6 @@ pub enum ReadError {
         /// DataFusion's message (names the largest consumers).
         reason: String,
     },
-    /// A training set's sorts could not spill enough to stay within their memory limit.
-    #[error(
-        "the training set needs more memory than the server allows it (--training-set-memory, \
-         per training set): {reason}; send fewer columns with the entity rows, or ask the \
-         operator for a larger limit"
-    )]
-    TrainingSetMemory {
-        /// DataFusion's message.
-        reason: String,
-    },
     /// Something that should not happen did (a bug, not bad input).
     #[error("internal reader error: {reason}")]
     Internal {
@@ -271,7 +261,6 @@ impl ReadError {
             | ReadError::LookupMemory { .. }
             | ReadError::LookupBehind { .. } => true,
             ReadError::BadRequest { .. }
-            | ReadError::TrainingSetMemory { .. }
             | ReadError::SnapshotNotFound { .. }
             | ReadError::PlanStale { .. }
             | ReadError::OffsetsRemoved { .. }

@@ -88,7 +88,6 @@ fn classify_read(e: &ReadError) -> (Code, Level) {
         }
         ReadError::TailTooLong { .. }
         | ReadError::QueryMemory { .. }
-        | ReadError::TrainingSetMemory { .. }
         | ReadError::LookupMemory { .. } => (Code::ResourceExhausted, Level::Warn),
         ReadError::LookupBehind { .. } => (Code::Unavailable, Level::Warn),
         ReadError::Internal { .. } => (Code::Internal, Level::Error),

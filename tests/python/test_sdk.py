@@ -814,6 +814,23 @@ def test_training_set_matches_a_changelog_replay(client, tmp_path):
         client.training_set(entity, ["sdk.nope.v"], timestamp_column="at")
     assert missing.value.table == "sdk.nope"
 
+    # Entity files that cannot be read: a wrong kind fails before the call; a CSV whose rows
+    # stop fitting the types read from its first block fails while it is sent, and the call
+    # is cancelled (no answer for the rows sent so far), with the reader's error.
+    (tmp_path / "rows.json").write_text("{}")
+    with pytest.raises(unitable.InvalidArgument) as wrong_kind:
+        client.training_set(tmp_path / "rows.json", features, timestamp_column="at")
+    assert (wrong_kind.value.field, wrong_kind.value.table) == ("entities", name)
+    bad_csv = tmp_path / "late-error.csv"
+    with bad_csv.open("w") as f:
+        f.write("id,at\n")
+        f.writelines(f"{i % 30},{i}\n" for i in range(200_000))
+        f.write("not-a-number,5\n")
+    with pytest.raises(unitable.InvalidArgument) as late:
+        client.training_set(bad_csv, features, timestamp_column="at")
+    assert (late.value.field, late.value.table) == ("entities", name)
+    assert "reading the entity rows failed" in str(late.value), late.value
+
 
 def test_errors_name_the_table(client):
     missing = "sdk.nope"

@@ -3,12 +3,12 @@
 //! [`super::LookupAsOf::Timestamp`]), so no value from after a row's time leaks into it.
 //!
 //! The entity rows arrive as a stream and may be larger than memory. Each row is tagged with
-//! its position and its time in milliseconds and the rows are sorted by time with DataFusion's
-//! external sort, within half of the reader's training-set memory (past it, sorted runs spill
-//! to temporary files). The sorted rows are joined in segments of [`SEGMENT_ROWS`], and the
-//! joined rows are sorted back into request order the same way (the other half), so the answer
-//! streams out in the order the rows came in while memory holds the two sorts' buffers and one
-//! segment.
+//! its position and its time in milliseconds and the rows are sorted by time with the
+//! external sort of [`order`], within half of the reader's training-set memory (past it,
+//! sorted runs spill to temporary files). The sorted rows are joined in segments of
+//! [`SEGMENT_ROWS`], and the joined rows are sorted back into request order the same way (the
+//! other half), so the answer streams out in the order the rows came in while memory holds
+//! the two sorts' buffers and one segment.
 //!
 //! A segment, with `T0` its earliest row time (minus the TTL, if any) and `T1` its latest, is
 //! joined per feature table: the base is the newest snapshot at or before `T0` in the rows'
@@ -24,7 +24,7 @@ mod order;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::{
@@ -275,11 +275,12 @@ impl Reader {
         );
         let by_row_spilled = by_row.spilled.clone();
         let sent = Arc::new(AtomicU64::new(0));
-        let counted = sent.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let (counted, failing) = (sent.clone(), failed.clone());
         let rows = by_row
             .rows
             .map(move |batch| {
-                let batch = batch?;
+                let batch = batch.inspect_err(|_| failing.store(true, Ordering::Relaxed))?;
                 counted.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 batch
                     .project(&(0..answer_width).collect::<Vec<_>>())
@@ -293,12 +294,25 @@ impl Reader {
                         + by_row_spilled.load(Ordering::Relaxed);
                     metrics::counter!("unitable_training_set_spilled_bytes_total")
                         .increment(spilled);
-                    tracing::info!(
-                        rows = sent.load(Ordering::Relaxed),
-                        spilled_bytes = spilled,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "training set answered"
+                    let (rows, elapsed_ms) = (
+                        sent.load(Ordering::Relaxed),
+                        started.elapsed().as_millis() as u64,
                     );
+                    if failed.load(Ordering::Relaxed) {
+                        tracing::info!(
+                            rows,
+                            spilled_bytes = spilled,
+                            elapsed_ms,
+                            "training set failed"
+                        );
+                    } else {
+                        tracing::info!(
+                            rows,
+                            spilled_bytes = spilled,
+                            elapsed_ms,
+                            "training set answered"
+                        );
+                    }
                     None
                 })
                 .filter_map(futures::future::ready),

@@ -47,8 +47,11 @@ pub(crate) fn tables(request: &wire::TrainingSetRequest) -> Result<Vec<TableName
 }
 
 /// The entity rows of request message `index` (a schema with no rows gives one empty batch,
-/// so the first message alone fixes the schema).
+/// so the first message alone fixes the schema; a message without entity bytes gives none).
 fn entity_batches(index: usize, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, ReadError> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
     let unreadable = |e: arrow::error::ArrowError| ReadError::BadRequest {
         reason: format!(
             "field `entities` of request message {index}: not an Arrow IPC stream: {e}"

@@ -1,7 +1,8 @@
 //! Sorting a stream of batches by integer keys in bounded memory: rows are held until they
 //! pass the memory given, then sorted and written as a run to an unlinked temporary file
-//! (Arrow IPC); at the end the runs (and what is still held) are merged. Without a run the
-//! sort never touches the disk.
+//! (Arrow IPC); [`MAX_FAN_IN`] runs of one tier are merged into one run of the next tier, and
+//! at the end the runs (and what is still held) are merged. Without a run the sort never
+//! touches the disk.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -23,6 +24,9 @@ use crate::pinned::BatchStream;
 
 /// Rows per batch written to a run and sent out.
 const BATCH_ROWS: usize = 4096;
+/// Most runs merged at once: past it, runs are first merged into longer runs (which keeps
+/// open files and the merge's memory, a batch per run, bounded).
+const MAX_FAN_IN: usize = 64;
 
 /// A row's sort key: an int64 (0 when the sort has one key) then a uint64.
 type Key = (i64, u64);
@@ -46,18 +50,24 @@ pub(super) fn sort(memory: usize, schema: SchemaRef, input: BatchStream, by: Vec
     let (tx, rx) = mpsc::channel::<ReadResult<RecordBatch>>(2);
     let spilled = Arc::new(AtomicU64::new(0));
     let counter = spilled.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = drive(memory, schema, input, by, counter, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
-    Sorted {
-        rows: futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|batch| (batch, rx))
-        })
-        .boxed(),
-        spilled,
-    }
+    // When the rows end, the task's end says whether they all came: a task that panicked
+    // (here or in the join that feeds it) ends the stream with an error, not early.
+    let rows = futures::stream::unfold((rx, Some(task)), |(mut rx, task)| async move {
+        if let Some(batch) = rx.recv().await {
+            return Some((batch, (rx, task)));
+        }
+        match task?.await {
+            Ok(()) => None,
+            Err(e) => Some((Err(internal("a training-set sort failed", e)), (rx, None))),
+        }
+    })
+    .boxed();
+    Sorted { rows, spilled }
 }
 
 async fn drive(
@@ -70,17 +80,47 @@ async fn drive(
 ) -> ReadResult<()> {
     let mut held: Vec<RecordBatch> = Vec::new();
     let mut bytes = 0usize;
-    let mut runs: Vec<File> = Vec::new();
+    // Runs with their tier (0: written from memory; n + 1: merged from runs of tier n).
+    let mut runs: Vec<(u32, File)> = Vec::new();
     while let Some(batch) = input.next().await {
+        if tx.is_closed() {
+            return Ok(()); // Nobody reads the rows any more (the call was dropped).
+        }
         let batch = batch?;
         if batch.num_rows() == 0 {
             continue;
         }
-        bytes += batch.get_array_memory_size();
+        // The rows' own bytes: batches decoded from one message share its buffer, whose whole
+        // size each column would otherwise count.
+        bytes += batch
+            .columns()
+            .iter()
+            .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+            .sum::<usize>();
         held.push(batch);
         if bytes > memory {
-            runs.push(spill(&schema, std::mem::take(&mut held), &by, &spilled).await?);
+            let run = spill(&schema, std::mem::take(&mut held), &by, &spilled).await?;
+            runs.push((0, run));
             bytes = 0;
+            // Tiers: MAX_FAN_IN runs of one tier become one run of the next.
+            while let Some(&(tier, _)) = runs.last()
+                && runs.len() >= MAX_FAN_IN
+                && runs[runs.len() - MAX_FAN_IN..]
+                    .iter()
+                    .all(|(t, _)| *t == tier)
+            {
+                let group: Vec<File> = runs
+                    .drain(runs.len() - MAX_FAN_IN..)
+                    .map(|(_, f)| f)
+                    .collect();
+                let (schema, by) = (schema.clone(), by.clone());
+                let (run, size) =
+                    tokio::task::spawn_blocking(move || merge_to_run(&schema, group, &by))
+                        .await
+                        .map_err(|e| internal("merge sorted runs", e))??;
+                spilled.fetch_add(size, Ordering::Relaxed);
+                runs.push((tier + 1, run));
+            }
         }
     }
     drop(input);
@@ -96,12 +136,17 @@ async fn drive(
         return Ok(());
     }
     if !held.is_empty() {
-        runs.push(spill(&schema, held, &by, &spilled).await?);
+        runs.push((0, spill(&schema, held, &by, &spilled).await?));
     }
+    let runs: Vec<File> = runs.into_iter().map(|(_, f)| f).collect();
     let out = tx.clone();
-    tokio::task::spawn_blocking(move || merge(runs, &by, &out))
-        .await
-        .map_err(|e| internal("merge sorted runs", e))?
+    tokio::task::spawn_blocking(move || {
+        merge(runs, &by, &mut |batch| {
+            Ok(out.blocking_send(Ok(batch)).is_ok())
+        })
+    })
+    .await
+    .map_err(|e| internal("merge sorted runs", e))?
 }
 
 /// Writes `batches` as a sorted run on a blocking thread, counting its bytes in `spilled`.
@@ -163,15 +208,39 @@ fn sort_in_memory(
 /// Writes `batches` sorted to an unlinked temporary file; returns it (at its start) and its size.
 fn write_run(schema: &SchemaRef, batches: &[RecordBatch], by: &[usize]) -> ReadResult<(File, u64)> {
     let sorted = sort_in_memory(schema, batches, by)?;
-    let file = tempfile::tempfile()
-        .map_err(|e| internal("create a spill file in the temporary directory (TMPDIR)", e))?;
-    let mut writer = FileWriter::try_new(file, schema).map_err(|e| internal("spill rows", e))?;
+    let mut writer = run_writer(schema)?;
     for at in (0..sorted.num_rows()).step_by(BATCH_ROWS) {
         let len = BATCH_ROWS.min(sorted.num_rows() - at);
-        writer
-            .write(&sorted.slice(at, len))
-            .map_err(|e| internal("spill rows (is the temporary directory full?)", e))?;
+        write_batch(&mut writer, &sorted.slice(at, len))?;
     }
+    finish_run(writer)
+}
+
+/// Merges `runs` into one longer run.
+fn merge_to_run(schema: &SchemaRef, runs: Vec<File>, by: &[usize]) -> ReadResult<(File, u64)> {
+    let mut writer = run_writer(schema)?;
+    merge(runs, by, &mut |batch| {
+        write_batch(&mut writer, &batch)?;
+        Ok(true)
+    })?;
+    finish_run(writer)
+}
+
+/// A writer of a run to an unlinked temporary file.
+fn run_writer(schema: &SchemaRef) -> ReadResult<FileWriter<File>> {
+    let file = tempfile::tempfile()
+        .map_err(|e| internal("create a spill file in the temporary directory (TMPDIR)", e))?;
+    FileWriter::try_new(file, schema).map_err(|e| internal("spill rows", e))
+}
+
+fn write_batch(writer: &mut FileWriter<File>, batch: &RecordBatch) -> ReadResult<()> {
+    writer
+        .write(batch)
+        .map_err(|e| internal("spill rows (is the temporary directory full?)", e))
+}
+
+/// Ends a run: its file, at its start, and its size.
+fn finish_run(mut writer: FileWriter<File>) -> ReadResult<(File, u64)> {
     writer.finish().map_err(|e| internal("spill rows", e))?;
     let mut file = writer.into_inner().map_err(|e| internal("spill rows", e))?;
     let size = file
@@ -207,11 +276,12 @@ impl Cursor {
     }
 }
 
-/// Merges sorted runs into batches of [`BATCH_ROWS`] rows, sent to `out` in key order.
+/// Merges sorted runs into batches of [`BATCH_ROWS`] rows, given to `out` in key order until
+/// it returns false.
 fn merge(
     runs: Vec<File>,
     by: &[usize],
-    out: &mpsc::Sender<ReadResult<RecordBatch>>,
+    out: &mut dyn FnMut(RecordBatch) -> ReadResult<bool>,
 ) -> ReadResult<()> {
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut cursors = Vec::with_capacity(runs.len());
@@ -243,7 +313,7 @@ fn merge(
             let batch =
                 interleave_record_batch(&refs, &picks).map_err(|e| internal("merge runs", e))?;
             picks.clear();
-            if out.blocking_send(Ok(batch)).is_err() {
+            if !out(batch)? {
                 return Ok(());
             }
             // Keep only the batches the runs still read from.
