@@ -198,6 +198,16 @@ async fn describe(client: &mut ReadClient) -> Result<ConsumerGroup> {
             Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            // The connection broke (seen once in CI on a loaded machine: "broken pipe"): the
+            // channel reconnects on the next call, and describing twice changes nothing.
+            Err(s)
+                if matches!(s.code(), Code::Unknown | Code::Unavailable)
+                    && s.message().contains("transport error")
+                    && Instant::now() < deadline =>
+            {
+                eprintln!("describe: {s}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             Err(s) => return Err(s.into()),
         }
     }
