@@ -77,6 +77,29 @@ pub(super) struct Loaded {
 }
 
 impl Loaded {
+    /// `name` from the catalog, with its definition and codec; a table without a primary key
+    /// has no rows by key and is refused.
+    pub(super) async fn open(
+        catalog: &unitable_core::catalog::TableCatalog,
+        name: &TableName,
+    ) -> ReadResult<Self> {
+        let table = catalog.load(name).await?;
+        let metadata = table.metadata();
+        let def = TableDef::from_iceberg(name.clone(), metadata)?;
+        if def.is_append_only() {
+            return Err(ReadError::BadRequest {
+                reason: format!("table `{name}` has no primary key, so it has no rows by key"),
+            });
+        }
+        let codec = RecordCodec::of_table(&def, metadata)?;
+        Ok(Self {
+            name: name.clone(),
+            table,
+            def,
+            codec,
+        })
+    }
+
     pub(super) fn metadata(&self) -> &TableMetadata {
         self.table.metadata()
     }
@@ -93,24 +116,7 @@ impl Reader {
         request: &LookupRequest,
         at: &LookupAsOf,
     ) -> ReadResult<LookupResponse> {
-        let table = self.catalog.load(&request.table).await?;
-        let metadata = table.metadata();
-        let def = TableDef::from_iceberg(request.table.clone(), metadata)?;
-        if def.is_append_only() {
-            return Err(ReadError::BadRequest {
-                reason: format!(
-                    "table `{}` has no primary key, so it has no rows by key",
-                    request.table
-                ),
-            });
-        }
-        let codec = RecordCodec::of_table(&def, metadata)?;
-        let loaded = Loaded {
-            name: request.table.clone(),
-            table,
-            def,
-            codec,
-        };
+        let loaded = Loaded::open(&self.catalog, &request.table).await?;
         let keys = keys::canonical_keys(&loaded.codec, &request.keys)?;
         let schema = output_schema(&request.table, &loaded.codec, &request.columns)?;
         let partitions: BTreeSet<PartitionId> =

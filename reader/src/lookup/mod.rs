@@ -375,14 +375,18 @@ fn conform(table: &TableName, schema: &SchemaRef, batch: &RecordBatch) -> ReadRe
         columns.push(column);
     }
     // The rows were valid rows of the table; nullability is the table's to enforce, not ours.
-    let relaxed = Arc::new(Schema::new(
+    RecordBatch::try_new(nullable(schema), columns).map_err(|e| fail(format!("assemble rows: {e}")))
+}
+
+/// `schema` with every field nullable.
+fn nullable(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
         schema
             .fields()
             .iter()
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
-    ));
-    RecordBatch::try_new(relaxed, columns).map_err(|e| fail(format!("assemble rows: {e}")))
+    ))
 }
 
 /// The found rows in key order and the indexes of the missing keys.

@@ -39,12 +39,11 @@ use unitable_core::changelog::Changelog;
 use unitable_core::naming::{TableName, TopicName};
 use unitable_core::offsets::{Offset, PartitionId};
 use unitable_core::record::{ChangeOp, RecordCodec};
-use unitable_core::table::TableDef;
 
 use super::asof::{
     Loaded, LookupAsOf, RowsAt, decode_keyed, index_rows_at, newest_covered_by, snapshot_rows_at,
 };
-use super::{conform, finish, output_schema};
+use super::{conform, finish, nullable, output_schema};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use crate::pinned::BatchStream;
@@ -298,21 +297,18 @@ impl Reader {
                         sent.load(Ordering::Relaxed),
                         started.elapsed().as_millis() as u64,
                     );
-                    if failed.load(Ordering::Relaxed) {
-                        tracing::info!(
-                            rows,
-                            spilled_bytes = spilled,
-                            elapsed_ms,
-                            "training set failed"
-                        );
+                    let outcome = if failed.load(Ordering::Relaxed) {
+                        "failed"
                     } else {
-                        tracing::info!(
-                            rows,
-                            spilled_bytes = spilled,
-                            elapsed_ms,
-                            "training set answered"
-                        );
-                    }
+                        "answered"
+                    };
+                    tracing::info!(
+                        rows,
+                        spilled_bytes = spilled,
+                        elapsed_ms,
+                        outcome,
+                        "training set"
+                    );
                     None
                 })
                 .filter_map(futures::future::ready),
@@ -326,25 +322,9 @@ impl Reader {
 
     /// A feature table, loaded, with the columns wanted from it.
     async fn feature(&self, name: TableName, wanted: &[String]) -> ReadResult<Feature> {
-        let table = self.catalog.load(&name).await?;
-        let metadata = table.metadata();
-        let def = TableDef::from_iceberg(name.clone(), metadata)?;
-        if def.is_append_only() {
-            return Err(bad(format!(
-                "feature table `{name}` has no primary key, so it has no values by key"
-            )));
-        }
-        let codec = RecordCodec::of_table(&def, metadata)?;
-        let schema = output_schema(&name, &codec, wanted)?;
-        Ok(Feature {
-            loaded: Loaded {
-                name,
-                table,
-                def,
-                codec,
-            },
-            schema,
-        })
+        let loaded = Loaded::open(&self.catalog, &name).await?;
+        let schema = output_schema(&name, &loaded.codec, wanted)?;
+        Ok(Feature { loaded, schema })
     }
 }
 
@@ -533,11 +513,6 @@ impl Reader {
         let n = keys.len();
         let partition_of: Vec<PartitionId> =
             keys.iter().map(|k| loaded.codec.partition_of(k)).collect();
-        // Rows in time order, joined segment by segment: each segment has its own base, the
-        // newest snapshot at or before its earliest time, so rows spread over a long time do
-        // not replay the whole span, and what a segment keeps in memory stays bounded.
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| (times[i], i));
         let mut joined = Joined {
             sources: Vec::new(),
             answers: vec![None; n],
@@ -549,8 +524,11 @@ impl Reader {
             partition_of: &partition_of,
             times,
         };
-        for segment in order.chunks(SEGMENT_ROWS) {
-            self.join_segment(loaded, schema, segment, rows, ttl, &mut joined)
+        // The rows are one segment (`training_set` cuts them in time order); no rows (the
+        // answer's shape) read nothing.
+        if n > 0 {
+            let segment: Vec<usize> = (0..n).collect();
+            self.join_segment(loaded, schema, &segment, rows, ttl, &mut joined)
                 .await?;
         }
         let Joined {
@@ -779,13 +757,7 @@ fn finish_table(
     partition_of: &[PartitionId],
 ) -> ReadResult<(Vec<Field>, Vec<ArrayRef>)> {
     // Feature columns: found rows, and a null row for the rest (source 0).
-    let relaxed: SchemaRef = Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    ));
+    let relaxed = nullable(schema);
     let nulls = RecordBatch::try_new(
         relaxed.clone(),
         relaxed
