@@ -45,7 +45,8 @@ mod testing;
 pub use error::{ReadError, ReadResult};
 pub use group::{GroupRead, GroupSettings, GroupStream};
 pub use lookup::{
-    LookupAsOf, LookupKeys, LookupRequest, LookupResponse, TrainingSet, TrainingSetSpec,
+    LookupAsOf, LookupKeys, LookupRequest, LookupResponse, MAX_KEYS as MAX_LOOKUP_KEYS,
+    TrainingSet, TrainingSetSpec,
 };
 pub use parts::{PinSpec, ReadPart, ReadPlan};
 pub use pinned::{BatchStream, Part, Pinned};
@@ -121,7 +122,11 @@ impl Reader {
     /// least recently used tables' states are dropped (rebuilt on their next lookup), and a
     /// table whose state alone is larger fails with [`ReadError::LookupMemory`].
     pub fn with_lookup_memory_limit(mut self, bytes: usize) -> Self {
-        self.lookups = Arc::new(lookup::LookupCache::new(bytes, self.lookups.blocks_bytes()));
+        self.lookups = Arc::new(lookup::LookupCache::new(
+            bytes,
+            self.lookups.blocks_bytes(),
+            self.lookups.warms(),
+        ));
         self
     }
 
@@ -149,7 +154,24 @@ impl Reader {
     /// [`lookup::DEFAULT_BLOCK_CACHE_BYTES`] by default), least recently useful first out.
     /// 0 decodes every lookup's rows from the files.
     pub fn with_lookup_cache(mut self, bytes: u64) -> Self {
-        self.lookups = Arc::new(lookup::LookupCache::new(self.lookups.limit(), bytes));
+        self.lookups = Arc::new(lookup::LookupCache::new(
+            self.lookups.limit(),
+            bytes,
+            self.lookups.warms(),
+        ));
+        self
+    }
+
+    /// The same reader with LOOKUP warming its cache (`true`, the default) or not: a table's
+    /// data files are decoded into the cache in the background when its lookup state is built
+    /// and as new snapshots bring files in, as long as they fit in 80% of the cache's memory
+    /// (all tables together). Without it only looked-up blocks are decoded and cached.
+    pub fn with_lookup_cache_warming(mut self, warm: bool) -> Self {
+        self.lookups = Arc::new(lookup::LookupCache::new(
+            self.lookups.limit(),
+            self.lookups.blocks_bytes(),
+            warm,
+        ));
         self
     }
 }

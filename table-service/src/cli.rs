@@ -453,6 +453,13 @@ pub struct ServeArgs {
     #[arg(long, env = "UNITABLE_HTTP_ADDR", default_value = "127.0.0.1:7071")]
     pub http_addr: String,
 
+    /// Serve LOOKUPs over the Redis protocol (RESP2) on this address too, e.g. 127.0.0.1:6380:
+    /// `GET shop.users:42` returns the row of key 42 as JSON, `HGET`/`HMGET`/`HGETALL` its
+    /// columns, `MGET` many (docs/resp.md). Read-only, plaintext (not with --tls-cert); callers
+    /// AUTH with a unitable token unless --allow-anonymous. Off by default.
+    #[arg(long, env = "UNITABLE_RESP_ADDR")]
+    pub resp_addr: Option<String>,
+
     #[command(flatten)]
     pub catalog: CatalogArgs,
 
@@ -537,6 +544,14 @@ pub struct ServeArgs {
     /// (unitable_lookup_cache_hits_total, unitable_lookup_cache_misses_total).
     #[arg(long, env = "UNITABLE_LOOKUP_CACHE_MEMORY", default_value = "512MiB", value_parser = parse_bytes)]
     pub lookup_cache_memory: usize,
+
+    /// Whether LOOKUP warms its cache: a table's data files are decoded into it in the
+    /// background when the table's lookup state is built (its first lookup) and whenever a
+    /// new snapshot brings files in (commits, compactions), as long as they fit in 80% of
+    /// --lookup-cache-memory, all tables together. Lookups of such tables then read no
+    /// Parquet page. `false` caches only the blocks that lookups read.
+    #[arg(long, env = "UNITABLE_LOOKUP_CACHE_WARM", default_value = "true", value_parser = clap::value_parser!(bool))]
+    pub lookup_cache_warm: bool,
 
     /// Memory the committer's primary-key index of each table may keep (a limit per table),
     /// e.g. 512MiB, 2GiB. Past it the index spills sorted runs to --index-spill-dir and reads

@@ -15,6 +15,7 @@ mod client;
 mod console;
 mod flight;
 mod grpc;
+mod resp;
 mod serve;
 mod status;
 mod telemetry;

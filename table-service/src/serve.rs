@@ -118,6 +118,16 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
             args.http_addr
         )
     })?;
+    let resp_listener = match &args.resp_addr {
+        None => None,
+        Some(_) if args.security.tls_cert.is_some() => anyhow::bail!(
+            "--resp-addr serves plaintext and the server is set up for TLS (--tls-cert): the \
+             RESP endpoint has no TLS, so leave --resp-addr out or serve without TLS"
+        ),
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for RESP; choose another with --resp-addr")
+        })?),
+    };
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let leases = match LeaseStore::connect(catalog.config())
@@ -187,6 +197,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         .with_sql_memory_limit(args.sql_memory_limit)
         .with_lookup_memory_limit(args.lookup_memory_limit)
         .with_lookup_cache(args.lookup_cache_memory as u64)
+        .with_lookup_cache_warming(args.lookup_cache_warm)
         .with_training_set_memory(args.training_set_memory);
     if let Some(store) = GroupStore::connect(catalog.config())
         .await
@@ -269,6 +280,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         reader.clone(),
         history,
     );
+    let (resp_reader, resp_access) = (reader.clone(), access.clone());
     let mut tasks = tokio::task::JoinSet::new();
     {
         let shutdown = shutdown.clone();
@@ -309,6 +321,14 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         tasks.spawn(async move {
             let result = serve_http(http_listener, metrics, console, shutdown).await;
             ("http", result)
+        });
+    }
+    if let Some(listener) = resp_listener {
+        let (shutdown, reader, access) = (shutdown.clone(), resp_reader, resp_access);
+        info!(resp_addr = %listener.local_addr()?, "serving LOOKUP over RESP");
+        tasks.spawn(async move {
+            let result = crate::resp::serve_resp(listener, reader, access, shutdown).await;
+            ("resp", result)
         });
     }
     info!(%grpc_addr, %http_addr, data_dir = %data_dir.display(), "unitable is serving");

@@ -117,7 +117,7 @@ impl Reader {
         at: &LookupAsOf,
     ) -> ReadResult<LookupResponse> {
         let loaded = Loaded::open(&self.catalog, &request.table).await?;
-        let keys = keys::canonical_keys(&loaded.codec, &request.keys)?;
+        let keys = keys::canonical_keys(&loaded.codec, &loaded.def, &request.keys)?;
         let schema = output_schema(&request.table, &loaded.codec, &request.columns)?;
         let partitions: BTreeSet<PartitionId> =
             keys.iter().map(|k| loaded.codec.partition_of(k)).collect();

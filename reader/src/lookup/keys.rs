@@ -4,6 +4,8 @@
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use unitable_core::record::{ChangeOp, EncodeError, RecordCodec};
+use unitable_core::table::TableDef;
+use unitable_core::types::ColumnType;
 
 use crate::error::{ReadError, ReadResult};
 
@@ -17,6 +19,11 @@ pub enum LookupKeys {
     JsonLines(Vec<u8>),
     /// Arrow batches whose columns are named after the key columns.
     Arrow(Vec<RecordBatch>),
+    /// One text per key, as a key-value protocol names a key: with a one-column key, the
+    /// column's value as text (`42`, `alice`; numbers and booleans as JSON writes them, other
+    /// types as their JSON string without quotes); with a composite key, a JSON object of the
+    /// key columns.
+    Text(Vec<String>),
 }
 
 impl LookupKeys {
@@ -28,8 +35,74 @@ impl LookupKeys {
                 .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
                 .count(),
             LookupKeys::Arrow(batches) => batches.iter().map(RecordBatch::num_rows).sum(),
+            LookupKeys::Text(texts) => texts.len(),
         }
     }
+}
+
+/// Text keys as JSON lines of the key columns of `def`.
+fn text_keys_to_json(def: &TableDef, texts: &[String]) -> ReadResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(texts.len() * 24);
+    for (index, text) in texts.iter().enumerate() {
+        let bad = |reason: String| ReadError::InvalidKey {
+            index,
+            field: None,
+            reason,
+        };
+        if text.contains('\n') {
+            return Err(bad("a key holds no line break".into()));
+        }
+        let [column] = def.primary_key.as_slice() else {
+            // A composite key: a JSON object of its columns, read as a JSON key line.
+            let object = matches!(
+                serde_json::from_str::<serde_json::Value>(text),
+                Ok(serde_json::Value::Object(_))
+            );
+            if !object {
+                return Err(bad(format!(
+                    "the table's key has columns {}: give a JSON object of them, e.g. {{{}}}",
+                    def.primary_key.join(", "),
+                    def.primary_key
+                        .iter()
+                        .map(|c| format!("\"{c}\":..."))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )));
+            }
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
+            continue;
+        };
+        let ty = def
+            .columns
+            .iter()
+            .find(|c| &c.name == column)
+            .map(|c| &c.ty);
+        // Numbers and booleans stand for themselves in JSON; anything else is a string (a
+        // text that is not a number for a number column fails in the codec, naming it).
+        let literal = matches!(
+            ty,
+            Some(
+                ColumnType::Bool
+                    | ColumnType::Int32
+                    | ColumnType::Int64
+                    | ColumnType::Float32
+                    | ColumnType::Float64
+                    | ColumnType::Decimal { .. }
+            )
+        ) && matches!(
+            serde_json::from_str::<serde_json::Value>(text),
+            Ok(serde_json::Value::Number(_) | serde_json::Value::Bool(_))
+        );
+        let value = if literal {
+            text.clone()
+        } else {
+            serde_json::Value::String(text.clone()).to_string()
+        };
+        let key = serde_json::Value::String(column.clone()).to_string();
+        out.extend_from_slice(format!("{{{key}:{value}}}\n").as_bytes());
+    }
+    Ok(out)
 }
 
 fn too_many(n: usize) -> ReadError {
@@ -51,9 +124,20 @@ fn mismatch(e: EncodeError) -> ReadError {
     }
 }
 
-/// The canonical bytes of every key, in request order.
-pub(crate) fn canonical_keys(codec: &RecordCodec, keys: &LookupKeys) -> ReadResult<Vec<Bytes>> {
+/// The canonical bytes of every key of a table defined by `def`, in request order.
+pub(crate) fn canonical_keys(
+    codec: &RecordCodec,
+    def: &TableDef,
+    keys: &LookupKeys,
+) -> ReadResult<Vec<Bytes>> {
     match keys {
+        LookupKeys::Text(texts) => {
+            if texts.len() > MAX_KEYS {
+                return Err(too_many(texts.len()));
+            }
+            let lines = text_keys_to_json(def, texts)?;
+            canonical_keys(codec, def, &LookupKeys::JsonLines(lines))
+        }
         LookupKeys::JsonLines(input) => {
             let lines = unitable_core::record::json_lines(input).len();
             if lines > MAX_KEYS {

@@ -102,6 +102,8 @@ pub(crate) struct LookupCache {
     /// Decoded row blocks of every table's data files.
     blocks: Arc<rows::BlockCache>,
     blocks_bytes: u64,
+    /// Whether the block cache is warmed.
+    warm: bool,
     /// The clock of [`Slot::used_ms`].
     epoch: std::time::Instant,
 }
@@ -118,18 +120,20 @@ struct Slot {
 
 impl Default for LookupCache {
     fn default() -> Self {
-        Self::new(DEFAULT_MEMORY_LIMIT, DEFAULT_BLOCK_CACHE_BYTES)
+        Self::new(DEFAULT_MEMORY_LIMIT, DEFAULT_BLOCK_CACHE_BYTES, true)
     }
 }
 
 impl LookupCache {
-    /// States within `limit` bytes; decoded rows within `blocks_bytes` more.
-    pub(crate) fn new(limit: usize, blocks_bytes: u64) -> Self {
+    /// States within `limit` bytes; decoded rows within `blocks_bytes` more, warmed with the
+    /// tables' data files when `warm` is set.
+    pub(crate) fn new(limit: usize, blocks_bytes: u64, warm: bool) -> Self {
         Self {
             tables: std::sync::Mutex::default(),
             limit: limit.max(1),
-            blocks: Arc::new(rows::BlockCache::new(blocks_bytes)),
+            blocks: Arc::new(rows::BlockCache::new(blocks_bytes, warm)),
             blocks_bytes,
+            warm,
             epoch: std::time::Instant::now(),
         }
     }
@@ -140,6 +144,10 @@ impl LookupCache {
 
     pub(crate) fn blocks_bytes(&self) -> u64 {
         self.blocks_bytes
+    }
+
+    pub(crate) fn warms(&self) -> bool {
+        self.warm
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, Arc<Slot>>> {
@@ -475,7 +483,7 @@ async fn read_located(
 
 /// A FRESH lookup on `state`.
 async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResult<LookupResponse> {
-    let keys = keys::canonical_keys(&state.codec, &request.keys)?;
+    let keys = keys::canonical_keys(&state.codec, &state.def, &request.keys)?;
     let schema = output_schema(&request.table, &state.codec, &request.columns)?;
     // Everything acknowledged before now is below the high watermark of its partition: wait
     // until the followers of the keys' partitions have applied it.

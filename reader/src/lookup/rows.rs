@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arrow::array::{RecordBatch, RecordBatchReader};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use iceberg::io::{FileIO, FileRead};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{
@@ -53,7 +53,14 @@ const INLINE_BLOCKS: usize = 2;
 /// Default memory of the block cache.
 pub const DEFAULT_BLOCK_CACHE_BYTES: u64 = 512 << 20;
 
+/// Share of the cache's memory that warming fills at most, all tables together (the rest is
+/// left to the blocks lookups decode on their own).
+const WARM_SHARE: f64 = 0.8;
+/// Blocks decoded ahead of the cache while a file is warmed.
+const WARM_AHEAD: usize = 4;
+
 const CACHE_HITS: &str = "unitable_lookup_cache_hits_total";
+const CACHE_WARMED: &str = "unitable_lookup_cache_warmed_blocks_total";
 const CACHE_MISSES: &str = "unitable_lookup_cache_misses_total";
 const CACHE_BYTES: &str = "unitable_lookup_cache_bytes";
 
@@ -65,6 +72,10 @@ pub(crate) struct BlockCache {
     next_file: AtomicU64,
     /// Blocks decoded so far.
     decoded: AtomicU64,
+    /// The memory budget, in bytes.
+    capacity: u64,
+    /// Whether lookup states warm the cache with their tables' data files.
+    warm: bool,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -76,8 +87,9 @@ impl std::fmt::Debug for BlockCache {
 }
 
 impl BlockCache {
-    /// A cache holding up to `bytes` of decoded rows (0 keeps nothing).
-    pub(crate) fn new(bytes: u64) -> Self {
+    /// A cache holding up to `bytes` of decoded rows (0 keeps nothing), warmed by lookup
+    /// states when `warm` is set.
+    pub(crate) fn new(bytes: u64, warm: bool) -> Self {
         let blocks = (bytes > 0).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(bytes)
@@ -90,7 +102,27 @@ impl BlockCache {
             blocks,
             next_file: AtomicU64::new(0),
             decoded: AtomicU64::new(0),
+            capacity: bytes,
+            warm,
         }
+    }
+
+    /// Whether lookup states should warm the cache with their tables' files.
+    pub(crate) fn warms(&self) -> bool {
+        self.warm && self.blocks.is_some()
+    }
+
+    /// Whether `more` bytes of warmed blocks fit in the warming share of the budget.
+    async fn warm_room(&self, more: u64) -> bool {
+        let Some(blocks) = &self.blocks else {
+            return false;
+        };
+        blocks.run_pending_tasks().await;
+        (blocks.weighted_size() + more) as f64 <= self.capacity as f64 * WARM_SHARE
+    }
+
+    fn cached(&self, key: (u64, u32)) -> bool {
+        self.blocks.as_ref().is_some_and(|b| b.contains_key(&key))
     }
 
     /// Memory the cached blocks hold (as last accounted).
@@ -176,6 +208,64 @@ impl OpenFile {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.to_string())
+    }
+
+    /// Decodes the whole file in blocks, in order, into `out` (until it is closed).
+    fn scan_local(
+        &self,
+        file: &Arc<File>,
+        out: &tokio::sync::mpsc::Sender<Result<RecordBatch, String>>,
+    ) {
+        let chunks = LocalChunks {
+            file: file.clone(),
+            len: self.size,
+        };
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(chunks, self.metadata.clone())
+                .with_batch_size(self.block_rows)
+                .build();
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = out.blocking_send(Err(e.to_string()));
+                return;
+            }
+        };
+        for batch in reader {
+            let failed = batch.is_err();
+            if out.blocking_send(batch.map_err(|e| e.to_string())).is_err() || failed {
+                return;
+            }
+        }
+    }
+
+    /// [`Self::scan_local`] through iceberg's `FileIO`.
+    async fn scan_remote(
+        &self,
+        reader: &Arc<dyn FileRead>,
+        out: &tokio::sync::mpsc::Sender<Result<RecordBatch, String>>,
+    ) {
+        let fetch = Fetch {
+            reader: reader.clone(),
+            metadata: Some(self.metadata.metadata().clone()),
+        };
+        let stream =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(fetch, self.metadata.clone())
+                .with_batch_size(self.block_rows)
+                .build();
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = out.send(Err(e.to_string())).await;
+                return;
+            }
+        };
+        while let Some(batch) = stream.next().await {
+            let failed = batch.is_err();
+            if out.send(batch.map_err(|e| e.to_string())).await.is_err() || failed {
+                return;
+            }
+        }
     }
 
     /// Decodes block `block` through iceberg's `FileIO`.
@@ -468,6 +558,106 @@ impl DataFiles {
         }
         metrics::gauge!(CACHE_BYTES).set(self.cache.bytes() as f64);
         Ok(got)
+    }
+
+    /// Decodes the blocks of the file at `path` that are not cached into the cache, in one
+    /// pass over the file, if the file's decoded size (estimated from its footer) fits in the
+    /// warming share of the cache; `go_on` is asked between blocks and stops the pass when it
+    /// says no. Returns the blocks decoded (0 when the file does not fit).
+    pub(crate) async fn warm(&self, path: &Arc<str>, go_on: impl Fn() -> bool) -> ReadResult<u64> {
+        let file = self.open(path).await?;
+        let blocks = file.rows.div_ceil(file.block_rows.max(1)) as u32;
+        let cold = (0..blocks)
+            .filter(|&b| !self.cache.cached((file.number, b)))
+            .count() as u64;
+        if cold == 0 {
+            return Ok(0);
+        }
+        let decoded_size: i64 = file
+            .metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.total_byte_size())
+            .sum();
+        let estimate = decoded_size.max(0) as u64 * cold / u64::from(blocks);
+        if !self.cache.warm_room(estimate).await {
+            return Ok(0);
+        }
+        let fail = |reason: String| ReadError::DataFile {
+            path: path.to_string(),
+            reason,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<RecordBatch, String>>(WARM_AHEAD);
+        let reading = match &file.source {
+            Source::Local(local) => {
+                let (file, local) = (file.clone(), local.clone());
+                tokio::task::spawn_blocking(move || file.scan_local(&local, &tx))
+            }
+            Source::Remote(remote) => {
+                let (file, remote) = (file.clone(), remote.clone());
+                tokio::spawn(async move { file.scan_remote(&remote, &tx).await })
+            }
+        };
+        let mut warmed = 0u64;
+        let mut block = 0u32;
+        // Batches need not end at block ends (a row group's end does not need to be one):
+        // pieces wait here until a block's rows are in.
+        let mut pieces: Vec<RecordBatch> = Vec::new();
+        let mut have = 0usize;
+        'read: while let Some(batch) = rx.recv().await {
+            let batch = batch.map_err(fail)?;
+            let mut at = 0;
+            while at < batch.num_rows() {
+                let want = file.block_range(block).len() - have;
+                if want == 0 {
+                    return Err(fail(format!(
+                        "the file holds more rows than its footer's {}",
+                        file.rows
+                    )));
+                }
+                let take = want.min(batch.num_rows() - at);
+                let all = at == 0 && take == batch.num_rows();
+                pieces.push(if all {
+                    batch.clone()
+                } else {
+                    batch.slice(at, take)
+                });
+                (at, have) = (at + take, have + take);
+                if take < want {
+                    break;
+                }
+                // A block that is one whole batch of the reader is kept as it is; pieces are
+                // copied into one (a slice would hold, and weigh, its whole batch).
+                let whole = if all && pieces.len() == 1 {
+                    pieces.remove(0)
+                } else {
+                    let joined = arrow::compute::concat_batches(&pieces[0].schema(), &pieces)
+                        .map_err(|e| fail(e.to_string()))?;
+                    pieces.clear();
+                    joined
+                };
+                have = 0;
+                if !self.cache.cached((file.number, block)) {
+                    self.cache
+                        .insert((file.number, block), Arc::new(whole))
+                        .await;
+                    warmed += 1;
+                }
+                block += 1;
+                if !go_on() || (block.is_multiple_of(64) && !self.cache.warm_room(0).await) {
+                    break 'read;
+                }
+            }
+        }
+        drop(rx);
+        reading
+            .await
+            .map_err(|e| fail(format!("block reader task failed: {e}")))?;
+        self.cache.decoded.fetch_add(warmed, Ordering::Relaxed);
+        metrics::counter!(CACHE_WARMED, "table" => self.table.clone()).increment(warmed);
+        metrics::gauge!(CACHE_BYTES).set(self.cache.bytes() as f64);
+        Ok(warmed)
     }
 
     /// The rows at `positions` (ascending, distinct) of the file at `path`, with the columns

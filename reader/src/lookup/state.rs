@@ -103,6 +103,8 @@ pub(crate) struct TableLookup {
     pub(crate) tails: Vec<Arc<PartitionTail>>,
     tasks: Tasks,
     invalid: AtomicBool,
+    /// Wakes the warming task (the base changed); `None` when the cache is not warmed.
+    rebased: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The Iceberg field ids of the key columns.
@@ -166,12 +168,13 @@ impl TableLookup {
             codec: codec.clone(),
             changelog: changelog.clone(),
             key_field_ids,
-            files: DataFiles::new(table.file_io().clone(), blocks, name.to_string()),
+            files: DataFiles::new(table.file_io().clone(), blocks.clone(), name.to_string()),
             base: RwLock::new(base),
             tails: tails.clone(),
             tasks: Tasks::default(),
             def: def.clone(),
             invalid: AtomicBool::new(false),
+            rebased: blocks.warms().then(|| Arc::new(tokio::sync::Notify::new())),
         });
         let mut tasks = spawn_followers(
             &changelog,
@@ -181,6 +184,9 @@ impl TableLookup {
             &name.to_string(),
         );
         tasks.push(tokio::spawn(maintain(Arc::downgrade(&state), catalog)));
+        if let Some(rebased) = &state.rebased {
+            tasks.push(tokio::spawn(warm(Arc::downgrade(&state), rebased.clone())));
+        }
         state.tasks.set(tasks);
         Ok(state)
     }
@@ -253,6 +259,17 @@ impl TableLookup {
             }
         }
         Ok(out)
+    }
+
+    /// The data files of the base snapshot.
+    fn live_files(&self) -> Vec<Arc<str>> {
+        let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+        base.files
+            .ids
+            .iter()
+            .filter(|(_, id)| !base.files.gone.contains(id))
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     /// The base snapshot's row of each key, from the index alone (the tail is not consulted):
@@ -383,6 +400,9 @@ impl TableLookup {
         for path in removed {
             self.files.forget(&path);
         }
+        if let Some(rebased) = &self.rebased {
+            rebased.notify_one();
+        }
         Ok(())
     }
 }
@@ -413,6 +433,54 @@ async fn maintain(state: Weak<TableLookup>, catalog: TableCatalog) {
                 return;
             }
         }
+    }
+}
+
+/// Warms the block cache with the base's data files: all of them once the state is built,
+/// then those a re-base brings in (a commit's new files, a compaction's rewritten ones), while
+/// they fit in the cache's warming share. Lookups of a table that fits are then served from
+/// decoded blocks from the first request on, also right after a compaction.
+async fn warm(state: Weak<TableLookup>, rebased: Arc<tokio::sync::Notify>) {
+    let mut warmed: HashSet<Arc<str>> = HashSet::new();
+    loop {
+        let Some(live) = state.upgrade().map(|s| s.live_files()) else {
+            return;
+        };
+        let live: HashSet<Arc<str>> = live.into_iter().collect();
+        warmed.retain(|p| live.contains(p));
+        let todo: Vec<Arc<str>> = live.into_iter().filter(|p| !warmed.contains(p)).collect();
+        let (mut blocks, mut files) = (0u64, 0usize);
+        let started = std::time::Instant::now();
+        for path in &todo {
+            let Some(s) = state.upgrade() else {
+                return;
+            };
+            let alive = Arc::downgrade(&s);
+            let go_on = move || alive.upgrade().is_some_and(|s| s.is_valid());
+            match s.files.warm(path, go_on).await {
+                Ok(n) => {
+                    blocks += n;
+                    files += 1;
+                    warmed.insert(path.clone());
+                }
+                // The file may be gone under an older base: the next re-base says so; lookups
+                // still decode what they need.
+                Err(e) => {
+                    tracing::debug!(table = %s.name, "lookup cache warming skipped a file: {e}")
+                }
+            }
+            drop(s);
+            tokio::task::yield_now().await;
+        }
+        if blocks > 0
+            && let Some(s) = state.upgrade()
+        {
+            tracing::info!(
+                table = %s.name, files, blocks, ms = started.elapsed().as_millis() as u64,
+                "lookup cache warmed"
+            );
+        }
+        rebased.notified().await;
     }
 }
 

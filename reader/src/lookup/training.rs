@@ -689,7 +689,9 @@ impl Reader {
             let first = sources.len();
             sources.extend(replay.batches.iter().cloned());
             rows.sort_by_key(|&i| (times[i], i));
-            let mut state: HashMap<&Bytes, (Option<(usize, usize)>, Option<i64>)> = HashMap::new();
+            // Per key: the row it has now (source, row), and when that row was written.
+            type KeyState = (Option<(usize, usize)>, Option<i64>);
+            let mut state: HashMap<&Bytes, KeyState> = HashMap::new();
             for &i in rows.iter() {
                 if let Some(&row) = base_rows.get(&keys[i]) {
                     state.entry(&keys[i]).or_insert((Some(row), None));

@@ -147,7 +147,7 @@ async fn rows_read_through_blocks_equal_the_rows_written() {
     ];
     for cache_bytes in [0, 64 << 20] {
         for (i, path) in paths.iter().enumerate() {
-            let cache = Arc::new(BlockCache::new(cache_bytes));
+            let cache = Arc::new(BlockCache::new(cache_bytes, false));
             let files = DataFiles::new(io.clone(), cache.clone(), "t.rows".into());
             random_reads(&files, path, 7 + i as u64).await;
             let decoded = cache.decoded.load(Ordering::Relaxed);
@@ -184,7 +184,7 @@ async fn a_position_outside_the_file_is_an_error_naming_it() {
     std::fs::write(&local, parquet_file()).unwrap();
     let files = DataFiles::new(
         file_io(HashMap::new()),
-        Arc::new(BlockCache::new(1 << 20)),
+        Arc::new(BlockCache::new(1 << 20, false)),
         "t.rows".into(),
     );
     let path: Arc<str> = Arc::from(local.display().to_string());
@@ -199,4 +199,57 @@ async fn a_position_outside_the_file_is_an_error_naming_it() {
     );
     let e = files.read_rows(&path, &[9, 5], &[1]).await.unwrap_err();
     assert!(e.to_string().contains("out of order"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warmed_file_serves_every_read_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = parquet_file();
+    let local = dir.path().join("data.parquet");
+    std::fs::write(&local, &bytes).unwrap();
+    let io = file_io(HashMap::new());
+    let remote = "memory://rows-tests/warm.parquet";
+    io.new_output(remote)
+        .unwrap()
+        .write(bytes.into())
+        .await
+        .unwrap();
+    let paths: [Arc<str>; 2] = [Arc::from(local.display().to_string()), Arc::from(remote)];
+    for (i, path) in paths.iter().enumerate() {
+        let cache = Arc::new(BlockCache::new(64 << 20, true));
+        let files = DataFiles::new(io.clone(), cache.clone(), "t.rows".into());
+        // Row groups of 3,000 rows end inside blocks: warming cuts the reader's batches at
+        // block ends, and every row read afterwards equals the row written.
+        let warmed = files.warm(path, || true).await.unwrap();
+        let block_rows = files.open(path).await.unwrap().block_rows;
+        assert_eq!(warmed, ROWS.div_ceil(block_rows) as u64, "{path}");
+        random_reads(&files, path, 3 + i as u64).await;
+        assert_eq!(
+            cache.decoded.load(Ordering::Relaxed),
+            warmed,
+            "{path}: reads after warming decode no block"
+        );
+        assert_eq!(
+            files.warm(path, || true).await.unwrap(),
+            0,
+            "{path}: warm again"
+        );
+
+        // A cache too small for the file is not warmed at all.
+        let small = Arc::new(BlockCache::new(256 << 10, true));
+        let files = DataFiles::new(io.clone(), small.clone(), "t.rows".into());
+        assert_eq!(
+            files.warm(path, || true).await.unwrap(),
+            0,
+            "{path}: small cache"
+        );
+        // Stopped after the first block.
+        let cache = Arc::new(BlockCache::new(64 << 20, true));
+        let files = DataFiles::new(io.clone(), cache, "t.rows".into());
+        assert_eq!(
+            files.warm(path, || false).await.unwrap(),
+            1,
+            "{path}: stopped"
+        );
+    }
 }

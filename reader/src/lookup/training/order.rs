@@ -343,7 +343,9 @@ mod tests {
 
     /// Rows of (time, position, label) in batches of 1 to 700 rows, times from a pseudo-random
     /// sequence with many repeats.
-    fn input() -> (Arc<Schema>, Vec<RecordBatch>, Vec<(i64, u64, String)>) {
+    type Rows = Vec<(i64, u64, String)>;
+
+    fn input() -> (Arc<Schema>, Vec<RecordBatch>, Rows) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("label", DataType::Utf8, false),
             Field::new("time", DataType::Int64, false),

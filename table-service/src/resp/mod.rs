@@ -1,0 +1,520 @@
+//! LOOKUP over the Redis protocol (RESP2), for feature fetchers that already speak Redis and
+//! for the lowest latency a key read can have here: one TCP round trip, no HTTP/2 framing.
+//!
+//! `--resp-addr` turns it on. A key names a table and a row: `NAMESPACE.TABLE:KEY`, where KEY
+//! is the primary key's value as text (`42`, `alice`) or, for a composite key, a JSON object
+//! of its columns. Every read is a FRESH lookup (every acknowledged write is reflected), the
+//! same as the gRPC `Lookup`:
+//!
+//! - `GET key` / `MGET key...`: the row as one JSON object (the changelog's JSON mapping), or
+//!   nil when the key has no live row.
+//! - `HGET key column`, `HMGET key column...`, `HGETALL key`: a row's columns as text, as a
+//!   Redis hash (nil or absent for a missing row, column or null value).
+//! - `EXISTS key...`: how many of the keys have a live row.
+//! - `AUTH [user] token` with a unitable token (`unitable token create`), unless the server
+//!   allows anonymous callers; grants are checked per table on every command, and a revoked
+//!   token stops working at once. `PING`, `ECHO`, `HELLO 2`, `SELECT 0`, `CLIENT SETNAME`,
+//!   `INFO`, `COMMAND` and `QUIT` answer as client libraries expect.
+//!
+//! Writes are refused: rows are written through the Write API, so the changelog stays the
+//! one way in. Commands of one connection are answered in order; pipelined commands are read
+//! together and their replies written together.
+
+mod codec;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use unitable_core::naming::TableName;
+use unitable_reader::{LookupKeys, LookupRequest, ReadError, Reader};
+
+use crate::access::audit::Outcome;
+use crate::access::{Access, AuthMethod, Principal, Privilege};
+use crate::status::ApiError;
+use codec::{ProtocolError, Reply};
+
+const COMMANDS: &str = "unitable_resp_commands_total";
+const CONNECTIONS: &str = "unitable_resp_connections";
+
+/// Numbers connections (`CLIENT ID`, `HELLO`).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts connections on `listener` until `shutdown`, serving each on a task of its own.
+pub(crate) async fn serve_resp(
+    listener: TcpListener,
+    reader: Reader,
+    access: Access,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: say so, and go on after a pause.
+                tracing::warn!("RESP endpoint cannot accept a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY on a RESP connection: {e}");
+        }
+        let who = access.allow_anonymous().then_some(Principal::Anonymous);
+        let connection = Connection {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            reader: reader.clone(),
+            access: access.clone(),
+            who,
+        };
+        tokio::spawn(connection.run(stream, shutdown.child_token()));
+    }
+}
+
+/// One client connection.
+struct Connection {
+    id: u64,
+    reader: Reader,
+    access: Access,
+    /// Who the connection is, once known (at once when anonymous callers are allowed).
+    who: Option<Principal>,
+}
+
+impl Connection {
+    async fn run(mut self, mut stream: TcpStream, shutdown: CancellationToken) {
+        metrics::gauge!(CONNECTIONS).increment(1.0);
+        let mut input = BytesMut::with_capacity(4096);
+        let mut output = Vec::with_capacity(4096);
+        'connection: loop {
+            // Answer every whole command received, then send the replies together.
+            let mut close = false;
+            loop {
+                match codec::next_command(&mut input) {
+                    Ok(Some(args)) if args.is_empty() => {}
+                    Ok(Some(args)) => {
+                        let (reply, quit) = self.execute(&args).await;
+                        reply.write(&mut output);
+                        if quit {
+                            close = true;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(ProtocolError(reason)) => {
+                        Reply::Error(format!("ERR Protocol error: {reason}")).write(&mut output);
+                        close = true;
+                        break;
+                    }
+                }
+            }
+            if !output.is_empty() {
+                if stream.write_all(&output).await.is_err() {
+                    break 'connection;
+                }
+                output.clear();
+            }
+            if close {
+                break;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                read = stream.read_buf(&mut input) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
+            }
+        }
+        metrics::gauge!(CONNECTIONS).decrement(1.0);
+    }
+
+    /// The reply to one command, and whether to close the connection after it.
+    async fn execute(&mut self, args: &[Vec<u8>]) -> (Reply, bool) {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        let known = command_label(&name);
+        metrics::counter!(COMMANDS, "command" => known).increment(1);
+        let rest = &args[1..];
+        let reply = match name.as_str() {
+            "PING" => match rest {
+                [] => Reply::Status("PONG"),
+                [message] => Reply::Bulk(Some(message.clone())),
+                _ => arity(&name),
+            },
+            "ECHO" => match rest {
+                [message] => Reply::Bulk(Some(message.clone())),
+                _ => arity(&name),
+            },
+            "QUIT" => return (Reply::Status("OK"), true),
+            "AUTH" => match rest {
+                [token] => self.auth(None, token),
+                [user, token] => self.auth(Some(user), token),
+                _ => arity(&name),
+            },
+            "HELLO" => self.hello(rest),
+            "SELECT" => match rest {
+                [db] if db.as_slice() == b"0" => Reply::Status("OK"),
+                [_] => Reply::err(
+                    "DB index is out of range: unitable names tables in keys (TABLE:KEY), \
+                     not in numbered databases; use database 0",
+                ),
+                _ => arity(&name),
+            },
+            "CLIENT" => self.client(rest),
+            "COMMAND" => Reply::Array(Vec::new()),
+            "INFO" => Reply::Bulk(Some(
+                format!(
+                    "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\n\
+                     unitable_version:{}\r\n",
+                    env!("CARGO_PKG_VERSION")
+                )
+                .into_bytes(),
+            )),
+            "GET" | "EXISTS" | "MGET" | "HGET" | "HMGET" | "HGETALL" => {
+                self.read(&name, rest).await
+            }
+            _ if WRITES.contains(&name.as_str()) => Reply::err(format!(
+                "'{name}': unitable's RESP endpoint is read-only; write rows through the \
+                 Write API (`unitable write`, the Python SDK's write)"
+            )),
+            _ => Reply::err(format!(
+                "unknown command '{}'; unitable serves GET, MGET, EXISTS, HGET, HMGET and \
+                 HGETALL of table rows (keys are NAMESPACE.TABLE:KEY), and AUTH, PING, \
+                 SELECT 0, QUIT",
+                name.escape_default()
+            )),
+        };
+        (reply, false)
+    }
+
+    /// `AUTH [user] token`: the password is a unitable token; a user, if named, must be the
+    /// token's.
+    fn auth(&mut self, user: Option<&Vec<u8>>, token: &[u8]) -> Reply {
+        let token = String::from_utf8_lossy(token);
+        let user = user.map(|u| String::from_utf8_lossy(u).into_owned());
+        let policy = self.access.policy();
+        let found = policy.authenticate(&token).map(str::to_string);
+        let refused = match (&found, &user) {
+            (None, _) => Some("the token is unknown, malformed or revoked".to_string()),
+            (Some(owner), Some(named)) if named != owner && named != "default" => {
+                Some(format!("the token is `{owner}`'s, not `{named}`'s"))
+            }
+            _ => None,
+        };
+        match (found, refused) {
+            (Some(name), None) => {
+                self.who = Some(Principal::User {
+                    name,
+                    via: AuthMethod::Token,
+                    token_id: crate::access::token::parse(&token).map(|p| p.id.to_string()),
+                });
+                Reply::Status("OK")
+            }
+            (_, refused) => {
+                let reason = refused.unwrap_or_default();
+                self.access.audit().record(
+                    "(unauthenticated)",
+                    "authenticate",
+                    None,
+                    Outcome::Unauthenticated,
+                    Some(&reason),
+                );
+                Reply::Error(format!(
+                    "WRONGPASS {reason}; the password is a unitable token (`unitable token \
+                     create USER`)"
+                ))
+            }
+        }
+    }
+
+    /// `HELLO [2 [AUTH user token] [SETNAME name]]`: RESP2 only.
+    fn hello(&mut self, args: &[Vec<u8>]) -> Reply {
+        if let Some(version) = args.first()
+            && version.as_slice() != b"2"
+        {
+            return Reply::Error(
+                "NOPROTO unitable speaks RESP2 only: connect with protocol 2".to_string(),
+            );
+        }
+        let mut i = 1;
+        while i < args.len() {
+            match String::from_utf8_lossy(&args[i])
+                .to_ascii_uppercase()
+                .as_str()
+            {
+                "AUTH" if i + 2 < args.len() => {
+                    let reply = self.auth(Some(&args[i + 1]), &args[i + 2]);
+                    if matches!(reply, Reply::Error(_)) {
+                        return reply;
+                    }
+                    i += 3;
+                }
+                "SETNAME" if i + 1 < args.len() => i += 2,
+                other => {
+                    return Reply::err(format!(
+                        "HELLO takes [2 [AUTH user token] [SETNAME name]], not '{}'",
+                        other.escape_default()
+                    ));
+                }
+            }
+        }
+        let text = |s: &str| Reply::Bulk(Some(s.as_bytes().to_vec()));
+        Reply::Array(vec![
+            text("server"),
+            text("unitable"),
+            text("version"),
+            text(env!("CARGO_PKG_VERSION")),
+            text("proto"),
+            Reply::Integer(2),
+            text("id"),
+            Reply::Integer(self.id as i64),
+            text("mode"),
+            text("standalone"),
+            text("role"),
+            text("master"),
+            text("modules"),
+            Reply::Array(Vec::new()),
+        ])
+    }
+
+    /// `CLIENT SETNAME | SETINFO | GETNAME | ID`, as client libraries send them on connecting.
+    fn client(&self, args: &[Vec<u8>]) -> Reply {
+        let sub = args
+            .first()
+            .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase());
+        match sub.as_deref() {
+            Some("SETNAME" | "SETINFO") => Reply::Status("OK"),
+            Some("GETNAME") => Reply::Bulk(None),
+            Some("ID") => Reply::Integer(self.id as i64),
+            _ => Reply::err("unitable answers CLIENT SETNAME, SETINFO, GETNAME and ID only"),
+        }
+    }
+
+    /// GET, MGET, EXISTS, HGET, HMGET, HGETALL.
+    async fn read(&self, name: &str, args: &[Vec<u8>]) -> Reply {
+        let (keys, columns): (&[Vec<u8>], &[Vec<u8>]) = match (name, args) {
+            ("GET" | "HGETALL", [_]) => (args, &[]),
+            ("MGET" | "EXISTS", [_, ..]) => (args, &[]),
+            ("HGET", [_, _]) | ("HMGET", [_, _, ..]) => (&args[..1], &args[1..]),
+            _ => return arity(name),
+        };
+        let Some(who) = &self.who else {
+            return Reply::Error(
+                "NOAUTH Authentication required: AUTH with a unitable token (`unitable token \
+                 create USER`)"
+                    .to_string(),
+            );
+        };
+        let rows = match self.lookup(who, keys).await {
+            Ok(rows) => rows,
+            Err(reply) => return reply,
+        };
+        let columns: Vec<String> = columns
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        match name {
+            "GET" | "MGET" => {
+                let json = match json_rows(&rows) {
+                    Ok(json) => json,
+                    Err(e) => return Reply::err(e),
+                };
+                let mut values = json.into_iter().map(Reply::Bulk);
+                if name == "GET" {
+                    values.next().unwrap_or(Reply::Bulk(None))
+                } else {
+                    Reply::Array(values.collect())
+                }
+            }
+            "EXISTS" => Reply::Integer(rows.iter().filter(|r| r.is_some()).count() as i64),
+            "HGET" | "HMGET" => {
+                let row = rows.first().and_then(Option::as_ref);
+                let mut values = columns
+                    .iter()
+                    .map(|c| Reply::Bulk(row.and_then(|r| r.text(c))));
+                if name == "HGET" {
+                    values.next().unwrap_or(Reply::Bulk(None))
+                } else {
+                    Reply::Array(values.collect())
+                }
+            }
+            _ => {
+                let Some(row) = rows.first().and_then(Option::as_ref) else {
+                    return Reply::Array(Vec::new());
+                };
+                let mut pairs = Vec::new();
+                for field in row.batch.schema().fields() {
+                    if let Some(value) = row.text(field.name()) {
+                        pairs.push(Reply::Bulk(Some(field.name().as_bytes().to_vec())));
+                        pairs.push(Reply::Bulk(Some(value)));
+                    }
+                }
+                Reply::Array(pairs)
+            }
+        }
+    }
+
+    /// The live row of each key (`None`: no live row), in key order: one FRESH lookup per
+    /// table the keys name.
+    async fn lookup(&self, who: &Principal, keys: &[Vec<u8>]) -> Result<Vec<Option<Row>>, Reply> {
+        let mut by_table: BTreeMap<TableName, Vec<(usize, String)>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (table, text) = split_key(key)?;
+            by_table.entry(table).or_default().push((i, text));
+        }
+        let mut rows: Vec<Option<Row>> = (0..keys.len()).map(|_| None).collect();
+        for (table, wanted) in by_table {
+            if let Err(e) =
+                self.access
+                    .recheck(who, Privilege::Read, std::slice::from_ref(&table), "Lookup")
+            {
+                return Err(access_error(&e));
+            }
+            let request = LookupRequest {
+                table: table.clone(),
+                keys: LookupKeys::Text(wanted.iter().map(|(_, t)| t.clone()).collect()),
+                columns: Vec::new(),
+                as_of: None,
+            };
+            let answer = match self.reader.lookup(&request).await {
+                Ok(answer) => answer,
+                Err(ReadError::InvalidKey {
+                    index,
+                    field,
+                    reason,
+                }) => {
+                    let key = wanted
+                        .get(index)
+                        .map(|(i, _)| String::from_utf8_lossy(&keys[*i]).into_owned())
+                        .unwrap_or_default();
+                    let field = field.map(|f| format!(" column `{f}`:")).unwrap_or_default();
+                    return Err(Reply::err(format!("key '{key}':{field} {reason}")));
+                }
+                Err(e) => return Err(Reply::err(ApiError::from(e).to_string())),
+            };
+            let mut found = 0usize;
+            let mut missing = answer.missing.iter().peekable();
+            for (n, (at, _)) in wanted.iter().enumerate() {
+                if missing.peek().is_some_and(|&&m| m as usize == n) {
+                    missing.next();
+                    continue;
+                }
+                rows[*at] = Some(Row {
+                    batch: answer.rows.clone(),
+                    index: found,
+                });
+                found += 1;
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// A found row: row `index` of `batch`.
+struct Row {
+    batch: RecordBatch,
+    index: usize,
+}
+
+impl Row {
+    /// The value of `column` as text; `None` when it is null or there is no such column.
+    fn text(&self, column: &str) -> Option<Vec<u8>> {
+        let array = self.batch.column_by_name(column)?;
+        if array.is_null(self.index) {
+            return None;
+        }
+        let formatter = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).ok()?;
+        Some(formatter.value(self.index).to_string().into_bytes())
+    }
+}
+
+/// Each row as a JSON object (the changelog's JSON mapping); `None` for a missing row.
+fn json_rows(rows: &[Option<Row>]) -> Result<Vec<Option<Vec<u8>>>, String> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(row) = row else {
+            out.push(None);
+            continue;
+        };
+        let one = row.batch.slice(row.index, 1);
+        let mut writer = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
+        writer
+            .write(&one)
+            .and_then(|()| writer.finish())
+            .map_err(|e| format!("cannot render a row as JSON: {e}"))?;
+        let mut json = writer.into_inner();
+        if json.last() == Some(&b'\n') {
+            json.pop();
+        }
+        out.push(Some(json));
+    }
+    Ok(out)
+}
+
+/// `NAMESPACE.TABLE:KEY` -> the table and the key text.
+fn split_key(key: &[u8]) -> Result<(TableName, String), Reply> {
+    let text = std::str::from_utf8(key).map_err(|_| {
+        Reply::err(format!(
+            "key '{}' is not UTF-8",
+            String::from_utf8_lossy(key).escape_default()
+        ))
+    })?;
+    let Some((table, rest)) = text.split_once(':') else {
+        return Err(Reply::err(format!(
+            "key '{}' names no table: write NAMESPACE.TABLE:KEY, e.g. shop.users:42",
+            text.escape_default()
+        )));
+    };
+    let table: TableName = table.parse().map_err(|e| {
+        Reply::err(format!(
+            "key '{}': `{}` is not a table name ({e}); write NAMESPACE.TABLE:KEY",
+            text.escape_default(),
+            table.escape_default()
+        ))
+    })?;
+    Ok((table, rest.to_string()))
+}
+
+/// A refused access check as a RESP error: NOAUTH for a token that no longer works, NOPERM
+/// for a missing grant.
+fn access_error(e: &ApiError) -> Reply {
+    match e {
+        ApiError::Unauthenticated { .. } => Reply::Error(format!("NOAUTH {e}")),
+        _ => Reply::Error(format!("NOPERM {e}")),
+    }
+}
+
+fn arity(name: &str) -> Reply {
+    Reply::err(format!(
+        "wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase().escape_default()
+    ))
+}
+
+/// The metric label of a command (unknown ones share one).
+fn command_label(name: &str) -> &'static str {
+    const KNOWN: [&str; 16] = [
+        "GET", "MGET", "EXISTS", "HGET", "HMGET", "HGETALL", "AUTH", "HELLO", "PING", "ECHO",
+        "SELECT", "CLIENT", "COMMAND", "INFO", "QUIT", "SET",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Commands that would write, refused with a pointer to the Write API.
+const WRITES: [&str; 18] = [
+    "SET", "SETEX", "PSETEX", "SETNX", "MSET", "MSETNX", "DEL", "UNLINK", "HSET", "HMSET", "HDEL",
+    "HSETNX", "INCR", "DECR", "INCRBY", "APPEND", "EXPIRE", "FLUSHDB",
+];
