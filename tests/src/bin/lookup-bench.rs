@@ -225,11 +225,22 @@ async fn bench_redis(args: &Args, workloads: &[Workload]) -> Result<Vec<String>>
     }
     let loaded = started.elapsed();
     eprintln!("redis: loaded {} rows in {loaded:.1?}", args.rows);
+    time_resp(&mut redis, "Redis", "row:", workloads).await
+}
+
+/// Times every workload over a RESP connection (GET for one key, MGET for more), keys named
+/// `{prefix}{id}`; `who` heads the result rows.
+async fn time_resp(
+    redis: &mut Redis,
+    who: &str,
+    prefix: &str,
+    workloads: &[Workload],
+) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     for workload in workloads {
         let mut times = Vec::with_capacity(workload.requests.len());
         for keys in &workload.requests {
-            let names: Vec<String> = keys.iter().map(|k| format!("row:{k}")).collect();
+            let names: Vec<String> = keys.iter().map(|k| format!("{prefix}{k}")).collect();
             let mut parts: Vec<&[u8]> = vec![if keys.len() == 1 { b"GET" } else { b"MGET" }];
             parts.extend(names.iter().map(|n| n.as_bytes()));
             let mut out = Vec::new();
@@ -239,14 +250,14 @@ async fn bench_redis(args: &Args, workloads: &[Workload]) -> Result<Vec<String>>
             let found = redis.reply().await?;
             times.push(t.elapsed());
             let want = if workload.present { keys.len() } else { 0 };
-            ensure!(found == want, "redis found {found} of {want}");
+            ensure!(found == want, "{who} found {found} of {want}");
         }
         let verb = if workload.requests[0].len() == 1 {
             "GET"
         } else {
             "MGET"
         };
-        lines.push(row(&format!("Redis {verb}"), workload, times));
+        lines.push(row(&format!("{who} {verb}"), workload, times));
     }
     Ok(lines)
 }
@@ -284,6 +295,8 @@ async fn main() -> Result<()> {
     if args.no_warm {
         flags.extend(["--lookup-cache-warm".to_string(), "false".to_string()]);
     }
+    let resp_port = unitable_tests::free_port();
+    flags.extend(["--resp-addr".to_string(), format!("127.0.0.1:{resp_port}")]);
     let service = tokio::task::spawn_blocking(move || {
         Service::start(&flags.iter().map(String::as_str).collect::<Vec<_>>())
     })
@@ -392,11 +405,42 @@ async fn main() -> Result<()> {
             100.0 * hits / (hits + misses).max(1.0)
         ));
     }
+    // The same workloads as RESP GET/MGET against the server's RESP endpoint.
+    let mut resp = Redis {
+        stream: BufReader::new(TcpStream::connect(("127.0.0.1", resp_port)).await?),
+    };
+    resp.stream.get_ref().set_nodelay(true)?;
+    let prefix = format!("{TABLE}:");
+    for keys in workloads[0].requests.iter().take(200) {
+        let names: Vec<String> = keys.iter().map(|k| format!("{prefix}{k}")).collect();
+        let mut parts: Vec<&[u8]> = vec![b"GET"];
+        parts.extend(names.iter().map(|n| n.as_bytes()));
+        let mut out = Vec::new();
+        Redis::command(&mut out, &parts);
+        resp.send(&out).await?;
+        resp.reply().await?;
+    }
+    let hits = counter(&service, "unitable_lookup_cache_hits_total");
+    let misses = counter(&service, "unitable_lookup_cache_misses_total");
+    for line in time_resp(&mut resp, "unitable RESP", &prefix, &workloads).await? {
+        println!("{line}");
+    }
+    cache_lines.push(format!(
+        "RESP, all workloads: block cache {} hits, {} misses",
+        counter(&service, "unitable_lookup_cache_hits_total") - hits,
+        counter(&service, "unitable_lookup_cache_misses_total") - misses
+    ));
     eprintln!(
         "unitable: {}; server RSS {:?} MiB",
         cache_lines.join("; "),
         bench::rss_mib(pid)
     );
+    // What moved the lookup state meanwhile (warming passes, compactions).
+    for line in service.log().lines().filter(|l| {
+        l.contains("lookup cache warmed") || l.contains("compacted") || l.contains("rewrite committed")
+    }) {
+        eprintln!("server: {line}");
+    }
     drop(service);
     if !args.no_redis {
         for line in bench_redis(&args, &workloads).await? {
