@@ -90,6 +90,8 @@ class Transport:
         if token is None:
             token = os.environ.get("UNITABLE_TOKEN") or None
         self.metadata: tuple[tuple[str, str], ...] = ()
+        self.token: str | None = None
+        self.tls = bool(tls)
         if token:
             token = token.strip()
             if not token.isascii() or any(c.isspace() for c in token):
@@ -97,6 +99,7 @@ class Transport:
                     "the token has characters a header cannot carry; copy it again from "
                     "`unitable token create`", field="token")
             self.metadata = (("authorization", f"Bearer {token}"),)
+            self.token = token
 
         opts: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", -1),

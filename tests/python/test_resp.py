@@ -7,6 +7,7 @@ that name what is wrong; with tokens, AUTH, grants and revocation behave as in g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -206,3 +207,85 @@ def test_resp_needs_a_token_and_a_grant(start_service, tmp_path: Path):
     with pytest.raises(redis.AuthenticationError, match="revoked"):
         as_bob.hget(f"{KV}:7", "v")
     admin.close()
+
+
+def test_sdk_lookups_over_resp_equal_grpc(start_service, tmp_path: Path):
+    """`unitable.connect(..., resp=HOST:PORT)` sends lookups as `UT.LOOKUP` over RESP: every
+    answer (rows with their types, missing keys, AsOf; fresh and as of an instant) equals the
+    gRPC answer and the model, and errors are the same exceptions naming table and field."""
+    token_file = tmp_path / "admin.token"
+    service, port = start_with_resp(start_service, "--bootstrap-admin-token-file",
+                                    str(token_file), anonymous=False)
+    token = token_file.read_text().strip()
+    grpc_sdk = unitable.connect(service.grpc_url, token=token)
+    resp_sdk = unitable.connect(service.grpc_url, token=token, resp=f"127.0.0.1:{port}")
+    grpc_sdk.tables.create("rs.typed", ["id:int64!", "at:timestamptz", "day:date",
+                                        "amount:decimal(12,2)", "blob:binary", "v:string"],
+                           primary_key=["id"], buckets=3)
+    rng = random.Random(41)
+    model: dict[int, dict] = {}
+    import datetime as dt
+    from decimal import Decimal
+    for step in range(5):
+        rows = []
+        for _ in range(40):
+            key = rng.randrange(200)
+            rows.append({
+                "id": key,
+                "at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+                + dt.timedelta(microseconds=rng.randrange(10**12)),
+                "day": dt.date(2026, 1, 1) + dt.timedelta(days=rng.randrange(300)),
+                "amount": Decimal(rng.randrange(-10**6, 10**6)) / 100,
+                "blob": bytes(rng.randrange(256) for _ in range(rng.randrange(5))),
+                "v": None if rng.random() < 0.2 else f"s{step}",
+            })
+        grpc_sdk.write("rs.typed", rows, op="upsert",
+                       wait="snapshot" if step % 2 else "changelog")
+        for row in rows:
+            model[row["id"]] = row
+    keys = list(range(0, 220, 3))
+    over_resp = resp_sdk.lookup("rs.typed", keys)
+    over_grpc = grpc_sdk.lookup("rs.typed", keys)
+    assert over_resp.table.equals(over_grpc.table)
+    assert over_resp.missing == over_grpc.missing == [i for i, k in enumerate(keys)
+                                                      if k not in model]
+    assert over_resp.as_of == over_grpc.as_of
+    assert over_resp.to_pylist() == [model[k] for k in keys if k in model]
+    # Projection, dict keys, Arrow keys and more keys than one request takes.
+    assert resp_sdk.lookup("rs.typed", [{"id": k} for k in keys], columns=["v", "id"]) \
+        .to_pylist() == [{"v": model[k]["v"], "id": k} for k in keys if k in model]
+    many = list(range(-10_100, 200))
+    assert resp_sdk.lookup("rs.typed", many).missing == grpc_sdk.lookup("rs.typed", many).missing
+    # As of an instant: the same rows and AsOf either way.
+    at = resp_sdk.lookup("rs.typed", keys).as_of
+    grpc_sdk.write("rs.typed", [{"id": 0, "v": "later"}], op="upsert")
+    then_resp = resp_sdk.lookup("rs.typed", keys, as_of=at)
+    then_grpc = grpc_sdk.lookup("rs.typed", keys, as_of=at)
+    assert then_resp.table.equals(then_grpc.table)
+    # lag_ms is the age of the oldest change not reflected, measured at each call.
+    assert dataclasses.replace(then_resp.as_of, lag_ms=0) == \
+        dataclasses.replace(then_grpc.as_of, lag_ms=0)
+    assert resp_sdk.lookup("rs.typed", [0]).to_pylist()[0]["v"] == "later"
+
+    with pytest.raises(unitable.InvalidArgument) as bad_key:
+        resp_sdk.lookup("rs.typed", [{"id": "x"}])
+    assert (bad_key.value.table, bad_key.value.field) == ("rs.typed", "id")
+    with pytest.raises(unitable.TableNotFound) as unknown:
+        resp_sdk.lookup("rs.nope", [1])
+    assert unknown.value.table == "rs.nope"
+    bob = grpc_sdk.access.create_token("bob", "resp sdk test")
+    as_bob = unitable.connect(service.grpc_url, token=bob.token, resp=f"127.0.0.1:{port}")
+    with pytest.raises(unitable.PermissionDenied, match="lacks `read` on table rs.typed"):
+        as_bob.lookup("rs.typed", [1])
+    with pytest.raises(unitable.Unauthenticated):
+        unitable.connect(service.grpc_url, token="ut_bad_token",
+                         resp=f"127.0.0.1:{port}").lookup("rs.typed", [1])
+    with pytest.raises(unitable.InvalidArgument, match="resp"):
+        unitable.connect(service.grpc_url, resp="no-port")
+    # A server gone: UNAVAILABLE after the retries, as over gRPC.
+    closed = unitable.connect(service.grpc_url, token=token, resp=f"127.0.0.1:{free_port()}",
+                              retries=1)
+    with pytest.raises(unitable.Unavailable, match="RESP endpoint"):
+        closed.lookup("rs.typed", [1])
+    for c in (grpc_sdk, resp_sdk, as_bob, closed):
+        c.close()

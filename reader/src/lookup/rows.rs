@@ -482,12 +482,19 @@ impl DataFiles {
         Ok(open.entry(path.clone()).or_insert(file).clone())
     }
 
-    /// Forgets a file (it was removed from the table); its cached blocks age out.
-    pub(crate) fn forget(&self, path: &str) {
-        self.open
+    /// Forgets a file (it was removed from the table) and drops its cached blocks, so their
+    /// memory goes to the files that replaced it (a compaction's output, warmed next).
+    pub(crate) async fn forget(&self, path: &str) {
+        let file = self
+            .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(path);
+        if let (Some(file), Some(blocks)) = (file, &self.cache.blocks) {
+            for block in 0..file.rows.div_ceil(file.block_rows.max(1)) as u32 {
+                blocks.invalidate(&(file.number, block)).await;
+            }
+        }
     }
 
     /// The blocks `wanted` (ascending, distinct) of `file`, decoded and cached if missing.
@@ -563,15 +570,19 @@ impl DataFiles {
     /// Decodes the blocks of the file at `path` that are not cached into the cache, in one
     /// pass over the file, if the file's decoded size (estimated from its footer) fits in the
     /// warming share of the cache; `go_on` is asked between blocks and stops the pass when it
-    /// says no. Returns the blocks decoded (0 when the file does not fit).
-    pub(crate) async fn warm(&self, path: &Arc<str>, go_on: impl Fn() -> bool) -> ReadResult<u64> {
+    /// says no. Returns the blocks decoded, or `None` when the file does not fit now.
+    pub(crate) async fn warm(
+        &self,
+        path: &Arc<str>,
+        go_on: impl Fn() -> bool,
+    ) -> ReadResult<Option<u64>> {
         let file = self.open(path).await?;
         let blocks = file.rows.div_ceil(file.block_rows.max(1)) as u32;
         let cold = (0..blocks)
             .filter(|&b| !self.cache.cached((file.number, b)))
             .count() as u64;
         if cold == 0 {
-            return Ok(0);
+            return Ok(Some(0));
         }
         let decoded_size: i64 = file
             .metadata
@@ -582,7 +593,7 @@ impl DataFiles {
             .sum();
         let estimate = decoded_size.max(0) as u64 * cold / u64::from(blocks);
         if !self.cache.warm_room(estimate).await {
-            return Ok(0);
+            return Ok(None);
         }
         let fail = |reason: String| ReadError::DataFile {
             path: path.to_string(),
@@ -657,7 +668,7 @@ impl DataFiles {
         self.cache.decoded.fetch_add(warmed, Ordering::Relaxed);
         metrics::counter!(CACHE_WARMED, "table" => self.table.clone()).increment(warmed);
         metrics::gauge!(CACHE_BYTES).set(self.cache.bytes() as f64);
-        Ok(warmed)
+        Ok(Some(warmed))
     }
 
     /// The rows at `positions` (ascending, distinct) of the file at `path`, with the columns

@@ -355,6 +355,24 @@ impl TableLookup {
                 return Ok(());
             }
         }
+        let removed = self.apply(update, newest, offsets);
+        for path in removed {
+            self.files.forget(&path).await;
+        }
+        if let Some(rebased) = &self.rebased {
+            rebased.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Moves the base to `newest` (at `offsets`) by `update`, under the write lock; returns
+    /// the data files that left it.
+    fn apply(
+        &self,
+        update: Update,
+        newest: SnapshotRef,
+        offsets: PartitionOffsets,
+    ) -> Vec<Arc<str>> {
         let mut base = self.base.write().unwrap_or_else(PoisonError::into_inner);
         let removed = match update {
             Update::Incremental { added, live } => {
@@ -396,14 +414,7 @@ impl TableLookup {
         };
         base.snapshot = Some(newest);
         base.offsets = offsets;
-        drop(base);
-        for path in removed {
-            self.files.forget(&path);
-        }
-        if let Some(rebased) = &self.rebased {
-            rebased.notify_one();
-        }
-        Ok(())
+        removed
     }
 }
 
@@ -458,11 +469,13 @@ async fn warm(state: Weak<TableLookup>, rebased: Arc<tokio::sync::Notify>) {
             let alive = Arc::downgrade(&s);
             let go_on = move || alive.upgrade().is_some_and(|s| s.is_valid());
             match s.files.warm(path, go_on).await {
-                Ok(n) => {
+                Ok(Some(n)) => {
                     blocks += n;
                     files += 1;
                     warmed.insert(path.clone());
                 }
+                // No room now: tried again after the next re-base (which may free some).
+                Ok(None) => {}
                 // The file may be gone under an older base: the next re-base says so; lookups
                 // still decode what they need.
                 Err(e) => {

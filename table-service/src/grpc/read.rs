@@ -406,17 +406,7 @@ impl ReadService for ReadApi {
         let who = Principal::of(&request)?;
         let request = request.into_inner();
         let table = table_name(&request.table)?;
-        match wire::ReadMode::try_from(request.mode) {
-            Ok(wire::ReadMode::Lookup | wire::ReadMode::Unspecified) => {}
-            Ok(wire::ReadMode::Stream | wire::ReadMode::Snapshot | wire::ReadMode::Fresh)
-            | Err(_) => {
-                return Err(bad(
-                    "mode",
-                    "Lookup serves READ_MODE_LOOKUP only (or leave mode unset); use Read for \
-                     the other modes",
-                ));
-            }
-        }
+        lookup_mode(&request)?;
         metrics::counter!("unitable_grpc_requests_total", "method" => "Lookup", "mode" => "LOOKUP")
             .increment(1);
         self.access.check(&who, Privilege::Read, &table, "Lookup")?;
@@ -548,7 +538,22 @@ impl ReadService for ReadApi {
 
 /// A LOOKUP answered and metered: its latency to the answer, and the rows found and their
 /// bytes.
-async fn metered_lookup(
+/// Fails unless `request` is a LOOKUP (or leaves the mode unset), as the unary `Lookup` call
+/// (and its RESP twin, `UT.LOOKUP`) takes.
+pub(crate) fn lookup_mode(request: &wire::ReadRequest) -> Result<(), Status> {
+    match wire::ReadMode::try_from(request.mode) {
+        Ok(wire::ReadMode::Lookup | wire::ReadMode::Unspecified) => Ok(()),
+        Ok(wire::ReadMode::Stream | wire::ReadMode::Snapshot | wire::ReadMode::Fresh) | Err(_) => {
+            Err(bad(
+                "mode",
+                "Lookup serves READ_MODE_LOOKUP only (or leave mode unset); use Read for the \
+                 other modes",
+            ))
+        }
+    }
+}
+
+pub(crate) async fn metered_lookup(
     reader: &Reader,
     table: unitable_core::naming::TableName,
     request: wire::ReadRequest,

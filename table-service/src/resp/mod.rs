@@ -34,8 +34,13 @@ use tokio_util::sync::CancellationToken;
 use unitable_core::naming::TableName;
 use unitable_reader::{LookupKeys, LookupRequest, ReadError, Reader};
 
+use prost::Message;
+use unitable_proto::v1 as wire;
+
 use crate::access::audit::Outcome;
 use crate::access::{Access, AuthMethod, Principal, Privilege};
+use crate::grpc::read::{lookup_mode, metered_lookup};
+use crate::grpc::table_name;
 use crate::status::ApiError;
 use codec::{ProtocolError, Reply};
 
@@ -180,6 +185,10 @@ impl Connection {
             "GET" | "EXISTS" | "MGET" | "HGET" | "HMGET" | "HGETALL" => {
                 self.read(&name, rest).await
             }
+            "UT.LOOKUP" => match rest {
+                [request] => self.lookup_rpc(request).await,
+                _ => arity(&name),
+            },
             _ if WRITES.contains(&name.as_str()) => Reply::err(format!(
                 "'{name}': unitable's RESP endpoint is read-only; write rows through the \
                  Write API (`unitable write`, the Python SDK's write)"
@@ -361,6 +370,41 @@ impl Connection {
         }
     }
 
+    /// `UT.LOOKUP request`: the unary `Lookup` RPC over RESP framing. The argument is an
+    /// encoded `unitable.v1.ReadRequest`, the reply an encoded `unitable.v1.ReadResponse`
+    /// (Arrow IPC rows, missing keys, `AsOf`), or an error whose first word is the gRPC status
+    /// code (`INVALID_ARGUMENT ...`). The SDK uses it for point lookups: one round trip with
+    /// no HTTP/2, the same answers.
+    async fn lookup_rpc(&self, request: &[u8]) -> Reply {
+        let Some(who) = &self.who else {
+            return Reply::Error(
+                "UNAUTHENTICATED AUTH with a unitable token first (`unitable token create USER`)"
+                    .to_string(),
+            );
+        };
+        let request = match wire::ReadRequest::decode(request) {
+            Ok(request) => request,
+            Err(e) => {
+                return Reply::Error(format!(
+                    "INVALID_ARGUMENT the argument is not an encoded unitable.v1.ReadRequest: {e}"
+                ));
+            }
+        };
+        let answer = async {
+            let table = table_name(&request.table)?;
+            lookup_mode(&request)?;
+            self.access
+                .recheck(who, Privilege::Read, std::slice::from_ref(&table), "Lookup")?;
+            metered_lookup(&self.reader, table, request).await
+        };
+        match answer.await {
+            Ok(response) => Reply::Bulk(Some(response.encode_to_vec())),
+            Err(status) => {
+                Reply::Error(format!("{} {}", code_name(status.code()), status.message()))
+            }
+        }
+    }
+
     /// The live row of each key (`None`: no live row), in key order: one FRESH lookup per
     /// table the keys name.
     async fn lookup(&self, who: &Principal, keys: &[Vec<u8>]) -> Result<Vec<Option<Row>>, Reply> {
@@ -493,6 +537,18 @@ fn access_error(e: &ApiError) -> Reply {
     }
 }
 
+/// A gRPC status code as its name in the protocol (`INVALID_ARGUMENT`).
+fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 fn arity(name: &str) -> Reply {
     Reply::err(format!(
         "wrong number of arguments for '{}' command",
@@ -502,9 +558,24 @@ fn arity(name: &str) -> Reply {
 
 /// The metric label of a command (unknown ones share one).
 fn command_label(name: &str) -> &'static str {
-    const KNOWN: [&str; 16] = [
-        "GET", "MGET", "EXISTS", "HGET", "HMGET", "HGETALL", "AUTH", "HELLO", "PING", "ECHO",
-        "SELECT", "CLIENT", "COMMAND", "INFO", "QUIT", "SET",
+    const KNOWN: [&str; 17] = [
+        "GET",
+        "MGET",
+        "EXISTS",
+        "HGET",
+        "HMGET",
+        "HGETALL",
+        "UT.LOOKUP",
+        "AUTH",
+        "HELLO",
+        "PING",
+        "ECHO",
+        "SELECT",
+        "CLIENT",
+        "COMMAND",
+        "INFO",
+        "QUIT",
+        "SET",
     ];
     KNOWN
         .iter()

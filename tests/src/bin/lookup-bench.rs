@@ -437,7 +437,9 @@ async fn main() -> Result<()> {
     );
     // What moved the lookup state meanwhile (warming passes, compactions).
     for line in service.log().lines().filter(|l| {
-        l.contains("lookup cache warmed") || l.contains("compacted") || l.contains("rewrite committed")
+        l.contains("lookup cache warmed")
+            || l.contains("compacted")
+            || l.contains("rewrite committed")
     }) {
         eprintln!("server: {line}");
     }

@@ -220,7 +220,7 @@ async fn a_warmed_file_serves_every_read_from_the_cache() {
         let files = DataFiles::new(io.clone(), cache.clone(), "t.rows".into());
         // Row groups of 3,000 rows end inside blocks: warming cuts the reader's batches at
         // block ends, and every row read afterwards equals the row written.
-        let warmed = files.warm(path, || true).await.unwrap();
+        let warmed = files.warm(path, || true).await.unwrap().unwrap();
         let block_rows = files.open(path).await.unwrap().block_rows;
         assert_eq!(warmed, ROWS.div_ceil(block_rows) as u64, "{path}");
         random_reads(&files, path, 3 + i as u64).await;
@@ -229,27 +229,22 @@ async fn a_warmed_file_serves_every_read_from_the_cache() {
             warmed,
             "{path}: reads after warming decode no block"
         );
-        assert_eq!(
-            files.warm(path, || true).await.unwrap(),
-            0,
-            "{path}: warm again"
-        );
+        let again = files.warm(path, || true).await.unwrap();
+        assert_eq!(again, Some(0), "{path}: warm again");
+        // Forgotten (the file left the table): its blocks leave the cache.
+        files.forget(path).await;
+        cache.blocks.as_ref().unwrap().run_pending_tasks().await;
+        assert_eq!(cache.bytes(), 0, "{path}: blocks of a forgotten file");
 
         // A cache too small for the file is not warmed at all.
         let small = Arc::new(BlockCache::new(256 << 10, true));
         let files = DataFiles::new(io.clone(), small.clone(), "t.rows".into());
-        assert_eq!(
-            files.warm(path, || true).await.unwrap(),
-            0,
-            "{path}: small cache"
-        );
+        let none = files.warm(path, || true).await.unwrap();
+        assert_eq!(none, None, "{path}: small cache");
         // Stopped after the first block.
         let cache = Arc::new(BlockCache::new(64 << 20, true));
         let files = DataFiles::new(io.clone(), cache, "t.rows".into());
-        assert_eq!(
-            files.warm(path, || false).await.unwrap(),
-            1,
-            "{path}: stopped"
-        );
+        let stopped = files.warm(path, || false).await.unwrap();
+        assert_eq!(stopped, Some(1), "{path}: stopped");
     }
 }
