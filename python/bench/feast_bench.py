@@ -213,10 +213,11 @@ class UnitableSide:
     # A training set returns the entity rows in their order (Client.training_set).
     keeps_entity_order = True
 
-    def __init__(self, service: Service):
+    def __init__(self, service: Service, resp: str | None = None):
         import unitable
 
-        self.client = unitable.connect(service.grpc_url)
+        # resp: the server's RESP endpoint, to send lookups there (connect(resp=...)).
+        self.client = unitable.connect(service.grpc_url, resp=resp)
         self.columns = [KEY, *FEATURES]
         self.features = [f"{TABLE}.{c}" for c in FEATURES]
 
@@ -466,12 +467,18 @@ def report(results: dict[str, Any]) -> str:
     def pct(side: dict[str, Any], key: str, p: str) -> str:
         return fmt(side[key][p]) + " ms" if key in side else "-"
 
+    resp = results.get("unitable_resp", {})
     for label, key in (("1 entity/call", "one"), ("100 entities/call", "hundred")):
         us, fs = uni.get("online", {}), feast.get("online", {})
+        rs = resp.get("online", {})
         row(f"Online lookup, {label}, p50", pct(us, key, "p50_ms"), pct(fs, key, "p50_ms"),
             "unitable <= Feast")
         row(f"Online lookup, {label}, p99", pct(us, key, "p99_ms"), pct(fs, key, "p99_ms"),
             "unitable <= Feast")
+        row(f"Online lookup over RESP (SDK `resp=`), {label}, p50", pct(rs, key, "p50_ms"),
+            pct(fs, key, "p50_ms"), "unitable <= Feast")
+        row(f"Online lookup over RESP (SDK `resp=`), {label}, p99", pct(rs, key, "p99_ms"),
+            pct(fs, key, "p99_ms"), "unitable <= Feast")
     hist_u, hist_f = uni.get("historical_s"), feast.get("historical_s")
     ratio = results.get("historical_feast_over_unitable")
     row(f"Historical retrieval, {args['hist_rows']:,} entity rows (unitable training_set)",
@@ -563,8 +570,12 @@ def main() -> int:
                   f"{out['materialize_s']:.1f} s", flush=True)
         if "unitable" not in args.skip:
             out = results.setdefault("unitable", {})
-            service = Service(unitable_bin, root / "unitable")  # type: ignore[arg-type]
+            resp_addr = f"127.0.0.1:{free_port()}"
+            service = Service(unitable_bin, root / "unitable",  # type: ignore[arg-type]
+                              ("--resp-addr", resp_addr))
             uni = UnitableSide(service)
+            uni_resp = UnitableSide(service, resp=resp_addr)
+            results["unitable_resp"] = {}
             uni.create()
             t = time.perf_counter()
             uni.load(data)
@@ -577,6 +588,7 @@ def main() -> int:
         readers: dict[str, Callable[[list[int]], Any]] = {}
         if uni is not None:
             readers["unitable"] = uni.online
+            readers["unitable_resp"] = uni_resp.online
         if feast is not None:
             readers["feast"] = feast.online
         for name, online in measure_online(readers, single, args.warmup, batch_warmup,
