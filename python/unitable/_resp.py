@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import BinaryIO
 
 import grpc
 
@@ -19,7 +20,7 @@ _KINDS = {
 }
 
 
-class RespStatus(grpc.RpcError):
+class RespStatus(grpc.RpcError):  # type: ignore[misc]
     """A failed RESP lookup, shaped like a gRPC error so it is mapped the same way."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -65,7 +66,7 @@ class RespLookups:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._file = None
+        self._file: BinaryIO | None = None
 
     def _connect(self) -> None:
         try:

@@ -550,7 +550,7 @@ pub struct ServeArgs {
     /// new snapshot brings files in (commits, compactions), as long as they fit in 80% of
     /// --lookup-cache-memory, all tables together. Lookups of such tables then read no
     /// Parquet page. `false` caches only the blocks that lookups read.
-    #[arg(long, env = "UNITABLE_LOOKUP_CACHE_WARM", default_value = "true", value_parser = clap::value_parser!(bool))]
+    #[arg(long, env = "UNITABLE_LOOKUP_CACHE_WARM", default_value_t = true, action = clap::ArgAction::Set)]
     pub lookup_cache_warm: bool,
 
     /// Memory the committer's primary-key index of each table may keep (a limit per table),

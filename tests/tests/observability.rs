@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure};
 use scrape::{Scrape, expect, scrape_until};
-use support::read::subscribe;
+use support::read::{kv_rows, lookup_ids, subscribe};
 use support::{TABLE, kv_line, write_lines};
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::stream_start::Kind;
@@ -36,6 +36,8 @@ fn lines(ids: std::ops::Range<i64>, tag: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_a_known_workload_exactly() -> Result<()> {
     let service = tokio::task::spawn_blocking(|| {
+        // Warming would decode blocks ahead of the lookups, making hits and misses depend on
+        // timing; it is counted in its own test below.
         Service::start(&[
             "--commit-interval",
             "100ms",
@@ -43,6 +45,8 @@ async fn metrics_count_a_known_workload_exactly() -> Result<()> {
             "200ms",
             "--consumer-group-session",
             "1s",
+            "--lookup-cache-warm",
+            "false",
         ])
     })
     .await??;
@@ -460,5 +464,100 @@ async fn fresh_tail_decoding_is_counted() -> Result<()> {
         &[table, ("mode", "FRESH")],
         4.0,
     )?;
+    Ok(())
+}
+
+/// Cache warming: once a table's lookup state is built, its data files are decoded into the
+/// block cache in the background (`unitable_lookup_cache_warmed_blocks_total`), so lookups of
+/// any key afterwards read no block (no new misses) and return the rows written; after a
+/// compaction rewrites the files, the new file is warmed too and lookups still read no block.
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_after_warming_read_no_block() -> Result<()> {
+    let service = tokio::task::spawn_blocking(|| {
+        Service::start(&["--commit-interval", "100ms", "--compaction-interval", "0"])
+    })
+    .await??;
+    create_kv_table_as(&service, TABLE, 2, &[], Vec::new()).await?;
+    let table = ("table", TABLE);
+    let mut writer = WriteServiceClient::connect(service.grpc_url()).await?;
+    // Three commits, so three data files per bucket's worth of rows.
+    for (round, ids) in [(0, 0..3000), (1, 3000..6000), (2, 0..1500)].into_iter() {
+        let resp = write_lines(
+            &mut writer,
+            WriteOp::Upsert,
+            &lines(ids, &format!("r{round}-")),
+            true,
+        )
+        .await?;
+        ensure!(resp.errors.is_empty(), "{:?}", resp.errors);
+    }
+    let want = |id: i64| {
+        let tag = if id < 1500 {
+            "r2-"
+        } else if id < 3000 {
+            "r0-"
+        } else {
+            "r1-"
+        };
+        (format!("{tag}{id}"), id)
+    };
+    let mut reader = ReadServiceClient::connect(service.grpc_url()).await?;
+    let check = |batches: &[arrow::array::RecordBatch], ids: &[i64]| -> Result<()> {
+        let rows = kv_rows(batches)?;
+        for id in ids {
+            ensure!(
+                rows.get(id) == Some(&want(*id)),
+                "row {id}: {:?}",
+                rows.get(id)
+            );
+        }
+        Ok(())
+    };
+    let (batches, missing) = lookup_ids(&mut reader, &[1]).await?;
+    ensure!(missing.is_empty());
+    check(&batches, &[1])?;
+    let warmed = scrape_until(&service, "the first warming pass", |s| {
+        s.get("unitable_lookup_cache_warmed_blocks_total", &[table])
+            .is_some_and(|v| v > 0.0)
+    })
+    .await?;
+    let warmed = warmed.value("unitable_lookup_cache_warmed_blocks_total", &[table])?;
+    // Let the pass finish (it counts per file).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let misses = |s: &Scrape| {
+        s.get("unitable_lookup_cache_misses_total", &[table])
+            .unwrap_or(0.0)
+    };
+    let before = misses(&Scrape::of(&service)?);
+    let ids: Vec<i64> = (0..6000).step_by(7).collect();
+    let (batches, missing) = lookup_ids(&mut reader, &ids).await?;
+    ensure!(missing.is_empty(), "{missing:?}");
+    check(&batches, &ids)?;
+    let s = Scrape::of(&service)?;
+    ensure!(
+        misses(&s) == before,
+        "lookups after warming read blocks: {} misses before, {} after ({warmed} blocks warmed)",
+        before,
+        misses(&s)
+    );
+
+    // A compaction rewrites the files: the new one is warmed once the state moves to it.
+    service.cli(&["compact", TABLE])?.ok()?;
+    scrape_until(&service, "the compacted file's warming", |s| {
+        s.get("unitable_lookup_cache_warmed_blocks_total", &[table])
+            .is_some_and(|v| v > warmed)
+    })
+    .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = misses(&Scrape::of(&service)?);
+    let (batches, missing) = lookup_ids(&mut reader, &ids).await?;
+    ensure!(missing.is_empty(), "{missing:?}");
+    check(&batches, &ids)?;
+    let after = misses(&Scrape::of(&service)?);
+    ensure!(
+        after == before,
+        "lookups after the compaction's warming read {} blocks",
+        after - before
+    );
     Ok(())
 }
