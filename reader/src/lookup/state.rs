@@ -312,15 +312,7 @@ impl TableLookup {
         let incremental = ancestors_between(metadata, newest.snapshot_id(), old_id)
             .is_some_and(|chain| chain.iter().all(|s| changelog_offsets(s).is_some()));
         let update = if incremental {
-            let indexed: HashSet<Arc<str>> = {
-                let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
-                base.files
-                    .ids
-                    .iter()
-                    .filter(|(_, id)| !base.files.gone.contains(id))
-                    .map(|(p, _)| p.clone())
-                    .collect()
-            };
+            let indexed: HashSet<Arc<str>> = self.live_files().into_iter().collect();
             let mut added = Vec::new();
             let live = scan_keys(
                 table.file_io(),
