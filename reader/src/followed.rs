@@ -86,8 +86,11 @@ pub(crate) struct FollowedTail {
     used_ms: AtomicU64,
     epoch: Instant,
     /// The last copy a read took: the next read reuses it while the base is the same and the
-    /// followers have applied nothing since (reads between writes cost no copy).
+    /// followers have applied nothing since (reads between writes cost no copy), and patches
+    /// it with what they applied since while the base is the same.
     last: Mutex<Option<Followed>>,
+    /// The primary-key columns in the decoded schema (the tail's live rows).
+    key_columns: Vec<usize>,
 }
 
 impl FollowedTails {
@@ -204,6 +207,11 @@ impl FollowedTail {
             used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             last: Mutex::new(None),
+            key_columns: def
+                .primary_key
+                .iter()
+                .filter_map(|k| codec.decoded_schema().index_of(k).ok())
+                .collect(),
         });
         let mut tasks = spawn_followers(
             changelog,
@@ -246,21 +254,29 @@ impl FollowedTail {
     fn copy(&self, codec: &RecordCodec) -> ReadResult<Followed> {
         let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
         let base_id = base.0.as_ref().map(|s| s.snapshot_id());
-        {
-            let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            // Entries change only when a follower applies records (and moves its consumed
-            // offset under the same lock) or when a re-base prunes them (under the base's write
-            // lock, moving the base): same base and same offsets, same tail.
-            if let Some(last) = last.as_ref()
-                && last.snapshot.as_ref().map(|s| s.snapshot_id()) == base_id
-                && self
-                    .tails
-                    .iter()
-                    .enumerate()
-                    .all(|(p, t)| last.to.get(PartitionId(p as u32)) == t.consumed())
+        // Entries change only when a follower applies records (and moves its consumed offset
+        // under the same lock) or when a re-base prunes them (under the base's write lock,
+        // moving the base): with the same base, the tail is the last copy's plus what the
+        // followers applied since, and with the same offsets too, it is the last copy.
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(|last| last.snapshot.as_ref().map(|s| s.snapshot_id()) == base_id);
+        if let Some(last) = last {
+            if self
+                .tails
+                .iter()
+                .enumerate()
+                .all(|(p, t)| last.to.get(PartitionId(p as u32)) == t.consumed())
             {
-                return Ok(last.clone());
+                return Ok(last);
             }
+            let patched = self.patch(codec, &last)?;
+            drop(base);
+            *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(patched.clone());
+            return Ok(patched);
         }
         let mut keys = TailKeys::new(codec);
         let mut rows = Vec::new();
@@ -289,6 +305,65 @@ impl FollowedTail {
         };
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(followed.clone());
         Ok(followed)
+    }
+
+    /// The last copy with what the followers applied since it: the keys changed since are
+    /// added to its key set, its live rows of those keys are dropped, and their latest live rows
+    /// are added. Costs the keys and rows that changed plus one pass over the copy's live rows,
+    /// instead of copying the whole tail again. Called under the base's read lock, with `last`
+    /// taken from the same base.
+    fn patch(&self, codec: &RecordCodec, last: &Followed) -> ReadResult<Followed> {
+        let fail = |what: &str, e: arrow::error::ArrowError| ReadError::Internal {
+            reason: format!("{what} of the followed tail: {e}"),
+        };
+        let mut keys = last.tail.keys.clone();
+        let mut changed = TailKeys::new(codec);
+        let mut rows = Vec::new();
+        let mut to = PartitionOffsets::default();
+        for (p, tail) in self.tails.iter().enumerate() {
+            let p = PartitionId(p as u32);
+            let covered = tail
+                .copy_since(
+                    last.to.get(p),
+                    |k| {
+                        keys.insert(codec, k);
+                        changed.insert(codec, k);
+                    },
+                    &mut rows,
+                )
+                .map_err(|e| fail("copy the changes", e))?;
+            to.set(p, covered);
+        }
+        let mut parts = Vec::with_capacity(rows.len() + 1);
+        if let Some(old) = &last.tail.live {
+            let key_batch = old
+                .project(&self.key_columns)
+                .map_err(|e| fail("project the key columns", e))?;
+            let mut keep = vec![true; old.num_rows()];
+            if changed.supersede(codec, &key_batch, &mut keep)? == 0 {
+                parts.push(old.clone());
+            } else {
+                parts.push(
+                    arrow::compute::filter_record_batch(old, &keep.into())
+                        .map_err(|e| fail("drop superseded rows", e))?,
+                );
+            }
+        }
+        parts.extend(rows);
+        parts.retain(|b| b.num_rows() > 0);
+        let live = match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(
+                arrow::compute::concat_batches(&codec.decoded_schema(), &parts)
+                    .map_err(|e| fail("combine rows", e))?,
+            ),
+        };
+        Ok(Followed {
+            snapshot: last.snapshot.clone(),
+            tail: Arc::new(Tail { keys, live }),
+            to,
+        })
     }
 
     /// Moves the base to the table's newest snapshot.

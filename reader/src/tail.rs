@@ -25,7 +25,7 @@ type FastHash = foldhash::fast::RandomState;
 
 /// The keys a tail changed (upserted or deleted), as a FRESH read probes them: once per
 /// snapshot row.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum TailKeys {
     /// The primary key is one integer column: its values, probed straight from the stored
     /// rows' key column without writing a key per row.
@@ -135,7 +135,8 @@ impl TailKeys {
 pub(crate) struct Tail {
     /// Keys the tail changed (upserted or deleted); empty for append-only tables.
     pub(crate) keys: TailKeys,
-    /// The rows live after the tail, in changelog order per partition (decoded schema).
+    /// The rows live after the tail, in changelog order within each partition (decoded
+    /// schema).
     pub(crate) live: Option<RecordBatch>,
 }
 

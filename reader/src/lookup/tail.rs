@@ -367,12 +367,24 @@ impl PartitionTail {
     /// it).
     pub(crate) fn copy_into(
         &self,
+        keys: impl FnMut(&Bytes),
+        rows: &mut Vec<RecordBatch>,
+    ) -> Result<Offset, arrow::error::ArrowError> {
+        self.copy_since(Offset(i64::MIN), keys, rows)
+    }
+
+    /// [`Self::copy_into`] of the keys whose latest change is at or after `from` only: with
+    /// `from` the offset an earlier copy covered, what changed since it (a key's slot holds its
+    /// latest change, so a key changed since has its slot at or after `from`).
+    pub(crate) fn copy_since(
+        &self,
+        from: Offset,
         mut keys: impl FnMut(&Bytes),
         rows: &mut Vec<RecordBatch>,
     ) -> Result<Offset, arrow::error::ArrowError> {
         let entries = self.lock();
-        let mut live: Vec<(Offset, u32, u32)> = Vec::with_capacity(entries.live_rows);
-        for (key, slot) in &entries.slots {
+        let mut live: Vec<(Offset, u32, u32)> = Vec::new();
+        for (key, slot) in entries.slots.iter().filter(|(_, s)| s.offset >= from) {
             keys(key);
             if let Some((n, r)) = slot.row {
                 live.push((slot.offset, n, r));
