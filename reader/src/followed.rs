@@ -46,6 +46,10 @@ const REBASE_INTERVAL: Duration = Duration::from_millis(500);
 /// itself), and a re-base for them to reach a new snapshot (then it tries again later).
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Batches of live rows a patched copy may hold before they are merged into one (each patch
+/// adds one per partition that changed).
+const MAX_LIVE_BATCHES: usize = 64;
+
 /// After a table's state is dropped for memory, no new one starts for this long (the tail is
 /// long; reads fold the changelog range instead of paying a follower that would be dropped
 /// again).
@@ -293,11 +297,7 @@ impl FollowedTail {
         let snapshot = base.0.clone();
         drop(base);
         // One batch per partition.
-        let live = if rows.is_empty() {
-            None
-        } else {
-            Some(arrow::compute::concat_batches(&codec.decoded_schema(), &rows).map_err(combine)?)
-        };
+        let live = rows;
         let followed = Followed {
             snapshot,
             tail: Arc::new(Tail { keys, live }),
@@ -334,31 +334,31 @@ impl FollowedTail {
                 .map_err(|e| fail("copy the changes", e))?;
             to.set(p, covered);
         }
-        let mut parts = Vec::with_capacity(rows.len() + 1);
-        if let Some(old) = &last.tail.live {
+        // The last copy's rows, less those of keys changed since, then the changed rows:
+        // batches are shared, filtered only where a row left, and merged when they get many.
+        let mut live = Vec::with_capacity(last.tail.live.len() + rows.len());
+        for old in &last.tail.live {
             let key_batch = old
                 .project(&self.key_columns)
                 .map_err(|e| fail("project the key columns", e))?;
             let mut keep = vec![true; old.num_rows()];
             if changed.supersede(codec, &key_batch, &mut keep)? == 0 {
-                parts.push(old.clone());
+                live.push(old.clone());
             } else {
-                parts.push(
+                live.push(
                     arrow::compute::filter_record_batch(old, &keep.into())
                         .map_err(|e| fail("drop superseded rows", e))?,
                 );
             }
         }
-        parts.extend(rows);
-        parts.retain(|b| b.num_rows() > 0);
-        let live = match parts.len() {
-            0 => None,
-            1 => parts.pop(),
-            _ => Some(
-                arrow::compute::concat_batches(&codec.decoded_schema(), &parts)
+        live.extend(rows);
+        live.retain(|b| b.num_rows() > 0);
+        if live.len() > MAX_LIVE_BATCHES {
+            live = vec![
+                arrow::compute::concat_batches(&codec.decoded_schema(), &live)
                     .map_err(|e| fail("combine rows", e))?,
-            ),
-        };
+            ];
+        }
         Ok(Followed {
             snapshot: last.snapshot.clone(),
             tail: Arc::new(Tail { keys, live }),

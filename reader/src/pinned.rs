@@ -364,7 +364,8 @@ impl Pinned {
         let live = tail
             .as_ref()
             .filter(|_| with_tail)
-            .and_then(|t| t.live.clone());
+            .map(|t| t.live.clone())
+            .unwrap_or_default();
         let slices = live.into_iter().flat_map(|live| {
             (0..live.num_rows())
                 .step_by(SCAN_BATCH_ROWS)

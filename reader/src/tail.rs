@@ -136,8 +136,8 @@ pub(crate) struct Tail {
     /// Keys the tail changed (upserted or deleted); empty for append-only tables.
     pub(crate) keys: TailKeys,
     /// The rows live after the tail, in changelog order within each partition (decoded
-    /// schema).
-    pub(crate) live: Option<RecordBatch>,
+    /// schema), in batches read one after the other.
+    pub(crate) live: Vec<RecordBatch>,
 }
 
 /// Reads `from..to` of every partition in `to` and folds it.
@@ -206,7 +206,7 @@ pub(crate) async fn read_tail(
         })?;
         return Ok(Tail {
             keys: TailKeys::default(),
-            live: Some(live),
+            live: vec![live],
         });
     }
     // Last change per key: (batch, row, op), overwritten in changelog order. Keys live in one
@@ -237,7 +237,7 @@ pub(crate) async fn read_tail(
     })?;
     Ok(Tail {
         keys: TailKeys::build(codec, last.into_keys()),
-        live: Some(live),
+        live: vec![live],
     })
 }
 
