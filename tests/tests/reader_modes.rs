@@ -318,17 +318,23 @@ async fn every_mode_matches_the_model_across_commits_and_a_restart() -> Result<(
     );
     // The FRESH reads after the first of each server run were served from the followed tail
     // (the model checks above hold for both paths).
-    let metrics = service.http_get("/metrics")?.text();
-    let followed: f64 = metrics
+    let followed = followed_reads(&service)?;
+    ensure!(
+        followed >= 4.0,
+        "only {followed} FRESH reads used the followed tail"
+    );
+    Ok(())
+}
+
+/// How many FRESH reads the server served from a followed tail (`/metrics`).
+fn followed_reads(service: &Service) -> Result<f64> {
+    Ok(service
+        .http_get("/metrics")?
+        .text()
         .lines()
         .filter(|l| l.starts_with("unitable_fresh_tails_total") && l.contains("followed"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    ensure!(
-        followed >= 4.0,
-        "only {followed} FRESH reads used the followed tail:\n{metrics}"
-    );
-    Ok(())
+        .sum())
 }
 
 /// FRESH reads between writes with the base snapshot fixed (no commit after the first): each
@@ -361,12 +367,7 @@ async fn fresh_reads_between_writes_patch_the_tail_and_match_the_model() -> Resu
             );
         }
     }
-    let metrics = service.http_get("/metrics")?.text();
-    let followed: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("unitable_fresh_tails_total") && l.contains("followed"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let followed = followed_reads(&service)?;
     ensure!(
         followed >= 40.0,
         "only {followed} FRESH reads used the followed tail"

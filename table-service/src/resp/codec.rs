@@ -14,8 +14,22 @@ const MAX_INLINE_BYTES: usize = 64 << 10;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ProtocolError(pub(crate) String);
 
+/// Most bytes one command may take, all arguments together (what is buffered while it is
+/// incomplete).
+pub(crate) const MAX_COMMAND_BYTES: usize = 64 << 20;
+
 /// Takes the next whole command off the front of `buf`: `Ok(None)` while it is incomplete.
 pub(crate) fn next_command(buf: &mut BytesMut) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+    let command = parse(buf)?;
+    if command.is_none() && buf.len() > MAX_COMMAND_BYTES {
+        return Err(ProtocolError(format!(
+            "a command may take at most {MAX_COMMAND_BYTES} bytes"
+        )));
+    }
+    Ok(command)
+}
+
+fn parse(buf: &mut BytesMut) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -216,6 +230,22 @@ mod tests {
             assert!(parse_all(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         assert!(parse_all(format!("*1\r\n${}\r\n", MAX_ARG_BYTES + 1).as_bytes()).is_err());
+        // Many large arguments: refused once more than a command's bytes are waiting.
+        let mut buf = BytesMut::from(&b"*10000\r\n"[..]);
+        let arg = format!("${MAX_ARG_BYTES}\r\n{}\r\n", "x".repeat(MAX_ARG_BYTES));
+        let mut refused = false;
+        for _ in 0..200 {
+            buf.extend_from_slice(arg.as_bytes());
+            match next_command(&mut buf) {
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("an incomplete command was taken"),
+                Err(_) => {
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused && buf.len() <= MAX_COMMAND_BYTES + arg.len());
     }
 
     #[test]

@@ -443,6 +443,14 @@ impl Connection {
                 }
                 Err(e) => return Err(Reply::err(ApiError::from(e).to_string())),
             };
+            if answer.rows.num_rows() + answer.missing.len() != wanted.len() {
+                return Err(Reply::err(format!(
+                    "the lookup in {table} answered {} rows and {} missing keys for {} keys",
+                    answer.rows.num_rows(),
+                    answer.missing.len(),
+                    wanted.len()
+                )));
+            }
             let mut found = 0usize;
             let mut missing = answer.missing.iter().peekable();
             for (n, (at, _)) in wanted.iter().enumerate() {
