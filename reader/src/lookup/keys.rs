@@ -42,47 +42,50 @@ impl LookupKeys {
 
 /// Text keys as JSON lines of the key columns of `def`.
 fn text_keys_to_json(def: &TableDef, texts: &[String]) -> ReadResult<Vec<u8>> {
+    let bad = |index: usize, reason: String| ReadError::InvalidKey {
+        index,
+        field: None,
+        reason,
+    };
     let mut out = Vec::with_capacity(texts.len() * 24);
-    for (index, text) in texts.iter().enumerate() {
-        let bad = |reason: String| ReadError::InvalidKey {
-            index,
-            field: None,
-            reason,
-        };
-        if text.contains('\n') {
-            return Err(bad("a key holds no line break".into()));
-        }
-        let [column] = def.primary_key.as_slice() else {
-            // A composite key: a JSON object of its columns, read as a JSON key line.
+    let [column] = def.primary_key.as_slice() else {
+        // A composite key: each text is a JSON object of its columns, read as a JSON key line.
+        for (index, text) in texts.iter().enumerate() {
+            if text.contains('\n') {
+                return Err(bad(index, "a key holds no line break".into()));
+            }
             let object = matches!(
                 serde_json::from_str::<serde_json::Value>(text),
                 Ok(serde_json::Value::Object(_))
             );
             if !object {
-                return Err(bad(format!(
-                    "the table's key has columns {}: give a JSON object of them, e.g. {{{}}}",
-                    def.primary_key.join(", "),
-                    def.primary_key
-                        .iter()
-                        .map(|c| format!("\"{c}\":..."))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )));
+                return Err(bad(
+                    index,
+                    format!(
+                        "the table's key has columns {}: give a JSON object of them, e.g. {{{}}}",
+                        def.primary_key.join(", "),
+                        def.primary_key
+                            .iter()
+                            .map(|c| format!("\"{c}\":..."))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                ));
             }
             out.extend_from_slice(text.as_bytes());
             out.push(b'\n');
-            continue;
-        };
-        let ty = def
-            .columns
-            .iter()
-            .find(|c| &c.name == column)
-            .map(|c| &c.ty);
-        // Numbers and booleans stand for themselves in JSON; anything else is a string (a
-        // text that is not a number for a number column fails in the codec, naming it).
-        let literal = matches!(
-            ty,
-            Some(
+        }
+        return Ok(out);
+    };
+    // Numbers and booleans stand for themselves in JSON; anything else is a string (a text that
+    // is not a number for a number column fails in the codec, naming it).
+    let numeric = def
+        .columns
+        .iter()
+        .find(|c| &c.name == column)
+        .is_some_and(|c| {
+            matches!(
+                c.ty,
                 ColumnType::Bool
                     | ColumnType::Int32
                     | ColumnType::Int64
@@ -90,17 +93,28 @@ fn text_keys_to_json(def: &TableDef, texts: &[String]) -> ReadResult<Vec<u8>> {
                     | ColumnType::Float64
                     | ColumnType::Decimal { .. }
             )
-        ) && matches!(
-            serde_json::from_str::<serde_json::Value>(text),
-            Ok(serde_json::Value::Number(_) | serde_json::Value::Bool(_))
-        );
-        let value = if literal {
-            text.clone()
+        });
+    let prefix = format!("{{{}:", serde_json::Value::String(column.clone()));
+    for (index, text) in texts.iter().enumerate() {
+        if text.contains('\n') {
+            return Err(bad(index, "a key holds no line break".into()));
+        }
+        let literal = numeric
+            && matches!(
+                serde_json::from_str::<serde_json::Value>(text),
+                Ok(serde_json::Value::Number(_) | serde_json::Value::Bool(_))
+            );
+        out.extend_from_slice(prefix.as_bytes());
+        if literal {
+            out.extend_from_slice(text.as_bytes());
         } else {
-            serde_json::Value::String(text.clone()).to_string()
-        };
-        let key = serde_json::Value::String(column.clone()).to_string();
-        out.extend_from_slice(format!("{{{key}:{value}}}\n").as_bytes());
+            out.extend_from_slice(
+                serde_json::Value::String(text.clone())
+                    .to_string()
+                    .as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"}\n");
     }
     Ok(out)
 }

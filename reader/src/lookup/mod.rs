@@ -101,9 +101,6 @@ pub(crate) struct LookupCache {
     limit: usize,
     /// Decoded row blocks of every table's data files.
     blocks: Arc<rows::BlockCache>,
-    blocks_bytes: u64,
-    /// Whether the block cache is warmed.
-    warm: bool,
     /// The clock of [`Slot::used_ms`].
     epoch: std::time::Instant,
 }
@@ -132,8 +129,6 @@ impl LookupCache {
             tables: std::sync::Mutex::default(),
             limit: limit.max(1),
             blocks: Arc::new(rows::BlockCache::new(blocks_bytes, warm)),
-            blocks_bytes,
-            warm,
             epoch: std::time::Instant::now(),
         }
     }
@@ -143,11 +138,13 @@ impl LookupCache {
     }
 
     pub(crate) fn blocks_bytes(&self) -> u64 {
-        self.blocks_bytes
+        self.blocks.capacity()
     }
 
+    /// Whether warming was asked for (whether it happens also needs a cache: see
+    /// [`rows::BlockCache::warms`]).
     pub(crate) fn warms(&self) -> bool {
-        self.warm
+        self.blocks.warm_asked()
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, Arc<Slot>>> {

@@ -112,6 +112,16 @@ impl BlockCache {
         self.warm && self.blocks.is_some()
     }
 
+    /// The warming setting as given (kept when the cache is rebuilt with another size).
+    pub(crate) fn warm_asked(&self) -> bool {
+        self.warm
+    }
+
+    /// The memory budget, in bytes.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// Whether `more` bytes of warmed blocks fit in the warming share of the budget.
     async fn warm_room(&self, more: u64) -> bool {
         let Some(blocks) = &self.blocks else {
@@ -162,6 +172,11 @@ struct OpenFile {
 }
 
 impl OpenFile {
+    /// How many blocks the file has.
+    fn blocks(&self) -> u32 {
+        self.rows.div_ceil(self.block_rows.max(1)) as u32
+    }
+
     /// The rows of block `block`.
     fn block_range(&self, block: u32) -> Range<usize> {
         let start = block as usize * self.block_rows;
@@ -491,7 +506,7 @@ impl DataFiles {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(path);
         if let (Some(file), Some(blocks)) = (file, &self.cache.blocks) {
-            for block in 0..file.rows.div_ceil(file.block_rows.max(1)) as u32 {
+            for block in 0..file.blocks() {
                 blocks.invalidate(&(file.number, block)).await;
             }
         }
@@ -577,7 +592,7 @@ impl DataFiles {
         go_on: impl Fn() -> bool,
     ) -> ReadResult<Option<u64>> {
         let file = self.open(path).await?;
-        let blocks = file.rows.div_ceil(file.block_rows.max(1)) as u32;
+        let blocks = file.blocks();
         let cold = (0..blocks)
             .filter(|&b| !self.cache.cached((file.number, b)))
             .count() as u64;
