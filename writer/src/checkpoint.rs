@@ -48,10 +48,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
+use unitable_core::commit::committer::Committer;
 use unitable_core::commit::files::read_bytes;
-use unitable_core::commit::plan::{
-    PlannedFile, TrackedFile, live_files, plan_live, read_position_deletes,
-};
+use unitable_core::commit::plan::{PlannedFile, TrackedFile, plan_live, read_position_deletes};
 use unitable_core::commit::read::ancestors_between;
 use unitable_core::naming::{paths, summary};
 use unitable_core::record::RecordCodec;
@@ -211,6 +210,7 @@ fn failed(path: &str, reason: impl std::fmt::Display) -> WriteError {
 /// Writes `index`, which is in step with snapshot `snapshot_id` of `metadata`, as a new
 /// checkpoint, then deletes all but the newest [`KEEP`] checkpoints of the table.
 pub(crate) async fn write(
+    committer: &Committer,
     file_io: &FileIO,
     storage_props: &HashMap<String, String>,
     metadata: &TableMetadata,
@@ -223,7 +223,9 @@ pub(crate) async fn write(
         .ok_or_else(|| WriteError::Internal {
             reason: format!("checkpoint of snapshot {snapshot_id}, which the metadata lacks"),
         })?;
-    let live = live_files(file_io, metadata, Some(snapshot_id)).await?;
+    let live = committer
+        .live_files(file_io, metadata, Some(snapshot_id))
+        .await?;
     let (mut data_files, mut delete_files) = (Vec::new(), Vec::new());
     for f in &live {
         let path = f.data_file.file_path().to_string();
@@ -427,11 +429,29 @@ pub(crate) struct Restored {
     /// Data files read to catch up, and the rows in them.
     pub(crate) new_files: u64,
     pub(crate) new_rows: u64,
+    /// Where the time went, for the start-up log line.
+    pub(crate) phases: Phases,
+}
+
+/// The time a [`restore`] spent in each of its steps.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Phases {
+    /// Listing the checkpoints and reading the head's manifests (at the same time).
+    pub(crate) list_and_plan: Duration,
+    /// Fetching and decoding the checkpoint.
+    pub(crate) read: Duration,
+    /// Reading what changed since it and filling the index.
+    pub(crate) catch_up: Duration,
 }
 
 /// Loads the newest usable checkpoint of the table and catches it up to the current snapshot
 /// of `metadata`. Tries the newest [`KEEP`] checkpoints, newest first.
+///
+/// The head's manifests are read through the committer's cache while the checkpoints are
+/// listed, so the first commit after a start (which validates against them) reads none again,
+/// and neither does a rebuild when no checkpoint is usable.
 pub(crate) async fn restore(
+    committer: &Committer,
     file_io: &FileIO,
     storage_props: &HashMap<String, String>,
     metadata: &TableMetadata,
@@ -439,14 +459,33 @@ pub(crate) async fn restore(
     key_field_ids: &[i32],
     empty: impl Fn() -> KeyIndex,
 ) -> Result<Restored, Unusable> {
-    let candidates = listed(storage_props, metadata.location()).await;
+    let started = Instant::now();
+    let (candidates, live) = tokio::join!(
+        listed(storage_props, metadata.location()),
+        committer.live_files(file_io, metadata, None)
+    );
     if candidates.is_empty() {
         return Err(Unusable::Missing);
     }
+    let live = live.map_err(|e| Unusable::Stale(format!("reading the head's manifests: {e}")))?;
+    let list_and_plan = started.elapsed();
     let mut reasons = Vec::new();
     for path in candidates.iter().take(KEEP) {
-        match restore_from(file_io, path, metadata, codec, key_field_ids, empty()).await {
-            Ok(restored) => return Ok(restored),
+        match restore_from(
+            file_io,
+            path,
+            metadata,
+            &live,
+            codec,
+            key_field_ids,
+            empty(),
+        )
+        .await
+        {
+            Ok(mut restored) => {
+                restored.phases.list_and_plan = list_and_plan;
+                return Ok(restored);
+            }
             Err(reason) => {
                 tracing::info!(%path, %reason, "key-index checkpoint not usable");
                 reasons.push(format!("{}: {reason}", file_name(path)));
@@ -460,10 +499,12 @@ async fn restore_from(
     file_io: &FileIO,
     path: &str,
     metadata: &TableMetadata,
+    live: &[TrackedFile],
     codec: &RecordCodec,
     key_field_ids: &[i32],
     index: KeyIndex,
 ) -> Result<Restored, String> {
+    let started = Instant::now();
     let bytes = read_bytes(file_io, path).await.map_err(|e| e.to_string())?;
     let task_path = path.to_string();
     let (header, batches) =
@@ -471,25 +512,23 @@ async fn restore_from(
             .await
             .map_err(|e| format!("decoder task failed: {e}"))??;
     check_header(&header, metadata, key_field_ids)?;
-    let head = metadata
-        .current_snapshot_id()
-        .ok_or("the table has no snapshot")?;
-    let live = live_files(file_io, metadata, Some(head))
-        .await
-        .map_err(|e| e.to_string())?;
-    catch_up(
+    let read = started.elapsed();
+    let mut restored = catch_up(
         file_io,
         path,
         header,
         batches,
         metadata,
-        &live,
+        live,
         codec,
         key_field_ids,
         index,
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    restored.phases.read = read;
+    restored.phases.catch_up = started.elapsed() - read;
+    Ok(restored)
 }
 
 /// Parquet bytes -> header and entry batches.
@@ -678,6 +717,7 @@ async fn catch_up(
         checkpoint_keys: header.keys,
         new_files: new_data.len() as u64,
         new_rows,
+        phases: Phases::default(),
     })
 }
 

@@ -262,9 +262,11 @@ impl TableCommitter {
             .await?;
         crate::crash::point(crate::crash::AFTER_CLAIM);
         let table = catalog.load(&self.name).await?;
+        let claimed = started.elapsed();
         let state = self.load_state(&table, owner, epoch.to_string()).await?;
         info!(
             table = %self.name, epoch, offsets = %state.next, keys = state.index.len(),
+            claim_ms = claimed.as_millis() as u64,
             took_ms = started.elapsed().as_millis() as u64, "committer started"
         );
         self.publish(
@@ -349,6 +351,7 @@ impl TableCommitter {
         let started = Instant::now();
         let name = self.name.to_string();
         match checkpoint::restore(
+            &self.shared.committer,
             table.file_io(),
             &self.shared.catalog.config().storage_props,
             table.metadata(),
@@ -366,6 +369,9 @@ impl TableCommitter {
                     checkpoint_snapshot = restored.snapshot_id,
                     checkpoint_keys = restored.checkpoint_keys, new_files = restored.new_files,
                     new_rows = restored.new_rows, keys = restored.rebuilt.index.len(),
+                    list_and_plan_ms = restored.phases.list_and_plan.as_millis() as u64,
+                    read_ms = restored.phases.read.as_millis() as u64,
+                    catch_up_ms = restored.phases.catch_up.as_millis() as u64,
                     took_ms = started.elapsed().as_millis() as u64,
                     "loaded the primary-key index from a checkpoint"
                 );
@@ -424,6 +430,7 @@ impl TableCommitter {
             }
         };
         match checkpoint::write(
+            &self.shared.committer,
             table.file_io(),
             &self.shared.catalog.config().storage_props,
             table.metadata(),
@@ -479,6 +486,7 @@ impl TableCommitter {
             .increment(1);
         let started = Instant::now();
         let rebuilt = rebuild_index(
+            &self.shared.committer,
             table.file_io(),
             table.metadata(),
             &state.codec,
@@ -525,6 +533,7 @@ impl TableCommitter {
             Some(rewrites) => {
                 let started = Instant::now();
                 match repoint_index(
+                    &self.shared.committer,
                     table.file_io(),
                     metadata,
                     &state.codec,
@@ -598,6 +607,7 @@ impl TableCommitter {
             return Ok(());
         };
         match repoint_index(
+            &self.shared.committer,
             table.file_io(),
             metadata,
             &state.codec,

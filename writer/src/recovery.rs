@@ -7,7 +7,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use unitable_core::commit::files::roots_with_field_ids;
 
 use iceberg::spec::DataContentType;
-use unitable_core::commit::plan::{live_files, plan_live};
+use unitable_core::commit::committer::Committer;
+use unitable_core::commit::plan::plan_live;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
@@ -16,9 +17,7 @@ use iceberg::spec::{Struct, TableMetadata};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use unitable_core::commit::files::{PositionDelete, read_bytes};
-use unitable_core::commit::plan::{
-    PlannedFile, delete_files_of, plan_files, read_position_deletes,
-};
+use unitable_core::commit::plan::{PlannedFile, delete_files_of, read_position_deletes};
 use unitable_core::commit::read;
 use unitable_core::offsets::PartitionOffsets;
 use unitable_core::record::RecordCodec;
@@ -46,13 +45,15 @@ pub(crate) struct Rebuilt {
 
 /// Reads the key columns of every live row of the current snapshot into `index` (empty).
 pub(crate) async fn rebuild_index(
+    committer: &Committer,
     file_io: &FileIO,
     metadata: &TableMetadata,
     codec: &RecordCodec,
     key_field_ids: &[i32],
     index: KeyIndex,
 ) -> WriteResult<Rebuilt> {
-    let mut planned = plan_files(file_io, metadata, None).await?;
+    let live = committer.live_files(file_io, metadata, None).await?;
+    let mut planned = plan_live(metadata, &live);
     planned.sort_by_key(|f| f.data_sequence_number);
     // Each delete file is read once, however many data files it touches.
     let deleted = read_position_deletes(file_io, &delete_files_of(&planned)).await?;
@@ -217,6 +218,7 @@ async fn key_batches(
 /// rebuild would find. Afterwards every file the index points into must be live; otherwise
 /// the caller must rebuild. Returns the keys re-pointed.
 pub(crate) async fn repoint_index(
+    committer: &Committer,
     file_io: &FileIO,
     metadata: &TableMetadata,
     codec: &RecordCodec,
@@ -224,7 +226,7 @@ pub(crate) async fn repoint_index(
     index: &mut KeyIndex,
     rewrites: &HashSet<i64>,
 ) -> WriteResult<usize> {
-    let live = live_files(file_io, metadata, None).await?;
+    let live = committer.live_files(file_io, metadata, None).await?;
     let added: HashSet<&str> = live
         .iter()
         .filter(|f| {

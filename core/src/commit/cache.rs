@@ -10,11 +10,14 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use futures::{StreamExt, TryStreamExt, stream};
 use iceberg::io::FileIO;
-use iceberg::spec::{DataFile, ManifestContentType, ManifestFile, TableMetadata};
+use iceberg::spec::{DataFile, ManifestContentType, ManifestFile, SnapshotRef, TableMetadata};
 
 use super::CommitResult;
-use super::plan::{TrackedFile, manifest_entries, manifests_of, read_position_deletes};
+use super::plan::{
+    READ_CONCURRENCY, TrackedFile, manifest_entries, manifests_of, read_position_deletes,
+};
 
 /// Position deletes of one file: data file path -> positions.
 pub(crate) type Deletes = Arc<HashMap<String, BTreeSet<i64>>>;
@@ -97,21 +100,47 @@ impl ManifestCache {
         Ok(read)
     }
 
+    /// The manifests of `snapshot` that `wanted` keeps, with their entries, in manifest-list
+    /// order (see [`ManifestCache::with_entries`]).
+    pub(crate) async fn manifests(
+        &self,
+        file_io: &FileIO,
+        metadata: &TableMetadata,
+        snapshot: &SnapshotRef,
+        wanted: impl Fn(&ManifestFile) -> bool,
+    ) -> CommitResult<Vec<(ManifestFile, Arc<Vec<TrackedFile>>)>> {
+        let mut manifests = manifests_of(file_io, metadata, snapshot).await?;
+        manifests.retain(|m| wanted(m));
+        self.with_entries(file_io, manifests).await
+    }
+
+    /// `manifests` with their entries. Manifests not cached yet are read [`READ_CONCURRENCY`]
+    /// at a time: a committer that starts on a table reads all of them, and one after the
+    /// other that took seconds on an object store.
+    pub(crate) async fn with_entries(
+        &self,
+        file_io: &FileIO,
+        manifests: Vec<ManifestFile>,
+    ) -> CommitResult<Vec<(ManifestFile, Arc<Vec<TrackedFile>>)>> {
+        // (Collected first, as in `plan::read_position_deletes`, so the future stays `Send`.)
+        let reads: Vec<_> = manifests.iter().map(|m| self.entries(file_io, m)).collect();
+        let entries: Vec<Arc<Vec<TrackedFile>>> = stream::iter(reads)
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(manifests.into_iter().zip(entries).collect())
+    }
+
     /// The head snapshot's manifests with their entries.
     pub(crate) async fn head(
         &self,
         file_io: &FileIO,
         metadata: &TableMetadata,
     ) -> CommitResult<Vec<(ManifestFile, Arc<Vec<TrackedFile>>)>> {
-        let Some(snapshot) = metadata.current_snapshot() else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for m in manifests_of(file_io, metadata, snapshot).await? {
-            let entries = self.entries(file_io, &m).await?;
-            out.push((m, entries));
+        match metadata.current_snapshot() {
+            None => Ok(Vec::new()),
+            Some(snapshot) => self.manifests(file_io, metadata, snapshot, |_| true).await,
         }
-        Ok(out)
     }
 
     /// The paths of the head snapshot's live data files.
@@ -123,18 +152,16 @@ impl ManifestCache {
         let Some(snapshot) = metadata.current_snapshot() else {
             return Ok(HashSet::new());
         };
-        let mut out = HashSet::new();
-        for m in manifests_of(file_io, metadata, snapshot).await? {
-            if m.content == ManifestContentType::Data {
-                let entries = self.entries(file_io, &m).await?;
-                out.extend(
-                    entries
-                        .iter()
-                        .filter(|f| f.is_live())
-                        .map(|f| f.data_file.file_path().to_string()),
-                );
-            }
-        }
-        Ok(out)
+        let data = self
+            .manifests(file_io, metadata, snapshot, |m| {
+                m.content == ManifestContentType::Data
+            })
+            .await?;
+        Ok(data
+            .iter()
+            .flat_map(|(_, entries)| entries.iter())
+            .filter(|f| f.is_live())
+            .map(|f| f.data_file.file_path().to_string())
+            .collect())
     }
 }

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::cache::ManifestCache;
+use super::plan::{TrackedFile, resolve_snapshot};
 use super::pointer::{MetadataPointer, SwapOutcome};
 use super::{CommitError, CommitResult};
 use crate::catalog::TableCatalog;
@@ -185,6 +186,32 @@ impl Committer {
         table: &TableName,
     ) -> CommitResult<Option<String>> {
         self.pointer.current(table).await
+    }
+
+    /// The live data and delete files of snapshot `snapshot_id` (the current one for `None`),
+    /// as [`super::plan::live_files`] gives them, but through this committer's manifest cache:
+    /// what a commit (or an earlier call) read is not read again, and what this reads, the
+    /// next commit does not read. A committer that starts on a table calls this for the head,
+    /// so its first commit validates without another pass over the manifests.
+    pub async fn live_files(
+        &self,
+        file_io: &FileIO,
+        metadata: &TableMetadata,
+        snapshot_id: Option<i64>,
+    ) -> CommitResult<Vec<TrackedFile>> {
+        let Some(snapshot) = resolve_snapshot(metadata, snapshot_id)? else {
+            return Ok(Vec::new());
+        };
+        let manifests = self
+            .cache
+            .manifests(file_io, metadata, &snapshot, |_| true)
+            .await?;
+        Ok(manifests
+            .iter()
+            .flat_map(|(_, entries)| entries.iter())
+            .filter(|f| f.is_live())
+            .cloned()
+            .collect())
     }
 
     /// Runs `op` until it commits, finds itself landed, fails validation, or loses

@@ -15,6 +15,7 @@
 //! are unchanged reuse the manifest written by the earlier attempt.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use iceberg::spec::{ManifestFile, Operation, TableMetadata};
@@ -116,6 +117,61 @@ impl MergePlan {
     pub(crate) fn manifests_after(&self) -> usize {
         self.kept.len() + self.bins.len()
     }
+
+    /// Records what the merge did in a snapshot summary (the keys Iceberg's Java
+    /// `RewriteManifests` and merging appends use).
+    pub(crate) fn summarize(&self, entries_processed: usize, props: &mut HashMap<String, String>) {
+        let replaced: usize = self.bins.iter().map(|(_, m)| m.len()).sum::<usize>() + self.dropped;
+        props.insert(MANIFESTS_CREATED.into(), self.bins.len().to_string());
+        props.insert(MANIFESTS_REPLACED.into(), replaced.to_string());
+        props.insert(MANIFESTS_KEPT.into(), self.kept.len().to_string());
+        props.insert(ENTRIES_PROCESSED.into(), entries_processed.to_string());
+    }
+}
+
+/// Writes each bin of `plan` (over `manifests`, a snapshot's list with their entries) as one
+/// manifest of snapshot `snapshot_id` holding the bin's live entries as `EXISTING`. A bin whose
+/// input manifests are those of a bin in `reuse` (written by an earlier attempt of the same
+/// commit) takes that manifest instead; afterwards `reuse` holds exactly this attempt's bins.
+/// Returns the new manifests and how many entries they carry.
+pub(crate) async fn write_bins(
+    base: &Base<'_>,
+    snapshot_id: i64,
+    plan: &MergePlan,
+    manifests: &[(ManifestFile, Arc<Vec<TrackedFile>>)],
+    reuse: &mut HashMap<Vec<String>, ManifestFile>,
+) -> CommitResult<(Vec<ManifestFile>, usize)> {
+    let mut out = Vec::with_capacity(plan.bins.len());
+    let mut written = HashMap::new();
+    let mut entries = 0usize;
+    for (group, members) in &plan.bins {
+        let key: Vec<String> = members
+            .iter()
+            .map(|&i| manifests[i].0.manifest_path.clone())
+            .collect();
+        let manifest = match reuse.remove(&key) {
+            Some(m) => m,
+            None => {
+                let live = members
+                    .iter()
+                    .flat_map(|&i| manifests[i].1.iter())
+                    .filter(|f| f.is_live())
+                    .map(|f: &TrackedFile| (f, Carry::Existing));
+                write_carried_manifest(base.file_io, base.metadata, snapshot_id, *group, live, "g")
+                    .await?
+            }
+        };
+        entries += members
+            .iter()
+            .map(|&i| manifests[i].1.iter().filter(|f| f.is_live()).count())
+            .sum::<usize>();
+        written.insert(key, manifest.clone());
+        out.push(manifest);
+    }
+    // What an earlier attempt wrote and this one does not use stays unreferenced (orphan
+    // removal takes it).
+    *reuse = written;
+    Ok((out, entries))
 }
 
 /// Plans the merge of `manifests` (a snapshot's list, newest first as unitable writes it):
@@ -197,44 +253,8 @@ impl Attempt for MergeOp<'_> {
             return Ok(Staged::Done(None));
         }
         let after = plan.manifests_after();
-        let mut new_manifests = Vec::with_capacity(after);
-        let mut written = HashMap::new();
-        let mut entries_processed = 0usize;
-        for (group, members) in &plan.bins {
-            let key: Vec<String> = members
-                .iter()
-                .map(|&i| list[i].manifest_path.clone())
-                .collect();
-            let manifest = match self.written.remove(&key) {
-                Some(m) => m,
-                None => {
-                    let live = members
-                        .iter()
-                        .flat_map(|&i| manifests[i].1.iter())
-                        .filter(|f| f.is_live())
-                        .map(|f: &TrackedFile| (f, Carry::Existing));
-                    write_carried_manifest(
-                        base.file_io,
-                        metadata,
-                        self.snapshot_id,
-                        *group,
-                        live,
-                        "g",
-                    )
-                    .await?
-                }
-            };
-            entries_processed += members
-                .iter()
-                .map(|&i| manifests[i].1.iter().filter(|f| f.is_live()).count())
-                .sum::<usize>();
-            written.insert(key, manifest.clone());
-            new_manifests.push(manifest);
-        }
-        // What the previous attempt wrote and this one does not use stays unreferenced (orphan
-        // removal takes it).
-        self.written = written;
-        let replaced: usize = plan.bins.iter().map(|(_, m)| m.len()).sum::<usize>() + plan.dropped;
+        let (mut new_manifests, entries_processed) =
+            write_bins(base, self.snapshot_id, &plan, &manifests, &mut self.written).await?;
         new_manifests.extend(plan.kept.iter().cloned());
 
         let mut props: HashMap<String, String> = self
@@ -244,10 +264,7 @@ impl Attempt for MergeOp<'_> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         props.insert(summary::COMMIT_ID.into(), self.merge.commit_id.clone());
-        props.insert(MANIFESTS_CREATED.into(), plan.bins.len().to_string());
-        props.insert(MANIFESTS_REPLACED.into(), replaced.to_string());
-        props.insert(MANIFESTS_KEPT.into(), plan.kept.len().to_string());
-        props.insert(ENTRIES_PROCESSED.into(), entries_processed.to_string());
+        plan.summarize(entries_processed, &mut props);
         // The snapshot covers what the head covered: its offsets (and their Kafka positions).
         for key in [summary::CHANGELOG_OFFSETS, summary::CHANGELOG_POSITIONS] {
             if let Some(value) = head.summary().additional_properties.get(key) {

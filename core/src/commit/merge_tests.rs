@@ -15,14 +15,35 @@ use super::orphans::{RemoveOrphanFiles, canonical, remove_orphan_files};
 use super::plan::{TrackedFile, manifests_of, plan_files, read_position_deletes, snapshot_entries};
 use super::pointer::SqlMetadataPointer;
 use super::rewrite_tests::compact;
-use super::row_delta::Committer;
+use super::row_delta::{
+    Committer, DEFAULT_MIN_COUNT_TO_MERGE, MANIFEST_MERGE_ENABLED, MANIFEST_MIN_COUNT_TO_MERGE,
+};
 use super::tests::{Fixture, LosesFirstAnswer, data_file, delete_file, fixture, scan_at};
 use crate::catalog::CatalogConfig;
 use crate::clock::ManualClock;
 
 /// `commits` row deltas: each inserts two keys and updates one earlier key (a new row plus a
-/// position delete of its current copy). Returns every snapshot with its model.
+/// position delete of its current copy), with merging on commit off (these tests merge
+/// themselves). Returns every snapshot with its model.
 async fn many_commits(f: &Fixture, commits: i64) -> Vec<(i64, BTreeMap<i64, String>)> {
+    set_commit_merge(f, MANIFEST_MERGE_ENABLED, "false").await;
+    row_deltas(f, commits).await
+}
+
+async fn set_commit_merge(f: &Fixture, key: &str, value: &str) {
+    f.committer
+        .commit_properties(
+            &f.name,
+            None,
+            BTreeMap::from([(key.to_string(), value.to_string())]),
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+}
+
+/// The row deltas of [`many_commits`], with the table's merge settings as they are.
+async fn row_deltas(f: &Fixture, commits: i64) -> Vec<(i64, BTreeMap<i64, String>)> {
     let mut model = BTreeMap::new();
     let mut location: BTreeMap<i64, (iceberg::spec::DataFile, i64)> = BTreeMap::new();
     let mut history = Vec::new();
@@ -482,4 +503,144 @@ async fn a_merge_whose_answer_was_lost_is_not_applied_twice() {
     let table = f.catalog.load(&f.name).await.unwrap();
     assert_eq!(table.metadata().snapshots().count(), 5);
     assert_eq!(scan_at(&f, None).await, history.last().unwrap().1);
+}
+
+/// Merging on commit (the default): 40 row deltas with upserts. Every head lists fewer than
+/// the merge count plus one commit's manifests; the merged snapshots say what they merged;
+/// every live entry keeps the snapshot that added it and that snapshot's sequence number (so
+/// the deletes apply as before); and every snapshot reads its model in iceberg-rust's scan
+/// and the commit layer's own plan.
+#[tokio::test]
+async fn row_deltas_merge_small_manifests_once_the_head_lists_the_merge_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(dir.path()).await;
+    let mut heads = Vec::new();
+    let mut history = Vec::new();
+    for round in 0..40 {
+        // One commit at a time, so every head is seen.
+        let (id, model) = row_delta_from(&f, round, history.last().map(|(_, m)| m)).await;
+        heads.push(head_manifests(&f).await.len());
+        history.push((id, model));
+    }
+    let most = *heads.iter().max().unwrap();
+    assert!(
+        most < DEFAULT_MIN_COUNT_TO_MERGE + 2,
+        "a head listed {most} manifests: {heads:?}"
+    );
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let metadata = table.metadata();
+    let merged: Vec<_> = metadata
+        .snapshots()
+        .filter(|s| {
+            s.summary()
+                .additional_properties
+                .contains_key("manifests-created")
+        })
+        .collect();
+    assert!(merged.len() >= 2, "merges: {}", merged.len());
+    for s in &merged {
+        assert_ne!(
+            s.summary().operation,
+            Operation::Replace,
+            "merged in the row delta itself"
+        );
+    }
+    let entries = live_entries(&f, None).await;
+    let data = entries
+        .values()
+        .filter(|e| e.data_file.content_type() == iceberg::spec::DataContentType::Data)
+        .count();
+    assert_eq!(data, 40, "every data file is still live");
+    assert_eq!(entries.len(), 40 + 39, "and every delete file");
+    for e in entries.values() {
+        let added = metadata
+            .snapshot_by_id(e.snapshot_id)
+            .expect("the adding snapshot");
+        assert_eq!(
+            e.data_sequence_number,
+            added.sequence_number(),
+            "{} keeps its sequence number",
+            e.data_file.file_path()
+        );
+        assert!(history.iter().any(|(id, _)| *id == e.snapshot_id));
+    }
+    for (id, model) in &history {
+        assert_eq!(&scan_at(&f, Some(*id)).await, model, "snapshot {id}");
+    }
+    assert_eq!(planned_rows(&f).await, history.last().unwrap().1);
+
+    // A larger count set on the table is honoured.
+    set_commit_merge(&f, MANIFEST_MIN_COUNT_TO_MERGE, "1000").await;
+    let before = head_manifests(&f).await.len();
+    let mut model = history.last().unwrap().1.clone();
+    for round in 40..46 {
+        model = row_delta_from(&f, round, Some(&model)).await.1;
+    }
+    assert_eq!(head_manifests(&f).await.len(), before + 12);
+    assert_eq!(planned_rows(&f).await, model);
+
+    // An invalid setting fails the commit and names the property.
+    set_commit_merge(&f, MANIFEST_MIN_COUNT_TO_MERGE, "many").await;
+    let file = data_file(&f, &[(1_000, "x")]).await;
+    let err = f
+        .committer
+        .commit_row_delta(&f.name, &super::tests::delta(vec![file], vec![], "bad"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(MANIFEST_MIN_COUNT_TO_MERGE) && err.contains("many"),
+        "{err}"
+    );
+}
+
+/// Commit number `n` of [`row_deltas`] on top of `model`: inserts keys 2n and 2n+1 and, after
+/// the first, updates key (7n mod 2n) by a new row and a position delete of its current copy.
+async fn row_delta_from(
+    f: &Fixture,
+    n: i64,
+    model: Option<&BTreeMap<i64, String>>,
+) -> (i64, BTreeMap<i64, String>) {
+    let mut model = model.cloned().unwrap_or_default();
+    let mut rows = vec![(2 * n, format!("c{n}")), (2 * n + 1, format!("c{n}"))];
+    let mut deletes = Vec::new();
+    if n > 0 {
+        let key = (n * 7) % (2 * n);
+        rows.push((key, format!("c{n}-upd")));
+        let (file, pos) = current_copy(f, key).await;
+        deletes.push((file, pos));
+    }
+    rows.sort();
+    let refs: Vec<(i64, &str)> = rows.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let file = data_file(f, &refs).await;
+    let delete = if deletes.is_empty() {
+        vec![]
+    } else {
+        let targets: Vec<(&iceberg::spec::DataFile, i64)> =
+            deletes.iter().map(|(d, p)| (d, *p)).collect();
+        vec![delete_file(f, &targets).await]
+    };
+    let c = f.commit(vec![file], delete, &format!("c{n}")).await;
+    for (k, v) in rows {
+        model.insert(k, v);
+    }
+    (c.snapshot_id, model)
+}
+
+/// The live data file holding `key`'s live row, and its position there.
+async fn current_copy(f: &Fixture, key: i64) -> (iceberg::spec::DataFile, i64) {
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let io = table.file_io();
+    for p in plan_files(io, table.metadata(), None).await.unwrap() {
+        let path = p.data_file.file_path();
+        let gone = read_position_deletes(io, &p.deletes).await.unwrap();
+        let gone = gone.get(path).cloned().unwrap_or_default();
+        let rows = super::plan::tests::file_rows(io, path).await;
+        for (pos, row) in rows.into_iter().enumerate() {
+            if row.0 == key && !gone.contains(&(pos as i64)) {
+                return (p.data_file.clone(), pos as i64);
+            }
+        }
+    }
+    panic!("key {key} has no live row");
 }

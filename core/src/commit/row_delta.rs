@@ -12,6 +12,11 @@
 //! deletes target must still be live (a concurrent rewrite may have replaced them; the delete
 //! would then silently miss the row's new copy), and the table properties must hold the
 //! delta's `required_properties` (fencing of a stale committer).
+//!
+//! Merging on commit ([`CommitMerge`], Iceberg's `commit.manifest-merge.enabled` and
+//! `commit.manifest.min-count-to-merge`): once the parent lists enough manifests, the row delta
+//! also packs the small ones into larger ones in the same snapshot, so the manifests a head lists
+//! stay bounded between compactions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -25,6 +30,7 @@ use super::committer::{
     Attempt, Base, Staged, TurnRole, check_required, find_commit, new_snapshot_id, stage_snapshot,
 };
 pub use super::committer::{Committed, Committer};
+use super::merge::{DEFAULT_TARGET_MANIFEST_BYTES, plan_merge, write_bins};
 use super::plan::{has_live_entries, manifests_of};
 use super::summary::{FileCounts, summarize};
 use super::{CommitError, CommitResult};
@@ -93,6 +99,7 @@ impl Committer {
             deleted_from,
             snapshot_id: new_snapshot_id(),
             manifests: None,
+            merged: HashMap::new(),
         };
         self.run(table, &mut op).await
     }
@@ -104,6 +111,8 @@ struct RowDeltaOp<'a> {
     snapshot_id: i64,
     /// The manifests of the new files, written once and reused by every attempt.
     manifests: Option<Vec<ManifestFile>>,
+    /// Merged manifests written by earlier attempts, by the paths of the manifests they merged.
+    merged: HashMap<Vec<String>, ManifestFile>,
 }
 
 #[async_trait]
@@ -146,11 +155,6 @@ impl Attempt for RowDeltaOp<'_> {
                 written
             }
         };
-        let mut carried = match base.metadata.current_snapshot() {
-            Some(s) => manifests_of(base.file_io, base.metadata, s).await?,
-            None => Vec::new(),
-        };
-        carried.retain(has_live_entries);
         let delta = self.delta;
         let mut props: HashMap<String, String> = delta
             .properties
@@ -158,6 +162,7 @@ impl Attempt for RowDeltaOp<'_> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         props.insert(summary::COMMIT_ID.into(), delta.commit_id.clone());
+        let carried = self.carry(base, new_manifests.len(), &mut props).await?;
         let operation = match (delta.data_files.is_empty(), delta.delete_files.is_empty()) {
             (false, true) | (true, true) => Operation::Append,
             (true, false) => Operation::Delete,
@@ -180,6 +185,109 @@ impl Attempt for RowDeltaOp<'_> {
         Ok(Staged::Commit {
             metadata: Box::new(metadata),
             output: committed,
+        })
+    }
+}
+
+impl RowDeltaOp<'_> {
+    /// The parent's manifests the new snapshot lists: as they are, or, once they and the
+    /// `new` ones reach the table's merge count, with the small ones merged (see
+    /// [`CommitMerge`]); what a merge did goes into `props`.
+    async fn carry(
+        &mut self,
+        base: &Base<'_>,
+        new: usize,
+        props: &mut HashMap<String, String>,
+    ) -> CommitResult<Vec<ManifestFile>> {
+        let Some(head) = base.metadata.current_snapshot() else {
+            return Ok(Vec::new());
+        };
+        let mut listed = manifests_of(base.file_io, base.metadata, head).await?;
+        listed.retain(has_live_entries);
+        let merge = CommitMerge::of(base.metadata)?;
+        if !merge.enabled || listed.len() + new < merge.min_count {
+            return Ok(listed);
+        }
+        let manifests = base.cache.with_entries(base.file_io, listed).await?;
+        let list: Vec<ManifestFile> = manifests.iter().map(|(m, _)| m.clone()).collect();
+        let plan = plan_merge(&list, merge.target_bytes);
+        if plan.bins.is_empty() {
+            return Ok(list);
+        }
+        let (mut carried, entries) =
+            write_bins(base, self.snapshot_id, &plan, &manifests, &mut self.merged).await?;
+        carried.extend(plan.kept.iter().cloned());
+        plan.summarize(entries, props);
+        Ok(carried)
+    }
+}
+
+/// Iceberg's table property turning merging on commit on or off (default on).
+pub const MANIFEST_MERGE_ENABLED: &str = "commit.manifest-merge.enabled";
+/// Iceberg's table property: manifests a snapshot may list before a commit merges them.
+pub const MANIFEST_MIN_COUNT_TO_MERGE: &str = "commit.manifest.min-count-to-merge";
+/// Iceberg's table property: the size merged manifests are packed to.
+pub const MANIFEST_TARGET_SIZE_BYTES: &str = "commit.manifest.target-size-bytes";
+/// unitable's default for [`MANIFEST_MIN_COUNT_TO_MERGE`]. Iceberg's Java library uses 100;
+/// unitable commits every second, and every manifest a head lists is read by each scan plan,
+/// by each commit's validation and by a committer taking over the table after a failover.
+pub const DEFAULT_MIN_COUNT_TO_MERGE: usize = 16;
+
+/// Merging on commit, as Iceberg's merging appends do: when the parent's manifests plus the
+/// commit's new ones number at least `min_count`, the parent's manifests smaller than
+/// `target_bytes` are packed ([`plan_merge`]) into manifests of about that size, their live
+/// entries written `EXISTING` with the snapshot ids and sequence numbers they had, in the
+/// same snapshot. A head thus lists about `min_count` manifests at most between compactions,
+/// whatever the commit rate. Settings come from the table's Iceberg properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitMerge {
+    /// [`MANIFEST_MERGE_ENABLED`].
+    pub enabled: bool,
+    /// [`MANIFEST_MIN_COUNT_TO_MERGE`] (at least 2).
+    pub min_count: usize,
+    /// [`MANIFEST_TARGET_SIZE_BYTES`] (at least 1).
+    pub target_bytes: u64,
+}
+
+impl CommitMerge {
+    /// The settings of a table; an invalid property is an error naming it.
+    pub fn of(metadata: &TableMetadata) -> CommitResult<Self> {
+        let props = metadata.properties();
+        let bad = |key: &str, value: &str, want: &str| CommitError::Invalid {
+            reason: format!(
+                "table property {key} = `{value}` is invalid ({want}); set a valid value or \
+                 remove it"
+            ),
+        };
+        let enabled = match props.get(MANIFEST_MERGE_ENABLED).map(|v| v.trim()) {
+            None => true,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => return Err(bad(MANIFEST_MERGE_ENABLED, v, "want true or false")),
+        };
+        let min_count = match props.get(MANIFEST_MIN_COUNT_TO_MERGE) {
+            None => DEFAULT_MIN_COUNT_TO_MERGE,
+            Some(v) => v.trim().parse::<usize>().map_err(|_| {
+                bad(
+                    MANIFEST_MIN_COUNT_TO_MERGE,
+                    v,
+                    "want a non-negative integer",
+                )
+            })?,
+        };
+        let target_bytes = match props.get(MANIFEST_TARGET_SIZE_BYTES) {
+            None => DEFAULT_TARGET_MANIFEST_BYTES,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(MANIFEST_TARGET_SIZE_BYTES, v, "want a positive integer"))?,
+        };
+        Ok(Self {
+            enabled,
+            min_count: min_count.max(2),
+            target_bytes,
         })
     }
 }
