@@ -483,7 +483,7 @@ pub struct ServeArgs {
     /// up from the last checkpoint would cost more than writing a new one, and after its final
     /// commit on a stop or hand-over; the next owner loads it instead of reading every data
     /// file (docs/writer.md).
-    #[arg(long, env = "UNITABLE_INDEX_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "UNITABLE_INDEX_CHECKPOINT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub index_checkpoint_interval: Duration,
 
     /// Neither write nor load key-index checkpoints: every committer start rebuilds the index

@@ -78,7 +78,7 @@ pub(crate) async fn rebuild_index(
 /// Data files whose key columns are read at once by [`index_files_rows`]: each read is an
 /// object fetch, so on an object store latency dominates; the keys of at most this many files
 /// wait in memory for their turn.
-const KEY_READ_CONCURRENCY: usize = 8;
+const KEY_READ_CONCURRENCY: usize = 16;
 
 /// [`index_keys`] for each of `files` in order (callers pass them in data sequence
 /// order), their key columns read concurrently. `deleted` holds the deleted positions per data

@@ -204,7 +204,7 @@ impl RowDeltaOp<'_> {
         };
         let mut listed = manifests_of(base.file_io, base.metadata, head).await?;
         listed.retain(has_live_entries);
-        let merge = CommitMerge::of(base.metadata)?;
+        let merge = CommitMerge::of(base.metadata);
         if !merge.enabled || listed.len() + new < merge.min_count {
             return Ok(listed);
         }
@@ -250,45 +250,55 @@ pub struct CommitMerge {
 }
 
 impl CommitMerge {
-    /// The settings of a table; an invalid property is an error naming it.
-    pub fn of(metadata: &TableMetadata) -> CommitResult<Self> {
+    /// The settings of a table. An invalid property is logged and its default used, as for
+    /// the other write properties, so a typo never stops commits.
+    pub fn of(metadata: &TableMetadata) -> Self {
         let props = metadata.properties();
-        let bad = |key: &str, value: &str, want: &str| CommitError::Invalid {
-            reason: format!(
-                "table property {key} = `{value}` is invalid ({want}); set a valid value or \
-                 remove it"
-            ),
+        let invalid = |key: &str, value: &str| {
+            tracing::warn!(
+                property = key,
+                value,
+                location = metadata.location(),
+                "invalid table property; using its default"
+            );
         };
         let enabled = match props.get(MANIFEST_MERGE_ENABLED).map(|v| v.trim()) {
             None => true,
-            Some(v) if v.eq_ignore_ascii_case("true") => true,
             Some(v) if v.eq_ignore_ascii_case("false") => false,
-            Some(v) => return Err(bad(MANIFEST_MERGE_ENABLED, v, "want true or false")),
+            Some(v) => {
+                if !v.eq_ignore_ascii_case("true") {
+                    invalid(MANIFEST_MERGE_ENABLED, v);
+                }
+                true
+            }
         };
-        let min_count = match props.get(MANIFEST_MIN_COUNT_TO_MERGE) {
-            None => DEFAULT_MIN_COUNT_TO_MERGE,
-            Some(v) => v.trim().parse::<usize>().map_err(|_| {
-                bad(
-                    MANIFEST_MIN_COUNT_TO_MERGE,
-                    v,
-                    "want a non-negative integer",
-                )
-            })?,
-        };
-        let target_bytes = match props.get(MANIFEST_TARGET_SIZE_BYTES) {
-            None => DEFAULT_TARGET_MANIFEST_BYTES,
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| bad(MANIFEST_TARGET_SIZE_BYTES, v, "want a positive integer"))?,
-        };
-        Ok(Self {
+        let min_count =
+            props
+                .get(MANIFEST_MIN_COUNT_TO_MERGE)
+                .map_or(DEFAULT_MIN_COUNT_TO_MERGE, |v| {
+                    v.trim().parse::<usize>().unwrap_or_else(|_| {
+                        invalid(MANIFEST_MIN_COUNT_TO_MERGE, v);
+                        DEFAULT_MIN_COUNT_TO_MERGE
+                    })
+                });
+        let target_bytes =
+            props
+                .get(MANIFEST_TARGET_SIZE_BYTES)
+                .map_or(DEFAULT_TARGET_MANIFEST_BYTES, |v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .unwrap_or_else(|| {
+                            invalid(MANIFEST_TARGET_SIZE_BYTES, v);
+                            DEFAULT_TARGET_MANIFEST_BYTES
+                        })
+                });
+        Self {
             enabled,
             min_count: min_count.max(2),
             target_bytes,
-        })
+        }
     }
 }
 
