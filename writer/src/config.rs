@@ -60,7 +60,7 @@ pub struct LeaseConfig {
     /// This node's id, unique among live nodes and stable across restarts (so a restarted
     /// node takes its tables back at once): by default `host:grpc-port`.
     pub node: String,
-    /// How long a lease lasts without renewal; it is renewed every third of that. A dead
+    /// How long a lease lasts without renewal; it is renewed every fifth of that. A dead
     /// owner's tables are taken over after at most this long plus one renewal period.
     pub ttl: Duration,
 }
@@ -68,7 +68,7 @@ pub struct LeaseConfig {
 impl LeaseConfig {
     /// How often leases and membership are renewed.
     pub fn renew_every(&self) -> Duration {
-        (self.ttl / 3).max(Duration::from_millis(50))
+        (self.ttl / 5).max(Duration::from_millis(50))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Committer ownership across serve nodes, by leases in the catalog database.
 //!
-//! Every renewal period (a third of the lease) each node runs one round: renew its membership
+//! Every renewal period (a fifth of the lease) each node runs one round: renew its membership
 //! and its leases; stop at once any committer whose lease it no longer holds; compute which
 //! node should commit each table from the live nodes ([`assign`]: even shares, few moves);
 //! take the leases of its own tables that are free (never held, released, or expired because

@@ -4,6 +4,7 @@
 //! cargo build --release -p unitable-table-service -p unitable-tests
 //! UNITABLE_BIN=$CARGO_TARGET_DIR/release/unitable \
 //!   $CARGO_TARGET_DIR/release/restart-bench --rows 10000000
+//!   $CARGO_TARGET_DIR/release/restart-bench --rows 100000000 --index-memory-limit 1GiB
 //! ```
 //! Starts `unitable serve` (embedded catalog, local changelog) on a temporary directory, loads
 //! ROWS rows (int64 key) through the Write API and waits for the commit, then stops the server
@@ -30,6 +31,10 @@ struct Args {
     /// Table buckets (changelog partitions).
     #[arg(long, default_value_t = 4)]
     buckets: u32,
+    /// Passed to `unitable serve --index-memory-limit` (e.g. 1GiB): the committer's key index
+    /// spills to local disk past it, so tables larger than memory can be measured.
+    #[arg(long)]
+    index_memory_limit: Option<String>,
 }
 
 const TABLE: &str = "bench.restart";
@@ -91,15 +96,22 @@ fn start_line(service: &Service) -> String {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let mut service = tokio::task::spawn_blocking(|| {
-        Service::start(&[
-            "--commit-interval",
-            "1s",
-            "--compaction-interval",
-            "0",
-            "--index-checkpoint-interval",
-            "1h",
-        ])
+    let mut flags: Vec<String> = [
+        "--commit-interval",
+        "1s",
+        "--compaction-interval",
+        "0",
+        "--index-checkpoint-interval",
+        "1h",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(limit) = &args.index_memory_limit {
+        flags.extend(["--index-memory-limit".to_string(), limit.clone()]);
+    }
+    let mut service = tokio::task::spawn_blocking(move || {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Service::start(&flags)
     })
     .await??;
     bench::create_kv_table(&service, TABLE, args.buckets).await?;
