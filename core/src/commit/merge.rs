@@ -174,6 +174,13 @@ pub(crate) async fn write_bins(
     Ok((out, entries))
 }
 
+/// Whether a merge keeps `manifest` as it is: at least `target` bytes and holding no `DELETED`
+/// entry.
+pub(crate) fn is_full(manifest: &ManifestFile, target: u64) -> bool {
+    u64::try_from(manifest.manifest_length).unwrap_or(0) >= target
+        && manifest.deleted_files_count == Some(0)
+}
+
 /// Plans the merge of `manifests` (a snapshot's list, newest first as unitable writes it):
 /// per group, manifests smaller than `target` are packed oldest first into bins of at most
 /// `target` bytes (a bin always takes at least one manifest); a bin of one manifest holding no
@@ -188,7 +195,7 @@ pub(crate) fn plan_merge(manifests: &[ManifestFile], target: u64) -> MergePlan {
             continue;
         }
         let length = u64::try_from(m.manifest_length).unwrap_or(0);
-        if length >= target && m.deleted_files_count == Some(0) {
+        if is_full(m, target) {
             plan.kept.push(m.clone());
             continue;
         }

@@ -17,6 +17,7 @@ use super::pointer::SqlMetadataPointer;
 use super::rewrite_tests::compact;
 use super::row_delta::{
     Committer, DEFAULT_MIN_COUNT_TO_MERGE, MANIFEST_MERGE_ENABLED, MANIFEST_MIN_COUNT_TO_MERGE,
+    MANIFEST_TARGET_SIZE_BYTES,
 };
 use super::tests::{Fixture, LosesFirstAnswer, data_file, delete_file, fixture, scan_at};
 use crate::catalog::CatalogConfig;
@@ -582,7 +583,17 @@ async fn row_deltas_merge_small_manifests_once_the_head_lists_the_merge_count() 
     // An invalid setting does not stop commits: the default count applies again.
     set_commit_merge(&f, MANIFEST_MIN_COUNT_TO_MERGE, "many").await;
     model = row_delta_from(&f, 46, Some(&model)).await.1;
-    assert!(head_manifests(&f).await.len() < DEFAULT_MIN_COUNT_TO_MERGE + 2);
+    let merged_again = head_manifests(&f).await.len();
+    assert!(merged_again < DEFAULT_MIN_COUNT_TO_MERGE + 2);
+    assert_eq!(planned_rows(&f).await, model);
+
+    // Manifests of the target size do not count: with a 1-byte target every manifest is full,
+    // so nothing is merged however many there are.
+    set_commit_merge(&f, MANIFEST_TARGET_SIZE_BYTES, "1").await;
+    for round in 47..63 {
+        model = row_delta_from(&f, round, Some(&model)).await.1;
+    }
+    assert_eq!(head_manifests(&f).await.len(), merged_again + 32);
     assert_eq!(planned_rows(&f).await, model);
 }
 

@@ -30,7 +30,7 @@ use super::committer::{
     Attempt, Base, Staged, TurnRole, check_required, find_commit, new_snapshot_id, stage_snapshot,
 };
 pub use super::committer::{Committed, Committer};
-use super::merge::{DEFAULT_TARGET_MANIFEST_BYTES, plan_merge, write_bins};
+use super::merge::{DEFAULT_TARGET_MANIFEST_BYTES, is_full, plan_merge, write_bins};
 use super::plan::{has_live_entries, manifests_of};
 use super::summary::{FileCounts, summarize};
 use super::{CommitError, CommitResult};
@@ -190,9 +190,9 @@ impl Attempt for RowDeltaOp<'_> {
 }
 
 impl RowDeltaOp<'_> {
-    /// The parent's manifests the new snapshot lists: as they are, or, once they and the
-    /// `new` ones reach the table's merge count, with the small ones merged (see
-    /// [`CommitMerge`]); what a merge did goes into `props`.
+    /// The parent's manifests the new snapshot lists: as they are, or, once its small ones
+    /// and the `new` ones reach the table's merge count, with the small ones merged (see
+    /// [`CommitMerge`]); what a merge did goes into `props`. Manifests are read only to merge.
     async fn carry(
         &mut self,
         base: &Base<'_>,
@@ -205,15 +205,21 @@ impl RowDeltaOp<'_> {
         let mut listed = manifests_of(base.file_io, base.metadata, head).await?;
         listed.retain(has_live_entries);
         let merge = CommitMerge::of(base.metadata);
-        if !merge.enabled || listed.len() + new < merge.min_count {
+        // Manifests of the target size are kept whatever their number; the small ones are
+        // what commits pile up (as in Iceberg's merging appends, where a bin is merged once it
+        // holds the count).
+        let small = listed
+            .iter()
+            .filter(|m| !is_full(m, merge.target_bytes))
+            .count();
+        if !merge.enabled || small + new < merge.min_count {
+            return Ok(listed);
+        }
+        let plan = plan_merge(&listed, merge.target_bytes);
+        if plan.bins.is_empty() {
             return Ok(listed);
         }
         let manifests = base.cache.with_entries(base.file_io, listed).await?;
-        let list: Vec<ManifestFile> = manifests.iter().map(|(m, _)| m.clone()).collect();
-        let plan = plan_merge(&list, merge.target_bytes);
-        if plan.bins.is_empty() {
-            return Ok(list);
-        }
         let (mut carried, entries) =
             write_bins(base, self.snapshot_id, &plan, &manifests, &mut self.merged).await?;
         carried.extend(plan.kept.iter().cloned());
@@ -233,12 +239,12 @@ pub const MANIFEST_TARGET_SIZE_BYTES: &str = "commit.manifest.target-size-bytes"
 /// by each commit's validation and by a committer taking over the table after a failover.
 pub const DEFAULT_MIN_COUNT_TO_MERGE: usize = 16;
 
-/// Merging on commit, as Iceberg's merging appends do: when the parent's manifests plus the
-/// commit's new ones number at least `min_count`, the parent's manifests smaller than
-/// `target_bytes` are packed ([`plan_merge`]) into manifests of about that size, their live
+/// Merging on commit, as Iceberg's merging appends do: when the parent's manifests smaller than
+/// `target_bytes` plus the commit's new ones number at least `min_count`, those small ones are
+/// packed ([`plan_merge`]) into manifests of about that size, their live
 /// entries written `EXISTING` with the snapshot ids and sequence numbers they had, in the
-/// same snapshot. A head thus lists about `min_count` manifests at most between compactions,
-/// whatever the commit rate. Settings come from the table's Iceberg properties.
+/// same snapshot. A head thus lists at most about `min_count` small manifests between
+/// compactions, whatever the commit rate. Settings come from the table's Iceberg properties.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitMerge {
     /// [`MANIFEST_MERGE_ENABLED`].
