@@ -105,10 +105,8 @@ impl Default for CheckpointPolicy {
 /// What changed since a committer's last checkpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckpointDue {
-    /// When the last checkpoint was written (or a write failed, or one was loaded with
-    /// nothing to catch up); `None` when the index was rebuilt or caught up since, so no
-    /// checkpoint describes it closely: then the next one is not held back by the interval.
-    pub(crate) since: Option<Instant>,
+    /// When the last checkpoint was written or loaded (or the index rebuilt).
+    pub(crate) since: Instant,
     /// Data files a catch-up from the last checkpoint would read.
     pub(crate) new_files: u64,
     /// Rows in them.
@@ -121,7 +119,7 @@ impl CheckpointDue {
     /// Nothing to catch up: the index was just written, loaded or rebuilt.
     pub(crate) fn fresh() -> Self {
         Self {
-            since: Some(Instant::now()),
+            since: Instant::now(),
             new_files: 0,
             new_rows: 0,
             changed: false,
@@ -131,7 +129,7 @@ impl CheckpointDue {
     /// A state that must be saved (rebuilt without a checkpoint, or loaded with a catch-up).
     pub(crate) fn after(new_files: u64, new_rows: u64) -> Self {
         Self {
-            since: None,
+            since: Instant::now(),
             new_files,
             new_rows,
             changed: true,
@@ -147,10 +145,7 @@ impl CheckpointDue {
 
     /// Whether a checkpoint should be written now, for an index of `keys` keys.
     pub(crate) fn is_due(&self, policy: &CheckpointPolicy, keys: usize) -> bool {
-        let spaced = self
-            .since
-            .is_some_and(|at| at.elapsed() < policy.min_interval);
-        if !policy.enabled || !self.changed || spaced {
+        if !policy.enabled || !self.changed || self.since.elapsed() < policy.min_interval {
             return false;
         }
         let catch_up = policy.per_file.as_secs_f64() * self.new_files as f64
@@ -759,13 +754,5 @@ mod tests {
             ..policy
         };
         assert!(!due.is_due(&spaced, 200), "too soon after the last one");
-        // A start that caught up (or rebuilt) is not held back: the next owner would read
-        // the same files again.
-        let caught_up = CheckpointDue::after(30, 300);
-        assert!(caught_up.is_due(&spaced, 200));
-        assert!(
-            !caught_up.is_due(&spaced, 10_000_000),
-            "unless writing costs more"
-        );
     }
 }

@@ -458,7 +458,7 @@ impl TableCommitter {
                 metrics::counter!(m::INDEX_CHECKPOINT_ERRORS, "table" => name).increment(1);
                 warn!(table = %self.name, error = %e, "could not write a key-index checkpoint");
                 // Try again after the interval, not after every commit.
-                state.checkpoint_due.since = Some(Instant::now());
+                state.checkpoint_due.since = Instant::now();
             }
         }
     }
