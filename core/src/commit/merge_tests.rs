@@ -45,35 +45,10 @@ async fn set_commit_merge(f: &Fixture, key: &str, value: &str) {
 
 /// The row deltas of [`many_commits`], with the table's merge settings as they are.
 async fn row_deltas(f: &Fixture, commits: i64) -> Vec<(i64, BTreeMap<i64, String>)> {
-    let mut model = BTreeMap::new();
-    let mut location: BTreeMap<i64, (iceberg::spec::DataFile, i64)> = BTreeMap::new();
-    let mut history = Vec::new();
+    let mut history: Vec<(i64, BTreeMap<i64, String>)> = Vec::new();
     for n in 0..commits {
-        let mut rows = vec![(2 * n, format!("c{n}")), (2 * n + 1, format!("c{n}"))];
-        let mut deletes = Vec::new();
-        if n > 0 {
-            let key = (n * 7) % (2 * n);
-            rows.push((key, format!("c{n}-upd")));
-            if let Some((file, pos)) = location.get(&key) {
-                deletes.push((file.clone(), *pos));
-            }
-        }
-        rows.sort();
-        let refs: Vec<(i64, &str)> = rows.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let file = data_file(f, &refs).await;
-        let delete = if deletes.is_empty() {
-            vec![]
-        } else {
-            let targets: Vec<(&iceberg::spec::DataFile, i64)> =
-                deletes.iter().map(|(d, p)| (d, *p)).collect();
-            vec![delete_file(f, &targets).await]
-        };
-        let c = f.commit(vec![file.clone()], delete, &format!("c{n}")).await;
-        for (pos, (k, v)) in rows.iter().enumerate() {
-            model.insert(*k, v.clone());
-            location.insert(*k, (file.clone(), pos as i64));
-        }
-        history.push((c.snapshot_id, model.clone()));
+        let next = row_delta_from(f, n, history.last().map(|(_, m)| m)).await;
+        history.push(next);
     }
     history
 }

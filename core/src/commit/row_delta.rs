@@ -259,51 +259,45 @@ impl CommitMerge {
     /// The settings of a table. An invalid property is logged and its default used, as for
     /// the other write properties, so a typo never stops commits.
     pub fn of(metadata: &TableMetadata) -> Self {
-        let props = metadata.properties();
-        let invalid = |key: &str, value: &str| {
-            tracing::warn!(
-                property = key,
-                value,
-                location = metadata.location(),
-                "invalid table property; using its default"
-            );
-        };
-        let enabled = match props.get(MANIFEST_MERGE_ENABLED).map(|v| v.trim()) {
-            None => true,
-            Some(v) if v.eq_ignore_ascii_case("false") => false,
-            Some(v) => {
-                if !v.eq_ignore_ascii_case("true") {
-                    invalid(MANIFEST_MERGE_ENABLED, v);
+        // The property's value (any case) if it parses and `valid` accepts it, else (logged)
+        // `default`.
+        fn setting<T: std::str::FromStr>(
+            metadata: &TableMetadata,
+            key: &str,
+            default: T,
+            valid: impl Fn(&T) -> bool,
+        ) -> T {
+            let Some(value) = metadata.properties().get(key) else {
+                return default;
+            };
+            match value.trim().to_ascii_lowercase().parse::<T>() {
+                Ok(v) if valid(&v) => v,
+                _ => {
+                    tracing::warn!(
+                        property = key,
+                        value = value.as_str(),
+                        location = metadata.location(),
+                        "invalid table property; using its default"
+                    );
+                    default
                 }
-                true
             }
-        };
-        let min_count =
-            props
-                .get(MANIFEST_MIN_COUNT_TO_MERGE)
-                .map_or(DEFAULT_MIN_COUNT_TO_MERGE, |v| {
-                    v.trim().parse::<usize>().unwrap_or_else(|_| {
-                        invalid(MANIFEST_MIN_COUNT_TO_MERGE, v);
-                        DEFAULT_MIN_COUNT_TO_MERGE
-                    })
-                });
-        let target_bytes =
-            props
-                .get(MANIFEST_TARGET_SIZE_BYTES)
-                .map_or(DEFAULT_TARGET_MANIFEST_BYTES, |v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .unwrap_or_else(|| {
-                            invalid(MANIFEST_TARGET_SIZE_BYTES, v);
-                            DEFAULT_TARGET_MANIFEST_BYTES
-                        })
-                });
+        }
         Self {
-            enabled,
-            min_count: min_count.max(2),
-            target_bytes,
+            enabled: setting(metadata, MANIFEST_MERGE_ENABLED, true, |_| true),
+            min_count: setting(
+                metadata,
+                MANIFEST_MIN_COUNT_TO_MERGE,
+                DEFAULT_MIN_COUNT_TO_MERGE,
+                |_| true,
+            )
+            .max(2),
+            target_bytes: setting(
+                metadata,
+                MANIFEST_TARGET_SIZE_BYTES,
+                DEFAULT_TARGET_MANIFEST_BYTES,
+                |n| *n > 0,
+            ),
         }
     }
 }
