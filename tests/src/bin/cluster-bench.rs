@@ -320,6 +320,19 @@ async fn failovers(kafka: &Kafka, count: usize, args: &Args) -> Result<Vec<Failo
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         stop_load(&stop, tasks).await?;
+        // The survivors' own account of the takeover (lease, start phases), for reading why
+        // a failover took long.
+        for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != index) {
+            for line in node.log().lines().filter(|l| {
+                tables.iter().any(|t| l.contains(&format!("table={t} ")))
+                    && (l.contains("committer lease")
+                        || l.contains("committer started")
+                        || l.contains("primary-key index")
+                        || l.contains("committer stopped"))
+            }) {
+                eprintln!("  n{i}: {line}");
+            }
+        }
         let first = taken.values().min().copied().unwrap_or_default();
         let last = taken.values().max().copied().unwrap_or_default();
         eprintln!(
