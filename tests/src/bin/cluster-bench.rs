@@ -300,6 +300,8 @@ async fn failovers(kafka: &Kafka, count: usize, args: &Args) -> Result<Vec<Failo
             (stop, tasks)
         };
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // Where each node's log stands, so the round prints only its own lines.
+        let log_from: Vec<usize> = nodes.iter().map(|n| n.log().len()).collect();
         tokio::task::block_in_place(|| nodes[index].kill())?;
         let killed = Instant::now();
         let mut before = BTreeMap::new();
@@ -323,7 +325,9 @@ async fn failovers(kafka: &Kafka, count: usize, args: &Args) -> Result<Vec<Failo
         // The survivors' own account of the takeover (lease, start phases), for reading why
         // a failover took long.
         for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != index) {
-            for line in node.log().lines().filter(|l| {
+            let log = node.log();
+            let new = log.get(log_from[i]..).unwrap_or_default();
+            for line in new.lines().filter(|l| {
                 tables.iter().any(|t| l.contains(&format!("table={t} ")))
                     && (l.contains("committer lease")
                         || l.contains("committer started")
