@@ -10,11 +10,11 @@ use crate::naming::props;
 use crate::offsets::{Offset, PartitionId, PartitionOffsets};
 
 use crate::catalog::TableCatalog;
-use crate::changelog::{Changelog, TopicInfo};
+use crate::changelog::{Changelog, ChangelogError, TopicInfo};
 use crate::commit::CommitError;
 use crate::commit::committer::Committer;
 use crate::error::{Error, Result};
-use crate::naming::TableName;
+use crate::naming::{TableName, TopicName};
 use crate::table::{Column, ColumnChange, TableDef, TableState};
 
 /// Creates, describes, lists, alters and drops tables (catalog entry + changelog topic).
@@ -385,6 +385,15 @@ impl TableAdmin {
         self.changelog
             .create_topic_with(topic, def.changelog.partitions, &def.topic_settings()?)
             .await?;
+        if let Err(e) = self.ensure_unwritten(topic, def.changelog.partitions).await {
+            // Another node creating the same table wrote to the topic first: say so plainly.
+            if self.catalog.exists(&def.name).await? {
+                return Err(Error::TableAlreadyExists {
+                    table: def.name.clone(),
+                });
+            }
+            return Err(e);
+        }
         match self.catalog.create(def).await {
             Ok(state) => {
                 info!(table = %def.name, %topic, buckets = def.buckets, "created table");
@@ -399,6 +408,27 @@ impl TableAdmin {
                 Err(e)
             }
         }
+    }
+
+    /// Fails with [`ChangelogError::TopicInUse`] when `topic` (existing before this table)
+    /// has been written to: a new table starts empty, and adopting the topic would make
+    /// another table's records its contents. The topic is left as it is.
+    async fn ensure_unwritten(&self, topic: &TopicName, partitions: u32) -> Result<()> {
+        let (mut records, mut written) = (0u64, 0u64);
+        for p in 0..partitions {
+            let w = self.changelog.watermarks(topic, PartitionId(p)).await?;
+            written += u64::try_from(w.high.0).unwrap_or(0);
+            records += u64::try_from(w.high.0 - w.low.0).unwrap_or(0);
+        }
+        if written == 0 {
+            return Ok(());
+        }
+        Err(ChangelogError::TopicInUse {
+            topic: topic.clone(),
+            records,
+            written,
+        }
+        .into())
     }
 
     /// The table's changelog topic as the backend reports it, compared with the table's
@@ -494,5 +524,67 @@ mod tests {
             admin.describe(&def.name).await,
             Err(Error::TableNotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_new_table_refuses_a_topic_that_was_written_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = TableCatalog::open(CatalogConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let log = Arc::new(MemoryChangelog::new());
+        let admin = TableAdmin::new(catalog, log.clone());
+        let def = |name: &str| {
+            TableDef::new(
+                name.parse().unwrap(),
+                TableSpec {
+                    columns: vec![Column::parse("k:string!").unwrap()],
+                    primary_key: vec!["k".into()],
+                    buckets: Some(2),
+                    ..TableSpec::default()
+                },
+            )
+            .unwrap()
+        };
+        // A topic left by another table of the name (another catalog on the cluster).
+        let used = def("a.used");
+        let topic = &used.changelog.topic;
+        log.create_topic(topic, 2).await.unwrap();
+        log.append(
+            topic,
+            PartitionId(1),
+            vec![crate::changelog::conformance::record("x", Some("old"), 1)],
+        )
+        .await
+        .unwrap();
+        let err = admin.create_table(&used).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                Error::Changelog(ChangelogError::TopicInUse {
+                    records: 1,
+                    written: 1,
+                    ..
+                })
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("unitable.a.used") && text.contains("delete the topic"),
+            "{text}"
+        );
+        // Nothing was created, and the other table's topic is untouched.
+        assert!(!admin.catalog().exists(&used.name).await.unwrap());
+        assert_eq!(
+            log.watermarks(topic, PartitionId(1)).await.unwrap().high,
+            Offset(1)
+        );
+
+        // An existing topic never written to (a create that crashed before its table) is used.
+        let empty = def("a.empty");
+        log.create_topic(&empty.changelog.topic, 2).await.unwrap();
+        admin.create_table(&empty).await.unwrap();
+        assert!(admin.catalog().exists(&empty.name).await.unwrap());
     }
 }

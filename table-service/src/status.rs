@@ -117,9 +117,9 @@ fn classify_changelog(c: &ChangelogError) -> (Code, Level) {
         ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. } => {
             (Code::FailedPrecondition, Level::Error)
         }
-        ChangelogError::TopicExists { .. } | ChangelogError::TopicMisconfigured { .. } => {
-            (Code::AlreadyExists, Level::Warn)
-        }
+        ChangelogError::TopicExists { .. }
+        | ChangelogError::TopicMisconfigured { .. }
+        | ChangelogError::TopicInUse { .. } => (Code::AlreadyExists, Level::Warn),
         ChangelogError::OffsetOutOfRange { .. } => (Code::OutOfRange, Level::Debug),
         ChangelogError::Unavailable { .. } | ChangelogError::Io { .. } => {
             (Code::Unavailable, Level::Warn)

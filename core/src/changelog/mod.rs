@@ -307,6 +307,24 @@ pub enum ChangelogError {
         /// The differences, joined.
         problems: String,
     },
+    /// A new table's topic already exists and has been written to: its records belong to
+    /// another table (a dropped one whose topic was kept, or one of another catalog sharing
+    /// the cluster) and must not become the new table's contents.
+    #[error(
+        "changelog topic `{topic}` already exists and has been written to ({written} records \
+         written, {records} still stored): it belongs to another table of this name (a dropped table whose \
+         topic was not deleted, or a table of another catalog on the same cluster); a new table \
+         starts empty, so delete the topic (kafka-topics.sh --delete --topic {topic}) or choose \
+         another table name, then retry"
+    )]
+    TopicInUse {
+        /// The topic.
+        topic: TopicName,
+        /// Records still stored, over all partitions.
+        records: u64,
+        /// Records ever written (the sum of the partitions' high watermarks).
+        written: u64,
+    },
     /// One record is larger than a changelog batch can hold; nothing of the append was written.
     #[error(
         "record {index} of the append is {bytes} bytes, more than the changelog's limit of {limit} bytes per record; split the row or store the large value elsewhere"
@@ -341,6 +359,7 @@ impl ChangelogError {
             | ChangelogError::OffsetOutOfRange { .. }
             | ChangelogError::Corrupt { .. }
             | ChangelogError::TopicMisconfigured { .. }
+            | ChangelogError::TopicInUse { .. }
             | ChangelogError::RecordTooLarge { .. } => false,
         }
     }

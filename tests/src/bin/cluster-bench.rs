@@ -73,8 +73,11 @@ struct Args {
 /// The highest acknowledged offset per partition of each table (inclusive).
 type Written = BTreeMap<String, PartitionOffsets>;
 
-fn table_name(i: usize) -> String {
-    format!("bench.c{i}")
+/// The tables of one phase. Every phase (node count, failover part) has its own tables: it
+/// starts nodes on a new catalog against the same broker, and a table is refused a topic that
+/// an earlier phase's table of the name wrote to.
+fn table_names(phase: &str, tables: usize) -> Arc<Vec<String>> {
+    Arc::new((0..tables).map(|i| format!("bench.{phase}_c{i}")).collect())
 }
 
 async fn start_nodes(kafka: &Kafka, count: usize, args: &Args) -> Result<Vec<Service>> {
@@ -100,7 +103,7 @@ async fn start_nodes(kafka: &Kafka, count: usize, args: &Args) -> Result<Vec<Ser
 /// acknowledged and merges the acknowledged offsets into `written`.
 async fn write_until(
     url: String,
-    tables: usize,
+    tables: Arc<Vec<String>>,
     batch: u64,
     keys: u64,
     seed: u64,
@@ -110,7 +113,7 @@ async fn write_until(
     let mut written = Written::new();
     let (mut rows, mut state, mut turn) = (0u64, seed | 1, seed as usize);
     while !stop.load(Ordering::Relaxed) {
-        let table = table_name(turn % tables);
+        let table = tables[turn % tables.len()].clone();
         turn += 1;
         let mut lines = String::with_capacity(batch as usize * 48);
         for _ in 0..batch {
@@ -156,7 +159,12 @@ fn merge(into: &mut Written, from: Written) {
 type Client = tokio::task::JoinHandle<Result<(u64, Written)>>;
 
 /// Starts `writers` clients per node; they run until the returned flag is set.
-fn start_load(nodes: &[Service], args: &Args, batch: u64) -> (Arc<AtomicBool>, Vec<Client>) {
+fn start_load(
+    nodes: &[Service],
+    tables: &Arc<Vec<String>>,
+    args: &Args,
+    batch: u64,
+) -> (Arc<AtomicBool>, Vec<Client>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
@@ -164,7 +172,7 @@ fn start_load(nodes: &[Service], args: &Args, batch: u64) -> (Arc<AtomicBool>, V
             let seed = (n * 1000 + w + 1) as u64 * 0x9E37_79B9;
             tasks.push(tokio::spawn(write_until(
                 node.grpc_url(),
-                args.tables,
+                tables.clone(),
                 batch,
                 args.keys,
                 seed,
@@ -199,14 +207,15 @@ struct Throughput {
 
 async fn throughput(kafka: &Kafka, count: usize, args: &Args) -> Result<Throughput> {
     let nodes = start_nodes(kafka, count, args).await?;
-    for i in 0..args.tables {
-        bench::create_kv_table(&nodes[0], &table_name(i), args.buckets).await?;
+    let tables = table_names(&format!("n{count}"), args.tables);
+    for table in tables.iter() {
+        bench::create_kv_table(&nodes[0], table, args.buckets).await?;
     }
     // Let the leases spread the new tables before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("{count} node(s): writing for {} s", args.seconds);
     let started = Instant::now();
-    let (stop, tasks) = start_load(&nodes, args, args.batch);
+    let (stop, tasks) = start_load(&nodes, &tables, args, args.batch);
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let (acked, written) = stop_load(&stop, tasks).await?;
     let load = started.elapsed();
@@ -249,8 +258,9 @@ async fn failovers(kafka: &Kafka, count: usize, args: &Args) -> Result<Vec<Failo
     ensure!(count >= 2, "failover needs at least 2 nodes");
     let mut nodes = start_nodes(kafka, count, args).await?;
     let data = nodes[0].data_dir();
-    for i in 0..args.tables {
-        bench::create_kv_table(&nodes[0], &table_name(i), args.buckets).await?;
+    let names = table_names("failover", args.tables);
+    for table in names.iter() {
+        bench::create_kv_table(&nodes[0], table, args.buckets).await?;
     }
     let store = LeaseStore::connect(&CatalogConfig::embedded(&data))
         .await?
@@ -290,7 +300,7 @@ async fn failovers(kafka: &Kafka, count: usize, args: &Args) -> Result<Vec<Failo
             for (k, node) in live.iter().enumerate() {
                 tasks.push(tokio::spawn(write_until(
                     node.grpc_url(),
-                    args.tables,
+                    names.clone(),
                     10,
                     args.keys,
                     (round * 100 + k + 7) as u64,
