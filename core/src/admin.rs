@@ -489,24 +489,34 @@ mod tests {
     use crate::changelog::{ChangelogError, MemoryChangelog};
     use crate::table::TableSpec;
 
-    #[tokio::test]
-    async fn create_and_drop_keep_topic_and_table_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = TableCatalog::open(CatalogConfig::embedded(dir.path()))
+    /// An admin over an embedded catalog in `dir` and an in-memory changelog.
+    async fn admin_in(dir: &std::path::Path) -> (TableAdmin, Arc<MemoryChangelog>) {
+        let catalog = TableCatalog::open(CatalogConfig::embedded(dir))
             .await
             .unwrap();
         let log = Arc::new(MemoryChangelog::new());
-        let admin = TableAdmin::new(catalog, log.clone());
-        let def = TableDef::new(
-            "a.t".parse().unwrap(),
+        (TableAdmin::new(catalog, log.clone()), log)
+    }
+
+    /// A table keyed by one string column, with `buckets` buckets.
+    fn keyed(name: &str, buckets: u32) -> TableDef {
+        TableDef::new(
+            name.parse().unwrap(),
             TableSpec {
                 columns: vec![Column::parse("k:string!").unwrap()],
                 primary_key: vec!["k".into()],
-                buckets: Some(5),
+                buckets: Some(buckets),
                 ..TableSpec::default()
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_and_drop_keep_topic_and_table_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (admin, log) = admin_in(dir.path()).await;
+        let def = keyed("a.t", 5);
         admin.create_table(&def).await.unwrap();
         assert_eq!(log.partition_count(&def.changelog.topic).await.unwrap(), 5);
         assert!(matches!(
@@ -529,23 +539,8 @@ mod tests {
     #[tokio::test]
     async fn a_new_table_refuses_a_topic_that_was_written_to() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = TableCatalog::open(CatalogConfig::embedded(dir.path()))
-            .await
-            .unwrap();
-        let log = Arc::new(MemoryChangelog::new());
-        let admin = TableAdmin::new(catalog, log.clone());
-        let def = |name: &str| {
-            TableDef::new(
-                name.parse().unwrap(),
-                TableSpec {
-                    columns: vec![Column::parse("k:string!").unwrap()],
-                    primary_key: vec!["k".into()],
-                    buckets: Some(2),
-                    ..TableSpec::default()
-                },
-            )
-            .unwrap()
-        };
+        let (admin, log) = admin_in(dir.path()).await;
+        let def = |name: &str| keyed(name, 2);
         // A topic left by another table of the name (another catalog on the cluster).
         let used = def("a.used");
         let topic = &used.changelog.topic;

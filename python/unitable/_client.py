@@ -95,7 +95,8 @@ def connect(
         resp: ``HOST:PORT`` of the server's RESP endpoint (``serve --resp-addr``), to send
             lookups there (the same call in the Redis protocol's framing: one TCP round trip,
             several times faster than a gRPC call from Python for a few keys). Everything else
-            still goes through gRPC. Plaintext: not with TLS.
+            still goes through gRPC. Over TLS when this connection uses TLS (same CA, client
+            certificate and server name).
     """
     transport = Transport(
         target, token=token, token_file=token_file, tls=tls, ca_cert=ca_cert,
@@ -103,12 +104,9 @@ def connect(
         timeout=timeout, retries=retries, options=options)
     lookups: RespLookups | None = None
     if resp is not None:
-        if transport.tls:
-            raise InvalidArgument(
-                "resp: the RESP endpoint is plaintext and this connection uses TLS; leave resp "
-                "out to look keys up over gRPC", field="resp")
         try:
-            lookups = RespLookups(resp, transport.token, timeout)
+            lookups = RespLookups(resp, transport.token, timeout, transport.ssl_context(),
+                                  transport.tls_server_name)
         except ValueError as e:
             raise InvalidArgument(str(e), field="resp") from None
     return Client(transport, lookups)

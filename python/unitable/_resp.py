@@ -5,6 +5,7 @@ TCP round trip instead of an HTTP/2 call. Same requests, answers, grants and err
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from typing import BinaryIO
 
@@ -56,7 +57,8 @@ class RespLookups:
     """One connection to the RESP endpoint, opened on first use and again after a failure;
     calls from several threads take turns."""
 
-    def __init__(self, address: str, token: str | None, timeout: float | None) -> None:
+    def __init__(self, address: str, token: str | None, timeout: float | None,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
             raise ValueError(f"resp address `{address}`: give HOST:PORT, e.g. 127.0.0.1:6380")
@@ -64,6 +66,8 @@ class RespLookups:
         self._target = (host.strip("[]") or "127.0.0.1", int(port))
         self._token = token
         self._timeout = timeout
+        self._tls = tls
+        self._server_name = server_name or self._target[0]
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._file: BinaryIO | None = None
@@ -75,6 +79,14 @@ class RespLookups:
             raise RespStatus(grpc.StatusCode.UNAVAILABLE,
                              f"cannot connect to the RESP endpoint {self.address}: {e}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            try:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._server_name)
+            except (OSError, ValueError) as e:
+                sock.close()
+                raise RespStatus(grpc.StatusCode.UNAVAILABLE,
+                                 f"TLS with the RESP endpoint {self.address} failed: {e}"
+                                 ) from None
         self._sock = sock
         self._file = sock.makefile("rb")
         if self._token:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import ssl
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +35,28 @@ def _pem(value: PathOrBytes | None, what: str) -> bytes | None:
     except OSError as e:
         raise InvalidArgument(f"cannot read {what} {value}: {e}; give a PEM file or its bytes",
                               field=what) from None
+
+
+def ssl_context(ca: bytes | None, cert: bytes | None, key: bytes | None) -> ssl.SSLContext:
+    """A client TLS context trusting ``ca`` (else the system's roots), showing ``cert`` and
+    ``key`` (PEM) when given: the gRPC channel's TLS settings, for plain sockets."""
+    try:
+        context = ssl.create_default_context(cadata=ca.decode("ascii") if ca else None)
+    except (ssl.SSLError, ValueError) as e:
+        raise InvalidArgument(f"ca_cert is not a usable PEM CA certificate: {e}",
+                              field="ca_cert") from None
+    if cert is not None and key is not None:
+        # The ssl module loads a certificate chain from files only.
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "cert.pem").write_bytes(cert)
+            (Path(tmp) / "key.pem").write_bytes(key)
+            try:
+                context.load_cert_chain(Path(tmp) / "cert.pem", Path(tmp) / "key.pem")
+            except (ssl.SSLError, ValueError) as e:
+                raise InvalidArgument(
+                    f"client_cert and client_key are not a usable PEM certificate and key: {e}",
+                    field="client_cert") from None
+    return context
 
 
 class Transport:
@@ -106,13 +130,17 @@ class Transport:
             ("grpc.max_send_message_length", -1),
             *options,
         ]
+        self.tls_server_name = tls_server_name
+        self._pems: tuple[bytes | None, bytes | None, bytes | None] = (None, None, None)
         if tls:
             if tls_server_name:
                 opts.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._pems = (_pem(ca_cert, "ca_cert"), _pem(client_cert, "client_cert"),
+                          _pem(client_key, "client_key"))
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=_pem(ca_cert, "ca_cert"),
-                private_key=_pem(client_key, "client_key"),
-                certificate_chain=_pem(client_cert, "client_cert"),
+                root_certificates=self._pems[0],
+                private_key=self._pems[2],
+                certificate_chain=self._pems[1],
             )
             self.channel = grpc.secure_channel(address, credentials, options=opts)
         else:
@@ -124,6 +152,11 @@ class Transport:
         self.reads = pbg.ReadServiceStub(self.channel)
         self.compaction = pbg.CompactionServiceStub(self.channel)
         self.access = pbg.AccessServiceStub(self.channel)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """This connection's TLS settings for a plain socket (the RESP endpoint); ``None``
+        without TLS."""
+        return ssl_context(*self._pems) if self.tls else None
 
     def error(self, err: grpc.RpcError, table: str | None, action: str) -> UnitableError:
         return from_rpc_error(err, table=table, action=action, server=self.server)

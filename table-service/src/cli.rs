@@ -455,8 +455,9 @@ pub struct ServeArgs {
 
     /// Serve LOOKUPs over the Redis protocol (RESP2) on this address too, e.g. 127.0.0.1:6380:
     /// `GET shop.users:42` returns the row of key 42 as JSON, `HGET`/`HMGET`/`HGETALL` its
-    /// columns, `MGET` many (docs/resp.md). Read-only, plaintext (not with --tls-cert); callers
-    /// AUTH with a unitable token unless --allow-anonymous. Off by default.
+    /// columns, `MGET` many (docs/resp.md). Read-only; over TLS with --tls-cert. Callers AUTH
+    /// with a unitable token (or show a client certificate with --tls-client-ca) unless
+    /// --allow-anonymous. Off by default.
     #[arg(long, env = "UNITABLE_RESP_ADDR")]
     pub resp_addr: Option<String>,
 

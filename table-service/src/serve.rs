@@ -71,6 +71,10 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     let config = catalog_config(&args, &data_dir);
     let access = open_access(&args.security, &config.uri).await?;
     let tls = tls_config(&args.security)?;
+    let resp_tls = match &args.resp_addr {
+        Some(_) => resp_tls_acceptor(&args.security)?,
+        None => None,
+    };
     info!(catalog = %config.uri, warehouse = %config.warehouse, "opening the Iceberg catalog");
     let catalog = TableCatalog::open(config)
         .await
@@ -120,10 +124,6 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     })?;
     let resp_listener = match &args.resp_addr {
         None => None,
-        Some(_) if args.security.tls_cert.is_some() => anyhow::bail!(
-            "--resp-addr serves plaintext and the server is set up for TLS (--tls-cert): the \
-             RESP endpoint has no TLS, so leave --resp-addr out or serve without TLS"
-        ),
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for RESP; choose another with --resp-addr")
         })?),
@@ -325,9 +325,10 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
     }
     if let Some(listener) = resp_listener {
         let (shutdown, reader, access) = (shutdown.clone(), resp_reader, resp_access);
-        info!(resp_addr = %listener.local_addr()?, "serving LOOKUP over RESP");
+        info!(resp_addr = %listener.local_addr()?, tls = resp_tls.is_some(), "serving LOOKUP over RESP");
         tasks.spawn(async move {
-            let result = crate::resp::serve_resp(listener, reader, access, shutdown).await;
+            let result =
+                crate::resp::serve_resp(listener, reader, access, resp_tls, shutdown).await;
             ("resp", result)
         });
     }
@@ -720,6 +721,67 @@ fn tls_config(args: &SecurityArgs) -> anyhow::Result<Option<tonic::transport::Se
     }
     info!(mutual = args.tls_client_ca.is_some(), "gRPC over TLS");
     Ok(Some(config))
+}
+
+/// The RESP endpoint's TLS, if --tls-cert is given: the gRPC server's certificate and key,
+/// and with --tls-client-ca optional client certificates (a client may send AUTH instead).
+fn resp_tls_acceptor(args: &SecurityArgs) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let pem_error = |flag: &str, path: &Path, e: rustls::pki_types::pem::Error| {
+        anyhow::anyhow!(
+            "cannot read {flag} {} for the RESP endpoint: {e}; give a PEM file",
+            path.display()
+        )
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| pem_error("--tls-cert", cert, e))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("--tls-key", key, e))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("cannot set up TLS for the RESP endpoint")?;
+    let builder = match &args.tls_client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| pem_error("--tls-client-ca", ca, e))?
+            {
+                roots
+                    .add(c.map_err(|e| pem_error("--tls-client-ca", ca, e))?)
+                    .with_context(|| {
+                        format!(
+                            "--tls-client-ca {}: not a usable CA certificate",
+                            ca.display()
+                        )
+                    })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .with_context(|| {
+                format!(
+                    "--tls-client-ca {}: cannot verify clients with it",
+                    ca.display()
+                )
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, private).context(
+        "--tls-cert and --tls-key do not make a usable TLS identity for the RESP endpoint",
+    )?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        config,
+    ))))
 }
 
 async fn serve_grpc(

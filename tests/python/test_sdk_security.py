@@ -172,6 +172,71 @@ def test_tls_token_and_mutual_tls(start_service, tmp_path: Path):
         unitable.connect(url, client_cert=tmp_path / "carol.pem")
 
 
+def test_resp_over_tls_with_tokens_and_client_certificates(start_service, tmp_path: Path):
+    """The RESP endpoint of a TLS server speaks TLS: redis-py (an outside client) reads with
+    the CA and a token, or with a client certificate whose name is the user and whose grants
+    apply; the SDK's `resp=` lookups follow the connection's TLS settings; plaintext and
+    untrusted clients get nowhere."""
+    import json
+
+    import redis
+
+    from harness import free_port
+
+    _pki(tmp_path)
+    token_file = tmp_path / "admin.token"
+    port = free_port()
+    service = start_service(
+        "--bootstrap-admin-token-file", str(token_file), "--resp-addr", f"127.0.0.1:{port}",
+        "--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"),
+        "--tls-client-ca", str(tmp_path / "ca.pem"), anonymous=False)
+    url = f"https://127.0.0.1:{service.grpc_port}"
+    ca = str(tmp_path / "ca.pem")
+    rows = [{"id": i, "v": f"row {i}"} for i in range(1, 6)]
+    admin = unitable.connect(url, ca_cert=tmp_path / "ca.pem", token_file=token_file,
+                             resp=f"127.0.0.1:{port}")
+    admin.tables.create("tls.r", ["id:int64!", "v:string"], primary_key=["id"])
+    admin.tables.create("tls.s", ["id:int64!", "v:string"], primary_key=["id"])
+    admin.write("tls.r", rows, op="upsert")
+    admin.write("tls.s", rows[:1], op="upsert")
+    admin.access.grant("read", table="tls.r", user="carol")
+
+    # The SDK's lookups go over RESP in TLS and answer like gRPC.
+    assert admin.lookup("tls.r", [2, 9, 5]).to_pylist() == [rows[1], rows[4]]
+
+    # redis-py with the CA and a token (AUTH).
+    token = token_file.read_text().strip()
+    with redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca,
+                     password=token, socket_timeout=10) as r:
+        assert json.loads(r.get("tls.r:3")) == rows[2]
+        assert [json.loads(v) for v in r.mget("tls.r:1", "tls.s:1")] == [rows[0], rows[0]]
+
+    # redis-py with carol's certificate and no AUTH: carol, with carol's grants.
+    with redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca,
+                     ssl_certfile=str(tmp_path / "carol.pem"),
+                     ssl_keyfile=str(tmp_path / "carol.key"), socket_timeout=10) as carol:
+        assert json.loads(carol.get("tls.r:4")) == rows[3]
+        with pytest.raises(redis.exceptions.ResponseError, match="lacks `read` on table tls.s"):
+            carol.get("tls.s:1")
+
+    # TLS without a certificate or AUTH: NOAUTH, as in plaintext.
+    with redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca,
+                     socket_timeout=10) as nobody:
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            nobody.get("tls.r:1")
+    # A plaintext client: the handshake fails and the connection is closed.
+    with redis.Redis(host="127.0.0.1", port=port, password=token, socket_timeout=10) as plain:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            plain.get("tls.r:1")
+    # The SDK without the CA does not trust the server's certificate.
+    untrusted = unitable.connect(url, token_file=token_file, resp=f"127.0.0.1:{port}",
+                                 retries=0)
+    with pytest.raises(unitable.Unavailable, match="TLS with the RESP endpoint"):
+        untrusted.lookup("tls.r", [{"id": 1}])  # dict keys: no describe over gRPC first
+    for c in (admin, untrusted):
+        c.close()
+
+
 def test_package_type_checks(tmp_path: Path):
     """mypy --strict over the installed package (its settings are in python/pyproject.toml)."""
     pytest.importorskip("mypy", reason="mypy is not installed (scripts/test installs it)")

@@ -203,7 +203,13 @@ impl Service {
     /// Stops the server gracefully (SIGTERM) and returns its exit status; fails if it does not
     /// exit within 30 s.
     pub fn stop(&mut self) -> Result<ExitStatus> {
-        self.child.terminate(STOP_TIMEOUT)
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    /// [`Service::stop`] that waits up to `timeout` (a final checkpoint of a large index takes
+    /// longer than 30 s).
+    pub fn stop_within(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.child.terminate(timeout)
     }
 
     /// Starts the server again with the same data directory, ports and arguments, killing it

@@ -673,6 +673,11 @@ async fn catch_up(
             )
         }));
     }
+    let (entries, key_bytes) = batches.iter().fold((0, 0), |(n, b), batch| {
+        let bytes = column::<BinaryArray>(batch, 0).map_or(0, |k| k.values().len());
+        (n + batch.num_rows(), b + bytes)
+    });
+    index.reserve(entries, key_bytes);
     for batch in &batches {
         let bad = |what: &str| failed(path, format!("column `{what}` is missing or mistyped"));
         let keys = column::<BinaryArray>(batch, 0).ok_or_else(|| bad("key"))?;

@@ -323,6 +323,39 @@ impl<S: BuildHasher> KeyIndex<S> {
         self.resident + self.files_bytes + SHARDS * std::mem::size_of::<Shard>()
     }
 
+    /// Makes room for `keys` more keys of `key_bytes` bytes in all, spread over the shards, so
+    /// that a bulk load (a checkpoint restore) does not grow every shard's table and arena
+    /// step by step, rehashing and copying at each step. An index that spills reserves only
+    /// what fits under its memory limit's spill point (nothing otherwise).
+    pub fn reserve(&mut self, keys: usize, key_bytes: usize) {
+        // Hashes spread keys over the shards binomially: a shard's count stays within a few
+        // standard deviations (about the square root) of the mean. Six of them, plus a
+        // sixteenth for uneven key lengths, leave no shard growing in practice.
+        let per = keys.div_ceil(SHARDS);
+        let slots = per + per / 16 + 6 * per.isqrt() + 16;
+        let bytes = match keys {
+            0 => 0,
+            _ => usize::try_from(slots as u128 * key_bytes as u128 / keys as u128)
+                .unwrap_or(usize::MAX),
+        };
+        if let Some(limit) = self.memory_limit() {
+            // Tables keep at least an eighth of their buckets free.
+            let wanted = SHARDS * (slots * 8 / 7 * (std::mem::size_of::<Slot>() + 1) + bytes);
+            let room = (usize::try_from(limit).unwrap_or(usize::MAX) / 8 * 7)
+                .saturating_sub(self.memory_bytes());
+            if wanted > room {
+                return;
+            }
+        }
+        let hasher = &self.hasher;
+        for shard in &mut self.shards {
+            let Shard { table, arena, .. } = shard;
+            table.reserve(slots, |s| hash_of(hasher, key_in(arena, s)));
+            arena.reserve(bytes);
+        }
+        self.resident = self.shards.iter().map(Shard::resident_bytes).sum();
+    }
+
     /// The memory limit, if the index spills.
     pub fn memory_limit(&self) -> Option<u64> {
         self.spill_config.as_ref().map(|c| c.memory_limit)

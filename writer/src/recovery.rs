@@ -57,6 +57,17 @@ pub(crate) async fn rebuild_index(
     planned.sort_by_key(|f| f.data_sequence_number);
     // Each delete file is read once, however many data files it touches.
     let deleted = read_position_deletes(file_io, &delete_files_of(&planned)).await?;
+    // The live rows are known before any key is read: size the index's tables once (the
+    // key bytes are not known; the arenas grow as they go).
+    let rows: u64 = planned.iter().map(|f| f.data_file.record_count()).sum();
+    let gone: usize = deleted.values().map(BTreeSet::len).sum();
+    let mut index = index;
+    index.reserve(
+        usize::try_from(rows)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(gone),
+        0,
+    );
     let mut rebuilt = Rebuilt {
         index,
         duplicates: Vec::new(),

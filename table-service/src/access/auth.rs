@@ -129,7 +129,7 @@ pub(crate) fn bearer_of(metadata: &tonic::metadata::MetadataMap) -> Option<Strin
 }
 
 /// The user a client certificate names: its first DNS subject-alternative name.
-fn certificate_user(cert: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
+pub(crate) fn certificate_user(cert: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
     let cert = webpki::EndEntityCert::try_from(cert).ok()?;
     cert.valid_dns_names().next().map(str::to_string)
 }

@@ -16,6 +16,10 @@
 //!   token stops working at once. `PING`, `ECHO`, `HELLO 2`, `SELECT 0`, `CLIENT SETNAME`,
 //!   `INFO`, `COMMAND` and `QUIT` answer as client libraries expect.
 //!
+//! With `--tls-cert` the endpoint speaks TLS (the same certificate as gRPC; Redis clients
+//! connect with their TLS option, `redis-cli --tls`). With `--tls-client-ca` a client may show
+//! a certificate instead of sending `AUTH`: its DNS name is the user, as over gRPC.
+//!
 //! Writes are refused: rows are written through the Write API, so the changelog stays the
 //! one way in. Commands of one connection are answered in order; pipelined commands are read
 //! together and their replies written together.
@@ -28,8 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use unitable_core::naming::TableName;
 use unitable_reader::{LookupKeys, LookupRequest, ReadError, Reader};
@@ -50,11 +55,16 @@ const CONNECTIONS: &str = "unitable_resp_connections";
 /// Numbers connections (`CLIENT ID`, `HELLO`).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Accepts connections on `listener` until `shutdown`, serving each on a task of its own.
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts connections on `listener` until `shutdown`, serving each on a task of its own,
+/// over TLS when `tls` is given.
 pub(crate) async fn serve_resp(
     listener: TcpListener,
     reader: Reader,
     access: Access,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
@@ -81,7 +91,61 @@ pub(crate) async fn serve_resp(
             access: access.clone(),
             who,
         };
-        tokio::spawn(connection.run(stream, shutdown.child_token()));
+        let shutdown = shutdown.child_token();
+        match &tls {
+            None => {
+                tokio::spawn(connection.run(stream, shutdown));
+            }
+            Some(tls) => {
+                // The handshake runs on the connection's task: a slow client never holds up
+                // the accept loop.
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let peer = stream.peer_addr().ok();
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::info!(
+                                ?peer,
+                                "RESP TLS handshake failed (a plaintext client, or an untrusted certificate?): {e}"
+                            );
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(
+                                ?peer,
+                                "RESP TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closing"
+                            );
+                            return;
+                        }
+                    };
+                    let mut connection = connection;
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(<[_]>::first);
+                    if let Some(cert) = certificate {
+                        match crate::access::auth::certificate_user(cert) {
+                            Some(user) => {
+                                connection.who = Some(Principal::User {
+                                    name: user,
+                                    via: AuthMethod::Certificate,
+                                    token_id: None,
+                                });
+                            }
+                            None => tracing::info!(
+                                ?peer,
+                                "the RESP client's certificate names no user (it needs a DNS subject-alternative name); AUTH is still needed"
+                            ),
+                        }
+                    }
+                    connection.run(stream, shutdown).await;
+                });
+            }
+        }
     }
 }
 
@@ -95,7 +159,11 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, mut stream: TcpStream, shutdown: CancellationToken) {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        mut stream: S,
+        shutdown: CancellationToken,
+    ) {
         metrics::gauge!(CONNECTIONS).increment(1.0);
         let mut input = BytesMut::with_capacity(4096);
         let mut output = Vec::with_capacity(4096);

@@ -93,6 +93,10 @@ fn start_line(service: &Service) -> String {
         .to_string()
 }
 
+/// How long a graceful stop may take: it makes the final commit and writes the index
+/// checkpoint, which grows with the keys (about 3 s at 10M here).
+const STOP_TIMEOUT: Duration = Duration::from_secs(600);
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -131,7 +135,7 @@ async fn main() -> Result<()> {
     let rss_loaded = bench::rss_mib(pid);
 
     let stopping = Instant::now();
-    tokio::task::block_in_place(|| service.stop())?;
+    tokio::task::block_in_place(|| service.stop_within(STOP_TIMEOUT))?;
     let stop = stopping.elapsed();
     let dir = checkpoint_dir(&service.data_dir());
     let (files, checkpoint_bytes) = dir_bytes(&dir)?;
@@ -147,7 +151,7 @@ async fn main() -> Result<()> {
         loaded_line.contains("from a checkpoint"),
         "the restart did not load the checkpoint: {loaded_line}"
     );
-    tokio::task::block_in_place(|| service.stop())?;
+    tokio::task::block_in_place(|| service.stop_within(STOP_TIMEOUT))?;
     std::fs::remove_dir_all(&dir)?;
     let (rebuilt, rss_rebuilt) = timed_start(&mut service, args.rows).await?;
     let rebuilt_line = start_line(&service);
@@ -155,7 +159,7 @@ async fn main() -> Result<()> {
         rebuilt_line.contains("rebuilt"),
         "the restart did not rebuild: {rebuilt_line}"
     );
-    tokio::task::block_in_place(|| service.stop())?;
+    tokio::task::block_in_place(|| service.stop_within(STOP_TIMEOUT))?;
 
     eprintln!("{loaded_line}\n{rebuilt_line}");
     let mib = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.0} MiB"));

@@ -262,3 +262,55 @@ fn a_spill_that_cannot_write_fails_without_losing_the_change() {
     }
     assert_eq!(index.len() as u64, last + 1);
 }
+
+#[test]
+fn a_reserved_index_loads_without_growing_and_a_spilling_one_reserves_within_its_limit() {
+    // Enough keys per shard (about 3,900) for the reservation's margin to stay small.
+    let keys: Vec<String> = (0..1_000_000u64).map(|i| format!("key-{i:09}")).collect();
+    let key_bytes: usize = keys.iter().map(String::len).sum();
+    let mut index = KeyIndex::new();
+    let f = index.file_id("a.parquet", &Struct::empty(), 0);
+    index.reserve(keys.len(), key_bytes);
+    let reserved = index.memory_bytes();
+    for (pos, key) in keys.iter().enumerate() {
+        let at = RowLocation {
+            file: f,
+            pos: pos as u64,
+        };
+        assert_eq!(index.insert(key.as_bytes(), at).unwrap(), None);
+    }
+    // Nothing grew (no shard rehashed or copied its arena), and every key is found.
+    assert_eq!(index.memory_bytes(), reserved);
+    assert_eq!(index.len(), keys.len());
+    for (pos, key) in keys.iter().enumerate().step_by(9973) {
+        assert_eq!(
+            index.get(key.as_bytes()).unwrap().map(|l| l.pos),
+            Some(pos as u64)
+        );
+    }
+    // Unreserved, the same load grows step by step (doubling) and ends about as large: the
+    // reservation costs little memory beyond what the load needs anyway.
+    let mut grown = KeyIndex::new();
+    let g = grown.file_id("a.parquet", &Struct::empty(), 0);
+    for (pos, key) in keys.iter().enumerate() {
+        let at = RowLocation {
+            file: g,
+            pos: pos as u64,
+        };
+        grown.insert(key.as_bytes(), at).unwrap();
+    }
+    assert!(
+        reserved <= grown.memory_bytes() / 10 * 11,
+        "reserved {reserved} B, grown {} B",
+        grown.memory_bytes()
+    );
+
+    // An index that spills does not reserve past its limit.
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = KeyIndex::with_spill(spill_config(dir.path(), 1 << 20));
+    let before = small.memory_bytes();
+    small.reserve(keys.len(), key_bytes);
+    assert_eq!(small.memory_bytes(), before);
+    small.reserve(1_000, 10_000);
+    assert!(small.memory_bytes() > before && small.memory_bytes() <= 1 << 20);
+}
