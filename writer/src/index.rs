@@ -328,16 +328,16 @@ impl<S: BuildHasher> KeyIndex<S> {
     /// step by step, rehashing and copying at each step. An index that spills reserves only
     /// what fits under its memory limit's spill point (nothing otherwise).
     pub fn reserve(&mut self, keys: usize, key_bytes: usize) {
+        if keys == 0 {
+            return;
+        }
         // Hashes spread keys over the shards binomially: a shard's count stays within a few
         // standard deviations (about the square root) of the mean. Six of them, plus a
         // sixteenth for uneven key lengths, leave no shard growing in practice.
         let per = keys.div_ceil(SHARDS);
         let slots = per + per / 16 + 6 * per.isqrt() + 16;
-        let bytes = match keys {
-            0 => 0,
-            _ => usize::try_from(slots as u128 * key_bytes as u128 / keys as u128)
-                .unwrap_or(usize::MAX),
-        };
+        let bytes =
+            usize::try_from(slots as u128 * key_bytes as u128 / keys as u128).unwrap_or(usize::MAX);
         if let Some(limit) = self.memory_limit() {
             // Tables keep at least an eighth of their buckets free.
             let wanted = SHARDS * (slots * 8 / 7 * (std::mem::size_of::<Slot>() + 1) + bytes);

@@ -50,7 +50,7 @@ pub(crate) async fn rebuild_index(
     metadata: &TableMetadata,
     codec: &RecordCodec,
     key_field_ids: &[i32],
-    index: KeyIndex,
+    mut index: KeyIndex,
 ) -> WriteResult<Rebuilt> {
     let live = committer.live_files(file_io, metadata, None).await?;
     let mut planned = plan_live(metadata, &live);
@@ -61,7 +61,6 @@ pub(crate) async fn rebuild_index(
     // key bytes are not known; the arenas grow as they go).
     let rows: u64 = planned.iter().map(|f| f.data_file.record_count()).sum();
     let gone: usize = deleted.values().map(BTreeSet::len).sum();
-    let mut index = index;
     index.reserve(
         usize::try_from(rows)
             .unwrap_or(usize::MAX)

@@ -59,12 +59,8 @@ impl Authenticator {
         if let Some(certs) = request.peer_certs()
             && let Some(cert) = certs.first()
         {
-            return match certificate_user(cert) {
-                Some(user) => Ok(Principal::User {
-                    name: user,
-                    via: AuthMethod::Certificate,
-                    token_id: None,
-                }),
+            return match certificate_principal(cert) {
+                Some(principal) => Ok(principal),
                 None => Err(ApiError::Unauthenticated {
                     reason: "the client certificate names no user: it needs a DNS \
                              subject-alternative name"
@@ -128,10 +124,19 @@ pub(crate) fn bearer_of(metadata: &tonic::metadata::MetadataMap) -> Option<Strin
     }
 }
 
-/// The user a client certificate names: its first DNS subject-alternative name.
-pub(crate) fn certificate_user(cert: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
+/// The user a verified client certificate names (its first DNS subject-alternative name), as
+/// a principal; `None` when it names none. gRPC and the RESP endpoint both map certificates
+/// through this.
+pub(crate) fn certificate_principal(
+    cert: &rustls_pki_types::CertificateDer<'_>,
+) -> Option<Principal> {
     let cert = webpki::EndEntityCert::try_from(cert).ok()?;
-    cert.valid_dns_names().next().map(str::to_string)
+    let name = cert.valid_dns_names().next()?.to_string();
+    Some(Principal::User {
+        name,
+        via: AuthMethod::Certificate,
+        token_id: None,
+    })
 }
 
 impl Interceptor for Authenticator {

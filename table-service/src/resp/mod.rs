@@ -33,7 +33,7 @@ use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use unitable_core::naming::TableName;
@@ -93,59 +93,11 @@ pub(crate) async fn serve_resp(
         };
         let shutdown = shutdown.child_token();
         match &tls {
-            None => {
-                tokio::spawn(connection.run(stream, shutdown));
-            }
-            Some(tls) => {
-                // The handshake runs on the connection's task: a slow client never holds up
-                // the accept loop.
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let peer = stream.peer_addr().ok();
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::info!(
-                                ?peer,
-                                "RESP TLS handshake failed (a plaintext client, or an untrusted certificate?): {e}"
-                            );
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(
-                                ?peer,
-                                "RESP TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closing"
-                            );
-                            return;
-                        }
-                    };
-                    let mut connection = connection;
-                    let certificate = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(<[_]>::first);
-                    if let Some(cert) = certificate {
-                        match crate::access::auth::certificate_user(cert) {
-                            Some(user) => {
-                                connection.who = Some(Principal::User {
-                                    name: user,
-                                    via: AuthMethod::Certificate,
-                                    token_id: None,
-                                });
-                            }
-                            None => tracing::info!(
-                                ?peer,
-                                "the RESP client's certificate names no user (it needs a DNS subject-alternative name); AUTH is still needed"
-                            ),
-                        }
-                    }
-                    connection.run(stream, shutdown).await;
-                });
-            }
-        }
+            None => tokio::spawn(connection.run(stream, shutdown)),
+            // The handshake runs on the connection's task: a slow client never holds up the
+            // accept loop.
+            Some(tls) => tokio::spawn(connection.run_tls(tls.clone(), stream, shutdown)),
+        };
     }
 }
 
@@ -159,6 +111,44 @@ struct Connection {
 }
 
 impl Connection {
+    /// [`Connection::run`] after a TLS handshake (limited to [`HANDSHAKE_TIMEOUT`]); a client
+    /// certificate naming a user authenticates the connection as that user.
+    async fn run_tls(mut self, tls: TlsAcceptor, stream: TcpStream, shutdown: CancellationToken) {
+        let peer = stream.peer_addr().ok();
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::info!(
+                    ?peer,
+                    "RESP TLS handshake failed (a plaintext client, or an untrusted certificate?): {e}"
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::info!(
+                    ?peer,
+                    "RESP TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closing"
+                );
+                return;
+            }
+        };
+        if let Some(cert) = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+        {
+            match crate::access::auth::certificate_principal(cert) {
+                Some(principal) => self.who = Some(principal),
+                None => tracing::info!(
+                    ?peer,
+                    "the RESP client's certificate names no user (it needs a DNS subject-alternative name); AUTH is still needed"
+                ),
+            }
+        }
+        self.run(stream, shutdown).await;
+    }
+
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         mut self,
         mut stream: S,
