@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::naming::{TableName, TopicName};
 use crate::table::{Column, ColumnChange, TableDef, TableState};
 
+/// How long a topic just created may still be reported missing by some broker.
+const NEW_TOPIC_VISIBLE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Creates, describes, lists, alters and drops tables (catalog entry + changelog topic).
 #[derive(Debug, Clone)]
 pub struct TableAdmin {
@@ -416,7 +419,7 @@ impl TableAdmin {
     async fn ensure_unwritten(&self, topic: &TopicName, partitions: u32) -> Result<()> {
         let (mut records, mut written) = (0u64, 0u64);
         for p in 0..partitions {
-            let w = self.changelog.watermarks(topic, PartitionId(p)).await?;
+            let w = self.visible_watermarks(topic, PartitionId(p)).await?;
             written += u64::try_from(w.high.0).unwrap_or(0);
             records += u64::try_from(w.high.0 - w.low.0).unwrap_or(0);
         }
@@ -429,6 +432,27 @@ impl TableAdmin {
             written,
         }
         .into())
+    }
+
+    /// `partition`'s watermarks, asking again while the cluster reports the topic missing: the
+    /// topic was just created or seen, and a broker that answers first may not know it yet
+    /// (Kafka spreads a new topic's metadata to its brokers asynchronously).
+    async fn visible_watermarks(
+        &self,
+        topic: &TopicName,
+        partition: PartitionId,
+    ) -> Result<crate::changelog::Watermarks> {
+        let deadline = std::time::Instant::now() + NEW_TOPIC_VISIBLE;
+        loop {
+            match self.changelog.watermarks(topic, partition).await {
+                Err(
+                    ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. },
+                ) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// The table's changelog topic as the backend reports it, compared with the table's
