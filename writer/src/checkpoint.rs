@@ -43,7 +43,7 @@ use bytes::Bytes;
 use iceberg::io::FileIO;
 use iceberg::spec::{DataContentType, TableMetadata};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -438,9 +438,11 @@ pub(crate) struct Restored {
 pub(crate) struct Phases {
     /// Listing the checkpoints and reading the head's manifests (at the same time).
     pub(crate) list_and_plan: Duration,
-    /// Fetching and decoding the checkpoint.
+    /// Fetching the checkpoint and reading its footer.
     pub(crate) read: Duration,
-    /// Reading what changed since it and filling the index.
+    /// Decoding its entries into the index.
+    pub(crate) load: Duration,
+    /// Reading what changed since it (new deletes and data files) into the index.
     pub(crate) catch_up: Duration,
 }
 
@@ -506,18 +508,13 @@ async fn restore_from(
 ) -> Result<Restored, String> {
     let started = Instant::now();
     let bytes = read_bytes(file_io, path).await.map_err(|e| e.to_string())?;
-    let task_path = path.to_string();
-    let (header, batches) =
-        tokio::task::spawn_blocking(move || decode(&task_path, bytes).map_err(|e| e.to_string()))
-            .await
-            .map_err(|e| format!("decoder task failed: {e}"))??;
-    check_header(&header, metadata, key_field_ids)?;
+    let opened = open(path, bytes).map_err(|e| e.to_string())?;
+    check_header(&opened.header, metadata, key_field_ids)?;
     let read = started.elapsed();
     let mut restored = catch_up(
         file_io,
         path,
-        header,
-        batches,
+        opened,
         metadata,
         live,
         codec,
@@ -527,14 +524,22 @@ async fn restore_from(
     .await
     .map_err(|e| e.to_string())?;
     restored.phases.read = read;
-    restored.phases.catch_up = started.elapsed() - read;
+    restored.phases.catch_up = started.elapsed() - read - restored.phases.load;
     Ok(restored)
 }
 
-/// Parquet bytes -> header and entry batches.
-fn decode(path: &str, bytes: Bytes) -> WriteResult<(Header, Vec<RecordBatch>)> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| failed(path, e))?;
-    let json = builder
+/// A checkpoint's bytes with its footer read.
+struct Opened {
+    header: Header,
+    bytes: Bytes,
+    metadata: ArrowReaderMetadata,
+}
+
+/// Reads the footer and header of a checkpoint (its entries are decoded by [`load`]).
+fn open(path: &str, bytes: Bytes) -> WriteResult<Opened> {
+    let metadata =
+        ArrowReaderMetadata::load(&bytes, Default::default()).map_err(|e| failed(path, e))?;
+    let json = metadata
         .metadata()
         .file_metadata()
         .key_value_metadata()
@@ -551,20 +556,122 @@ fn decode(path: &str, bytes: Bytes) -> WriteResult<(Header, Vec<RecordBatch>)> {
             ),
         ));
     }
-    let batches = builder
-        .with_batch_size(BATCH_ROWS)
-        .build()
-        .map_err(|e| failed(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| failed(path, e))?;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    if rows as u64 != header.keys {
+    let rows = metadata.metadata().file_metadata().num_rows();
+    if u64::try_from(rows).ok() != Some(header.keys) {
         return Err(failed(
             path,
             format!("holds {rows} entries, its header says {}", header.keys),
         ));
     }
-    Ok((header, batches))
+    Ok(Opened {
+        header,
+        bytes,
+        metadata,
+    })
+}
+
+/// Where the entries of one checkpoint data file go: the file's id in the index and the
+/// positions deleted since the checkpoint; `None` when the file is no longer live.
+type FileTarget = Option<(FileId, BTreeSet<i64>)>;
+
+/// Threads that decode and insert a checkpoint's entries.
+fn load_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// Decodes the checkpoint's entries into `index`, a few row groups at a time: each round
+/// decodes one row group per thread, then inserts the round's entries with
+/// [`KeyIndex::insert_many`] on the same threads. Only one round's entries are in memory at
+/// once. Runs on a blocking thread.
+fn load(
+    path: &str,
+    opened: &Opened,
+    targets: &[FileTarget],
+    index: &mut KeyIndex,
+) -> WriteResult<()> {
+    let threads = load_threads();
+    let groups = opened.metadata.metadata().row_groups();
+    // Each key is stored as a 4-byte length and its bytes (plain encoding, no dictionary).
+    let key_bytes: i64 = groups
+        .iter()
+        .map(|g| g.column(0).uncompressed_size() - 4 * g.num_rows())
+        .sum();
+    index.reserve(
+        opened.header.keys as usize,
+        usize::try_from(key_bytes).unwrap_or(0),
+    );
+    let numbers: Vec<usize> = (0..groups.len()).collect();
+    for round in numbers.chunks(threads) {
+        let decoded: Vec<WriteResult<Vec<RecordBatch>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = round
+                .iter()
+                .map(|&g| scope.spawn(move || decode_group(path, opened, g, targets.len())))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let batches = decoded.into_iter().collect::<WriteResult<Vec<_>>>()?;
+        let batches: Vec<&RecordBatch> = batches.iter().flatten().collect();
+        index.insert_many(threads, |sink| {
+            for batch in &batches {
+                // Checked by `decode_group`.
+                let (Some(keys), Some(numbers), Some(positions)) = (
+                    column::<BinaryArray>(batch, 0),
+                    column::<UInt32Array>(batch, 1),
+                    column::<UInt64Array>(batch, 2),
+                ) else {
+                    continue;
+                };
+                for row in 0..batch.num_rows() {
+                    let Some(Some((file, gone))) = targets.get(numbers.value(row) as usize) else {
+                        continue;
+                    };
+                    let pos = positions.value(row);
+                    if gone.contains(&(pos as i64)) {
+                        continue;
+                    }
+                    sink(keys.value(row), RowLocation { file: *file, pos });
+                }
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Row group `group` of the checkpoint, its columns and file numbers checked.
+fn decode_group(
+    path: &str,
+    opened: &Opened,
+    group: usize,
+    files: usize,
+) -> WriteResult<Vec<RecordBatch>> {
+    let batches = ParquetRecordBatchReaderBuilder::new_with_metadata(
+        opened.bytes.clone(),
+        opened.metadata.clone(),
+    )
+    .with_row_groups(vec![group])
+    .with_batch_size(BATCH_ROWS)
+    .build()
+    .map_err(|e| failed(path, e))?
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| failed(path, e))?;
+    for batch in &batches {
+        let bad = |what: &str| failed(path, format!("column `{what}` is missing or mistyped"));
+        column::<BinaryArray>(batch, 0).ok_or_else(|| bad("key"))?;
+        column::<UInt64Array>(batch, 2).ok_or_else(|| bad("pos"))?;
+        let numbers = column::<UInt32Array>(batch, 1).ok_or_else(|| bad("file"))?;
+        if let Some(beyond) = numbers.values().iter().find(|&&n| n as usize >= files) {
+            return Err(failed(
+                path,
+                format!(
+                    "an entry of row group {group} names file number {beyond}, beyond its list of {files}"
+                ),
+            ));
+        }
+    }
+    Ok(batches)
 }
 
 /// Whether the checkpoint describes this table's keys at an ancestor of the head whose
@@ -617,8 +724,7 @@ fn check_header(
 async fn catch_up(
     file_io: &FileIO,
     path: &str,
-    header: Header,
-    batches: Vec<RecordBatch>,
+    opened: Opened,
     metadata: &TableMetadata,
     live: &[TrackedFile],
     codec: &RecordCodec,
@@ -631,6 +737,7 @@ async fn catch_up(
     {
         return Err(failed(path, "the table has equality deletes"));
     }
+    let header = &opened.header;
     let planned = plan_live(metadata, live);
     let old_data: HashSet<&str> = header.data_files.iter().map(String::as_str).collect();
     let old_deletes: HashSet<&str> = header.delete_files.iter().map(String::as_str).collect();
@@ -654,51 +761,36 @@ async fn catch_up(
         }
     }
     let to_read: Vec<_> = to_read.into_values().collect();
-    let deleted = read_position_deletes(file_io, &to_read).await?;
-    let none = BTreeSet::new();
+    let mut deleted = read_position_deletes(file_io, &to_read).await?;
 
-    // The checkpoint's entries whose rows are still live.
+    // Checkpoint file number -> its index file id and newly deleted positions (the
+    // checkpoint's files and the new ones are disjoint, so their deletes move here).
     let live_data: HashMap<&str, &PlannedFile> = planned
         .iter()
         .map(|f| (f.data_file.file_path(), f))
         .collect();
-    // Checkpoint file number -> (index file id, newly deleted positions); None: gone.
-    let mut files: Vec<Option<(FileId, &BTreeSet<i64>)>> =
-        Vec::with_capacity(header.data_files.len());
-    for p in &header.data_files {
-        files.push(live_data.get(p.as_str()).map(|f| {
-            (
-                index.file_id(p, f.data_file.partition(), f.spec_id),
-                deleted.get(p.as_str()).unwrap_or(&none),
-            )
-        }));
-    }
-    let (entries, key_bytes) = batches.iter().fold((0, 0), |(n, b), batch| {
-        let bytes = column::<BinaryArray>(batch, 0).map_or(0, |k| k.values().len());
-        (n + batch.num_rows(), b + bytes)
-    });
-    index.reserve(entries, key_bytes);
-    for batch in &batches {
-        let bad = |what: &str| failed(path, format!("column `{what}` is missing or mistyped"));
-        let keys = column::<BinaryArray>(batch, 0).ok_or_else(|| bad("key"))?;
-        let numbers = column::<UInt32Array>(batch, 1).ok_or_else(|| bad("file"))?;
-        let positions = column::<UInt64Array>(batch, 2).ok_or_else(|| bad("pos"))?;
-        for row in 0..batch.num_rows() {
-            let number = numbers.value(row) as usize;
-            let Some(slot) = files.get(number) else {
-                return Err(failed(
-                    path,
-                    format!("entry {row} names file number {number}, beyond its file list"),
-                ));
-            };
-            let Some((id, gone)) = slot else { continue };
-            let pos = positions.value(row);
-            if gone.contains(&(pos as i64)) {
-                continue;
-            }
-            index.insert(keys.value(row), RowLocation { file: *id, pos })?;
-        }
-    }
+    let targets: Vec<FileTarget> = header
+        .data_files
+        .iter()
+        .map(|p| {
+            live_data.get(p.as_str()).map(|f| {
+                (
+                    index.file_id(p, f.data_file.partition(), f.spec_id),
+                    deleted.remove(p.as_str()).unwrap_or_default(),
+                )
+            })
+        })
+        .collect();
+    let loading = Instant::now();
+    let task_path = path.to_string();
+    let (index, opened) = tokio::task::spawn_blocking(move || {
+        load(&task_path, &opened, &targets, &mut index).map(|()| (index, opened))
+    })
+    .await
+    .map_err(|e| WriteError::Internal {
+        reason: format!("checkpoint loader task failed: {e}"),
+    })??;
+    let load_time = loading.elapsed();
 
     // Rows of the data files added since.
     let mut rebuilt = Rebuilt {
@@ -718,11 +810,14 @@ async fn catch_up(
     Ok(Restored {
         rebuilt,
         path: path.to_string(),
-        snapshot_id: header.snapshot_id,
-        checkpoint_keys: header.keys,
+        snapshot_id: opened.header.snapshot_id,
+        checkpoint_keys: opened.header.keys,
         new_files: new_data.len() as u64,
         new_rows,
-        phases: Phases::default(),
+        phases: Phases {
+            load: load_time,
+            ..Phases::default()
+        },
     })
 }
 

@@ -371,6 +371,7 @@ impl TableCommitter {
                     new_rows = restored.new_rows, keys = restored.rebuilt.index.len(),
                     list_and_plan_ms = restored.phases.list_and_plan.as_millis() as u64,
                     read_ms = restored.phases.read.as_millis() as u64,
+                    load_ms = restored.phases.load.as_millis() as u64,
                     catch_up_ms = restored.phases.catch_up.as_millis() as u64,
                     took_ms = started.elapsed().as_millis() as u64,
                     "loaded the primary-key index from a checkpoint"

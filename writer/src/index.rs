@@ -427,6 +427,17 @@ impl<S: BuildHasher> KeyIndex<S> {
         key: &[u8],
         location: RowLocation,
     ) -> Result<Option<RowLocation>, IndexError> {
+        self.insert_with(key, location, |_, _| {})
+    }
+
+    /// [`KeyIndex::insert`], calling `replaced` with the file and position of the key's
+    /// previous row (before the file is unregistered if that was its last live key).
+    fn insert_with(
+        &mut self,
+        key: &[u8],
+        location: RowLocation,
+        replaced: impl FnOnce(&IndexedFile, u64),
+    ) -> Result<Option<RowLocation>, IndexError> {
         let hash = hash_of(&self.hasher, key);
         let s = shard_of(hash);
         let before = self.shards[s].resident_bytes();
@@ -446,12 +457,94 @@ impl<S: BuildHasher> KeyIndex<S> {
         // unregister it.
         self.add_live(location.file, 1);
         match previous {
-            Some(p) => self.add_live(p.file, -1),
+            Some(p) => {
+                if let Some(file) = self.file(p.file) {
+                    replaced(file, p.pos);
+                }
+                self.add_live(p.file, -1);
+            }
             None => self.len += 1,
         }
         self.resident = self.resident - before + self.shards[s].resident_bytes();
         self.enforce_limit()?;
         Ok(previous)
+    }
+
+    /// Inserts many entries, as [`KeyIndex::insert`] of each in the order `entries` yields
+    /// them would, using up to `threads` threads: each owns a range of the shards, runs
+    /// `entries` (which must yield the same entries in the same order on every call) and
+    /// keeps the entries of its shards, so every key's entries are applied in order. Returns
+    /// the file and position of each row whose key was already indexed (its entry replaced).
+    ///
+    /// The threads work on shards that are resident; once any shard has spilled this inserts
+    /// on the calling thread. The memory limit is enforced after the whole call, so an index
+    /// that spills can exceed it by what one call adds: callers feed it a bounded chunk.
+    pub fn insert_many<F>(
+        &mut self,
+        threads: usize,
+        entries: F,
+    ) -> Result<Vec<(IndexedFile, u64)>, IndexError>
+    where
+        F: Fn(&mut EntrySink<'_>) + Sync,
+        S: Sync,
+    {
+        let threads = threads.clamp(1, SHARDS);
+        let mut replaced = Vec::new();
+        if threads == 1 || self.shards.iter().any(|s| s.run.is_some()) {
+            let mut failure = None;
+            entries(&mut |key, location| {
+                if failure.is_none()
+                    && let Err(e) = self.insert_with(key, location, |file, pos| {
+                        replaced.push((file.clone(), pos));
+                    })
+                {
+                    failure = Some(e);
+                }
+            });
+            return failure.map_or(Ok(replaced), Err);
+        }
+        let per = SHARDS.div_ceil(threads);
+        let files = self.files.len();
+        let hasher = &self.hasher;
+        let entries = &entries;
+        let outcomes: Vec<ShardsLoaded> = std::thread::scope(|scope| {
+            let workers: Vec<_> = self
+                .shards
+                .chunks_mut(per)
+                .enumerate()
+                .map(|(t, shards)| {
+                    scope.spawn(move || load_shards(hasher, t * per, shards, files, entries))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        // Resolve the replaced rows' files before any live count changes.
+        let mut live = vec![0i64; files];
+        for outcome in &outcomes {
+            self.len += outcome.added;
+            for (file, delta) in live.iter_mut().zip(&outcome.live) {
+                *file += delta;
+            }
+            for previous in &outcome.replaced {
+                if let Some(file) = self.file(previous.file) {
+                    replaced.push((file.clone(), previous.pos));
+                }
+            }
+        }
+        for (file, delta) in live.into_iter().enumerate() {
+            if delta != 0 {
+                self.add_live(file as FileId, delta);
+            }
+        }
+        self.resident = self.shards.iter().map(Shard::resident_bytes).sum();
+        self.enforce_limit()?;
+        Ok(replaced)
     }
 
     /// Removes `key`; returns where its row was.
@@ -642,6 +735,62 @@ impl<S: BuildHasher> KeyIndex<S> {
         metrics::counter!(m::INDEX_SPILLS, "table" => config.table.clone()).increment(1);
         Ok(())
     }
+}
+
+/// What [`KeyIndex::insert_many`]'s entries are given: called with each key and location.
+pub type EntrySink<'a> = dyn FnMut(&[u8], RowLocation) + 'a;
+
+/// What one thread of [`KeyIndex::insert_many`] did to its shards.
+struct ShardsLoaded {
+    /// Keys added.
+    added: usize,
+    /// Change of each file's live keys, by file id.
+    live: Vec<i64>,
+    /// Locations replaced.
+    replaced: Vec<RowLocation>,
+}
+
+/// Inserts the entries of `shards` (resident, the shards numbered from `first`) that
+/// `entries` yields, in order.
+fn load_shards<S: BuildHasher>(
+    hasher: &S,
+    first: usize,
+    shards: &mut [Shard],
+    files: usize,
+    entries: &(dyn Fn(&mut EntrySink<'_>) + Sync),
+) -> ShardsLoaded {
+    let mut out = ShardsLoaded {
+        added: 0,
+        live: vec![0; files],
+        replaced: Vec::new(),
+    };
+    entries(&mut |key, location| {
+        let hash = hash_of(hasher, key);
+        let Some(shard) = shard_of(hash)
+            .checked_sub(first)
+            .and_then(|i| shards.get_mut(i))
+        else {
+            return;
+        };
+        match shard.update(hash, key, location.file, location.pos) {
+            Some(Some(previous)) => {
+                out.replaced.push(previous);
+                if let Some(n) = out.live.get_mut(previous.file as usize) {
+                    *n -= 1;
+                }
+            }
+            // A tombstone exists only in a spilled shard, which this never sees.
+            Some(None) => out.added += 1,
+            None => {
+                shard.add(hasher, hash, key, location.file, location.pos);
+                out.added += 1;
+            }
+        }
+        if let Some(n) = out.live.get_mut(location.file as usize) {
+            *n += 1;
+        }
+    });
+    out
 }
 
 /// The spill file, which exists whenever a shard has a run.

@@ -314,3 +314,75 @@ fn a_reserved_index_loads_without_growing_and_a_spilling_one_reserves_within_its
     small.reserve(1_000, 10_000);
     assert!(small.memory_bytes() > before && small.memory_bytes() <= 1 << 20);
 }
+
+/// Entries for the bulk-insert tests: 200,000 keys, a tenth of them twice (the second in a
+/// later file), over 8 files, in one fixed order. Positions are unique, so they name entries.
+fn bulk_entries() -> Vec<(Vec<u8>, u64, u64)> {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut entries: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+    for pos in 0..200_000u64 {
+        let n = rng.next() % 180_000;
+        entries.push((format!("{{\"id\":{n}}}").into_bytes(), pos % 8, pos));
+    }
+    entries
+}
+
+/// Loads [`bulk_entries`] (after a few keys inserted one by one, some of which the bulk
+/// replaces) into `index` with `threads` threads; checks every key, the replaced rows and the
+/// files in use against a map that applied the same entries in order.
+fn bulk_insert_matches_the_model(mut index: KeyIndex, threads: usize) -> KeyIndex {
+    let path_of = |f: u64| format!("s3://warehouse/ns/t/data/{f:05}.parquet");
+    let mut model: BTreeMap<Vec<u8>, (String, u64)> = BTreeMap::new();
+    // File 9 holds keys before the bulk: those the bulk names again are replaced, and file 9
+    // (whose every key is replaced) leaves the files in use.
+    let early = index.file_id(&path_of(9), &Struct::empty(), 0);
+    for n in [3u64, 5, 170_001, 179_999] {
+        let key = format!("{{\"id\":{n}}}").into_bytes();
+        let pos = 1_000_000 + n;
+        index.insert(&key, RowLocation { file: early, pos }).unwrap();
+        model.insert(key, (path_of(9), pos));
+    }
+    let entries = bulk_entries();
+    let ids: Vec<FileId> = (0..8)
+        .map(|f| index.file_id(&path_of(f), &Struct::empty(), 0))
+        .collect();
+    let mut want_replaced = BTreeSet::new();
+    for (key, f, pos) in &entries {
+        if let Some((path, old)) = model.insert(key.clone(), (path_of(*f), *pos)) {
+            want_replaced.insert((path, old));
+        }
+    }
+    let replaced = index
+        .insert_many(threads, |sink| {
+            for (key, f, pos) in &entries {
+                sink(key, RowLocation { file: ids[*f as usize], pos: *pos });
+            }
+        })
+        .unwrap();
+    let replaced: BTreeSet<(String, u64)> = replaced
+        .into_iter()
+        .map(|(file, pos)| (file.path.to_string(), pos))
+        .collect();
+    assert_eq!(replaced, want_replaced, "{threads} threads");
+    assert_matches_model(&index, &model);
+    // The index still takes single inserts and removes afterwards.
+    let key = b"{\"id\":3}";
+    assert!(index.remove(key).unwrap().is_some());
+    model.remove(key.as_slice());
+    assert_matches_model(&index, &model);
+    index
+}
+
+#[test]
+fn a_bulk_insert_on_several_threads_equals_inserting_in_order() {
+    for threads in [1, 2, 3, 8] {
+        bulk_insert_matches_the_model(KeyIndex::new(), threads);
+    }
+    // An index that spills inserts on the calling thread once a shard has spilled; the result
+    // is the same.
+    let dir = tempfile::tempdir().unwrap();
+    let index = KeyIndex::with_spill(spill_config(dir.path(), 1 << 20));
+    let index = bulk_insert_matches_the_model(index, 4);
+    assert!(index.spills() > 0);
+    assert!(index.memory_bytes() <= 1 << 20);
+}
