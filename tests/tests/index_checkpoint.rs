@@ -228,3 +228,81 @@ async fn a_broken_checkpoint_falls_back_to_a_rebuild() -> Result<()> {
     ensure!(checkpoints(&service.data_dir())?.len() == 2);
     Ok(())
 }
+
+/// PyIceberg appends rows for keys the table already holds while the server is down.
+fn append_with_pyiceberg(data_dir: &Path, ids: &[i64]) -> Result<()> {
+    let script = r#"
+import sys
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+d = sys.argv[1]
+c = SqlCatalog("unitable", uri=f"sqlite:///{d}/catalog.db", warehouse=f"file://{d}/warehouse")
+t = c.load_table(sys.argv[2])
+ids = [int(x) for x in sys.argv[3].split(",")]
+t.append(pa.table({
+    "id": pa.array(ids, pa.int64()),
+    "v": pa.array([f"py-{i}" for i in ids], pa.string()),
+    "n": pa.array([None] * len(ids), pa.int64()),
+}, schema=t.schema().as_arrow()))
+"#;
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let out = std::process::Command::new(unitable_tests::python_bin()?)
+        .args(["-c", script])
+        .arg(data_dir)
+        .arg(TABLE)
+        .arg(ids.join(","))
+        .output()
+        .context("running PyIceberg")?;
+    ensure!(
+        out.status.success(),
+        "PyIceberg append failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Another writer (PyIceberg) appends rows whose keys are live: the table then holds those keys
+/// twice. The next start cannot use the checkpoint (a snapshot after it is not unitable's),
+/// rebuilds the index on several threads, finds each key twice and deletes the older copy in
+/// its next commit: PyIceberg then reads every key once, with the appended value.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_another_writer_appended_twice_are_healed_after_a_rebuild() -> Result<()> {
+    let mut service = start().await?;
+    create_kv_table_as(&service, TABLE, 2, &[], Vec::new()).await?;
+    let mut rng = Rng(0x5eed_1dc4_2025_0003);
+    let mut model = BTreeMap::new();
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+    random_writes(&mut client, &mut rng, &mut model, KEYS, 20, true, "a").await?;
+    tokio::task::block_in_place(|| service.stop())?;
+
+    let twice: Vec<i64> = model.keys().copied().step_by(5).collect();
+    ensure!(twice.len() > 10, "the model holds {} keys", model.len());
+    append_with_pyiceberg(&service.data_dir(), &twice)?;
+    for id in &twice {
+        model.insert(*id, format!("py-{id}"));
+    }
+
+    tokio::task::block_in_place(|| service.restart())?;
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+    settle(&mut client).await?;
+    let rebuilds = metric(
+        &service,
+        "unitable_committer_index_rebuilds_total",
+        &["reason=\"start\""],
+    )?;
+    ensure!(
+        rebuilds == 1.0,
+        "expected a rebuild at the start, found {rebuilds}:\n{}",
+        service.log()
+    );
+    let reported = service.log().matches("a key is live twice").count();
+    ensure!(
+        reported == twice.len(),
+        "{reported} keys reported live twice, {} appended again",
+        twice.len()
+    );
+    check_against_model(&service, &model).await?;
+    // The healed table keeps taking upserts and deletes of every key.
+    touch_every_key(&service, &mut model).await?;
+    check_against_model(&service, &model).await
+}

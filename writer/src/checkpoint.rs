@@ -58,7 +58,7 @@ use unitable_core::storage::list_files;
 
 use crate::error::{WriteError, WriteResult};
 use crate::index::{FileId, KeyIndex, RowLocation};
-use crate::recovery::{Rebuilt, index_files_rows};
+use crate::recovery::{Rebuilt, index_files_rows, insert_threads};
 
 /// Footer key of the checkpoint header.
 const HEADER_KEY: &str = "unitable.index-checkpoint";
@@ -457,7 +457,7 @@ pub(crate) async fn restore(
     file_io: &FileIO,
     storage_props: &HashMap<String, String>,
     metadata: &TableMetadata,
-    codec: &RecordCodec,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
     empty: impl Fn() -> KeyIndex,
 ) -> Result<Restored, Unusable> {
@@ -502,7 +502,7 @@ async fn restore_from(
     path: &str,
     metadata: &TableMetadata,
     live: &[TrackedFile],
-    codec: &RecordCodec,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
     index: KeyIndex,
 ) -> Result<Restored, String> {
@@ -574,11 +574,6 @@ fn open(path: &str, bytes: Bytes) -> WriteResult<Opened> {
 /// positions deleted since the checkpoint; `None` when the file is no longer live.
 type FileTarget = Option<(FileId, BTreeSet<i64>)>;
 
-/// Threads that decode and insert a checkpoint's entries.
-fn load_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-}
-
 /// Decodes the checkpoint's entries into `index`, a few row groups at a time: each round
 /// decodes one row group per thread, then inserts the round's entries with
 /// [`KeyIndex::insert_many`] on the same threads. Only one round's entries are in memory at
@@ -589,7 +584,7 @@ fn load(
     targets: &[FileTarget],
     index: &mut KeyIndex,
 ) -> WriteResult<()> {
-    let threads = load_threads();
+    let threads = insert_threads();
     let groups = opened.metadata.metadata().row_groups();
     // Each key is stored as a 4-byte length and its bytes (plain encoding, no dictionary).
     let key_bytes: i64 = groups
@@ -727,7 +722,7 @@ async fn catch_up(
     opened: Opened,
     metadata: &TableMetadata,
     live: &[TrackedFile],
-    codec: &RecordCodec,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
     mut index: KeyIndex,
 ) -> WriteResult<Restored> {

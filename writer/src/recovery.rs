@@ -4,6 +4,7 @@
 //! snapshots added and points their keys there.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use unitable_core::commit::files::roots_with_field_ids;
 
 use iceberg::spec::DataContentType;
@@ -48,7 +49,7 @@ pub(crate) async fn rebuild_index(
     committer: &Committer,
     file_io: &FileIO,
     metadata: &TableMetadata,
-    codec: &RecordCodec,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
     mut index: KeyIndex,
 ) -> WriteResult<Rebuilt> {
@@ -96,7 +97,7 @@ const KEY_READ_CONCURRENCY: usize = 16;
 /// rows indexed.
 pub(crate) async fn index_files_rows(
     file_io: &FileIO,
-    codec: &RecordCodec,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
     files: &[&PlannedFile],
     deleted: &HashMap<String, BTreeSet<i64>>,
@@ -124,7 +125,7 @@ pub(crate) async fn index_files_rows(
 /// [`live_keys`] of `file`, with the file.
 async fn file_keys<'a>(
     file_io: &FileIO,
-    codec: &RecordCodec,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
     file: &'a PlannedFile,
     gone: &BTreeSet<i64>,
@@ -151,74 +152,87 @@ fn index_keys(
     let path = file.data_file.file_path();
     let index = &mut rebuilt.index;
     let id = index.file_id(path, file.data_file.partition(), file.spec_id);
-    let indexed = keys.len() as u64;
-    for (key, pos) in keys {
-        // Look before inserting: replacing the last live key of a file unregisters it.
-        if let Some(older) = index.get(&key)?
-            && let Some(older_file) = index.file(older.file)
-        {
-            tracing::error!(
-                file = %path, pos, older = %older_file.path, older_pos = older.pos,
-                "a key is live twice in the table; the older copy will be deleted"
-            );
-            rebuilt.duplicates.push((
-                PositionDelete {
-                    file_path: older_file.path.to_string(),
-                    pos: older.pos as i64,
+    let replaced = index.insert_many(insert_threads(), |sink| {
+        for (key, pos) in &keys {
+            sink(
+                key,
+                RowLocation {
+                    file: id,
+                    pos: *pos,
                 },
-                older_file.partition.clone(),
-                older_file.spec_id,
-            ));
+            );
         }
-        index.insert(&key, RowLocation { file: id, pos })?;
+    })?;
+    for (older, older_pos) in replaced {
+        tracing::error!(
+            file = %path, older = %older.path, older_pos,
+            "a key is live twice in the table; the older copy will be deleted"
+        );
+        rebuilt.duplicates.push((
+            PositionDelete {
+                file_path: older.path.to_string(),
+                pos: older_pos as i64,
+            },
+            older.partition,
+            older.spec_id,
+        ));
     }
-    Ok(indexed)
+    Ok(keys.len() as u64)
+}
+
+/// Threads that insert keys into the index at a start ([`KeyIndex::insert_many`]).
+pub(crate) fn insert_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
 /// The canonical key and row position of every row of the data file at `path` whose position
 /// is not in `gone`, in row order.
 async fn live_keys(
     file_io: &FileIO,
-    codec: &RecordCodec,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
     path: &str,
     gone: &BTreeSet<i64>,
 ) -> WriteResult<Vec<(Bytes, u64)>> {
-    let batches = key_batches(file_io, path, key_field_ids).await?;
-    let mut out = Vec::new();
-    let mut pos: u64 = 0;
-    for batch in batches {
-        let (keys, errors) = codec.encode_keys(&batch)?;
-        if let Some(e) = errors.first() {
-            return Err(WriteError::Internal {
-                reason: format!("{path}: a live row has an invalid key: {e}"),
-            });
-        }
-        for key in keys {
-            let row_pos = pos + key.row as u64;
-            if !gone.contains(&(row_pos as i64)) {
-                out.push((key.key, row_pos));
-            }
-        }
-        pos += batch.num_rows() as u64;
+    let mut keys = all_keys(file_io, codec, key_field_ids, path).await?;
+    if !gone.is_empty() {
+        keys.retain(|(_, pos)| !gone.contains(&(*pos as i64)));
     }
-    Ok(out)
+    Ok(keys)
 }
 
-/// Reads the key columns of the data file at `path` (decoding off the async threads).
-async fn key_batches(
+/// The canonical key and row position of every row of the data file at `path`, in row order
+/// (read, decoded and encoded off the async threads, so that the keys of several files are
+/// made while the caller inserts others).
+async fn all_keys(
     file_io: &FileIO,
-    path: &str,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
-) -> WriteResult<Vec<RecordBatch>> {
+    path: &str,
+) -> WriteResult<Vec<(Bytes, u64)>> {
     let bytes = read_bytes(file_io, path).await?;
     let ids = key_field_ids.to_vec();
-    let path_for_task = path.to_string();
-    tokio::task::spawn_blocking(move || read_keys(&path_for_task, bytes, &ids))
-        .await
-        .map_err(|e| WriteError::Internal {
-            reason: format!("key reader task failed: {e}"),
-        })?
+    let path = path.to_string();
+    let codec = codec.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut pos: u64 = 0;
+        for batch in read_keys(&path, bytes, &ids)? {
+            let (keys, errors) = codec.encode_keys(&batch)?;
+            if let Some(e) = errors.first() {
+                return Err(WriteError::Internal {
+                    reason: format!("{path}: a live row has an invalid key: {e}"),
+                });
+            }
+            out.extend(keys.into_iter().map(|k| (k.key, pos + k.row as u64)));
+            pos += batch.num_rows() as u64;
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| WriteError::Internal {
+        reason: format!("key reader task failed: {e}"),
+    })?
 }
 
 /// Applies the `replace` snapshots `rewrites` (all committed after the index was last in step
@@ -231,7 +245,7 @@ pub(crate) async fn repoint_index(
     committer: &Committer,
     file_io: &FileIO,
     metadata: &TableMetadata,
-    codec: &RecordCodec,
+    codec: &Arc<RecordCodec>,
     key_field_ids: &[i32],
     index: &mut KeyIndex,
     rewrites: &HashSet<i64>,

@@ -339,7 +339,9 @@ fn bulk_insert_matches_the_model(mut index: KeyIndex, threads: usize) -> KeyInde
     for n in [3u64, 5, 170_001, 179_999] {
         let key = format!("{{\"id\":{n}}}").into_bytes();
         let pos = 1_000_000 + n;
-        index.insert(&key, RowLocation { file: early, pos }).unwrap();
+        index
+            .insert(&key, RowLocation { file: early, pos })
+            .unwrap();
         model.insert(key, (path_of(9), pos));
     }
     let entries = bulk_entries();
@@ -355,7 +357,13 @@ fn bulk_insert_matches_the_model(mut index: KeyIndex, threads: usize) -> KeyInde
     let replaced = index
         .insert_many(threads, |sink| {
             for (key, f, pos) in &entries {
-                sink(key, RowLocation { file: ids[*f as usize], pos: *pos });
+                sink(
+                    key,
+                    RowLocation {
+                        file: ids[*f as usize],
+                        pos: *pos,
+                    },
+                );
             }
         })
         .unwrap();
