@@ -44,6 +44,9 @@ use iceberg::io::FileIO;
 use iceberg::spec::{DataContentType, TableMetadata};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_writer::{
+    ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
+};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -264,14 +267,24 @@ pub(crate) async fn write(
     })
 }
 
-/// The index entries as Parquet, with `header` in the footer.
+/// Entries per row group of a checkpoint (about; a row group holds whole shards).
+const GROUP_ROWS: usize = 1 << 20;
+
+/// The index entries as Parquet, with `header` in the footer. Row groups are encoded on
+/// several threads, each from a range of the index's shards, and appended as they are done
+/// (their order does not matter to a load).
 fn encode(path: &str, header: &Header, index: &KeyIndex) -> WriteResult<Bytes> {
-    let file_numbers: HashMap<&str, u32> = header
+    let by_path: HashMap<&str, u32> = header
         .data_files
         .iter()
         .enumerate()
         .map(|(i, p)| (p.as_str(), i as u32))
         .collect();
+    // File id -> checkpoint file number.
+    let mut numbers: Vec<Option<u32>> = vec![None; index.file_id_bound()];
+    for (id, file) in index.files_by_id() {
+        numbers[id as usize] = by_path.get(file.path.as_ref()).copied();
+    }
     let json = serde_json::to_string(header).map_err(|e| failed(path, e))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
@@ -281,50 +294,123 @@ fn encode(path: &str, header: &Header, index: &KeyIndex) -> WriteResult<Bytes> {
         .set_key_value_metadata(Some(vec![KeyValue::new(HEADER_KEY.to_string(), json)]))
         .build();
     let schema = schema();
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+    let (mut file, factory) = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+        .and_then(ArrowWriter::into_serialized_writer)
         .map_err(|e| failed(path, e))?;
-    let mut numbers: HashMap<FileId, u32> = HashMap::new();
-    let mut builders = Builders::default();
-    let mut error: Option<WriteError> = None;
-    index
-        .for_each(|key, location| {
-        if error.is_some() {
-            return;
+    let threads = insert_threads();
+    let groups = index
+        .len()
+        .div_ceil(GROUP_ROWS)
+        .max(threads)
+        .min(crate::index::SHARDS);
+    let ranges: Vec<std::ops::Range<usize>> = (0..groups)
+        .map(|g| g * crate::index::SHARDS / groups..(g + 1) * crate::index::SHARDS / groups)
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let encoded = std::thread::scope(|scope| {
+        // A few row groups wait at most; a worker blocks until the file takes one.
+        let (done, arrived) = std::sync::mpsc::sync_channel(threads);
+        for _ in 0..threads {
+            let done = done.clone();
+            let (ranges, next, factory, schema, numbers) =
+                (&ranges, &next, &factory, &schema, &numbers);
+            scope.spawn(move || {
+                loop {
+                    let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(range) = ranges.get(g) else { break };
+                    let group =
+                        encode_group(index, range.clone(), numbers, schema, factory, g, header);
+                    let failed = group.is_err();
+                    if done.send(group).is_err() || failed {
+                        break;
+                    }
+                }
+            });
         }
-        let number = match numbers.get(&location.file) {
-            Some(&n) => n,
-            None => {
-                let found = index
-                    .file(location.file)
-                    .and_then(|f| file_numbers.get(f.path.as_ref()).copied());
-                let Some(n) = found else {
-                    error = Some(WriteError::Internal {
-                        reason: format!(
-                            "the index points into file id {}, which is not a live data file of snapshot {}",
-                            location.file, header.snapshot_id
-                        ),
-                    });
-                    return;
-                };
-                numbers.insert(location.file, n);
-                n
+        drop(done);
+        for group in arrived {
+            let chunks = group?;
+            if chunks.is_empty() {
+                continue;
             }
-        };
-        builders.push(key, number, location.pos);
-        if builders.len == BATCH_ROWS
-            && let Err(e) = builders.flush(&schema, &mut writer)
-        {
-            error = Some(failed(path, e));
+            let mut writer = file.next_row_group().map_err(|e| e.to_string())?;
+            for chunk in chunks {
+                chunk
+                    .append_to_row_group(&mut writer)
+                    .map_err(|e| e.to_string())?;
+            }
+            writer.close().map_err(|e| e.to_string())?;
         }
-    })?;
+        Ok::<(), String>(())
+    });
+    // On an error the receiver is gone: the workers' sends fail and they stop.
+    encoded.map_err(|e| failed(path, e))?;
+    let buffer = file.into_inner().map_err(|e| failed(path, e))?;
+    Ok(Bytes::from(buffer))
+}
+
+/// The entries of the index's `shards` as one row group's encoded column chunks (none when
+/// they hold no key).
+fn encode_group(
+    index: &KeyIndex,
+    shards: std::ops::Range<usize>,
+    numbers: &[Option<u32>],
+    schema: &Arc<Schema>,
+    factory: &ArrowRowGroupWriterFactory,
+    group: usize,
+    header: &Header,
+) -> Result<Vec<ArrowColumnChunk>, String> {
+    let mut writers = factory
+        .create_column_writers(group)
+        .map_err(|e| e.to_string())?;
+    let mut builders = Builders::default();
+    let mut rows = 0usize;
+    let mut error: Option<String> = None;
+    let flush = |builders: &mut Builders, writers: &mut Vec<ArrowColumnWriter>| {
+        let batch = builders.finish(schema)?;
+        for ((writer, field), column) in
+            writers.iter_mut().zip(schema.fields()).zip(batch.columns())
+        {
+            for leaf in compute_leaves(field, column).map_err(|e| e.to_string())? {
+                writer.write(&leaf).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok::<(), String>(())
+    };
+    index
+        .for_each_in(shards, |key, location| {
+            if error.is_some() {
+                return;
+            }
+            let Some(number) = numbers.get(location.file as usize).copied().flatten() else {
+                error = Some(format!(
+                    "the index points into file id {}, which is not a live data file of snapshot {}",
+                    location.file, header.snapshot_id
+                ));
+                return;
+            };
+            builders.push(key, number, location.pos);
+            rows += 1;
+            if builders.len == BATCH_ROWS
+                && let Err(e) = flush(&mut builders, &mut writers)
+            {
+                error = Some(e);
+            }
+        })
+        .map_err(|e| e.to_string())?;
     if let Some(e) = error {
         return Err(e);
     }
-    builders
-        .flush(&schema, &mut writer)
-        .map_err(|e| failed(path, e))?;
-    let buffer = writer.into_inner().map_err(|e| failed(path, e))?;
-    Ok(Bytes::from(buffer))
+    if builders.len > 0 {
+        flush(&mut builders, &mut writers)?;
+    }
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    writers
+        .into_iter()
+        .map(|w| w.close().map_err(|e| e.to_string()))
+        .collect()
 }
 
 #[derive(Default)]
@@ -343,22 +429,15 @@ impl Builders {
         self.len += 1;
     }
 
-    fn flush(
-        &mut self,
-        schema: &Arc<Schema>,
-        writer: &mut ArrowWriter<Vec<u8>>,
-    ) -> Result<(), String> {
-        if self.len == 0 {
-            return Ok(());
-        }
+    /// The pushed entries as a batch; the builders start again empty.
+    fn finish(&mut self, schema: &Arc<Schema>) -> Result<RecordBatch, String> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.keys.finish()),
             Arc::new(self.files.finish()),
             Arc::new(self.positions.finish()),
         ];
         self.len = 0;
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
-        writer.write(&batch).map_err(|e| e.to_string())
+        RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
     }
 }
 

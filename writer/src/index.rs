@@ -376,6 +376,20 @@ impl<S: BuildHasher> KeyIndex<S> {
         self.files.iter().flatten().filter(|f| f.live > 0)
     }
 
+    /// The registered files with their ids (every id a location can hold is below
+    /// [`KeyIndex::file_id_bound`]).
+    pub fn files_by_id(&self) -> impl Iterator<Item = (FileId, &IndexedFile)> {
+        self.files
+            .iter()
+            .enumerate()
+            .filter_map(|(id, f)| Some((id as FileId, f.as_ref()?)))
+    }
+
+    /// One more than the largest file id in use.
+    pub fn file_id_bound(&self) -> usize {
+        self.files.len()
+    }
+
     /// The id of `path`, registering it with its partition.
     pub fn file_id(&mut self, path: &str, partition: &Struct, spec_id: i32) -> FileId {
         if let Some(&id) = self.file_ids.get(path) {
@@ -583,9 +597,19 @@ impl<S: BuildHasher> KeyIndex<S> {
 
     /// Calls `f` with every live key and its location, in no particular order (reads the
     /// spilled runs whole, block by block).
-    pub fn for_each(&self, mut f: impl FnMut(&[u8], RowLocation)) -> Result<(), IndexError> {
+    pub fn for_each(&self, f: impl FnMut(&[u8], RowLocation)) -> Result<(), IndexError> {
+        self.for_each_in(0..SHARDS, f)
+    }
+
+    /// [`KeyIndex::for_each`] of the keys in `shards` (a range of `0..SHARDS`): ranges that
+    /// split `0..SHARDS` split the keys, so several threads can go through an index at once.
+    pub fn for_each_in(
+        &self,
+        shards: std::ops::Range<usize>,
+        mut f: impl FnMut(&[u8], RowLocation),
+    ) -> Result<(), IndexError> {
         let mut buf = Vec::new();
-        for shard in &self.shards {
+        for shard in self.shards.get(shards).unwrap_or_default() {
             if let Some(run) = &shard.run {
                 let spill = self.spill_file()?;
                 for block in 0..run.blocks() {
