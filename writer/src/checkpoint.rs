@@ -303,8 +303,11 @@ fn encode(path: &str, header: &Header, index: &KeyIndex) -> WriteResult<Bytes> {
         .div_ceil(GROUP_ROWS)
         .max(threads)
         .min(crate::index::SHARDS);
-    let ranges: Vec<std::ops::Range<usize>> = (0..groups)
-        .map(|g| g * crate::index::SHARDS / groups..(g + 1) * crate::index::SHARDS / groups)
+    // Row group g holds the shards g, g + groups, ...: every row group has keys of every part
+    // of the shard range, so the threads of a load, each owning a contiguous part, share
+    // every round's work.
+    let ranges: Vec<std::iter::StepBy<std::ops::Range<usize>>> = (0..groups)
+        .map(|g| (g..crate::index::SHARDS).step_by(groups))
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let encoded = std::thread::scope(|scope| {
@@ -353,7 +356,7 @@ fn encode(path: &str, header: &Header, index: &KeyIndex) -> WriteResult<Bytes> {
 /// they hold no key).
 fn encode_group(
     index: &KeyIndex,
-    shards: std::ops::Range<usize>,
+    shards: std::iter::StepBy<std::ops::Range<usize>>,
     numbers: &[Option<u32>],
     schema: &Arc<Schema>,
     factory: &ArrowRowGroupWriterFactory,

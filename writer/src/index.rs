@@ -601,15 +601,16 @@ impl<S: BuildHasher> KeyIndex<S> {
         self.for_each_in(0..SHARDS, f)
     }
 
-    /// [`KeyIndex::for_each`] of the keys in `shards` (a range of `0..SHARDS`): ranges that
-    /// split `0..SHARDS` split the keys, so several threads can go through an index at once.
+    /// [`KeyIndex::for_each`] of the keys in `shards` (numbers below [`SHARDS`]; others are
+    /// skipped): sets that split `0..SHARDS` split the keys, so several threads can go through
+    /// an index at once.
     pub fn for_each_in(
         &self,
-        shards: std::ops::Range<usize>,
+        shards: impl IntoIterator<Item = usize>,
         mut f: impl FnMut(&[u8], RowLocation),
     ) -> Result<(), IndexError> {
         let mut buf = Vec::new();
-        for shard in self.shards.get(shards).unwrap_or_default() {
+        for shard in shards.into_iter().filter_map(|s| self.shards.get(s)) {
             if let Some(run) = &shard.run {
                 let spill = self.spill_file()?;
                 for block in 0..run.blocks() {
