@@ -185,15 +185,22 @@ async fn crash_and_check_restart(
     check_against_model(service, model).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_broken_checkpoint_falls_back_to_a_rebuild() -> Result<()> {
+/// A server that took 20 random write requests (seeded with `seed`) to a new table and
+/// stopped gracefully (so it checkpointed), with the model of the table.
+async fn written_and_stopped(seed: u64) -> Result<(Service, BTreeMap<i64, String>)> {
     let mut service = start().await?;
     create_kv_table_as(&service, TABLE, 2, &[], Vec::new()).await?;
-    let mut rng = Rng(0x5eed_1dc4_2025_0002);
+    let mut rng = Rng(seed);
     let mut model = BTreeMap::new();
     let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
     random_writes(&mut client, &mut rng, &mut model, KEYS, 20, true, "a").await?;
     tokio::task::block_in_place(|| service.stop())?;
+    Ok((service, model))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_checkpoint_falls_back_to_a_rebuild() -> Result<()> {
+    let (mut service, mut model) = written_and_stopped(0x5eed_1dc4_2025_0002).await?;
     let written = checkpoints(&service.data_dir())?;
     ensure!(
         written.len() == 1,
@@ -267,13 +274,7 @@ t.append(pa.table({
 /// its next commit: PyIceberg then reads every key once, with the appended value.
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_another_writer_appended_twice_are_healed_after_a_rebuild() -> Result<()> {
-    let mut service = start().await?;
-    create_kv_table_as(&service, TABLE, 2, &[], Vec::new()).await?;
-    let mut rng = Rng(0x5eed_1dc4_2025_0003);
-    let mut model = BTreeMap::new();
-    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
-    random_writes(&mut client, &mut rng, &mut model, KEYS, 20, true, "a").await?;
-    tokio::task::block_in_place(|| service.stop())?;
+    let (mut service, mut model) = written_and_stopped(0x5eed_1dc4_2025_0003).await?;
 
     let twice: Vec<i64> = model.keys().copied().step_by(5).collect();
     ensure!(twice.len() > 10, "the model holds {} keys", model.len());
