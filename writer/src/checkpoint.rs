@@ -271,7 +271,7 @@ pub(crate) async fn write(
 const GROUP_ROWS: usize = 1 << 20;
 
 /// The index entries as Parquet, with `header` in the footer. Row groups are encoded on
-/// several threads, each from a range of the index's shards, and appended as they are done
+/// several threads, each from a set of the index's shards, and appended as they are done
 /// (their order does not matter to a load).
 fn encode(path: &str, header: &Header, index: &KeyIndex) -> WriteResult<Bytes> {
     let by_path: HashMap<&str, u32> = header
