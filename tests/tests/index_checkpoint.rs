@@ -198,6 +198,19 @@ async fn written_and_stopped(seed: u64) -> Result<(Service, BTreeMap<i64, String
     Ok((service, model))
 }
 
+/// Restarts the server, waits until a write is committed, and returns the index rebuilds its
+/// start counted.
+async fn restart_and_count_rebuilds(service: &mut Service) -> Result<f64> {
+    tokio::task::block_in_place(|| service.restart())?;
+    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
+    settle(&mut client).await?;
+    metric(
+        service,
+        "unitable_committer_index_rebuilds_total",
+        &["reason=\"start\""],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_checkpoint_falls_back_to_a_rebuild() -> Result<()> {
     let (mut service, mut model) = written_and_stopped(0x5eed_1dc4_2025_0002).await?;
@@ -210,18 +223,11 @@ async fn a_broken_checkpoint_falls_back_to_a_rebuild() -> Result<()> {
     let bytes = std::fs::read(&written[0])?;
     std::fs::write(&written[0], &bytes[..bytes.len() / 2])?;
 
-    tokio::task::block_in_place(|| service.restart())?;
-    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
-    settle(&mut client).await?;
+    let rebuilds = restart_and_count_rebuilds(&mut service).await?;
     let stale = metric(
         &service,
         "unitable_committer_index_checkpoint_loads_total",
         &["result=\"stale\""],
-    )?;
-    let rebuilds = metric(
-        &service,
-        "unitable_committer_index_rebuilds_total",
-        &["reason=\"start\""],
     )?;
     ensure!(
         stale == 1.0 && rebuilds == 1.0,
@@ -283,14 +289,7 @@ async fn keys_another_writer_appended_twice_are_healed_after_a_rebuild() -> Resu
         model.insert(*id, format!("py-{id}"));
     }
 
-    tokio::task::block_in_place(|| service.restart())?;
-    let mut client = WriteServiceClient::connect(service.grpc_url()).await?;
-    settle(&mut client).await?;
-    let rebuilds = metric(
-        &service,
-        "unitable_committer_index_rebuilds_total",
-        &["reason=\"start\""],
-    )?;
+    let rebuilds = restart_and_count_rebuilds(&mut service).await?;
     ensure!(
         rebuilds == 1.0,
         "expected a rebuild at the start, found {rebuilds}:\n{}",
