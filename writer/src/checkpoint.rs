@@ -677,8 +677,8 @@ fn load(
         opened.header.keys as usize,
         usize::try_from(key_bytes).unwrap_or(0),
     );
-    let numbers: Vec<usize> = (0..groups.len()).collect();
-    for round in numbers.chunks(threads) {
+    let group_numbers: Vec<usize> = (0..groups.len()).collect();
+    for round in group_numbers.chunks(threads) {
         let decoded: Vec<WriteResult<Vec<RecordBatch>>> = std::thread::scope(|scope| {
             let workers: Vec<_> = round
                 .iter()
