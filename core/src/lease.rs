@@ -47,6 +47,9 @@ pub struct LeaseHolder {
     pub expires_ms: i64,
     /// How many times the lease has been taken (by anyone) since the row was created.
     pub acquired: i64,
+    /// How long the lease had left when it was read, by the database's clock (so a node can
+    /// time its next look at an expiry without comparing its clock with the database's).
+    pub remaining: Duration,
 }
 
 /// The lease and membership tables in a SQL catalog's database.
@@ -239,22 +242,23 @@ impl LeaseStore {
 
     /// Every unexpired lease, by table name.
     pub async fn holders(&self) -> Result<BTreeMap<String, LeaseHolder>> {
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(&self.sql(
-            "SELECT table_name, owner, expires_ms, acquired FROM unitable_committer_leases \
-             WHERE expires_ms > {now}",
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(&self.sql(
+            "SELECT table_name, owner, expires_ms, acquired, expires_ms - {now} \
+             FROM unitable_committer_leases WHERE expires_ms > {now}",
         ))
         .fetch_all(&self.pool)
         .await
         .map_err(db("list the committer leases"))?;
         Ok(rows
             .into_iter()
-            .map(|(table, owner, expires_ms, acquired)| {
+            .map(|(table, owner, expires_ms, acquired, remaining_ms)| {
                 (
                     table,
                     LeaseHolder {
                         owner,
                         expires_ms,
                         acquired,
+                        remaining: Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0)),
                     },
                 )
             })

@@ -115,6 +115,9 @@ struct State {
     /// generation ends at (its high watermarks when this committer first saw the move). The
     /// committer commits up to them, then switches the table to the new generation.
     moving: Option<(String, PartitionOffsets)>,
+    /// When this committer started, until its first cycle has run (that cycle's phases are
+    /// logged: they are what a failover costs after the claim).
+    first_cycle: Option<Instant>,
 }
 
 /// One table's committer task.
@@ -123,6 +126,9 @@ pub(crate) struct TableCommitter {
     shared: Arc<Shared>,
     progress: watch::Sender<CommitProgress>,
     state: Option<State>,
+    /// The table as the start loaded it after the claim, for the first cycle (which would
+    /// otherwise load it again at once).
+    loaded: Option<Table>,
 }
 
 /// Rows of one cycle, decoded and folded to the last change per key.
@@ -137,6 +143,76 @@ struct Folded {
     changed: Vec<(Bytes, ChangeOp)>,
     counts: [u64; 3],
     oldest_ms: Option<i64>,
+}
+
+/// Whether `after` (the table as read after the committer's claim) differs from `before` (as
+/// read before it) in anything but the claim's properties: then what was loaded from `before`
+/// does not describe the table the committer now owns.
+fn moved_besides_claim(before: &TableMetadata, after: &TableMetadata) -> bool {
+    let unclaimed = |m: &TableMetadata| {
+        let mut props = m.properties().clone();
+        props.remove(props::COMMITTER_EPOCH);
+        props.remove(props::COMMITTER_OWNER);
+        props.remove(props::PROPERTIES_COMMIT_ID);
+        props
+    };
+    before.current_snapshot_id() != after.current_snapshot_id()
+        || before.current_schema_id() != after.current_schema_id()
+        || before.default_partition_spec_id() != after.default_partition_spec_id()
+        || unclaimed(before) != unclaimed(after)
+}
+
+/// The phases of a committer's first cycle after its start, logged once it has run: with the
+/// start's own log line they give what a failover costs after the lease was taken.
+struct CyclePhases {
+    /// The committer's start (`None` for any later cycle: nothing is measured).
+    started: Option<Instant>,
+    last: Instant,
+    took: [Duration; 4],
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Reloading the table, checking the claim, catching the index up.
+    Prepare = 0,
+    /// Reading the changelog.
+    Drain = 1,
+    /// Folding and writing the data files.
+    Write = 2,
+    /// Writing the deletes and committing.
+    Commit = 3,
+}
+
+impl CyclePhases {
+    fn new(started: Option<Instant>) -> Self {
+        Self {
+            started,
+            last: Instant::now(),
+            took: [Duration::ZERO; 4],
+        }
+    }
+
+    fn mark(&mut self, phase: Phase) {
+        if self.started.is_some() {
+            let now = Instant::now();
+            self.took[phase as usize] = now - self.last;
+            self.last = now;
+        }
+    }
+
+    fn log(&self, table: &TableName, rows: usize) {
+        let Some(started) = self.started else {
+            return;
+        };
+        let ms = |p: Phase| self.took[p as usize].as_millis() as u64;
+        info!(
+            %table, rows,
+            prepare_ms = ms(Phase::Prepare), drain_ms = ms(Phase::Drain),
+            write_ms = ms(Phase::Write), commit_ms = ms(Phase::Commit),
+            since_start_ms = started.elapsed().as_millis() as u64,
+            "committer's first cycle done"
+        );
+    }
 }
 
 /// Whether a cycle left records in the changelog for the next one.
@@ -159,6 +235,7 @@ impl TableCommitter {
             shared,
             progress,
             state: None,
+            loaded: None,
         }
     }
 
@@ -256,14 +333,31 @@ impl TableCommitter {
         if let Some(previous) = current.get(props::COMMITTER_EPOCH) {
             required.insert(props::COMMITTER_EPOCH.to_string(), previous.clone());
         }
-        self.shared
-            .committer
-            .commit_properties(&self.name, Some(&owner), claim, required)
-            .await?;
-        crate::crash::point(crate::crash::AFTER_CLAIM);
-        let table = catalog.load(&self.name).await?;
-        let claimed = started.elapsed();
-        let state = self.load_state(&table, owner, epoch.to_string()).await?;
+        // The claim and the index load run at once: the claim changes only the committer's
+        // properties, so the state loaded from the table as read before it holds unless the
+        // table moved meanwhile (its old owner committed before it was fenced, or someone
+        // altered it), which the comparison below catches.
+        let claiming = async {
+            self.shared
+                .committer
+                .commit_properties(&self.name, Some(&owner), claim, required)
+                .await?;
+            crate::crash::point(crate::crash::AFTER_CLAIM);
+            let claimed = catalog.load(&self.name).await?;
+            WriteResult::Ok((claimed, started.elapsed()))
+        };
+        let loading = self.load_state(&table, owner.clone(), epoch.to_string());
+        let ((claimed_table, claimed), state) = tokio::try_join!(claiming, loading)?;
+        let (table, state) = if moved_besides_claim(table.metadata(), claimed_table.metadata()) {
+            info!(table = %self.name, "the table changed while the committer claimed it; loading it again");
+            drop(state);
+            let state = self
+                .load_state(&claimed_table, owner, epoch.to_string())
+                .await?;
+            (claimed_table, state)
+        } else {
+            (claimed_table, state)
+        };
         info!(
             table = %self.name, epoch, offsets = %state.next, keys = state.index.len(),
             claim_ms = claimed.as_millis() as u64,
@@ -276,7 +370,10 @@ impl TableCommitter {
                 .current_snapshot()
                 .map(|s| s.timestamp_ms()),
         );
+        let mut state = state;
+        state.first_cycle = Some(started);
         self.state = Some(state);
+        self.loaded = Some(table);
         self.mark_commit_time();
         self.register_failure_counters();
         Ok(())
@@ -333,6 +430,7 @@ impl TableCommitter {
             def,
             checkpoint_due: CheckpointDue::fresh(),
             moving: None,
+            first_cycle: None,
         };
         self.restore_or_rebuild(&mut state, table).await?;
         Ok(state)
@@ -661,7 +759,11 @@ impl TableCommitter {
     }
 
     async fn cycle_with(&mut self, state: &mut State) -> WriteResult<Backlog> {
-        let table = self.shared.catalog.load(&self.name).await?;
+        let mut phases = CyclePhases::new(state.first_cycle.take());
+        let table = match self.loaded.take() {
+            Some(table) => table,
+            None => self.shared.catalog.load(&self.name).await?,
+        };
         let metadata = table.metadata();
         self.check_claim(state, metadata.properties())?;
         if metadata.current_schema_id() != state.codec.schema_id() {
@@ -705,13 +807,16 @@ impl TableCommitter {
             self.catch_up(state, &table).await?;
         }
 
+        phases.mark(Phase::Prepare);
         let (records, until, mut backlog) = self.drain(state).await?;
+        phases.mark(Phase::Drain);
         self.report_lag(state, &until).await;
         if state.moving.is_some() {
             // Commit up to the old generation's end, then switch at once.
             backlog = Backlog::Pending;
         }
         if records.iter().all(|(_, r)| r.is_empty()) {
+            phases.log(&self.name, 0);
             return Ok(backlog);
         }
         let started = Instant::now();
@@ -721,6 +826,7 @@ impl TableCommitter {
             .layout
             .write_rows(table.file_io(), &written_rows)
             .await?;
+        phases.mark(Phase::Write);
 
         let mut table = table;
         let mut attempts = 0;
@@ -772,6 +878,8 @@ impl TableCommitter {
             }
         };
 
+        phases.mark(Phase::Commit);
+        phases.log(&self.name, folded.write.len());
         // Committed: now the index may move on.
         let reflected = state.snapshot_id;
         // Snapshots landed between the table the index reflects and this commit (the commit
@@ -992,24 +1100,40 @@ impl TableCommitter {
             .collect();
         let mut records: Vec<Vec<StoredRecord>> = (0..n).map(|_| Vec::new()).collect();
         let mut drained = vec![false; n];
-        for pass in 0..2 {
-            for p in 0..n {
-                if drained[p] || budget == 0 {
-                    continue;
-                }
-                let allowance = if pass == 0 { share.min(budget) } else { budget };
-                let (taken, done) = self
-                    .read_partition(
-                        state,
-                        PartitionId(p as u32),
-                        &mut from[p],
-                        allowance,
-                        &mut records[p],
-                    )
-                    .await?;
-                budget = budget.saturating_sub(taken);
-                drained[p] = done;
+        // First every partition at once, each up to its share (a new owner's first reads each
+        // open a reader: in turn they would add up).
+        let first = share.min(budget);
+        let reads = from
+            .iter_mut()
+            .zip(records.iter_mut())
+            .enumerate()
+            .map(|(p, (from, into))| {
+                self.read_partition(state, PartitionId(p as u32), from, first, into)
+            });
+        for (p, (taken, done)) in futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            budget = budget.saturating_sub(taken);
+            drained[p] = done;
+        }
+        // Then what the others left, in order, to those with more.
+        for p in 0..n {
+            if drained[p] || budget == 0 {
+                continue;
             }
+            let (taken, done) = self
+                .read_partition(
+                    state,
+                    PartitionId(p as u32),
+                    &mut from[p],
+                    budget,
+                    &mut records[p],
+                )
+                .await?;
+            budget = budget.saturating_sub(taken);
+            drained[p] = done;
         }
         let mut until = PartitionOffsets::default();
         let mut out = Vec::with_capacity(n);
@@ -1089,18 +1213,21 @@ impl TableCommitter {
     }
 
     async fn report_lag(&self, state: &State, until: &PartitionOffsets) {
-        let mut behind = 0i64;
-        for p in 0..state.partitions {
+        // Asked of every partition at once: this sits between a cycle's read and its commit.
+        let marks = (0..state.partitions).map(|p| async move {
             let partition = PartitionId(p);
-            if let Ok(w) = self
+            let w = self
                 .shared
                 .changelog
                 .watermarks(&state.topic, partition)
-                .await
-            {
-                behind += until.get(partition).records_until(w.high);
-            }
-        }
+                .await;
+            w.map(|w| until.get(partition).records_until(w.high))
+        });
+        let behind: i64 = futures::future::join_all(marks)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .sum();
         let table = self.name.to_string();
         metrics::gauge!(m::COMMITTER_LAG_RECORDS, "table" => table.clone()).set(behind as f64);
         if behind == 0 && until == &state.next {
@@ -1256,4 +1383,66 @@ fn is_terminal(e: &WriteError) -> bool {
 
 fn property(def: &TableDef, key: &str) -> Option<u64> {
     def.properties.get(key).and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use iceberg::spec::{TableMetadata, TableMetadataBuilder};
+    use unitable_core::naming::{TableName, props};
+    use unitable_core::table::{Column, TableDef, TableSpec};
+
+    use super::moved_besides_claim;
+
+    fn metadata() -> TableMetadata {
+        let name: TableName = "ns.t".parse().unwrap();
+        let spec = TableSpec {
+            columns: vec![
+                Column::parse("id:int64!").unwrap(),
+                Column::parse("v:string").unwrap(),
+            ],
+            primary_key: vec!["id".into()],
+            ..TableSpec::default()
+        };
+        let creation = TableDef::new(name, spec)
+            .unwrap()
+            .to_table_creation(Some("file:///tmp/wh/ns/t".into()))
+            .unwrap();
+        TableMetadataBuilder::from_table_creation(creation)
+            .unwrap()
+            .build()
+            .unwrap()
+            .metadata
+    }
+
+    fn with(metadata: &TableMetadata, props: &[(&str, &str)]) -> TableMetadata {
+        let updates: HashMap<String, String> = props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        TableMetadataBuilder::new_from_metadata(metadata.clone(), None)
+            .set_properties(updates)
+            .unwrap()
+            .build()
+            .unwrap()
+            .metadata
+    }
+
+    #[test]
+    fn a_claim_alone_does_not_count_as_the_table_moving() {
+        let before = metadata();
+        let claimed = with(
+            &before,
+            &[
+                (props::COMMITTER_EPOCH, "7"),
+                (props::COMMITTER_OWNER, "node-1/abc"),
+                (props::PROPERTIES_COMMIT_ID, "node-1/abc"),
+            ],
+        );
+        assert!(!moved_besides_claim(&before, &claimed));
+        // Any other property changed meanwhile does (the commit interval, a changelog move...).
+        let altered = with(&claimed, &[(props::COMMIT_INTERVAL_MS, "5000")]);
+        assert!(moved_besides_claim(&before, &altered));
+    }
 }

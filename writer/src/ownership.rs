@@ -39,6 +39,7 @@ pub(crate) async fn start(writer: Writer, config: LeaseConfig) -> WriteResult<us
         handing_over: HashSet::new(),
         valid_until: None,
         first_seen: HashMap::new(),
+        next_expiry: None,
     };
     let started = coordinator.round().await?;
     let tasks = coordinator.writer.inner.tasks.clone();
@@ -57,7 +58,13 @@ struct Coordinator {
     /// When this node first saw each live node (the nodes live at its own start count as
     /// settled); a node seen for less than a lease is young and takes no held table yet.
     first_seen: HashMap<String, Instant>,
+    /// When the soonest-expiring lease held by another node (as of the last round) runs out.
+    next_expiry: Option<Instant>,
 }
+
+/// How long after another node's lease runs out (by the database's answer) a round looks at
+/// it: late enough that the database sees it expired, so the round can take it.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(25);
 
 impl Coordinator {
     async fn run(mut self) {
@@ -65,8 +72,11 @@ impl Coordinator {
         let inner = self.writer.inner.clone();
         let stop = inner.stop.clone();
         loop {
+            let next = self.next_expiry.map_or(every, |at| {
+                at.saturating_duration_since(Instant::now()).min(every)
+            });
             tokio::select! {
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(next) => {}
                 () = inner.lease_round.notified() => {}
                 () = stop.cancelled() => return self.leave().await,
             }
@@ -83,6 +93,8 @@ impl Coordinator {
         let store = self.config.store.clone();
         let (node, ttl) = (self.config.node.clone(), self.config.ttl);
         let node = node.as_str();
+        // A round that fails before reading the leases retries a renewal period later.
+        self.next_expiry = None;
         let sent = Instant::now();
         let nodes = store.heartbeat(node, ttl).await?;
         let held = store.renew_all(node, ttl).await?;
@@ -103,9 +115,16 @@ impl Coordinator {
             .collect();
         // Tables stay with their live holders while loads allow it: a move costs seconds
         // without commits (a hand-over, or a failover's lease expiry).
-        let holders: BTreeMap<String, String> = store
-            .holders()
-            .await?
+        let leases = store.holders().await?;
+        let read = Instant::now();
+        // The next lease of another node to run out: if its holder died, this node looks again
+        // right then rather than up to a renewal period later (a live holder renews it first).
+        self.next_expiry = leases
+            .values()
+            .filter(|h| h.owner != node)
+            .map(|h| read + h.remaining + EXPIRY_MARGIN)
+            .min();
+        let holders: BTreeMap<String, String> = leases
             .into_iter()
             .map(|(table, holder)| (table, holder.owner))
             .collect();
