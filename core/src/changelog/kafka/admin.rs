@@ -13,6 +13,7 @@ use super::context::LogContext;
 use super::errors::unavailable;
 use super::lookup::{Lookup, TopicLayout};
 use crate::naming::TopicName;
+use crate::offsets::PartitionId;
 
 /// How often metadata is asked while waiting for a created or deleted topic to show.
 const PROPAGATION_POLL: Duration = Duration::from_millis(100);
@@ -145,12 +146,14 @@ impl Admin {
             }
         }
         // Creation is asynchronous in Kafka: wait until metadata shows the topic with a leader
-        // for every partition, so that an append or a read right after this returns does not
-        // see it missing or leaderless.
+        // for every partition, and every leader answers for it (metadata can come from a
+        // broker that learned of the topic before its leaders did), so that an append or a
+        // read right after this returns does not see it missing or leaderless.
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(existing) = lookup.fresh_layout(topic).await?
-                && (existing.leaders || Instant::now() >= deadline)
+                && ((existing.leaders && leaders_know(lookup, topic, existing.partitions).await?)
+                    || Instant::now() >= deadline)
             {
                 if code.is_some() {
                     return self
@@ -335,6 +338,21 @@ impl Admin {
             _ => unavailable(format!("{api} for `{topic}` failed: {err}")),
         }
     }
+}
+
+/// Whether the leader of every partition of `topic` answers for it (a watermark request that
+/// does not come back "unknown topic or partition").
+async fn leaders_know(lookup: &Lookup, topic: &TopicName, partitions: u32) -> ChangelogResult<bool> {
+    for p in 0..partitions {
+        match lookup.watermarks(topic, PartitionId(p)).await {
+            Ok(_) => {}
+            Err(ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. }) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 fn same_count(topic: &TopicName, existing: u32, wanted: u32) -> ChangelogResult<()> {
