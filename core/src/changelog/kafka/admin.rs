@@ -342,11 +342,17 @@ impl Admin {
 
 /// Whether the leader of every partition of `topic` answers for it (a watermark request that
 /// does not come back "unknown topic or partition").
-async fn leaders_know(lookup: &Lookup, topic: &TopicName, partitions: u32) -> ChangelogResult<bool> {
+async fn leaders_know(
+    lookup: &Lookup,
+    topic: &TopicName,
+    partitions: u32,
+) -> ChangelogResult<bool> {
     for p in 0..partitions {
         match lookup.watermarks(topic, PartitionId(p)).await {
             Ok(_) => {}
-            Err(ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. }) => {
+            Err(
+                ChangelogError::TopicNotFound { .. } | ChangelogError::PartitionNotFound { .. },
+            ) => {
                 return Ok(false);
             }
             Err(e) => return Err(e),
