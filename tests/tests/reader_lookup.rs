@@ -48,7 +48,9 @@ async fn lookup(
     let mut stream = reader.read(request).await?.into_inner();
     let mut out = None;
     while let Some(message) = stream.message().await? {
-        let Some(read_response::Body::Lookup(LookupResult { arrow_ipc, missing })) = message.body
+        let Some(read_response::Body::Lookup(LookupResult {
+            arrow_ipc, missing, ..
+        })) = message.body
         else {
             return Err(tonic::Status::internal("not a lookup body"));
         };

@@ -21,12 +21,12 @@ fn bad(field: &'static str, reason: impl Into<String>) -> Status {
     .into()
 }
 
-/// Answers a LOOKUP read with one response message.
+/// Answers a LOOKUP read with one response message; also gives how many rows it carries.
 pub(crate) async fn lookup(
     reader: &Reader,
     table: TableName,
     request: wire::ReadRequest,
-) -> Result<wire::ReadResponse, Status> {
+) -> Result<(wire::ReadResponse, usize), Status> {
     if !request.filter.trim().is_empty() {
         return Err(bad("filter", "LOOKUP takes keys, not a filter"));
     }
@@ -63,15 +63,33 @@ pub(crate) async fn lookup(
         })
         .await
         .map_err(ApiError::from)?;
-    let arrow_ipc = ipc_bytes(answer.rows.schema_ref(), Some(&answer.rows))?;
-    Ok(wire::ReadResponse {
-        body: Some(wire::read_response::Body::Lookup(wire::LookupResult {
-            arrow_ipc,
-            missing: answer.missing,
-        })),
-        as_of: Some(as_of_to_wire(&answer.as_of)),
-        group: None,
-    })
+    // As JSON arrays when asked and every value has an exact JSON form; the schema then goes
+    // alone as Arrow IPC (it names the columns and their types).
+    let json_rows = if request.json_rows {
+        super::json_rows::encode(&answer.rows)
+    } else {
+        None
+    };
+    let rows = answer.rows.num_rows();
+    let (arrow_ipc, json_rows) = match json_rows {
+        Some(json) => (ipc_bytes(answer.rows.schema_ref(), None)?, json),
+        None => (
+            ipc_bytes(answer.rows.schema_ref(), Some(&answer.rows))?,
+            Vec::new(),
+        ),
+    };
+    Ok((
+        wire::ReadResponse {
+            body: Some(wire::read_response::Body::Lookup(wire::LookupResult {
+                arrow_ipc,
+                missing: answer.missing,
+                json_rows,
+            })),
+            as_of: Some(as_of_to_wire(&answer.as_of)),
+            group: None,
+        },
+        rows,
+    ))
 }
 
 /// The instant a LOOKUP request asks for: `snapshot_id` (that snapshot alone),

@@ -4,6 +4,7 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod compact;
 pub(crate) mod groups;
+pub(crate) mod json_rows;
 pub(crate) mod lookup;
 pub(crate) mod ops;
 pub(crate) mod read;

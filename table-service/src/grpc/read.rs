@@ -19,7 +19,7 @@ use unitable_reader::{
     StreamStart,
 };
 
-use super::read_metrics::{ReadMeter, ipc_rows};
+use super::read_metrics::ReadMeter;
 use super::table_name;
 use super::write::{as_of_to_wire, offsets_to_wire};
 use crate::access::{Access, Guard, Principal, Privilege};
@@ -560,10 +560,10 @@ pub(crate) async fn metered_lookup(
 ) -> Result<wire::ReadResponse, Status> {
     let started = Instant::now();
     let label = table.to_string();
-    let response = super::lookup::lookup(reader, table, request).await?;
+    let (response, rows) = super::lookup::lookup(reader, table, request).await?;
     let meter = ReadMeter::opened("LOOKUP", label, started);
     if let Some(wire::read_response::Body::Lookup(result)) = &response.body {
-        meter.sent(ipc_rows(&result.arrow_ipc), result.arrow_ipc.len());
+        meter.sent(rows, result.arrow_ipc.len() + result.json_rows.len());
     }
     Ok(response)
 }

@@ -56,39 +56,6 @@ impl ReadMeter {
     }
 }
 
-/// The rows of the record batches in an Arrow IPC stream, read from the messages' headers
-/// (nothing is decoded); 0 for bytes that are not an IPC stream.
-pub(crate) fn ipc_rows(bytes: &[u8]) -> usize {
-    let mut rows = 0usize;
-    let mut at = 0usize;
-    let word = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-    };
-    while let Some(mut len) = word(at) {
-        at += 4;
-        if len == 0xFFFF_FFFF {
-            // The continuation marker, then the metadata length.
-            let Some(l) = word(at) else { break };
-            len = l;
-            at += 4;
-        }
-        if len == 0 {
-            break; // end of stream
-        }
-        let Some(meta) = bytes.get(at..at + len as usize) else {
-            break;
-        };
-        let Ok(message) = arrow::ipc::root_as_message(meta) else {
-            break;
-        };
-        if let Some(batch) = message.header_as_record_batch() {
-            rows += usize::try_from(batch.length()).unwrap_or(0);
-        }
-        at += len as usize + usize::try_from(message.bodyLength()).unwrap_or(0);
-    }
-    rows
-}
-
 impl Drop for ReadMeter {
     fn drop(&mut self) {
         self.active.decrement(1.0);
@@ -96,32 +63,5 @@ impl Drop for ReadMeter {
             metrics::histogram!("unitable_read_seconds", &self.labels)
                 .record(self.started.elapsed().as_secs_f64());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{Int64Array, RecordBatch};
-    use arrow::datatypes::{DataType, Field, Schema};
-
-    use super::ipc_rows;
-    use crate::grpc::read::ipc_bytes;
-
-    #[test]
-    fn rows_are_counted_from_the_ipc_headers() {
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(Int64Array::from_iter_values(0..37))],
-        )
-        .unwrap();
-        assert_eq!(ipc_rows(&ipc_bytes(&schema, Some(&batch)).unwrap()), 37);
-        assert_eq!(ipc_rows(&ipc_bytes(&schema, None).unwrap()), 0);
-        let empty = batch.slice(0, 0);
-        assert_eq!(ipc_rows(&ipc_bytes(&schema, Some(&empty)).unwrap()), 0);
-        assert_eq!(ipc_rows(b"not arrow"), 0);
-        assert_eq!(ipc_rows(&[]), 0);
     }
 }
