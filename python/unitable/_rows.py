@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union
 import pyarrow as pa
 
 from ._errors import InvalidArgument
+from ._types import RowValues
 
 if TYPE_CHECKING:
     import pandas
@@ -101,6 +102,54 @@ def ipc_bytes(data: pa.Table | pa.RecordBatch) -> bytes:
         else:
             writer.write_table(data)
     return bytes(sink.getvalue().to_pybytes())
+
+
+# Decoded lookup schemas by their IPC bytes (equal schemas come as equal bytes): names, the
+# value converters and the schema.
+_SCHEMAS: dict[bytes, tuple[list[str], list[tuple[int, Any]], pa.Schema]] = {}
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
+def _converter(t: pa.DataType) -> Any:
+    """The function turning a ``json_rows`` value of type `t` into what Arrow's ``to_pylist``
+    gives (``None``: the JSON value already is that)."""
+    if pa.types.is_decimal(t):
+        return decimal.Decimal
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return base64.b64decode
+    if pa.types.is_date32(t):
+        return lambda days: dt.date.fromordinal(_EPOCH_ORDINAL + days)
+    if pa.types.is_timestamp(t):
+        # The epoch as pyarrow itself gives it for this type (naive, or with its tzinfo).
+        epoch = pa.scalar(0, type=t).as_py()
+        return lambda micros: epoch + dt.timedelta(microseconds=micros)
+    return None
+
+
+def _lookup_schema(schema_ipc: bytes) -> tuple[list[str], list[tuple[int, Any]], pa.Schema]:
+    known = _SCHEMAS.get(schema_ipc)
+    if known is None:
+        schema = pa.ipc.open_stream(schema_ipc).schema
+        converters = [(i, c) for i, f in enumerate(schema) if (c := _converter(f.type))]
+        known = ([f.name for f in schema], converters, schema)
+        if len(_SCHEMAS) >= 256:
+            _SCHEMAS.clear()
+        _SCHEMAS[schema_ipc] = known
+    return known
+
+
+def json_rows(schema_ipc: bytes, payload: bytes) -> RowValues:
+    """A lookup's rows sent as JSON arrays (``LookupResult.json_rows``), as the values Arrow's
+    ``to_pylist`` would give for them; `schema_ipc` is the answer's schema as Arrow IPC."""
+    names, converters, schema = _lookup_schema(schema_ipc)
+    values: list[list[Any]] = json.loads(payload)
+    if converters:
+        for row in values:
+            for i, convert in converters:
+                v = row[i]
+                if v is not None:
+                    row[i] = convert(v)
+    return RowValues(schema, names, values)
 
 
 def read_ipc(payload: bytes) -> pa.Table:

@@ -118,7 +118,6 @@ class QueryResult:
     as_of: dict[str, AsOf]
 
 
-@dataclass
 class LookupResult:
     """Rows found by a lookup, in the order of the keys asked for.
 
@@ -127,24 +126,73 @@ class LookupResult:
         missing: indexes (into the keys passed) of keys with no live row, ascending.
         missing_keys: those keys, as passed.
         as_of: the data the answer reflects.
+
+    A small lookup's rows may arrive as plain values (``ReadRequest.json_rows``): ``table`` is
+    then built from them on first use, and ``to_pylist`` does not go through Arrow at all.
     """
 
-    table: pa.Table
-    missing: list[int]
-    missing_keys: list[Any]
-    as_of: AsOf | None
+    def __init__(self, table: pa.Table | None, missing: list[int], missing_keys: list[Any],
+                 as_of: AsOf | None, *, rows: RowValues | None = None,
+                 as_of_pb: pb.AsOf | None = None) -> None:
+        if table is None and rows is None:
+            raise ValueError("a LookupResult needs its table or its rows")
+        self._table = table
+        self._rows = rows
+        self.missing = missing
+        self.missing_keys = missing_keys
+        self._as_of = as_of
+        self._as_of_pb = as_of_pb
+
+    @property
+    def table(self) -> pa.Table:
+        if self._table is None:
+            assert self._rows is not None
+            self._table = self._rows.to_arrow()
+        return self._table
+
+    @property
+    def as_of(self) -> AsOf | None:
+        if self._as_of is None and self._as_of_pb is not None:
+            self._as_of = AsOf.from_pb(self._as_of_pb)
+            self._as_of_pb = None
+        return self._as_of
 
     def __len__(self) -> int:
+        if self._rows is not None:
+            return len(self._rows.values)
         return int(self.table.num_rows)
+
+    def __repr__(self) -> str:
+        return (f"LookupResult(rows={len(self)}, missing={self.missing!r}, "
+                f"as_of={self.as_of!r})")
 
     def to_pylist(self) -> list[dict[str, Any]]:
         """The found rows as dicts."""
+        if self._rows is not None:
+            names = self._rows.names
+            return [dict(zip(names, values)) for values in self._rows.values]
         rows: list[dict[str, Any]] = self.table.to_pylist()
         return rows
 
     def to_pandas(self) -> pandas.DataFrame:
         """The found rows as a pandas DataFrame (needs pandas)."""
         return self.table.to_pandas()
+
+
+@dataclass
+class RowValues:
+    """Rows as Python values (what Arrow's ``to_pylist`` gives, per column), with their
+    schema."""
+
+    schema: pa.Schema
+    names: list[str]
+    values: list[list[Any]]
+
+    def to_arrow(self) -> pa.Table:
+        columns = list(zip(*self.values)) if self.values else [() for _ in self.names]
+        return pa.Table.from_arrays(
+            [pa.array(list(c), type=f.type) for c, f in zip(columns, self.schema)],
+            schema=self.schema)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 try:
@@ -291,6 +292,69 @@ def test_write_dicts_arrow_pandas_and_read_back(client):
     assert not plan.executed
     client.compact(TABLE)
     assert by_id(client.scan(TABLE)) == model_rows(model)
+
+
+def test_small_lookups_as_json_rows_give_what_arrow_gives(client):
+    """Lookups of a few keys get their rows as JSON arrays (`json_rows`); every value must come
+    back as the Arrow answer gives it: same values, same Python types (Decimal, bytes, date,
+    naive and aware datetimes), and the same Arrow table when one is asked for. Rows with a
+    value JSON cannot carry (NaN, infinities) come as Arrow; the result is the same."""
+    name = "sdk.json_rows"
+    client.tables.create(name, COLUMNS + ["f32:float32"], primary_key=["id"])
+    rng = random.Random(7)
+    rows = [random_row(rng, k) | {
+        "score": rng.choice([None, rng.uniform(-1e6, 1e6), 0.1, -0.0, 1e300, -5e-324]),
+        "f32": rng.choice([None, 1.1, -3.4e38, 0.0, 7.25, 1e-45])} for k in range(120)]
+    # Values JSON cannot carry (a float32 too large is an infinity).
+    rows[5]["score"], rows[6]["score"], rows[40]["f32"] = math.nan, -math.inf, 4e38
+    assert client.write(name, rows).rows_written == len(rows)
+    keys = list(range(-3, 123))
+    # More keys than JSON_ROWS_MAX_KEYS: one Arrow answer, the oracle.
+    assert len(keys) > unitable._client.JSON_ROWS_MAX_KEYS
+    arrow = client.lookup(name, keys)
+    assert arrow._rows is None
+    by_key = {r["id"]: r for r in arrow.to_pylist()}
+    assert sorted(by_key) == list(range(120))
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, float) and math.isnan(a):
+            return isinstance(b, float) and math.isnan(b)
+        return type(a) is type(b) and a == b and repr(a) == repr(b)
+
+    json_answers = 0
+    for i in range(0, len(keys), 5):
+        chunk = keys[i:i + 5]
+        small = client.lookup(name, chunk)
+        finite = all(by_key[k][c] is None or math.isfinite(by_key[k][c])
+                     for k in chunk if k in by_key for c in ("score", "f32"))
+        assert (small._rows is not None) == finite, chunk
+        json_answers += small._rows is not None
+        want = [by_key[k] for k in chunk if k in by_key]
+        got = small.to_pylist()
+        assert len(got) == len(want) == len(small)
+        for g, w in zip(got, want):
+            assert list(g) == list(w)
+            for column in w:
+                assert same(g[column], w[column]), (chunk, column, g[column], w[column])
+        assert small.missing == [j for j, k in enumerate(chunk) if k not in by_key]
+        if small._rows is None:
+            continue  # NaN != NaN in Table.equals; its values matched above
+        # The Arrow table built from JSON rows equals the Arrow answer's rows.
+        want_table = arrow.table.filter(
+            pc.is_in(arrow.table["id"], pa.array([k for k in chunk if k in by_key])))
+        want_table = want_table.take(pc.sort_indices(
+            pc.index_in(want_table["id"], pa.array(chunk))))
+        assert small.table.equals(want_table), chunk
+        assert small.table.schema == arrow.table.schema
+        assert small.as_of is not None and small.as_of.lag_records == 0
+    assert json_answers == len(range(0, len(keys), 5)) - 2
+    # A projection, and a lookup that finds nothing.
+    projected = client.lookup(name, [{"id": 9}], columns=["blob", "at_tz"])
+    assert projected._rows is not None and projected.table.column_names == ["blob", "at_tz"]
+    assert projected.to_pylist() == [{"blob": by_key[9]["blob"], "at_tz": by_key[9]["at_tz"]}]
+    none = client.lookup(name, [1000, 1001])
+    assert none.to_pylist() == [] and none.missing == [0, 1] and len(none) == 0
+    assert none.table.num_rows == 0 and none.table.schema == arrow.table.schema
 
 
 def test_lookup_by_plain_values_follows_a_recreated_table(client):
