@@ -530,7 +530,9 @@ class Client:
         missing: list[int] = []
         result_as_of: AsOf | None = None
         last_as_of: pb.AsOf | None = None
-        small = key_list is not None and len(key_list) <= JSON_ROWS_MAX_KEYS
+        asked = len(key_list) if key_list is not None else (
+            arrow_keys.num_rows if arrow_keys is not None else 0)
+        small = asked <= JSON_ROWS_MAX_KEYS
         for start, payload, keys_format in pieces:
             request = pb.ReadRequest(
                 table=table, mode=pb.READ_MODE_LOOKUP, columns=list(columns or []),

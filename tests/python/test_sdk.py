@@ -352,6 +352,14 @@ def test_small_lookups_as_json_rows_give_what_arrow_gives(client):
     projected = client.lookup(name, [{"id": 9}], columns=["blob", "at_tz"])
     assert projected._rows is not None and projected.table.column_names == ["blob", "at_tz"]
     assert projected.to_pylist() == [{"blob": by_key[9]["blob"], "at_tz": by_key[9]["at_tz"]}]
+    # Keys as Arrow and as a DataFrame take the same path.
+    for ids, keys in (([3, 1000, 9], pa.table({"id": pa.array([3, 1000, 9], pa.int64())})),
+                      ([9, 3], pd.DataFrame({"id": [9, 3]}))):
+        answer = client.lookup(name, keys)
+        assert answer._rows is not None
+        want = [by_key[k] for k in ids if k in by_key]
+        assert [[repr(v) for v in r.values()] for r in answer.to_pylist()] == \
+            [[repr(v) for v in r.values()] for r in want]
     none = client.lookup(name, [1000, 1001])
     assert none.to_pylist() == [] and none.missing == [0, 1] and len(none) == 0
     assert none.table.num_rows == 0 and none.table.schema == arrow.table.schema
