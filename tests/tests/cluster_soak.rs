@@ -139,8 +139,9 @@ type Acks = std::sync::Arc<
 struct Gaps {
     /// A table kept the same current snapshot.
     same_snapshot: (Duration, String),
-    /// An acknowledged write of a table waited for a snapshot covering it, until the watcher
-    /// saw that snapshot (which polls, so this is late by up to one of its rounds).
+    /// An acknowledged write of a table waited for a snapshot covering it, as the watcher saw
+    /// it still uncovered (it polls, so this stops at its last look before the commit: short
+    /// by up to one of its rounds).
     uncommitted: (Duration, String, SystemTime),
     /// An acknowledged write waited for the first snapshot covering it, by that snapshot's
     /// own timestamp (same machine, so the same clock as the acknowledgement's).
@@ -157,6 +158,13 @@ impl Default for Gaps {
     }
 }
 
+/// Whether `anchored` offsets cover the records at `offsets` (partition, last offset).
+fn covers(anchored: &PartitionOffsets, offsets: &[(u32, i64)]) -> bool {
+    offsets
+        .iter()
+        .all(|(p, o)| anchored.get(PartitionId(*p)).0 > *o)
+}
+
 /// When the oldest snapshot in the current one's history that covers `offsets` was committed
 /// (its timestamp); `None` without a current snapshot. Snapshots expired since count as not
 /// covering, so the answer can only be late.
@@ -167,11 +175,7 @@ fn first_covering(
     let mut found = None;
     let mut at = metadata.current_snapshot();
     while let Some(snapshot) = at {
-        let anchored = anchored_offsets(metadata, snapshot.snapshot_id());
-        if !offsets
-            .iter()
-            .all(|(p, o)| anchored.get(PartitionId(*p)).0 > *o)
-        {
+        if !covers(&anchored_offsets(metadata, snapshot.snapshot_id()), offsets) {
             break;
         }
         found = Some(snapshot.timestamp_ms());
@@ -348,11 +352,6 @@ async fn the_cluster_loses_nothing_while_nodes_die() -> Result<()> {
                         .unwrap_or_default();
                     let mut acks = acks.lock().unwrap_or_else(|e| e.into_inner());
                     let queue = acks.entry(t.clone()).or_default();
-                    let covers = |anchored: &PartitionOffsets, offsets: &[(u32, i64)]| {
-                        offsets
-                            .iter()
-                            .all(|(p, o)| anchored.get(PartitionId(*p)).0 > *o)
-                    };
                     while let Some((offsets, _, wall)) =
                         queue.front().filter(|(o, _, _)| covers(&anchored, o))
                     {

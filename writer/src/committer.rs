@@ -115,9 +115,6 @@ struct State {
     /// generation ends at (its high watermarks when this committer first saw the move). The
     /// committer commits up to them, then switches the table to the new generation.
     moving: Option<(String, PartitionOffsets)>,
-    /// When this committer started, until its first cycle has run (that cycle's phases are
-    /// logged: they are what a failover costs after the claim).
-    first_cycle: Option<Instant>,
 }
 
 /// One table's committer task.
@@ -126,9 +123,10 @@ pub(crate) struct TableCommitter {
     shared: Arc<Shared>,
     progress: watch::Sender<CommitProgress>,
     state: Option<State>,
-    /// The table as the start loaded it after the claim, for the first cycle (which would
-    /// otherwise load it again at once).
-    loaded: Option<Table>,
+    /// Until the first cycle after a start: the table as the start loaded it after the claim
+    /// (that cycle uses it rather than loading it again) and when the start began (that
+    /// cycle's phases are logged: they are what a failover costs after the claim).
+    just_started: Option<(Table, Instant)>,
 }
 
 /// Rows of one cycle, decoded and folded to the last change per key.
@@ -235,7 +233,7 @@ impl TableCommitter {
             shared,
             progress,
             state: None,
-            loaded: None,
+            just_started: None,
         }
     }
 
@@ -370,10 +368,8 @@ impl TableCommitter {
                 .current_snapshot()
                 .map(|s| s.timestamp_ms()),
         );
-        let mut state = state;
-        state.first_cycle = Some(started);
         self.state = Some(state);
-        self.loaded = Some(table);
+        self.just_started = Some((table, started));
         self.mark_commit_time();
         self.register_failure_counters();
         Ok(())
@@ -430,7 +426,6 @@ impl TableCommitter {
             def,
             checkpoint_due: CheckpointDue::fresh(),
             moving: None,
-            first_cycle: None,
         };
         self.restore_or_rebuild(&mut state, table).await?;
         Ok(state)
@@ -759,10 +754,12 @@ impl TableCommitter {
     }
 
     async fn cycle_with(&mut self, state: &mut State) -> WriteResult<Backlog> {
-        let mut phases = CyclePhases::new(state.first_cycle.take());
-        let table = match self.loaded.take() {
-            Some(table) => table,
-            None => self.shared.catalog.load(&self.name).await?,
+        let (table, mut phases) = match self.just_started.take() {
+            Some((table, started)) => (table, CyclePhases::new(Some(started))),
+            None => (
+                self.shared.catalog.load(&self.name).await?,
+                CyclePhases::new(None),
+            ),
         };
         let metadata = table.metadata();
         self.check_claim(state, metadata.properties())?;

@@ -6,12 +6,9 @@
 //! JSON form (NaN, an infinity) or a column of a type not listed here gets `None`, and the
 //! caller answers in Arrow IPC.
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Decimal128Array, LargeBinaryArray, LargeStringArray,
-    StringArray, StringViewArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit,
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit,
     TimestampMicrosecondType,
 };
 use arrow::record_batch::RecordBatch;
@@ -20,9 +17,6 @@ use base64::Engine;
 /// The rows of `batch` as `[[v, ...], ...]`, or `None` when a value has no exact JSON form.
 pub(crate) fn encode(batch: &RecordBatch) -> Option<Vec<u8>> {
     let columns = batch.columns();
-    if !columns.iter().all(|c| supported(c.data_type())) {
-        return None;
-    }
     let mut out = Vec::with_capacity(16 + batch.num_rows() * columns.len() * 8);
     out.push(b'[');
     for row in 0..batch.num_rows() {
@@ -42,27 +36,8 @@ pub(crate) fn encode(batch: &RecordBatch) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn supported(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Null
-            | DataType::Boolean
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Decimal128(_, _)
-            | DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Binary
-            | DataType::LargeBinary
-            | DataType::Date32
-            | DataType::Timestamp(TimeUnit::Microsecond, _)
-    )
-}
-
-/// Appends the value at `row` of `column`; `None` when it has no exact JSON form.
+/// Appends the value at `row` of `column`; `None` when it has no exact JSON form (a null has
+/// one in any column type).
 fn value(out: &mut Vec<u8>, column: &ArrayRef, row: usize) -> Option<()> {
     if column.is_null(row) {
         out.extend_from_slice(b"null");
@@ -82,42 +57,15 @@ fn value(out: &mut Vec<u8>, column: &ArrayRef, row: usize) -> Option<()> {
             f64::from(column.as_primitive::<Float32Type>().value(row)),
         )?,
         DataType::Float64 => float(out, column.as_primitive::<Float64Type>().value(row))?,
-        DataType::Decimal128(_, _) => {
-            let text = column
-                .as_any()
-                .downcast_ref::<Decimal128Array>()?
-                .value_as_string(row);
-            string(out, &text);
-        }
-        DataType::Utf8 => string(
+        DataType::Decimal128(_, _) => string(
             out,
-            column.as_any().downcast_ref::<StringArray>()?.value(row),
+            &column.as_primitive::<Decimal128Type>().value_as_string(row),
         ),
-        DataType::LargeUtf8 => string(
-            out,
-            column
-                .as_any()
-                .downcast_ref::<LargeStringArray>()?
-                .value(row),
-        ),
-        DataType::Utf8View => string(
-            out,
-            column
-                .as_any()
-                .downcast_ref::<StringViewArray>()?
-                .value(row),
-        ),
-        DataType::Binary => bytes(
-            out,
-            column.as_any().downcast_ref::<BinaryArray>()?.value(row),
-        ),
-        DataType::LargeBinary => bytes(
-            out,
-            column
-                .as_any()
-                .downcast_ref::<LargeBinaryArray>()?
-                .value(row),
-        ),
+        DataType::Utf8 => string(out, column.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => string(out, column.as_string::<i64>().value(row)),
+        DataType::Utf8View => string(out, column.as_string_view().value(row)),
+        DataType::Binary => bytes(out, column.as_binary::<i32>().value(row)),
+        DataType::LargeBinary => bytes(out, column.as_binary::<i64>().value(row)),
         DataType::Date32 => number(out, column.as_primitive::<Date32Type>().value(row)),
         DataType::Timestamp(TimeUnit::Microsecond, _) => number(
             out,
