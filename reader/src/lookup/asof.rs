@@ -28,7 +28,7 @@ use unitable_core::record::{ChangeOp, DecodedBatch, EncodedKey, RecordCodec};
 use unitable_core::table::TableDef;
 
 use super::state::TableLookup;
-use super::{LookupRequest, LookupResponse, assemble, keys, output_schema, read_located};
+use super::{FastMap, LookupRequest, LookupResponse, assemble, keys, output_schema, read_located};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use crate::freshness::{as_of, as_of_in};
@@ -450,7 +450,7 @@ pub(super) async fn index_rows(
 #[derive(Default)]
 pub(super) struct RowsAt {
     pub(super) batches: Vec<RecordBatch>,
-    pub(super) at: HashMap<Bytes, (usize, usize)>,
+    pub(super) at: FastMap<Bytes, (usize, usize)>,
 }
 
 impl RowsAt {
@@ -484,7 +484,7 @@ pub(super) async fn index_rows_at(
         }
         Err(e) => return Err(e),
     };
-    let mut out = HashMap::with_capacity(keys.len());
+    let mut out = FastMap::with_capacity_and_hasher(keys.len(), Default::default());
     for (key, location) in keys.iter().zip(locations) {
         if let Some(location) = location {
             out.insert(key.clone(), at[&location]);

@@ -53,6 +53,12 @@ use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use state::{Found, TableLookup};
 
+/// Maps and sets keyed by encoded keys or row places on the lookup and training-set paths,
+/// which hash every key of a request several times (foldhash: a few times faster than SipHash
+/// on short byte strings; its seeds are random per process).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// A LOOKUP read.
 #[derive(Debug, Clone)]
 pub struct LookupRequest {
@@ -447,8 +453,8 @@ async fn read_located(
     table: &TableName,
     schema: &SchemaRef,
     locations: impl Iterator<Item = state::RowAt>,
-) -> ReadResult<(Vec<RecordBatch>, HashMap<state::RowAt, (usize, usize)>)> {
-    let mut by_file: HashMap<Arc<str>, Vec<u32>> = HashMap::new();
+) -> ReadResult<(Vec<RecordBatch>, FastMap<state::RowAt, (usize, usize)>)> {
+    let mut by_file: FastMap<Arc<str>, Vec<u32>> = FastMap::default();
     for (path, pos) in locations {
         by_file.entry(path).or_default().push(pos);
     }
@@ -468,7 +474,7 @@ async fn read_located(
     });
     let read = futures::future::try_join_all(reads).await?;
     let mut sources: Vec<RecordBatch> = Vec::with_capacity(read.len());
-    let mut at: HashMap<state::RowAt, (usize, usize)> = HashMap::new();
+    let mut at: FastMap<state::RowAt, (usize, usize)> = FastMap::default();
     for (path, positions, batch) in read {
         sources.push(conform(table, schema, &batch)?);
         for (row, pos) in positions.into_iter().enumerate() {

@@ -8,7 +8,8 @@
 //! sorted runs spill to temporary files). The sorted rows are joined in segments of
 //! [`SEGMENT_ROWS`], and the joined rows are sorted back into request order the same way (the
 //! other half), so the answer streams out in the order the rows came in while memory holds
-//! the two sorts' buffers and one segment.
+//! the two sorts' buffers and the segments being joined ([`SEGMENTS_AT_ONCE`], each on a task
+//! of its own).
 //!
 //! A segment, with `T0` its earliest row time (minus the TTL, if any) and `T1` its latest, is
 //! joined per feature table: the base is the newest snapshot at or before `T0` in the rows'
@@ -22,7 +23,7 @@
 
 mod order;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ use unitable_core::record::{ChangeOp, RecordCodec};
 use super::asof::{
     Loaded, LookupAsOf, RowsAt, decode_keyed, index_rows_at, newest_covered_by, snapshot_rows_at,
 };
-use super::{conform, finish, nullable, output_schema};
+use super::{FastMap, FastSet, conform, finish, nullable, output_schema};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use crate::pinned::BatchStream;
@@ -53,6 +54,8 @@ use crate::range::chunk_within;
 pub const DEFAULT_TRAINING_SET_MEMORY: usize = 512 << 20;
 /// Rows (in time order) joined with one base snapshot and one changelog pass.
 const SEGMENT_ROWS: usize = 50_000;
+/// Segments joined at once (each on a task of its own, so on as many cores).
+const SEGMENTS_AT_ONCE: usize = 2;
 /// Keys per read of the lookup state's key index.
 const KEYS_PER_READ: usize = 10_000;
 /// The column that carries each entity row's position in the request through the sorts.
@@ -259,11 +262,22 @@ impl Reader {
         let by_time_spilled = by_time.spilled.clone();
 
         // Join segment by segment, then sort the joined rows back into request order.
+        // Segments are joined on their own tasks, [`SEGMENTS_AT_ONCE`] at a time, and come out
+        // in order.
         let joined = segments(by_time.rows, SEGMENT_ROWS)
-            .then(move |segment| {
+            .map(move |segment| {
                 let job = job.clone();
-                async move { job.join_tagged(&segment?).await }
+                let mut joining =
+                    AbortOnDrop(tokio::spawn(
+                        async move { job.join_tagged(&segment?).await },
+                    ));
+                async move {
+                    (&mut joining.0).await.map_err(|e| ReadError::Internal {
+                        reason: format!("a training-set segment's join stopped: {e}"),
+                    })?
+                }
             })
+            .buffered(SEGMENTS_AT_ONCE)
             .boxed();
         let answer_width = answer_schema.fields().len();
         let by_row = order::sort(
@@ -325,6 +339,16 @@ impl Reader {
         let loaded = Loaded::open(&self.catalog, &name).await?;
         let schema = output_schema(&name, &loaded.codec, wanted)?;
         Ok(Feature { loaded, schema })
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped (a training set whose reader
+/// went away stops joining).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -587,16 +611,20 @@ impl Reader {
         let from = base.as_ref().map(|(_, o)| o.clone()).unwrap_or_default();
 
         // The changelog of the rows' partitions, once.
-        let mut by_partition: HashMap<PartitionId, Vec<usize>> = HashMap::new();
+        let mut by_partition: FastMap<PartitionId, Vec<usize>> = FastMap::default();
         for &i in segment {
             by_partition.entry(partition_of[i]).or_default().push(i);
         }
         let changelog = self.changelog.as_ref();
         let replays = futures::future::try_join_all(partitions.iter().map(|&p| {
-            let wanted: HashSet<&[u8]> =
-                by_partition[&p].iter().map(|&i| keys[i].as_ref()).collect();
             let from = from.get(p);
             let end = end.get(p);
+            // No record to replay (the base covers the rows' times): no key set to build.
+            let wanted: FastSet<&[u8]> = if from < end {
+                by_partition[&p].iter().map(|&i| keys[i].as_ref()).collect()
+            } else {
+                FastSet::default()
+            };
             async move {
                 let w = changelog.watermarks(loaded.topic(), p).await?;
                 if from < w.low && from < end {
@@ -625,16 +653,16 @@ impl Reader {
             }
         }))
         .await?;
-        let replays: HashMap<PartitionId, Replay> = replays.into_iter().collect();
+        let replays: FastMap<PartitionId, Replay> = replays.into_iter().collect();
 
         // Base rows (without a TTL: with one, every base value is expired at every row).
         // Each key's base row: (source in `joined.sources`, row).
-        let mut base_rows: HashMap<Bytes, (usize, usize)> = HashMap::new();
+        let mut base_rows: FastMap<Bytes, (usize, usize)> = FastMap::default();
         if ttl.is_none()
             && let Some((snapshot, _)) = &base
         {
             let distinct: Vec<Bytes> = {
-                let mut seen = HashSet::new();
+                let mut seen = FastSet::default();
                 segment
                     .iter()
                     .map(|&i| &keys[i])
@@ -691,7 +719,7 @@ impl Reader {
             rows.sort_by_key(|&i| (times[i], i));
             // Per key: the row it has now (source, row), and when that row was written.
             type KeyState = (Option<(usize, usize)>, Option<i64>);
-            let mut state: HashMap<&Bytes, KeyState> = HashMap::new();
+            let mut state: FastMap<&Bytes, KeyState> = FastMap::default();
             for &i in rows.iter() {
                 if let Some(&row) = base_rows.get(&keys[i]) {
                     state.entry(&keys[i]).or_insert((Some(row), None));
@@ -736,7 +764,7 @@ impl Reader {
 fn take_rows(
     found: RowsAt,
     sources: &mut Vec<RecordBatch>,
-    rows: &mut HashMap<Bytes, (usize, usize)>,
+    rows: &mut FastMap<Bytes, (usize, usize)>,
 ) {
     let first = sources.len();
     sources.extend(found.batches);
@@ -907,7 +935,7 @@ async fn replay(
     partition: PartitionId,
     from: Offset,
     end: Offset,
-    wanted: &HashSet<&[u8]>,
+    wanted: &FastSet<&[u8]>,
 ) -> ReadResult<Replay> {
     let mut kept = Vec::new();
     let mut batches = Vec::new();
@@ -917,7 +945,7 @@ async fn replay(
     while position < end {
         let (chunk, next) = chunk_within(changelog, topic, partition, position, end).await?;
         position = next;
-        let mut visible: HashMap<Offset, i64> = HashMap::new();
+        let mut visible: FastMap<Offset, i64> = FastMap::default();
         let mut mine = Vec::new();
         for record in chunk.into_iter().filter(|r| r.offset < end) {
             if record.record.timestamp_ms > max {

@@ -21,6 +21,7 @@ use unitable_core::scan::{ScanOptions, read_scan};
 use super::{Loaded, RowsAt};
 use crate::error::{ReadError, ReadResult};
 use crate::filter::datum;
+use crate::lookup::FastSet;
 
 /// The rows of `keys` in `snapshot`, by canonical key bytes, read with the key values pushed
 /// into the scan (files and row groups whose key bounds exclude every key are skipped, and
@@ -92,7 +93,7 @@ pub(in crate::lookup) async fn snapshot_rows_at(
     let mut stream = read_scan(table, &scan, ScanOptions::default())
         .await
         .map_err(|e| ReadError::iceberg("start the scan", e))?;
-    let wanted: HashSet<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+    let wanted: FastSet<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
     let key_count = loaded.def.primary_key.len();
     let key_schema = Arc::new(Schema::new(
         loaded
