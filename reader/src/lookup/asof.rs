@@ -28,7 +28,7 @@ use unitable_core::record::{ChangeOp, DecodedBatch, EncodedKey, RecordCodec};
 use unitable_core::table::TableDef;
 
 use super::state::TableLookup;
-use super::{FastMap, LookupRequest, LookupResponse, assemble, keys, output_schema, read_located};
+use super::{LookupRequest, LookupResponse, assemble, keys, output_schema, read_located};
 use crate::Reader;
 use crate::error::{ReadError, ReadResult};
 use crate::freshness::{as_of, as_of_in};
@@ -446,11 +446,12 @@ pub(super) async fn index_rows(
         .map(|rows| rows.sliced()))
 }
 
-/// Rows found by key: the batches they are in and each key's (batch, row).
+/// Rows found by key: the batches they are in and each key's (batch, row) (were a key listed
+/// twice, the later entry would count).
 #[derive(Default)]
 pub(super) struct RowsAt {
     pub(super) batches: Vec<RecordBatch>,
-    pub(super) at: FastMap<Bytes, (usize, usize)>,
+    pub(super) at: Vec<(Bytes, (usize, usize))>,
 }
 
 impl RowsAt {
@@ -475,8 +476,7 @@ pub(super) async fn index_rows_at(
     let Some(locations) = state.base_rows(snapshot_id, keys) else {
         return Ok(None);
     };
-    let located = locations.iter().flatten().cloned();
-    let (sources, at) = match read_located(state, table, schema, located).await {
+    let (sources, at) = match read_located(state, table, schema, locations.iter().flatten()).await {
         Ok(read) => read,
         Err(e @ (ReadError::DataFile { .. } | ReadError::LookupState { .. })) => {
             warn!(%table, "as-of lookup reads the snapshot instead of the key index: {e}");
@@ -484,15 +484,11 @@ pub(super) async fn index_rows_at(
         }
         Err(e) => return Err(e),
     };
-    let mut out = FastMap::with_capacity_and_hasher(keys.len(), Default::default());
-    for (key, location) in keys.iter().zip(locations) {
-        if let Some(location) = location {
-            out.insert(key.clone(), at[&location]);
-        }
-    }
+    // `at` follows the keys that have a location.
+    let found = keys.iter().zip(&locations).filter(|(_, l)| l.is_some());
     Ok(Some(RowsAt {
         batches: sources,
-        at: out,
+        at: found.map(|(key, _)| key.clone()).zip(at).collect(),
     }))
 }
 

@@ -446,39 +446,60 @@ fn finish(
     })
 }
 
-/// Rows of the base's data files at `locations` (file, position), conformed to `schema`, with
-/// one read per file: the batches read, and where each location's row is in them.
-async fn read_located(
+/// Rows of the base's data files at `locations` (file, position; repeats allowed), conformed
+/// to `schema`, with one read per file: the batches read (a file's rows in position order) and,
+/// for each location in order, its (batch, row) in them.
+async fn read_located<'a>(
     state: &TableLookup,
     table: &TableName,
     schema: &SchemaRef,
-    locations: impl Iterator<Item = state::RowAt>,
-) -> ReadResult<(Vec<RecordBatch>, FastMap<state::RowAt, (usize, usize)>)> {
-    let mut by_file: FastMap<Arc<str>, Vec<u32>> = FastMap::default();
-    for (path, pos) in locations {
-        by_file.entry(path).or_default().push(pos);
+    locations: impl Iterator<Item = &'a state::RowAt>,
+) -> ReadResult<(Vec<RecordBatch>, Vec<(usize, usize)>)> {
+    // Grouped by the path's allocation: the locations of one base share their file's path,
+    // and two groups of one file would only mean two reads of it.
+    let mut group_of: FastMap<usize, usize> = FastMap::default();
+    // Per file: its path, and (position, index in `locations`) of its rows.
+    type Group = (Arc<str>, Vec<(u32, usize)>);
+    let mut groups: Vec<Group> = Vec::new();
+    let mut count = 0;
+    for (i, (path, pos)) in locations.enumerate() {
+        let g = *group_of
+            .entry(Arc::as_ptr(path) as *const u8 as usize)
+            .or_insert_with(|| {
+                groups.push((path.clone(), Vec::new()));
+                groups.len() - 1
+            });
+        groups[g].1.push((*pos, i));
+        count = i + 1;
     }
     let field_ids: Vec<i32> = schema
         .fields()
         .iter()
         .filter_map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
         .collect();
-    let reads = by_file.into_iter().map(|(path, mut positions)| {
+    let reads = groups.into_iter().map(|(path, mut wanted)| {
         let field_ids = &field_ids;
         async move {
-            positions.sort_unstable();
+            wanted.sort_unstable();
+            let mut positions: Vec<u32> = wanted.iter().map(|(pos, _)| *pos).collect();
             positions.dedup();
-            let batch = state.files.read_rows(&path, &positions, field_ids).await?;
-            Ok::<_, ReadError>((path, positions, batch))
+            let rows = state.files.read_rows(&path, &positions, field_ids).await?;
+            Ok::<_, ReadError>((wanted, positions, rows))
         }
     });
     let read = futures::future::try_join_all(reads).await?;
-    let mut sources: Vec<RecordBatch> = Vec::with_capacity(read.len());
-    let mut at: FastMap<state::RowAt, (usize, usize)> = FastMap::default();
-    for (path, positions, batch) in read {
-        sources.push(conform(table, schema, &batch)?);
-        for (row, pos) in positions.into_iter().enumerate() {
-            at.insert((path.clone(), pos), (sources.len() - 1, row));
+    let mut sources: Vec<RecordBatch> = Vec::new();
+    let mut at = vec![(0, 0); count];
+    for (wanted, positions, rows) in read {
+        sources.push(conform(table, schema, &rows)?);
+        let source = sources.len() - 1;
+        // `wanted` is sorted like `positions` (the rows' order), repeats included.
+        let mut j = 0;
+        for (pos, i) in wanted {
+            while positions[j] != pos {
+                j += 1;
+            }
+            at[i] = (source, j);
         }
     }
     Ok((sources, at))
@@ -531,12 +552,16 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
         offsets.set(PartitionId(p as u32), tail.consumed());
     }
 
-    // Rows from the base: one read per file, positions ascending and distinct.
-    let located = found.iter().filter_map(|f| match f {
-        Found::Row(path, pos) => Some((path.clone(), *pos)),
-        Found::Tail(_) | Found::Missing => None,
-    });
-    let (mut sources, at) = read_located(state, &request.table, &schema, located).await?;
+    // Rows from the base: one read per file.
+    let located: Vec<state::RowAt> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Row(path, pos) => Some((path.clone(), *pos)),
+            Found::Tail(_) | Found::Missing => None,
+        })
+        .collect();
+    let (mut sources, at) = read_located(state, &request.table, &schema, located.iter()).await?;
+    let mut at = at.into_iter();
     let mut picks = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
     for (i, f) in found.into_iter().enumerate() {
@@ -546,7 +571,9 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
                 sources.push(conform(&request.table, &schema, &row)?);
                 picks.push((sources.len() - 1, 0));
             }
-            Found::Row(path, pos) => picks.push(at[&(path, pos)]),
+            Found::Row(..) => picks.push(at.next().ok_or_else(|| ReadError::Internal {
+                reason: "a base row of the lookup was not read".into(),
+            })?),
         }
     }
     let rows = finish(&request.table, &schema, &sources, &picks)?;

@@ -717,14 +717,10 @@ impl Reader {
             let first = sources.len();
             sources.extend(replay.batches.iter().cloned());
             rows.sort_by_key(|&i| (times[i], i));
-            // Per key: the row it has now (source, row), and when that row was written.
+            // Per key changed so far: the row it has now (source, row; `None`: deleted), and
+            // when that row was written. A key not changed has its base row, if any.
             type KeyState = (Option<(usize, usize)>, Option<i64>);
             let mut state: FastMap<&Bytes, KeyState> = FastMap::default();
-            for &i in rows.iter() {
-                if let Some(&row) = base_rows.get(&keys[i]) {
-                    state.entry(&keys[i]).or_insert((Some(row), None));
-                }
-            }
             let mut next = 0;
             for &i in rows.iter() {
                 let t = times[i];
@@ -742,14 +738,18 @@ impl Reader {
                 }
                 instants[i] = replay.end_at(t);
                 snapshots[i] = snapshot_id;
-                answers[i] = match state.get(&keys[i]) {
+                let now = state
+                    .get(&keys[i])
+                    .copied()
+                    .or_else(|| base_rows.get(&keys[i]).map(|&row| (Some(row), None)));
+                answers[i] = match now {
                     Some((Some(row), stamped)) => {
                         let fresh = match (ttl, stamped) {
                             (None, _) => true,
-                            (Some(ttl), Some(ts)) => *ts > t.saturating_sub(ttl),
+                            (Some(ttl), Some(ts)) => ts > t.saturating_sub(ttl),
                             (Some(_), None) => false,
                         };
-                        fresh.then_some(*row)
+                        fresh.then_some(row)
                     }
                     _ => None,
                 };

@@ -127,7 +127,7 @@ pub(in crate::lookup) async fn snapshot_rows_at(
         let mut kept = false;
         for key in encoded {
             if wanted.contains(key.key.as_ref()) {
-                found.at.insert(key.key, (found.batches.len(), key.row));
+                found.at.push((key.key, (found.batches.len(), key.row)));
                 kept = true;
             }
         }
