@@ -547,27 +547,67 @@ impl Row {
 
 /// Each row as a JSON object (the changelog's JSON mapping); `None` for a missing row.
 fn json_rows(rows: &[Option<Row>]) -> Result<Vec<Option<Vec<u8>>>, String> {
+    // The rows of one table share their lookup's batch: each batch is rendered once, a line
+    // per row (the writer escapes newlines inside values), not a writer per row.
+    let mut rendered: Vec<(RecordBatch, Vec<Vec<u8>>)> = Vec::new();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let Some(row) = row else {
             out.push(None);
             continue;
         };
-        let one = row.batch.slice(row.index, 1);
-        let mut writer = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
-        writer
-            .write(&one)
-            .and_then(|()| writer.finish())
-            .map_err(|e| format!("cannot render a row as JSON: {e}"))?;
-        let mut json = writer.into_inner();
-        if json.last() == Some(&b'\n') {
-            json.pop();
-        }
-        out.push(Some(json));
+        let at = match rendered.iter().position(|(b, _)| same_batch(b, &row.batch)) {
+            Some(at) => at,
+            None => {
+                rendered.push((row.batch.clone(), json_lines(&row.batch)?));
+                rendered.len() - 1
+            }
+        };
+        let line = rendered[at].1.get(row.index).cloned().ok_or_else(|| {
+            format!(
+                "row {} of a lookup's {} rows has no JSON line",
+                row.index,
+                row.batch.num_rows()
+            )
+        })?;
+        out.push(Some(line));
     }
     Ok(out)
+}
+
+/// Whether two batches hold the same arrays (clones of one lookup's answer).
+fn same_batch(a: &RecordBatch, b: &RecordBatch) -> bool {
+    a.num_rows() == b.num_rows()
+        && a.num_columns() == b.num_columns()
+        && a.columns()
+            .iter()
+            .zip(b.columns())
+            .all(|(x, y)| x.to_data().ptr_eq(&y.to_data()))
+}
+
+/// Each row of `batch` as a JSON object (nulls written out).
+fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, String> {
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
+    writer
+        .write(batch)
+        .and_then(|()| writer.finish())
+        .map_err(|e| format!("cannot render a row as JSON: {e}"))?;
+    let text = writer.into_inner();
+    let lines: Vec<Vec<u8>> = text
+        .split(|&b| b == b'\n')
+        .take(batch.num_rows())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if lines.len() != batch.num_rows() {
+        return Err(format!(
+            "rendering {} rows as JSON gave {} lines",
+            batch.num_rows(),
+            lines.len()
+        ));
+    }
+    Ok(lines)
 }
 
 /// `NAMESPACE.TABLE:KEY` -> the table and the key text.
