@@ -639,6 +639,15 @@ def main() -> int:
             for _ in range(args.hist_runs):
                 for name, side in sides.items():
                     check_one_historical(name, side, entity_df, data, results[name])
+            if service is not None:
+                # The server's own time per call, and anything it logged meanwhile (a compaction
+                # or re-base), so a slow call can be traced after the directory is gone.
+                logged = [line for line in service.log().splitlines()
+                          if "training set" in line or "compact" in line or "rebase" in line
+                          or "re-base" in line]
+                results["unitable"]["historical_server_log"] = logged[-20:]
+                for line in logged[-20:]:
+                    print(f"server: {line}", flush=True)
             if len(sides) == 2:
                 results["historical_feast_over_unitable"] = (
                     results["feast"]["historical_s"] / results["unitable"]["historical_s"])
