@@ -640,11 +640,12 @@ def main() -> int:
                 for name, side in sides.items():
                     check_one_historical(name, side, entity_df, data, results[name])
             if service is not None:
-                # The server's own time per call, and anything it logged meanwhile (a compaction
-                # or re-base), so a slow call can be traced after the directory is gone.
+                # The server's own time per call, and what it logged besides (compactions, the
+                # lookup state's re-bases and cache warming), so a slow call can be traced after
+                # the directory is gone.
+                marks = ("training set", "compact", "re-base", "cache warmed", "index built")
                 logged = [line for line in service.log().splitlines()
-                          if "training set" in line or "compact" in line or "rebase" in line
-                          or "re-base" in line]
+                          if any(mark in line for mark in marks)]
                 results["unitable"]["historical_server_log"] = logged[-20:]
                 for line in logged[-20:]:
                     print(f"server: {line}", flush=True)

@@ -446,30 +446,27 @@ fn finish(
     })
 }
 
-/// Rows of the base's data files at `locations` (file, position; repeats allowed), conformed
-/// to `schema`, with one read per file: the batches read (a file's rows in position order) and,
-/// for each location in order, its (batch, row) in them.
+/// Rows of the base's data files at `locations` (all from one read of the base; repeats
+/// allowed), conformed to `schema`, with one read per file: the batches read (a file's rows in
+/// position order) and, for each location in order, its (batch, row) in them.
 async fn read_located<'a>(
     state: &TableLookup,
     table: &TableName,
     schema: &SchemaRef,
     locations: impl Iterator<Item = &'a state::RowAt>,
 ) -> ReadResult<(Vec<RecordBatch>, Vec<(usize, usize)>)> {
-    // Grouped by the path's allocation: the locations of one base share their file's path,
-    // and two groups of one file would only mean two reads of it.
-    let mut group_of: FastMap<usize, usize> = FastMap::default();
-    // Per file: its path, and (position, index in `locations`) of its rows.
+    // Per file (by its number in the base): its path, and (position, index in `locations`) of
+    // its rows.
+    let mut group_of: FastMap<u32, usize> = FastMap::default();
     type Group = (Arc<str>, Vec<(u32, usize)>);
     let mut groups: Vec<Group> = Vec::new();
     let mut count = 0;
-    for (i, (path, pos)) in locations.enumerate() {
-        let g = *group_of
-            .entry(Arc::as_ptr(path) as *const u8 as usize)
-            .or_insert_with(|| {
-                groups.push((path.clone(), Vec::new()));
-                groups.len() - 1
-            });
-        groups[g].1.push((*pos, i));
+    for (i, row) in locations.enumerate() {
+        let g = *group_of.entry(row.file).or_insert_with(|| {
+            groups.push((row.path.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push((row.pos, i));
         count = i + 1;
     }
     let field_ids: Vec<i32> = schema
@@ -553,14 +550,11 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
     }
 
     // Rows from the base: one read per file.
-    let located: Vec<state::RowAt> = found
-        .iter()
-        .filter_map(|f| match f {
-            Found::Row(path, pos) => Some((path.clone(), *pos)),
-            Found::Tail(_) | Found::Missing => None,
-        })
-        .collect();
-    let (mut sources, at) = read_located(state, &request.table, &schema, located.iter()).await?;
+    let located = found.iter().filter_map(|f| match f {
+        Found::Row(row) => Some(row),
+        Found::Tail(_) | Found::Missing => None,
+    });
+    let (mut sources, at) = read_located(state, &request.table, &schema, located).await?;
     let mut at = at.into_iter();
     let mut picks = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();

@@ -74,8 +74,14 @@ impl Base {
     }
 }
 
-/// A row of a data file: its path and position.
-pub(crate) type RowAt = (Arc<str>, u32);
+/// A row of a data file of the base: the file's number in the base (the same file has the
+/// same number within one read of the base), its path, and the row's position.
+#[derive(Debug, Clone)]
+pub(crate) struct RowAt {
+    pub(crate) file: u32,
+    pub(crate) path: Arc<str>,
+    pub(crate) pos: u32,
+}
 
 /// Where a requested key's answer comes from.
 #[derive(Debug)]
@@ -83,7 +89,7 @@ pub(crate) enum Found {
     /// The tail's latest record: the row.
     Tail(RecordBatch),
     /// The base snapshot's row at this position of this file.
-    Row(Arc<str>, u32),
+    Row(RowAt),
     /// No live row.
     Missing,
 }
@@ -254,7 +260,11 @@ impl TableLookup {
                             reason: "the index points into a file no longer in the table".into(),
                         });
                     }
-                    out.push(Found::Row(base.files.paths[file as usize].clone(), pos));
+                    out.push(Found::Row(RowAt {
+                        file,
+                        path: base.files.paths[file as usize].clone(),
+                        pos,
+                    }));
                 }
             }
         }
@@ -285,7 +295,11 @@ impl TableLookup {
             .map(|key| match base.index.get(key) {
                 None => Some(None),
                 Some(RowLocation { file, pos }) if !base.files.gone.contains(&file) => {
-                    Some(Some((base.files.paths[file as usize].clone(), pos)))
+                    Some(Some(RowAt {
+                        file,
+                        path: base.files.paths[file as usize].clone(),
+                        pos,
+                    }))
                 }
                 Some(_) => None,
             })

@@ -472,7 +472,7 @@ impl Connection {
             by_table.entry(table).or_default().push((i, text));
         }
         let mut rows: Vec<Option<Row>> = (0..keys.len()).map(|_| None).collect();
-        for (table, wanted) in by_table {
+        for (answer_no, (table, wanted)) in by_table.into_iter().enumerate() {
             if let Err(e) =
                 self.access
                     .recheck(who, Privilege::Read, std::slice::from_ref(&table), "Lookup")
@@ -518,6 +518,7 @@ impl Connection {
                 }
                 rows[*at] = Some(Row {
                     batch: answer.rows.clone(),
+                    answer: answer_no,
                     index: found,
                 });
                 found += 1;
@@ -527,9 +528,10 @@ impl Connection {
     }
 }
 
-/// A found row: row `index` of `batch`.
+/// A found row: row `index` of `batch`, the rows of the request's lookup number `answer`.
 struct Row {
     batch: RecordBatch,
+    answer: usize,
     index: usize,
 }
 
@@ -547,23 +549,22 @@ impl Row {
 
 /// Each row as a JSON object (the changelog's JSON mapping); `None` for a missing row.
 fn json_rows(rows: &[Option<Row>]) -> Result<Vec<Option<Vec<u8>>>, String> {
-    // The rows of one table share their lookup's batch: each batch is rendered once, a line
-    // per row (the writer escapes newlines inside values), not a writer per row.
-    let mut rendered: Vec<(RecordBatch, Vec<Vec<u8>>)> = Vec::new();
+    // Each lookup's batch is rendered once, a line per row (the writer escapes newlines inside
+    // values), not a writer per row.
+    let mut rendered: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let Some(row) = row else {
             out.push(None);
             continue;
         };
-        let at = match rendered.iter().position(|(b, _)| same_batch(b, &row.batch)) {
-            Some(at) => at,
-            None => {
-                rendered.push((row.batch.clone(), json_lines(&row.batch)?));
-                rendered.len() - 1
+        let lines = match rendered.entry(row.answer) {
+            std::collections::btree_map::Entry::Occupied(lines) => lines.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(json_lines(&row.batch)?)
             }
         };
-        let line = rendered[at].1.get(row.index).cloned().ok_or_else(|| {
+        let line = lines.get(row.index).cloned().ok_or_else(|| {
             format!(
                 "row {} of a lookup's {} rows has no JSON line",
                 row.index,
@@ -573,16 +574,6 @@ fn json_rows(rows: &[Option<Row>]) -> Result<Vec<Option<Vec<u8>>>, String> {
         out.push(Some(line));
     }
     Ok(out)
-}
-
-/// Whether two batches hold the same arrays (clones of one lookup's answer share them).
-fn same_batch(a: &RecordBatch, b: &RecordBatch) -> bool {
-    a.num_rows() == b.num_rows()
-        && a.num_columns() == b.num_columns()
-        && a.columns()
-            .iter()
-            .zip(b.columns())
-            .all(|(x, y)| std::ptr::addr_eq(std::sync::Arc::as_ptr(x), std::sync::Arc::as_ptr(y)))
 }
 
 /// Each row of `batch` as a JSON object (nulls written out).
