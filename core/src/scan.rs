@@ -8,15 +8,13 @@
 //! Upstream fixed it after 0.10.1 (apache/iceberg-rust#2859). Tables with upserts share delete
 //! files across data files, so the window is hit: our oracle test hung in 3 of 3 runs.
 //!
-//! [`read_scan`] keeps iceberg-rust's planning and its Arrow reader, but spreads the planned
-//! files over `concurrency` lanes, each with its own reader that reads its files one after the
-//! other. Within a lane no two files load deletes at the same time, so nobody waits on anybody;
-//! the lanes run in parallel. The cost: a delete file that applies to files in several lanes is
-//! read once per lane instead of once per scan.
+//! [`read_scan`] keeps iceberg-rust's planning but spreads the planned files over
+//! `concurrency` lanes, each a task of its own that reads its files one after the other. Most
+//! files are read by parquet's reader directly ([`direct`]: position deletes as row selections,
+//! each delete file loaded once per read); the others by an iceberg-rust `ArrowReader` of their
+//! own, one file at a time, so no two files wait on its shared delete cache.
 
-use futures::{StreamExt, TryStreamExt, stream};
-use iceberg::Runtime;
-use iceberg::arrow::ArrowReaderBuilder;
+use futures::TryStreamExt;
 use iceberg::scan::{ArrowRecordBatchStream, FileScanTask, TableScan};
 use iceberg::table::Table;
 
@@ -80,26 +78,19 @@ pub fn split_files(mut files: Vec<FileScanTask>, groups: usize) -> Vec<Vec<FileS
 }
 
 /// Reads planned `files` (from [`plan_scan`], or one group of [`split_files`]) in lanes, as
-/// [`read_scan`] does. Must run inside a tokio runtime.
+/// [`read_scan`] does: `concurrency` lanes, each a task of its own reading its files one after
+/// the other, through parquet directly where it can ([`direct`]). Must run inside a tokio
+/// runtime.
 pub fn read_files(
     table: &Table,
     files: Vec<FileScanTask>,
     options: ScanOptions,
 ) -> iceberg::Result<ArrowRecordBatchStream> {
-    let runtime = Runtime::try_current()?;
     let lanes = split_files(files, options.concurrency);
-    let mut streams = Vec::with_capacity(lanes.len());
-    for files in lanes {
-        let mut builder = ArrowReaderBuilder::new(table.file_io().clone(), runtime.clone())
-            .with_data_file_concurrency_limit(1);
-        if let Some(rows) = options.batch_size {
-            builder = builder.with_batch_size(rows);
-        }
-        let tasks = stream::iter(files.into_iter().map(Ok)).boxed();
-        streams.push(builder.build().read(tasks)?.stream());
-    }
-    Ok(stream::select_all(streams).boxed())
+    direct::read_lanes(table.file_io().clone(), lanes, options.batch_size)
 }
+
+mod direct;
 
 #[cfg(test)]
 mod tests;

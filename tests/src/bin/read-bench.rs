@@ -31,6 +31,7 @@ use arrow::ipc::writer::StreamWriter;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use unitable_core::catalog::{CatalogConfig, TableCatalog};
+use unitable_core::scan::{ScanOptions, read_scan};
 use unitable_proto::v1::read_service_client::ReadServiceClient;
 use unitable_proto::v1::stream_start::Kind;
 use unitable_proto::v1::write_service_client::WriteServiceClient;
@@ -358,6 +359,51 @@ async fn scan(rows: usize, runs: usize) -> Result<()> {
         let (t, n) = timed(runs, || flight_read(&url, endpoints)).await?;
         row(label, n, t, file_bytes, Some(df_time));
     }
+    if let Some(out) = std::env::var_os("READ_BENCH_PERF") {
+        // Profiles the server while it answers Flight reads (8 endpoints), for finding where
+        // a SNAPSHOT read's time goes: `perf report -i $READ_BENCH_PERF`.
+        let pid = service
+            .process()
+            .id()
+            .context("the server is not running")?;
+        let mut perf = std::process::Command::new("perf")
+            .args(["record", "--call-graph", "dwarf", "-F", "999", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start perf")?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..runs {
+            flight_read(&url, 8).await?;
+        }
+        std::process::Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status()?;
+        perf.wait()?;
+    }
+    let (t, n) = timed(runs, || {
+        let table = table.clone();
+        async move {
+            let scan = table.scan().build()?;
+            let mut stream = read_scan(&table, &scan, ScanOptions::default()).await?;
+            let mut n = 0u64;
+            while let Some(b) = stream.next().await {
+                n += b?.num_rows() as u64;
+            }
+            Ok(n)
+        }
+    })
+    .await?;
+    row(
+        "unitable's scan (`core::scan::read_scan`), in-process",
+        n,
+        t,
+        file_bytes,
+        Some(df_time),
+    );
     let (t, n) = timed(runs, || {
         let table = table.clone();
         async move {
