@@ -250,6 +250,20 @@ async fn flight_read(url: &str, endpoints: u32) -> Result<u64> {
     Ok(rows)
 }
 
+/// The rows of a stream of batches.
+async fn count_rows<E>(
+    mut batches: impl futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+) -> Result<u64>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut n = 0u64;
+    while let Some(b) = batches.next().await {
+        n += b?.num_rows() as u64;
+    }
+    Ok(n)
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -322,12 +336,7 @@ async fn scan(rows: usize, runs: usize) -> Result<()> {
             let frame = ctx
                 .read_parquet(paths, datafusion::prelude::ParquetReadOptions::default())
                 .await?;
-            let mut stream = frame.execute_stream().await?;
-            let mut n = 0u64;
-            while let Some(b) = stream.next().await {
-                n += b?.num_rows() as u64;
-            }
-            Ok(n)
+            count_rows(frame.execute_stream().await?).await
         }
     })
     .await?;
@@ -388,12 +397,7 @@ async fn scan(rows: usize, runs: usize) -> Result<()> {
         let table = table.clone();
         async move {
             let scan = table.scan().build()?;
-            let mut stream = read_scan(&table, &scan, ScanOptions::default()).await?;
-            let mut n = 0u64;
-            while let Some(b) = stream.next().await {
-                n += b?.num_rows() as u64;
-            }
-            Ok(n)
+            count_rows(read_scan(&table, &scan, ScanOptions::default()).await?).await
         }
     })
     .await?;
@@ -407,12 +411,7 @@ async fn scan(rows: usize, runs: usize) -> Result<()> {
     let (t, n) = timed(runs, || {
         let table = table.clone();
         async move {
-            let mut stream = table.scan().build()?.to_arrow().await?;
-            let mut n = 0u64;
-            while let Some(b) = stream.next().await {
-                n += b?.num_rows() as u64;
-            }
-            Ok(n)
+            count_rows(table.scan().build()?.to_arrow().await?).await
         }
     })
     .await?;
