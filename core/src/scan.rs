@@ -79,15 +79,19 @@ pub fn split_files(mut files: Vec<FileScanTask>, groups: usize) -> Vec<Vec<FileS
 
 /// Reads planned `files` (from [`plan_scan`], or one group of [`split_files`]) in lanes, as
 /// [`read_scan`] does: `concurrency` lanes, each a task of its own reading its files one after
-/// the other, through parquet directly where it can ([`direct`]). Must run inside a tokio
-/// runtime.
+/// the other, through parquet directly where it can ([`direct`]). The lanes start on the
+/// tokio runtime that first polls the stream.
 pub fn read_files(
     table: &Table,
     files: Vec<FileScanTask>,
     options: ScanOptions,
 ) -> iceberg::Result<ArrowRecordBatchStream> {
     let lanes = split_files(files, options.concurrency);
-    direct::read_lanes(table.file_io().clone(), lanes, options.batch_size)
+    Ok(direct::read_lanes(
+        table.file_io().clone(),
+        lanes,
+        options.batch_size,
+    ))
 }
 
 mod direct;

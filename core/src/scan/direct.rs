@@ -40,33 +40,41 @@ const LANE_QUEUE: usize = 4;
 /// Rows per batch when the caller does not say (parquet's default is 1024).
 const DEFAULT_BATCH_ROWS: usize = 8192;
 
-/// Reads `lanes` (groups of planned files) on one task per lane, as the module docs say.
+/// Reads `lanes` (groups of planned files) on one task per lane, as the module docs say. The
+/// tasks start when the stream is first polled, on the runtime that polls it: a server builds
+/// the stream on its request runtime and drains it on its read runtime, where decoding belongs.
 pub(super) fn read_lanes(
     file_io: FileIO,
     lanes: Vec<Vec<FileScanTask>>,
     batch_size: Option<usize>,
-) -> iceberg::Result<ArrowRecordBatchStream> {
-    let runtime = Runtime::try_current()?;
-    let deletes = Arc::new(DeleteCache::default());
-    let (tx, rx) = mpsc::channel(LANE_QUEUE * lanes.len().max(1));
-    let mut tasks = Vec::with_capacity(lanes.len());
-    for files in lanes {
-        let lane = Lane {
-            file_io: file_io.clone(),
-            runtime: runtime.clone(),
-            deletes: deletes.clone(),
-            batch_size: batch_size.unwrap_or(DEFAULT_BATCH_ROWS),
-            tx: tx.clone(),
-        };
-        tasks.push(tokio::spawn(lane.run(files)));
-    }
-    drop(tx);
-    let guard = AbortLanes(tasks);
-    let batches = stream::unfold((rx, guard), |(mut rx, guard)| async move {
-        let next = rx.recv().await?;
-        Some((next, (rx, guard)))
-    });
-    Ok(batches.boxed())
+) -> ArrowRecordBatchStream {
+    let start = async move {
+        let runtime = Runtime::try_current()?;
+        let deletes = Arc::new(DeleteCache::default());
+        let (tx, rx) = mpsc::channel(LANE_QUEUE * lanes.len().max(1));
+        let mut tasks = Vec::with_capacity(lanes.len());
+        for files in lanes {
+            let lane = Lane {
+                file_io: file_io.clone(),
+                runtime: runtime.clone(),
+                deletes: deletes.clone(),
+                batch_size: batch_size.unwrap_or(DEFAULT_BATCH_ROWS),
+                tx: tx.clone(),
+            };
+            tasks.push(tokio::spawn(lane.run(files)));
+        }
+        Ok::<_, Error>((rx, AbortLanes(tasks)))
+    };
+    stream::once(start)
+        .flat_map(|started| match started {
+            Ok(lanes) => stream::unfold(lanes, |(mut rx, guard)| async move {
+                let next = rx.recv().await?;
+                Some((next, (rx, guard)))
+            })
+            .boxed(),
+            Err(e) => stream::iter([Err(e)]).boxed(),
+        })
+        .boxed()
 }
 
 /// Aborts the lanes when the stream of their batches is dropped.

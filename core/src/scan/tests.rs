@@ -246,3 +246,18 @@ fn selections_skip_exactly_the_deleted_rows() {
         vec![RowSelector::select(2), RowSelector::skip(1)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_start_on_the_runtime_that_polls_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, model) = shared_deletes_table(dir.path()).await;
+    let table = f.catalog.load(&f.name).await.unwrap();
+    let files = plan_scan(&table.scan().build().unwrap()).await.unwrap();
+    // Built on a thread outside any runtime (a spawn there would panic), drained here.
+    let stream = std::thread::spawn(move || read_files(&table, files, ScanOptions::default()))
+        .join()
+        .unwrap()
+        .unwrap();
+    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    assert_eq!(rows_of(&batches), model);
+}
