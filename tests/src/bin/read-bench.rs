@@ -410,9 +410,7 @@ async fn scan(rows: usize, runs: usize) -> Result<()> {
     );
     let (t, n) = timed(runs, || {
         let table = table.clone();
-        async move {
-            count_rows(table.scan().build()?.to_arrow().await?).await
-        }
+        async move { count_rows(table.scan().build()?.to_arrow().await?).await }
     })
     .await?;
     row(
