@@ -356,7 +356,9 @@ async fn read_named<'a>(file_io: &FileIO, path: &'a str) -> CommitResult<(&'a st
     read_bytes(file_io, path).await.map(|bytes| (path, bytes))
 }
 
-fn decode_position_deletes(
+/// Decodes the position-delete file at `location` (its `bytes`) into `out`: data file path ->
+/// deleted row positions. Columns are found by field id, else by name.
+pub(crate) fn decode_position_deletes(
     location: &str,
     bytes: Bytes,
     out: &mut HashMap<String, BTreeSet<i64>>,

@@ -18,12 +18,12 @@
 //! is read by iceberg-rust's `ArrowReader` in the same lane, one file at a time (which also
 //! keeps clear of its shared delete cache's lost wake-up, see the parent module).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema as ArrowSchema, SchemaRef as ArrowSchemaRef};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, stream};
 use iceberg::arrow::{ArrowFileReader, ArrowReaderBuilder, schema_to_arrow_schema};
 use iceberg::io::{FileIO, FileMetadata};
 use iceberg::scan::{ArrowRecordBatchStream, FileScanTask};
@@ -33,6 +33,10 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use tokio::sync::{OnceCell, mpsc};
+
+use crate::commit::CommitError;
+use crate::commit::files::read_bytes;
+use crate::commit::plan::decode_position_deletes;
 
 /// Batches a lane may have decoded ahead of the consumer.
 const LANE_QUEUE: usize = 4;
@@ -157,8 +161,13 @@ impl Lane {
         let mut out = Vec::new();
         for delete in &file.deletes {
             let positions = self.deletes.load(&self.file_io, &delete.file_path).await?;
-            if let Some(mine) = positions.get(&file.data_file_path) {
-                out.extend_from_slice(mine);
+            for &pos in positions.get(&file.data_file_path).into_iter().flatten() {
+                out.push(u64::try_from(pos).map_err(|_| {
+                    Error::new(
+                        ErrorKind::DataInvalid,
+                        format!("{} deletes position {pos} of a file", delete.file_path),
+                    )
+                })?);
             }
         }
         out.sort_unstable();
@@ -320,7 +329,7 @@ struct DeleteCache {
     files: Mutex<HashMap<String, Arc<OnceCell<Arc<Positions>>>>>,
 }
 
-type Positions = HashMap<String, Vec<u64>>;
+type Positions = HashMap<String, BTreeSet<i64>>;
 
 impl DeleteCache {
     async fn load(&self, file_io: &FileIO, path: &str) -> iceberg::Result<Arc<Positions>> {
@@ -331,79 +340,16 @@ impl DeleteCache {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             files.entry(path.to_string()).or_default().clone()
         };
-        cell.get_or_try_init(|| read_position_deletes(file_io, path))
-            .await
-            .cloned()
-    }
-}
-
-/// The rows a position delete file deletes, by data file path.
-async fn read_position_deletes(file_io: &FileIO, path: &str) -> iceberg::Result<Arc<Positions>> {
-    let input = file_io.new_input(path)?;
-    let meta = input.metadata().await?;
-    let reader = ArrowFileReader::new(meta, input.reader().await?);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        cell.get_or_try_init(|| async {
+            let invalid = |e: CommitError| Error::new(ErrorKind::DataInvalid, e.to_string());
+            let bytes = read_bytes(file_io, path).await.map_err(invalid)?;
+            let mut positions = Positions::new();
+            decode_position_deletes(path, bytes, &mut positions).map_err(invalid)?;
+            Ok(Arc::new(positions))
+        })
         .await
-        .map_err(|e| parquet_error(path, e))?;
-    let parquet = builder.parquet_schema();
-    let leaf = |name: &str| {
-        parquet
-            .columns()
-            .iter()
-            .position(|c| c.path().parts() == [name.to_string()])
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::DataInvalid,
-                    format!("position delete file {path} has no `{name}` column"),
-                )
-            })
-    };
-    let (file_leaf, pos_leaf) = (leaf("file_path")?, leaf("pos")?);
-    let mask = ProjectionMask::leaves(parquet, [file_leaf, pos_leaf]);
-    let file_first = file_leaf < pos_leaf;
-    let mut batches = builder
-        .with_projection(mask)
-        .with_batch_size(DEFAULT_BATCH_ROWS)
-        .build()
-        .map_err(|e| parquet_error(path, e))?;
-    let mut out: Positions = HashMap::new();
-    let bad = || {
-        Error::new(
-            ErrorKind::DataInvalid,
-            format!("position delete file {path}: `file_path` must be a string, `pos` a long"),
-        )
-    };
-    while let Some(batch) = batches
-        .try_next()
-        .await
-        .map_err(|e| parquet_error(path, e))?
-    {
-        let (files, positions) = if file_first { (0, 1) } else { (1, 0) };
-        let files = batch
-            .column(files)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(bad)?;
-        let positions = batch
-            .column(positions)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(bad)?;
-        if files.null_count() > 0 || positions.null_count() > 0 {
-            return Err(bad());
-        }
-        for row in 0..batch.num_rows() {
-            let pos = u64::try_from(positions.value(row)).map_err(|_| bad())?;
-            let file = files.value(row);
-            match out.get_mut(file) {
-                Some(list) => list.push(pos),
-                None => {
-                    out.insert(file.to_string(), vec![pos]);
-                }
-            }
-        }
+        .cloned()
     }
-    Ok(Arc::new(out))
 }
 
 fn parquet_error(path: &str, e: parquet::errors::ParquetError) -> Error {
