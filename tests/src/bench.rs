@@ -34,6 +34,36 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// `perf record` (with call graphs) of a running process, stopped and written to its file
+/// when dropped: for finding where a benchmark's server time goes (`perf report -i FILE`).
+pub struct Profile(std::process::Child);
+
+impl Profile {
+    /// Starts profiling `pid` into `out` and gives perf a second to attach.
+    pub async fn start(pid: u32, out: &std::ffi::OsStr) -> Result<Profile> {
+        let child = std::process::Command::new("perf")
+            .args(["record", "--call-graph", "dwarf", "-F", "999", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start perf (install linux-perf): {e}"))?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(Profile(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// Creates the bench table `name` with `buckets` buckets.
 pub async fn create_kv_table(service: &Service, name: &str, buckets: u32) -> Result<()> {
     create_kv_table_as(service, name, buckets, &[], Vec::new()).await

@@ -463,6 +463,39 @@ impl RecordCodec {
     }
 }
 
+impl RecordCodec {
+    /// The canonical key (as [`RecordCodec::encode_keys`] writes it) of a one-column primary
+    /// key named by text, the way a key-value protocol names it (`42`, `alice`), without
+    /// building a batch: for an integer column when the text is the integer's canonical
+    /// decimal form, for a string column when it holds no line break. `None` otherwise (a
+    /// composite key, another type, a text that is not canonical): the caller then goes the
+    /// general way, which also gives the errors.
+    pub fn text_key(&self, text: &str) -> Option<Bytes> {
+        let [k] = self.key[..] else {
+            return None;
+        };
+        let info = &self.columns[k];
+        let mut buf = Vec::with_capacity(info.json_name.len() + text.len() + 4);
+        buf.push(b'{');
+        buf.extend_from_slice(&info.json_name);
+        let start = buf.len();
+        match info.ty {
+            ColumnType::Int64 => w::write_i64(&mut buf, text.parse::<i64>().ok()?),
+            ColumnType::Int32 => w::write_i64(&mut buf, i64::from(text.parse::<i32>().ok()?)),
+            ColumnType::String if !text.contains('\n') => w::write_str(&mut buf, text),
+            _ => return None,
+        }
+        // `+5` and `007` parse as integers but are not JSON numbers: the general way decides.
+        if matches!(info.ty, ColumnType::Int64 | ColumnType::Int32)
+            && &buf[start..] != text.as_bytes()
+        {
+            return None;
+        }
+        buf.push(b'}');
+        Some(Bytes::from(buf))
+    }
+}
+
 fn row_error(row: usize, info: &ColumnInfo, reason: impl Into<String>) -> RowError {
     RowError {
         row,

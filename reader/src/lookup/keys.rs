@@ -149,6 +149,11 @@ pub(crate) fn canonical_keys(
             if texts.len() > MAX_KEYS {
                 return Err(too_many(texts.len()));
             }
+            // One-column integer and string keys need no JSON round trip (the common RESP GET).
+            let direct: Option<Vec<Bytes>> = texts.iter().map(|t| codec.text_key(t)).collect();
+            if let Some(keys) = direct {
+                return Ok(keys);
+            }
             let lines = text_keys_to_json(def, texts)?;
             canonical_keys(codec, def, &LookupKeys::JsonLines(lines))
         }
@@ -194,6 +199,65 @@ pub(crate) fn canonical_keys(
                 out.extend(encoded.into_iter().map(|k| k.key));
             }
             Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use unitable_core::naming::TableName;
+    use unitable_core::table::{Column, TableSpec};
+
+    use super::*;
+
+    fn table(columns: &[&str], key: &str) -> (TableDef, RecordCodec) {
+        let def = TableDef::new(
+            TableName::new("shop", "t").unwrap(),
+            TableSpec {
+                columns: columns.iter().map(|c| Column::parse(c).unwrap()).collect(),
+                primary_key: vec![key.to_string()],
+                buckets: Some(4),
+                ..TableSpec::default()
+            },
+        )
+        .unwrap();
+        let codec = RecordCodec::new(&def, "0190d7a4-5c3e-7b21-9a4f-3c2d1e0f9a8b", 1).unwrap();
+        (def, codec)
+    }
+
+    /// Text keys give the same canonical keys, or the same error, as the JSON key lines they
+    /// stand for.
+    #[test]
+    fn text_keys_equal_their_json_lines() {
+        let cases: [(&[&str], &[&str]); 3] = [
+            (
+                &["id:int64!", "v:string"],
+                &["0", "-1", "42", "9223372036854775807", "+7", "007", "-0", "x", "1.5"],
+            ),
+            (&["id:int32!", "v:string"], &["7", "2147483648", "-2147483648", "07"]),
+            (
+                &["id:string!", "v:int64"],
+                &["alice", "42", "", "a \"quoted\" \\ key", "tab\there", "π"],
+            ),
+        ];
+        for (columns, texts) in cases {
+            let (def, codec) = table(columns, "id");
+            for text in texts {
+                let keys = LookupKeys::Text(vec![text.to_string()]);
+                let lines = LookupKeys::JsonLines(text_keys_to_json(&def, &[text.to_string()]).unwrap());
+                let fast = canonical_keys(&codec, &def, &keys).map_err(|e| e.to_string());
+                let general = canonical_keys(&codec, &def, &lines).map_err(|e| e.to_string());
+                assert_eq!(fast, general, "{columns:?} {text:?}");
+            }
+            let all = LookupKeys::Text(texts.iter().map(|t| t.to_string()).collect());
+            let lines = LookupKeys::JsonLines(
+                text_keys_to_json(&def, &texts.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+                    .unwrap(),
+            );
+            assert_eq!(
+                canonical_keys(&codec, &def, &all).map_err(|e| e.to_string()),
+                canonical_keys(&codec, &def, &lines).map_err(|e| e.to_string()),
+            );
         }
     }
 }

@@ -119,6 +119,35 @@ struct Slot {
     used_ms: AtomicU64,
     /// The state's memory when last measured.
     bytes: AtomicUsize,
+    /// The table's lookup metrics, registered at its first lookup: a registry lookup per
+    /// request (label strings built and hashed) costs more than the rest of the bookkeeping.
+    meters: std::sync::OnceLock<Meters>,
+}
+
+/// Handles of one table's lookup metrics.
+struct Meters {
+    seconds: metrics::Histogram,
+    keys: metrics::Histogram,
+    state_bytes: metrics::Gauge,
+}
+
+impl std::fmt::Debug for Meters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Meters")
+    }
+}
+
+impl Slot {
+    fn meters(&self, table: &TableName) -> &Meters {
+        self.meters.get_or_init(|| {
+            let table = table.to_string();
+            Meters {
+                seconds: metrics::histogram!(LOOKUP_SECONDS, "table" => table.clone()),
+                keys: metrics::histogram!(LOOKUP_KEYS, "table" => table.clone()),
+                state_bytes: metrics::gauge!(LOOKUP_STATE_BYTES, "table" => table),
+            }
+        })
+    }
 }
 
 impl Default for LookupCache {
@@ -160,7 +189,11 @@ impl LookupCache {
     }
 
     fn slot(&self, table: &TableName) -> Arc<Slot> {
-        self.slots().entry(table.clone()).or_default().clone()
+        let mut slots = self.slots();
+        if let Some(slot) = slots.get(table) {
+            return slot.clone();
+        }
+        slots.entry(table.clone()).or_default().clone()
     }
 
     /// Records `table`'s memory and use, then drops the least recently used other states
@@ -171,10 +204,11 @@ impl LookupCache {
         let bytes = state.memory_bytes();
         slot.bytes.store(bytes, Ordering::Relaxed);
         slot.used_ms.store(now_ms, Ordering::Relaxed);
-        metrics::gauge!(LOOKUP_STATE_BYTES, "table" => table.to_string()).set(bytes as f64);
+        let gauge = &slot.meters(table).state_bytes;
+        gauge.set(bytes as f64);
         if bytes > self.limit {
             state.invalidate("its memory exceeds the lookup memory limit");
-            metrics::gauge!(LOOKUP_STATE_BYTES, "table" => table.to_string()).set(0.0);
+            gauge.set(0.0);
             return Err(ReadError::LookupMemory {
                 table: table.clone(),
                 bytes,
@@ -210,7 +244,7 @@ impl LookupCache {
             if let Some(dropped) = held.take() {
                 tracing::info!(table = %name, bytes = victim.bytes.load(Ordering::Relaxed), "lookup state evicted to stay within the lookup memory limit");
                 metrics::counter!(LOOKUP_EVICTIONS, "table" => name.to_string()).increment(1);
-                metrics::gauge!(LOOKUP_STATE_BYTES, "table" => name.to_string()).set(0.0);
+                victim.meters(&name).state_bytes.set(0.0);
                 drop(dropped);
             }
             total -= victim.bytes.swap(0, Ordering::Relaxed);
@@ -230,10 +264,23 @@ impl Reader {
         } else {
             self.lookup_fresh(request).await
         };
-        let table = request.table.to_string();
-        metrics::histogram!(LOOKUP_SECONDS, "table" => table.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(LOOKUP_KEYS, "table" => table).record(request.keys.count() as f64);
+        let seconds = started.elapsed().as_secs_f64();
+        let keys = request.keys.count() as f64;
+        // A table with a slot has its metrics registered; others (as-of lookups only, failed
+        // lookups of tables that do not exist) are recorded without keeping anything.
+        let slot = self.lookups.slots().get(&request.table).cloned();
+        match slot {
+            Some(slot) => {
+                let meters = slot.meters(&request.table);
+                meters.seconds.record(seconds);
+                meters.keys.record(keys);
+            }
+            None => {
+                let table = request.table.to_string();
+                metrics::histogram!(LOOKUP_SECONDS, "table" => table.clone()).record(seconds);
+                metrics::histogram!(LOOKUP_KEYS, "table" => table).record(keys);
+            }
+        }
         answer
     }
 
@@ -391,6 +438,9 @@ fn conform(table: &TableName, schema: &SchemaRef, batch: &RecordBatch) -> ReadRe
 
 /// `schema` with every field nullable.
 fn nullable(schema: &SchemaRef) -> SchemaRef {
+    if schema.fields().iter().all(|f| f.is_nullable()) {
+        return schema.clone();
+    }
     Arc::new(Schema::new(
         schema
             .fields()
@@ -429,15 +479,16 @@ fn finish(
     sources: &[RecordBatch],
     picks: &[(usize, usize)],
 ) -> ReadResult<RecordBatch> {
-    let relaxed = Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    ));
     if picks.is_empty() {
-        return Ok(RecordBatch::new_empty(relaxed));
+        return Ok(RecordBatch::new_empty(nullable(schema)));
+    }
+    // The sources are conformed to `schema` (all nullable): one source whose rows are picked
+    // in order, each once (a one-key lookup, or keys all in one place), is the answer as it is.
+    if let [only] = sources
+        && only.num_rows() == picks.len()
+        && picks.iter().enumerate().all(|(i, &(s, r))| s == 0 && r == i)
+    {
+        return Ok(only.clone());
     }
     let refs: Vec<&RecordBatch> = sources.iter().collect();
     arrow::compute::interleave_record_batch(&refs, picks).map_err(|e| ReadError::LookupState {
@@ -505,7 +556,12 @@ async fn read_located<'a>(
 /// A FRESH lookup on `state`.
 async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResult<LookupResponse> {
     let keys = keys::canonical_keys(&state.codec, &state.def, &request.keys)?;
-    let schema = output_schema(&request.table, &state.codec, &request.columns)?;
+    // Relaxed once here, so conforming each source and the answer reuse it.
+    let schema = if request.columns.is_empty() {
+        state.all_columns.clone()
+    } else {
+        nullable(&output_schema(&request.table, &state.codec, &request.columns)?)
+    };
     // Everything acknowledged before now is below the high watermark of its partition: wait
     // until the followers of the keys' partitions have applied it.
     let partitions: BTreeSet<PartitionId> =

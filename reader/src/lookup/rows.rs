@@ -359,6 +359,9 @@ pub(crate) struct DataFiles {
     cache: Arc<BlockCache>,
     /// The table, for metric labels.
     table: String,
+    /// The table's cache hit and miss counters (registered once, not per lookup).
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 impl std::fmt::Debug for DataFiles {
@@ -432,6 +435,8 @@ impl DataFiles {
             file_io,
             open: Mutex::new(HashMap::new()),
             cache,
+            hits: metrics::counter!(CACHE_HITS, "table" => table.clone()),
+            misses: metrics::counter!(CACHE_MISSES, "table" => table.clone()),
             table,
         }
     }
@@ -529,12 +534,11 @@ impl DataFiles {
                 None => missing.push(block),
             }
         }
-        let table = self.table.clone();
-        metrics::counter!(CACHE_HITS, "table" => table.clone()).increment(got.len() as u64);
+        self.hits.increment(got.len() as u64);
         if missing.is_empty() {
             return Ok(got);
         }
-        metrics::counter!(CACHE_MISSES, "table" => table).increment(missing.len() as u64);
+        self.misses.increment(missing.len() as u64);
         let fail = |reason: String| ReadError::DataFile {
             path: path.to_string(),
             reason,
@@ -721,11 +725,23 @@ impl DataFiles {
         let mut sources = Vec::with_capacity(wanted.len());
         let mut slot = HashMap::with_capacity(wanted.len());
         for block in &wanted {
-            let batch = blocks[block]
-                .project(&columns)
-                .map_err(|e| fail(e.to_string()))?;
+            let rows = &blocks[block];
+            // All columns in the file's order (a lookup of whole rows): no new schema needed.
+            let whole = columns.len() == rows.num_columns()
+                && columns.iter().enumerate().all(|(i, &c)| i == c);
+            let batch = if whole {
+                RecordBatch::clone(rows)
+            } else {
+                rows.project(&columns).map_err(|e| fail(e.to_string()))?
+            };
             slot.insert(*block, sources.len());
             sources.push(batch);
+        }
+        // Consecutive rows of one block (one key, above all) are a slice of it: no copy.
+        if let ([batch], [first, ..]) = (&sources[..], positions)
+            && positions.windows(2).all(|w| w[1] == w[0] + 1)
+        {
+            return Ok(batch.slice(*first as usize % file.block_rows, positions.len()));
         }
         let picks: Vec<(usize, usize)> = positions
             .iter()

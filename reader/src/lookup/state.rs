@@ -104,6 +104,9 @@ pub(crate) struct TableLookup {
     pub(crate) codec: Arc<RecordCodec>,
     pub(crate) changelog: Arc<dyn Changelog>,
     key_field_ids: Vec<i32>,
+    /// The table's columns, all nullable: the schema of a lookup's rows when no columns are
+    /// named (built once, not per lookup).
+    pub(crate) all_columns: arrow::datatypes::SchemaRef,
     pub(crate) files: DataFiles,
     base: RwLock<Base>,
     pub(crate) tails: Vec<Arc<PartitionTail>>,
@@ -174,6 +177,7 @@ impl TableLookup {
             codec: codec.clone(),
             changelog: changelog.clone(),
             key_field_ids,
+            all_columns: super::nullable(&codec.arrow_schema()),
             files: DataFiles::new(table.file_io().clone(), blocks.clone(), name.to_string()),
             base: RwLock::new(base),
             tails: tails.clone(),

@@ -425,6 +425,19 @@ async fn main() -> Result<()> {
     for line in time_resp(&mut resp, "unitable RESP", &prefix, &workloads).await? {
         println!("{line}");
     }
+    if let Some(out) = std::env::var_os("LOOKUP_BENCH_PERF") {
+        // Profiles the server through the single-key RESP workloads once more (after they
+        // were timed), for finding where a GET's server time goes: `perf report -i FILE`.
+        let single: Vec<&Workload> = workloads
+            .iter()
+            .filter(|w| w.requests[0].len() == 1)
+            .collect();
+        let profile = bench::Profile::start(pid, &out).await?;
+        for workload in single {
+            time_resp(&mut resp, "unitable RESP", &prefix, std::slice::from_ref(workload)).await?;
+        }
+        drop(profile);
+    }
     cache_lines.push(format!(
         "RESP, all workloads: block cache {} hits, {} misses",
         counter(&service, "unitable_lookup_cache_hits_total") - hits,

@@ -38,7 +38,7 @@ use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
     ReadMode, ReadRequest, RowFormat, StreamStart, WaitFor, WriteOp, WriteRequest, read_response,
 };
-use unitable_tests::{Kafka, Service};
+use unitable_tests::{Kafka, Service, bench};
 
 const TABLE: &str = "bench.events";
 
@@ -375,23 +375,11 @@ async fn scan(rows: usize, runs: usize) -> Result<()> {
             .process()
             .id()
             .context("the server is not running")?;
-        let mut perf = std::process::Command::new("perf")
-            .args(["record", "--call-graph", "dwarf", "-F", "999", "-p"])
-            .arg(pid.to_string())
-            .arg("-o")
-            .arg(&out)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("start perf")?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let profile = bench::Profile::start(pid, &out).await?;
         for _ in 0..runs {
             flight_read(&url, 8).await?;
         }
-        std::process::Command::new("kill")
-            .args(["-INT", &perf.id().to_string()])
-            .status()?;
-        perf.wait()?;
+        drop(profile);
     }
     let (t, n) = timed(runs, || {
         let table = table.clone();
