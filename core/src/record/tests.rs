@@ -268,9 +268,7 @@ fn text_keys_are_the_canonical_keys_of_their_values() {
             ))
         };
         let strings = Arc::new(StringArray::from(vec![Some("a"); values.len()]));
-        let (keys, _) = c
-            .encode_keys(&batch(&c, vec![ids, strings]))
-            .unwrap();
+        let (keys, _) = c.encode_keys(&batch(&c, vec![ids, strings])).unwrap();
         for (value, key) in values.iter().zip(&keys) {
             assert_eq!(c.text_key(&value.to_string()), Some(key.key.clone()));
         }
@@ -285,12 +283,17 @@ fn text_keys_are_the_canonical_keys_of_their_values() {
     }
     // String columns: any text without a line break, escaped as the codec escapes.
     let c = codec(&table(&["name:string!", "v:int64"], &["name"]));
-    let texts = ["alice", "42", "", "quote \" and \\", "tab\tbell\u{7}", "π ✓"];
+    let texts = [
+        "alice",
+        "42",
+        "",
+        "quote \" and \\",
+        "tab\tbell\u{7}",
+        "π ✓",
+    ];
     let names = Arc::new(StringArray::from(texts.to_vec()));
     let values = Arc::new(Int64Array::from(vec![1; texts.len()]));
-    let (keys, _) = c
-        .encode_keys(&batch(&c, vec![names, values]))
-        .unwrap();
+    let (keys, _) = c.encode_keys(&batch(&c, vec![names, values])).unwrap();
     for (text, key) in texts.iter().zip(&keys) {
         assert_eq!(c.text_key(text), Some(key.key.clone()), "{text:?}");
     }

@@ -232,9 +232,22 @@ mod tests {
         let cases: [(&[&str], &[&str]); 3] = [
             (
                 &["id:int64!", "v:string"],
-                &["0", "-1", "42", "9223372036854775807", "+7", "007", "-0", "x", "1.5"],
+                &[
+                    "0",
+                    "-1",
+                    "42",
+                    "9223372036854775807",
+                    "+7",
+                    "007",
+                    "-0",
+                    "x",
+                    "1.5",
+                ],
             ),
-            (&["id:int32!", "v:string"], &["7", "2147483648", "-2147483648", "07"]),
+            (
+                &["id:int32!", "v:string"],
+                &["7", "2147483648", "-2147483648", "07"],
+            ),
             (
                 &["id:string!", "v:int64"],
                 &["alice", "42", "", "a \"quoted\" \\ key", "tab\there", "π"],
@@ -244,15 +257,19 @@ mod tests {
             let (def, codec) = table(columns, "id");
             for text in texts {
                 let keys = LookupKeys::Text(vec![text.to_string()]);
-                let lines = LookupKeys::JsonLines(text_keys_to_json(&def, &[text.to_string()]).unwrap());
+                let lines =
+                    LookupKeys::JsonLines(text_keys_to_json(&def, &[text.to_string()]).unwrap());
                 let fast = canonical_keys(&codec, &def, &keys).map_err(|e| e.to_string());
                 let general = canonical_keys(&codec, &def, &lines).map_err(|e| e.to_string());
                 assert_eq!(fast, general, "{columns:?} {text:?}");
             }
             let all = LookupKeys::Text(texts.iter().map(|t| t.to_string()).collect());
             let lines = LookupKeys::JsonLines(
-                text_keys_to_json(&def, &texts.iter().map(|t| t.to_string()).collect::<Vec<_>>())
-                    .unwrap(),
+                text_keys_to_json(
+                    &def,
+                    &texts.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+                )
+                .unwrap(),
             );
             assert_eq!(
                 canonical_keys(&codec, &def, &all).map_err(|e| e.to_string()),

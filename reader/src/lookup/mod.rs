@@ -486,7 +486,10 @@ fn finish(
     // in order, each once (a one-key lookup, or keys all in one place), is the answer as it is.
     if let [only] = sources
         && only.num_rows() == picks.len()
-        && picks.iter().enumerate().all(|(i, &(s, r))| s == 0 && r == i)
+        && picks
+            .iter()
+            .enumerate()
+            .all(|(i, &(s, r))| s == 0 && r == i)
     {
         return Ok(only.clone());
     }
@@ -560,7 +563,11 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
     let schema = if request.columns.is_empty() {
         state.all_columns.clone()
     } else {
-        nullable(&output_schema(&request.table, &state.codec, &request.columns)?)
+        nullable(&output_schema(
+            &request.table,
+            &state.codec,
+            &request.columns,
+        )?)
     };
     // Everything acknowledged before now is below the high watermark of its partition: wait
     // until the followers of the keys' partitions have applied it.

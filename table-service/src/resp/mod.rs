@@ -644,11 +644,9 @@ fn plain_json_lines(batch: &RecordBatch) -> Option<Vec<Vec<u8>>> {
             }
             match column {
                 Column::Int(value) => out.extend_from_slice(value(row).to_string().as_bytes()),
-                Column::Bool(values) => out.extend_from_slice(if values.value(row) {
-                    b"true"
-                } else {
-                    b"false"
-                }),
+                Column::Bool(values) => {
+                    out.extend_from_slice(if values.value(row) { b"true" } else { b"false" })
+                }
                 Column::Str(value) => serde_json::to_writer(&mut out, value(row)).ok()?,
             }
         }
@@ -757,23 +755,23 @@ fn command_counter(name: &str) -> &'static metrics::Counter {
 
 /// Commands with a label of their own in [`COMMANDS`].
 const KNOWN_COMMANDS: [&str; 17] = [
-        "GET",
-        "MGET",
-        "EXISTS",
-        "HGET",
-        "HMGET",
-        "HGETALL",
-        "UT.LOOKUP",
-        "AUTH",
-        "HELLO",
-        "PING",
-        "ECHO",
-        "SELECT",
-        "CLIENT",
-        "COMMAND",
-        "INFO",
-        "QUIT",
-        "SET",
+    "GET",
+    "MGET",
+    "EXISTS",
+    "HGET",
+    "HMGET",
+    "HGETALL",
+    "UT.LOOKUP",
+    "AUTH",
+    "HELLO",
+    "PING",
+    "ECHO",
+    "SELECT",
+    "CLIENT",
+    "COMMAND",
+    "INFO",
+    "QUIT",
+    "SET",
 ];
 
 /// The metric label of a command (unknown ones share one).
@@ -796,8 +794,8 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{
-        ArrayRef, BooleanArray, Int8Array, Int32Array, Int64Array, LargeStringArray,
-        StringArray, UInt64Array,
+        ArrayRef, BooleanArray, Int8Array, Int32Array, Int64Array, LargeStringArray, StringArray,
+        UInt64Array,
     };
     use arrow::datatypes::{DataType, Field, Schema};
 
@@ -807,11 +805,46 @@ mod tests {
     #[test]
     fn plain_rows_render_as_arrows_json_writer_does() {
         let columns: Vec<(&str, ArrayRef)> = vec![
-            ("id", Arc::new(Int64Array::from(vec![Some(i64::MIN), Some(0), None, Some(i64::MAX)]))),
-            ("small", Arc::new(Int8Array::from(vec![Some(-128), None, Some(7), Some(127)]))),
-            ("n", Arc::new(Int32Array::from(vec![Some(1), Some(-1), Some(i32::MAX), None]))),
-            ("u", Arc::new(UInt64Array::from(vec![Some(u64::MAX), Some(0), None, Some(5)]))),
-            ("ok", Arc::new(BooleanArray::from(vec![Some(true), None, Some(false), Some(true)]))),
+            (
+                "id",
+                Arc::new(Int64Array::from(vec![
+                    Some(i64::MIN),
+                    Some(0),
+                    None,
+                    Some(i64::MAX),
+                ])),
+            ),
+            (
+                "small",
+                Arc::new(Int8Array::from(vec![Some(-128), None, Some(7), Some(127)])),
+            ),
+            (
+                "n",
+                Arc::new(Int32Array::from(vec![
+                    Some(1),
+                    Some(-1),
+                    Some(i32::MAX),
+                    None,
+                ])),
+            ),
+            (
+                "u",
+                Arc::new(UInt64Array::from(vec![
+                    Some(u64::MAX),
+                    Some(0),
+                    None,
+                    Some(5),
+                ])),
+            ),
+            (
+                "ok",
+                Arc::new(BooleanArray::from(vec![
+                    Some(true),
+                    None,
+                    Some(false),
+                    Some(true),
+                ])),
+            ),
             (
                 "v",
                 Arc::new(StringArray::from(vec![
@@ -821,7 +854,15 @@ mod tests {
                     Some("π ✓ \u{1F600} \u{2028}"),
                 ])),
             ),
-            ("w", Arc::new(LargeStringArray::from(vec![None, Some(""), Some("x"), Some("\u{0}")]))),
+            (
+                "w",
+                Arc::new(LargeStringArray::from(vec![
+                    None,
+                    Some(""),
+                    Some("x"),
+                    Some("\u{0}"),
+                ])),
+            ),
             ("odd \"name\"", Arc::new(Int64Array::from(vec![1, 2, 3, 4]))),
         ];
         let schema = Arc::new(Schema::new(
@@ -836,7 +877,10 @@ mod tests {
         assert_eq!(direct, arrow_json_lines(&batch).unwrap());
         // Slices (one key's row out of a block) too.
         let one = batch.slice(2, 1);
-        assert_eq!(plain_json_lines(&one).unwrap(), arrow_json_lines(&one).unwrap());
+        assert_eq!(
+            plain_json_lines(&one).unwrap(),
+            arrow_json_lines(&one).unwrap()
+        );
         // Other types go to Arrow's writer.
         let floats = RecordBatch::try_new(
             Arc::new(Schema::new(vec![Field::new("f", DataType::Float64, true)])),

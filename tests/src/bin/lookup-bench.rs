@@ -434,7 +434,13 @@ async fn main() -> Result<()> {
             .collect();
         let profile = bench::Profile::start(pid, &out).await?;
         for workload in single {
-            time_resp(&mut resp, "unitable RESP", &prefix, std::slice::from_ref(workload)).await?;
+            time_resp(
+                &mut resp,
+                "unitable RESP",
+                &prefix,
+                std::slice::from_ref(workload),
+            )
+            .await?;
         }
         drop(profile);
     }
