@@ -198,29 +198,35 @@ fn keys_are_compact_json_in_key_order() {
     assert_eq!(keys[0].partition, rows[0].partition);
 }
 
+/// A table keyed by one `ty` (`int64` or `int32`) column, the boundary values of that type
+/// and their encoded keys, in order.
+fn integer_keys(ty: &str) -> (RecordCodec, Vec<i64>, Vec<EncodedKey>) {
+    let codec = codec(&table(&[&format!("id:{ty}!"), "v:string"], &["id"]));
+    let values: Vec<i64> = if ty == "int64" {
+        vec![0, -1, 7, 42, i64::MIN, i64::MAX]
+    } else {
+        vec![0, -1, 7, 42, i64::from(i32::MIN), i64::from(i32::MAX)]
+    };
+    let ids: ArrayRef = if ty == "int64" {
+        Arc::new(Int64Array::from(values.clone()))
+    } else {
+        Arc::new(Int32Array::from_iter_values(
+            values.iter().map(|&v| v as i32),
+        ))
+    };
+    let strings = Arc::new(StringArray::from(vec![Some("a"); values.len()]));
+    let (keys, errors) = codec
+        .encode_keys(&batch(&codec, vec![ids, strings]))
+        .unwrap();
+    assert!(errors.is_empty());
+    (codec, values, keys)
+}
+
 #[test]
 fn integer_keys_read_back_from_canonical_keys() {
     for ty in ["int64", "int32"] {
-        let def = table(&[&format!("id:{ty}!"), "v:string"], &["id"]);
-        let codec = codec(&def);
+        let (codec, values, keys) = integer_keys(ty);
         assert!(codec.has_integer_key());
-        let values: Vec<i64> = if ty == "int64" {
-            vec![0, -1, 42, i64::MIN, i64::MAX]
-        } else {
-            vec![0, -1, 42, i64::from(i32::MIN), i64::from(i32::MAX)]
-        };
-        let ids: ArrayRef = if ty == "int64" {
-            Arc::new(Int64Array::from(values.clone()))
-        } else {
-            Arc::new(Int32Array::from_iter_values(
-                values.iter().map(|&v| v as i32),
-            ))
-        };
-        let strings = Arc::new(StringArray::from(vec![Some("a"); values.len()]));
-        let (keys, errors) = codec
-            .encode_keys(&batch(&codec, vec![ids, strings]))
-            .unwrap();
-        assert!(errors.is_empty());
         let read: Vec<Option<i64>> = keys.iter().map(|k| codec.integer_key(&k.key)).collect();
         assert_eq!(read, values.into_iter().map(Some).collect::<Vec<_>>());
         // Not keys of this table.
@@ -254,21 +260,7 @@ fn integer_keys_read_back_from_canonical_keys() {
 fn text_keys_are_the_canonical_keys_of_their_values() {
     // Integer columns: canonical decimal texts only; others are left to the general way.
     for ty in ["int64", "int32"] {
-        let c = codec(&table(&[&format!("id:{ty}!"), "v:string"], &["id"]));
-        let values: Vec<i64> = if ty == "int64" {
-            vec![0, -1, 7, 42, i64::MIN, i64::MAX]
-        } else {
-            vec![0, -1, 7, i64::from(i32::MIN), i64::from(i32::MAX)]
-        };
-        let ids: ArrayRef = if ty == "int64" {
-            Arc::new(Int64Array::from(values.clone()))
-        } else {
-            Arc::new(Int32Array::from_iter_values(
-                values.iter().map(|&v| v as i32),
-            ))
-        };
-        let strings = Arc::new(StringArray::from(vec![Some("a"); values.len()]));
-        let (keys, _) = c.encode_keys(&batch(&c, vec![ids, strings])).unwrap();
+        let (c, values, keys) = integer_keys(ty);
         for (value, key) in values.iter().zip(&keys) {
             assert_eq!(c.text_key(&value.to_string()), Some(key.key.clone()));
         }
