@@ -643,7 +643,10 @@ fn plain_json_lines(batch: &RecordBatch) -> Option<Vec<Vec<u8>>> {
                 continue;
             }
             match column {
-                Column::Int(value) => out.extend_from_slice(value(row).to_string().as_bytes()),
+                Column::Int(value) => {
+                    use std::io::Write;
+                    write!(out, "{}", value(row)).ok()?
+                }
                 Column::Bool(values) => {
                     out.extend_from_slice(if values.value(row) { b"true" } else { b"false" })
                 }
@@ -736,21 +739,20 @@ fn arity(name: &str) -> Reply {
 /// The counter of a command (unknown ones share one), registered once per process: a
 /// registry lookup per command costs about as much as answering a GET from the cache.
 fn command_counter(name: &str) -> &'static metrics::Counter {
-    static COUNTERS: std::sync::OnceLock<Vec<(&'static str, metrics::Counter)>> =
-        std::sync::OnceLock::new();
+    static COUNTERS: std::sync::OnceLock<Vec<metrics::Counter>> = std::sync::OnceLock::new();
+    // One counter per known command, in order, then the one for all others.
     let counters = COUNTERS.get_or_init(|| {
         KNOWN_COMMANDS
             .iter()
             .chain(&["other"])
-            .map(|&c| (c, metrics::counter!(COMMANDS, "command" => c)))
+            .map(|&c| metrics::counter!(COMMANDS, "command" => c))
             .collect()
     });
-    let label = command_label(name);
-    let (_, counter) = counters
+    let at = KNOWN_COMMANDS
         .iter()
-        .find(|(c, _)| *c == label)
-        .unwrap_or_else(|| &counters[counters.len() - 1]);
-    counter
+        .position(|k| *k == name)
+        .unwrap_or(KNOWN_COMMANDS.len());
+    &counters[at]
 }
 
 /// Commands with a label of their own in [`COMMANDS`].
@@ -773,15 +775,6 @@ const KNOWN_COMMANDS: [&str; 17] = [
     "QUIT",
     "SET",
 ];
-
-/// The metric label of a command (unknown ones share one).
-fn command_label(name: &str) -> &'static str {
-    KNOWN_COMMANDS
-        .iter()
-        .find(|k| **k == name)
-        .copied()
-        .unwrap_or("other")
-}
 
 /// Commands that would write, refused with a pointer to the Write API.
 const WRITES: [&str; 18] = [
