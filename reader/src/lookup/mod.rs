@@ -36,17 +36,18 @@ pub use keys::{LookupKeys, MAX_KEYS};
 pub use rows::DEFAULT_BLOCK_CACHE_BYTES;
 pub use training::{DEFAULT_TRAINING_SET_MEMORY, TrainingSet, TrainingSetSpec};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arrow::array::{RecordBatch, new_null_array};
+use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
+use bytes::Bytes;
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 use tokio::sync::Mutex;
 use unitable_core::naming::TableName;
-use unitable_core::offsets::{AsOf, PartitionId, PartitionOffsets};
+use unitable_core::offsets::{AsOf, Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::RecordCodec;
 
 use crate::Reader;
@@ -103,7 +104,7 @@ const LOOKUP_STATE_BYTES: &str = "unitable_lookup_state_bytes";
 /// lookups on other tables go on meanwhile.
 #[derive(Debug)]
 pub(crate) struct LookupCache {
-    tables: std::sync::Mutex<HashMap<TableName, Arc<Slot>>>,
+    tables: std::sync::Mutex<FastMap<TableName, Arc<Slot>>>,
     limit: usize,
     /// Decoded row blocks of every table's data files.
     blocks: Arc<rows::BlockCache>,
@@ -182,7 +183,7 @@ impl LookupCache {
         self.blocks.warm_asked()
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, Arc<Slot>>> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, FastMap<TableName, Arc<Slot>>> {
         self.tables
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -436,6 +437,41 @@ fn conform(table: &TableName, schema: &SchemaRef, batch: &RecordBatch) -> ReadRe
     RecordBatch::try_new(nullable(schema), columns).map_err(|e| fail(format!("assemble rows: {e}")))
 }
 
+/// The Iceberg field id of each field of `schema`.
+fn field_ids_of(schema: &Schema) -> Vec<Option<i32>> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
+        .collect()
+}
+
+/// `rows` rows of a data file as `schema`'s columns (one per field, `None` where the file has
+/// no such column, which is then null), cast to the table's types.
+fn conform_columns(
+    table: &TableName,
+    schema: &SchemaRef,
+    columns: Vec<Option<ArrayRef>>,
+    rows: usize,
+) -> ReadResult<RecordBatch> {
+    let fail = |reason: String| ReadError::LookupState {
+        table: table.clone(),
+        reason,
+    };
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(columns)
+        .map(|(field, column)| match column {
+            Some(c) if c.data_type() == field.data_type() => Ok(c),
+            Some(c) => arrow::compute::cast(&c, field.data_type())
+                .map_err(|e| fail(format!("column `{}`: {e}", field.name()))),
+            None => Ok(new_null_array(field.data_type(), rows)),
+        })
+        .collect::<ReadResult<Vec<_>>>()?;
+    RecordBatch::try_new(nullable(schema), columns).map_err(|e| fail(format!("assemble rows: {e}")))
+}
+
 /// `schema` with every field nullable.
 fn nullable(schema: &SchemaRef) -> SchemaRef {
     if schema.fields().iter().all(|f| f.is_nullable()) {
@@ -523,26 +559,27 @@ async fn read_located<'a>(
         groups[g].1.push((row.pos, i));
         count = i + 1;
     }
-    let field_ids: Vec<i32> = schema
-        .fields()
-        .iter()
-        .filter_map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
-        .collect();
-    let reads = groups.into_iter().map(|(path, mut wanted)| {
-        let field_ids = &field_ids;
-        async move {
-            wanted.sort_unstable();
-            let mut positions: Vec<u32> = wanted.iter().map(|(pos, _)| *pos).collect();
-            positions.dedup();
-            let rows = state.files.read_rows(&path, &positions, field_ids).await?;
-            Ok::<_, ReadError>((wanted, positions, rows))
-        }
+    // The columns' field ids (those of all the table's columns are kept with the state).
+    let asked;
+    let field_ids: &[Option<i32>] = if Arc::ptr_eq(schema, &state.all_columns) {
+        &state.all_field_ids
+    } else {
+        asked = field_ids_of(schema);
+        &asked
+    };
+    let reads = groups.into_iter().map(|(path, mut wanted)| async move {
+        wanted.sort_unstable();
+        let mut positions: Vec<u32> = wanted.iter().map(|(pos, _)| *pos).collect();
+        positions.dedup();
+        let rows = state.files.read_rows(&path, &positions, field_ids).await?;
+        Ok::<_, ReadError>((wanted, positions, rows))
     });
     let read = futures::future::try_join_all(reads).await?;
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut at = vec![(0, 0); count];
     for (wanted, positions, rows) in read {
-        sources.push(conform(table, schema, &rows)?);
+        let rows = conform_columns(table, schema, rows, positions.len())?;
+        sources.push(rows);
         let source = sources.len() - 1;
         // `wanted` is sorted like `positions` (the rows' order), repeats included.
         let mut j = 0;
@@ -554,6 +591,66 @@ async fn read_located<'a>(
         }
     }
     Ok((sources, at))
+}
+
+/// Waits until the followers of `keys`' partitions have applied everything acknowledged
+/// before now (everything below each partition's high watermark).
+async fn wait_for_tail(state: &TableLookup, table: &TableName, keys: &[Bytes]) -> ReadResult<()> {
+    // The keys' partitions, each once (a request's keys are few partitions: a sorted vector).
+    let mut partitions: Vec<PartitionId> =
+        keys.iter().map(|k| state.codec.partition_of(k)).collect();
+    partitions.sort_unstable_by_key(|p| p.0);
+    partitions.dedup();
+    let topic = &state.def.changelog.topic;
+    let heads: Vec<(PartitionId, Offset)> = match partitions[..] {
+        [] => return Ok(()),
+        [p] => vec![(p, state.changelog.watermarks(topic, p).await?.high)],
+        _ => {
+            futures::future::try_join_all(partitions.iter().map(|&p| async move {
+                state
+                    .changelog
+                    .watermarks(topic, p)
+                    .await
+                    .map(|w| (p, w.high))
+            }))
+            .await?
+        }
+    };
+    // Caught up already (the usual case): no timer, no subscription.
+    let behind: Vec<&(PartitionId, Offset)> = heads
+        .iter()
+        .filter(|(p, high)| {
+            let tail = &state.tails[p.0 as usize];
+            tail.consumed() < *high || tail.broken().is_some()
+        })
+        .collect();
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    for (p, high) in behind {
+        let tail = &state.tails[p.0 as usize];
+        let left = FOLLOW_TIMEOUT.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, tail.wait_for(*high)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                return Err(ReadError::LookupState {
+                    table: table.clone(),
+                    reason: format!("changelog partition {p} cannot be followed: {reason}"),
+                });
+            }
+            Err(_) => {
+                return Err(ReadError::LookupBehind {
+                    table: table.clone(),
+                    partition: p.0,
+                    needed: high.0,
+                    applied: tail.consumed().0,
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A FRESH lookup on `state`.
@@ -569,44 +666,9 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
             &request.columns,
         )?)
     };
-    // Everything acknowledged before now is below the high watermark of its partition: wait
-    // until the followers of the keys' partitions have applied it.
-    let partitions: BTreeSet<PartitionId> =
-        keys.iter().map(|k| state.codec.partition_of(k)).collect();
-    let topic = &state.def.changelog.topic;
-    let heads = futures::future::try_join_all(partitions.iter().map(|&p| async move {
-        state
-            .changelog
-            .watermarks(topic, p)
-            .await
-            .map(|w| (p, w.high))
-    }))
-    .await?;
-    let started = std::time::Instant::now();
-    for (p, high) in &heads {
-        let tail = &state.tails[p.0 as usize];
-        let left = FOLLOW_TIMEOUT.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, tail.wait_for(*high)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                return Err(ReadError::LookupState {
-                    table: request.table.clone(),
-                    reason: format!("changelog partition {p} cannot be followed: {reason}"),
-                });
-            }
-            Err(_) => {
-                return Err(ReadError::LookupBehind {
-                    table: request.table.clone(),
-                    partition: p.0,
-                    needed: high.0,
-                    applied: tail.consumed().0,
-                    waited_ms: started.elapsed().as_millis() as u64,
-                });
-            }
-        }
-    }
+    wait_for_tail(state, &request.table, &keys).await?;
     let found = state.resolve(&keys)?;
-    let (snapshot, _) = state.base_snapshot();
+    let snapshot = state.base_snapshot_ref();
     let mut offsets = PartitionOffsets::default();
     for (p, tail) in state.tails.iter().enumerate() {
         offsets.set(PartitionId(p as u32), tail.consumed());
@@ -633,7 +695,11 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
             })?),
         }
     }
-    let rows = finish(&request.table, &schema, &sources, &picks)?;
+    let rows = if picks.is_empty() && Arc::ptr_eq(&schema, &state.all_columns) {
+        state.no_rows.clone()
+    } else {
+        finish(&request.table, &schema, &sources, &picks)?
+    };
     Ok(LookupResponse {
         as_of: AsOf {
             snapshot_id: snapshot.as_ref().map(|s| s.snapshot_id()),

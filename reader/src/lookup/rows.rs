@@ -20,21 +20,20 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arrow::array::{RecordBatch, RecordBatchReader};
+use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchReader};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use iceberg::io::{FileIO, FileRead};
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
 };
 use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::reader::{ChunkReader, Length};
-use unitable_core::commit::files::roots_with_field_ids;
 use unitable_core::storage::local_path;
 
 use crate::error::{ReadError, ReadResult};
@@ -169,6 +168,8 @@ struct OpenFile {
     size: u64,
     rows: usize,
     block_rows: usize,
+    /// The Iceberg field id of each of the file's top-level columns (`None`: it has none).
+    field_ids: Vec<Option<i32>>,
 }
 
 impl OpenFile {
@@ -486,7 +487,14 @@ impl DataFiles {
             None => Source::Remote(remote),
         };
         let rows = metadata.metadata().file_metadata().num_rows().max(0) as usize;
+        let field_ids = metadata
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
+            .collect();
         let file = Arc::new(OpenFile {
+            field_ids,
             number: self.cache.next_file.fetch_add(1, Ordering::Relaxed),
             block_rows: block_rows(metadata.metadata()),
             source,
@@ -690,15 +698,15 @@ impl DataFiles {
         Ok(Some(warmed))
     }
 
-    /// The rows at `positions` (ascending, distinct) of the file at `path`, with the columns
-    /// whose Iceberg field ids are `field_ids` (those the file has; older files may lack
-    /// newer columns), in position order.
+    /// The rows at `positions` (ascending, distinct) of the file at `path`, in position
+    /// order, as one column per entry of `field_ids`: the file's column with that Iceberg field
+    /// id, or `None` when there is none (no id asked, or an older file without the column).
     pub(crate) async fn read_rows(
         &self,
         path: &Arc<str>,
         positions: &[u32],
-        field_ids: &[i32],
-    ) -> ReadResult<RecordBatch> {
+        field_ids: &[Option<i32>],
+    ) -> ReadResult<Vec<Option<ArrayRef>>> {
         let file = self.open(path).await?;
         let fail = |e: String| ReadError::DataFile {
             path: path.to_string(),
@@ -720,29 +728,27 @@ impl DataFiles {
             }
         }
         let blocks = self.blocks(path, &file, &wanted).await?;
-        // The asked-for columns of each block, then the rows picked out of them.
-        let columns = roots_with_field_ids(file.metadata.schema(), field_ids);
-        let mut sources = Vec::with_capacity(wanted.len());
-        let mut slot = HashMap::with_capacity(wanted.len());
-        for block in &wanted {
-            let rows = &blocks[block];
-            // All columns in the file's order (a lookup of whole rows): no new schema needed.
-            let whole = columns.len() == rows.num_columns()
-                && columns.iter().enumerate().all(|(i, &c)| i == c);
-            let batch = if whole {
-                RecordBatch::clone(rows)
-            } else {
-                rows.project(&columns).map_err(|e| fail(e.to_string()))?
-            };
-            slot.insert(*block, sources.len());
-            sources.push(batch);
-        }
+        // Where each asked-for column is in the file (its ids were read once, at open).
+        let columns: Vec<Option<usize>> = field_ids
+            .iter()
+            .map(|id| {
+                let id = (*id)?;
+                file.field_ids.iter().position(|f| *f == Some(id))
+            })
+            .collect();
         // Consecutive rows of one block (one key, above all) are a slice of it: no copy.
-        if let ([batch], [first, ..]) = (&sources[..], positions)
+        if let ([block], [first, ..]) = (&wanted[..], positions)
             && positions.windows(2).all(|w| w[1] == w[0] + 1)
         {
-            return Ok(batch.slice(*first as usize % file.block_rows, positions.len()));
+            let rows = &blocks[block];
+            let offset = *first as usize % file.block_rows;
+            return Ok(columns
+                .iter()
+                .map(|c| c.map(|i| rows.column(i).slice(offset, positions.len())))
+                .collect());
         }
+        let sources: Vec<&RecordBatch> = wanted.iter().map(|b| blocks[b].as_ref()).collect();
+        let slot: HashMap<u32, usize> = wanted.iter().enumerate().map(|(i, b)| (*b, i)).collect();
         let picks: Vec<(usize, usize)> = positions
             .iter()
             .map(|&pos| {
@@ -750,8 +756,17 @@ impl DataFiles {
                 (slot[&block], pos as usize % file.block_rows)
             })
             .collect();
-        let refs: Vec<&RecordBatch> = sources.iter().collect();
-        arrow::compute::interleave_record_batch(&refs, &picks).map_err(|e| fail(e.to_string()))
+        columns
+            .iter()
+            .map(|c| {
+                let Some(i) = *c else { return Ok(None) };
+                let arrays: Vec<&dyn Array> =
+                    sources.iter().map(|b| b.column(i).as_ref()).collect();
+                arrow::compute::interleave(&arrays, &picks)
+                    .map(Some)
+                    .map_err(|e| fail(e.to_string()))
+            })
+            .collect()
     }
 }
 

@@ -23,6 +23,7 @@ use unitable_core::offsets::{PartitionId, PartitionOffsets};
 use unitable_core::record::RecordCodec;
 use unitable_core::table::TableDef;
 
+use super::FastSet;
 use super::index::{FileId, KeyIndex, RowLocation};
 use super::rows::{BlockCache, DataFiles};
 use super::tail::{PartitionTail, Rebase, Tasks, next_base, spawn_followers, wait_all};
@@ -39,7 +40,7 @@ struct Files {
     paths: Vec<Arc<str>>,
     ids: HashMap<Arc<str>, FileId>,
     /// Files no longer live in the base snapshot; no index entry should point into one.
-    gone: HashSet<FileId>,
+    gone: FastSet<FileId>,
 }
 
 impl Files {
@@ -107,6 +108,10 @@ pub(crate) struct TableLookup {
     /// The table's columns, all nullable: the schema of a lookup's rows when no columns are
     /// named (built once, not per lookup).
     pub(crate) all_columns: arrow::datatypes::SchemaRef,
+    /// No rows of `all_columns` (the answer when no key is found).
+    pub(crate) no_rows: RecordBatch,
+    /// The field id of each of `all_columns`.
+    pub(crate) all_field_ids: Vec<Option<i32>>,
     pub(crate) files: DataFiles,
     base: RwLock<Base>,
     pub(crate) tails: Vec<Arc<PartitionTail>>,
@@ -170,14 +175,17 @@ impl TableLookup {
             snapshot = ?base.snapshot.as_ref().map(|s| s.snapshot_id()),
             "lookup index built"
         );
+        let all_columns = super::nullable(&codec.arrow_schema());
         let state = Arc::new(TableLookup {
             name: name.clone(),
+            all_field_ids: super::field_ids_of(&all_columns),
+            no_rows: RecordBatch::new_empty(all_columns.clone()),
+            all_columns,
             uuid,
             schema_id,
             codec: codec.clone(),
             changelog: changelog.clone(),
             key_field_ids,
-            all_columns: super::nullable(&codec.arrow_schema()),
             files: DataFiles::new(table.file_io().clone(), blocks.clone(), name.to_string()),
             base: RwLock::new(base),
             tails: tails.clone(),
@@ -217,6 +225,12 @@ impl TableLookup {
     pub(crate) fn base_snapshot(&self) -> (Option<SnapshotRef>, PartitionOffsets) {
         let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
         (base.snapshot.clone(), base.offsets.clone())
+    }
+
+    /// The base snapshot alone.
+    pub(crate) fn base_snapshot_ref(&self) -> Option<SnapshotRef> {
+        let base = self.base.read().unwrap_or_else(PoisonError::into_inner);
+        base.snapshot.clone()
     }
 
     /// Memory the state holds: its key index and its changelog tail.

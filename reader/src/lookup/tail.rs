@@ -17,6 +17,8 @@ use unitable_core::naming::TopicName;
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
 
+use super::FastMap;
+
 /// Records a follower asks for per read.
 const READ_BATCH: usize = 10_000;
 /// How long a follower's read waits for an append (it returns as soon as one lands).
@@ -64,7 +66,7 @@ struct Chunk {
 /// One partition's entries: the latest change per key, rows kept in columnar chunks.
 #[derive(Debug, Default)]
 struct Entries {
-    slots: HashMap<Bytes, Slot>,
+    slots: FastMap<Bytes, Slot>,
     /// By chunk number; `None` once freed (the number is reused).
     chunks: Vec<Option<Chunk>>,
     free: Vec<u32>,

@@ -16,6 +16,7 @@
 
 use std::io::Cursor;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -55,6 +56,12 @@ struct Args {
     /// Passes --lookup-cache-warm false: only looked-up blocks are cached.
     #[arg(long)]
     no_warm: bool,
+    /// Times the reader's lookup path alone, in this process, on the data directory a run
+    /// kept (`UNITABLE_KEEP_TEST_DIRS=1`; its `data`, with no server on it): one-key FRESH
+    /// lookups of the uniform, absent and zipf workloads (`--rows` must be the kept table's),
+    /// without any protocol. `LOOKUP_BENCH_PERF=FILE` profiles this process meanwhile.
+    #[arg(long, value_name = "DATA_DIR")]
+    in_process: Option<std::path::PathBuf>,
 }
 
 /// One timed sequence of requests, run the same way against unitable and Redis.
@@ -285,9 +292,105 @@ fn counter(service: &Service, name: &str) -> f64 {
         .sum()
 }
 
+/// `--in-process`: the reader's lookup path timed without a server.
+async fn in_process(args: &Args, data: &std::path::Path) -> Result<()> {
+    use unitable_core::catalog::{CatalogConfig, TableCatalog};
+    use unitable_core::changelog::{
+        Changelog, Clusters, LocalChangelog, LocalConfig, RoutedChangelog,
+    };
+    use unitable_reader::{LookupKeys, LookupRequest, Reader};
+
+    let catalog = TableCatalog::open(CatalogConfig::embedded(data)).await?;
+    let local: Arc<dyn Changelog> =
+        Arc::new(LocalChangelog::open(LocalConfig::new(data.join("changelog"))).await?);
+    let clusters: Clusters = [("local".to_string(), local)].into_iter().collect();
+    let changelog = Arc::new(RoutedChangelog::new(clusters, "local").map_err(anyhow::Error::msg)?);
+    let reader = Reader::new(catalog, changelog);
+    let table: unitable_core::naming::TableName = TABLE.parse()?;
+    let request = |keys: &[u64]| LookupRequest {
+        table: table.clone(),
+        keys: LookupKeys::Text(keys.iter().map(u64::to_string).collect()),
+        columns: Vec::new(),
+        as_of: None,
+    };
+    let t = Instant::now();
+    let first = reader.lookup(&request(&[1])).await?;
+    ensure!(
+        first.rows.num_rows() == 1,
+        "row 1 is missing: is --rows the kept table's?"
+    );
+    eprintln!("in-process: first lookup (index build) {:.1?}", t.elapsed());
+    // Lets the block cache warm (as the server run does) before timing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut rng = bench::Rng(0x9e37_79b9_7f4a_7c15);
+    let n = args.samples;
+    let workloads: Vec<(&str, Vec<Vec<u64>>, bool)> = vec![
+        (
+            "uniform",
+            (0..n).map(|_| vec![rng.below(args.rows)]).collect(),
+            true,
+        ),
+        (
+            "uniform x100",
+            (0..n / 100)
+                .map(|_| (0..100).map(|_| rng.below(args.rows)).collect())
+                .collect(),
+            true,
+        ),
+        (
+            "absent",
+            (0..n)
+                .map(|_| vec![args.rows + rng.below(args.rows)])
+                .collect(),
+            false,
+        ),
+        (
+            "zipf",
+            (0..n)
+                .map(|_| vec![rng.zipf(args.rows, args.zipf.max(1.01))])
+                .collect(),
+            true,
+        ),
+    ];
+    let profile = match std::env::var_os("LOOKUP_BENCH_PERF") {
+        Some(out) => Some(bench::Profile::start(std::process::id(), &out).await?),
+        None => None,
+    };
+    println!("| Lookup, in-process | Requests | mean | p50 | p99 | p99.9 |");
+    println!("|---|---|---|---|---|---|");
+    for (name, requests, present) in &workloads {
+        let mut times = Vec::with_capacity(requests.len());
+        let all = Instant::now();
+        for keys in requests {
+            let t = Instant::now();
+            let answer = reader.lookup(&request(keys)).await?;
+            times.push(t.elapsed());
+            let want = if *present { keys.len() } else { 0 };
+            ensure!(
+                answer.rows.num_rows() == want,
+                "keys {keys:?}: wrong answer"
+            );
+        }
+        let mean = all.elapsed().as_secs_f64() * 1e6 / requests.len() as f64;
+        let (p50, p99, p999) = quantiles(times);
+        println!(
+            "| {name} | {} | {mean:.1} us | {:.1} us | {:.1} us | {:.1} us |",
+            requests.len(),
+            p50 * 1e3,
+            p99 * 1e3,
+            p999 * 1e3
+        );
+    }
+    drop(profile);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(data) = &args.in_process {
+        return in_process(&args, data).await;
+    }
     let mut flags = vec!["--commit-interval".to_string(), "1s".to_string()];
     if let Some(cache) = &args.cache {
         flags.extend(["--lookup-cache-memory".to_string(), cache.clone()]);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::{ArrowWriter, PARQUET_FIELD_ID_META_KEY};
 use parquet::file::properties::WriterProperties;
@@ -76,19 +76,18 @@ impl Rng {
     }
 }
 
-/// Checks `batch` (columns by field id as asked) against [`expected`] at `positions`.
-fn check(batch: &RecordBatch, positions: &[u32], field_ids: &[i32]) {
-    assert_eq!(batch.num_rows(), positions.len());
+/// Checks `columns` (one per field id asked, in that order) against [`expected`] at
+/// `positions`.
+fn check(columns: &[Option<ArrayRef>], positions: &[u32], field_ids: &[i32]) {
+    assert_eq!(columns.len(), field_ids.len());
     let column = |id: i32| {
-        let at = batch
-            .schema()
-            .fields()
-            .iter()
-            .position(|f| f.metadata()[PARQUET_FIELD_ID_META_KEY] == id.to_string())
+        let at = field_ids.iter().position(|f| *f == id).unwrap();
+        let column = columns[at]
+            .clone()
             .unwrap_or_else(|| panic!("field {id} missing"));
-        batch.column(at).clone()
+        assert_eq!(column.len(), positions.len(), "rows of field {id}");
+        column
     };
-    assert_eq!(batch.num_columns(), field_ids.len());
     for (row, &pos) in positions.iter().enumerate() {
         let (id, text, n) = expected(pos as usize);
         if field_ids.contains(&1) {
@@ -122,8 +121,9 @@ async fn random_reads(files: &DataFiles, path: &Arc<str>, seed: u64) {
         positions.sort_unstable();
         positions.dedup();
         let field_ids = projections[round % projections.len()];
-        let batch = files.read_rows(path, &positions, field_ids).await.unwrap();
-        check(&batch, &positions, field_ids);
+        let asked: Vec<Option<i32>> = field_ids.iter().copied().map(Some).collect();
+        let columns = files.read_rows(path, &positions, &asked).await.unwrap();
+        check(&columns, &positions, field_ids);
     }
 }
 
@@ -189,7 +189,7 @@ async fn a_position_outside_the_file_is_an_error_naming_it() {
     );
     let path: Arc<str> = Arc::from(local.display().to_string());
     let e = files
-        .read_rows(&path, &[5, ROWS as u32], &[1])
+        .read_rows(&path, &[5, ROWS as u32], &[Some(1)])
         .await
         .unwrap_err()
         .to_string();
@@ -197,7 +197,10 @@ async fn a_position_outside_the_file_is_an_error_naming_it() {
         e.contains("row position 10000") && e.contains("data.parquet"),
         "{e}"
     );
-    let e = files.read_rows(&path, &[9, 5], &[1]).await.unwrap_err();
+    let e = files
+        .read_rows(&path, &[9, 5], &[Some(1)])
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("out of order"), "{e}");
 }
 
@@ -247,4 +250,29 @@ async fn a_warmed_file_serves_every_read_from_the_cache() {
         let stopped = files.warm(path, || false).await.unwrap();
         assert_eq!(stopped, Some(1), "{path}: stopped");
     }
+}
+
+#[tokio::test]
+async fn columns_the_file_lacks_are_none_in_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("data.parquet");
+    std::fs::write(&local, parquet_file()).unwrap();
+    let files = DataFiles::new(
+        file_io(HashMap::new()),
+        Arc::new(BlockCache::new(1 << 20, false)),
+        "t.rows".into(),
+    );
+    let path: Arc<str> = Arc::from(local.display().to_string());
+    // A newer column (id 9) and a field without an id sit between columns the file has.
+    let columns = files
+        .read_rows(&path, &[3, 4, 700], &[Some(3), Some(9), None, Some(1)])
+        .await
+        .unwrap();
+    assert_eq!(columns.len(), 4);
+    assert!(columns[1].is_none() && columns[2].is_none());
+    check(
+        &[columns[0].clone(), columns[3].clone()],
+        &[3, 4, 700],
+        &[3, 1],
+    );
 }
