@@ -525,43 +525,43 @@ impl DataFiles {
         }
     }
 
-    /// The blocks `wanted` (ascending, distinct) of `file`, decoded and cached if missing.
+    /// The blocks `wanted` (ascending, distinct) of `file`, in that order, decoded and cached
+    /// if missing.
     async fn blocks(
         &self,
         path: &Arc<str>,
         file: &Arc<OpenFile>,
         wanted: &[u32],
-    ) -> ReadResult<HashMap<u32, Arc<RecordBatch>>> {
-        let mut got = HashMap::with_capacity(wanted.len());
+    ) -> ReadResult<Vec<Arc<RecordBatch>>> {
+        let mut got: Vec<Option<Arc<RecordBatch>>> = Vec::with_capacity(wanted.len());
         let mut missing = Vec::new();
-        for &block in wanted {
-            match self.cache.get((file.number, block)).await {
-                Some(b) => {
-                    got.insert(block, b);
-                }
-                None => missing.push(block),
+        for (i, &block) in wanted.iter().enumerate() {
+            let cached = self.cache.get((file.number, block)).await;
+            if cached.is_none() {
+                missing.push((i, block));
             }
+            got.push(cached);
         }
-        self.hits.increment(got.len() as u64);
+        self.hits.increment((wanted.len() - missing.len()) as u64);
         if missing.is_empty() {
-            return Ok(got);
+            return Ok(got.into_iter().flatten().collect());
         }
         self.misses.increment(missing.len() as u64);
         let fail = |reason: String| ReadError::DataFile {
             path: path.to_string(),
             reason,
         };
-        let decoded: Vec<(u32, RecordBatch)> = match &file.source {
+        let decoded: Vec<(usize, u32, RecordBatch)> = match &file.source {
             Source::Local(local) if missing.len() <= INLINE_BLOCKS => missing
                 .iter()
-                .map(|&b| file.decode_local(local, b).map(|batch| (b, batch)))
+                .map(|&(i, b)| file.decode_local(local, b).map(|batch| (i, b, batch)))
                 .collect::<Result<_, _>>()
                 .map_err(fail)?,
             Source::Local(local) => {
                 let (file, local, todo) = (file.clone(), local.clone(), missing.clone());
                 tokio::task::spawn_blocking(move || {
                     todo.iter()
-                        .map(|&b| file.decode_local(&local, b).map(|batch| (b, batch)))
+                        .map(|&(i, b)| file.decode_local(&local, b).map(|batch| (i, b, batch)))
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .await
@@ -569,8 +569,10 @@ impl DataFiles {
                 .map_err(fail)?
             }
             Source::Remote(remote) => {
-                let reads = missing.iter().map(|&b| async move {
-                    file.decode_remote(remote, b).await.map(|batch| (b, batch))
+                let reads = missing.iter().map(|&(i, b)| async move {
+                    file.decode_remote(remote, b)
+                        .await
+                        .map(|batch| (i, b, batch))
                 });
                 futures::future::try_join_all(reads).await.map_err(fail)?
             }
@@ -578,7 +580,7 @@ impl DataFiles {
         self.cache
             .decoded
             .fetch_add(decoded.len() as u64, Ordering::Relaxed);
-        for (block, batch) in decoded {
+        for (i, block, batch) in decoded {
             let want = file.block_range(block).len();
             if batch.num_rows() != want {
                 return Err(fail(format!(
@@ -588,10 +590,13 @@ impl DataFiles {
             }
             let batch = Arc::new(batch);
             self.cache.insert((file.number, block), batch.clone()).await;
-            got.insert(block, batch);
+            got[i] = Some(batch);
         }
         metrics::gauge!(CACHE_BYTES).set(self.cache.bytes() as f64);
-        Ok(got)
+        got.into_iter()
+            .zip(wanted)
+            .map(|(b, block)| b.ok_or_else(|| fail(format!("block {block} was not read"))))
+            .collect()
     }
 
     /// Decodes the blocks of the file at `path` that are not cached into the cache, in one
@@ -737,23 +742,26 @@ impl DataFiles {
             })
             .collect();
         // Consecutive rows of one block (one key, above all) are a slice of it: no copy.
-        if let ([block], [first, ..]) = (&wanted[..], positions)
+        if let ([rows], [first, ..]) = (&blocks[..], positions)
             && positions.windows(2).all(|w| w[1] == w[0] + 1)
         {
-            let rows = &blocks[block];
             let offset = *first as usize % file.block_rows;
             return Ok(columns
                 .iter()
                 .map(|c| c.map(|i| rows.column(i).slice(offset, positions.len())))
                 .collect());
         }
-        let sources: Vec<&RecordBatch> = wanted.iter().map(|b| blocks[b].as_ref()).collect();
-        let slot: HashMap<u32, usize> = wanted.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+        let sources: Vec<&RecordBatch> = blocks.iter().map(Arc::as_ref).collect();
+        // Positions ascend, so their blocks are `wanted`'s in order.
+        let mut source = 0;
         let picks: Vec<(usize, usize)> = positions
             .iter()
             .map(|&pos| {
                 let block = (pos as usize / file.block_rows) as u32;
-                (slot[&block], pos as usize % file.block_rows)
+                while wanted[source] != block {
+                    source += 1;
+                }
+                (source, pos as usize % file.block_rows)
             })
             .collect();
         columns

@@ -466,9 +466,22 @@ impl Connection {
     /// table the keys name.
     async fn lookup(&self, who: &Principal, keys: &[Vec<u8>]) -> Result<Vec<Option<Row>>, Reply> {
         let mut by_table: BTreeMap<TableName, Vec<(usize, String)>> = BTreeMap::new();
+        // An MGET's keys mostly name one table: its name is checked once.
+        let mut last: Option<(&str, TableName)> = None;
         for (i, key) in keys.iter().enumerate() {
-            let (table, text) = split_key(key)?;
-            by_table.entry(table).or_default().push((i, text));
+            let (table_text, text) = split_key(key)?;
+            let table = match &last {
+                Some((t, table)) if *t == table_text => table.clone(),
+                _ => {
+                    let table = parse_table(key, table_text)?;
+                    last = Some((table_text, table.clone()));
+                    table
+                }
+            };
+            by_table
+                .entry(table)
+                .or_default()
+                .push((i, text.to_string()));
         }
         let mut rows: Vec<Option<Row>> = (0..keys.len()).map(|_| None).collect();
         for (answer_no, (table, wanted)) in by_table.into_iter().enumerate() {
@@ -478,9 +491,10 @@ impl Connection {
             {
                 return Err(access_error(&e));
             }
+            let (at, texts): (Vec<usize>, Vec<String>) = wanted.into_iter().unzip();
             let request = LookupRequest {
                 table: table.clone(),
-                keys: LookupKeys::Text(wanted.iter().map(|(_, t)| t.clone()).collect()),
+                keys: LookupKeys::Text(texts),
                 columns: Vec::new(),
                 as_of: None,
             };
@@ -491,26 +505,26 @@ impl Connection {
                     field,
                     reason,
                 }) => {
-                    let key = wanted
+                    let key = at
                         .get(index)
-                        .map(|(i, _)| String::from_utf8_lossy(&keys[*i]).into_owned())
+                        .map(|i| String::from_utf8_lossy(&keys[*i]).into_owned())
                         .unwrap_or_default();
                     let field = field.map(|f| format!(" column `{f}`:")).unwrap_or_default();
                     return Err(Reply::err(format!("key '{key}':{field} {reason}")));
                 }
                 Err(e) => return Err(Reply::err(ApiError::from(e).to_string())),
             };
-            if answer.rows.num_rows() + answer.missing.len() != wanted.len() {
+            if answer.rows.num_rows() + answer.missing.len() != at.len() {
                 return Err(Reply::err(format!(
                     "the lookup in {table} answered {} rows and {} missing keys for {} keys",
                     answer.rows.num_rows(),
                     answer.missing.len(),
-                    wanted.len()
+                    at.len()
                 )));
             }
             let mut found = 0usize;
             let mut missing = answer.missing.iter().peekable();
-            for (n, (at, _)) in wanted.iter().enumerate() {
+            for (n, at) in at.iter().enumerate() {
                 if missing.peek().is_some_and(|&&m| m as usize == n) {
                     missing.next();
                     continue;
@@ -684,28 +698,31 @@ fn arrow_json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, String> {
     Ok(lines)
 }
 
-/// `NAMESPACE.TABLE:KEY` -> the table and the key text.
-fn split_key(key: &[u8]) -> Result<(TableName, String), Reply> {
+/// `NAMESPACE.TABLE:KEY` -> the table's name as written and the key text.
+fn split_key(key: &[u8]) -> Result<(&str, &str), Reply> {
     let text = std::str::from_utf8(key).map_err(|_| {
         Reply::err(format!(
             "key '{}' is not UTF-8",
             String::from_utf8_lossy(key).escape_default()
         ))
     })?;
-    let Some((table, rest)) = text.split_once(':') else {
-        return Err(Reply::err(format!(
+    text.split_once(':').ok_or_else(|| {
+        Reply::err(format!(
             "key '{}' names no table: write NAMESPACE.TABLE:KEY, e.g. shop.users:42",
             text.escape_default()
-        )));
-    };
-    let table: TableName = table.parse().map_err(|e| {
+        ))
+    })
+}
+
+/// The table `table` of `key` names (as [`split_key`] found it).
+fn parse_table(key: &[u8], table: &str) -> Result<TableName, Reply> {
+    table.parse().map_err(|e| {
         Reply::err(format!(
             "key '{}': `{}` is not a table name ({e}); write NAMESPACE.TABLE:KEY",
-            text.escape_default(),
+            String::from_utf8_lossy(key).escape_default(),
             table.escape_default()
         ))
-    })?;
-    Ok((table, rest.to_string()))
+    })
 }
 
 /// A refused access check as a RESP error: NOAUTH for a token that no longer works, NOPERM
