@@ -177,8 +177,9 @@ async fn rows_read_through_blocks_equal_the_rows_written() {
     }
 }
 
-#[tokio::test]
-async fn a_position_outside_the_file_is_an_error_naming_it() {
+/// The test file written to a temporary directory (kept while the first value lives), its
+/// `DataFiles` with a small cache, and its path.
+fn local_file() -> (tempfile::TempDir, DataFiles, Arc<str>) {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("data.parquet");
     std::fs::write(&local, parquet_file()).unwrap();
@@ -188,6 +189,12 @@ async fn a_position_outside_the_file_is_an_error_naming_it() {
         "t.rows".into(),
     );
     let path: Arc<str> = Arc::from(local.display().to_string());
+    (dir, files, path)
+}
+
+#[tokio::test]
+async fn a_position_outside_the_file_is_an_error_naming_it() {
+    let (_dir, files, path) = local_file();
     let e = files
         .read_rows(&path, &[5, ROWS as u32], &[Some(1)])
         .await
@@ -254,15 +261,7 @@ async fn a_warmed_file_serves_every_read_from_the_cache() {
 
 #[tokio::test]
 async fn columns_the_file_lacks_are_none_in_their_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("data.parquet");
-    std::fs::write(&local, parquet_file()).unwrap();
-    let files = DataFiles::new(
-        file_io(HashMap::new()),
-        Arc::new(BlockCache::new(1 << 20, false)),
-        "t.rows".into(),
-    );
-    let path: Arc<str> = Arc::from(local.display().to_string());
+    let (_dir, files, path) = local_file();
     // A newer column (id 9) and a field without an id sit between columns the file has.
     let columns = files
         .read_rows(&path, &[3, 4, 700], &[Some(3), Some(9), None, Some(1)])
