@@ -58,6 +58,10 @@ enum What {
         /// Timed runs per reader (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Rows per batch of the in-process unitable scan, one timed row each (the reader's
+        /// default is 8,192).
+        #[arg(long, value_delimiter = ',', default_value = "8192")]
+        batch_rows: Vec<usize>,
     },
     /// FRESH read time as the changelog tail grows.
     Fresh {
@@ -295,7 +299,7 @@ fn row(label: &str, rows: u64, time: Duration, bytes: u64, baseline: Option<Dura
     );
 }
 
-async fn scan(rows: usize, runs: usize) -> Result<()> {
+async fn scan(rows: usize, runs: usize, batch_rows: &[usize]) -> Result<()> {
     let mut service = Service::start(&["--commit-interval", "3600s"])?;
     create_table(&service)?;
     let url = service.grpc_url();
@@ -381,21 +385,29 @@ async fn scan(rows: usize, runs: usize) -> Result<()> {
         }
         drop(profile);
     }
-    let (t, n) = timed(runs, || {
-        let table = table.clone();
-        async move {
-            let scan = table.scan().build()?;
-            count_rows(read_scan(&table, &scan, ScanOptions::default()).await?).await
-        }
-    })
-    .await?;
-    row(
-        "unitable's scan (`core::scan::read_scan`), in-process",
-        n,
-        t,
-        file_bytes,
-        Some(df_time),
-    );
+    for &batch in batch_rows {
+        let (t, n) = timed(runs, || {
+            let table = table.clone();
+            async move {
+                let scan = table.scan().build()?;
+                let options = ScanOptions {
+                    batch_size: Some(batch),
+                    ..ScanOptions::default()
+                };
+                count_rows(read_scan(&table, &scan, options).await?).await
+            }
+        })
+        .await?;
+        row(
+            &format!(
+                "unitable's scan (`core::scan::read_scan`, batches of {batch} rows), in-process"
+            ),
+            n,
+            t,
+            file_bytes,
+            Some(df_time),
+        );
+    }
     let (t, n) = timed(runs, || {
         let table = table.clone();
         async move { count_rows(table.scan().build()?.to_arrow().await?).await }
@@ -715,7 +727,11 @@ async fn raw_kafka(bootstrap: &str, samples: usize, interval: Duration) -> Resul
 #[tokio::main]
 async fn main() -> Result<()> {
     match Args::parse().what {
-        What::Scan { rows, runs } => scan(rows, runs).await,
+        What::Scan {
+            rows,
+            runs,
+            batch_rows,
+        } => scan(rows, runs, &batch_rows).await,
         What::Fresh {
             rows,
             tails,
