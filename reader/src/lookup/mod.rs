@@ -616,20 +616,15 @@ async fn wait_for_tail(state: &TableLookup, table: &TableName, keys: &[Bytes]) -
             .await?
         }
     };
-    // Caught up already (the usual case): no timer, no subscription.
-    let behind: Vec<&(PartitionId, Offset)> = heads
-        .iter()
-        .filter(|(p, high)| {
-            let tail = &state.tails[p.0 as usize];
-            tail.consumed() < *high || tail.broken().is_some()
-        })
-        .collect();
-    if behind.is_empty() {
-        return Ok(());
-    }
-    let started = std::time::Instant::now();
-    for (p, high) in behind {
+    // The wait's clock starts at the first follower behind: one caught up already (the usual
+    // case) costs a comparison, no timer or subscription.
+    let mut started = None;
+    for (p, high) in &heads {
         let tail = &state.tails[p.0 as usize];
+        if tail.consumed() >= *high && tail.broken().is_none() {
+            continue;
+        }
+        let started = *started.get_or_insert_with(std::time::Instant::now);
         let left = FOLLOW_TIMEOUT.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, tail.wait_for(*high)).await {
             Ok(Ok(())) => {}

@@ -25,12 +25,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use iceberg::io::{FileIO, FileRead};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
 };
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::reader::{ChunkReader, Length};
@@ -487,14 +487,8 @@ impl DataFiles {
             None => Source::Remote(remote),
         };
         let rows = metadata.metadata().file_metadata().num_rows().max(0) as usize;
-        let field_ids = metadata
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok())
-            .collect();
         let file = Arc::new(OpenFile {
-            field_ids,
+            field_ids: super::field_ids_of(metadata.schema()),
             number: self.cache.next_file.fetch_add(1, Ordering::Relaxed),
             block_rows: block_rows(metadata.metadata()),
             source,
@@ -551,17 +545,17 @@ impl DataFiles {
             path: path.to_string(),
             reason,
         };
-        let decoded: Vec<(usize, u32, RecordBatch)> = match &file.source {
+        let decoded: Vec<(usize, RecordBatch)> = match &file.source {
             Source::Local(local) if missing.len() <= INLINE_BLOCKS => missing
                 .iter()
-                .map(|&(i, b)| file.decode_local(local, b).map(|batch| (i, b, batch)))
+                .map(|&(i, b)| file.decode_local(local, b).map(|batch| (i, batch)))
                 .collect::<Result<_, _>>()
                 .map_err(fail)?,
             Source::Local(local) => {
                 let (file, local, todo) = (file.clone(), local.clone(), missing.clone());
                 tokio::task::spawn_blocking(move || {
                     todo.iter()
-                        .map(|&(i, b)| file.decode_local(&local, b).map(|batch| (i, b, batch)))
+                        .map(|&(i, b)| file.decode_local(&local, b).map(|batch| (i, batch)))
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .await
@@ -570,9 +564,7 @@ impl DataFiles {
             }
             Source::Remote(remote) => {
                 let reads = missing.iter().map(|&(i, b)| async move {
-                    file.decode_remote(remote, b)
-                        .await
-                        .map(|batch| (i, b, batch))
+                    file.decode_remote(remote, b).await.map(|batch| (i, batch))
                 });
                 futures::future::try_join_all(reads).await.map_err(fail)?
             }
@@ -580,7 +572,8 @@ impl DataFiles {
         self.cache
             .decoded
             .fetch_add(decoded.len() as u64, Ordering::Relaxed);
-        for (i, block, batch) in decoded {
+        for (i, batch) in decoded {
+            let block = wanted[i];
             let want = file.block_range(block).len();
             if batch.num_rows() != want {
                 return Err(fail(format!(

@@ -57,9 +57,9 @@ struct Args {
     #[arg(long)]
     no_warm: bool,
     /// Times the reader's lookup path alone, in this process, on the data directory a run
-    /// kept (`UNITABLE_KEEP_TEST_DIRS=1`; its `data`, with no server on it): one-key FRESH
-    /// lookups of the uniform, absent and zipf workloads (`--rows` must be the kept table's),
-    /// without any protocol. `LOOKUP_BENCH_PERF=FILE` profiles this process meanwhile.
+    /// kept (`UNITABLE_KEEP_TEST_DIRS=1`; its `data`, with no server on it): FRESH lookups of
+    /// the same workloads as a server run (`--rows` must be the kept table's), without any
+    /// protocol. `LOOKUP_BENCH_PERF=FILE` profiles this process meanwhile.
     #[arg(long, value_name = "DATA_DIR")]
     in_process: Option<std::path::PathBuf>,
 }
@@ -292,6 +292,45 @@ fn counter(service: &Service, name: &str) -> f64 {
         .sum()
 }
 
+/// The timed request sequences, the same for every reader of a run (one seed): one-key and
+/// 100-key uniform requests, absent keys and, unless `--zipf 0`, hot keys.
+fn workloads(args: &Args) -> Vec<Workload> {
+    let mut rng = bench::Rng(0x9e37_79b9_7f4a_7c15);
+    let mut workloads = vec![
+        Workload {
+            name: "uniform",
+            requests: (0..args.samples)
+                .map(|_| vec![rng.below(args.rows)])
+                .collect(),
+            present: true,
+        },
+        Workload {
+            name: "uniform",
+            requests: (0..args.samples / 10)
+                .map(|_| (0..100).map(|_| rng.below(args.rows)).collect())
+                .collect(),
+            present: true,
+        },
+        Workload {
+            name: "absent",
+            requests: (0..args.samples / 4)
+                .map(|_| vec![args.rows + rng.below(args.rows)])
+                .collect(),
+            present: false,
+        },
+    ];
+    if args.zipf > 0.0 {
+        workloads.push(Workload {
+            name: "zipf",
+            requests: (0..args.samples)
+                .map(|_| vec![rng.zipf(args.rows, args.zipf)])
+                .collect(),
+            present: true,
+        });
+    }
+    workloads
+}
+
 /// `--in-process`: the reader's lookup path timed without a server.
 async fn in_process(args: &Args, data: &std::path::Path) -> Result<()> {
     use unitable_core::catalog::{CatalogConfig, TableCatalog};
@@ -322,50 +361,22 @@ async fn in_process(args: &Args, data: &std::path::Path) -> Result<()> {
     eprintln!("in-process: first lookup (index build) {:.1?}", t.elapsed());
     // Lets the block cache warm (as the server run does) before timing.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut rng = bench::Rng(0x9e37_79b9_7f4a_7c15);
-    let n = args.samples;
-    let workloads: Vec<(&str, Vec<Vec<u64>>, bool)> = vec![
-        (
-            "uniform",
-            (0..n).map(|_| vec![rng.below(args.rows)]).collect(),
-            true,
-        ),
-        (
-            "uniform x100",
-            (0..n / 100)
-                .map(|_| (0..100).map(|_| rng.below(args.rows)).collect())
-                .collect(),
-            true,
-        ),
-        (
-            "absent",
-            (0..n)
-                .map(|_| vec![args.rows + rng.below(args.rows)])
-                .collect(),
-            false,
-        ),
-        (
-            "zipf",
-            (0..n)
-                .map(|_| vec![rng.zipf(args.rows, args.zipf.max(1.01))])
-                .collect(),
-            true,
-        ),
-    ];
+    let workloads = workloads(args);
     let profile = match std::env::var_os("LOOKUP_BENCH_PERF") {
         Some(out) => Some(bench::Profile::start(std::process::id(), &out).await?),
         None => None,
     };
     println!("| Lookup, in-process | Requests | mean | p50 | p99 | p99.9 |");
     println!("|---|---|---|---|---|---|");
-    for (name, requests, present) in &workloads {
+    for workload in &workloads {
+        let requests = &workload.requests;
         let mut times = Vec::with_capacity(requests.len());
         let all = Instant::now();
         for keys in requests {
             let t = Instant::now();
             let answer = reader.lookup(&request(keys)).await?;
             times.push(t.elapsed());
-            let want = if *present { keys.len() } else { 0 };
+            let want = if workload.present { keys.len() } else { 0 };
             ensure!(
                 answer.rows.num_rows() == want,
                 "keys {keys:?}: wrong answer"
@@ -374,7 +385,9 @@ async fn in_process(args: &Args, data: &std::path::Path) -> Result<()> {
         let mean = all.elapsed().as_secs_f64() * 1e6 / requests.len() as f64;
         let (p50, p99, p999) = quantiles(times);
         println!(
-            "| {name} | {} | {mean:.1} us | {:.1} us | {:.1} us | {:.1} us |",
+            "| {} x{} | {} | {mean:.1} us | {:.1} us | {:.1} us | {:.1} us |",
+            workload.name,
+            requests[0].len(),
             requests.len(),
             p50 * 1e3,
             p99 * 1e3,
@@ -447,39 +460,7 @@ async fn main() -> Result<()> {
         bench::rss_mib(pid)
     );
 
-    let mut rng = bench::Rng(0x9e37_79b9_7f4a_7c15);
-    let mut workloads = vec![
-        Workload {
-            name: "uniform",
-            requests: (0..args.samples)
-                .map(|_| vec![rng.below(args.rows)])
-                .collect(),
-            present: true,
-        },
-        Workload {
-            name: "uniform",
-            requests: (0..args.samples / 10)
-                .map(|_| (0..100).map(|_| rng.below(args.rows)).collect())
-                .collect(),
-            present: true,
-        },
-        Workload {
-            name: "absent",
-            requests: (0..args.samples / 4)
-                .map(|_| vec![args.rows + rng.below(args.rows)])
-                .collect(),
-            present: false,
-        },
-    ];
-    if args.zipf > 0.0 {
-        workloads.push(Workload {
-            name: "zipf",
-            requests: (0..args.samples)
-                .map(|_| vec![rng.zipf(args.rows, args.zipf)])
-                .collect(),
-            present: true,
-        });
-    }
+    let workloads = workloads(&args);
     // Warm-up: footers and page indexes of every file get cached.
     for keys in workloads[0].requests.iter().take(200) {
         lookup(&mut reader, keys).await?;
