@@ -450,6 +450,7 @@ class Client:
         columns: Sequence[str] | None = None,
         snapshot_id: int | None = None,
         as_of: dt.datetime | int | Mapping[int, int] | AsOf | None = None,
+        max_staleness: dt.timedelta | float | None = None,
     ) -> LookupResult:
         """The current rows of the given primary keys, in key order.
 
@@ -466,13 +467,36 @@ class Client:
                 partition), changelog offsets ``{partition: offset}`` (exclusive ends; every
                 partition a key lives in), or the ``AsOf`` of an earlier response (its
                 offsets). The result's ``as_of`` names the snapshot and the offsets served.
+            max_staleness: how old the answer may be (a timedelta, or seconds): every write
+                acknowledged at least this long before the lookup is reflected, not
+                necessarily later ones, and the lookup needs no round trip to the changelog
+                (with Kafka, to the partitions' leaders) while its last high-watermark read is
+                this recent. ``0`` insists on every acknowledged write; ``None`` takes the
+                server's ``--lookup-max-staleness`` (0 unless set). Not with
+                `snapshot_id`/`as_of`.
 
-        Without `snapshot_id`/`as_of` the lookup reflects every write acknowledged before it.
+        Without `snapshot_id`/`as_of`/`max_staleness` the lookup reflects every write
+        acknowledged before it.
         """
         if snapshot_id is not None and as_of is not None:
             raise InvalidArgument(
                 f"lookup in {table}: give snapshot_id or as_of, not both", table=table,
                 field="as_of")
+        staleness_ms: int | None = None
+        if max_staleness is not None:
+            seconds = max_staleness.total_seconds() \
+                if isinstance(max_staleness, dt.timedelta) else max_staleness
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                    or not 0 <= seconds < 10 * 365 * 86400:
+                raise InvalidArgument(
+                    f"lookup in {table}: max_staleness must be a timedelta or seconds, at "
+                    f"least 0 and under 10 years, not {max_staleness!r}", table=table,
+                    field="max_staleness")
+            if seconds and (snapshot_id is not None or as_of is not None):
+                raise InvalidArgument(
+                    f"lookup in {table}: max_staleness applies to fresh lookups, not with "
+                    "snapshot_id or as_of (which are exact)", table=table, field="max_staleness")
+            staleness_ms = int(seconds * 1000)
         millis: int | None = None
         as_of_offsets: dict[int, int] | None = None
         if isinstance(as_of, AsOf):
@@ -542,6 +566,8 @@ class Client:
                 request.snapshot_id = snapshot_id
             if millis is not None:
                 request.as_of_timestamp_ms = millis
+            if staleness_ms is not None:
+                request.max_staleness_ms = staleness_ms
             if as_of_offsets is not None:
                 request.as_of_offsets.extend(
                     pb.PartitionOffset(partition=p, offset=o)
@@ -562,7 +588,8 @@ class Client:
                     self._primary_keys.pop(table, None)
                     if list(self.tables.describe(table).primary_key) != cached_pk:
                         return self.lookup(table, keys, columns=columns,
-                                           snapshot_id=snapshot_id, as_of=as_of)
+                                           snapshot_id=snapshot_id, as_of=as_of,
+                                           max_staleness=max_staleness)
                 if e.row is not None and e.details.startswith("key ") and start:
                     e.row += start
                     e.message = f"{e.message} (key {e.row} of the keys passed)"

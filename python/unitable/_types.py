@@ -39,7 +39,8 @@ class AsOf:
             reflected.
         commit_time: when that snapshot was committed (UTC), ``None`` without a snapshot.
         lag_records: changes in the changelog the data does not reflect (0 for FRESH reads).
-        lag_ms: age of the oldest change not reflected, in milliseconds.
+        lag_ms: age of the oldest change not reflected, in milliseconds (for a lookup with
+            ``max_staleness``: at most the age of the high watermark it waited for).
     """
 
     snapshot_id: int | None

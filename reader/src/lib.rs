@@ -76,6 +76,8 @@ pub struct Reader {
     streams: Arc<overview::StreamRegistry>,
     /// Memory each training set's two sorts may hold before they spill.
     training_memory: usize,
+    /// How old a fresh LOOKUP's answer may be when the request does not say.
+    lookup_max_staleness: std::time::Duration,
 }
 
 impl std::fmt::Debug for Reader {
@@ -98,7 +100,19 @@ impl Reader {
             groups: None,
             streams: Arc::default(),
             training_memory: lookup::DEFAULT_TRAINING_SET_MEMORY,
+            lookup_max_staleness: std::time::Duration::ZERO,
         }
+    }
+
+    /// The same reader with fresh LOOKUPs that do not say otherwise
+    /// ([`LookupRequest::max_staleness`]) reflecting every write acknowledged at least
+    /// `max_staleness` before them, not every write acknowledged before them: the last high
+    /// watermark read of a partition is waited for while it is that recent, so a lookup costs
+    /// no changelog round trip (with Kafka, a request to the partition's leader). Zero, the
+    /// default, reads the watermarks for every lookup.
+    pub fn with_lookup_max_staleness(mut self, max_staleness: std::time::Duration) -> Self {
+        self.lookup_max_staleness = max_staleness;
+        self
     }
 
     /// The same reader with each training set sorting its entity rows and its answer within

@@ -224,6 +224,12 @@ pub struct LookupArgs {
     /// `PARTITION:OFFSET,...` such as `0:120,1:98`; every partition a key lives in).
     #[arg(long)]
     pub as_of_offsets: Option<String>,
+    /// Accept an answer up to this old (e.g. 100ms): every write acknowledged at least this
+    /// long before the lookup is reflected, and the server needs no changelog round trip
+    /// while its last high-watermark read is that recent. 0 insists on every acknowledged
+    /// write. Default: the server's --lookup-max-staleness. Not with the --as-of flags.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_staleness: Option<Duration>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = LookupFormat::Jsonl)]
     pub format: LookupFormat,
@@ -553,6 +559,16 @@ pub struct ServeArgs {
     /// Parquet page. `false` caches only the blocks that lookups read.
     #[arg(long, env = "UNITABLE_LOOKUP_CACHE_WARM", default_value_t = true, action = clap::ArgAction::Set)]
     pub lookup_cache_warm: bool,
+
+    /// How old a fresh LOOKUP's answer may be when the request does not say (RESP GET/MGET
+    /// and HGET never do; gRPC and the SDK set max_staleness_ms per request), e.g. 100ms, 1s.
+    /// 0 (the default): every write acknowledged before the lookup is reflected, which costs a
+    /// high-watermark read of each partition the keys live in per lookup (with Kafka, a
+    /// round trip to the partition's leader). More: every write acknowledged at least this
+    /// long before the lookup is reflected, and lookups wait for the last watermark read while
+    /// it is that recent (read again in the background as it ages).
+    #[arg(long, env = "UNITABLE_LOOKUP_MAX_STALENESS", default_value = "0ms", value_parser = parse_duration)]
+    pub lookup_max_staleness: Duration,
 
     /// Memory the committer's primary-key index of each table may keep (a limit per table),
     /// e.g. 512MiB, 2GiB. Past it the index spills sorted runs to --index-spill-dir and reads

@@ -198,6 +198,7 @@ pub(crate) async fn run(args: ServeArgs, log_level: LogLevel) -> anyhow::Result<
         .with_lookup_memory_limit(args.lookup_memory_limit)
         .with_lookup_cache(args.lookup_cache_memory as u64)
         .with_lookup_cache_warming(args.lookup_cache_warm)
+        .with_lookup_max_staleness(args.lookup_max_staleness)
         .with_training_set_memory(args.training_set_memory);
     if let Some(store) = GroupStore::connect(catalog.config())
         .await

@@ -381,6 +381,35 @@ def test_lookup_by_plain_values_follows_a_recreated_table(client):
     client.tables.drop(name)
 
 
+def test_lookup_with_max_staleness_reflects_every_write_before_its_watermark(client):
+    """A lookup that accepts some staleness may miss writes acknowledged after the last
+    high-watermark read, never one acknowledged before it; a strict lookup misses none."""
+    name = "sdk.stale"
+    client.tables.create(name, ["id:int64!", "v:string"], primary_key=["id"])
+    hour = dt.timedelta(hours=1)
+    for i in range(5):
+        client.write(name, [{"id": 1, "v": f"w{i}"}])
+        allowed = {f"w{i - 1}", f"w{i}"} if i else {"w0"}
+        # Lenient first: it may still use the watermark the previous strict lookup read.
+        stale = client.lookup(name, [1], max_staleness=hour)
+        assert stale.to_pylist()[0]["v"] in allowed, (i, stale.to_pylist())
+        assert 0 <= stale.as_of.lag_ms < 3_600_000
+        strict = client.lookup(name, [1], max_staleness=0)
+        assert strict.to_pylist() == [{"id": 1, "v": f"w{i}"}]
+        assert strict.as_of.lag_ms == 0
+        # The strict lookup's watermark covers w{i}: lenient lookups now see it too.
+        again = client.lookup(name, [1], max_staleness=3600.0)
+        assert again.to_pylist() == [{"id": 1, "v": f"w{i}"}]
+    for bad in (-1, "1s", True):
+        with pytest.raises(unitable.InvalidArgument) as e:
+            client.lookup(name, [1], max_staleness=bad)
+        assert e.value.table == name and e.value.field == "max_staleness", e.value
+    with pytest.raises(unitable.InvalidArgument) as e:
+        client.lookup(name, [1], max_staleness=hour, as_of=0)
+    assert "max_staleness" in str(e.value)
+    client.tables.drop(name)
+
+
 def test_rejected_rows_name_row_and_field(client):
     client.tables.create(TABLE, COLUMNS, primary_key=["id"])
     rows: list[dict[str, Any]] = [

@@ -1,7 +1,8 @@
 //! LOOKUP reads over gRPC against a BTreeMap model: random upserts and deletes (acknowledged by
 //! the changelog, so many keys are answered from the tail and others from committed snapshots),
 //! keys that never existed, deleted keys, duplicate keys, projections, server restarts, lookups
-//! in a snapshot, bad keys, and the CLI.
+//! in a snapshot, bad keys, the CLI, and lookups on Kafka with and without a staleness
+//! allowance.
 
 mod support;
 
@@ -18,7 +19,7 @@ use unitable_proto::v1::write_service_client::WriteServiceClient;
 use unitable_proto::v1::{
     AsOf, LookupResult, ReadMode, ReadRequest, RowFormat, WriteOp, read_response,
 };
-use unitable_tests::Service;
+use unitable_tests::{Kafka, Service};
 
 type Reader = ReadServiceClient<tonic::transport::Channel>;
 type Writer = WriteServiceClient<tonic::transport::Channel>;
@@ -488,5 +489,111 @@ async fn lookup_states_share_one_memory_limit() -> Result<()> {
     );
     // The other tables still answer.
     check_table(&mut reader, "crash.a", &a, &keys, "after the refusal").await?;
+    Ok(())
+}
+
+/// On Kafka, with the server accepting answers an hour old unless a request says otherwise
+/// (`--lookup-max-staleness 1h`): a lookup asking for none (`max_staleness_ms = 0`) reflects
+/// every acknowledged write; a default one reflects at least every write acknowledged before
+/// the last high watermark read (the strict lookup's), key by key either the value before the
+/// round's writes or after them.
+#[tokio::test]
+async fn lookups_on_kafka_with_and_without_a_staleness_allowance() -> Result<()> {
+    let kafka = tokio::task::spawn_blocking(Kafka::start).await??;
+    let brokers = kafka.bootstrap();
+    let service = tokio::task::spawn_blocking(move || {
+        Service::start(&[
+            "--kafka-brokers",
+            &brokers,
+            "--commit-interval",
+            "300ms",
+            "--lookup-max-staleness",
+            "1h",
+        ])
+    })
+    .await??;
+    create_kv_table(&service, 3).await?;
+    let (mut writer, mut reader) = clients(&service).await?;
+    let keys: Vec<i64> = (0..60).collect();
+    let mut model = Model::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let strict = |keys: &[i64]| {
+        let mut request = lookup_request(keys, &[]);
+        request.max_staleness_ms = Some(0);
+        request
+    };
+    for round in 0..8i64 {
+        let before = model.clone();
+        // Distinct keys per round: each key changes at most once, so a lookup sees its value
+        // before the round or after it, nothing in between.
+        let mut ids: Vec<i64> = keys.clone();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let (upserts, deletes) = ids[..30].split_at(24);
+        let lines: String = upserts
+            .iter()
+            .map(|id| kv_line(*id, &format!("s{round}"), round))
+            .collect();
+        let r = write_lines(&mut writer, WriteOp::Upsert, &lines, round % 3 == 1).await?;
+        ensure!(r.rows_rejected == 0, "{r:?}");
+        for id in upserts {
+            model.insert(*id, (format!("s{round}"), round));
+        }
+        let lines: String = deletes
+            .iter()
+            .map(|id| format!("{{\"id\":{id}}}\n"))
+            .collect();
+        let r = write_lines(&mut writer, WriteOp::Delete, &lines, false).await?;
+        ensure!(r.rows_rejected == 0, "{r:?}");
+        for id in deletes {
+            model.remove(id);
+        }
+
+        // The server's default allowance: each key before or after the round.
+        let (batches, missing, _) = lookup(&mut reader, lookup_request(&keys, &[])).await?;
+        let mut found = rows(&batches)?.into_iter();
+        for (i, k) in keys.iter().enumerate() {
+            let got = if missing.contains(&(i as u32)) {
+                None
+            } else {
+                let (_, v, n) = found.next().context("fewer rows than found keys")?;
+                Some((v.context("v")?, n.context("n")?))
+            };
+            let (old, new) = (before.get(k).cloned(), model.get(k).cloned());
+            ensure!(
+                got == old || got == new,
+                "round {round}, key {k}: {got:?}, want {old:?} or {new:?}"
+            );
+        }
+        // Strict: the model exactly, and nothing missed.
+        let (batches, missing, as_of) = lookup(&mut reader, strict(&keys)).await?;
+        let want_missing: Vec<u32> = (0..keys.len() as u32)
+            .filter(|i| !model.contains_key(&keys[*i as usize]))
+            .collect();
+        let want: Vec<Row> = keys
+            .iter()
+            .filter_map(|k| {
+                model
+                    .get(k)
+                    .map(|(v, n)| (Some(*k), Some(v.clone()), Some(*n)))
+            })
+            .collect();
+        ensure!(
+            rows(&batches)? == want && missing == want_missing,
+            "round {round}: strict lookup differs"
+        );
+        ensure!(as_of.lag_ms == 0, "strict lookup lag {}", as_of.lag_ms);
+        // The default again: the strict lookup's watermarks cover every write so far.
+        check(
+            &mut reader,
+            &model,
+            &keys,
+            &format!("round {round}, after a strict lookup"),
+        )
+        .await?;
+    }
+    drop(service);
+    drop(kafka);
     Ok(())
 }

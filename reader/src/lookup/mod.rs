@@ -24,6 +24,7 @@
 //! The design and its freshness argument are in docs/reader.md.
 
 mod asof;
+mod heads;
 mod index;
 mod keys;
 mod rows;
@@ -72,6 +73,13 @@ pub struct LookupRequest {
     /// `None`: fresh (every acknowledged write). Otherwise the instant to answer as of: a
     /// time or changelog offsets (exact to the record), or one snapshot alone.
     pub as_of: Option<LookupAsOf>,
+    /// Fresh lookups only: how old an answer may be. Zero: every write acknowledged before
+    /// the request is reflected (each partition's high watermark is read for the lookup; with
+    /// Kafka a round trip to the partition's leader). More: every write acknowledged at least
+    /// this long before the request is reflected (the last high watermark read is used while
+    /// it is this recent; `AsOf::lag_ms` says how old it was). `None`: the reader's default
+    /// ([`Reader::with_lookup_max_staleness`], zero unless set).
+    pub max_staleness: Option<Duration>,
 }
 
 /// The answer to a LOOKUP.
@@ -261,6 +269,13 @@ impl Reader {
     pub async fn lookup(&self, request: &LookupRequest) -> ReadResult<LookupResponse> {
         let started = std::time::Instant::now();
         let answer = if let Some(at) = &request.as_of {
+            if request.max_staleness.is_some_and(|d| !d.is_zero()) {
+                return Err(ReadError::BadRequest {
+                    reason: "max_staleness applies to fresh lookups, not to lookups as of an \
+                             instant (which are exact)"
+                        .into(),
+                });
+            }
             self.lookup_as_of(request, at).await
         } else {
             self.lookup_fresh(request).await
@@ -288,13 +303,17 @@ impl Reader {
     /// A FRESH lookup, from the table's lookup state.
     async fn lookup_fresh(&self, request: &LookupRequest) -> ReadResult<LookupResponse> {
         let (slot, state) = self.lookup_state(&request.table).await?;
-        let answer = match fresh_lookup(&state, request).await {
+        let max_staleness = request.max_staleness.unwrap_or(self.lookup_max_staleness);
+        let fresh_lookup = |state: Arc<TableLookup>| async move {
+            fresh_lookup(&state, request, max_staleness).await
+        };
+        let answer = match fresh_lookup(state.clone()).await {
             // A data file may have been expired under the base: start over from the table's
             // current snapshot once.
             Err(e @ (ReadError::DataFile { .. } | ReadError::LookupState { .. })) => {
                 state.invalidate(&e.to_string());
                 let (slot, state) = self.lookup_state(&request.table).await?;
-                let answer = fresh_lookup(&state, request).await;
+                let answer = fresh_lookup(state.clone()).await;
                 self.lookups.account(&request.table, &slot, &state)?;
                 return answer;
             }
@@ -311,7 +330,7 @@ impl Reader {
                 }
                 state.invalidate("the table changed (dropped and created again, or a new schema)");
                 let (slot, state) = self.lookup_state(&request.table).await?;
-                let answer = fresh_lookup(&state, request).await;
+                let answer = fresh_lookup(state.clone()).await;
                 self.lookups.account(&request.table, &slot, &state)?;
                 return answer;
             }
@@ -594,32 +613,37 @@ async fn read_located<'a>(
 }
 
 /// Waits until the followers of `keys`' partitions have applied everything acknowledged
-/// before now (everything below each partition's high watermark).
-async fn wait_for_tail(state: &TableLookup, table: &TableName, keys: &[Bytes]) -> ReadResult<()> {
+/// before now (everything below each partition's high watermark), or, with `max_staleness`,
+/// everything below the last high watermark read if that read began at most `max_staleness`
+/// ago (`heads.rs`). Gives the age of the oldest watermark used (zero when all were read now).
+async fn wait_for_tail(
+    state: &TableLookup,
+    table: &TableName,
+    keys: &[Bytes],
+    max_staleness: Duration,
+) -> ReadResult<Duration> {
     // The keys' partitions, each once (a request's keys are few partitions: a sorted vector).
     let mut partitions: Vec<PartitionId> =
         keys.iter().map(|k| state.codec.partition_of(k)).collect();
     partitions.sort_unstable_by_key(|p| p.0);
     partitions.dedup();
     let topic = &state.def.changelog.topic;
-    let heads: Vec<(PartitionId, Offset)> = match partitions[..] {
-        [] => return Ok(()),
-        [p] => vec![(p, state.changelog.watermarks(topic, p).await?.high)],
-        _ => {
-            futures::future::try_join_all(partitions.iter().map(|&p| async move {
-                state
-                    .changelog
-                    .watermarks(topic, p)
-                    .await
-                    .map(|w| (p, w.high))
-            }))
-            .await?
-        }
+    let head = |p: PartitionId| async move {
+        let (high, age) = state
+            .heads
+            .high(&state.changelog, topic, p, max_staleness)
+            .await?;
+        Ok::<_, ReadError>((p, high, age))
+    };
+    let heads: Vec<(PartitionId, Offset, Duration)> = match partitions[..] {
+        [] => return Ok(Duration::ZERO),
+        [p] => vec![head(p).await?],
+        _ => futures::future::try_join_all(partitions.iter().map(|&p| head(p))).await?,
     };
     // The wait's clock starts at the first follower behind: one caught up already (the usual
     // case) costs a comparison, no timer or subscription.
     let mut started = None;
-    for (p, high) in &heads {
+    for (p, high, _) in &heads {
         let tail = &state.tails[p.0 as usize];
         if tail.consumed() >= *high && tail.broken().is_none() {
             continue;
@@ -645,11 +669,19 @@ async fn wait_for_tail(state: &TableLookup, table: &TableName, keys: &[Bytes]) -
             }
         }
     }
-    Ok(())
+    Ok(heads
+        .iter()
+        .map(|(_, _, age)| *age)
+        .max()
+        .unwrap_or_default())
 }
 
 /// A FRESH lookup on `state`.
-async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResult<LookupResponse> {
+async fn fresh_lookup(
+    state: &TableLookup,
+    request: &LookupRequest,
+    max_staleness: Duration,
+) -> ReadResult<LookupResponse> {
     let keys = keys::canonical_keys(&state.codec, &state.def, &request.keys)?;
     // Relaxed once here, so conforming each source and the answer reuse it.
     let schema = if request.columns.is_empty() {
@@ -661,7 +693,7 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
             &request.columns,
         )?)
     };
-    wait_for_tail(state, &request.table, &keys).await?;
+    let lag = wait_for_tail(state, &request.table, &keys, max_staleness).await?;
     let found = state.resolve(&keys)?;
     let snapshot = state.base_snapshot_ref();
     let mut offsets = PartitionOffsets::default();
@@ -701,7 +733,9 @@ async fn fresh_lookup(state: &TableLookup, request: &LookupRequest) -> ReadResul
             offsets,
             commit_time_ms: snapshot.as_ref().map_or(0, |s| s.timestamp_ms()),
             lag_records: 0,
-            lag_ms: 0,
+            // At most the age of the oldest high watermark waited for: a record not reflected
+            // was acknowledged after that watermark was read (zero: read for this lookup).
+            lag_ms: lag.as_millis() as i64,
         },
         rows,
         missing,

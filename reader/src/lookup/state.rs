@@ -24,6 +24,7 @@ use unitable_core::record::RecordCodec;
 use unitable_core::table::TableDef;
 
 use super::FastSet;
+use super::heads::Heads;
 use super::index::{FileId, KeyIndex, RowLocation};
 use super::rows::{BlockCache, DataFiles};
 use super::tail::{PartitionTail, Rebase, Tasks, next_base, spawn_followers, wait_all};
@@ -115,6 +116,8 @@ pub(crate) struct TableLookup {
     pub(crate) files: DataFiles,
     base: RwLock<Base>,
     pub(crate) tails: Vec<Arc<PartitionTail>>,
+    /// The partitions' last high watermarks read (what FRESH lookups wait for).
+    pub(crate) heads: Heads,
     tasks: Tasks,
     invalid: AtomicBool,
     /// Wakes the warming task (the base changed); `None` when the cache is not warmed.
@@ -189,6 +192,7 @@ impl TableLookup {
             files: DataFiles::new(table.file_io().clone(), blocks.clone(), name.to_string()),
             base: RwLock::new(base),
             tails: tails.clone(),
+            heads: Heads::new(def.changelog.partitions),
             tasks: Tasks::default(),
             def: def.clone(),
             invalid: AtomicBool::new(false),

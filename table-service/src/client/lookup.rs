@@ -93,6 +93,7 @@ async fn run_inner(conn: &Connection, args: LookupArgs) -> Result<(), ClientErro
             snapshot_id: args.snapshot,
             as_of_timestamp_ms: as_of_ms,
             as_of_offsets,
+            max_staleness_ms: args.max_staleness.map(|d| d.as_millis() as u64),
             keys: lines.join("\n").into_bytes(),
             keys_format: RowFormat::JsonLines as i32,
             ..ReadRequest::default()

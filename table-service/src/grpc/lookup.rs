@@ -60,6 +60,9 @@ pub(crate) async fn lookup(
             keys,
             columns: request.columns,
             as_of,
+            max_staleness: request
+                .max_staleness_ms
+                .map(std::time::Duration::from_millis),
         })
         .await
         .map_err(ApiError::from)?;

@@ -497,6 +497,7 @@ impl Connection {
                 keys: LookupKeys::Text(texts),
                 columns: Vec::new(),
                 as_of: None,
+                max_staleness: None,
             };
             let answer = match self.reader.lookup(&request).await {
                 Ok(answer) => answer,

@@ -62,6 +62,15 @@ struct Args {
     /// protocol. `LOOKUP_BENCH_PERF=FILE` profiles this process meanwhile.
     #[arg(long, value_name = "DATA_DIR")]
     in_process: Option<std::path::PathBuf>,
+    /// The changelog on a one-broker Apache Kafka cluster started for the run (`KAFKA_HOME`,
+    /// or the install `scripts/test` caches) instead of the local log.
+    #[arg(long)]
+    kafka: bool,
+    /// Passed to the server as --lookup-max-staleness (e.g. 100ms): how old an answer may be,
+    /// so lookups wait for the last high watermark read instead of reading it (with
+    /// `--kafka`, a round trip to the broker per lookup).
+    #[arg(long)]
+    max_staleness: Option<String>,
 }
 
 /// One timed sequence of requests, run the same way against unitable and Redis.
@@ -351,6 +360,7 @@ async fn in_process(args: &Args, data: &std::path::Path) -> Result<()> {
         keys: LookupKeys::Text(keys.iter().map(u64::to_string).collect()),
         columns: Vec::new(),
         as_of: None,
+        max_staleness: None,
     };
     let t = Instant::now();
     let first = reader.lookup(&request(&[1])).await?;
@@ -411,6 +421,16 @@ async fn main() -> Result<()> {
     if args.no_warm {
         flags.extend(["--lookup-cache-warm".to_string(), "false".to_string()]);
     }
+    if let Some(staleness) = &args.max_staleness {
+        flags.extend(["--lookup-max-staleness".to_string(), staleness.clone()]);
+    }
+    let kafka = if args.kafka {
+        let kafka = tokio::task::spawn_blocking(unitable_tests::Kafka::start).await??;
+        flags.extend(["--kafka-brokers".to_string(), kafka.bootstrap()]);
+        Some(kafka)
+    } else {
+        None
+    };
     let resp_port = unitable_tests::free_port();
     flags.extend(["--resp-addr".to_string(), format!("127.0.0.1:{resp_port}")]);
     let service = tokio::task::spawn_blocking(move || {
@@ -547,6 +567,7 @@ async fn main() -> Result<()> {
         eprintln!("server: {line}");
     }
     drop(service);
+    drop(kafka);
     if !args.no_redis {
         for line in bench_redis(&args, &workloads).await? {
             println!("{line}");

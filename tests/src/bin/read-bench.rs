@@ -62,6 +62,10 @@ enum What {
         /// default is 8,192).
         #[arg(long, value_delimiter = ',', default_value = "8192")]
         batch_rows: Vec<usize>,
+        /// The table's Parquet codec (`write.parquet.compression-codec`: zstd, lz4, snappy,
+        /// uncompressed); default the writer's (zstd).
+        #[arg(long)]
+        codec: Option<String>,
     },
     /// FRESH read time as the changelog tail grows.
     Fresh {
@@ -138,27 +142,36 @@ fn ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
 }
 
 fn create_table(service: &Service) -> Result<()> {
-    service
-        .cli(&[
-            "table",
-            "create",
-            TABLE,
-            "--column",
-            "id:int64!",
-            "--column",
-            "user:string",
-            "--column",
-            "kind:string",
-            "--column",
-            "amount:float64",
-            "--column",
-            "n:int64",
-            "--primary-key",
-            "id",
-            "--buckets",
-            "4",
-        ])?
-        .ok()?;
+    create_table_with(service, &[])
+}
+
+/// [`create_table`] with table properties `KEY=VALUE`.
+fn create_table_with(service: &Service, properties: &[String]) -> Result<()> {
+    let properties: Vec<String> = properties
+        .iter()
+        .flat_map(|p| ["--property".to_string(), p.clone()])
+        .collect();
+    let mut args = vec![
+        "table",
+        "create",
+        TABLE,
+        "--column",
+        "id:int64!",
+        "--column",
+        "user:string",
+        "--column",
+        "kind:string",
+        "--column",
+        "amount:float64",
+        "--column",
+        "n:int64",
+        "--primary-key",
+        "id",
+        "--buckets",
+        "4",
+    ];
+    args.extend(properties.iter().map(String::as_str));
+    service.cli(&args)?.ok()?;
     Ok(())
 }
 
@@ -299,9 +312,13 @@ fn row(label: &str, rows: u64, time: Duration, bytes: u64, baseline: Option<Dura
     );
 }
 
-async fn scan(rows: usize, runs: usize, batch_rows: &[usize]) -> Result<()> {
+async fn scan(rows: usize, runs: usize, batch_rows: &[usize], codec: Option<&str>) -> Result<()> {
     let mut service = Service::start(&["--commit-interval", "3600s"])?;
-    create_table(&service)?;
+    let properties: Vec<String> = codec
+        .map(|c| format!("write.parquet.compression-codec={c}"))
+        .into_iter()
+        .collect();
+    create_table_with(&service, &properties)?;
     let url = service.grpc_url();
     eprintln!("loading {rows} rows...");
     load(&url, 0, rows, 1, false).await?;
@@ -731,7 +748,8 @@ async fn main() -> Result<()> {
             rows,
             runs,
             batch_rows,
-        } => scan(rows, runs, &batch_rows).await,
+            codec,
+        } => scan(rows, runs, &batch_rows, codec.as_deref()).await,
         What::Fresh {
             rows,
             tails,

@@ -136,6 +136,7 @@ impl Fixture {
                 keys: LookupKeys::JsonLines(lines.join("\n").into_bytes()),
                 columns: Vec::new(),
                 as_of: Some(at),
+                max_staleness: None,
             })
             .await
     }
