@@ -13,6 +13,9 @@
 //! printing the server's block-cache hits and misses per workload. Then starts `redis-server`
 //! (no persistence) on a free port, loads the same rows as `SET row:N <json>`, and times GET and
 //! MGET with the same key sequences over one TCP connection. Prints a Markdown table.
+//! `--kafka` puts the changelog on a one-broker Apache Kafka cluster started for the run, where
+//! a strict lookup reads each partition's high watermark from the broker; `--max-staleness`
+//! gives the server an allowance so lookups skip that read.
 
 use std::io::Cursor;
 use std::process::{Child, Command, Stdio};
