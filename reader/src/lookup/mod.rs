@@ -304,16 +304,13 @@ impl Reader {
     async fn lookup_fresh(&self, request: &LookupRequest) -> ReadResult<LookupResponse> {
         let (slot, state) = self.lookup_state(&request.table).await?;
         let max_staleness = request.max_staleness.unwrap_or(self.lookup_max_staleness);
-        let fresh_lookup = |state: Arc<TableLookup>| async move {
-            fresh_lookup(&state, request, max_staleness).await
-        };
-        let answer = match fresh_lookup(state.clone()).await {
+        let answer = match fresh_lookup(&state, request, max_staleness).await {
             // A data file may have been expired under the base: start over from the table's
             // current snapshot once.
             Err(e @ (ReadError::DataFile { .. } | ReadError::LookupState { .. })) => {
                 state.invalidate(&e.to_string());
                 let (slot, state) = self.lookup_state(&request.table).await?;
-                let answer = fresh_lookup(state.clone()).await;
+                let answer = fresh_lookup(&state, request, max_staleness).await;
                 self.lookups.account(&request.table, &slot, &state)?;
                 return answer;
             }
@@ -330,7 +327,7 @@ impl Reader {
                 }
                 state.invalidate("the table changed (dropped and created again, or a new schema)");
                 let (slot, state) = self.lookup_state(&request.table).await?;
-                let answer = fresh_lookup(state.clone()).await;
+                let answer = fresh_lookup(&state, request, max_staleness).await;
                 self.lookups.account(&request.table, &slot, &state)?;
                 return answer;
             }

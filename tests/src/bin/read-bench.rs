@@ -439,6 +439,47 @@ async fn scan(rows: usize, runs: usize, batch_rows: &[usize], codec: Option<&str
     );
 
     let python = unitable_tests::python_bin()?;
+    // The same Flight reads from Python's own Flight client (gRPC C++, Arrow C++ decoding), the
+    // way a pyarrow or ADBC user reads: endpoints fetched in parallel threads, then one table.
+    let flight_script = r#"
+import json, sys, threading, time
+import pyarrow as pa, pyarrow.flight as fl
+url, runs, endpoints = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+command = json.dumps({"table": "bench.events", "max_endpoints": endpoints})
+def read():
+    info = fl.connect(url).get_flight_info(fl.FlightDescriptor.for_command(command))
+    parts = [None] * len(info.endpoints)
+    def get(i, ticket):
+        parts[i] = fl.connect(url).do_get(ticket).read_all()
+    threads = [threading.Thread(target=get, args=(i, e.ticket)) for i, e in enumerate(info.endpoints)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    return pa.concat_tables(parts)
+read()
+times = []
+for _ in range(runs):
+    s = time.perf_counter(); n = read().num_rows; times.append(time.perf_counter() - s)
+times.sort()
+print(n, times[len(times) // 2])
+"#;
+    let flight_url = url.replacen("http://", "grpc+tcp://", 1);
+    for (endpoints, label) in [
+        (
+            8,
+            "unitable SNAPSHOT over Arrow Flight, pyarrow.flight client (up to 8 endpoints in threads)",
+        ),
+        (
+            1,
+            "unitable SNAPSHOT over Arrow Flight, pyarrow.flight client (one endpoint)",
+        ),
+    ] {
+        let (n, t) = python_timed(
+            &python,
+            flight_script,
+            &[flight_url.clone(), runs.to_string(), endpoints.to_string()],
+        )?;
+        row(label, n, t, file_bytes, Some(df_time));
+    }
     let script = r#"
 import sys, time
 from pyiceberg.catalog.sql import SqlCatalog
@@ -451,26 +492,42 @@ for _ in range(runs):
 times.sort()
 print(n, times[len(times) // 2])
 "#;
+    let (n, t) = python_timed(
+        &python,
+        script,
+        &[data_dir.display().to_string(), runs.to_string()],
+    )?;
+    row(
+        "PyIceberg 0.12 scan().to_arrow(), in its process",
+        n,
+        t,
+        file_bytes,
+        Some(df_time),
+    );
+    Ok(())
+}
+
+/// Runs a Python `script` that prints its row count and its median time in seconds.
+fn python_timed(
+    python: &std::path::Path,
+    script: &str,
+    args: &[String],
+) -> Result<(u64, Duration)> {
     let out = std::process::Command::new(python)
         .args(["-c", script])
-        .arg(&data_dir)
-        .arg(runs.to_string())
+        .args(args)
         .output()?;
     if !out.status.success() {
-        bail!("PyIceberg failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the Python reader failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8(out.stdout)?;
     let mut parts = text.split_whitespace();
     let n: u64 = parts.next().context("rows")?.parse()?;
     let secs: f64 = parts.next().context("time")?.parse()?;
-    row(
-        "PyIceberg 0.12 scan().to_arrow(), in its process",
-        n,
-        Duration::from_secs_f64(secs),
-        file_bytes,
-        Some(df_time),
-    );
-    Ok(())
+    Ok((n, Duration::from_secs_f64(secs)))
 }
 
 async fn fresh(rows: usize, tails: Vec<usize>, writes_per_sec: u32) -> Result<()> {
