@@ -18,6 +18,8 @@ use crate::offsets::{Offset, PartitionId, PartitionOffsets};
 #[derive(Debug, Default, Clone)]
 pub struct MemoryChangelog {
     topics: Arc<Mutex<HashMap<TopicName, Vec<Arc<Partition>>>>>,
+    /// Calls of `watermarks` so far (see [`MemoryChangelog::watermark_reads`]).
+    watermark_reads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -33,6 +35,14 @@ impl MemoryChangelog {
     /// An empty changelog.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many times the watermarks of a partition were asked for, by anyone holding this
+    /// changelog or a clone of it: for tests of callers that should not ask (with Kafka each
+    /// ask is a round trip to a broker).
+    pub fn watermark_reads(&self) -> u64 {
+        self.watermark_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Removes the records of `partition` below `offset`, as retention would: reads below it
@@ -200,6 +210,8 @@ impl Changelog for MemoryChangelog {
         topic: &TopicName,
         partition: PartitionId,
     ) -> ChangelogResult<Watermarks> {
+        self.watermark_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let part = self.partition(topic, partition)?;
         let high = *part.high.borrow();
         Ok(Watermarks {

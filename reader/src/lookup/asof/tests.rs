@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, StringArray};
-use unitable_core::admin::TableAdmin;
-use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_core::changelog::{Changelog, MemoryChangelog};
+use unitable_core::changelog::MemoryChangelog;
 use unitable_core::naming::TableName;
 use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
@@ -44,23 +42,9 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = TableCatalog::open(CatalogConfig::embedded(dir.path()))
-            .await
-            .unwrap();
         let changelog = Arc::new(MemoryChangelog::new());
         let def = def();
-        let state = TableAdmin::new(catalog.clone(), changelog.clone())
-            .create_table(&def)
-            .await
-            .unwrap();
-        let loaded = catalog.load(&def.name).await.unwrap();
-        let codec = RecordCodec::new(
-            &state.def,
-            &loaded.metadata().uuid().to_string(),
-            loaded.metadata().current_schema_id(),
-        )
-        .unwrap();
+        let (dir, catalog, codec) = crate::testing::create(&def, changelog.clone()).await;
         Fixture {
             _dir: dir,
             reader: Reader::new(catalog, changelog.clone()),
@@ -77,17 +61,17 @@ impl Fixture {
             Some(v) => (ChangeOp::Upsert, format!("{{\"id\":{id},\"v\":\"{v}\"}}\n")),
             None => (ChangeOp::Delete, format!("{{\"id\":{id}}}\n")),
         };
-        let (parsed, errors) = self.codec.parse_json_rows(op, line.as_bytes(), 0);
-        assert!(errors.is_empty());
-        let (mut encoded, errors) = self.codec.encode(op, &parsed.batch, timestamp_ms).unwrap();
-        assert!(errors.is_empty());
-        let row = encoded.pop().unwrap();
         let topic = def().changelog.topic;
-        self.changelog
-            .append(&topic, row.partition, vec![row.record])
-            .await
-            .unwrap();
-        self.log.entry(row.partition.0).or_default().push(Rec {
+        let partition = crate::testing::append_line(
+            &self.codec,
+            &*self.changelog,
+            &topic,
+            op,
+            &line,
+            timestamp_ms,
+        )
+        .await;
+        self.log.entry(partition.0).or_default().push(Rec {
             timestamp_ms,
             id,
             v: v.map(str::to_string),

@@ -1,95 +1,20 @@
-//! Fresh lookups with and without `max_staleness`, on a changelog that counts its high-watermark
-//! reads: a strict lookup reads the watermark every time and sees every acknowledged write; a
-//! lookup that accepts some staleness reads it only when the last read is too old (in the
-//! background past half the age), and still sees every write acknowledged before that read.
+//! Fresh lookups with and without `max_staleness`, on a memory changelog (which counts its
+//! high-watermark reads): a strict lookup reads the watermark every time and sees every
+//! acknowledged write; a lookup that accepts some staleness reads it only when the last read is
+//! too old (in the background past half the age), and still sees every write acknowledged
+//! before that read.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, StringArray};
-use async_trait::async_trait;
-use unitable_core::admin::TableAdmin;
-use unitable_core::catalog::{CatalogConfig, TableCatalog};
-use unitable_core::changelog::{
-    AppendedRange, ChangeRecord, Changelog, ChangelogResult, MemoryChangelog, StoredRecord,
-    Watermarks,
-};
+use arrow::array::{Array, AsArray};
+use unitable_core::changelog::MemoryChangelog;
 use unitable_core::naming::{TableName, TopicName};
-use unitable_core::offsets::{Offset, PartitionId, PartitionOffsets};
 use unitable_core::record::{ChangeOp, RecordCodec};
 
 use crate::Reader;
 use crate::error::ReadError;
 use crate::lookup::{LookupAsOf, LookupKeys, LookupRequest, LookupResponse};
-
-/// A memory changelog that counts `watermarks` calls.
-#[derive(Debug, Default)]
-struct Counting {
-    inner: MemoryChangelog,
-    watermark_reads: AtomicU64,
-}
-
-#[async_trait]
-impl Changelog for Counting {
-    fn backend(&self) -> &'static str {
-        "counting"
-    }
-    async fn create_topic(&self, topic: &TopicName, partitions: u32) -> ChangelogResult<()> {
-        self.inner.create_topic(topic, partitions).await
-    }
-    async fn delete_topic(&self, topic: &TopicName) -> ChangelogResult<()> {
-        self.inner.delete_topic(topic).await
-    }
-    async fn partition_count(&self, topic: &TopicName) -> ChangelogResult<u32> {
-        self.inner.partition_count(topic).await
-    }
-    async fn append(
-        &self,
-        topic: &TopicName,
-        partition: PartitionId,
-        records: Vec<ChangeRecord>,
-    ) -> ChangelogResult<AppendedRange> {
-        self.inner.append(topic, partition, records).await
-    }
-    async fn read(
-        &self,
-        topic: &TopicName,
-        partition: PartitionId,
-        from: Offset,
-        max_records: usize,
-        wait: Duration,
-    ) -> ChangelogResult<Vec<StoredRecord>> {
-        self.inner
-            .read(topic, partition, from, max_records, wait)
-            .await
-    }
-    async fn offset_for_timestamp(
-        &self,
-        topic: &TopicName,
-        partition: PartitionId,
-        timestamp_ms: i64,
-    ) -> ChangelogResult<Option<Offset>> {
-        self.inner
-            .offset_for_timestamp(topic, partition, timestamp_ms)
-            .await
-    }
-    async fn watermarks(
-        &self,
-        topic: &TopicName,
-        partition: PartitionId,
-    ) -> ChangelogResult<Watermarks> {
-        self.watermark_reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.watermarks(topic, partition).await
-    }
-    async fn publish_committed(
-        &self,
-        topic: &TopicName,
-        offsets: &PartitionOffsets,
-    ) -> ChangelogResult<()> {
-        self.inner.publish_committed(topic, offsets).await
-    }
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -97,29 +22,15 @@ struct Fixture {
     table: TableName,
     topic: TopicName,
     codec: RecordCodec,
-    changelog: Arc<Counting>,
+    changelog: Arc<MemoryChangelog>,
 }
 
 impl Fixture {
     /// `t.kv` in one bucket (every key in partition 0), nothing written.
     async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let catalog = TableCatalog::open(CatalogConfig::embedded(dir.path()))
-            .await
-            .unwrap();
-        let changelog = Arc::new(Counting::default());
+        let changelog = Arc::new(MemoryChangelog::new());
         let def = crate::testing::kv_table(1);
-        let state = TableAdmin::new(catalog.clone(), changelog.clone())
-            .create_table(&def)
-            .await
-            .unwrap();
-        let loaded = catalog.load(&def.name).await.unwrap();
-        let codec = RecordCodec::new(
-            &state.def,
-            &loaded.metadata().uuid().to_string(),
-            loaded.metadata().current_schema_id(),
-        )
-        .unwrap();
+        let (dir, catalog, codec) = crate::testing::create(&def, changelog.clone()).await;
         Fixture {
             _dir: dir,
             reader: Reader::new(catalog, changelog.clone()),
@@ -133,24 +44,19 @@ impl Fixture {
     /// Appends (acknowledges) an upsert of `id`.
     async fn write(&self, id: i64, v: &str) {
         let line = format!("{{\"id\":{id},\"v\":\"{v}\"}}\n");
-        let (parsed, errors) = self
-            .codec
-            .parse_json_rows(ChangeOp::Upsert, line.as_bytes(), 0);
-        assert!(errors.is_empty());
-        let (mut encoded, errors) = self
-            .codec
-            .encode(ChangeOp::Upsert, &parsed.batch, 0)
-            .unwrap();
-        assert!(errors.is_empty());
-        let row = encoded.pop().unwrap();
-        self.changelog
-            .append(&self.topic, row.partition, vec![row.record])
-            .await
-            .unwrap();
+        crate::testing::append_line(
+            &self.codec,
+            &*self.changelog,
+            &self.topic,
+            ChangeOp::Upsert,
+            &line,
+            0,
+        )
+        .await;
     }
 
     fn reads(&self) -> u64 {
-        self.changelog.watermark_reads.load(Ordering::SeqCst)
+        self.changelog.watermark_reads()
     }
 
     async fn lookup(
@@ -173,14 +79,7 @@ impl Fixture {
     /// The value of `id` a fresh lookup answers, and the answer's `lag_ms`.
     async fn value(&self, id: i64, max_staleness: Option<Duration>) -> (Option<String>, i64) {
         let answer = self.lookup(id, max_staleness, None).await.unwrap();
-        let v = answer
-            .rows
-            .column_by_name("v")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap()
-            .clone();
+        let v = answer.rows.column_by_name("v").unwrap().as_string::<i32>();
         let value = (v.len() == 1).then(|| v.value(0).to_string());
         (value, answer.as_of.lag_ms)
     }
