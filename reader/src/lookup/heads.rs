@@ -22,6 +22,8 @@ use unitable_core::offsets::{Offset, PartitionId};
 /// The last high watermarks read of a table's changelog partitions.
 #[derive(Debug)]
 pub(crate) struct Heads {
+    changelog: Arc<dyn Changelog>,
+    topic: TopicName,
     partitions: Vec<Arc<Head>>,
 }
 
@@ -75,8 +77,11 @@ impl Drop for Refreshing {
 }
 
 impl Heads {
-    pub(crate) fn new(partitions: u32) -> Self {
+    /// No watermark read yet of the `partitions` partitions of `topic`.
+    pub(crate) fn new(changelog: Arc<dyn Changelog>, topic: TopicName, partitions: u32) -> Self {
         Self {
+            changelog,
+            topic,
             partitions: (0..partitions).map(|_| Arc::default()).collect(),
         }
     }
@@ -86,8 +91,6 @@ impl Heads {
     /// `max_staleness` ago.
     pub(crate) async fn high(
         &self,
-        changelog: &Arc<dyn Changelog>,
-        topic: &TopicName,
         partition: PartitionId,
         max_staleness: Duration,
     ) -> ChangelogResult<(Offset, Duration)> {
@@ -97,8 +100,8 @@ impl Heads {
         {
             if age > max_staleness / 2 && !head.refreshing.swap(true, Ordering::AcqRel) {
                 let refreshing = Refreshing(head.clone());
-                let changelog = changelog.clone();
-                let topic = topic.clone();
+                let changelog = self.changelog.clone();
+                let topic = self.topic.clone();
                 tokio::spawn(async move {
                     // A failed read leaves the kept watermark to age out: the first lookup past
                     // the allowed age reads it itself and reports the error.
@@ -110,7 +113,7 @@ impl Heads {
             }
             return Ok((high, age));
         }
-        let high = head.read(&**changelog, topic, partition).await?;
+        let high = head.read(&*self.changelog, &self.topic, partition).await?;
         Ok((high, Duration::ZERO))
     }
 }

@@ -624,12 +624,8 @@ async fn wait_for_tail(
         keys.iter().map(|k| state.codec.partition_of(k)).collect();
     partitions.sort_unstable_by_key(|p| p.0);
     partitions.dedup();
-    let topic = &state.def.changelog.topic;
     let head = |p: PartitionId| async move {
-        let (high, age) = state
-            .heads
-            .high(&state.changelog, topic, p, max_staleness)
-            .await?;
+        let (high, age) = state.heads.high(p, max_staleness).await?;
         Ok::<_, ReadError>((p, high, age))
     };
     let heads: Vec<(PartitionId, Offset, Duration)> = match partitions[..] {

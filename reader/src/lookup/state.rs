@@ -104,7 +104,6 @@ pub(crate) struct TableLookup {
     pub(crate) schema_id: i32,
     pub(crate) def: TableDef,
     pub(crate) codec: Arc<RecordCodec>,
-    pub(crate) changelog: Arc<dyn Changelog>,
     key_field_ids: Vec<i32>,
     /// The table's columns, all nullable: the schema of a lookup's rows when no columns are
     /// named (built once, not per lookup).
@@ -187,12 +186,15 @@ impl TableLookup {
             uuid,
             schema_id,
             codec: codec.clone(),
-            changelog: changelog.clone(),
             key_field_ids,
             files: DataFiles::new(table.file_io().clone(), blocks.clone(), name.to_string()),
             base: RwLock::new(base),
             tails: tails.clone(),
-            heads: Heads::new(def.changelog.partitions),
+            heads: Heads::new(
+                changelog.clone(),
+                def.changelog.topic.clone(),
+                def.changelog.partitions,
+            ),
             tasks: Tasks::default(),
             def: def.clone(),
             invalid: AtomicBool::new(false),

@@ -141,12 +141,8 @@ fn ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn create_table(service: &Service) -> Result<()> {
-    create_table_with(service, &[])
-}
-
-/// [`create_table`] with table properties `KEY=VALUE`.
-fn create_table_with(service: &Service, properties: &[String]) -> Result<()> {
+/// Creates the bench table with table properties `KEY=VALUE`.
+fn create_table(service: &Service, properties: &[String]) -> Result<()> {
     let properties: Vec<String> = properties
         .iter()
         .flat_map(|p| ["--property".to_string(), p.clone()])
@@ -318,7 +314,7 @@ async fn scan(rows: usize, runs: usize, batch_rows: &[usize], codec: Option<&str
         .map(|c| format!("write.parquet.compression-codec={c}"))
         .into_iter()
         .collect();
-    create_table_with(&service, &properties)?;
+    create_table(&service, &properties)?;
     let url = service.grpc_url();
     eprintln!("loading {rows} rows...");
     load(&url, 0, rows, 1, false).await?;
@@ -532,7 +528,7 @@ fn python_timed(
 
 async fn fresh(rows: usize, tails: Vec<usize>, writes_per_sec: u32) -> Result<()> {
     let mut service = Service::start(&["--commit-interval", "3600s"])?;
-    create_table(&service)?;
+    create_table(&service, &[])?;
     let url = service.grpc_url();
     eprintln!("loading {rows} rows...");
     load(&url, 0, rows, 1, false).await?;
@@ -645,7 +641,7 @@ async fn latency(backend: Backend, samples: usize, interval: Duration) -> Result
     };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let service = Service::start(&args)?;
-    create_table(&service)?;
+    create_table(&service, &[])?;
     let url = service.grpc_url();
     let mut reader = ReadServiceClient::connect(url.clone()).await?;
     let mut stream = reader
